@@ -1,0 +1,1 @@
+"""Broker enforcement: certificate checks, topic ACLs and live revocation for MQTT brokers."""

@@ -1,0 +1,1 @@
+"""The firmware simulator: factory, simulated devices, scenarios and the demo."""

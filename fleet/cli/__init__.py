@@ -1,0 +1,1 @@
+"""Command-line wiring: the only place that reads files and the environment."""

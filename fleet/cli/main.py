@@ -1,0 +1,113 @@
+"""`fleet`: the server-side command line."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import click
+
+from fleet import __version__
+from fleet.cli.common import FleetGroup, not_built, read_secret_file, secret_from_env
+from fleet.clock import SystemClock
+from fleet.datadir import init_data_dir
+from fleet.pki.keys import KeyType, parse_key_type
+from fleet.store.factory import open_store
+
+
+@click.group(cls=FleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fleet")
+def cli() -> None:
+    """Enroll IoT devices over EST, keep their certificates renewed, revoke them.
+
+    Start with `fleet init --dir DIR`, then `fleet serve --config DIR/fleet.toml`.
+
+    Exit codes: 0 ok, 1 refused or failed (the message says why and what to do),
+    2 bad usage, 3 feature not built yet.
+    """
+
+
+@cli.command()
+@click.option(
+    "--dir",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Data directory to create (CA, server TLS certificate, fleet.toml, database).",
+)
+@click.option(
+    "--server-name",
+    "server_names",
+    multiple=True,
+    metavar="NAME",
+    help="Extra DNS name or IP address for the server certificate (repeatable). "
+    "localhost and 127.0.0.1 are always included.",
+)
+@click.option(
+    "--key-type",
+    default=KeyType.EC_P256.value,
+    show_default=True,
+    # cryptography's chain verifier (used for every client certificate) refuses
+    # Ed25519-signed chains, so CA keys are EC or RSA; devices may use Ed25519.
+    type=click.Choice([k.value for k in KeyType if k is not KeyType.ED25519]),
+    help="Key type of the CA and server keys (device keys are set in fleet.toml).",
+)
+@click.option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Encrypt the CA keys with the passphrase in this file (mode 0600). "
+    "FLEET_CA_KEY_PASSPHRASE works too. Never pass a passphrase on the command line.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Overwrite an existing data directory (DESTROYS its CA and database).",
+)
+def init(
+    data_dir: Path,
+    server_names: tuple[str, ...],
+    key_type: str,
+    passphrase_file: Path | None,
+    force: bool,
+) -> None:
+    """Create a working data directory.
+
+    Writes fleet.toml, the fleet root and issuing CAs (keys 0600, directories
+    0700), a server TLS certificate and an empty SQLite database, then prints
+    the SHA-256 fingerprint of the fleet root that devices pin.
+    """
+    passphrase = (
+        read_secret_file(passphrase_file)
+        if passphrase_file
+        else secret_from_env("FLEET_CA_KEY_PASSPHRASE")
+    )
+    result = init_data_dir(
+        data_dir,
+        now=SystemClock().now(),
+        server_names=server_names,
+        key_type=parse_key_type(key_type),
+        force=force,
+        passphrase=passphrase,
+    )
+    asyncio.run(_create_database(f"sqlite:///{result.data_dir / 'fleet.db'}"))
+    click.echo(f"Created fleet data directory {result.data_dir}")
+    click.echo(f"  config:        {result.config_path}")
+    click.echo(f"  server names:  {', '.join(result.server_names)}")
+    click.echo("Devices pin the fleet root by this SHA-256 fingerprint:")
+    click.echo(f"  {result.root_fingerprint}")
+    click.echo(f"Next: fleet serve --config {result.config_path}")
+
+
+async def _create_database(url: str) -> None:
+    store = await open_store(url)
+    await store.close()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def serve() -> None:
+    """Run the EST enrollment server (not built yet)."""
+    not_built("`fleet serve` (the EST enrollment server)", 3)
+
+
+def main() -> None:
+    cli(prog_name="fleet")

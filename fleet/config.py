@@ -1,0 +1,218 @@
+"""fleet.toml, validated once into frozen typed objects.
+
+Only CLIs call :func:`load_config`; everything else receives a
+:class:`FleetConfig`. ``FLEET_<SECTION>_<KEY>`` environment variables override
+the file (``FLEET_STORE_URL=redis://...``). Relative paths are relative to the
+directory holding fleet.toml. Secrets never live here: the CA key passphrase
+comes from a file named here or from ``FLEET_CA_KEY_PASSPHRASE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fleet.errors import ConfigError
+from fleet.pki.keys import KeyType, parse_key_type
+from fleet.pki.profile import DeviceProfile
+
+CONFIG_FILENAME = "fleet.toml"
+# Secrets read from the environment by name; never config overrides.
+SECRET_ENV = frozenset({"FLEET_CA_KEY_PASSPHRASE", "FLEET_ADMIN_TOKEN"})
+
+_T = TypeVar("_T")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:8443"
+    tls_cert: Path = Path("tls/server.pem")
+    tls_key: Path = Path("tls/server.key")
+    workers: int = 1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CaConfig:
+    root_cert: Path = Path("ca/root.pem")
+    issuing_cert: Path = Path("ca/issuing.pem")
+    issuing_key: Path = Path("ca/issuing.key")
+    # A file holding the issuing key's passphrase; empty = key not encrypted
+    # (or FLEET_CA_KEY_PASSPHRASE set).
+    key_passphrase_file: Path | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    unknown_devices: str = "hold"  # hold | reject
+    bootstrap_reuse: str = "hold"  # hold | reject
+    device_id_source: str = "cn"  # cn | serialNumber
+    retry_after_seconds: int = 60
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EstConfig:
+    base64_line_length: int = 64
+    require_pop: bool = False
+    serverkeygen: bool = False
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetConfig:
+    data_dir: Path
+    store_url: str
+    server: ServerConfig
+    ca: CaConfig
+    policy: PolicyConfig
+    est: EstConfig
+    profile: DeviceProfile
+
+
+_CHOICES = {
+    ("policy", "unknown_devices"): ("hold", "reject"),
+    ("policy", "bootstrap_reuse"): ("hold", "reject"),
+    ("policy", "device_id_source"): ("cn", "serialNumber"),
+}
+
+
+def load_config(path: Path, environ: Mapping[str, str] | None = None) -> FleetConfig:
+    """Read, override from the environment, and validate fleet.toml."""
+    environ = os.environ if environ is None else environ
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"no config file at {path}",
+            hint="Create one with `fleet init --dir DIR`, then pass --config DIR/fleet.toml.",
+        ) from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    _apply_env_overrides(raw, environ)
+    return parse_config(raw, base_dir=path.resolve().parent)
+
+
+def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
+    known = {"store", "server", "ca", "policy", "est", "profile"}
+    _refuse_unknown("fleet.toml", raw, known)
+    store = _section(raw, "store")
+    _refuse_unknown("[store]", store, {"url"})
+    store_url = _typed(store, "store", "url", str, f"sqlite:{base_dir / 'fleet.db'}")
+    if store_url.startswith("sqlite:") and not store_url.startswith("sqlite:///"):
+        relative = store_url.removeprefix("sqlite:")
+        store_url = f"sqlite:///{(base_dir / relative).resolve()}"
+
+    server = _dataclass_section(raw, "server", ServerConfig, base_dir)
+    ca = _dataclass_section(raw, "ca", CaConfig, base_dir)
+    policy = _dataclass_section(raw, "policy", PolicyConfig, base_dir)
+    est = _dataclass_section(raw, "est", EstConfig, base_dir)
+    if server.workers < 1:
+        raise ConfigError(f"[server] workers must be >= 1, got {server.workers}")
+    if est.base64_line_length < 0:
+        raise ConfigError("[est] base64_line_length must be >= 0 (0 = one line)")
+    if policy.retry_after_seconds < 1:
+        raise ConfigError("[policy] retry_after_seconds must be >= 1")
+    return FleetConfig(
+        data_dir=base_dir,
+        store_url=store_url,
+        server=server,
+        ca=ca,
+        policy=policy,
+        est=est,
+        profile=_profile(_section(raw, "profile")),
+    )
+
+
+def _profile(section: Mapping[str, Any]) -> DeviceProfile:
+    keys = {"validity_days", "backdate_minutes", "key_types", "organization", "crl_url", "ocsp_url"}
+    _refuse_unknown("[profile]", section, keys)
+    validity = _typed(section, "profile", "validity_days", int, 30)
+    backdate = _typed(section, "profile", "backdate_minutes", int, 5)
+    names = section.get("key_types", ["ec-p256", "ec-p384", "ed25519"])
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise ConfigError("[profile] key_types must be a non-empty list of key type names")
+    key_types = frozenset(parse_key_type(n) for n in names)
+    preferred = KeyType.EC_P256 if KeyType.EC_P256 in key_types else parse_key_type(names[0])
+    return DeviceProfile(
+        validity=dt.timedelta(days=validity),
+        backdate=dt.timedelta(minutes=backdate),
+        allowed_key_types=key_types,
+        preferred_key_type=preferred,
+        organization=_typed(section, "profile", "organization", str, "") or None,
+        crl_url=_typed(section, "profile", "crl_url", str, "") or None,
+        ocsp_url=_typed(section, "profile", "ocsp_url", str, "") or None,
+    )
+
+
+def _dataclass_section(raw: Mapping[str, Any], name: str, cls: type[_T], base_dir: Path) -> _T:
+    section = _section(raw, name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    _refuse_unknown(f"[{name}]", section, set(fields))
+    values: dict[str, Any] = {}
+    for key, value in section.items():
+        default = fields[key].default
+        if isinstance(default, Path) or key.endswith(("_file", "_cert", "_key")):
+            if not isinstance(value, str):
+                raise ConfigError(f"[{name}] {key} must be a path string, got {value!r}")
+            values[key] = (base_dir / value).resolve() if value else None
+        else:
+            values[key] = _typed(section, name, key, type(default), default)
+        allowed = _CHOICES.get((name, key))
+        if allowed is not None and values[key] not in allowed:
+            raise ConfigError(f"[{name}] {key} must be one of {', '.join(allowed)}, got {value!r}")
+    for key, field in fields.items():
+        if key not in values and isinstance(field.default, Path):
+            values[key] = (base_dir / field.default).resolve()
+    return cls(**values)
+
+
+def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    section = raw.get(name, {})
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"[{name}] must be a table")
+    return section
+
+
+def _typed(section: Mapping[str, Any], name: str, key: str, kind: type[_T], default: _T) -> _T:
+    value = section.get(key, default)
+    # bool is an int in Python; a port or count given as `true` is a mistake.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"[{name}] {key} must be {kind.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _refuse_unknown(where: str, section: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown setting(s) {', '.join(unknown)}",
+            hint=f"Known settings here: {', '.join(sorted(known))}. Check for typos.",
+        )
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """FLEET_<SECTION>_<KEY>=value, parsed as TOML when it looks like a value."""
+    sections = ("store", "server", "ca", "policy", "est", "profile")
+    for name, text in environ.items():
+        if not name.startswith("FLEET_") or name in SECRET_ENV:
+            continue
+        rest = name.removeprefix("FLEET_").lower()
+        section = next((s for s in sections if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest.removeprefix(section + "_")
+        raw.setdefault(section, {})[key] = _env_value(name, text)
+
+
+def _env_value(name: str, text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        if any(c in text for c in "\n\"'"):
+            raise ConfigError(f"environment variable {name} is not a valid value") from None
+        return text  # a bare string such as a URL or a path

@@ -1,0 +1,196 @@
+"""`fleet init`: a complete, working data directory in one step.
+
+Layout (directories 0700, private keys 0600)::
+
+    DIR/fleet.toml          settings (no secrets)
+    DIR/fleet.db            SQLite store (the embedded default)
+    DIR/ca/root.pem         fleet root CA — devices pin its SHA-256 fingerprint
+    DIR/ca/root.key         keep offline in production; only needed to re-issue below
+    DIR/ca/issuing.pem      issuing CA (pathlen 0): signs device certificates
+    DIR/ca/issuing.key
+    DIR/tls/server.pem      server TLS certificate (signed by the root, no CRL DP)
+    DIR/tls/server.key
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ipaddress
+import re
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleet.config import CONFIG_FILENAME
+from fleet.errors import ConfigError
+from fleet.fsutil import SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.pki.ca import (
+    CertifiedKey,
+    certificate_to_pem,
+    create_issuing_ca,
+    create_root_ca,
+    create_server_certificate,
+)
+from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.pki.keys import KeyType, private_key_to_pem
+
+# Everything `fleet init` creates, so that --force removes exactly that.
+_MANAGED = ("fleet.toml", "fleet.db", "fleet.db-wal", "fleet.db-shm", "ca", "tls")
+
+DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
+_DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class InitResult:
+    data_dir: Path
+    config_path: Path
+    root_fingerprint: str
+    server_names: tuple[str, ...]
+
+
+def init_data_dir(
+    data_dir: Path,
+    *,
+    now: dt.datetime,
+    server_names: Sequence[str] = (),
+    key_type: KeyType = KeyType.EC_P256,
+    force: bool = False,
+    passphrase: bytes | None = None,
+) -> InitResult:
+    """Create CA material, server TLS certificate and fleet.toml in ``data_dir``.
+
+    The SQLite database is created by the caller through the store (wiring
+    picks backends), so this module stays free of storage code.
+    """
+    data_dir = data_dir.resolve()
+    existing = [name for name in _MANAGED if (data_dir / name).exists()]
+    if existing and not force:
+        raise ConfigError(
+            f"{data_dir} already holds a fleet data directory ({', '.join(existing)})",
+            reason="data_dir_exists",
+            hint="Use another directory, or pass --force to DESTROY its CA and database.",
+        )
+    names = _dedupe([*DEFAULT_SERVER_NAMES, *server_names])
+    dns_names, ips = _split_names(names)
+
+    ensure_private_dir(data_dir)
+    for name in existing:
+        target = data_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+    root = create_root_ca("fleet root CA", now=now, key_type=key_type)
+    issuing = create_issuing_ca(root, "fleet device issuing CA", now=now, key_type=key_type)
+    server = create_server_certificate(
+        root,
+        common_name=names[0],
+        dns_names=dns_names,
+        ip_addresses=ips,
+        now=now,
+        key_type=key_type,
+    )
+    _write_pair(data_dir / "ca", "root", root, passphrase)
+    _write_pair(data_dir / "ca", "issuing", issuing, passphrase)
+    _write_pair(data_dir / "tls", "server", server, None)  # the server must start unattended
+    config_path = data_dir / CONFIG_FILENAME
+    write_atomic(config_path, _config_text(names).encode(), mode=0o640)
+    return InitResult(
+        data_dir=data_dir,
+        config_path=config_path,
+        root_fingerprint=sha256_fingerprint(root.certificate),
+        server_names=tuple(names),
+    )
+
+
+def _write_pair(directory: Path, stem: str, pair: CertifiedKey, passphrase: bytes | None) -> None:
+    ensure_private_dir(directory)
+    write_atomic(
+        directory / f"{stem}.key",
+        private_key_to_pem(pair.private_key, passphrase),
+        mode=SECRET_MODE,
+    )
+    write_atomic(directory / f"{stem}.pem", certificate_to_pem(pair.certificate))
+
+
+def _dedupe(names: Sequence[str]) -> list[str]:
+    seen: list[str] = []
+    for name in names:
+        name = name.strip()
+        if not name:
+            continue
+        if name not in seen:
+            seen.append(name)
+    return seen
+
+
+def _split_names(
+    names: Sequence[str],
+) -> tuple[list[str], list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    dns: list[str] = []
+    ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for name in names:
+        try:
+            ips.append(ipaddress.ip_address(name))
+        except ValueError:
+            if not _is_dns_name(name):
+                raise ConfigError(
+                    f"--server-name {name!r} is neither an IP address nor a DNS name",
+                    hint="Give a host name such as est.example.com or an address such as 10.0.0.5.",
+                ) from None
+            dns.append(name.lower())
+    return dns, ips
+
+
+def _is_dns_name(name: str) -> bool:
+    labels = name.rstrip(".").split(".")
+    return len(name) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+
+
+def _config_text(server_names: Sequence[str]) -> str:
+    names = ", ".join(f'"{n}"' for n in server_names)
+    return f"""\
+# fleet configuration, written by `fleet init`. Relative paths are relative to
+# this file. FLEET_<SECTION>_<KEY> environment variables override any setting,
+# e.g. FLEET_STORE_URL=redis://127.0.0.1:6379/0. Secrets do not belong here:
+# the CA key passphrase comes from FLEET_CA_KEY_PASSPHRASE or [ca] key_passphrase_file.
+# Server certificate names: {names}
+
+[store]
+# sqlite:PATH (embedded default, one machine) or redis://HOST:PORT/DB (scale-out).
+url = "sqlite:fleet.db"
+
+[server]
+listen = "127.0.0.1:8443"
+tls_cert = "tls/server.pem"
+tls_key = "tls/server.key"
+workers = 1
+
+[ca]
+root_cert = "ca/root.pem"
+issuing_cert = "ca/issuing.pem"
+issuing_key = "ca/issuing.key"
+
+[profile]
+# Operational device certificates.
+validity_days = 30
+backdate_minutes = 5          # tolerate device clocks a little behind
+key_types = ["ec-p256", "ec-p384", "ed25519"]
+organization = ""
+crl_url = ""                  # public URL of /crl, put in issued certificates when set
+ocsp_url = ""                 # public URL of /ocsp, put in issued certificates when set
+
+[policy]
+unknown_devices = "hold"      # hold (202, wait for `fleet device approve`) | reject (403)
+bootstrap_reuse = "hold"      # a second enrollment with a used bootstrap cert: hold | reject
+device_id_source = "cn"       # cn | serialNumber of the bootstrap certificate subject
+retry_after_seconds = 60
+
+[est]
+base64_line_length = 64       # 0 = one line (strongSwan < 5.9.11 needs that)
+require_pop = false           # tls-unique in challengePassword (TLS 1.2 only)
+serverkeygen = false
+"""

@@ -1,0 +1,173 @@
+"""The fleet exception tree.
+
+Every error the product raises on purpose is a :class:`FleetError`. Each one
+carries a short, safe ``message`` (fit for an HTTP response or a device log)
+and ``diagnostics()``: what a person should do next. Only the HTTP layer maps
+errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
+
+::
+
+    FleetError
+    ├── ConfigError                     bad fleet.toml, data directory, environment
+    ├── PolicyError                     the request is understood and refused
+    │   ├── EncodingInvalid             body is not the base64/DER it must be (400)
+    │   ├── CsrInvalid                  not a CSR, bad signature (400)
+    │   ├── KeyNotAllowed               key type outside the profile
+    │   ├── DeviceIdInvalid             characters, length, reserved id
+    │   └── IdentityMismatch            CSR asks for another identity
+    ├── AuthError                       who is asking cannot be established or trusted
+    │   ├── UnknownIssuer               chain does not lead to a trusted CA
+    │   ├── CertificateExpired          outside its validity, beyond the skew allowance
+    │   ├── EnrollmentRefused           policy said no (reason code says which rule)
+    │   ├── CertificateRevoked
+    │   ├── BootstrapReused             possible clone
+    │   └── TokenInvalid                unknown, used or expired enrollment token
+    ├── NotFound
+    │   ├── DeviceNotFound
+    │   └── CertificateNotFound
+    ├── StoreError
+    │   ├── StoreConflict               a concurrent change won; nothing was written
+    │   └── StoreUnavailable            backend down or corrupt; nothing was written
+    └── TransportError
+        ├── ServerUnavailable
+        └── EnrollmentPending           202: retry after ``retry_after`` seconds
+
+``reason`` is a stable machine-readable code (audit log, metrics, HTTP 403
+bodies); ``message`` is for people and never contains secrets.
+"""
+
+from __future__ import annotations
+
+
+class FleetError(Exception):
+    """Root of every deliberate fleet error."""
+
+    reason: str = "error"
+    hint: str = "See the message above."
+
+    def __init__(self, message: str, *, reason: str | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        if hint is not None:
+            self.hint = hint
+
+    def diagnostics(self) -> str:
+        """A person-readable explanation and the next step to take."""
+        return f"{self.message}\n  reason: {self.reason}\n  what to do: {self.hint}"
+
+
+class ConfigError(FleetError):
+    reason = "config_invalid"
+    hint = "Fix the setting named above in fleet.toml (or its FLEET_* override) and retry."
+
+
+class PolicyError(FleetError):
+    reason = "policy_refused"
+    hint = "The request was refused by policy; it will be refused again unless it changes."
+
+
+class EncodingInvalid(PolicyError):
+    reason = "encoding_invalid"
+    hint = "Send the DER structure base64-encoded (RFC 8951 section 3.1)."
+
+
+class CsrInvalid(PolicyError):
+    reason = "csr_invalid"
+    hint = "Send a DER PKCS#10 request (base64 for EST) signed by the key it carries."
+
+
+class KeyNotAllowed(PolicyError):
+    reason = "key_not_allowed"
+    hint = "Generate a key of an allowed type (see /csrattrs) and send a new CSR."
+
+
+class DeviceIdInvalid(PolicyError):
+    reason = "device_id_invalid"
+    hint = "Device ids are 1-64 characters of A-Z a-z 0-9 . _ - and not a reserved name."
+
+
+class IdentityMismatch(PolicyError):
+    reason = "identity_mismatch"
+    hint = "Leave the CSR subject empty or set CN to the device id; request no other names."
+
+
+class AuthError(FleetError):
+    reason = "auth_failed"
+    hint = "Present a credential the fleet trusts."
+
+
+class UnknownIssuer(AuthError):
+    reason = "unknown_issuer"
+    hint = "Add the issuing CA to the right trust list (e.g. `fleet trust add-manufacturer`)."
+
+
+class CertificateExpired(AuthError):
+    reason = "certificate_expired"
+    hint = "The certificate is outside its validity period; check the device clock or re-enroll."
+
+
+class EnrollmentRefused(AuthError):
+    reason = "enrollment_refused"
+    hint = "An admin can see why with `fleet device why ID`; the request will not succeed as is."
+
+
+class CertificateRevoked(AuthError):
+    reason = "certificate_revoked"
+    hint = "This certificate is revoked; the device must be re-approved by an admin."
+
+
+class BootstrapReused(AuthError):
+    reason = "bootstrap_reused"
+    hint = "The bootstrap certificate was already used; an admin must approve a re-enrollment."
+
+
+class TokenInvalid(AuthError):
+    reason = "token_invalid"
+    hint = "Ask an admin for a new one-time token (`fleet device token ID`)."
+
+
+class NotFound(FleetError):
+    reason = "not_found"
+    hint = "Check the identifier; list what exists with the matching `list` command."
+
+
+class DeviceNotFound(NotFound):
+    reason = "device_not_found"
+
+
+class CertificateNotFound(NotFound):
+    reason = "certificate_not_found"
+
+
+class StoreError(FleetError):
+    reason = "store_error"
+
+
+class StoreConflict(StoreError):
+    reason = "store_conflict"
+    hint = "Another request changed this record first; nothing was written. Re-read and retry."
+
+
+class StoreUnavailable(StoreError):
+    reason = "store_unavailable"
+    hint = "Check that the database file is readable and intact, or that Redis is reachable."
+
+
+class TransportError(FleetError):
+    reason = "transport_error"
+
+
+class ServerUnavailable(TransportError):
+    reason = "server_unavailable"
+    hint = "The server could not be reached or is overloaded; retry later with backoff."
+
+
+class EnrollmentPending(TransportError):
+    reason = "enrollment_pending"
+    hint = "An admin must approve this device; retry after the given delay."
+
+    def __init__(self, message: str, *, retry_after: int, reason: str | None = None):
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after

@@ -1,0 +1,115 @@
+"""Client certificate chain verification, one trust domain at a time (pure).
+
+The three trust domains are never mixed (DESIGN.md §2): a bootstrap
+certificate is verified only against the trusted manufacturer CAs, an
+operational certificate only against the fleet issuing CA. The chain itself
+is built and checked by cryptography's verifier (signatures, CA basic
+constraints, path length, key usage, validity); on top of it we add a clock
+skew allowance for devices and the reasons a person can act on.
+
+cryptography's verifier follows the Web PKI profile, with two relaxations
+that device certificates need: the leaf may carry no subjectAltName (device
+ids live in the CN), and its EKU is not required for bootstrap certificates
+(IDevIDs often have none). It refuses Ed25519-signed chains (Ed25519 device
+*keys* are fine), so fleet CAs use EC or RSA keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from fleet.errors import CertificateExpired, UnknownIssuer
+from fleet.pki._time import require_utc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrustDomain:
+    """Anchors that may issue the certificates of one purpose."""
+
+    name: str  # "manufacturer", "fleet": appears in error messages
+    anchors: tuple[x509.Certificate, ...]
+    max_chain_depth: int = 3
+    skew: dt.timedelta = dt.timedelta(minutes=5)
+    require_client_auth_eku: bool = True
+
+
+def verify_client_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    domain: TrustDomain,
+    *,
+    now: dt.datetime,
+) -> list[x509.Certificate]:
+    """The verified chain, leaf first; raises UnknownIssuer or CertificateExpired."""
+    require_utc(now)
+    if not domain.anchors:
+        raise UnknownIssuer(
+            f"no {domain.name} CA is trusted, so no {domain.name} certificate can be accepted",
+            hint="Trust one first (e.g. `fleet trust add-manufacturer CA.pem`).",
+        )
+    _check_validity(leaf, domain, now)
+    # Inside the skew allowance, verify as of the nearest instant of validity.
+    at = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
+    try:
+        verifier = _verifier(domain, at)
+        verified = verifier.verify(leaf, list(intermediates))
+    except verification.VerificationError as exc:
+        raise UnknownIssuer(
+            f"certificate {_describe(leaf)} does not chain to a trusted {domain.name} CA: {exc}",
+        ) from exc
+    if domain.require_client_auth_eku and not has_client_auth_eku(leaf):
+        raise UnknownIssuer(
+            f"certificate {_describe(leaf)} is not a client certificate (no EKU clientAuth)"
+        )
+    return list(verified.chain)
+
+
+def _check_validity(leaf: x509.Certificate, domain: TrustDomain, now: dt.datetime) -> None:
+    if now > leaf.not_valid_after_utc + domain.skew:
+        raise CertificateExpired(
+            f"certificate {_describe(leaf)} expired at {leaf.not_valid_after_utc.isoformat()}"
+        )
+    if now < leaf.not_valid_before_utc - domain.skew:
+        raise CertificateExpired(
+            f"certificate {_describe(leaf)} is not valid before "
+            f"{leaf.not_valid_before_utc.isoformat()}",
+            reason="certificate_not_yet_valid",
+        )
+
+
+def _verifier(domain: TrustDomain, at: dt.datetime) -> verification.ClientVerifier:
+    ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
+    )
+    if not domain.require_client_auth_eku:
+        ee_policy = ee_policy.may_be_present(
+            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, None
+        )
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store(list(domain.anchors)))
+        .time(at)
+        .max_chain_depth(domain.max_chain_depth)
+        .extension_policies(
+            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
+        )
+    )
+    return builder.build_client_verifier()
+
+
+def has_client_auth_eku(cert: x509.Certificate) -> bool:
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in eku
+
+
+def _describe(cert: x509.Certificate) -> str:
+    return f"{cert.subject.rfc4514_string() or '(empty subject)'} serial {cert.serial_number:x}"

@@ -1,0 +1,95 @@
+"""Device ids: the one identity a device has in certificates, MQTT client ids and topics.
+
+The alphabet is deliberately tiny. Mosquitto ACL patterns substitute the CN into
+topics, so ``/``, ``+`` and ``#`` would let a device escape ``devices/<id>/#``;
+NUL, spaces and Unicode (confusables, normalisation) break logs and comparisons.
+"""
+
+from __future__ import annotations
+
+import re
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from fleet.errors import ConfigError, DeviceIdInvalid
+
+MAX_DEVICE_ID_LENGTH = 64
+
+# re.ASCII so that \w-like shortcuts never sneak in; fullmatch so that a trailing
+# newline is not silently accepted the way ``$`` would.
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+_ALLOWED_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+# Names that mean something to the server, the broker or a path. Compared
+# case-insensitively: brokers and humans treat "Admin" and "admin" alike.
+RESERVED_DEVICE_IDS: frozenset[str] = frozenset(
+    {
+        "admin",
+        "administrator",
+        "root",
+        "fleet",
+        "broker",
+        "sidecar",
+        "system",
+        "mosquitto",
+        "anonymous",
+        "$sys",
+        "localhost",
+        "server",
+        "ca",
+        ".",
+        "..",
+    }
+)
+
+_SOURCES = {"cn": NameOID.COMMON_NAME, "serialnumber": NameOID.SERIAL_NUMBER}
+
+
+def validate_device_id(text: str) -> str:
+    """``text`` unchanged if it is a valid, unreserved device id; DeviceIdInvalid otherwise."""
+    if not text:
+        raise DeviceIdInvalid("device id is empty; it must be 1-64 characters")
+    if len(text) > MAX_DEVICE_ID_LENGTH:
+        raise DeviceIdInvalid(
+            f"device id is {len(text)} characters long; the maximum is {MAX_DEVICE_ID_LENGTH}"
+        )
+    for position, char in enumerate(text):
+        if char not in _ALLOWED_CHARS:
+            raise DeviceIdInvalid(
+                f"device id {text!r} contains {char!r} (U+{ord(char):04X}) at position "
+                f"{position}; only A-Z a-z 0-9 . _ - are allowed"
+            )
+    if text.lower() in RESERVED_DEVICE_IDS:
+        raise DeviceIdInvalid(f"device id {text!r} is reserved; choose another name")
+    # Belt and braces: the checks above and the documented regex must agree.
+    if not _DEVICE_ID.fullmatch(text):  # pragma: no cover
+        raise DeviceIdInvalid(f"device id {text!r} is not valid")
+    return text
+
+
+def device_id_from_certificate(cert: x509.Certificate, source: str = "cn") -> str:
+    """The validated device id in ``cert``'s subject ``source`` attribute ("cn" or "serialNumber").
+
+    Exactly one such attribute must be present: with two, different consumers
+    (broker, ACL, our store) could each pick a different one.
+    """
+    oid = _SOURCES.get(source.lower())
+    if oid is None:
+        # A wrong source is a setting mistake, not something the device did.
+        raise ConfigError(f"unknown device id source {source!r}; use 'cn' or 'serialNumber'")
+    attributes = cert.subject.get_attributes_for_oid(oid)
+    subject = cert.subject.rfc4514_string()
+    if not attributes:
+        raise DeviceIdInvalid(
+            f"certificate subject {subject!r} has no {source} attribute to take the device id from"
+        )
+    if len(attributes) > 1:
+        raise DeviceIdInvalid(
+            f"certificate subject {subject!r} has {len(attributes)} {source} attributes; "
+            "exactly one is required"
+        )
+    value = attributes[0].value
+    if not isinstance(value, str):  # pragma: no cover - CN/serialNumber are strings
+        raise DeviceIdInvalid(f"certificate {source} is not a string")
+    return validate_device_id(value)

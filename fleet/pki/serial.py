@@ -1,0 +1,20 @@
+"""Certificate serial numbers.
+
+RFC 5280 section 4.1.2.2 caps serials at 20 octets and requires them positive;
+CA/Browser Forum rules want at least 64 unpredictable bits. 159 random bits fill
+the 20 octets without the top bit (which would make DER add a 21st sign octet).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+SERIAL_BITS = 159
+
+
+def random_serial() -> int:
+    """A positive, unpredictable serial that encodes in at most 20 DER octets."""
+    while True:
+        serial = secrets.randbits(SERIAL_BITS)
+        if serial:  # zero is not a valid serial; the odds are 2**-159, but be exact
+            return serial

@@ -1,0 +1,80 @@
+"""fleet.toml parsing: defaults, relative paths, env overrides, and refusals."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from fleet.config import load_config
+from fleet.errors import ConfigError
+from fleet.pki.keys import KeyType
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fleet.toml"
+    path.write_text(text)
+    return path
+
+
+def test_empty_file_gives_safe_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, ""), environ={})
+    assert config.store_url == f"sqlite:///{tmp_path.resolve() / 'fleet.db'}"
+    assert config.server.listen == "127.0.0.1:8443"
+    assert config.server.tls_cert == tmp_path.resolve() / "tls/server.pem"
+    assert config.policy.unknown_devices == "hold"
+    assert config.est.base64_line_length == 64
+    assert config.profile.validity == dt.timedelta(days=30)
+    assert config.profile.allowed_key_types == {KeyType.EC_P256, KeyType.EC_P384, KeyType.ED25519}
+
+
+def test_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[store]\nurl = "sqlite:data/x.db"\n'), environ={})
+    assert config.store_url == f"sqlite:///{tmp_path.resolve() / 'data/x.db'}"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, '[policy]\nunknown_devices = "hold"\n')
+    config = load_config(
+        path,
+        environ={
+            "FLEET_POLICY_UNKNOWN_DEVICES": "reject",
+            "FLEET_STORE_URL": "redis://127.0.0.1:6390/0",
+            "FLEET_EST_BASE64_LINE_LENGTH": "0",
+            "FLEET_STRICT": "1",  # not a setting: ignored
+            "FLEET_CA_KEY_PASSPHRASE": "secret",  # a secret, never a config override
+        },
+    )
+    assert config.policy.unknown_devices == "reject"
+    assert config.store_url == "redis://127.0.0.1:6390/0"
+    assert config.est.base64_line_length == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("[policy]\nunknown_device = 'hold'\n", "unknown setting(s) unknown_device"),
+        ("[policy]\nunknown_devices = 'allow'\n", "must be one of hold, reject"),
+        ("[server]\nworkers = 0\n", "workers must be >= 1"),
+        ("[server]\nworkers = true\n", "workers must be int"),
+        ("[est]\nbase64_line_length = -1\n", "base64_line_length must be >= 0"),
+        ("[profile]\nkey_types = ['rsa-1024']\n", "rsa-1024"),
+        ("[profile]\nkey_types = []\n", "non-empty list"),
+        ("[bogus]\n", "unknown setting(s) bogus"),
+        ("policy = 3\n", "[policy] must be a table"),
+        ("this is not toml", "cannot read"),
+    ],
+)
+def test_bad_settings_are_refused_with_the_reason(
+    tmp_path: Path, text: str, complaint: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert complaint in info.value.message
+
+
+def test_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "nope.toml", environ={})
+    assert "fleet init" in info.value.diagnostics()
