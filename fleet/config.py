@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +36,15 @@ class ServerConfig:
     tls_cert: Path = Path("tls/server.pem")
     tls_key: Path = Path("tls/server.key")
     workers: int = 1
+    # "tls": fleet terminates TLS itself. "proxy": a reverse proxy (nginx)
+    # terminates TLS and forwards the client certificate in a header, which is
+    # believed only from trusted_proxies; fleet then listens on plain HTTP.
+    mode: str = "tls"
+    trusted_proxies: tuple[str, ...] = ()
+    client_cert_header: str = "X-SSL-Client-Cert"
+    max_in_flight: int = 256  # per worker; beyond it: 503 + Retry-After
+    body_timeout_seconds: int = 10
+    handshake_timeout_seconds: int = 10
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -70,9 +81,16 @@ class FleetConfig:
     policy: PolicyConfig
     est: EstConfig
     profile: DeviceProfile
+    # EST labels (/.well-known/est/<label>/...): each selects a profile.
+    labels: Mapping[str, DeviceProfile] = dataclasses.field(default_factory=dict)
+
+    def profile_for(self, label: str | None) -> DeviceProfile | None:
+        """The profile of an EST label (None: the default); None if unknown."""
+        return self.profile if label is None else self.labels.get(label)
 
 
 _CHOICES = {
+    ("server", "mode"): ("tls", "proxy"),
     ("policy", "unknown_devices"): ("hold", "reject"),
     ("policy", "bootstrap_reuse"): ("hold", "reject"),
     ("policy", "device_id_source"): ("cn", "serialNumber"),
@@ -96,7 +114,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> FleetCo
 
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
-    known = {"store", "server", "ca", "policy", "est", "profile"}
+    known = {"store", "server", "ca", "policy", "est", "profile", "labels"}
     _refuse_unknown("fleet.toml", raw, known)
     store = _section(raw, "store")
     _refuse_unknown("[store]", store, {"url"})
@@ -111,6 +129,10 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     est = _dataclass_section(raw, "est", EstConfig, base_dir)
     if server.workers < 1:
         raise ConfigError(f"[server] workers must be >= 1, got {server.workers}")
+    for key in ("max_in_flight", "body_timeout_seconds", "handshake_timeout_seconds"):
+        if getattr(server, key) < 1:
+            raise ConfigError(f"[server] {key} must be >= 1")
+    _check_proxies(server.trusted_proxies)
     if est.base64_line_length < 0:
         raise ConfigError("[est] base64_line_length must be >= 0 (0 = one line)")
     if policy.retry_after_seconds < 1:
@@ -123,12 +145,32 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
         policy=policy,
         est=est,
         profile=_profile(_section(raw, "profile")),
+        labels=_labels(_section(raw, "labels")),
     )
 
 
-def _profile(section: Mapping[str, Any]) -> DeviceProfile:
+_LABEL = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)
+# Path segments that are EST operations cannot be labels (RFC 7030 3.2.2).
+_EST_OPERATIONS = {"cacerts", "simpleenroll", "simplereenroll", "csrattrs", "serverkeygen"}
+
+
+def _labels(section: Mapping[str, Any]) -> dict[str, DeviceProfile]:
+    labels: dict[str, DeviceProfile] = {}
+    for name, table in section.items():
+        if not _LABEL.fullmatch(name) or name in _EST_OPERATIONS:
+            raise ConfigError(
+                f"[labels.{name}]: a label is 1-32 of A-Z a-z 0-9 _ - and not an EST operation"
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[labels.{name}] must be a table")
+        labels[name] = _profile(table, name=name)
+    return labels
+
+
+def _profile(section: Mapping[str, Any], name: str = "default") -> DeviceProfile:
     keys = {"validity_days", "backdate_minutes", "key_types", "organization", "crl_url", "ocsp_url"}
-    _refuse_unknown("[profile]", section, keys)
+    where = "[profile]" if name == "default" else f"[labels.{name}]"
+    _refuse_unknown(where, section, keys)
     validity = _typed(section, "profile", "validity_days", int, 30)
     backdate = _typed(section, "profile", "backdate_minutes", int, 5)
     names = section.get("key_types", ["ec-p256", "ec-p384", "ed25519"])
@@ -137,6 +179,7 @@ def _profile(section: Mapping[str, Any]) -> DeviceProfile:
     key_types = frozenset(parse_key_type(n) for n in names)
     preferred = KeyType.EC_P256 if KeyType.EC_P256 in key_types else parse_key_type(names[0])
     return DeviceProfile(
+        name=name,
         validity=dt.timedelta(days=validity),
         backdate=dt.timedelta(minutes=backdate),
         allowed_key_types=key_types,
@@ -158,6 +201,10 @@ def _dataclass_section(raw: Mapping[str, Any], name: str, cls: type[_T], base_di
             if not isinstance(value, str):
                 raise ConfigError(f"[{name}] {key} must be a path string, got {value!r}")
             values[key] = (base_dir / value).resolve() if value else None
+        elif isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"[{name}] {key} must be a list of strings, got {value!r}")
+            values[key] = tuple(value)
         else:
             values[key] = _typed(section, name, key, type(default), default)
         allowed = _CHOICES.get((name, key))
@@ -167,6 +214,16 @@ def _dataclass_section(raw: Mapping[str, Any], name: str, cls: type[_T], base_di
         if key not in values and isinstance(field.default, Path):
             values[key] = (base_dir / field.default).resolve()
     return cls(**values)
+
+
+def _check_proxies(proxies: tuple[str, ...]) -> None:
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"[server] trusted_proxies: {proxy!r} is not an IP address or network"
+            ) from None
 
 
 def _section(raw: Mapping[str, Any], name: str) -> Mapping[str, Any]:

@@ -6,6 +6,7 @@ signature, so decoding proves nothing about who sent the certificates.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -29,7 +30,11 @@ def encode_certs_only(certs: Sequence[x509.Certificate]) -> bytes:
 def decode_certs_only(der: bytes) -> list[x509.Certificate]:
     """The certificates in a DER certs-only PKCS#7; PolicyError (``pkcs7_invalid``) otherwise."""
     try:
-        certs = pkcs7.load_der_pkcs7_certificates(der)
+        with warnings.catch_warnings():
+            # Many clients (openssl among them) write the SET OF unsorted, i.e.
+            # BER; cryptography parses it and warns. That input is legitimate.
+            warnings.simplefilter("ignore", UserWarning)
+            certs = pkcs7.load_der_pkcs7_certificates(der)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise PolicyError(
             "cannot decode the certs-only PKCS#7: expected DER SignedData with certificates",

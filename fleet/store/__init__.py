@@ -1,0 +1,1 @@
+"""Persistence: the Store protocol, its records, and the sqlite and redis backends."""

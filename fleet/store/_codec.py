@@ -1,0 +1,114 @@
+"""Encodings both store backends share, so their data reads the same way.
+
+Times are stored as fixed-width ISO 8601 UTC text (``2026-06-01T12:00:00.000000Z``):
+equal width means text order is time order, so SQLite indexes and Lua string
+comparisons work on them directly, and a person reading the database sees dates.
+Serials are lowercase hex without leading zeros (records.py); JSON carries them as
+text because 159-bit integers do not survive JSON numbers or Lua doubles.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from fleet.store.records import (
+    DeviceState,
+    ManifestEntry,
+    RevocationEvent,
+    RevocationKind,
+    RevocationReason,
+)
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def ts(when: dt.datetime) -> str:
+    if when.tzinfo is None:
+        raise ValueError(f"naive datetime {when!r}: the store keeps timezone-aware UTC times")
+    return when.astimezone(dt.UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def parse_ts(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).astimezone(dt.UTC)
+
+
+def opt_ts(when: dt.datetime | None) -> str | None:
+    return None if when is None else ts(when)
+
+
+def opt_parse_ts(text: str | None) -> dt.datetime | None:
+    return None if text is None else parse_ts(text)
+
+
+def epoch_us(when: dt.datetime) -> int:
+    """Microseconds since the epoch: exact as a double up to year 2255 (Redis scores)."""
+    return (when - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+
+
+def serial_hex(serial: int) -> str:
+    if serial <= 0:
+        raise ValueError(f"certificate serial must be positive, got {serial}")
+    return format(serial, "x")
+
+
+def serial_int(text: str) -> int:
+    return int(text, 16)
+
+
+def feed_event_to_json(event: RevocationEvent) -> str:
+    return json.dumps(
+        {
+            "seq": event.seq,
+            "kind": event.kind.value,
+            "device_id": event.device_id,
+            "serials": [serial_hex(s) for s in event.serials],
+            "reason": event.reason.value,
+            "at": ts(event.at),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def feed_event_from_json(text: str) -> RevocationEvent:
+    data: dict[str, Any] = json.loads(text)
+    raw_serials = data["serials"]
+    # Lua's cjson encodes an empty table as ``{}``: a device revoked with no
+    # good certificate arrives from Redis that way.
+    serials = [] if isinstance(raw_serials, dict) else list(raw_serials)
+    return RevocationEvent(
+        seq=int(data["seq"]),
+        kind=RevocationKind(data["kind"]),
+        device_id=str(data["device_id"]),
+        serials=tuple(sorted(serial_int(str(s)) for s in serials)),
+        reason=RevocationReason(data["reason"]),
+        at=parse_ts(str(data["at"])),
+    )
+
+
+def check_manifest(entries: Sequence[ManifestEntry]) -> None:
+    """Refuse a manifest the store cannot import as a whole, before writing anything.
+
+    The manifest parser reports these with line numbers; this is the store's own
+    guard, so a bad batch never gets half imported.
+    """
+    seen: set[str] = set()
+    for entry in entries:
+        if not entry.device_id:
+            raise ValueError("manifest entry with an empty device id")
+        if entry.device_id in seen:
+            raise ValueError(f"manifest lists device {entry.device_id!r} more than once")
+        seen.add(entry.device_id)
+        if not _SHA256_HEX.fullmatch(entry.bootstrap_sha256):
+            raise ValueError(
+                f"manifest entry {entry.device_id!r}: bootstrap_sha256 must be 64 lowercase hex"
+            )
+
+
+def check_target_state(state: DeviceState) -> None:
+    if state is DeviceState.REVOKED:
+        raise ValueError("set_device_state cannot revoke: use revoke_device")

@@ -1,0 +1,92 @@
+"""The audit log's hash chain (pure).
+
+Each record's ``sha256`` is SHA-256 over the previous record's hash and a
+canonical JSON encoding of its own sequence number and event. Editing,
+inserting or deleting a row breaks the chain at that row, which
+:func:`verify_chain` reports. The first record chains to ``GENESIS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from fleet.store.records import AuditEvent, AuditRecord
+
+GENESIS = "0" * 64
+
+
+def event_to_json(event: AuditEvent) -> dict[str, Any]:
+    """The event as plain JSON values (also how backends persist it)."""
+    return {
+        "at": event.at.astimezone(dt.UTC).isoformat(),
+        "actor": event.actor,
+        "action": event.action,
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "device_id": event.device_id,
+        "detail": dict(sorted(event.detail.items())),
+    }
+
+
+def event_from_json(data: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(
+        at=dt.datetime.fromisoformat(data["at"]),
+        actor=data["actor"],
+        action=data["action"],
+        outcome=data["outcome"],
+        reason=data["reason"],
+        device_id=data["device_id"],
+        detail={str(k): str(v) for k, v in data["detail"].items()},
+    )
+
+
+def canonical_bytes(seq: int, event: AuditEvent) -> bytes:
+    body = {"seq": seq, "event": event_to_json(event)}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def chain_hash(prev_sha256: str, seq: int, event: AuditEvent) -> str:
+    digest = hashlib.sha256()
+    digest.update(bytes.fromhex(prev_sha256))
+    digest.update(canonical_bytes(seq, event))
+    return digest.hexdigest()
+
+
+def chain_next(prev: AuditRecord | None, event: AuditEvent) -> AuditRecord:
+    """The record that appends ``event`` after ``prev`` (None: the first)."""
+    seq = 1 if prev is None else prev.seq + 1
+    prev_sha = GENESIS if prev is None else prev.sha256
+    return AuditRecord(
+        seq=seq, event=event, prev_sha256=prev_sha, sha256=chain_hash(prev_sha, seq, event)
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChainProblem:
+    seq: int
+    problem: str  # "edited", "inserted_or_deleted", "sequence_gap", "bad_link"
+
+    def __str__(self) -> str:
+        return f"audit record {self.seq}: {self.problem.replace('_', ' ')}"
+
+
+def verify_chain(records: Iterable[AuditRecord]) -> list[ChainProblem]:
+    """Every break in the chain, first to last; empty means intact."""
+    problems: list[ChainProblem] = []
+    expected_seq = 1
+    prev_sha = GENESIS
+    for record in records:
+        if record.seq != expected_seq:
+            problems.append(ChainProblem(record.seq, "sequence_gap"))
+        if record.prev_sha256 != prev_sha:
+            problems.append(ChainProblem(record.seq, "inserted_or_deleted"))
+        if chain_hash(record.prev_sha256, record.seq, record.event) != record.sha256:
+            problems.append(ChainProblem(record.seq, "edited"))
+        expected_seq = record.seq + 1
+        prev_sha = record.sha256
+    return problems

@@ -1,0 +1,44 @@
+"""Wiring: pick a Store backend from a URL (only wiring code imports backends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fleet.errors import ConfigError
+from fleet.store.protocol import Store
+
+ACCEPTED_FORMS = (
+    "sqlite:///absolute/path/fleet.db, sqlite:relative/path/fleet.db, "
+    "redis://host:port/db or rediss://host:port/db"
+)
+
+
+async def open_store(url: str) -> Store:
+    """Open the store ``url`` names; anything unrecognised is a ConfigError."""
+    if url.startswith("sqlite:"):
+        from fleet.store.sqlite import SqliteStore
+
+        return await SqliteStore.open(_sqlite_path(url))
+    if url.startswith(("redis://", "rediss://")):
+        from fleet.store.redis import RedisStore
+
+        return await RedisStore.open(url)
+    raise ConfigError(
+        f"unsupported store URL {url!r}",
+        hint=f"Use one of: {ACCEPTED_FORMS}.",
+    )
+
+
+def _sqlite_path(url: str) -> Path:
+    rest = url.removeprefix("sqlite:")
+    if rest.startswith("//"):
+        # sqlite:///abs/path -> "/abs/path"; sqlite://host/... names a host, which SQLite has not.
+        if not rest.startswith("///"):
+            raise ConfigError(
+                f"SQLite URL {url!r} names a host",
+                hint=f"Use one of: {ACCEPTED_FORMS}.",
+            )
+        rest = rest[2:]
+    if not rest:
+        raise ConfigError(f"SQLite URL {url!r} has no path", hint=f"Use one of: {ACCEPTED_FORMS}.")
+    return Path(rest)

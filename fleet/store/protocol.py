@@ -1,0 +1,159 @@
+"""The Store protocol: everything fleet persists, behind one interface.
+
+Two backends implement it (``sqlite`` and ``redis``) and pass one contract
+suite (tests/contract). Rules every backend keeps:
+
+* Each method is atomic: it changes everything it says or nothing.
+* Compare-and-set methods (``expected=...``) raise :class:`StoreConflict` when
+  the record is not in an expected state; nothing is written then.
+* Backend failures (connection refused, corrupt file) raise
+  :class:`StoreUnavailable` with the backend's error chained; nothing is
+  half-written.
+* Lookups of a missing device or certificate raise the matching ``NotFound``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncGenerator, Collection, Sequence
+from typing import Protocol
+
+from fleet.store.records import (
+    AuditEvent,
+    AuditRecord,
+    CertificateRecord,
+    Device,
+    DeviceFilter,
+    DeviceState,
+    EnrollmentToken,
+    ManifestEntry,
+    ManufacturerCA,
+    RevocationEvent,
+    RevocationReason,
+    RevocationSnapshot,
+)
+
+
+class Store(Protocol):
+    async def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""
+
+    # -- manufacturer trust ------------------------------------------------
+    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
+        """Trust a manufacturer CA; False if one with that fingerprint already was."""
+
+    async def remove_manufacturer_ca(self, sha256: str) -> None:
+        """Stop trusting it. Raises NotFound if it was not trusted."""
+
+    async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
+        """All trusted manufacturer CAs, oldest first."""
+
+    # -- devices -------------------------------------------------------------
+    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+        """Create unknown devices as ``registered``; update pin, model and batch of
+        known ones (their state is kept). All or nothing. Returns how many
+        devices were created."""
+
+    async def get_device(self, device_id: str) -> Device:
+        """Raises DeviceNotFound."""
+
+    async def add_pending_device(self, device: Device) -> Device:
+        """Insert a device that is not in the manifest (state ``pending``).
+        Raises StoreConflict if the id exists."""
+
+    async def set_device_state(
+        self,
+        device_id: str,
+        state: DeviceState,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        reason: str = "",
+    ) -> Device:
+        """Move the device to ``state`` if its current state is in ``expected``.
+        Raises DeviceNotFound or StoreConflict. Revocation is not done here
+        (see ``revoke_device``) because it must also revoke certificates and
+        feed brokers."""
+
+    async def list_devices(
+        self, device_filter: DeviceFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[Device]:
+        """Devices matching the filter, ordered by id, starting after ``after``."""
+
+    # -- certificates --------------------------------------------------------
+    async def record_certificate(
+        self,
+        certificate: CertificateRecord,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        bootstrap_sha256: str | None = None,
+    ) -> Device:
+        """Record an issued certificate BEFORE it is returned to the device.
+
+        Atomically: the device must be in one of ``expected`` states (else
+        StoreConflict — of 20 racing first enrollments exactly one wins); the
+        certificate is inserted; the device becomes ``active``; with a
+        ``bootstrap_sha256`` (first enrollment) the device remembers which
+        bootstrap certificate enrolled it and when."""
+
+    async def get_certificate(self, serial: int) -> CertificateRecord:
+        """Raises CertificateNotFound."""
+
+    async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
+        """A device's certificates, newest first."""
+
+    async def list_expiring(
+        self, before: dt.datetime, *, limit: int = 1000
+    ) -> list[CertificateRecord]:
+        """Good certificates whose notAfter is before ``before``, soonest first."""
+
+    async def list_revoked(self) -> list[CertificateRecord]:
+        """Every revoked certificate (the CRL's content), by serial."""
+
+    async def revoke_certificate(
+        self, serial: int, reason: RevocationReason, now: dt.datetime
+    ) -> RevocationEvent | None:
+        """Revoke one certificate and append a feed event, atomically.
+        None if it was already revoked (idempotent). Raises CertificateNotFound."""
+
+    async def revoke_device(
+        self, device_id: str, reason: RevocationReason, now: dt.datetime
+    ) -> RevocationEvent | None:
+        """Revoke the device and every good certificate it holds and append one
+        feed event, atomically. None if it was already revoked. Raises
+        DeviceNotFound."""
+
+    # -- one-time enrollment tokens -----------------------------------------
+    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
+        """Store a token (hashed); it replaces any earlier token of the device."""
+
+    async def consume_enrollment_token(
+        self, device_id: str, token_sha256: str, now: dt.datetime
+    ) -> None:
+        """Use the token once. Raises TokenInvalid if unknown, used or expired;
+        of many racing requests exactly one succeeds."""
+
+    # -- audit log -------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        """Append to the hash chain (see fleet.store.audit_chain)."""
+
+    async def audit_records(
+        self, *, device_id: str | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditRecord]:
+        """Audit records in sequence order, optionally of one device."""
+
+    # -- revocation feed -------------------------------------------------------
+    async def feed_head(self) -> int:
+        """Sequence of the newest feed event (0 when empty)."""
+
+    async def feed_since(self, seq: int, *, limit: int = 1000) -> list[RevocationEvent]:
+        """Feed events with sequence > ``seq``, in order."""
+
+    async def revocation_snapshot(self) -> RevocationSnapshot:
+        """All revoked serials and devices, consistent with one feed sequence."""
+
+    def follow_feed(self, after_seq: int) -> AsyncGenerator[RevocationEvent, None]:
+        """Yield every event after ``after_seq`` in order, then new ones as they
+        are appended, forever. Gaps (missed notifications) are filled from
+        ``feed_since``, so no event is skipped or repeated."""

@@ -1,0 +1,160 @@
+"""What the store keeps: immutable records, free of any backend.
+
+Times are timezone-aware UTC. Serial numbers are Python ints (up to 159 bits);
+backends store them as lowercase hex without leading zeros.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+
+
+class DeviceState(enum.StrEnum):
+    """Lifecycle of a device.
+
+    registered: known (manifest or admin approval) and allowed to enroll
+    pending:    asked to enroll, waits for an admin (unknown device, possible clone)
+    active:     enrolled; renews with its operational certificate
+    suspended:  temporarily refused everywhere; ``resume`` returns it to active
+    rejected:   an admin refused its pending enrollment
+    revoked:    permanently cut off; can neither renew nor re-bootstrap
+    """
+
+    REGISTERED = "registered"
+    PENDING = "pending"
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    REJECTED = "rejected"
+    REVOKED = "revoked"
+
+
+class CertificateStatus(enum.StrEnum):
+    GOOD = "good"
+    REVOKED = "revoked"
+
+
+class RevocationReason(enum.StrEnum):
+    """RFC 5280 CRLReason names (the values cryptography's ReasonFlags use)."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "keyCompromise"
+    CA_COMPROMISE = "cACompromise"
+    AFFILIATION_CHANGED = "affiliationChanged"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessationOfOperation"
+    CERTIFICATE_HOLD = "certificateHold"
+    PRIVILEGE_WITHDRAWN = "privilegeWithdrawn"
+    AA_COMPROMISE = "aACompromise"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    """One line of the factory manifest."""
+
+    device_id: str
+    bootstrap_sha256: str  # lowercase hex of the DER bootstrap certificate
+    model: str = ""
+    batch: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Device:
+    device_id: str
+    state: DeviceState
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    bootstrap_sha256: str | None = None  # manifest pin; None = not in the manifest
+    model: str = ""
+    batch: str = ""
+    # SHA-256 of the bootstrap certificate that last enrolled; set on first
+    # enrollment, it is what makes a second use of the same bootstrap visible.
+    enrolled_bootstrap_sha256: str | None = None
+    enrolled_at: dt.datetime | None = None
+    state_reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    serial: int
+    device_id: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    issued_at: dt.datetime
+    pem: str
+    status: CertificateStatus = CertificateStatus.GOOD
+    revoked_at: dt.datetime | None = None
+    revocation_reason: RevocationReason | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ManufacturerCA:
+    sha256: str  # fingerprint of the DER CA certificate, lowercase hex
+    name: str
+    pem: str
+    added_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EnrollmentToken:
+    device_id: str
+    token_sha256: str  # the token itself is never stored
+    created_at: dt.datetime
+    expires_at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """An audit event before the store places it in the chain."""
+
+    at: dt.datetime
+    actor: str  # "device:<id>", "admin:<name>", "system"
+    action: str  # e.g. "enroll", "renew", "revoke", "approve"
+    outcome: str  # "allowed", "refused", "held", "done"
+    reason: str  # reason code, e.g. "manifest_pinned", "bootstrap_reused"
+    device_id: str | None = None
+    detail: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """An audit event as chained: ``sha256`` covers ``prev_sha256`` and the event."""
+
+    seq: int
+    event: AuditEvent
+    prev_sha256: str
+    sha256: str
+
+
+class RevocationKind(enum.StrEnum):
+    DEVICE = "device"  # the device and every certificate it holds
+    CERTIFICATE = "certificate"  # one certificate
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RevocationEvent:
+    """One entry of the revocation feed that brokers follow."""
+
+    seq: int  # strictly increasing, no gaps, starting at 1
+    kind: RevocationKind
+    device_id: str
+    serials: tuple[int, ...]  # certificates revoked by this event
+    reason: RevocationReason
+    at: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RevocationSnapshot:
+    """Every revoked serial and device as of feed sequence ``seq``."""
+
+    seq: int
+    serials: frozenset[int]
+    device_ids: frozenset[str]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class DeviceFilter:
+    state: DeviceState | None = None
+    batch: str | None = None
+    model: str | None = None

@@ -1,0 +1,905 @@
+"""The Redis store: several server replicas and broker nodes share one Redis.
+
+Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
+
+    {ns}:device:<id>          hash    one device; absent field = None
+    {ns}:devices              zset    every device id, score 0: lexicographic paging
+    {ns}:cert:<serial hex>    hash    one certificate
+    {ns}:device-certs:<id>    set     serials (hex) of a device's certificates
+    {ns}:expiry               zset    good certificates, score = notAfter (epoch µs)
+    {ns}:revoked              set     revoked serials (the CRL's content)
+    {ns}:revoked-devices      set     revoked device ids
+    {ns}:token:<id>           hash    the device's one-time enrollment token (hashed)
+    {ns}:mfr-cas              hash    fingerprint -> manufacturer CA as JSON
+    {ns}:audit                zset    score = seq, member = the chained record as JSON
+    {ns}:audit:head           hash    seq and sha256 of the newest audit record
+    {ns}:audit:device:<id>    zset    seqs of one device's audit records (an index)
+    {ns}:feed                 list    revocation events as JSON; index i holds seq i+1
+    {ns}:feed:seq             string  newest feed sequence (INCR)
+    {ns}:feed:events          channel every feed event is PUBLISHed here as well
+
+Why one hash tag: every key starts with ``{ns}``, so in Redis Cluster all of a
+namespace lives in one hash slot. Each change is one Lua script (atomic on the
+server), and a script may only touch keys of one slot; ``revoke_device`` must
+reach certificate keys it only learns inside the script. The price is that one
+namespace does not spread over cluster nodes; shard by namespace if ever needed.
+
+Every multi-key change is one script; nothing reads, decides in Python, then
+writes without a server-side check. The audit append is the one place Python
+computes (SHA-256 is not available in Redis Lua): it is a compare-and-set on
+the chain head, retried on a lost race.
+
+Lua scripts do not roll back: a script that fails halfway keeps what it wrote.
+So each script checks everything (existence, states, key types) before its
+first write. redis-py retries a command once on a dropped connection, so a
+write may run twice: ``append_audit`` and ``record_certificate`` recognise their
+own earlier success; a retried ``revoke_*`` returns None (already revoked) and
+a retried token consume fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import random
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import Any, cast
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.typing import EncodableT
+
+from fleet.errors import (
+    CertificateNotFound,
+    ConfigError,
+    DeviceNotFound,
+    NotFound,
+    StoreConflict,
+    StoreUnavailable,
+    TokenInvalid,
+)
+from fleet.store._codec import (
+    check_manifest,
+    check_target_state,
+    epoch_us,
+    feed_event_from_json,
+    opt_parse_ts,
+    opt_ts,
+    parse_ts,
+    serial_hex,
+    serial_int,
+    ts,
+)
+from fleet.store.audit_chain import GENESIS, chain_next, event_from_json, event_to_json
+from fleet.store.records import (
+    AuditEvent,
+    AuditRecord,
+    CertificateRecord,
+    CertificateStatus,
+    Device,
+    DeviceFilter,
+    DeviceState,
+    EnrollmentToken,
+    ManifestEntry,
+    ManufacturerCA,
+    RevocationEvent,
+    RevocationReason,
+    RevocationSnapshot,
+)
+
+_FEED_PAGE = 1000
+_SCAN_PAGE = 500
+_AUDIT_CAS_ATTEMPTS = 50
+_FOLLOW_IDLE_CHECK_SECONDS = 1.0
+_FOLLOW_MAX_BACKOFF_SECONDS = 2.0
+
+_IMPORT_MANIFEST = """
+-- KEYS[1] devices zset, KEYS[2..] device hashes
+-- ARGV[1] now, then per device: id, bootstrap_sha256, model, batch
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'zset' then
+  return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is ' .. t)
+end
+for i = 2, #KEYS do
+  t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= 'hash' then
+    return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is ' .. t)
+  end
+end
+local now = ARGV[1]
+local created = 0
+for i = 2, #KEYS do
+  local a = 2 + (i - 2) * 4
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('HSET', KEYS[i], 'bootstrap_sha256', ARGV[a + 1], 'model', ARGV[a + 2],
+      'batch', ARGV[a + 3], 'updated_at', now)
+  else
+    redis.call('HSET', KEYS[i], 'device_id', ARGV[a], 'state', 'registered',
+      'created_at', now, 'updated_at', now, 'bootstrap_sha256', ARGV[a + 1],
+      'model', ARGV[a + 2], 'batch', ARGV[a + 3], 'state_reason', '')
+    redis.call('ZADD', KEYS[1], 0, ARGV[a])
+    created = created + 1
+  end
+end
+return created
+"""
+
+_ADD_DEVICE = """
+-- KEYS[1] device hash, KEYS[2] devices zset; ARGV[1] id, ARGV[2..] field/value pairs
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+return 1
+"""
+
+_SET_STATE = """
+-- KEYS[1] device hash; ARGV[1] state, ARGV[2] now, ARGV[3] reason, ARGV[4..] expected
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing'} end
+local allowed = false
+for i = 4, #ARGV do
+  if ARGV[i] == cur then allowed = true end
+end
+if not allowed then return {'conflict', cur} end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2], 'state_reason', ARGV[3])
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
+_RECORD_CERTIFICATE = """
+-- KEYS[1] device, KEYS[2] cert, KEYS[3] device-certs, KEYS[4] expiry, KEYS[5] revoked
+-- ARGV[1] now, ARGV[2] bootstrap sha ('' = none), ARGV[3] notAfter score,
+-- ARGV[4] m = 2 * number of cert fields, ARGV[5 .. 4+m] cert field/value pairs,
+-- ARGV[5+m ..] expected device states
+local m = tonumber(ARGV[4])
+local cert = {}
+for i = 5, 4 + m, 2 do cert[ARGV[i]] = ARGV[i + 1] end
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing'} end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local old = redis.call('HMGET', KEYS[2], 'device_id', 'pem')
+  if old[1] == cert['device_id'] and old[2] == cert['pem'] then
+    return {'ok', redis.call('HGETALL', KEYS[1])}
+  end
+  return {'duplicate'}
+end
+local allowed = false
+for i = 5 + m, #ARGV do
+  if ARGV[i] == cur then allowed = true end
+end
+if not allowed then return {'conflict', cur} end
+redis.call('HSET', KEYS[2], unpack(ARGV, 5, 4 + m))
+redis.call('SADD', KEYS[3], cert['serial'])
+if cert['status'] == 'good' then
+  redis.call('ZADD', KEYS[4], ARGV[3], cert['serial'])
+else
+  redis.call('SADD', KEYS[5], cert['serial'])
+end
+redis.call('HSET', KEYS[1], 'state', 'active', 'updated_at', ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('HSET', KEYS[1], 'enrolled_bootstrap_sha256', ARGV[2], 'enrolled_at', ARGV[1])
+end
+return {'ok', redis.call('HGETALL', KEYS[1])}
+"""
+
+_FEED_APPEND = """
+local function feed_append(feed, feed_seq, channel, kind, device_id, serials, reason, at)
+  local seq = redis.call('INCR', feed_seq)
+  local event = cjson.encode({seq = seq, kind = kind, device_id = device_id,
+    serials = serials, reason = reason, at = at})
+  redis.call('RPUSH', feed, event)
+  redis.call('PUBLISH', channel, event)
+  return event
+end
+"""
+
+_REVOKE_CERTIFICATE = (
+    _FEED_APPEND
+    + """
+-- KEYS[1] cert, KEYS[2] expiry, KEYS[3] revoked, KEYS[4] feed, KEYS[5] feed:seq
+-- ARGV[1] serial hex, ARGV[2] reason, ARGV[3] now, ARGV[4] channel
+local cert = redis.call('HMGET', KEYS[1], 'status', 'device_id')
+if not cert[1] then return {'missing'} end
+if cert[1] == 'revoked' then return {'already'} end
+redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_at', ARGV[3],
+  'revocation_reason', ARGV[2])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[1])
+return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[4], 'certificate', cert[2], {ARGV[1]},
+  ARGV[2], ARGV[3])}
+"""
+)
+
+_REVOKE_DEVICE = (
+    _FEED_APPEND
+    + """
+-- KEYS[1] device, KEYS[2] device-certs, KEYS[3] expiry, KEYS[4] revoked,
+-- KEYS[5] revoked-devices, KEYS[6] feed, KEYS[7] feed:seq
+-- ARGV[1] device id, ARGV[2] reason, ARGV[3] now, ARGV[4] channel, ARGV[5] cert key prefix
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {'missing'} end
+if state == 'revoked' then return {'already'} end
+-- Certificate keys are only known here; the shared hash tag keeps them in this slot.
+local serials = {}
+for _, serial in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local key = ARGV[5] .. serial
+  if redis.call('HGET', key, 'status') == 'good' then
+    redis.call('HSET', key, 'status', 'revoked', 'revoked_at', ARGV[3],
+      'revocation_reason', ARGV[2])
+    redis.call('ZREM', KEYS[3], serial)
+    redis.call('SADD', KEYS[4], serial)
+    table.insert(serials, serial)
+  end
+end
+redis.call('HSET', KEYS[1], 'state', 'revoked', 'updated_at', ARGV[3], 'state_reason', ARGV[2])
+redis.call('SADD', KEYS[5], ARGV[1])
+return {'ok', feed_append(KEYS[6], KEYS[7], ARGV[4], 'device', ARGV[1], serials, ARGV[2],
+  ARGV[3])}
+"""
+)
+
+_SPEND_ONE_TIME_CODE = """
+-- KEYS[1] token hash; ARGV[1] token sha256, ARGV[2] now
+local t = redis.call('HMGET', KEYS[1], 'token_sha256', 'expires_at')
+if not t[1] or t[1] ~= ARGV[1] or t[2] <= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+_APPEND_AUDIT = """
+-- KEYS[1] audit zset, KEYS[2] audit head, KEYS[3] (optional) device index
+-- ARGV[1] expected head sha, ARGV[2] new seq, ARGV[3] new sha, ARGV[4] record JSON,
+-- ARGV[5] genesis
+local head = redis.call('HGET', KEYS[2], 'sha256') or ARGV[5]
+if head == ARGV[3] then return 1 end  -- a retried call whose first attempt landed
+if head ~= ARGV[1] then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'sha256', ARGV[3])
+if KEYS[3] then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[2]) end
+return 1
+"""
+
+_AUDIT_OF_DEVICE = """
+-- KEYS[1] audit zset, KEYS[2] device index; ARGV[1] after seq, ARGV[2] limit
+local out = {}
+local seqs = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], '+inf', 'LIMIT', 0, ARGV[2])
+for _, seq in ipairs(seqs) do
+  for _, record in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], seq, seq)) do
+    table.insert(out, record)
+  end
+end
+return out
+"""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Keys:
+    namespace: str
+
+    @property
+    def tag(self) -> str:
+        return "{" + self.namespace + "}"
+
+    def device(self, device_id: str) -> str:
+        return f"{self.tag}:device:{device_id}"
+
+    def cert(self, serial: int) -> str:
+        return f"{self.cert_prefix}{serial_hex(serial)}"
+
+    @property
+    def cert_prefix(self) -> str:
+        return f"{self.tag}:cert:"
+
+    def device_certs(self, device_id: str) -> str:
+        return f"{self.tag}:device-certs:{device_id}"
+
+    def token(self, device_id: str) -> str:
+        return f"{self.tag}:token:{device_id}"
+
+    def audit_device(self, device_id: str) -> str:
+        return f"{self.tag}:audit:device:{device_id}"
+
+    @property
+    def devices(self) -> str:
+        return f"{self.tag}:devices"
+
+    @property
+    def expiry(self) -> str:
+        return f"{self.tag}:expiry"
+
+    @property
+    def revoked(self) -> str:
+        return f"{self.tag}:revoked"
+
+    @property
+    def revoked_devices(self) -> str:
+        return f"{self.tag}:revoked-devices"
+
+    @property
+    def mfr_cas(self) -> str:
+        return f"{self.tag}:mfr-cas"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.tag}:audit"
+
+    @property
+    def audit_head(self) -> str:
+        return f"{self.tag}:audit:head"
+
+    @property
+    def feed(self) -> str:
+        return f"{self.tag}:feed"
+
+    @property
+    def feed_seq(self) -> str:
+        return f"{self.tag}:feed:seq"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.tag}:feed:events"
+
+
+# -- typed views of redis-py's loosely typed replies (decode_responses=True) ---
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
+
+
+def _texts(value: Any) -> list[str]:
+    return [_text(v) for v in value]
+
+
+def _fields(value: Any) -> dict[str, str]:
+    """A hash from HGETALL (a dict) or from a script (a flat field/value list)."""
+    if isinstance(value, Mapping):
+        return {_text(k): _text(v) for k, v in value.items()}
+    flat = _texts(value)
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _reply(value: Any) -> tuple[str, Any]:
+    """A script's ``{status, payload}`` reply."""
+    items = list(value)
+    return _text(items[0]), items[1] if len(items) > 1 else None
+
+
+@contextlib.contextmanager
+def _mapped_errors() -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+
+
+def _device_fields(device: Device) -> dict[str, str]:
+    fields = {
+        "device_id": device.device_id,
+        "state": device.state.value,
+        "created_at": ts(device.created_at),
+        "updated_at": ts(device.updated_at),
+        "model": device.model,
+        "batch": device.batch,
+        "state_reason": device.state_reason,
+    }
+    optional = {
+        "bootstrap_sha256": device.bootstrap_sha256,
+        "enrolled_bootstrap_sha256": device.enrolled_bootstrap_sha256,
+        "enrolled_at": opt_ts(device.enrolled_at),
+    }
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    return fields
+
+
+def _device(fields: Mapping[str, str]) -> Device:
+    return Device(
+        device_id=fields["device_id"],
+        state=DeviceState(fields["state"]),
+        created_at=parse_ts(fields["created_at"]),
+        updated_at=parse_ts(fields["updated_at"]),
+        bootstrap_sha256=fields.get("bootstrap_sha256"),
+        model=fields.get("model", ""),
+        batch=fields.get("batch", ""),
+        enrolled_bootstrap_sha256=fields.get("enrolled_bootstrap_sha256"),
+        enrolled_at=opt_parse_ts(fields.get("enrolled_at")),
+        state_reason=fields.get("state_reason", ""),
+    )
+
+
+def _cert_fields(cert: CertificateRecord) -> dict[str, str]:
+    fields = {
+        "serial": serial_hex(cert.serial),
+        "device_id": cert.device_id,
+        "not_before": ts(cert.not_before),
+        "not_after": ts(cert.not_after),
+        "issued_at": ts(cert.issued_at),
+        "pem": cert.pem,
+        "status": cert.status.value,
+    }
+    if cert.revoked_at is not None:
+        fields["revoked_at"] = ts(cert.revoked_at)
+    if cert.revocation_reason is not None:
+        fields["revocation_reason"] = cert.revocation_reason.value
+    return fields
+
+
+def _certificate(fields: Mapping[str, str]) -> CertificateRecord:
+    reason = fields.get("revocation_reason")
+    return CertificateRecord(
+        serial=serial_int(fields["serial"]),
+        device_id=fields["device_id"],
+        not_before=parse_ts(fields["not_before"]),
+        not_after=parse_ts(fields["not_after"]),
+        issued_at=parse_ts(fields["issued_at"]),
+        pem=fields["pem"],
+        status=CertificateStatus(fields["status"]),
+        revoked_at=opt_parse_ts(fields.get("revoked_at")),
+        revocation_reason=None if reason is None else RevocationReason(reason),
+    )
+
+
+def _audit_to_json(record: AuditRecord) -> str:
+    return json.dumps(
+        {
+            "seq": record.seq,
+            "event": event_to_json(record.event),
+            "prev_sha256": record.prev_sha256,
+            "sha256": record.sha256,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def _audit_from_json(text: str) -> AuditRecord:
+    data = json.loads(text)
+    return AuditRecord(
+        seq=int(data["seq"]),
+        event=event_from_json(data["event"]),
+        prev_sha256=str(data["prev_sha256"]),
+        sha256=str(data["sha256"]),
+    )
+
+
+def _ca_to_json(ca: ManufacturerCA) -> str:
+    return json.dumps(
+        {"sha256": ca.sha256, "name": ca.name, "pem": ca.pem, "added_at": ts(ca.added_at)}
+    )
+
+
+def _ca_from_json(text: str) -> ManufacturerCA:
+    data = json.loads(text)
+    return ManufacturerCA(
+        sha256=data["sha256"],
+        name=data["name"],
+        pem=data["pem"],
+        added_at=parse_ts(data["added_at"]),
+    )
+
+
+class RedisStore:
+    """Store backed by Redis; see the module docstring for the key layout."""
+
+    def __init__(self, client: Redis, namespace: str) -> None:
+        self._redis = client
+        self._keys = _Keys(namespace)
+        self._import_manifest = client.register_script(_IMPORT_MANIFEST)
+        self._add_device = client.register_script(_ADD_DEVICE)
+        self._set_state = client.register_script(_SET_STATE)
+        self._record_certificate = client.register_script(_RECORD_CERTIFICATE)
+        self._revoke_certificate = client.register_script(_REVOKE_CERTIFICATE)
+        self._revoke_device = client.register_script(_REVOKE_DEVICE)
+        self._consume_token = client.register_script(_SPEND_ONE_TIME_CODE)
+        self._append_audit = client.register_script(_APPEND_AUDIT)
+        self._audit_of_device = client.register_script(_AUDIT_OF_DEVICE)
+
+    @classmethod
+    async def open(cls, url: str, *, namespace: str = "fleet") -> RedisStore:
+        if not namespace or "{" in namespace or "}" in namespace:
+            raise ConfigError(f"Redis namespace {namespace!r} must be non-empty without braces")
+        try:
+            client = Redis.from_url(
+                url,
+                decode_responses=True,
+                # One retry recovers a pooled connection Redis closed (restart,
+                # idle timeout); more would only delay StoreUnavailable.
+                retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
+                socket_connect_timeout=2.0,
+                socket_timeout=5.0,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"invalid Redis URL: {exc}") from exc
+        store = cls(client, namespace)
+        try:
+            with _mapped_errors():
+                await client.ping()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        with contextlib.suppress(RedisError, OSError):
+            await self._redis.aclose()
+
+    # -- manufacturer trust ------------------------------------------------
+    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
+        with _mapped_errors():
+            return bool(await self._redis.hsetnx(self._keys.mfr_cas, ca.sha256, _ca_to_json(ca)))
+
+    async def remove_manufacturer_ca(self, sha256: str) -> None:
+        with _mapped_errors():
+            removed = await self._redis.hdel(self._keys.mfr_cas, sha256)
+        if not removed:
+            raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
+
+    async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
+        with _mapped_errors():
+            raw = _fields(await self._redis.hgetall(self._keys.mfr_cas))
+        cas = [_ca_from_json(v) for v in raw.values()]
+        return sorted(cas, key=lambda ca: (ca.added_at, ca.sha256))
+
+    # -- devices -------------------------------------------------------------
+    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+        check_manifest(entries)
+        keys = [self._keys.devices, *(self._keys.device(e.device_id) for e in entries)]
+        args: list[str] = [ts(now)]
+        for e in entries:
+            args += [e.device_id, e.bootstrap_sha256, e.model, e.batch]
+        with _mapped_errors():
+            return int(await self._import_manifest(keys=keys, args=args))
+
+    async def _device_hash(self, device_id: str) -> dict[str, str]:
+        with _mapped_errors():
+            return _fields(await self._redis.hgetall(self._keys.device(device_id)))
+
+    async def get_device(self, device_id: str) -> Device:
+        fields = await self._device_hash(device_id)
+        if not fields:
+            raise DeviceNotFound(f"no device {device_id!r}")
+        return _device(fields)
+
+    async def add_pending_device(self, device: Device) -> Device:
+        fields = _device_fields(device)
+        args = [device.device_id, *(x for pair in fields.items() for x in pair)]
+        keys = [self._keys.device(device.device_id), self._keys.devices]
+        with _mapped_errors():
+            added = await self._add_device(keys=keys, args=args)
+        if not added:
+            raise StoreConflict(f"device {device.device_id!r} already exists")
+        return _device(fields)
+
+    def _device_reply(self, device_id: str, reply: Any) -> Device:
+        status, payload = _reply(reply)
+        if status == "missing":
+            raise DeviceNotFound(f"no device {device_id!r}")
+        if status == "conflict":
+            raise StoreConflict(
+                f"device {device_id!r} is {_text(payload)}, not in an expected state"
+            )
+        if status == "duplicate":
+            raise StoreConflict("a different certificate with this serial is already recorded")
+        return _device(_fields(payload))
+
+    async def set_device_state(
+        self,
+        device_id: str,
+        state: DeviceState,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        reason: str = "",
+    ) -> Device:
+        check_target_state(state)
+        args = [state.value, ts(now), reason, *(s.value for s in expected)]
+        with _mapped_errors():
+            reply = await self._set_state(keys=[self._keys.device(device_id)], args=args)
+        return self._device_reply(device_id, reply)
+
+    async def list_devices(
+        self, device_filter: DeviceFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[Device]:
+        found: list[Device] = []
+        cursor = "-" if after is None else f"({after}"
+        with _mapped_errors():
+            while len(found) < limit:
+                ids = _texts(
+                    await self._redis.zrangebylex(
+                        self._keys.devices, cursor, "+", start=0, num=_SCAN_PAGE
+                    )
+                )
+                if not ids:
+                    break
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for device_id in ids:
+                        pipe.hgetall(self._keys.device(device_id))
+                    hashes = await pipe.execute()
+                for raw in hashes:
+                    fields = _fields(raw)
+                    if fields and _matches(_device(fields), device_filter):
+                        found.append(_device(fields))
+                cursor = f"({ids[-1]}"
+        return found[:limit]
+
+    # -- certificates --------------------------------------------------------
+    async def record_certificate(
+        self,
+        certificate: CertificateRecord,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        bootstrap_sha256: str | None = None,
+    ) -> Device:
+        c = certificate
+        fields = _cert_fields(c)
+        pairs = [x for pair in fields.items() for x in pair]
+        keys = [
+            self._keys.device(c.device_id),
+            self._keys.cert(c.serial),
+            self._keys.device_certs(c.device_id),
+            self._keys.expiry,
+            self._keys.revoked,
+        ]
+        args: list[str | int] = [
+            ts(now),
+            bootstrap_sha256 or "",
+            epoch_us(c.not_after),
+            len(pairs),
+            *pairs,
+            *(s.value for s in expected),
+        ]
+        with _mapped_errors():
+            reply = await self._record_certificate(keys=keys, args=args)
+        return self._device_reply(c.device_id, reply)
+
+    async def _certificates(self, serials: Sequence[str]) -> list[CertificateRecord]:
+        with _mapped_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for serial in serials:
+                    pipe.hgetall(self._keys.cert(serial_int(serial)))
+                hashes = await pipe.execute()
+        return [_certificate(f) for f in map(_fields, hashes) if f]
+
+    async def get_certificate(self, serial: int) -> CertificateRecord:
+        with _mapped_errors():
+            fields = _fields(await self._redis.hgetall(self._keys.cert(serial)))
+        if not fields:
+            raise CertificateNotFound(f"no certificate with serial {serial:x}")
+        return _certificate(fields)
+
+    async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
+        with _mapped_errors():
+            serials = _texts(await self._redis.smembers(self._keys.device_certs(device_id)))
+        certs = await self._certificates(serials)
+        return sorted(certs, key=lambda c: (c.issued_at, c.serial), reverse=True)
+
+    async def list_expiring(
+        self, before: dt.datetime, *, limit: int = 1000
+    ) -> list[CertificateRecord]:
+        with _mapped_errors():
+            serials = _texts(
+                await self._redis.zrangebyscore(
+                    self._keys.expiry, "-inf", f"({epoch_us(before)}", start=0, num=limit
+                )
+            )
+        certs = await self._certificates(serials)
+        # A revocation between the two reads leaves a revoked record here.
+        good = [c for c in certs if c.status is CertificateStatus.GOOD]
+        return sorted(good, key=lambda c: (c.not_after, c.serial))
+
+    async def list_revoked(self) -> list[CertificateRecord]:
+        with _mapped_errors():
+            serials = _texts(await self._redis.smembers(self._keys.revoked))
+        return sorted(await self._certificates(serials), key=lambda c: c.serial)
+
+    async def revoke_certificate(
+        self, serial: int, reason: RevocationReason, now: dt.datetime
+    ) -> RevocationEvent | None:
+        k = self._keys
+        keys = [k.cert(serial), k.expiry, k.revoked, k.feed, k.feed_seq]
+        args = [serial_hex(serial), reason.value, ts(now), k.channel]
+        with _mapped_errors():
+            status, payload = _reply(await self._revoke_certificate(keys=keys, args=args))
+        if status == "missing":
+            raise CertificateNotFound(f"no certificate with serial {serial:x}")
+        if status == "already":
+            return None
+        return feed_event_from_json(_text(payload))
+
+    async def revoke_device(
+        self, device_id: str, reason: RevocationReason, now: dt.datetime
+    ) -> RevocationEvent | None:
+        k = self._keys
+        keys = [
+            k.device(device_id),
+            k.device_certs(device_id),
+            k.expiry,
+            k.revoked,
+            k.revoked_devices,
+            k.feed,
+            k.feed_seq,
+        ]
+        args = [device_id, reason.value, ts(now), k.channel, k.cert_prefix]
+        with _mapped_errors():
+            status, payload = _reply(await self._revoke_device(keys=keys, args=args))
+        if status == "missing":
+            raise DeviceNotFound(f"no device {device_id!r}")
+        if status == "already":
+            return None
+        return feed_event_from_json(_text(payload))
+
+    # -- one-time enrollment tokens -----------------------------------------
+    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
+        key = self._keys.token(token.device_id)
+        mapping: dict[EncodableT, EncodableT] = {
+            "token_sha256": token.token_sha256,
+            "created_at": ts(token.created_at),
+            "expires_at": ts(token.expires_at),
+        }
+        with _mapped_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping=mapping)
+                await pipe.execute()
+
+    async def consume_enrollment_token(
+        self, device_id: str, token_sha256: str, now: dt.datetime
+    ) -> None:
+        keys = [self._keys.token(device_id)]
+        with _mapped_errors():
+            used = await self._consume_token(keys=keys, args=[token_sha256, ts(now)])
+        if not used:
+            # One message for every cause, so a caller cannot probe which it was.
+            raise TokenInvalid(f"no valid enrollment token for device {device_id!r}")
+
+    # -- audit log -------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        k = self._keys
+        keys = [k.audit, k.audit_head]
+        if event.device_id is not None:
+            keys.append(k.audit_device(event.device_id))
+        for attempt in range(_AUDIT_CAS_ATTEMPTS):
+            with _mapped_errors():
+                head = _fields(await self._redis.hgetall(k.audit_head))
+            prev = (
+                None
+                if not head
+                # chain_next reads only seq and sha256 of the previous record.
+                else AuditRecord(int(head["seq"]), event, prev_sha256="", sha256=head["sha256"])
+            )
+            record = chain_next(prev, event)
+            args: list[str | int] = [
+                record.prev_sha256,
+                record.seq,
+                record.sha256,
+                _audit_to_json(record),
+                GENESIS,
+            ]
+            with _mapped_errors():
+                if await self._append_audit(keys=keys, args=args):
+                    return record
+            # Another writer appended first: chain after its record instead.
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 -- jitter
+        raise StoreConflict("the audit log is too busy to append; retry")
+
+    async def audit_records(
+        self, *, device_id: str | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditRecord]:
+        with _mapped_errors():
+            if device_id is None:
+                raw = await self._redis.zrangebyscore(
+                    self._keys.audit, f"({after_seq}", "+inf", start=0, num=limit
+                )
+            else:
+                raw = await self._audit_of_device(
+                    keys=[self._keys.audit, self._keys.audit_device(device_id)],
+                    args=[after_seq, limit],
+                )
+        return [_audit_from_json(text) for text in _texts(raw)]
+
+    # -- revocation feed -------------------------------------------------------
+    async def feed_head(self) -> int:
+        with _mapped_errors():
+            head = await self._redis.get(self._keys.feed_seq)
+        return 0 if head is None else int(head)
+
+    async def feed_since(self, seq: int, *, limit: int = 1000) -> list[RevocationEvent]:
+        if limit <= 0:
+            return []
+        start = max(seq, 0)  # a negative LRANGE index would count from the end
+        with _mapped_errors():
+            raw = _texts(await self._redis.lrange(self._keys.feed, start, start + limit - 1))
+        return [e for e in map(feed_event_from_json, raw) if e.seq > seq]
+
+    async def revocation_snapshot(self) -> RevocationSnapshot:
+        k = self._keys
+        with _mapped_errors():
+            # MULTI/EXEC: the three reads see one moment of the data set.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.get(k.feed_seq)
+                pipe.smembers(k.revoked)
+                pipe.smembers(k.revoked_devices)
+                head, serials, devices = await pipe.execute()
+        return RevocationSnapshot(
+            seq=0 if head is None else int(head),
+            serials=frozenset(serial_int(s) for s in _texts(serials)),
+            device_ids=frozenset(_texts(devices)),
+        )
+
+    async def _events_after(self, seq: int) -> list[RevocationEvent]:
+        events: list[RevocationEvent] = []
+        while True:
+            page = await self.feed_since(seq, limit=_FEED_PAGE)
+            events += page
+            if len(page) < _FEED_PAGE:
+                return events
+            seq = page[-1].seq
+
+    async def follow_feed(self, after_seq: int) -> AsyncGenerator[RevocationEvent, None]:
+        last = after_seq
+        backoff = 0.05
+        while True:
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self._keys.channel)
+                while True:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=False, timeout=_FOLLOW_IDLE_CHECK_SECONDS
+                    )
+                    kind = None if message is None else _text(message["type"])
+                    resync = False
+                    if kind is None:
+                        # Pub/sub is at-most-once: when quiet, compare with the head so
+                        # a lost final message is not waited for forever.
+                        resync = await self.feed_head() > last
+                    elif kind == "subscribe":
+                        # The server now delivers to us (first time, or redis-py
+                        # re-subscribed after a reconnect): read what we missed.
+                        resync = True
+                    elif kind == "message":
+                        event = feed_event_from_json(_text(message["data"]))
+                        if event.seq == last + 1:
+                            yield event
+                            last = event.seq
+                        elif event.seq > last:
+                            resync = True
+                    if resync:
+                        for event in await self._events_after(last):
+                            yield event
+                            last = event.seq
+                    backoff = 0.05
+            except (RedisError, OSError, StoreUnavailable):
+                # Redis went away: keep following; brokers report staleness themselves.
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))  # noqa: S311 -- jitter
+                backoff = min(backoff * 2, _FOLLOW_MAX_BACKOFF_SECONDS)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await _close_pubsub(pubsub)
+
+
+async def _close_pubsub(pubsub: PubSub) -> None:
+    # PubSub.aclose carries no annotations; this is its typed signature.
+    aclose = cast(Callable[[], Awaitable[None]], pubsub.aclose)
+    await aclose()
+
+
+def _matches(device: Device, device_filter: DeviceFilter) -> bool:
+    return (
+        (device_filter.state is None or device.state is device_filter.state)
+        and (device_filter.batch is None or device.batch == device_filter.batch)
+        and (device_filter.model is None or device.model == device_filter.model)
+    )

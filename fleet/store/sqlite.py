@@ -1,0 +1,744 @@
+"""The embedded SQLite store (the default: zero set-up, one machine).
+
+Python's sqlite3 blocks, so each store owns ONE worker thread that owns ONE
+connection; every method hops onto that thread. Writes run in ``BEGIN
+IMMEDIATE`` transactions: the write lock is taken up front, so two processes
+(``fleet serve --workers N``) sharing the file serialize on it (waiting up to
+``busy_timeout``) instead of failing halfway through a read-then-write.
+
+Pragmas: WAL lets readers run beside the single writer. ``synchronous=FULL``
+rather than NORMAL: in WAL mode NORMAL may lose the last commits on power loss,
+and a certificate must be durably recorded before it is handed to a device
+(and a consumed token must stay consumed); enrollment rates make the extra
+fsync per commit cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import AsyncGenerator, Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fleet.errors import (
+    CertificateNotFound,
+    DeviceNotFound,
+    NotFound,
+    StoreConflict,
+    StoreUnavailable,
+    TokenInvalid,
+)
+from fleet.store._codec import (
+    check_manifest,
+    check_target_state,
+    feed_event_from_json,
+    feed_event_to_json,
+    opt_parse_ts,
+    opt_ts,
+    parse_ts,
+    serial_hex,
+    serial_int,
+    ts,
+)
+from fleet.store.audit_chain import chain_next, event_from_json, event_to_json
+from fleet.store.records import (
+    AuditEvent,
+    AuditRecord,
+    CertificateRecord,
+    CertificateStatus,
+    Device,
+    DeviceFilter,
+    DeviceState,
+    EnrollmentToken,
+    ManifestEntry,
+    ManufacturerCA,
+    RevocationEvent,
+    RevocationKind,
+    RevocationReason,
+    RevocationSnapshot,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+FEED_POLL_SECONDS = 0.02
+_FEED_PAGE = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    bootstrap_sha256 TEXT,
+    model TEXT NOT NULL DEFAULT '',
+    batch TEXT NOT NULL DEFAULT '',
+    enrolled_bootstrap_sha256 TEXT,
+    enrolled_at TEXT,
+    state_reason TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS devices_state ON devices(state);
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY,
+    device_id TEXT NOT NULL REFERENCES devices(device_id),
+    not_before TEXT NOT NULL,
+    not_after TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    status TEXT NOT NULL,
+    revoked_at TEXT,
+    revocation_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
+CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(not_after);
+CREATE INDEX IF NOT EXISTS certificates_status ON certificates(status);
+CREATE TABLE IF NOT EXISTS manufacturer_cas (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    added_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS enrollment_tokens (
+    device_id TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    event TEXT NOT NULL,
+    prev_sha256 TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    device_id TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_device ON audit(device_id, seq);
+CREATE TABLE IF NOT EXISTS revocation_feed (
+    seq INTEGER PRIMARY KEY,
+    event TEXT NOT NULL
+);
+"""
+
+
+def _device(row: sqlite3.Row) -> Device:
+    return Device(
+        device_id=row["device_id"],
+        state=DeviceState(row["state"]),
+        created_at=parse_ts(row["created_at"]),
+        updated_at=parse_ts(row["updated_at"]),
+        bootstrap_sha256=row["bootstrap_sha256"],
+        model=row["model"],
+        batch=row["batch"],
+        enrolled_bootstrap_sha256=row["enrolled_bootstrap_sha256"],
+        enrolled_at=opt_parse_ts(row["enrolled_at"]),
+        state_reason=row["state_reason"],
+    )
+
+
+def _certificate(row: sqlite3.Row) -> CertificateRecord:
+    reason = row["revocation_reason"]
+    return CertificateRecord(
+        serial=serial_int(row["serial"]),
+        device_id=row["device_id"],
+        not_before=parse_ts(row["not_before"]),
+        not_after=parse_ts(row["not_after"]),
+        issued_at=parse_ts(row["issued_at"]),
+        pem=row["pem"],
+        status=CertificateStatus(row["status"]),
+        revoked_at=opt_parse_ts(row["revoked_at"]),
+        revocation_reason=None if reason is None else RevocationReason(reason),
+    )
+
+
+def _audit(row: sqlite3.Row) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        event=event_from_json(json.loads(row["event"])),
+        prev_sha256=row["prev_sha256"],
+        sha256=row["sha256"],
+    )
+
+
+def _fetch_device(conn: sqlite3.Connection, device_id: str) -> Device:
+    row = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
+    if row is None:
+        raise DeviceNotFound(f"no device {device_id!r}")
+    return _device(row)
+
+
+def _append_feed(
+    conn: sqlite3.Connection,
+    kind: RevocationKind,
+    device_id: str,
+    serials: Sequence[int],
+    reason: RevocationReason,
+    now: dt.datetime,
+) -> RevocationEvent:
+    (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
+    event = RevocationEvent(
+        seq=head + 1,
+        kind=kind,
+        device_id=device_id,
+        serials=tuple(sorted(serials)),
+        reason=reason,
+        at=now,
+    )
+    conn.execute(
+        "INSERT INTO revocation_feed (seq, event) VALUES (?, ?)",
+        (event.seq, feed_event_to_json(event)),
+    )
+    return event
+
+
+class SqliteStore:
+    """Store backed by one SQLite file; see the module docstring for the threading model."""
+
+    def __init__(self, path: Path, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+        self._path = path
+        self._executor = executor
+        self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        # Replaced on every local feed append; PRAGMA data_version does not see
+        # this connection's own commits, so followers wait on this as well.
+        self._feed_appended = asyncio.Event()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteStore:
+        executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fleet-sqlite"
+        )
+        store = cls(path, executor)
+        try:
+            await store._call(store._connect)
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    # -- plumbing (worker thread) ---------------------------------------------
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        self._conn = conn
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # The first statement that reads the file: a corrupt or foreign file fails here.
+        (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode not in ("wal", "memory"):
+            # E.g. a network file system: without WAL, readers would block the writer.
+            raise StoreUnavailable(f"SQLite could not switch {self._path} to WAL (got {mode})")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._transaction(True, self._migrate)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        version = row[0]
+        if version is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"the database has schema version {version}; this fleet knows up to "
+                f"{SCHEMA_VERSION}",
+                hint="Upgrade fleet, or open a database written by this version.",
+            )
+
+    def _transaction(self, write: bool, body: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("the SQLite store is closed")
+        # Reads also run in a transaction so multi-statement reads see one snapshot.
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        try:
+            result = body(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite database {self._path} failed: {exc}") from exc
+
+    async def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(lambda: self._transaction(True, body))
+
+    async def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(lambda: self._transaction(False, body))
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error, RuntimeError):
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_connection)
+        self._executor.shutdown(wait=False)
+
+    def _notify_feed(self) -> None:
+        self._feed_appended.set()
+        self._feed_appended = asyncio.Event()
+
+    # -- manufacturer trust ------------------------------------------------
+    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO manufacturer_cas (sha256, name, pem, added_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                (ca.sha256, ca.name, ca.pem, ts(ca.added_at)),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(body)
+
+    async def remove_manufacturer_ca(self, sha256: str) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute("DELETE FROM manufacturer_cas WHERE sha256 = ?", (sha256,))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
+
+        await self._write(body)
+
+    async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
+        def body(conn: sqlite3.Connection) -> list[ManufacturerCA]:
+            rows = conn.execute(
+                "SELECT sha256, name, pem, added_at FROM manufacturer_cas ORDER BY added_at, sha256"
+            ).fetchall()
+            return [
+                ManufacturerCA(
+                    sha256=r["sha256"],
+                    name=r["name"],
+                    pem=r["pem"],
+                    added_at=parse_ts(r["added_at"]),
+                )
+                for r in rows
+            ]
+
+        return await self._read(body)
+
+    # -- devices -------------------------------------------------------------
+    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+        check_manifest(entries)
+        at = ts(now)
+
+        def body(conn: sqlite3.Connection) -> int:
+            created = 0
+            for e in entries:
+                cursor = conn.execute(
+                    "UPDATE devices SET bootstrap_sha256 = ?, model = ?, batch = ?, updated_at = ? "
+                    "WHERE device_id = ?",
+                    (e.bootstrap_sha256, e.model, e.batch, at, e.device_id),
+                )
+                if cursor.rowcount == 0:
+                    conn.execute(
+                        "INSERT INTO devices (device_id, state, created_at, updated_at, "
+                        "bootstrap_sha256, model, batch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            e.device_id,
+                            DeviceState.REGISTERED.value,
+                            at,
+                            at,
+                            e.bootstrap_sha256,
+                            e.model,
+                            e.batch,
+                        ),
+                    )
+                    created += 1
+            return created
+
+        return await self._write(body)
+
+    async def get_device(self, device_id: str) -> Device:
+        return await self._read(lambda conn: _fetch_device(conn, device_id))
+
+    async def add_pending_device(self, device: Device) -> Device:
+        def body(conn: sqlite3.Connection) -> Device:
+            cursor = conn.execute(
+                "INSERT INTO devices (device_id, state, created_at, updated_at, bootstrap_sha256, "
+                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO NOTHING",
+                (
+                    device.device_id,
+                    device.state.value,
+                    ts(device.created_at),
+                    ts(device.updated_at),
+                    device.bootstrap_sha256,
+                    device.model,
+                    device.batch,
+                    device.enrolled_bootstrap_sha256,
+                    opt_ts(device.enrolled_at),
+                    device.state_reason,
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise StoreConflict(f"device {device.device_id!r} already exists")
+            return _fetch_device(conn, device.device_id)
+
+        return await self._write(body)
+
+    async def set_device_state(
+        self,
+        device_id: str,
+        state: DeviceState,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        reason: str = "",
+    ) -> Device:
+        check_target_state(state)
+        allowed = {s.value for s in expected}
+        at = ts(now)
+
+        def body(conn: sqlite3.Connection) -> Device:
+            current = _fetch_device(conn, device_id)
+            if current.state.value not in allowed:
+                raise StoreConflict(
+                    f"device {device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
+                )
+            conn.execute(
+                "UPDATE devices SET state = ?, updated_at = ?, state_reason = ? "
+                "WHERE device_id = ?",
+                (state.value, at, reason, device_id),
+            )
+            return _fetch_device(conn, device_id)
+
+        return await self._write(body)
+
+    async def list_devices(
+        self, device_filter: DeviceFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[Device]:
+        clauses = ["device_id > ?"]
+        params: list[Any] = ["" if after is None else after]
+        if device_filter.state is not None:
+            clauses.append("state = ?")
+            params.append(device_filter.state.value)
+        if device_filter.batch is not None:
+            clauses.append("batch = ?")
+            params.append(device_filter.batch)
+        if device_filter.model is not None:
+            clauses.append("model = ?")
+            params.append(device_filter.model)
+        params.append(limit)
+        # Only the fixed clause strings above are joined in; every value is a parameter.
+        where = " AND ".join(clauses)
+        sql = f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?"  # noqa: S608
+        return await self._read(lambda conn: [_device(r) for r in conn.execute(sql, params)])
+
+    # -- certificates --------------------------------------------------------
+    async def record_certificate(
+        self,
+        certificate: CertificateRecord,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        bootstrap_sha256: str | None = None,
+    ) -> Device:
+        allowed = {s.value for s in expected}
+        at = ts(now)
+        c = certificate
+
+        def body(conn: sqlite3.Connection) -> Device:
+            current = _fetch_device(conn, c.device_id)
+            existing = conn.execute(
+                "SELECT device_id, pem FROM certificates WHERE serial = ?", (serial_hex(c.serial),)
+            ).fetchone()
+            if existing is not None:
+                # The same certificate again is a replayed call that already
+                # succeeded (the Redis backend sees those after a retry).
+                if existing["device_id"] == c.device_id and existing["pem"] == c.pem:
+                    return current
+                raise StoreConflict(
+                    f"a different certificate with serial {serial_hex(c.serial)} is recorded"
+                )
+            if current.state.value not in allowed:
+                raise StoreConflict(
+                    f"device {c.device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
+                )
+            conn.execute(
+                "INSERT INTO certificates (serial, device_id, not_before, not_after, issued_at, "
+                "pem, status, revoked_at, revocation_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    serial_hex(c.serial),
+                    c.device_id,
+                    ts(c.not_before),
+                    ts(c.not_after),
+                    ts(c.issued_at),
+                    c.pem,
+                    c.status.value,
+                    opt_ts(c.revoked_at),
+                    None if c.revocation_reason is None else c.revocation_reason.value,
+                ),
+            )
+            if bootstrap_sha256 is None:
+                conn.execute(
+                    "UPDATE devices SET state = ?, updated_at = ? WHERE device_id = ?",
+                    (DeviceState.ACTIVE.value, at, c.device_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE devices SET state = ?, updated_at = ?, enrolled_bootstrap_sha256 = ?, "
+                    "enrolled_at = ? WHERE device_id = ?",
+                    (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
+                )
+            return _fetch_device(conn, c.device_id)
+
+        return await self._write(body)
+
+    async def get_certificate(self, serial: int) -> CertificateRecord:
+        def body(conn: sqlite3.Connection) -> CertificateRecord:
+            row = conn.execute(
+                "SELECT * FROM certificates WHERE serial = ?", (serial_hex(serial),)
+            ).fetchone()
+            if row is None:
+                raise CertificateNotFound(f"no certificate with serial {serial:x}")
+            return _certificate(row)
+
+        return await self._read(body)
+
+    async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
+        def body(conn: sqlite3.Connection) -> list[CertificateRecord]:
+            rows = conn.execute("SELECT * FROM certificates WHERE device_id = ?", (device_id,))
+            certs = [_certificate(r) for r in rows]
+            return sorted(certs, key=lambda c: (c.issued_at, c.serial), reverse=True)
+
+        return await self._read(body)
+
+    async def list_expiring(
+        self, before: dt.datetime, *, limit: int = 1000
+    ) -> list[CertificateRecord]:
+        # Hex serials of different lengths do not sort as text; length first makes them numeric.
+        sql = (
+            "SELECT * FROM certificates WHERE not_after < ? AND status = ? "
+            "ORDER BY not_after, length(serial), serial LIMIT ?"
+        )
+        params = (ts(before), CertificateStatus.GOOD.value, limit)
+        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+
+    async def list_revoked(self) -> list[CertificateRecord]:
+        sql = "SELECT * FROM certificates WHERE status = ? ORDER BY length(serial), serial"
+        params = (CertificateStatus.REVOKED.value,)
+        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+
+    async def revoke_certificate(
+        self, serial: int, reason: RevocationReason, now: dt.datetime
+    ) -> RevocationEvent | None:
+        at = ts(now)
+
+        def body(conn: sqlite3.Connection) -> RevocationEvent | None:
+            row = conn.execute(
+                "SELECT device_id, status FROM certificates WHERE serial = ?", (serial_hex(serial),)
+            ).fetchone()
+            if row is None:
+                raise CertificateNotFound(f"no certificate with serial {serial:x}")
+            if row["status"] == CertificateStatus.REVOKED.value:
+                return None
+            conn.execute(
+                "UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
+                "WHERE serial = ?",
+                (CertificateStatus.REVOKED.value, at, reason.value, serial_hex(serial)),
+            )
+            return _append_feed(
+                conn, RevocationKind.CERTIFICATE, row["device_id"], [serial], reason, now
+            )
+
+        event = await self._write(body)
+        if event is not None:
+            self._notify_feed()
+        return event
+
+    async def revoke_device(
+        self, device_id: str, reason: RevocationReason, now: dt.datetime
+    ) -> RevocationEvent | None:
+        at = ts(now)
+
+        def body(conn: sqlite3.Connection) -> RevocationEvent | None:
+            current = _fetch_device(conn, device_id)
+            if current.state is DeviceState.REVOKED:
+                return None
+            good = [
+                r["serial"]
+                for r in conn.execute(
+                    "SELECT serial FROM certificates WHERE device_id = ? AND status = ?",
+                    (device_id, CertificateStatus.GOOD.value),
+                )
+            ]
+            conn.execute(
+                "UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
+                "WHERE device_id = ? AND status = ?",
+                (
+                    CertificateStatus.REVOKED.value,
+                    at,
+                    reason.value,
+                    device_id,
+                    CertificateStatus.GOOD.value,
+                ),
+            )
+            conn.execute(
+                "UPDATE devices SET state = ?, updated_at = ?, state_reason = ? "
+                "WHERE device_id = ?",
+                (DeviceState.REVOKED.value, at, reason.value, device_id),
+            )
+            return _append_feed(
+                conn,
+                RevocationKind.DEVICE,
+                device_id,
+                [serial_int(s) for s in good],
+                reason,
+                now,
+            )
+
+        event = await self._write(body)
+        if event is not None:
+            self._notify_feed()
+        return event
+
+    # -- one-time enrollment tokens -----------------------------------------
+    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO enrollment_tokens "
+                "(device_id, token_sha256, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (token.device_id, token.token_sha256, ts(token.created_at), ts(token.expires_at)),
+            )
+
+        await self._write(body)
+
+    async def consume_enrollment_token(
+        self, device_id: str, token_sha256: str, now: dt.datetime
+    ) -> None:
+        at = ts(now)
+
+        def body(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT token_sha256, expires_at FROM enrollment_tokens WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+            # One message for every cause, so a caller cannot probe which it was.
+            if row is None or row["token_sha256"] != token_sha256 or row["expires_at"] <= at:
+                raise TokenInvalid(f"no valid enrollment token for device {device_id!r}")
+            conn.execute("DELETE FROM enrollment_tokens WHERE device_id = ?", (device_id,))
+
+        await self._write(body)
+
+    # -- audit log -------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        def body(conn: sqlite3.Connection) -> AuditRecord:
+            row = conn.execute(
+                "SELECT seq, event, prev_sha256, sha256 FROM audit ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            record = chain_next(None if row is None else _audit(row), event)
+            conn.execute(
+                "INSERT INTO audit (seq, event, prev_sha256, sha256, device_id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.seq,
+                    json.dumps(event_to_json(event), sort_keys=True),
+                    record.prev_sha256,
+                    record.sha256,
+                    event.device_id,
+                ),
+            )
+            return record
+
+        return await self._write(body)
+
+    async def audit_records(
+        self, *, device_id: str | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditRecord]:
+        if device_id is None:
+            sql = "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+            params: tuple[Any, ...] = (after_seq, limit)
+        else:
+            sql = "SELECT * FROM audit WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            params = (device_id, after_seq, limit)
+        return await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
+
+    # -- revocation feed -------------------------------------------------------
+    async def feed_head(self) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
+            return int(head)
+
+        return await self._read(body)
+
+    async def feed_since(self, seq: int, *, limit: int = 1000) -> list[RevocationEvent]:
+        def body(conn: sqlite3.Connection) -> list[RevocationEvent]:
+            rows = conn.execute(
+                "SELECT seq, event FROM revocation_feed WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            return [feed_event_from_json(r["event"]) for r in rows]
+
+        return await self._read(body)
+
+    async def revocation_snapshot(self) -> RevocationSnapshot:
+        def body(conn: sqlite3.Connection) -> RevocationSnapshot:
+            (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
+            serials = conn.execute(
+                "SELECT serial FROM certificates WHERE status = ?",
+                (CertificateStatus.REVOKED.value,),
+            )
+            devices = conn.execute(
+                "SELECT device_id FROM devices WHERE state = ?", (DeviceState.REVOKED.value,)
+            )
+            return RevocationSnapshot(
+                seq=int(head),
+                serials=frozenset(serial_int(r[0]) for r in serials),
+                device_ids=frozenset(r[0] for r in devices),
+            )
+
+        return await self._read(body)
+
+    def _data_version(self) -> int:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("the SQLite store is closed")
+        (version,) = conn.execute("PRAGMA data_version").fetchone()
+        return int(version)
+
+    async def follow_feed(self, after_seq: int) -> AsyncGenerator[RevocationEvent, None]:
+        last = after_seq
+        backoff = FEED_POLL_SECONDS
+        while True:
+            # Taken before reading, so an append that lands after the read still wakes us.
+            appended = self._feed_appended
+            try:
+                version = await self._call(self._data_version)
+                events = await self.feed_since(last, limit=_FEED_PAGE)
+            except StoreUnavailable:
+                # Transient (locked, briefly unreadable): brokers keep following and
+                # report staleness through their own metrics rather than crash.
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = FEED_POLL_SECONDS
+            for event in events:
+                yield event
+                last = event.seq
+            if len(events) == _FEED_PAGE:
+                continue
+            seen_version = version
+            while not appended.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(appended.wait(), FEED_POLL_SECONDS)
+                    break
+                try:
+                    if await self._call(self._data_version) != seen_version:
+                        break
+                except StoreUnavailable:
+                    break

@@ -1,0 +1,175 @@
+"""Fixtures of the store contract suite: every test runs against both backends.
+
+A :class:`Backend` opens store instances on one shared data set (a second
+instance is a second connection: another SqliteStore on the same file, another
+RedisStore on the same server and namespace) and reaches under the store with
+the backend's own client to tamper with or sabotage data.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from fleet.store.audit_chain import event_to_json
+from fleet.store.protocol import Store
+from fleet.store.records import AuditRecord
+from fleet.store.redis import RedisStore
+from fleet.store.sqlite import SqliteStore
+from tests.support.redis_server import RedisServer, redis_server
+
+__all__ = ["Backend", "redis_server"]
+
+
+class Backend(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    async def open(self) -> Store:
+        """A new store instance (own connection) on this test's data."""
+
+    @abc.abstractmethod
+    async def edit_audit(self, seq: int, reason: str) -> None:
+        """Change the reason of audit record ``seq`` in place, hashes untouched."""
+
+    @abc.abstractmethod
+    async def delete_audit(self, seq: int) -> None: ...
+
+    @abc.abstractmethod
+    async def insert_audit(self, record: AuditRecord) -> None:
+        """Renumber records from ``record.seq`` up by one and put ``record`` in the gap."""
+
+    @abc.abstractmethod
+    async def sabotage_device_write(self, device_id: str) -> None:
+        """Make the backend fail when it writes ``device_id``."""
+
+
+class SqliteBackend(Backend):
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def open(self) -> Store:
+        return await SqliteStore.open(self.path)
+
+    def _raw(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, params in statements:
+                conn.execute(sql, params)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    async def edit_audit(self, seq: int, reason: str) -> None:
+        self._raw(
+            ("UPDATE audit SET event = json_set(event, '$.reason', ?) WHERE seq = ?", (reason, seq))
+        )
+
+    async def delete_audit(self, seq: int) -> None:
+        self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
+
+    async def insert_audit(self, record: AuditRecord) -> None:
+        # Renumber in two steps so no intermediate row collides with the primary key.
+        self._raw(
+            ("UPDATE audit SET seq = seq + 1000000 WHERE seq >= ?", (record.seq,)),
+            ("UPDATE audit SET seq = seq - 999999 WHERE seq >= 1000000", ()),
+            (
+                "INSERT INTO audit (seq, event, prev_sha256, sha256) VALUES (?, ?, ?, ?)",
+                (
+                    record.seq,
+                    json.dumps(event_to_json(record.event)),
+                    record.prev_sha256,
+                    record.sha256,
+                ),
+            ),
+        )
+
+    async def sabotage_device_write(self, device_id: str) -> None:
+        trigger = (
+            f"CREATE TRIGGER sabotage BEFORE INSERT ON devices WHEN NEW.device_id = '{device_id}' "
+            "BEGIN SELECT RAISE(ABORT, 'sabotaged by the test'); END"
+        )
+        self._raw((trigger, ()))
+
+
+class RedisBackend(Backend):
+    name = "redis"
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.namespace = f"t-{uuid.uuid4().hex[:12]}"
+        self.tag = "{" + self.namespace + "}"
+
+    async def open(self) -> Store:
+        return await RedisStore.open(self.server.url, namespace=self.namespace)
+
+    def raw(self) -> Redis:
+        return Redis.from_url(self.server.url, decode_responses=True)
+
+    async def _records(self, client: Redis) -> list[tuple[int, dict[str, object]]]:
+        members = await client.zrange(f"{self.tag}:audit", 0, -1)
+        records = [json.loads(str(m)) for m in members]
+        return [(int(r["seq"]), r) for r in records]
+
+    async def edit_audit(self, seq: int, reason: str) -> None:
+        async with self.raw() as client:
+            key = f"{self.tag}:audit"
+            (member,) = await client.zrange(key, seq, seq, byscore=True)
+            data = json.loads(str(member))
+            data["event"]["reason"] = reason
+            await client.zremrangebyscore(key, seq, seq)
+            await client.zadd(key, {json.dumps(data, sort_keys=True): seq})
+
+    async def delete_audit(self, seq: int) -> None:
+        async with self.raw() as client:
+            await client.zremrangebyscore(f"{self.tag}:audit", seq, seq)
+
+    async def insert_audit(self, record: AuditRecord) -> None:
+        key = f"{self.tag}:audit"
+        async with self.raw() as client:
+            for old_seq, data in reversed(await self._records(client)):
+                if old_seq >= record.seq:
+                    await client.zremrangebyscore(key, old_seq, old_seq)
+                    data["seq"] = old_seq + 1
+                    await client.zadd(key, {json.dumps(data, sort_keys=True): old_seq + 1})
+            forged = {
+                "seq": record.seq,
+                "event": event_to_json(record.event),
+                "prev_sha256": record.prev_sha256,
+                "sha256": record.sha256,
+            }
+            await client.zadd(key, {json.dumps(forged, sort_keys=True): record.seq})
+
+    async def sabotage_device_write(self, device_id: str) -> None:
+        # A key of the wrong type where the device hash goes makes HSET fail.
+        async with self.raw() as client:
+            await client.set(f"{self.tag}:device:{device_id}", "not a hash")
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("redis", marks=pytest.mark.needs_binary("redis-server"))]
+)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        yield SqliteBackend(tmp_path / "fleet.db")
+    else:
+        yield RedisBackend(request.getfixturevalue("redis_server"))
+
+
+@pytest.fixture
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    opened = await backend.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()
