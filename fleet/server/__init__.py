@@ -1,0 +1,1 @@
+"""The HTTPS server: TLS, aiohttp application wiring, workers, metrics and logs."""
