@@ -9,6 +9,7 @@ errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
 
     FleetError
     ├── ConfigError                     bad fleet.toml, data directory, environment
+    │   └── ManifestInvalid             a manifest line is wrong (``line`` says which)
     ├── PolicyError                     the request is understood and refused
     │   ├── EncodingInvalid             body is not the base64/DER it must be (400)
     │   ├── CsrInvalid                  not a CSR, bad signature (400)
@@ -16,6 +17,7 @@ errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
     │   ├── DeviceIdInvalid             characters, length, reserved id
     │   └── IdentityMismatch            CSR asks for another identity
     ├── AuthError                       who is asking cannot be established or trusted
+    │   ├── CredentialsRequired         no usable credential was presented (401)
     │   ├── UnknownIssuer               chain does not lead to a trusted CA
     │   ├── CertificateExpired          outside its validity, beyond the skew allowance
     │   ├── EnrollmentRefused           policy said no (reason code says which rule)
@@ -63,6 +65,17 @@ class ConfigError(FleetError):
     hint = "Fix the setting named above in fleet.toml (or its FLEET_* override) and retry."
 
 
+class ManifestInvalid(ConfigError):
+    """A factory manifest that cannot be imported; ``line`` is 1-based (None: whole file)."""
+
+    reason = "manifest_invalid"
+    hint = "Fix the manifest line named above and import the file again; nothing was imported."
+
+    def __init__(self, message: str, *, line: int | None = None, hint: str | None = None):
+        super().__init__(f"line {line}: {message}" if line is not None else message, hint=hint)
+        self.line = line
+
+
 class PolicyError(FleetError):
     reason = "policy_refused"
     hint = "The request was refused by policy; it will be refused again unless it changes."
@@ -93,9 +106,19 @@ class IdentityMismatch(PolicyError):
     hint = "Leave the CSR subject empty or set CN to the device id; request no other names."
 
 
+class UnsupportedMediaType(PolicyError):
+    reason = "unsupported_media_type"
+    hint = "Send the Content-Type the EST operation requires (RFC 7030 section 3.2.4)."
+
+
 class AuthError(FleetError):
     reason = "auth_failed"
     hint = "Present a credential the fleet trusts."
+
+
+class CredentialsRequired(AuthError):
+    reason = "credentials_required"
+    hint = "Present a bootstrap certificate, or HTTP Basic with the device id and a one-time token."
 
 
 class UnknownIssuer(AuthError):

@@ -22,6 +22,7 @@ from fleet.errors import (
     DeviceNotFound,
     EnrollmentPending,
     EnrollmentRefused,
+    FleetError,
     StoreConflict,
 )
 from fleet.pki.ca import CertifiedKey
@@ -31,6 +32,7 @@ from fleet.pki.issuance import (
     sign_certificate,
     validate_request,
 )
+from fleet.pki.keys import PublicKey, key_type_of
 from fleet.pki.profile import DeviceProfile
 from fleet.policy.enrollment import (
     Action,
@@ -81,17 +83,28 @@ class Authority:
         self._retry_after = retry_after
 
     async def enroll(
-        self, credential: Credential, csr: x509.CertificateSigningRequest, profile: DeviceProfile
+        self,
+        credential: Credential,
+        csr: x509.CertificateSigningRequest,
+        profile: DeviceProfile,
+        *,
+        replace_key: PublicKey | None = None,
     ) -> Issued:
-        """First enrollment (simpleenroll) with a bootstrap certificate or a token."""
+        """First enrollment (simpleenroll) with a bootstrap certificate or a token.
+
+        ``replace_key``: serverkeygen certifies a key made by the server
+        instead of the CSR's (the CSR still proves the request is well formed).
+        """
         device_id = credential.device_id
         try:
             request = validate_request(csr, device_id=device_id, profile=profile)
-        except EnrollmentRefused:
+        except FleetError as exc:
+            await self._audit("enroll", device_id, "refused", exc.reason)
             raise
-        except Exception as exc:
-            await self._audit("enroll", device_id, "refused", getattr(exc, "reason", "csr_invalid"))
-            raise
+        if replace_key is not None:
+            request = dataclasses.replace(
+                request, public_key=replace_key, key_type=key_type_of(replace_key)
+            )
         # One retry: a concurrent request may change the device between our
         # read and our compare-and-set; the second decision sees its result.
         for attempt in (1, 2):
@@ -124,7 +137,11 @@ class Authority:
                 "renew", device_id, "refused", decision.reason, flagged=decision.flagged
             )
             raise _refusal(decision, device_id)
-        request = validate_request(csr, device_id=device_id, profile=profile)
+        try:
+            request = validate_request(csr, device_id=device_id, profile=profile)
+        except FleetError as exc:
+            await self._audit("renew", device_id, "refused", exc.reason)
+            raise
         certificate = self._sign(request, profile, now)
         await self._store.record_certificate(
             _record(certificate, device_id, now), expected=decision.expected, now=now

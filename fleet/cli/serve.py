@@ -1,0 +1,66 @@
+"""`fleet serve`: run the EST enrollment server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from fleet.cli.common import read_secret_file, secret_from_env
+from fleet.config import FleetConfig, load_config
+from fleet.server.app import parse_listen
+from fleet.server.app import serve as serve_forever
+from fleet.server.logs import configure_logging
+from fleet.server.workers import supervise
+
+
+def ca_key_passphrase(config: FleetConfig) -> bytes | None:
+    if config.ca.key_passphrase_file is not None:
+        return read_secret_file(config.ca.key_passphrase_file)
+    return secret_from_env("FLEET_CA_KEY_PASSPHRASE")
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("FLEET_CONFIG", "fleet.toml"),
+    show_default="$FLEET_CONFIG or ./fleet.toml",
+    help="fleet.toml written by `fleet init`.",
+)
+@click.option("--listen", metavar="HOST:PORT", help="Address to listen on [default: from config].")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Worker processes sharing the port and the store [default: from config].",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.option("--worker", "is_worker", is_flag=True, hidden=True)
+def serve(
+    config_path: Path, listen: str | None, workers: int | None, log_level: str, is_worker: bool
+) -> None:
+    """Run the EST enrollment server (HTTPS, JSON logs on stderr).
+
+    Endpoints: /.well-known/est/{cacerts,csrattrs,simpleenroll,simplereenroll,
+    serverkeygen} (also under /.well-known/est/LABEL/), /metrics, /healthz, /readyz.
+    Stops cleanly on SIGTERM or SIGINT.
+    """
+    configure_logging(log_level)
+    config = load_config(config_path)
+    listen = listen or config.server.listen
+    parse_listen(listen)  # refuse a bad address before starting anything
+    count = workers or config.server.workers
+    if count > 1 and not is_worker:
+        argv = ["-m", "fleet", "serve", "--config", str(config_path), "--listen", listen]
+        sys.exit(supervise([*argv, "--log-level", log_level, "--worker"], count))
+    passphrase = ca_key_passphrase(config)
+    asyncio.run(serve_forever(config, listen=listen, passphrase=passphrase, reuse_port=count > 1))

@@ -1,0 +1,266 @@
+"""EST over HTTP (RFC 7030 §3.2, RFC 8951): aiohttp handlers.
+
+Handlers only translate: HTTP in, a use-case call, HTTP out. Errors are
+FleetErrors raised from below; fleet.server.errors maps them to statuses in
+one place. Every response is HTTP/1.1 with Content-Length (no chunking), which
+strongSwan needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import dataclasses
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import AttributeOID
+
+from fleet.authority.credentials import Credentials
+from fleet.authority.enrollment import Authority, Issued
+from fleet.config import FleetConfig
+from fleet.errors import (
+    CredentialsRequired,
+    EncodingInvalid,
+    EnrollmentRefused,
+    NotFound,
+    UnsupportedMediaType,
+)
+from fleet.est.wire import (
+    CT_CACERTS,
+    CT_CERTS_ONLY,
+    CT_CSRATTRS,
+    CT_PKCS8,
+    CT_PKCS10,
+    decode_base64_body,
+    encode_base64_body,
+)
+from fleet.pki.csr import load_csr
+from fleet.pki.csrattrs import encode_csr_attributes
+from fleet.pki.keys import PublicKey, generate_private_key
+from fleet.pki.pkcs7 import encode_certs_only
+from fleet.pki.profile import DeviceProfile
+from fleet.policy.enrollment import Credential
+from fleet.server.metrics import Metrics
+from fleet.server.peer import PeerCertificates
+
+EST_PREFIX = "/.well-known/est"
+REALM = 'Basic realm="fleet"'
+
+Handler = Callable[[web.Request, DeviceProfile], Awaitable[web.Response]]
+
+
+@dataclasses.dataclass
+class EstService:
+    config: FleetConfig
+    authority: Authority
+    credentials: Credentials
+    peers: PeerCertificates
+    metrics: Metrics
+    ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.route("*", EST_PREFIX + "/{operation}", self.dispatch),
+            web.route("*", EST_PREFIX + "/{label}/{operation}", self.dispatch),
+        ]
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        operation = request.match_info["operation"]
+        methods = self._operations().get(operation)
+        if methods is None:
+            raise NotFound(f"no EST operation {operation!r}", reason="unknown_operation")
+        handler = methods.get(request.method)
+        if handler is None:
+            raise web.HTTPMethodNotAllowed(request.method, list(methods))
+        label = request.match_info.get("label")
+        profile = self.config.profile_for(label)
+        if profile is None:
+            raise NotFound(f"no EST label {label!r}", reason="unknown_label")
+        request["operation"] = operation
+        return await handler(request, profile)
+
+    def _operations(self) -> dict[str, dict[str, Handler]]:
+        return {
+            "cacerts": {"GET": self.cacerts},
+            "csrattrs": {"GET": self.csrattrs},
+            "simpleenroll": {"POST": self.simpleenroll},
+            "simplereenroll": {"POST": self.simplereenroll},
+            "serverkeygen": {"POST": self.serverkeygen},
+        }
+
+    # -- operations ------------------------------------------------------------
+    async def cacerts(self, request: web.Request, profile: DeviceProfile) -> web.Response:
+        return self._base64_response(encode_certs_only(self.ca_chain), CT_CACERTS)
+
+    async def csrattrs(self, request: web.Request, profile: DeviceProfile) -> web.Response:
+        der = encode_csr_attributes(
+            profile.preferred_key_type, require_pop=self.config.est.require_pop
+        )
+        return self._base64_response(der, CT_CSRATTRS)
+
+    async def simpleenroll(self, request: web.Request, profile: DeviceProfile) -> web.Response:
+        self._require_some_credential(request)
+        csr = await self._read_csr(request)
+        issued = await self._enroll(request, csr, profile)
+        return self._issued_response(issued)
+
+    async def simplereenroll(self, request: web.Request, profile: DeviceProfile) -> web.Response:
+        self._require_some_credential(request)
+        csr = await self._read_csr(request)
+        issued = await self._reenroll(request, csr, profile)
+        return self._issued_response(issued)
+
+    async def serverkeygen(self, request: web.Request, profile: DeviceProfile) -> web.Response:
+        if not self.config.est.serverkeygen:
+            raise NotFound(
+                "serverkeygen is disabled on this server",
+                reason="serverkeygen_disabled",
+                hint="Generate the key on the device, or enable [est] serverkeygen.",
+            )
+        self._require_some_credential(request)
+        csr = await self._read_csr(request)
+        key = generate_private_key(profile.preferred_key_type)
+        # The CSR authenticates the request and names the identity; the key
+        # it carries is replaced by the one generated here (RFC 7030 §4.4).
+        issued = await self._enroll(request, csr, profile, replace_key=key.public_key())
+        pkcs8 = key.private_bytes(
+            serialization.Encoding.DER,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        return self._multipart_keygen(pkcs8, encode_certs_only([issued.certificate]))
+
+    # -- steps -----------------------------------------------------------------
+    def _require_some_credential(self, request: web.Request) -> None:
+        """401 before reading the body: libest sends Basic only after a 401."""
+        if self.peers.leaf(request) is None and "Authorization" not in request.headers:
+            raise CredentialsRequired("no client certificate and no HTTP Basic credentials")
+
+    async def _read_csr(self, request: web.Request) -> x509.CertificateSigningRequest:
+        if request.content_type != CT_PKCS10:
+            raise UnsupportedMediaType(
+                f"expected Content-Type {CT_PKCS10}, got {request.content_type or 'none'}"
+            )
+        try:
+            body = await asyncio.wait_for(
+                request.read(), timeout=self.config.server.body_timeout_seconds
+            )
+        except TimeoutError:
+            raise web.HTTPRequestTimeout(text="request body not received in time\n") from None
+        return load_csr(decode_base64_body(body))
+
+    async def _enroll(
+        self,
+        request: web.Request,
+        csr: x509.CertificateSigningRequest,
+        profile: DeviceProfile,
+        *,
+        replace_key: PublicKey | None = None,
+    ) -> Issued:
+        peer = self.peers.leaf(request)
+        basic = _basic_auth(request)
+        if peer is not None and self.credentials.is_fleet_issued(peer) and basic is None:
+            # A device that already holds an operational certificate renews.
+            return await self._reenroll(request, csr, profile)
+        credential: Credential
+        if basic is not None:
+            credential = await self.credentials.token(*basic)
+        elif peer is not None:
+            credential = await self.credentials.bootstrap(peer)
+        else:
+            raise CredentialsRequired("no client certificate and no HTTP Basic credentials")
+        request["device_id"] = credential.device_id
+        self._check_pop(request, csr)
+        return await self.authority.enroll(credential, csr, profile, replace_key=replace_key)
+
+    async def _reenroll(
+        self, request: web.Request, csr: x509.CertificateSigningRequest, profile: DeviceProfile
+    ) -> Issued:
+        peer = self.peers.leaf(request)
+        if peer is None:
+            raise CredentialsRequired(
+                "simplereenroll needs the current operational certificate as client certificate",
+                hint="Present the certificate being renewed (TLS client authentication).",
+            )
+        identity = self.credentials.operational(peer)
+        request["device_id"] = identity.device_id
+        self._check_pop(request, csr)
+        return await self.authority.reenroll(peer, identity.device_id, csr, profile)
+
+    def _check_pop(self, request: web.Request, csr: x509.CertificateSigningRequest) -> None:
+        """RFC 7030 §3.5: challengePassword = base64(tls-unique) links CSR and TLS session."""
+        if not self.config.est.require_pop:
+            return
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        # tls-unique is undefined in TLS 1.3 (RFC 8446 §C.5), though Python
+        # returns a value there (CPython #95341): refuse rather than trust it.
+        if ssl_object is None or ssl_object.version() not in ("TLSv1.2",):
+            raise EnrollmentRefused(
+                "proof-of-possession linking (tls-unique) needs TLS 1.2",
+                reason="pop_requires_tls12",
+                hint="Connect with TLS 1.2 to send tls-unique (or an admin drops require_pop).",
+            )
+        expected = ssl_object.get_channel_binding("tls-unique") or b""
+        try:
+            attribute = csr.attributes.get_attribute_for_oid(AttributeOID.CHALLENGE_PASSWORD)
+            sent = base64.b64decode(attribute.value, validate=True)
+        except (x509.AttributeNotFound, binascii.Error, ValueError, TypeError):
+            sent = b""
+        if not expected or not hmac.compare_digest(sent, expected):
+            raise EnrollmentRefused(
+                "the CSR's challengePassword does not carry this TLS session's tls-unique",
+                reason="pop_mismatch",
+            )
+
+    # -- responses ---------------------------------------------------------------
+    def _base64_response(self, der: bytes, content_type: str) -> web.Response:
+        body = encode_base64_body(der, self.config.est.base64_line_length)
+        return web.Response(
+            body=body,
+            headers={"Content-Type": content_type, "Content-Transfer-Encoding": "base64"},
+        )
+
+    def _issued_response(self, issued: Issued) -> web.Response:
+        return self._base64_response(encode_certs_only([issued.certificate]), CT_CERTS_ONLY)
+
+    def _multipart_keygen(self, pkcs8: bytes, certs_only: bytes) -> web.Response:
+        boundary = "fleet-" + secrets.token_hex(12)
+        line = self.config.est.base64_line_length
+        parts = [
+            (CT_PKCS8, encode_base64_body(pkcs8, line)),
+            (CT_CERTS_ONLY, encode_base64_body(certs_only, line)),
+        ]
+        body = b""
+        for content_type, payload in parts:
+            body += (
+                f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+                "Content-Transfer-Encoding: base64\r\n\r\n"
+            ).encode() + payload
+        body += f"--{boundary}--\r\n".encode()
+        return web.Response(
+            body=body,
+            headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
+        )
+
+
+def _basic_auth(request: web.Request) -> tuple[str, str] | None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        raise CredentialsRequired(f"unsupported authorization scheme {scheme!r}; use Basic")
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise EncodingInvalid("malformed HTTP Basic credentials") from None
+    user, sep, password = decoded.partition(":")
+    if not sep or not user or not password:
+        raise EncodingInvalid("HTTP Basic credentials must be device-id:token")
+    return user, password

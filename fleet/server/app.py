@@ -1,0 +1,184 @@
+"""Wiring: build the aiohttp application from the config, and serve it.
+
+This is one of the few places that pick concrete implementations (the store
+backend via the factory, the system clock, the CA key from disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from fleet.authority.credentials import Credentials
+from fleet.authority.enrollment import Authority
+from fleet.clock import Clock, SystemClock
+from fleet.config import FleetConfig
+from fleet.errors import ConfigError, FleetError
+from fleet.est.routes import EstService
+from fleet.pki.ca import CertifiedKey, load_certificates_pem
+from fleet.pki.keys import load_private_key_pem
+from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
+from fleet.server.metrics import Metrics
+from fleet.server.middleware import build_middlewares
+from fleet.server.peer import PeerCertificates
+from fleet.server.tls import server_context
+from fleet.store.factory import open_store
+from fleet.store.protocol import Store
+
+log = logging.getLogger("fleet.server")
+
+# RFC 7030 requests are a CSR of a few hundred bytes; nothing legitimate is
+# near this, and everything larger is refused before it is buffered.
+MAX_BODY_BYTES = 64 * 1024
+KEEPALIVE_SECONDS = 15.0
+
+
+def load_issuer(config: FleetConfig, passphrase: bytes | None) -> CertifiedKey:
+    certs = load_certificates_pem(_read(config.ca.issuing_cert))
+    key = load_private_key_pem(_read(config.ca.issuing_key), passphrase)
+    return CertifiedKey(certificate=certs[0], private_key=key)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def build_app(
+    config: FleetConfig,
+    *,
+    store: Store,
+    issuer: CertifiedKey,
+    clock: Clock,
+) -> web.Application:
+    root = load_certificates_pem(_read(config.ca.root_cert))[0]
+    metrics = Metrics()
+    policy = EnrollmentPolicy(
+        unknown_devices=UnknownDevices(config.policy.unknown_devices),
+        bootstrap_reuse=BootstrapReuse(config.policy.bootstrap_reuse),
+    )
+    authority = Authority(
+        store=store,
+        issuer=issuer,
+        policy=policy,
+        clock=clock,
+        retry_after=config.policy.retry_after_seconds,
+    )
+    credentials = Credentials(
+        store=store,
+        fleet_issuing_ca=issuer.certificate,
+        clock=clock,
+        device_id_source=config.policy.device_id_source,
+    )
+    peers = PeerCertificates(
+        proxy_mode=config.server.mode == "proxy",
+        trusted_proxies=config.server.trusted_proxies,
+        header=config.server.client_cert_header,
+    )
+    est = EstService(
+        config=config,
+        authority=authority,
+        credentials=credentials,
+        peers=peers,
+        metrics=metrics,
+        ca_chain=(issuer.certificate, root),
+    )
+    app = web.Application(
+        middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app.add_routes(est.routes())
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        await store.feed_head()  # StoreUnavailable → 503
+        return web.Response(text="ready\n")
+
+    async def metrics_endpoint(_: web.Request) -> web.Response:
+        body, content_type = metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    app.add_routes(
+        [
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_endpoint),
+        ]
+    )
+    return app
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"listen address {listen!r} must be HOST:PORT, e.g. 127.0.0.1:8443")
+    return host, int(port_text)
+
+
+async def serve(
+    config: FleetConfig,
+    *,
+    listen: str,
+    passphrase: bytes | None,
+    reuse_port: bool = False,
+) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    host, port = parse_listen(listen)
+    ssl_context = None
+    if config.server.mode == "tls":
+        ssl_context = server_context(
+            config.server.tls_cert, config.server.tls_key, request_client_certificate=True
+        )
+    elif config.est.require_pop:
+        raise ConfigError(
+            "[est] require_pop cannot work in proxy mode: the TLS session (tls-unique) "
+            "ends at the proxy"
+        )
+    issuer = load_issuer(config, passphrase)
+    store = await open_store(config.store_url)
+    runner: web.AppRunner | None = None
+    try:
+        app = build_app(config, store=store, issuer=issuer, clock=SystemClock())
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_SECONDS
+        )
+        await runner.setup()
+        assert runner.server is not None
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            runner.server,
+            host,
+            port,
+            ssl=ssl_context,
+            reuse_port=reuse_port,
+            backlog=1024,
+            ssl_handshake_timeout=config.server.handshake_timeout_seconds if ssl_context else None,
+        )
+        scheme = "https" if ssl_context else "http"
+        log.info("listening on %s://%s:%d (%s mode)", scheme, host, port, config.server.mode)
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        server.close()
+        await server.wait_closed()
+    except OSError as exc:
+        raise FleetError(
+            f"cannot listen on {listen}: {exc.strerror}",
+            reason="listen_failed",
+            hint="Pick a free port with --listen, or stop what is using it.",
+        ) from exc
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await store.close()

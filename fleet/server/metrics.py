@@ -1,0 +1,56 @@
+"""Prometheus metrics of the server.
+
+With ``--workers N`` every worker is its own process, so metrics use
+prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the
+supervisor) and /metrics aggregates all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "fleet_est_requests",
+            "EST requests by operation, outcome and reason code",
+            ["operation", "outcome", "reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "fleet_est_request_seconds",
+            "EST request latency",
+            ["operation"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "fleet_http_in_flight",
+            "HTTP requests being served",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.rejected_overload = Counter(
+            "fleet_http_overload_rejections",
+            "Requests answered 503 because the server was saturated",
+            registry=self.registry,
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,79 @@
+"""The client certificate of a request: from our own TLS, or from a trusted proxy.
+
+In proxy mode nginx terminates TLS (``ssl_verify_client optional_no_ca``) and
+forwards the client certificate URL-escaped in a header. Anyone can send that
+header, so it is believed only from the configured proxy addresses; from any
+other address its presence is an attack and the request is refused.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from collections.abc import Sequence
+
+from aiohttp import web
+from cryptography import x509
+
+from fleet.errors import AuthError, EncodingInvalid
+
+_CACHE_KEY = "fleet.peer_certificate"
+
+
+class UntrustedProxyHeader(AuthError):
+    reason = "untrusted_proxy_header"
+    hint = "Only the configured reverse proxies may forward client certificates."
+
+
+class PeerCertificates:
+    """Finds the leaf client certificate of a request (None when none was presented)."""
+
+    def __init__(
+        self,
+        *,
+        proxy_mode: bool,
+        trusted_proxies: Sequence[str] = (),
+        header: str = "X-SSL-Client-Cert",
+    ) -> None:
+        self._proxy_mode = proxy_mode
+        self._proxies = [ipaddress.ip_network(p, strict=False) for p in trusted_proxies]
+        self._header = header
+
+    def leaf(self, request: web.Request) -> x509.Certificate | None:
+        if _CACHE_KEY not in request:
+            request[_CACHE_KEY] = self._find(request)
+        cert: x509.Certificate | None = request[_CACHE_KEY]
+        return cert
+
+    def _find(self, request: web.Request) -> x509.Certificate | None:
+        forwarded = request.headers.get(self._header)
+        if forwarded is not None:
+            if not self._proxy_mode or not self._from_trusted_proxy(request):
+                raise UntrustedProxyHeader(
+                    f"{self._header} header from {request.remote or 'an unknown address'}, "
+                    "which is not a trusted proxy"
+                )
+            return _parse_forwarded(forwarded)
+        if self._proxy_mode:
+            return None
+        transport = request.transport
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        return x509.load_der_x509_certificate(der) if der else None
+
+    def _from_trusted_proxy(self, request: web.Request) -> bool:
+        try:
+            address = ipaddress.ip_address(request.remote or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self._proxies)
+
+
+def _parse_forwarded(value: str) -> x509.Certificate | None:
+    text = urllib.parse.unquote(value).strip()
+    if not text:
+        return None  # the proxy saw no client certificate
+    try:
+        return x509.load_pem_x509_certificate(text.encode())
+    except ValueError as exc:
+        raise EncodingInvalid("the proxy forwarded a client certificate that is not PEM") from exc
