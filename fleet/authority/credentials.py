@@ -83,7 +83,8 @@ class Credentials:
 
     async def _manufacturer_domain(self) -> TrustDomain:
         fresh = time.monotonic() - self._manufacturers_at < MANUFACTURER_CACHE_SECONDS
-        if self._manufacturers is None or not fresh:
+        # An empty list is never cached: the first `fleet trust` works at once.
+        if self._manufacturers is None or not self._manufacturers.anchors or not fresh:
             cas = await self._store.list_manufacturer_cas()
             anchors = tuple(cert for ca in cas for cert in load_certificates_pem(ca.pem.encode()))
             # IDevIDs often carry no EKU; their purpose is fixed by the domain.

@@ -8,7 +8,11 @@ from pathlib import Path
 import click
 
 from fleet import __version__
-from fleet.cli.common import FleetGroup, not_built, read_secret_file, secret_from_env
+from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
+from fleet.cli.device import device
+from fleet.cli.manifest import manifest
+from fleet.cli.serve import serve
+from fleet.cli.trust import trust
 from fleet.clock import SystemClock
 from fleet.datadir import init_data_dir
 from fleet.pki.keys import KeyType, parse_key_type
@@ -103,10 +107,12 @@ async def _create_database(url: str) -> None:
     await store.close()
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def serve() -> None:
-    """Run the EST enrollment server (not built yet)."""
-    not_built("`fleet serve` (the EST enrollment server)", 3)
+cli.add_command(serve)
+
+
+cli.add_command(trust)
+cli.add_command(manifest)
+cli.add_command(device)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import itertools
@@ -101,19 +102,34 @@ def trust_manufacturer(server: FleetServer, manufacturer: CertifiedKey, name: st
     server.store(lambda s: s.add_manufacturer_ca(ca))
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    base = tmp_path_factory.mktemp("est")
+@contextlib.contextmanager
+def running_fleet(
+    base: Path,
+    *,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
+    config_text: str = "",
+    scheme: str = "https",
+) -> Iterator[Fleet]:
+    """A data directory, a running server with one trusted manufacturer, and a work dir."""
     config = make_data_dir(base / "data")
-    # A label with its own profile, to test /.well-known/est/<label>/.
-    with config.open("a") as f:
-        f.write('\n[labels.sensors]\nvalidity_days = 7\nkey_types = ["ec-p256"]\n')
-    server = FleetServer(config).start()
-    manufacturer = make_manufacturer("Acme", now=dt.datetime.now(dt.UTC))
-    trust_manufacturer(server, manufacturer, "Acme")
-    work = base / "work"
-    work.mkdir()
+    if config_text:
+        with config.open("a") as f:
+            f.write(config_text)
+    server = FleetServer(config, env=env, workers=workers, scheme=scheme).start()
     try:
+        manufacturer = make_manufacturer("Acme", now=dt.datetime.now(dt.UTC))
+        trust_manufacturer(server, manufacturer, "Acme")
+        work = base / "work"
+        work.mkdir()
         yield Fleet(server, manufacturer, work)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    # A label with its own profile, to test /.well-known/est/<label>/.
+    labels = '\n[labels.sensors]\nvalidity_days = 7\nkey_types = ["ec-p256"]\n'
+    with running_fleet(tmp_path_factory.mktemp("est"), config_text=labels) as running:
+        yield running

@@ -1,0 +1,310 @@
+"""What a fleet admin does: trust manufacturers, import manifests, grant tokens,
+approve or reject waiting devices.
+
+Each use-case takes the store and who acts (``actor``, e.g. ``admin:alice@local``),
+changes the store with its atomic operations, and appends what it did to the
+audit log. The local CLI and (later) the admin API call the same functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import NameOID
+
+from fleet.errors import DeviceNotFound, PolicyError, StoreConflict
+from fleet.pki.ca import certificate_to_pem, load_certificates_pem
+from fleet.pki.device_id import validate_device_id
+from fleet.pki.fingerprint import normalize_fingerprint, sha256_fingerprint
+from fleet.store.protocol import Store
+from fleet.store.records import (
+    AuditEvent,
+    Device,
+    DeviceState,
+    EnrollmentToken,
+    ManifestEntry,
+    ManufacturerCA,
+)
+from fleet.tokens import new_token, token_sha256
+
+# States in which a device will never enroll: a token for it would be a lie.
+_NO_TOKEN_STATES = {DeviceState.REVOKED, DeviceState.SUSPENDED, DeviceState.REJECTED}
+
+
+# -- manufacturer trust --------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrustResult:
+    ca: ManufacturerCA
+    added: bool  # False: it was already trusted (nothing changed)
+
+
+async def trust_manufacturer(
+    store: Store,
+    pem: bytes,
+    *,
+    name: str | None,
+    fleet_cas: Sequence[x509.Certificate],
+    actor: str,
+    now: dt.datetime,
+) -> list[TrustResult]:
+    """Trust every CA certificate in ``pem`` to sign bootstrap certificates.
+
+    All certificates are checked before any is stored: each must be a CA
+    (basicConstraints cA=TRUE), valid at ``now``, and none may be (or share a
+    key with) one of the fleet's own CAs — trust domains are never mixed.
+    """
+    certificates = load_certificates_pem(pem)
+    own_fingerprints = {sha256_fingerprint(c) for c in fleet_cas}
+    own_keys = {_spki(c) for c in fleet_cas}
+    for cert in certificates:
+        _check_manufacturer_ca(cert, own_fingerprints, own_keys, now)
+    results = []
+    for cert in certificates:
+        ca = ManufacturerCA(
+            sha256=sha256_fingerprint(cert),
+            name=name or _display_name(cert),
+            pem=certificate_to_pem(cert).decode("ascii"),
+            added_at=now,
+        )
+        added = await store.add_manufacturer_ca(ca)
+        if added:
+            await _audit(store, actor, "trust_add", "manufacturer_ca_added", now, ca=ca)
+        results.append(TrustResult(ca, added))
+    return results
+
+
+async def distrust_manufacturer(
+    store: Store, fingerprint: str, *, actor: str, now: dt.datetime
+) -> str:
+    """Stop trusting a manufacturer CA (any fingerprint spelling); its normalised fingerprint."""
+    sha256 = normalize_fingerprint(fingerprint)
+    await store.remove_manufacturer_ca(sha256)
+    await _audit(store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256)
+    return sha256
+
+
+def _check_manufacturer_ca(
+    cert: x509.Certificate, own_fingerprints: set[str], own_keys: set[bytes], now: dt.datetime
+) -> None:
+    subject = cert.subject.rfc4514_string()
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        is_ca = constraints.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise PolicyError(
+            f"certificate {subject!r} is not a CA certificate (basicConstraints cA is not TRUE)",
+            reason="not_a_ca",
+            hint="Give the manufacturer's CA certificate (the one that signs bootstrap "
+            "certificates), not a device certificate.",
+        )
+    if sha256_fingerprint(cert) in own_fingerprints or _spki(cert) in own_keys:
+        raise PolicyError(
+            f"certificate {subject!r} is one of this fleet's own CAs",
+            reason="trust_domains_mixed",
+            hint="The fleet root and issuing CAs sign operational certificates only; they can "
+            "never be manufacturer CAs. Give the manufacturer's CA certificate.",
+        )
+    if now >= cert.not_valid_after_utc:
+        raise PolicyError(
+            f"CA certificate {subject!r} expired at {cert.not_valid_after_utc.isoformat()}",
+            reason="ca_expired",
+            hint="Ask the manufacturer for its current CA certificate.",
+        )
+
+
+def _display_name(cert: x509.Certificate) -> str:
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if names and isinstance(names[0].value, str) and names[0].value:
+        return names[0].value
+    return cert.subject.rfc4514_string()
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+# -- manifest ----------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class ImportResult:
+    created: int
+    updated: int
+
+
+async def import_manifest(
+    store: Store, entries: Sequence[ManifestEntry], *, actor: str, now: dt.datetime
+) -> ImportResult:
+    """Import parsed manifest entries, all or nothing (see Store.import_manifest)."""
+    created = await store.import_manifest(entries, now)
+    result = ImportResult(created=created, updated=len(entries) - created)
+    await _audit(
+        store,
+        actor,
+        "manifest_import",
+        "manifest_imported",
+        now,
+        created=str(result.created),
+        updated=str(result.updated),
+    )
+    return result
+
+
+# -- one-time enrollment tokens ---------------------------------------------------
+@dataclasses.dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A new token. ``token`` is the secret: show it once, never store or log it."""
+
+    device_id: str
+    token: str
+    expires_at: dt.datetime
+    device: Device
+    created_device: bool  # the device did not exist and was created (pending)
+
+
+async def issue_enrollment_token(
+    store: Store,
+    device_id: str,
+    *,
+    lifetime: dt.timedelta,
+    actor: str,
+    now: dt.datetime,
+) -> IssuedToken:
+    """Grant ``device_id`` one enrollment with a token; replaces an earlier token.
+
+    An unknown device is created ``pending``: the token alone enrolls it (the
+    admin approved it by making the token), while a bootstrap certificate for
+    that id still waits for ``approve`` — there is no manifest pin to check it by.
+    """
+    validate_device_id(device_id)
+    created = False
+    try:
+        device = await store.get_device(device_id)
+    except DeviceNotFound:
+        device = await _add_token_device(store, device_id, now)
+        created = True
+    if device.state in _NO_TOKEN_STATES:
+        raise PolicyError(
+            f"device {device_id} is {device.state.value}; a token would not let it enroll",
+            reason=f"device_{device.state.value}",
+            hint="Only registered, pending or active devices can be given an enrollment token.",
+        )
+    token = new_token()
+    expires_at = now + lifetime
+    await store.put_enrollment_token(
+        EnrollmentToken(
+            device_id=device_id,
+            token_sha256=token_sha256(token),
+            created_at=now,
+            expires_at=expires_at,
+        )
+    )
+    await _audit(
+        store,
+        actor,
+        "token_issue",
+        "enrollment_token_issued",
+        now,
+        device_id=device_id,
+        expires_at=expires_at.isoformat(),
+        device_created="yes" if created else "no",
+    )
+    return IssuedToken(device_id, token, expires_at, device, created)
+
+
+async def _add_token_device(store: Store, device_id: str, now: dt.datetime) -> Device:
+    try:
+        return await store.add_pending_device(
+            Device(
+                device_id=device_id,
+                state=DeviceState.PENDING,
+                created_at=now,
+                updated_at=now,
+                state_reason="enrollment_token_issued",
+            )
+        )
+    except StoreConflict:
+        # Created by someone else between our read and our insert: use theirs.
+        return await store.get_device(device_id)
+
+
+# -- approval ------------------------------------------------------------------------
+_PAST = {"approve": "approved", "reject": "rejected"}
+
+
+async def approve_device(store: Store, device_id: str, *, actor: str, now: dt.datetime) -> Device:
+    """pending -> registered: the device may enroll (it keeps its pin, if any)."""
+    return await _decide_pending(store, device_id, DeviceState.REGISTERED, "approve", actor, now)
+
+
+async def reject_device(store: Store, device_id: str, *, actor: str, now: dt.datetime) -> Device:
+    """pending -> rejected: every later enrollment of the device is refused."""
+    return await _decide_pending(store, device_id, DeviceState.REJECTED, "reject", actor, now)
+
+
+async def _decide_pending(
+    store: Store,
+    device_id: str,
+    target: DeviceState,
+    action: str,
+    actor: str,
+    now: dt.datetime,
+) -> Device:
+    done = _PAST[action]
+    before = await store.get_device(device_id)  # DeviceNotFound for an unknown id
+    try:
+        after = await store.set_device_state(
+            device_id,
+            target,
+            expected={DeviceState.PENDING},
+            now=now,
+            reason=f"{done} by {actor}",
+        )
+    except StoreConflict as exc:
+        current = await store.get_device(device_id)
+        raise StoreConflict(
+            f"device {device_id} is {current.state.value}, not pending; nothing changed",
+            reason="device_not_pending",
+            hint=f"Only a device waiting for approval can be {done}. "
+            f"See its state with `fleet device show {device_id}`.",
+        ) from exc
+    await _audit(
+        store,
+        actor,
+        action,
+        f"admin_{done}",
+        now,
+        device_id=device_id,
+        held_for=before.state_reason,
+    )
+    return after
+
+
+async def _audit(
+    store: Store,
+    actor: str,
+    action: str,
+    reason: str,
+    now: dt.datetime,
+    *,
+    device_id: str | None = None,
+    ca: ManufacturerCA | None = None,
+    **detail: str,
+) -> None:
+    if ca is not None:
+        detail = {**detail, "sha256": ca.sha256, "name": ca.name}
+    await store.append_audit(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            action=action,
+            outcome="done",
+            reason=reason,
+            device_id=device_id,
+            detail=detail,
+        )
+    )

@@ -1,0 +1,125 @@
+"""What the admin commands share: finding fleet.toml, opening the store, who acts."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import getpass
+import json
+import os
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from fleet.clock import SystemClock
+from fleet.config import CONFIG_FILENAME, FleetConfig, load_config
+from fleet.store.factory import open_store
+from fleet.store.protocol import Store
+from fleet.store.records import Device
+
+_T = TypeVar("_T")
+_F = TypeVar("_F", bound=Callable[..., Any])
+_META_KEY = "fleet.config_path"
+
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    # Given on a group and on its command, the command's (later, more specific) wins.
+    if value is not None:
+        ctx.meta[_META_KEY] = value
+
+
+def config_option(function: _F) -> _F:
+    """``--config PATH``, accepted on a command group and on each of its commands."""
+    option = click.option(
+        "--config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        expose_value=False,
+        is_eager=True,
+        callback=_remember_config,
+        help=f"fleet.toml to use [default: $FLEET_CONFIG, else ./{CONFIG_FILENAME}].",
+    )
+    return option(function)
+
+
+def json_option(function: _F) -> _F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")(
+        function
+    )
+
+
+def config_path() -> Path:
+    ctx = click.get_current_context()
+    given = ctx.meta.get(_META_KEY)
+    if isinstance(given, Path):
+        return given
+    from_env = os.environ.get("FLEET_CONFIG")
+    return Path(from_env) if from_env else Path(CONFIG_FILENAME)
+
+
+def load() -> FleetConfig:
+    return load_config(config_path())
+
+
+def with_store(config: FleetConfig, use: Callable[[Store], Awaitable[_T]]) -> _T:
+    """Open the configured store, run ``use`` with it, always close it."""
+
+    async def run() -> _T:
+        store = await open_store(config.store_url)
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+
+    return run_async(run())
+
+
+def run_async(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    return asyncio.run(coroutine)
+
+
+def now() -> dt.datetime:
+    return SystemClock().now()
+
+
+def local_actor() -> str:
+    """Who acts, for the audit log: the local user running the CLI."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (containers)
+        user = f"uid{os.getuid()}"
+    return f"admin:{user}@local"
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def when(value: dt.datetime | None) -> str:
+    """A time as people and JSON read it: ISO 8601 UTC to the second."""
+    if value is None:
+        return ""
+    return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def device_to_json(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "state": device.state.value,
+        "state_reason": device.state_reason,
+        "model": device.model,
+        "batch": device.batch,
+        "bootstrap_sha256": device.bootstrap_sha256,
+        "enrolled_bootstrap_sha256": device.enrolled_bootstrap_sha256,
+        "enrolled_at": when(device.enrolled_at) or None,
+        "created_at": when(device.created_at),
+        "updated_at": when(device.updated_at),
+    }
+
+
+def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A plain, left-aligned text table."""
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
+    for row in (headers, *rows):
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,91 @@
+"""`fleet manifest`: import what the factory shipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fleet.authority.admin import import_manifest
+from fleet.cli._context import (
+    config_option,
+    echo_json,
+    json_option,
+    load,
+    local_actor,
+    now,
+    with_store,
+)
+from fleet.errors import ConfigError, ManifestInvalid
+from fleet.manifest import HEADER, MAX_LINES, parse_manifest
+
+# 100k lines of two ids, a fingerprint and two short texts fit many times over;
+# a bigger file is a mistake, and reading it whole would be the first harm.
+MAX_BYTES = 64 * 1024 * 1024
+
+
+@click.group()
+@config_option
+def manifest() -> None:
+    """Import factory manifests (which devices exist, and their bootstrap pins)."""
+
+
+@manifest.command("import")
+@click.argument("csv_file", metavar="FILE.csv", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Check the file only; change nothing.")
+@config_option
+@json_option
+def import_(csv_file: Path, dry_run: bool, as_json: bool) -> None:
+    """Import a factory manifest CSV, all or nothing.
+
+    \b
+    The first line is the header:
+        device_id,bootstrap_sha256,model,batch
+    then one device per line. model and batch may be empty; the fingerprint is
+    the SHA-256 of the device's DER bootstrap certificate (hex, colons allowed);
+    lines starting with # are comments.
+
+    New devices are created as registered (they may enroll with exactly that
+    bootstrap certificate); known devices get the new pin, model and batch and
+    keep their state. Any wrong line refuses the whole file, naming the line.
+    """
+    entries = parse_manifest(_read_text(csv_file))
+    if dry_run:
+        if as_json:
+            echo_json({"valid": True, "entries": len(entries), "dry_run": True})
+        else:
+            click.echo(
+                f"{csv_file}: {len(entries)} device(s), all valid; nothing imported (dry run)"
+            )
+        return
+    result = with_store(
+        load(),
+        lambda store: import_manifest(store, entries, actor=local_actor(), now=now()),
+    )
+    if as_json:
+        echo_json({"entries": len(entries), "created": result.created, "updated": result.updated})
+        return
+    click.echo(f"Imported {csv_file}: {result.created} device(s) created, {result.updated} updated")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    if len(data) > MAX_BYTES:
+        raise ManifestInvalid(
+            f"{path} is larger than {MAX_BYTES // (1024 * 1024)} MiB",
+            hint=f"Split it into files of at most {MAX_LINES} lines, each starting with "
+            f"{','.join(HEADER)}.",
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ManifestInvalid(
+            f"not UTF-8 text (byte {exc.start} cannot be decoded)",
+            line=line,
+            hint="Save the manifest as UTF-8 CSV and import it again; nothing was imported.",
+        ) from None

@@ -1,0 +1,155 @@
+"""The factory manifest: what was shipped, as CSV (pure).
+
+::
+
+    device_id,bootstrap_sha256,model,batch
+    # comment lines and blank lines are skipped
+    sensor-0001,3f9c...64 hex...,TH-200,2026-W22
+
+The header is required. ``model`` and ``batch`` may be empty or left out;
+cells are trimmed; a UTF-8 byte order mark (Excel) is tolerated; fingerprints
+may be written the way openssl prints them (``AB:CD:...``). Any wrong line
+refuses the whole file, naming the line: a manifest is imported all or nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import unicodedata
+from collections.abc import Sequence
+
+from fleet.errors import ConfigError, DeviceIdInvalid, ManifestInvalid
+from fleet.pki.device_id import validate_device_id
+from fleet.pki.fingerprint import normalize_fingerprint
+from fleet.store.records import ManifestEntry
+
+HEADER = ("device_id", "bootstrap_sha256", "model", "batch")
+MAX_LINES = 100_000
+MAX_TEXT_LENGTH = 128  # model and batch
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+def parse_manifest(text: str) -> list[ManifestEntry]:
+    """Every entry of the manifest ``text``; ManifestInvalid (with the line) otherwise."""
+    lines = _NEWLINE.split(text.removeprefix("\ufeff"))
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start another
+    if len(lines) > MAX_LINES:
+        raise ManifestInvalid(
+            f"the manifest has {len(lines)} lines; at most {MAX_LINES} are imported at once",
+            hint=f"Split it into files of at most {MAX_LINES} lines, each with the header; "
+            "nothing was imported.",
+        )
+    entries: list[ManifestEntry] = []
+    line_of_device: dict[str, int] = {}
+    device_of_pin: dict[str, tuple[str, int]] = {}
+    header_seen = False
+    for number, line in enumerate(lines, start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        cells = _cells(line, number)
+        if not header_seen:
+            _check_header(cells, number)
+            header_seen = True
+            continue
+        entry = _entry(cells, number)
+        if entry.device_id in line_of_device:
+            raise ManifestInvalid(
+                f"device {entry.device_id!r} is listed twice (first on line "
+                f"{line_of_device[entry.device_id]})",
+                line=number,
+            )
+        if entry.bootstrap_sha256 in device_of_pin:
+            other, other_line = device_of_pin[entry.bootstrap_sha256]
+            raise ManifestInvalid(
+                f"device {entry.device_id!r} has the same bootstrap certificate as device "
+                f"{other!r} (line {other_line}): one factory identity on two devices is a clone",
+                line=number,
+                hint="Ask the factory which device really holds that certificate; "
+                "fix the manifest and import it again; nothing was imported.",
+            )
+        line_of_device[entry.device_id] = number
+        device_of_pin[entry.bootstrap_sha256] = (entry.device_id, number)
+        entries.append(entry)
+    if not header_seen:
+        raise ManifestInvalid(
+            f"the manifest is empty; its first line must be the header {','.join(HEADER)}"
+        )
+    return entries
+
+
+def _cells(line: str, number: int) -> list[str]:
+    try:
+        row = next(csv.reader([line], strict=True))
+    except csv.Error as exc:
+        raise ManifestInvalid(f"not a CSV line: {exc}", line=number) from None
+    return [cell.strip() for cell in row]
+
+
+def _check_header(cells: Sequence[str], number: int) -> None:
+    if tuple(cell.lower() for cell in cells) == HEADER:
+        return
+    found = ",".join(cells)
+    if len(found) > 80:
+        found = found[:77] + "..."
+    raise ManifestInvalid(
+        f"missing or wrong header: expected {','.join(HEADER)}, found {found!r}",
+        line=number,
+        hint=f"Make the first line of the file exactly {','.join(HEADER)}; nothing was imported.",
+    )
+
+
+def _entry(cells: Sequence[str], number: int) -> ManifestEntry:
+    if len(cells) > len(HEADER):
+        raise ManifestInvalid(
+            f"{len(cells)} columns; at most {len(HEADER)} are allowed ({','.join(HEADER)}). "
+            "Quote a model or batch that contains a comma",
+            line=number,
+        )
+    if len(cells) < 2:
+        raise ManifestInvalid(
+            "a line needs at least a device_id and a bootstrap_sha256", line=number
+        )
+    device_id, pin, *rest = cells
+    try:
+        validate_device_id(device_id)
+    except DeviceIdInvalid as exc:
+        raise ManifestInvalid(
+            exc.message,
+            line=number,
+            hint=f"{DeviceIdInvalid.hint} Fix the line; nothing was imported.",
+        ) from None
+    if not pin:
+        raise ManifestInvalid(f"device {device_id!r} has an empty bootstrap_sha256", line=number)
+    try:
+        sha256 = normalize_fingerprint(pin)
+    except ConfigError as exc:
+        raise ManifestInvalid(
+            f"bootstrap_sha256 of device {device_id!r}: {exc.message}", line=number
+        ) from None
+    model, batch = (*rest, "", "")[:2]
+    return ManifestEntry(
+        device_id=device_id,
+        bootstrap_sha256=sha256,
+        model=_text("model", model, number),
+        batch=_text("batch", batch, number),
+    )
+
+
+def _text(column: str, value: str, number: int) -> str:
+    if len(value) > MAX_TEXT_LENGTH:
+        raise ManifestInvalid(
+            f"{column} is {len(value)} characters long; the maximum is {MAX_TEXT_LENGTH}",
+            line=number,
+        )
+    for char in value:
+        # Control and format characters (bidi overrides, zero-width) would end up
+        # in terminals and logs, where they can disguise what an admin reads.
+        if unicodedata.category(char).startswith("C"):
+            raise ManifestInvalid(
+                f"{column} contains the control character U+{ord(char):04X}", line=number
+            )
+    return value

@@ -1,0 +1,89 @@
+"""Proxy mode: a real nginx terminates TLS and forwards the client certificate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from tests.integration.est.conftest import Fleet, running_fleet
+from tests.support.est_client import curl
+from tests.support.nginx import REPO, Nginx
+from tests.support.openssl import openssl
+
+PROXY = "127.0.0.2"  # nginx connects from here; fleet trusts only this address
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, Nginx]]:
+    base = tmp_path_factory.mktemp("proxy")
+    env = {"FLEET_SERVER_MODE": "proxy", "FLEET_SERVER_TRUSTED_PROXIES": f'["{PROXY}"]'}
+    with running_fleet(base, env=env, scheme="http") as fleet:
+        nginx = Nginx(
+            base / "nginx",
+            REPO / "docs/nginx/fleet-est.conf",
+            {
+                "FLEET": f"127.0.0.1:{fleet.server.port}",
+                "CERT": str(fleet.server.data_dir / "tls/server.pem"),
+                "KEY": str(fleet.server.data_dir / "tls/server.key"),
+                "PROXY_BIND": PROXY,
+            },
+        ).start()
+        try:
+            yield fleet, nginx
+        finally:
+            nginx.stop()
+
+
+def est(nginx: Nginx, operation: str) -> str:
+    return f"https://127.0.0.1:{nginx.port}/.well-known/est/{operation}"
+
+
+def test_enroll_and_reenroll_through_nginx(proxied: tuple[Fleet, Nginx]) -> None:
+    fleet, nginx = proxied
+    root = fleet.server.root_pem
+    device = fleet.new_device()
+    key, csr = fleet.csr("px")
+    result = curl(
+        est(nginx, "simpleenroll"), cacert=root, cert=device.cert, key=device.key,
+        content_type="application/pkcs10", data_file=csr,
+    )  # fmt: skip
+    cert = fleet.issued(result, "px")
+    openssl("verify", "-CAfile", root, "-untrusted", fleet.server.issuing_pem, cert)
+    _, csr2 = fleet.csr("px2")
+    renewed = curl(
+        est(nginx, "simplereenroll"), cacert=root, cert=cert, key=key,
+        content_type="application/pkcs10", data_file=csr2,
+    )  # fmt: skip
+    assert renewed.status == 200, renewed.text
+
+
+def test_a_header_forged_through_nginx_never_reaches_fleet(proxied: tuple[Fleet, Nginx]) -> None:
+    fleet, nginx = proxied
+    device = fleet.new_device()
+    forged = quote(Path(device.cert).read_text())
+    _, csr = fleet.csr("forged")
+    result = curl(
+        est(nginx, "simpleenroll"), cacert=fleet.server.root_pem,
+        headers={"X-SSL-Client-Cert": forged},
+        content_type="application/pkcs10", data_file=csr,
+    )  # fmt: skip
+    assert result.status == 401  # nginx replaced the header: no certificate at all
+
+
+def test_a_forged_header_from_an_untrusted_address_is_refused(
+    proxied: tuple[Fleet, Nginx],
+) -> None:
+    fleet, _ = proxied
+    device = fleet.new_device()
+    forged = quote(Path(device.cert).read_text())
+    _, csr = fleet.csr("direct")
+    result = curl(
+        fleet.server.est("simpleenroll"), cacert=fleet.server.root_pem,
+        headers={"X-SSL-Client-Cert": forged},
+        content_type="application/pkcs10", data_file=csr,
+    )  # fmt: skip
+    assert result.status == 403
+    assert result.headers["x-fleet-reason"] == "untrusted_proxy_header"

@@ -1,0 +1,76 @@
+"""A real nginx on a free loopback port, from the config shipped in docs/."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from tests.support.binaries import need_binary
+from tests.support.ports import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Nginx:
+    def __init__(self, rundir: Path, template: Path, values: Mapping[str, str]) -> None:
+        self.rundir = rundir
+        self.template = template
+        self.values = dict(values)
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Nginx:
+        exe = need_binary("nginx")
+        self.port = free_port()
+        self.rundir.mkdir(parents=True, exist_ok=True)
+        text = self.template.read_text()
+        values = {"RUNDIR": str(self.rundir), "LISTEN": f"127.0.0.1:{self.port}", **self.values}
+        for name, value in values.items():
+            text = text.replace(f"@{name}@", value)
+        unfilled = re.search(r"^[^#\n]*(@[A-Z_]+@)", text, re.MULTILINE)
+        assert unfilled is None, f"unfilled placeholder {unfilled.group(1)} in nginx config"
+        if os.geteuid() == 0:
+            # As root nginx would switch workers to `nobody`, who cannot read test keys.
+            text = "user root;\n" + text
+        conf = self.rundir / "nginx.conf"
+        conf.write_text(text)
+        self._proc = subprocess.Popen(
+            [exe, "-p", str(self.rundir), "-c", str(conf), "-g", "daemon off;"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 10
+        while not self._listening():
+            if self._proc.poll() is not None:
+                error = self._proc.stderr.read().decode() if self._proc.stderr else ""
+                raise RuntimeError(f"nginx exited: {error}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("nginx did not start listening")
+            time.sleep(0.05)
+        return self
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.terminate()  # our own nginx master, by its PID
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
