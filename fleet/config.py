@@ -45,6 +45,9 @@ class ServerConfig:
     max_in_flight: int = 256  # per worker; beyond it: 503 + Retry-After
     body_timeout_seconds: int = 10
     handshake_timeout_seconds: int = 10
+    # Also the idle keep-alive timeout: aiohttp closes a connection that has
+    # not completed a request's headers within it (slowloris).
+    header_timeout_seconds: int = 10
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -129,7 +132,8 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     est = _dataclass_section(raw, "est", EstConfig, base_dir)
     if server.workers < 1:
         raise ConfigError(f"[server] workers must be >= 1, got {server.workers}")
-    for key in ("max_in_flight", "body_timeout_seconds", "handshake_timeout_seconds"):
+    limits = ("body_timeout_seconds", "handshake_timeout_seconds", "header_timeout_seconds")
+    for key in ("max_in_flight", *limits):
         if getattr(server, key) < 1:
             raise ConfigError(f"[server] {key} must be >= 1")
     _check_proxies(server.trusted_proxies)

@@ -34,7 +34,6 @@ log = logging.getLogger("fleet.server")
 # RFC 7030 requests are a CSR of a few hundred bytes; nothing legitimate is
 # near this, and everything larger is refused before it is buffered.
 MAX_BODY_BYTES = 64 * 1024
-KEEPALIVE_SECONDS = 15.0
 
 
 def load_issuer(config: FleetConfig, passphrase: bytes | None) -> CertifiedKey:
@@ -149,7 +148,10 @@ async def serve(
     try:
         app = build_app(config, store=store, issuer=issuer, clock=SystemClock())
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, keepalive_timeout=KEEPALIVE_SECONDS
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=config.server.header_timeout_seconds,
         )
         await runner.setup()
         assert runner.server is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -206,3 +207,22 @@ def test_health_and_metrics_endpoints(tmp_path: Path) -> None:
         # Every request is logged as one JSON line with its request id.
         log = fleet.server.log()
         assert re.search(r'"request_id": "[0-9a-f]{32}".*"status": 401', log)
+
+
+def test_slow_headers_and_handshakes_are_cut_off(tmp_path: Path) -> None:
+    env = {
+        "FLEET_SERVER_HEADER_TIMEOUT_SECONDS": "1",
+        "FLEET_SERVER_HANDSHAKE_TIMEOUT_SECONDS": "1",
+    }
+    with running_fleet(tmp_path, env=env) as fleet:
+        context = tls_client_context(fleet.server.root_pem)
+        with connect(fleet.server.port, context) as sock:
+            sock.sendall(b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: x\r\n")  # never ends
+            started = time.monotonic()
+            assert sock.recv(1024) == b""  # the server closed the connection
+            assert time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", fleet.server.port), timeout=10) as raw:
+            started = time.monotonic()
+            assert raw.recv(1024) == b""  # no ClientHello sent: closed after the timeout
+            assert time.monotonic() - started < 5
+        assert curl(fleet.server.est("cacerts"), cacert=fleet.server.root_pem).status == 200
