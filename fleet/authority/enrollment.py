@@ -26,6 +26,7 @@ from fleet.errors import (
     StoreConflict,
 )
 from fleet.pki.ca import CertifiedKey
+from fleet.pki.device_id import validate_device_id
 from fleet.pki.issuance import (
     ValidatedRequest,
     build_device_certificate,
@@ -150,6 +151,29 @@ class Authority:
             "renew", device_id, "allowed", decision.reason, serial=certificate.serial_number
         )
         return Issued(certificate, decision.reason)
+
+    async def record_refusal(
+        self, action: str, claimed_device_id: str | None, reason: str, **detail: str
+    ) -> None:
+        """Audit a request refused before it was authenticated (untrusted issuer,
+        bad token, expired certificate), so `why` can show it too."""
+        try:
+            device_id = validate_device_id(claimed_device_id) if claimed_device_id else None
+        except FleetError:
+            device_id = None
+        if claimed_device_id and device_id is None:
+            detail["claimed_id"] = claimed_device_id[:80].encode("ascii", "replace").decode()
+        await self._store.append_audit(
+            AuditEvent(
+                at=self._clock.now(),
+                actor="unauthenticated",
+                action=action,
+                outcome="refused",
+                reason=reason,
+                device_id=device_id,
+                detail=detail,
+            )
+        )
 
     async def _apply(
         self,

@@ -19,12 +19,13 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import AttributeOID
+from cryptography.x509.oid import AttributeOID, NameOID
 
 from fleet.authority.credentials import Credentials
 from fleet.authority.enrollment import Authority, Issued
 from fleet.config import FleetConfig
 from fleet.errors import (
+    AuthError,
     CredentialsRequired,
     EncodingInvalid,
     EnrollmentRefused,
@@ -169,12 +170,19 @@ class EstService:
             # A device that already holds an operational certificate renews.
             return await self._reenroll(request, csr, profile)
         credential: Credential
-        if basic is not None:
-            credential = await self.credentials.token(*basic)
-        elif peer is not None:
-            credential = await self.credentials.bootstrap(peer)
-        else:
-            raise CredentialsRequired("no client certificate and no HTTP Basic credentials")
+        try:
+            if basic is not None:
+                credential = await self.credentials.token(*basic)
+            elif peer is not None:
+                credential = await self.credentials.bootstrap(peer)
+            else:
+                raise CredentialsRequired("no client certificate and no HTTP Basic credentials")
+        except AuthError as exc:
+            claimed = basic[0] if basic is not None else _claimed_id(peer)
+            await self.authority.record_refusal(
+                "enroll", claimed, exc.reason, remote=request.remote or ""
+            )
+            raise
         request["device_id"] = credential.device_id
         self._check_pop(request, csr)
         return await self.authority.enroll(credential, csr, profile, replace_key=replace_key)
@@ -188,7 +196,13 @@ class EstService:
                 "simplereenroll needs the current operational certificate as client certificate",
                 hint="Present the certificate being renewed (TLS client authentication).",
             )
-        identity = self.credentials.operational(peer)
+        try:
+            identity = self.credentials.operational(peer)
+        except AuthError as exc:
+            await self.authority.record_refusal(
+                "renew", _claimed_id(peer), exc.reason, remote=request.remote or ""
+            )
+            raise
         request["device_id"] = identity.device_id
         self._check_pop(request, csr)
         return await self.authority.reenroll(peer, identity.device_id, csr, profile)
@@ -247,6 +261,15 @@ class EstService:
             body=body,
             headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
         )
+
+
+def _claimed_id(cert: x509.Certificate | None) -> str | None:
+    """The CN a refused certificate claims, for the audit log only."""
+    if cert is None:
+        return None
+    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) else None
 
 
 def _basic_auth(request: web.Request) -> tuple[str, str] | None:

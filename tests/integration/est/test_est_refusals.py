@@ -163,3 +163,19 @@ def test_serverkeygen_is_off_by_default(fleet: Fleet) -> None:
         data_file=csr,
     )
     refused(result, 404, "serverkeygen_disabled")
+
+
+def test_unauthenticated_refusals_are_audited_too(fleet: Fleet) -> None:
+    rogue = make_manufacturer("Rogue2", now=dt.datetime.now(dt.UTC))
+    device = fleet.new_device(manufacturer=rogue, in_manifest=False)
+    _, csr = fleet.csr("audited")
+    refused(fleet.enroll(device, csr), 403, "unknown_issuer")
+    records = fleet.server.store(lambda s: s.audit_records(device_id=device.device_id))
+    last = records[-1].event
+    assert (last.actor, last.action, last.outcome, last.reason) == (
+        "unauthenticated",
+        "enroll",
+        "refused",
+        "unknown_issuer",
+    )
+    assert last.detail["remote"] == "127.0.0.1"
