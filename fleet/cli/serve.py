@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import uvloop
 
 from fleet.cli.common import read_secret_file, secret_from_env
 from fleet.config import FleetConfig, load_config
@@ -61,6 +62,12 @@ def serve(
     count = workers or config.server.workers
     if count > 1 and not is_worker:
         argv = ["-m", "fleet", "serve", "--config", str(config_path), "--listen", listen]
-        sys.exit(supervise([*argv, "--log-level", log_level, "--worker"], count))
+        argv += ["--workers", str(count), "--log-level", log_level, "--worker"]
+        sys.exit(supervise(argv, count))
     passphrase = ca_key_passphrase(config)
-    asyncio.run(serve_forever(config, listen=listen, passphrase=passphrase, reuse_port=count > 1))
+    # uvloop's TLS and socket layers are compiled; asyncio's are Python and
+    # cost a large share of every handshake.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(
+            serve_forever(config, listen=listen, passphrase=passphrase, reuse_port=count > 1)
+        )

@@ -44,10 +44,13 @@ def server_context(cert: Path, key: Path, *, request_client_certificate: bool) -
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(_TLS12_CIPHERS)
-    # P-256 for TLS 1.2 ECDHE: cheapest widely supported curve (TLS 1.3 clients
-    # offer X25519 first anyway).
-    ctx.set_ecdh_curve("prime256v1")
+    # No set_ecdh_curve(): on OpenSSL 3 it also narrows the TLS 1.3 groups,
+    # and a client offering X25519 first would pay a HelloRetryRequest.
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    # Devices reconnect to EST every few weeks: TLS 1.3 session tickets would
+    # never be used, and building them (client certificate included) costs
+    # a measurable share of every handshake.
+    ctx.num_tickets = 1
     try:
         ctx.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:

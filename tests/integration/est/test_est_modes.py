@@ -120,7 +120,7 @@ def test_pop_linking_with_tls_unique_on_tls12(tmp_path: Path) -> None:
 
 def test_workers_share_the_port_and_the_store(tmp_path: Path) -> None:
     with running_fleet(tmp_path, workers=2) as fleet:
-        for n in range(6):
+        for n in range(12):
             device = fleet.new_device()
             _, csr = fleet.csr(f"w{n}")
             assert fleet.enroll(device, csr).status == 200
@@ -130,9 +130,17 @@ def test_workers_share_the_port_and_the_store(tmp_path: Path) -> None:
             r'[^}]*operation="simpleenroll"[^}]*outcome="issued"[^}]*\} (\S+)'
         )
         issued = [float(m) for m in re.findall(pattern, metrics)]
-        assert sum(issued) == 6  # counted across both worker processes
+        assert sum(issued) == 12  # counted across both worker processes
         children = _children(fleet.server.proc.pid)  # type: ignore[union-attr]
         assert len(children) == 2
+        log = fleet.server.log()
+        listening = set(re.findall(r'"pid": (\d+), "msg": "listening on', log))
+        assert listening == {str(pid) for pid in children}  # both bound the port
+        assert "restarting" not in log
+        served = set(
+            re.findall(r'"pid": (\d+), "msg": "POST /.well-known/est/simpleenroll 200', log)
+        )
+        assert served == listening  # the kernel spread connections over both
         fleet.server.stop()
         time.sleep(0.5)
         assert not [pid for pid in children if Path(f"/proc/{pid}").exists()]

@@ -1,0 +1,638 @@
+"""Server CPU per EST bootstrap enrollment, against nginx answering a static 200.
+
+Every request is a FRESH TCP + TLS 1.3 connection presenting a client
+certificate (no session resumption), then one POST of a CSR. The servers'
+CPU (utime + stime from /proc of every process of the server under test) is
+read just before and just after the measured requests and divided by their
+number. Scenarios, all on this machine in the same run:
+
+  1. nginx static 200   nginx (1 worker, ssl_verify_client optional_no_ca)
+                        answering `return 200` to a POST of a CSR-sized body
+  2. fleet direct       `fleet serve --workers 1` in TLS mode
+  3. nginx + fleet      docs/nginx/fleet-est.conf (1 worker) + fleet in proxy mode
+  4. fleet 2 workers    `fleet serve --workers 2` in TLS mode
+
+Each enrollment of 2-4 is a real one that must succeed (200): the devices,
+their bootstrap certificates (one manufacturer, manifest-imported with their
+pins) and their CSRs are all made before anything is measured.
+
+    .venv/bin/python bench/est_enroll.py [--quick] [--requests N] [--json FILE]
+
+It prints figures and asserts no timing; it exits 1 when a request failed.
+See bench/README.md.
+"""
+
+# ruff: noqa: E402 -- the repository root goes on sys.path before the project imports
+
+from __future__ import annotations
+
+import _ssl
+import argparse
+import base64
+import collections
+import ctypes
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for tests.support when run as bench/est_enroll.py
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from fleet.pki.ca import CertifiedKey
+from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.store.records import ManifestEntry, ManufacturerCA
+from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
+from tests.support.fleet_server import FleetServer, make_data_dir, run_store
+from tests.support.nginx import Nginx
+from tests.support.raw_http import read_response, request_bytes
+
+ENROLL_PATH = "/.well-known/est/simpleenroll"
+PROXY_BIND = "127.0.0.2"  # nginx's upstream source address, trusted by fleet
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+TARGETS = {"fleet-direct": 2.0, "nginx+fleet-proxy": 1.3}
+REFERENCE = [  # from the issue, measured elsewhere with the same method
+    ("nginx static 200", "0.81 ms/request"),
+    ("Go globalsign/est", "2.3 ms (1.0 ms with P-256 key exchange)"),
+    ("libest", "5.8 ms"),
+    ("naive aiohttp prototype", "2.1 ms (2.6x nginx)"),
+]
+
+STATIC_NGINX_CONF = """\
+# Baseline: the same TLS settings as docs/nginx/fleet-est.conf, a static 200.
+pid @RUNDIR@/nginx.pid;
+error_log @RUNDIR@/error.log warn;
+worker_processes 1;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log off;
+    client_body_temp_path @RUNDIR@/client_body;
+    proxy_temp_path @RUNDIR@/proxy;
+    fastcgi_temp_path @RUNDIR@/fastcgi;
+    uwsgi_temp_path @RUNDIR@/uwsgi;
+    scgi_temp_path @RUNDIR@/scgi;
+
+    server {
+        listen @LISTEN@ ssl;
+        ssl_certificate @CERT@;
+        ssl_certificate_key @KEY@;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ecdh_curve X25519:prime256v1;
+        ssl_verify_client optional_no_ca;
+        ssl_session_cache shared:est:10m;
+        client_max_body_size 64k;
+
+        location / {
+            return 200 "ok\\n";
+        }
+    }
+}
+"""
+
+
+# -- material (made before anything is measured) -------------------------------------
+
+
+@dataclasses.dataclass
+class Device:
+    device_id: str
+    cert: Path  # bootstrap certificate
+    key: Path  # bootstrap key
+    body: bytes  # base64 DER CSR for a fresh device key, as RFC 7030 sends it
+
+
+def make_devices(
+    work: Path, manufacturer: CertifiedKey, prefix: str, count: int
+) -> tuple[list[Device], list[ManifestEntry]]:
+    devices, entries = [], []
+    for index in range(count):
+        device_id = f"{prefix}-{index:05d}"
+        bootstrap = make_bootstrap(manufacturer, device_id)
+        cert, key = write_pem(work / device_id, bootstrap)
+        device_key = ec.generate_private_key(ec.SECP256R1())
+        csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+        der = csr.sign(device_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+        devices.append(Device(device_id, cert, key, base64.encodebytes(der)))
+        entries.append(
+            ManifestEntry(device_id, sha256_fingerprint(bootstrap.certificate), "bench", prefix)
+        )
+    return devices, entries
+
+
+def trust_manufacturer(config: Path, manufacturer: CertifiedKey) -> None:
+    pem = manufacturer.certificate.public_bytes(serialization.Encoding.PEM).decode()
+    now = dt.datetime.now(dt.UTC)
+    ca = ManufacturerCA(sha256_fingerprint(manufacturer.certificate), "Bench", pem, now)
+    run_store(config, lambda store: store.add_manufacturer_ca(ca))
+
+
+# -- client ----------------------------------------------------------------------------
+
+
+def client_context(root: Path, device: Device, group: str) -> ssl.SSLContext:
+    """TLS 1.3 only, verifying the server, presenting the device's bootstrap certificate."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(root)
+    context.load_cert_chain(device.cert, device.key)
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_3
+    if group != "default":
+        context.set_ecdh_curve(group)  # OpenSSL 3: the only group offered (key share too)
+    return context
+
+
+def one_request(port: int, context: ssl.SSLContext, body: bytes) -> int:
+    """A new connection, a full handshake, one POST; returns the HTTP status."""
+    headers = {"Content-Type": "application/pkcs10", "Connection": "close"}
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as sock,
+    ):
+        sock.sendall(request_bytes("POST", ENROLL_PATH, body=body, headers=headers))
+        status, _, _ = read_response(sock)
+        return status
+
+
+@dataclasses.dataclass
+class Load:
+    sent: int = 0
+    ok: int = 0
+    failures: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    wall: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+
+def drive(
+    port: int,
+    jobs: Sequence[tuple[ssl.SSLContext, bytes]],
+    concurrency: int,
+    max_seconds: float,
+) -> Load:
+    """Send every job with ``concurrency`` client threads; never raises."""
+    load = Load()
+    lock = threading.Lock()
+    deadline = time.monotonic() + max_seconds
+
+    def run(job: tuple[ssl.SSLContext, bytes]) -> None:
+        if time.monotonic() > deadline:
+            outcome = "not sent (time limit)"
+        else:
+            try:
+                status = one_request(port, *job)
+                outcome = "" if status == 200 else f"HTTP {status}"
+            except (OSError, ConnectionError) as exc:
+                outcome = f"{type(exc).__name__}: {exc}"[:80]
+        with lock:
+            load.sent += 1
+            if outcome:
+                load.failures[outcome] += 1
+            else:
+                load.ok += 1
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(run, jobs))
+    load.wall = time.monotonic() - started
+    return load
+
+
+def negotiated(port: int, context: ssl.SSLContext) -> str:
+    """Version, cipher and key-exchange group of one handshake (no request sent)."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=15) as raw,
+        context.wrap_socket(raw, server_hostname="localhost") as sock,
+    ):
+        cipher = sock.cipher()
+        return f"{sock.version()} {cipher[0] if cipher else '?'} {_group(sock)}"
+
+
+def _group(sock: ssl.SSLSocket) -> str:
+    """SSL_get_negotiated_group via ctypes (the ssl module has no API for it)."""
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)  # resolves libssl/libcrypto symbols
+        lib.SSL_get_version.restype = ctypes.c_char_p
+        lib.SSL_get_version.argtypes = [ctypes.c_void_p]
+        lib.SSL_ctrl.restype = ctypes.c_long
+        lib.SSL_ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        lib.OBJ_nid2sn.restype = ctypes.c_char_p
+        lib.OBJ_nid2sn.argtypes = [ctypes.c_int]
+        # CPython's _ssl._SSLSocket: PyObject_HEAD, PyObject *Socket, SSL *ssl.
+        address = id(sock._sslobj) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)
+        pointer = ctypes.c_void_p.from_address(address).value
+        if not pointer or lib.SSL_get_version(pointer).decode() != sock.version():
+            return "group ?"
+        nid = lib.SSL_ctrl(pointer, 134, 0, None)  # SSL_CTRL_GET_NEGOTIATED_GROUP
+        name = lib.OBJ_nid2sn(nid) if nid > 0 else None
+        return name.decode() if name else "group ?"
+    except (OSError, AttributeError, ValueError):
+        return "group ?"
+
+
+# -- server CPU ------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, utime + stime ticks) of ``pid``, None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return int(fields[1]), int(fields[11]) + int(fields[12])
+
+
+def cpu_ticks(roots: Sequence[int]) -> dict[int, int]:
+    """CPU ticks of each process in the trees under ``roots`` (master + workers)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            stats[int(entry)] = stat
+    tree, frontier = set(), [pid for pid in roots if pid in stats]
+    while frontier:
+        pid = frontier.pop()
+        tree.add(pid)
+        frontier += [child for child, (ppid, _) in stats.items() if ppid == pid]
+    return {pid: stats[pid][1] for pid in tree}
+
+
+def cpu_used(before: dict[int, int], after: dict[int, int]) -> float:
+    """Seconds of CPU between two snapshots (processes started in between count in full)."""
+    return sum(ticks - before.get(pid, 0) for pid, ticks in after.items()) / CLK_TCK
+
+
+def wait_idle(roots: Sequence[int], timeout: float = 15.0) -> None:
+    """Until the servers stop burning CPU (a worker still importing, a backlog)."""
+    deadline = time.monotonic() + timeout
+    previous = cpu_ticks(roots)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        current = cpu_ticks(roots)
+        if cpu_used(previous, current) <= 0.01:
+            return
+        previous = current
+
+
+# -- scenarios -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    key: str
+    title: str
+    requests: int
+    ok: int
+    failures: dict[str, int]
+    warmup_failures: dict[str, int]
+    cpu_seconds: float
+    cpu_parts: dict[str, float]
+    wall_seconds: float
+    tls: str
+    processes: int
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values()) + sum(self.warmup_failures.values())
+
+    @property
+    def cpu_ms(self) -> float:
+        return 1000 * self.cpu_seconds / self.requests if self.requests else 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall_seconds if self.wall_seconds else 0.0
+
+
+@dataclasses.dataclass
+class Bench:
+    args: argparse.Namespace
+    tmp: Path
+    config: Path
+    root: Path  # fleet root CA: the client verifies every server with it
+
+    def measure(
+        self,
+        key: str,
+        title: str,
+        port: int,
+        parts: dict[str, list[int]],  # component name -> root pids
+        warmup: Sequence[Device],
+        measured: Sequence[Device],
+    ) -> Result:
+        roots = [pid for pids in parts.values() for pid in pids]
+        group = self.args.group
+        contexts = [client_context(self.root, d, group) for d in [*warmup, *measured]]
+        jobs = [(ctx, d.body) for ctx, d in zip(contexts, [*warmup, *measured], strict=True)]
+        warm = drive(port, jobs[: len(warmup)], self.args.concurrency, self.args.max_seconds)
+        tls = negotiated(port, contexts[0])
+        wait_idle(roots)
+        before = {name: cpu_ticks(pids) for name, pids in parts.items()}
+        load = drive(port, jobs[len(warmup) :], self.args.concurrency, self.args.max_seconds)
+        after = {name: cpu_ticks(pids) for name, pids in parts.items()}
+        cpu = {name: cpu_used(before[name], after[name]) for name in parts}
+        lost = [pid for name in parts for pid in before[name] if pid not in after[name]]
+        if lost:
+            load.failures[f"server processes exited during the run: {lost}"] += 1
+        return Result(
+            key=key,
+            title=title,
+            requests=len(measured),
+            ok=load.ok,
+            failures=dict(load.failures),
+            warmup_failures=dict(warm.failures),
+            cpu_seconds=sum(cpu.values()),
+            cpu_parts=cpu,
+            wall_seconds=load.wall,
+            tls=tls,
+            processes=sum(len(after[name]) for name in parts),
+        )
+
+
+@contextmanager
+def running(start: Callable[[], object], stop: Callable[[], None]) -> Iterator[None]:
+    try:
+        start()
+        yield
+    finally:
+        stop()
+
+
+def nginx_values(config_dir: Path) -> dict[str, str]:
+    return {
+        "CERT": str(config_dir / "tls/server.pem"),
+        "KEY": str(config_dir / "tls/server.key"),
+    }
+
+
+def nginx_static(bench: Bench, devices: Sequence[Device], warmup: int) -> Result:
+    template = bench.tmp / "nginx-static.conf"
+    template.write_text(STATIC_NGINX_CONF)
+    nginx = Nginx(bench.tmp / "nginx-static", template, nginx_values(bench.config.parent))
+    with running(nginx.start, nginx.stop):
+        assert nginx._proc is not None
+        return bench.measure(
+            "nginx-static",
+            "1 nginx static 200",
+            nginx.port,
+            {"nginx": [nginx._proc.pid]},
+            devices[:warmup],
+            devices[warmup:],
+        )
+
+
+def fleet_direct(bench: Bench, devices: Sequence[Device], warmup: int, workers: int) -> Result:
+    server = FleetServer(bench.config, workers=workers)
+    with running(server.start, server.stop):
+        assert server.proc is not None
+        pid = server.proc.pid
+        deadline = time.monotonic() + 30
+        while len(cpu_ticks([pid])) < 1 + (workers if workers > 1 else 0):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fleet serve did not start {workers} workers")
+            time.sleep(0.1)
+        key = "fleet-direct" if workers == 1 else f"fleet-direct-{workers}w"
+        title = f"{'2' if workers == 1 else '4'} fleet direct, {workers} worker(s)"
+        return bench.measure(
+            key, title, server.port, {"fleet": [pid]}, devices[:warmup], devices[warmup:]
+        )
+
+
+def nginx_fleet_proxy(bench: Bench, devices: Sequence[Device], warmup: int) -> Result:
+    env = {"FLEET_SERVER_MODE": "proxy", "FLEET_SERVER_TRUSTED_PROXIES": f'["{PROXY_BIND}"]'}
+    server = FleetServer(bench.config, env=env, scheme="http")
+    shipped = (REPO / "docs/nginx/fleet-est.conf").read_text()
+    if "worker_processes auto;" not in shipped:
+        raise RuntimeError("docs/nginx/fleet-est.conf no longer says `worker_processes auto;`")
+    template = bench.tmp / "fleet-est.conf"
+    template.write_text(shipped.replace("worker_processes auto;", "worker_processes 1;"))
+    with running(server.start, server.stop):
+        assert server.proc is not None
+        values = {
+            **nginx_values(bench.config.parent),
+            "FLEET": f"127.0.0.1:{server.port}",
+            "PROXY_BIND": PROXY_BIND,
+        }
+        nginx = Nginx(bench.tmp / "nginx-proxy", template, values)
+        with running(nginx.start, nginx.stop):
+            assert nginx._proc is not None
+            parts = {"nginx": [nginx._proc.pid], "fleet": [server.proc.pid]}
+            return bench.measure(
+                "nginx+fleet-proxy",
+                "3 nginx + fleet proxy",
+                nginx.port,
+                parts,
+                devices[:warmup],
+                devices[warmup:],
+            )
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+def report(results: Sequence[Result], args: argparse.Namespace) -> dict[str, object]:
+    base = results[0].cpu_ms if results and results[0].key == "nginx-static" else 0.0
+
+    def ratio(result: Result) -> float | None:
+        return result.cpu_ms / base if base else None
+
+    print()
+    print(
+        f"{'scenario':<28} {'requests':>8} {'failures':>8} {'server CPU ms/req':>17} "
+        f"{'vs nginx':>9} {'wall req/s':>10}  server CPU split"
+    )
+    for r in results:
+        rel = ratio(r)
+        split = ", ".join(f"{name} {1000 * s / r.requests:.2f}" for name, s in r.cpu_parts.items())
+        print(
+            f"{r.title:<28} {r.requests:>8} {r.failed:>8} {r.cpu_ms:>17.2f} "
+            f"{f'{rel:.2f}x' if rel is not None else '-':>9} {r.rate:>10.0f}  {split}"
+        )
+    print()
+    print(f"negotiated TLS (client offers TLS 1.3 only, key exchange group: {args.group}):")
+    for r in results:
+        print(f"  {r.title:<28} {r.tls}   ({r.processes} server processes measured)")
+    if len({r.tls for r in results}) > 1:
+        print("  !! the scenarios negotiated different TLS parameters: the ratios compare unlike")
+        print("  !! handshakes (fleet direct accepts only prime256v1: X25519 offers get a")
+        print("  !! HelloRetryRequest). Use --group prime256v1 (the default) for like with like.")
+    print()
+    print(
+        f"client: {args.concurrency} Python threads, a fresh TCP+TLS connection per request, "
+        "no session resumption; its CPU is not counted, but client and servers share this "
+        f"machine's {os.cpu_count()} CPU(s). CPU from /proc utime+stime at {CLK_TCK} ticks/s."
+    )
+    print("reference (from the issue, measured elsewhere with the same method):")
+    for name, figure in REFERENCE:
+        print(f"  {name:<26} {figure}")
+    print()
+    verdicts = {}
+    by_key = {r.key: r for r in results}
+    for key, target in TARGETS.items():
+        r = by_key.get(key)
+        rel = ratio(r) if r is not None else None
+        if r is None or rel is None:
+            continue
+        met = rel <= target and r.failed == 0
+        verdicts[key] = met
+        note = "" if r.failed == 0 else " (run had failures)"
+        print(
+            f"target: {r.title.split(' ', 1)[1]} <= {target}x nginx: {rel:.2f}x -> "
+            f"{'MET' if met else 'NOT MET'}{note}"
+        )
+    failed = [r for r in results if r.failed]
+    if failed:
+        print()
+        print("!" * 78)
+        print("!!! THIS RUN HAD FAILED REQUESTS: its figures do not measure what they claim.")
+        for r in failed:
+            for reason, count in {**r.warmup_failures, **r.failures}.items():
+                print(f"!!!   {r.title}: {count} x {reason}")
+        print("!" * 78)
+    return {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION,
+        },
+        "settings": {
+            "requests": args.requests,
+            "warmup": args.warmup,
+            "concurrency": args.concurrency,
+            "group": args.group,
+        },
+        "scenarios": [
+            {
+                "key": r.key,
+                "title": r.title,
+                "requests": r.requests,
+                "ok": r.ok,
+                "failures": r.failures,
+                "warmup_failures": r.warmup_failures,
+                "server_cpu_ms_per_request": round(r.cpu_ms, 4),
+                "server_cpu_ms_per_request_by_process": {
+                    name: round(1000 * s / r.requests, 4) for name, s in r.cpu_parts.items()
+                },
+                "ratio_vs_nginx": None if ratio(r) is None else round(ratio(r) or 0.0, 4),
+                "wall_requests_per_second": round(r.rate, 1),
+                "tls": r.tls,
+            }
+            for r in results
+        ],
+        "targets": {key: {"max_ratio": TARGETS[key], "met": met} for key, met in verdicts.items()},
+        "reference_from_issue": dict(REFERENCE),
+    }
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1500, help="measured, per scenario")
+    parser.add_argument("--quick", action="store_true", help="200 requests per scenario")
+    parser.add_argument("--warmup", type=int, help="uncounted requests first [default: 50]")
+    parser.add_argument("--concurrency", type=int, default=6, help="client threads")
+    parser.add_argument(
+        "--group",
+        default="prime256v1",
+        help="the one TLS 1.3 key-exchange group the client offers (prime256v1, X25519 — "
+        "fleet direct accepts only prime256v1), or 'default' for OpenSSL's list",
+    )
+    parser.add_argument("--scenarios", default="1,2,3,4", help="comma-separated subset of 1,2,3,4")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="per load phase")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.requests = 200
+    if args.warmup is None:
+        args.warmup = 20 if args.quick else 50
+    if args.requests < 1 or args.warmup < 1 or args.concurrency < 1:
+        parser.error("--requests, --warmup and --concurrency must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    chosen = {int(s) for s in args.scenarios.split(",") if s.strip()}
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    if chosen & {1, 3} and not shutil.which("nginx", path=search):
+        print("nginx is not installed (apt-get install -y nginx)", file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    results: list[Result] = []
+    try:
+        started = time.monotonic()
+        config = make_data_dir(tmp / "data")
+        manufacturer = make_manufacturer("Bench")
+        trust_manufacturer(config, manufacturer)
+        per_scenario = args.warmup + args.requests
+        work = tmp / "devices"
+        fleet_scenarios = sorted(chosen & {2, 3, 4})
+        devices: dict[int, list[Device]] = {}
+        entries: list[ManifestEntry] = []
+        for number in sorted(chosen):
+            # nginx static uses bootstrap certificates too, but enrolls nothing.
+            made, lines = make_devices(work, manufacturer, f"s{number}", per_scenario)
+            devices[number] = made
+            if number in fleet_scenarios:
+                entries += lines
+        now = dt.datetime.now(dt.UTC)
+        run_store(config, lambda store: store.import_manifest(entries, now))
+        print(
+            f"prepared {per_scenario} devices (bootstrap cert + manifest pin + CSR) per scenario "
+            f"in {time.monotonic() - started:.1f}s; {args.warmup} warm-up + {args.requests} "
+            f"measured requests per scenario, {args.concurrency} client threads"
+        )
+        bench = Bench(args, tmp, config, config.parent / "ca/root.pem")
+        runs: dict[int, Callable[[], Result]] = {
+            1: lambda: nginx_static(bench, devices[1], args.warmup),
+            2: lambda: fleet_direct(bench, devices[2], args.warmup, workers=1),
+            3: lambda: nginx_fleet_proxy(bench, devices[3], args.warmup),
+            4: lambda: fleet_direct(bench, devices[4], args.warmup, workers=2),
+        }
+        for number in sorted(chosen):
+            result = runs[number]()
+            results.append(result)
+            print(
+                f"  {result.title:<28} {result.cpu_ms:6.2f} ms CPU/req, "
+                f"{result.rate:5.0f} req/s, {result.failed} failed"
+            )
+        figures = report(results, args)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=2) + "\n")
+            print(f"\nwrote {args.json}")
+        print(f"total time {time.monotonic() - started:.0f}s")
+    finally:
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if any(r.failed for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
