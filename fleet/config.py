@@ -25,9 +25,17 @@ from fleet.pki.profile import DeviceProfile
 
 CONFIG_FILENAME = "fleet.toml"
 # Secrets read from the environment by name; never config overrides.
-SECRET_ENV = frozenset({"FLEET_CA_KEY_PASSPHRASE", "FLEET_ADMIN_TOKEN"})
+SECRET_ENV = frozenset(
+    {
+        "FLEET_CA_KEY_PASSPHRASE",
+        "FLEET_ADMIN_TOKEN",
+        "FLEET_WEBHOOK_SECRET",
+        "FLEET_ADMIN_TOKEN_FILE",
+    }
+)
 
 _T = TypeVar("_T")
+_SECTIONS = ("store", "server", "ca", "policy", "est", "profile", "revocation", "admin", "webhooks")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,6 +84,32 @@ class EstConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class RevocationConfig:
+    # An expired CRL makes brokers refuse the whole fleet: nextUpdate is far
+    # ahead, and the CRL is re-signed long before it (and on every revocation).
+    crl_next_update_hours: int = 48
+    crl_refresh_minutes: int = 60
+    ocsp_next_update_minutes: int = 60
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminConfig:
+    # Admin client certificates come from their own CA (a fourth trust domain).
+    ca_cert: Path = Path("ca/admin.pem")
+    ca_key: Path = Path("ca/admin.key")
+    # Bulk operations touching more devices than this need --confirm.
+    bulk_confirm_threshold: int = 100
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    urls: tuple[str, ...] = ()
+    # HMAC-SHA256 key for the X-Fleet-Signature header; or FLEET_WEBHOOK_SECRET.
+    secret_file: Path | None = None
+    max_attempts: int = 8
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class FleetConfig:
     data_dir: Path
     store_url: str
@@ -84,6 +118,9 @@ class FleetConfig:
     policy: PolicyConfig
     est: EstConfig
     profile: DeviceProfile
+    revocation: RevocationConfig = RevocationConfig()
+    admin: AdminConfig = AdminConfig()
+    webhooks: WebhookConfig = WebhookConfig()
     # EST labels (/.well-known/est/<label>/...): each selects a profile.
     labels: Mapping[str, DeviceProfile] = dataclasses.field(default_factory=dict)
 
@@ -117,7 +154,10 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> FleetCo
 
 
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
-    known = {"store", "server", "ca", "policy", "est", "profile", "labels"}
+    known = {
+        "store", "server", "ca", "policy", "est", "profile", "labels",
+        "revocation", "admin", "webhooks",
+    }  # fmt: skip
     _refuse_unknown("fleet.toml", raw, known)
     store = _section(raw, "store")
     _refuse_unknown("[store]", store, {"url"})
@@ -130,6 +170,22 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     ca = _dataclass_section(raw, "ca", CaConfig, base_dir)
     policy = _dataclass_section(raw, "policy", PolicyConfig, base_dir)
     est = _dataclass_section(raw, "est", EstConfig, base_dir)
+    revocation = _dataclass_section(raw, "revocation", RevocationConfig, base_dir)
+    admin = _dataclass_section(raw, "admin", AdminConfig, base_dir)
+    webhooks = _dataclass_section(raw, "webhooks", WebhookConfig, base_dir)
+    for name, value in dataclasses.asdict(revocation).items():
+        if value < 1:
+            raise ConfigError(f"[revocation] {name} must be >= 1")
+    if revocation.crl_refresh_minutes >= revocation.crl_next_update_hours * 60:
+        raise ConfigError(
+            "[revocation] crl_refresh_minutes must be well below crl_next_update_hours, "
+            "or brokers see an expired CRL"
+        )
+    if admin.bulk_confirm_threshold < 1 or webhooks.max_attempts < 1:
+        raise ConfigError("[admin] bulk_confirm_threshold and [webhooks] max_attempts must be >= 1")
+    for url in webhooks.urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"[webhooks] urls: {url!r} is not an http(s) URL")
     if server.workers < 1:
         raise ConfigError(f"[server] workers must be >= 1, got {server.workers}")
     limits = ("body_timeout_seconds", "handshake_timeout_seconds", "header_timeout_seconds")
@@ -149,6 +205,9 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
         policy=policy,
         est=est,
         profile=_profile(_section(raw, "profile")),
+        revocation=revocation,
+        admin=admin,
+        webhooks=webhooks,
         labels=_labels(_section(raw, "labels")),
     )
 
@@ -258,7 +317,7 @@ def _refuse_unknown(where: str, section: Mapping[str, Any], known: set[str]) -> 
 
 def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
     """FLEET_<SECTION>_<KEY>=value, parsed as TOML when it looks like a value."""
-    sections = ("store", "server", "ca", "policy", "est", "profile")
+    sections = _SECTIONS
     for name, text in environ.items():
         if not name.startswith("FLEET_") or name in SECRET_ENV:
             continue
