@@ -144,11 +144,14 @@ class Authority:
             await self._audit("renew", device_id, "refused", exc.reason)
             raise
         certificate = self._sign(request, profile, now)
+        # The audit record is written in the same store transaction as the certificate.
         await self._store.record_certificate(
-            _record(certificate, device_id, now), expected=decision.expected, now=now
-        )
-        await self._audit(
-            "renew", device_id, "allowed", decision.reason, serial=certificate.serial_number
+            _record(certificate, device_id, now),
+            expected=decision.expected,
+            now=now,
+            audit=self._event(
+                "renew", device_id, "allowed", decision.reason, serial=certificate.serial_number
+            ),
         )
         return Issued(certificate, decision.reason)
 
@@ -186,25 +189,30 @@ class Authority:
         now = self._clock.now()
         device_id = credential.device_id
         flagged = decision.flagged
+
+        def held() -> AuditEvent:
+            return self._event("enroll", device_id, "held", decision.reason, flagged=flagged)
+
         match decision.action:
             case Action.ISSUE:
                 certificate = self._sign(request, profile, now)
                 bootstrap = (
                     credential.sha256 if isinstance(credential, BootstrapCredential) else None
                 )
+                # The audit record is written in the same store transaction as the certificate.
                 await self._store.record_certificate(
                     _record(certificate, device_id, now),
                     expected=decision.expected,
                     now=now,
                     bootstrap_sha256=bootstrap,
-                )
-                await self._audit(
-                    "enroll",
-                    device_id,
-                    "allowed",
-                    decision.reason,
-                    serial=certificate.serial_number,
-                    credential=_kind(credential),
+                    audit=self._event(
+                        "enroll",
+                        device_id,
+                        "allowed",
+                        decision.reason,
+                        serial=certificate.serial_number,
+                        credential=_kind(credential),
+                    ),
                 )
                 return Issued(certificate, decision.reason)
             case Action.HOLD if device is not None:
@@ -224,6 +232,7 @@ class Authority:
                     expected={DeviceState.ACTIVE},
                     now=now,
                     reason=decision.reason,
+                    audit=held(),
                 )
             case Action.HOLD_NEW:
                 assert isinstance(credential, BootstrapCredential)
@@ -235,10 +244,11 @@ class Authority:
                         updated_at=now,
                         bootstrap_sha256=credential.sha256,  # approval pins what asked
                         state_reason=decision.reason,
-                    )
+                    ),
+                    audit=held(),
                 )
             case Action.WAIT:
-                pass
+                await self._store.append_audit(held())
             case _:
                 await self._audit(
                     "enroll",
@@ -249,7 +259,6 @@ class Authority:
                     credential=_kind(credential),
                 )
                 raise _refusal(decision, device_id)
-        await self._audit("enroll", device_id, "held", decision.reason, flagged=flagged)
         raise EnrollmentPending(
             f"device {device_id} is waiting for an admin's approval",
             retry_after=self._retry_after,
@@ -293,6 +302,30 @@ class Authority:
         serial: int | None = None,
         credential: str | None = None,
     ) -> None:
+        await self._store.append_audit(
+            self._event(
+                action,
+                device_id,
+                outcome,
+                reason,
+                flagged=flagged,
+                serial=serial,
+                credential=credential,
+            )
+        )
+
+    def _event(
+        self,
+        action: str,
+        device_id: str,
+        outcome: str,
+        reason: str,
+        *,
+        flagged: bool = False,
+        serial: int | None = None,
+        credential: str | None = None,
+    ) -> AuditEvent:
+        """A device's audit event; store changes take it as ``audit=`` to write both at once."""
         detail = {}
         if flagged:
             detail["flag"] = "possible_clone"
@@ -300,16 +333,14 @@ class Authority:
             detail["serial"] = f"{serial:x}"
         if credential is not None:
             detail["credential"] = credential
-        await self._store.append_audit(
-            AuditEvent(
-                at=self._clock.now(),
-                actor=f"device:{device_id}",
-                action=action,
-                outcome=outcome,
-                reason=reason,
-                device_id=device_id,
-                detail=detail,
-            )
+        return AuditEvent(
+            at=self._clock.now(),
+            actor=f"device:{device_id}",
+            action=action,
+            outcome=outcome,
+            reason=reason,
+            device_id=device_id,
+            detail=detail,
         )
 
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleet.store.records import (
+    ADMIN_CREDENTIAL_KINDS,
+    AdminCredential,
     DeviceState,
     ManifestEntry,
     RevocationEvent,
@@ -24,6 +26,7 @@ from fleet.store.records import (
 )
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_CURSOR_MIN, _CURSOR_MAX = -(1 << 63), (1 << 63) - 1  # SQLite INTEGER; Redis HSET text
 
 
 def ts(when: dt.datetime) -> str:
@@ -112,3 +115,27 @@ def check_manifest(entries: Sequence[ManifestEntry]) -> None:
 def check_target_state(state: DeviceState) -> None:
     if state is DeviceState.REVOKED:
         raise ValueError("set_device_state cannot revoke: use revoke_device")
+
+
+def check_admin_credential(cred: AdminCredential) -> None:
+    if not cred.name:
+        raise ValueError("admin credential with an empty name")
+    if cred.kind not in ADMIN_CREDENTIAL_KINDS:
+        raise ValueError(
+            f"admin credential kind must be one of {sorted(ADMIN_CREDENTIAL_KINDS)}, "
+            f"got {cred.kind!r}"
+        )
+    if not _SHA256_HEX.fullmatch(cred.sha256):
+        raise ValueError("admin credential sha256 must be 64 lowercase hex")
+
+
+def admin_order(cred: AdminCredential) -> tuple[str, dt.datetime, str]:
+    """How ``list_admin_credentials`` sorts: by name, then creation, then fingerprint."""
+    return (cred.name, cred.created_at, cred.sha256)
+
+
+def check_cursor(name: str, value: int) -> None:
+    if not name:
+        raise ValueError("cursor with an empty name")
+    if not _CURSOR_MIN <= value <= _CURSOR_MAX:
+        raise ValueError(f"cursor {name!r}: {value} does not fit a signed 64-bit integer")

@@ -10,6 +10,11 @@ suite (tests/contract). Rules every backend keeps:
   :class:`StoreUnavailable` with the backend's error chained; nothing is
   half-written.
 * Lookups of a missing device or certificate raise the matching ``NotFound``.
+* Methods taking ``audit=`` append that event to the audit hash chain in the
+  same atomic change, and only when the change is made: when they raise, or
+  return None for "already done", or recognise a replayed call, no audit record
+  is written. An issued certificate thus never lacks its audit record, and one
+  transaction replaces two.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import AsyncGenerator, Collection, Sequence
 from typing import Protocol
 
 from fleet.store.records import (
+    AdminCredential,
     AuditEvent,
     AuditRecord,
     CertificateRecord,
@@ -57,7 +63,9 @@ class Store(Protocol):
     async def get_device(self, device_id: str) -> Device:
         """Raises DeviceNotFound."""
 
-    async def add_pending_device(self, device: Device) -> Device:
+    async def add_pending_device(
+        self, device: Device, *, audit: AuditEvent | None = None
+    ) -> Device:
         """Insert a device that is not in the manifest (state ``pending``).
         Raises StoreConflict if the id exists."""
 
@@ -69,6 +77,7 @@ class Store(Protocol):
         expected: Collection[DeviceState],
         now: dt.datetime,
         reason: str = "",
+        audit: AuditEvent | None = None,
     ) -> Device:
         """Move the device to ``state`` if its current state is in ``expected``.
         Raises DeviceNotFound or StoreConflict. Revocation is not done here
@@ -80,6 +89,11 @@ class Store(Protocol):
     ) -> list[Device]:
         """Devices matching the filter, ordered by id, starting after ``after``."""
 
+    async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
+        """``(devices, good certificates)``: how many devices ``list_devices`` lists
+        for this filter (over all pages) and how many good certificates those
+        devices hold together — what a bulk revocation would cut off (dry run)."""
+
     # -- certificates --------------------------------------------------------
     async def record_certificate(
         self,
@@ -88,6 +102,7 @@ class Store(Protocol):
         expected: Collection[DeviceState],
         now: dt.datetime,
         bootstrap_sha256: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> Device:
         """Record an issued certificate BEFORE it is returned to the device.
 
@@ -95,7 +110,9 @@ class Store(Protocol):
         StoreConflict — of 20 racing first enrollments exactly one wins); the
         certificate is inserted; the device becomes ``active``; with a
         ``bootstrap_sha256`` (first enrollment) the device remembers which
-        bootstrap certificate enrolled it and when."""
+        bootstrap certificate enrolled it and when; with ``audit`` the event is
+        chained in the same change. Recording the very same certificate again
+        (a replayed call) returns the device and writes nothing."""
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         """Raises CertificateNotFound."""
@@ -112,17 +129,43 @@ class Store(Protocol):
         """Every revoked certificate (the CRL's content), by serial."""
 
     async def revoke_certificate(
-        self, serial: int, reason: RevocationReason, now: dt.datetime
+        self,
+        serial: int,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
     ) -> RevocationEvent | None:
         """Revoke one certificate and append a feed event, atomically.
         None if it was already revoked (idempotent). Raises CertificateNotFound."""
 
     async def revoke_device(
-        self, device_id: str, reason: RevocationReason, now: dt.datetime
+        self,
+        device_id: str,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
     ) -> RevocationEvent | None:
         """Revoke the device and every good certificate it holds and append one
         feed event, atomically. None if it was already revoked. Raises
         DeviceNotFound."""
+
+    # -- admin credentials -------------------------------------------------------
+    async def put_admin_credential(self, cred: AdminCredential) -> None:
+        """Add a credential of the admin API. Raises StoreConflict if one with
+        that sha256 exists (nothing is replaced)."""
+
+    async def find_admin_credential(self, sha256: str) -> AdminCredential:
+        """The credential with this fingerprint, disabled ones included (the
+        caller refuses those). Raises AdminNotFound."""
+
+    async def list_admin_credentials(self) -> list[AdminCredential]:
+        """Every admin credential, by name, then created_at (then sha256)."""
+
+    async def disable_admin_credential(self, sha256: str) -> None:
+        """Mark the credential disabled (kept for the record; idempotent).
+        Raises AdminNotFound."""
 
     # -- one-time enrollment tokens -----------------------------------------
     async def put_enrollment_token(self, token: EnrollmentToken) -> None:
@@ -142,6 +185,13 @@ class Store(Protocol):
         self, *, device_id: str | None = None, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditRecord]:
         """Audit records in sequence order, optionally of one device."""
+
+    # -- cursors -----------------------------------------------------------------
+    async def get_cursor(self, name: str) -> int:
+        """A named integer (e.g. a notifier's position in the audit log); 0 when unset."""
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        """Set the named integer (signed 64-bit; last write wins)."""
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:

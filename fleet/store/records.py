@@ -155,6 +155,42 @@ class RevocationSnapshot:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class DeviceFilter:
+    """Which devices a listing or a bulk operation covers; every given field must match."""
+
     state: DeviceState | None = None
     batch: str | None = None
     model: str | None = None
+    # Devices holding at least one GOOD certificate issued (``issued_at``) before this.
+    issued_before: dt.datetime | None = None
+    # Devices whose newest good certificate (latest ``issued_at``, then highest
+    # serial) has its notAfter before this; devices with no good certificate never match.
+    expiring_before: dt.datetime | None = None
+
+
+class AdminRole(enum.StrEnum):
+    """What an admin credential may do; each role includes the ones below it."""
+
+    VIEWER = "viewer"  # read
+    OPERATOR = "operator"  # day-to-day changes (approve, suspend, revoke)
+    ADMIN = "admin"  # everything, including admin credentials
+
+    def allows(self, needed: AdminRole) -> bool:
+        """True if this role may do what ``needed`` may (viewer < operator < admin)."""
+        return _ADMIN_RANK[self] >= _ADMIN_RANK[needed]
+
+
+_ADMIN_RANK = {AdminRole.VIEWER: 0, AdminRole.OPERATOR: 1, AdminRole.ADMIN: 2}
+
+ADMIN_CREDENTIAL_KINDS = frozenset({"certificate", "token"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AdminCredential:
+    """One credential of the admin API: an mTLS client certificate or a bearer token."""
+
+    name: str  # the admin, as audit logs show it ("admin:<name>")
+    role: AdminRole
+    kind: str  # "certificate" | "token"
+    sha256: str  # lowercase hex of the DER certificate or of the token; the token is never stored
+    created_at: dt.datetime
+    disabled: bool = False

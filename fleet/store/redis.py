@@ -17,6 +17,8 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:feed                 list    revocation events as JSON; index i holds seq i+1
     {ns}:feed:seq             string  newest feed sequence (INCR)
     {ns}:feed:events          channel every feed event is PUBLISHed here as well
+    {ns}:admins               hash    sha256 -> admin credential as JSON
+    {ns}:cursors              hash    name -> integer (named cursors)
 
 Why one hash tag: every key starts with ``{ns}``, so in Redis Cluster all of a
 namespace lives in one hash slot. Each change is one Lua script (atomic on the
@@ -27,14 +29,19 @@ namespace does not spread over cluster nodes; shard by namespace if ever needed.
 Every multi-key change is one script; nothing reads, decides in Python, then
 writes without a server-side check. The audit append is the one place Python
 computes (SHA-256 is not available in Redis Lua): it is a compare-and-set on
-the chain head, retried on a lost race.
+the chain head, retried on a lost race. Changes that take an ``audit`` event
+(``record_certificate``, ``set_device_state``, ...) chain it in their own
+script the same way: Python reads the head and computes the record, the script
+checks the head is unchanged before its first write and answers ``moved``
+(having written nothing) when it is not, and Python recomputes and retries.
 
 Lua scripts do not roll back: a script that fails halfway keeps what it wrote.
 So each script checks everything (existence, states, key types) before its
 first write. redis-py retries a command once on a dropped connection, so a
 write may run twice: ``append_audit`` and ``record_certificate`` recognise their
 own earlier success; a retried ``revoke_*`` returns None (already revoked) and
-a retried token consume fails closed.
+a retried token consume fails closed. (An audit event passed along is written
+by whichever attempt made the change, so it is never written twice.)
 """
 
 from __future__ import annotations
@@ -60,10 +67,12 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from fleet.errors import (
+    AdminNotFound,
     CertificateNotFound,
     ConfigError,
     DeviceNotFound,
@@ -73,6 +82,9 @@ from fleet.errors import (
     TokenInvalid,
 )
 from fleet.store._codec import (
+    admin_order,
+    check_admin_credential,
+    check_cursor,
     check_manifest,
     check_target_state,
     epoch_us,
@@ -86,6 +98,8 @@ from fleet.store._codec import (
 )
 from fleet.store.audit_chain import GENESIS, chain_next, event_from_json, event_to_json
 from fleet.store.records import (
+    AdminCredential,
+    AdminRole,
     AuditEvent,
     AuditRecord,
     CertificateRecord,
@@ -138,62 +152,106 @@ end
 return created
 """
 
-_ADD_DEVICE = """
--- KEYS[1] device hash, KEYS[2] devices zset; ARGV[1] id, ARGV[2..] field/value pairs
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return 1
+# Scripts that take an audit event share this prelude. Their ARGV[1..4] are the
+# event's chain record as Python computed it: the head sha256 it chains after
+# ('' = no event), its seq, its sha256, the record as JSON. Its keys follow the
+# script's own keys, from KEYS[k]: the audit zset, the audit head and, when the
+# event names a device, that device's audit index. A script calls
+# ``audit_moved(k)`` after its own checks and before its first write; Python
+# retries on ``moved``.
+_AUDIT_PRELUDE = (
+    """
+local GENESIS = '"""
+    + GENESIS
+    + """'
+local function audit_moved(k)
+  if ARGV[1] == '' then return false end
+  return (redis.call('HGET', KEYS[k + 1], 'sha256') or GENESIS) ~= ARGV[1]
+end
+local function audit_append(k)
+  if ARGV[1] == '' then return end
+  redis.call('ZADD', KEYS[k], ARGV[2], ARGV[4])
+  redis.call('HSET', KEYS[k + 1], 'seq', ARGV[2], 'sha256', ARGV[3])
+  if KEYS[k + 2] then redis.call('ZADD', KEYS[k + 2], ARGV[2], ARGV[2]) end
+end
 """
+)
 
-_SET_STATE = """
--- KEYS[1] device hash; ARGV[1] state, ARGV[2] now, ARGV[3] reason, ARGV[4..] expected
+_ADD_DEVICE = (
+    _AUDIT_PRELUDE
+    + """
+-- KEYS[1] device hash, KEYS[2] devices zset, KEYS[3..] audit
+-- ARGV[1..4] audit, ARGV[5] id, ARGV[6..] field/value pairs
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+if audit_moved(3) then return {'moved'} end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], 0, ARGV[5])
+audit_append(3)
+return {'ok'}
+"""
+)
+
+_SET_STATE = (
+    _AUDIT_PRELUDE
+    + """
+-- KEYS[1] device hash, KEYS[2..] audit
+-- ARGV[1..4] audit, ARGV[5] state, ARGV[6] now, ARGV[7] reason, ARGV[8..] expected
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing'} end
 local allowed = false
-for i = 4, #ARGV do
+for i = 8, #ARGV do
   if ARGV[i] == cur then allowed = true end
 end
 if not allowed then return {'conflict', cur} end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[2], 'state_reason', ARGV[3])
+if audit_moved(2) then return {'moved'} end
+redis.call('HSET', KEYS[1], 'state', ARGV[5], 'updated_at', ARGV[6], 'state_reason', ARGV[7])
+audit_append(2)
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
+)
 
-_RECORD_CERTIFICATE = """
--- KEYS[1] device, KEYS[2] cert, KEYS[3] device-certs, KEYS[4] expiry, KEYS[5] revoked
--- ARGV[1] now, ARGV[2] bootstrap sha ('' = none), ARGV[3] notAfter score,
--- ARGV[4] m = 2 * number of cert fields, ARGV[5 .. 4+m] cert field/value pairs,
--- ARGV[5+m ..] expected device states
-local m = tonumber(ARGV[4])
+_RECORD_CERTIFICATE = (
+    _AUDIT_PRELUDE
+    + """
+-- KEYS[1] device, KEYS[2] cert, KEYS[3] device-certs, KEYS[4] expiry, KEYS[5] revoked,
+-- KEYS[6..] audit
+-- ARGV[1..4] audit, ARGV[5] now, ARGV[6] bootstrap sha ('' = none), ARGV[7] notAfter
+-- score, ARGV[8] m = 2 * number of cert fields, ARGV[9 .. 8+m] cert field/value pairs,
+-- ARGV[9+m ..] expected device states
+local m = tonumber(ARGV[8])
 local cert = {}
-for i = 5, 4 + m, 2 do cert[ARGV[i]] = ARGV[i + 1] end
+for i = 9, 8 + m, 2 do cert[ARGV[i]] = ARGV[i + 1] end
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {'missing'} end
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local old = redis.call('HMGET', KEYS[2], 'device_id', 'pem')
   if old[1] == cert['device_id'] and old[2] == cert['pem'] then
+    -- A replay of a call that succeeded (its audit event was chained then).
     return {'ok', redis.call('HGETALL', KEYS[1])}
   end
   return {'duplicate'}
 end
 local allowed = false
-for i = 5 + m, #ARGV do
+for i = 9 + m, #ARGV do
   if ARGV[i] == cur then allowed = true end
 end
 if not allowed then return {'conflict', cur} end
-redis.call('HSET', KEYS[2], unpack(ARGV, 5, 4 + m))
+if audit_moved(6) then return {'moved'} end
+redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + m))
 redis.call('SADD', KEYS[3], cert['serial'])
 if cert['status'] == 'good' then
-  redis.call('ZADD', KEYS[4], ARGV[3], cert['serial'])
+  redis.call('ZADD', KEYS[4], ARGV[7], cert['serial'])
 else
   redis.call('SADD', KEYS[5], cert['serial'])
 end
-redis.call('HSET', KEYS[1], 'state', 'active', 'updated_at', ARGV[1])
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'enrolled_bootstrap_sha256', ARGV[2], 'enrolled_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', 'active', 'updated_at', ARGV[5])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'enrolled_bootstrap_sha256', ARGV[6], 'enrolled_at', ARGV[5])
 end
+audit_append(6)
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
+)
 
 _FEED_APPEND = """
 local function feed_append(feed, feed_seq, channel, kind, device_id, serials, reason, at)
@@ -208,46 +266,54 @@ end
 
 _REVOKE_CERTIFICATE = (
     _FEED_APPEND
+    + _AUDIT_PRELUDE
     + """
--- KEYS[1] cert, KEYS[2] expiry, KEYS[3] revoked, KEYS[4] feed, KEYS[5] feed:seq
--- ARGV[1] serial hex, ARGV[2] reason, ARGV[3] now, ARGV[4] channel
+-- KEYS[1] cert, KEYS[2] expiry, KEYS[3] revoked, KEYS[4] feed, KEYS[5] feed:seq,
+-- KEYS[6..] audit
+-- ARGV[1..4] audit, ARGV[5] serial hex, ARGV[6] reason, ARGV[7] now, ARGV[8] channel
 local cert = redis.call('HMGET', KEYS[1], 'status', 'device_id')
 if not cert[1] then return {'missing'} end
 if cert[1] == 'revoked' then return {'already'} end
-redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_at', ARGV[3],
-  'revocation_reason', ARGV[2])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('SADD', KEYS[3], ARGV[1])
-return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[4], 'certificate', cert[2], {ARGV[1]},
-  ARGV[2], ARGV[3])}
+if audit_moved(6) then return {'moved'} end
+redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_at', ARGV[7],
+  'revocation_reason', ARGV[6])
+redis.call('ZREM', KEYS[2], ARGV[5])
+redis.call('SADD', KEYS[3], ARGV[5])
+audit_append(6)
+return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[8], 'certificate', cert[2], {ARGV[5]},
+  ARGV[6], ARGV[7])}
 """
 )
 
 _REVOKE_DEVICE = (
     _FEED_APPEND
+    + _AUDIT_PRELUDE
     + """
 -- KEYS[1] device, KEYS[2] device-certs, KEYS[3] expiry, KEYS[4] revoked,
--- KEYS[5] revoked-devices, KEYS[6] feed, KEYS[7] feed:seq
--- ARGV[1] device id, ARGV[2] reason, ARGV[3] now, ARGV[4] channel, ARGV[5] cert key prefix
+-- KEYS[5] revoked-devices, KEYS[6] feed, KEYS[7] feed:seq, KEYS[8..] audit
+-- ARGV[1..4] audit, ARGV[5] device id, ARGV[6] reason, ARGV[7] now, ARGV[8] channel,
+-- ARGV[9] cert key prefix
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing'} end
 if state == 'revoked' then return {'already'} end
+if audit_moved(8) then return {'moved'} end
 -- Certificate keys are only known here; the shared hash tag keeps them in this slot.
 local serials = {}
 for _, serial in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  local key = ARGV[5] .. serial
+  local key = ARGV[9] .. serial
   if redis.call('HGET', key, 'status') == 'good' then
-    redis.call('HSET', key, 'status', 'revoked', 'revoked_at', ARGV[3],
-      'revocation_reason', ARGV[2])
+    redis.call('HSET', key, 'status', 'revoked', 'revoked_at', ARGV[7],
+      'revocation_reason', ARGV[6])
     redis.call('ZREM', KEYS[3], serial)
     redis.call('SADD', KEYS[4], serial)
     table.insert(serials, serial)
   end
 end
-redis.call('HSET', KEYS[1], 'state', 'revoked', 'updated_at', ARGV[3], 'state_reason', ARGV[2])
-redis.call('SADD', KEYS[5], ARGV[1])
-return {'ok', feed_append(KEYS[6], KEYS[7], ARGV[4], 'device', ARGV[1], serials, ARGV[2],
-  ARGV[3])}
+redis.call('HSET', KEYS[1], 'state', 'revoked', 'updated_at', ARGV[7], 'state_reason', ARGV[6])
+redis.call('SADD', KEYS[5], ARGV[5])
+audit_append(8)
+return {'ok', feed_append(KEYS[6], KEYS[7], ARGV[8], 'device', ARGV[5], serials, ARGV[6],
+  ARGV[7])}
 """
 )
 
@@ -269,6 +335,35 @@ if head ~= ARGV[1] then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
 redis.call('HSET', KEYS[2], 'seq', ARGV[2], 'sha256', ARGV[3])
 if KEYS[3] then redis.call('ZADD', KEYS[3], ARGV[2], ARGV[2]) end
+return 1
+"""
+
+_GOOD_CERTIFICATES = """
+-- KEYS: device-certs sets; ARGV[1] cert key prefix
+-- Per device: its good certificates as a flat list of serial, issued_at, not_after.
+local out = {}
+for i, key in ipairs(KEYS) do
+  local good = {}
+  for _, serial in ipairs(redis.call('SMEMBERS', key)) do
+    local c = redis.call('HMGET', ARGV[1] .. serial, 'status', 'issued_at', 'not_after')
+    if c[1] == 'good' then
+      table.insert(good, serial)
+      table.insert(good, c[2])
+      table.insert(good, c[3])
+    end
+  end
+  out[i] = good
+end
+return out
+"""
+
+_DISABLE_ADMIN = """
+-- KEYS[1] admins hash; ARGV[1] sha256
+local text = redis.call('HGET', KEYS[1], ARGV[1])
+if not text then return 0 end
+local cred = cjson.decode(text)
+cred['disabled'] = true
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(cred))
 return 1
 """
 
@@ -351,6 +446,14 @@ class _Keys:
     @property
     def channel(self) -> str:
         return f"{self.tag}:feed:events"
+
+    @property
+    def admins(self) -> str:
+        return f"{self.tag}:admins"
+
+    @property
+    def cursors(self) -> str:
+        return f"{self.tag}:cursors"
 
 
 # -- typed views of redis-py's loosely typed replies (decode_responses=True) ---
@@ -475,6 +578,49 @@ def _audit_from_json(text: str) -> AuditRecord:
     )
 
 
+def _admin_to_json(cred: AdminCredential) -> str:
+    return json.dumps(
+        {
+            "name": cred.name,
+            "role": cred.role.value,
+            "kind": cred.kind,
+            "sha256": cred.sha256,
+            "created_at": ts(cred.created_at),
+            "disabled": cred.disabled,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def _admin_from_json(text: str) -> AdminCredential:
+    data = json.loads(text)
+    return AdminCredential(
+        name=str(data["name"]),
+        role=AdminRole(data["role"]),
+        kind=str(data["kind"]),
+        sha256=str(data["sha256"]),
+        created_at=parse_ts(str(data["created_at"])),
+        disabled=data["disabled"] is True,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _GoodCert:
+    """What device filters need of a good certificate (times as stored: text order)."""
+
+    serial: int
+    issued_at: str
+    not_after: str
+
+
+def _good_certs(value: Any) -> list[_GoodCert]:
+    flat = _texts(value)
+    return [
+        _GoodCert(serial_int(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)
+    ]
+
+
 def _ca_to_json(ca: ManufacturerCA) -> str:
     return json.dumps(
         {"sha256": ca.sha256, "name": ca.name, "pem": ca.pem, "added_at": ts(ca.added_at)}
@@ -506,6 +652,8 @@ class RedisStore:
         self._consume_token = client.register_script(_SPEND_ONE_TIME_CODE)
         self._append_audit = client.register_script(_APPEND_AUDIT)
         self._audit_of_device = client.register_script(_AUDIT_OF_DEVICE)
+        self._good_certificates = client.register_script(_GOOD_CERTIFICATES)
+        self._disable_admin = client.register_script(_DISABLE_ADMIN)
 
     @classmethod
     async def open(cls, url: str, *, namespace: str = "fleet") -> RedisStore:
@@ -573,18 +721,19 @@ class RedisStore:
             raise DeviceNotFound(f"no device {device_id!r}")
         return _device(fields)
 
-    async def add_pending_device(self, device: Device) -> Device:
+    async def add_pending_device(
+        self, device: Device, *, audit: AuditEvent | None = None
+    ) -> Device:
         fields = _device_fields(device)
         args = [device.device_id, *(x for pair in fields.items() for x in pair)]
         keys = [self._keys.device(device.device_id), self._keys.devices]
-        with _mapped_errors():
-            added = await self._add_device(keys=keys, args=args)
-        if not added:
+        status, _ = await self._audited(self._add_device, keys, args, audit)
+        if status == "exists":
             raise StoreConflict(f"device {device.device_id!r} already exists")
         return _device(fields)
 
-    def _device_reply(self, device_id: str, reply: Any) -> Device:
-        status, payload = _reply(reply)
+    def _device_reply(self, device_id: str, reply: tuple[str, Any]) -> Device:
+        status, payload = reply
         if status == "missing":
             raise DeviceNotFound(f"no device {device_id!r}")
         if status == "conflict":
@@ -603,37 +752,69 @@ class RedisStore:
         expected: Collection[DeviceState],
         now: dt.datetime,
         reason: str = "",
+        audit: AuditEvent | None = None,
     ) -> Device:
         check_target_state(state)
         args = [state.value, ts(now), reason, *(s.value for s in expected)]
-        with _mapped_errors():
-            reply = await self._set_state(keys=[self._keys.device(device_id)], args=args)
+        reply = await self._audited(self._set_state, [self._keys.device(device_id)], args, audit)
         return self._device_reply(device_id, reply)
 
     async def list_devices(
         self, device_filter: DeviceFilter, *, after: str | None = None, limit: int = 100
     ) -> list[Device]:
         found: list[Device] = []
-        cursor = "-" if after is None else f"({after}"
-        with _mapped_errors():
-            while len(found) < limit:
-                ids = _texts(
-                    await self._redis.zrangebylex(
-                        self._keys.devices, cursor, "+", start=0, num=_SCAN_PAGE
-                    )
-                )
-                if not ids:
-                    break
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for device_id in ids:
-                        pipe.hgetall(self._keys.device(device_id))
-                    hashes = await pipe.execute()
-                for raw in hashes:
-                    fields = _fields(raw)
-                    if fields and _matches(_device(fields), device_filter):
-                        found.append(_device(fields))
-                cursor = f"({ids[-1]}"
+        cursor: str | None = "-" if after is None else f"({after}"
+        while cursor is not None and len(found) < limit:
+            page, cursor = await self._device_page(device_filter, cursor, with_certs=False)
+            found += (device for device, _ in page)
         return found[:limit]
+
+    async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
+        devices = certificates = 0
+        cursor: str | None = "-"
+        while cursor is not None:
+            page, cursor = await self._device_page(device_filter, cursor, with_certs=True)
+            devices += len(page)
+            certificates += sum(len(good) for _, good in page)
+        return devices, certificates
+
+    async def _device_page(
+        self, device_filter: DeviceFilter, cursor: str, *, with_certs: bool
+    ) -> tuple[list[tuple[Device, list[_GoodCert]]], str | None]:
+        """One page of the device index from ``cursor`` (a ZRANGEBYLEX bound): the
+        matching devices with their good certificates (read only when the filter
+        or ``with_certs`` needs them), and the next cursor (None at the end)."""
+        issued_before = opt_ts(device_filter.issued_before)
+        expiring_before = opt_ts(device_filter.expiring_before)
+        need_certs = with_certs or issued_before is not None or expiring_before is not None
+        k = self._keys
+        with _mapped_errors():
+            ids = _texts(
+                await self._redis.zrangebylex(k.devices, cursor, "+", start=0, num=_SCAN_PAGE)
+            )
+            if not ids:
+                return [], None
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for device_id in ids:
+                    pipe.hgetall(k.device(device_id))
+                hashes = await pipe.execute()
+            candidates = [
+                device
+                for device in (_device(f) for f in map(_fields, hashes) if f)
+                if _matches(device, device_filter)
+            ]
+            certs: list[list[_GoodCert]] = [[] for _ in candidates]
+            if need_certs and candidates:
+                raw = await self._good_certificates(
+                    keys=[k.device_certs(d.device_id) for d in candidates], args=[k.cert_prefix]
+                )
+                certs = [_good_certs(r) for r in raw]
+        page = [
+            (device, good)
+            for device, good in zip(candidates, certs, strict=True)
+            if _certs_match(good, issued_before=issued_before, expiring_before=expiring_before)
+        ]
+        return page, f"({ids[-1]}"
 
     # -- certificates --------------------------------------------------------
     async def record_certificate(
@@ -643,6 +824,7 @@ class RedisStore:
         expected: Collection[DeviceState],
         now: dt.datetime,
         bootstrap_sha256: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> Device:
         c = certificate
         fields = _cert_fields(c)
@@ -662,8 +844,7 @@ class RedisStore:
             *pairs,
             *(s.value for s in expected),
         ]
-        with _mapped_errors():
-            reply = await self._record_certificate(keys=keys, args=args)
+        reply = await self._audited(self._record_certificate, keys, args, audit)
         return self._device_reply(c.device_id, reply)
 
     async def _certificates(self, serials: Sequence[str]) -> list[CertificateRecord]:
@@ -707,13 +888,17 @@ class RedisStore:
         return sorted(await self._certificates(serials), key=lambda c: c.serial)
 
     async def revoke_certificate(
-        self, serial: int, reason: RevocationReason, now: dt.datetime
+        self,
+        serial: int,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
     ) -> RevocationEvent | None:
         k = self._keys
         keys = [k.cert(serial), k.expiry, k.revoked, k.feed, k.feed_seq]
         args = [serial_hex(serial), reason.value, ts(now), k.channel]
-        with _mapped_errors():
-            status, payload = _reply(await self._revoke_certificate(keys=keys, args=args))
+        status, payload = await self._audited(self._revoke_certificate, keys, args, audit)
         if status == "missing":
             raise CertificateNotFound(f"no certificate with serial {serial:x}")
         if status == "already":
@@ -721,7 +906,12 @@ class RedisStore:
         return feed_event_from_json(_text(payload))
 
     async def revoke_device(
-        self, device_id: str, reason: RevocationReason, now: dt.datetime
+        self,
+        device_id: str,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
     ) -> RevocationEvent | None:
         k = self._keys
         keys = [
@@ -734,13 +924,38 @@ class RedisStore:
             k.feed_seq,
         ]
         args = [device_id, reason.value, ts(now), k.channel, k.cert_prefix]
-        with _mapped_errors():
-            status, payload = _reply(await self._revoke_device(keys=keys, args=args))
+        status, payload = await self._audited(self._revoke_device, keys, args, audit)
         if status == "missing":
             raise DeviceNotFound(f"no device {device_id!r}")
         if status == "already":
             return None
         return feed_event_from_json(_text(payload))
+
+    # -- admin credentials -------------------------------------------------------
+    async def put_admin_credential(self, cred: AdminCredential) -> None:
+        check_admin_credential(cred)
+        with _mapped_errors():
+            added = await self._redis.hsetnx(self._keys.admins, cred.sha256, _admin_to_json(cred))
+        if not added:
+            raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
+
+    async def find_admin_credential(self, sha256: str) -> AdminCredential:
+        with _mapped_errors():
+            text = await self._redis.hget(self._keys.admins, sha256)
+        if text is None:
+            raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+        return _admin_from_json(_text(text))
+
+    async def list_admin_credentials(self) -> list[AdminCredential]:
+        with _mapped_errors():
+            raw = _fields(await self._redis.hgetall(self._keys.admins))
+        return sorted(map(_admin_from_json, raw.values()), key=admin_order)
+
+    async def disable_admin_credential(self, sha256: str) -> None:
+        with _mapped_errors():
+            found = await self._disable_admin(keys=[self._keys.admins], args=[sha256])
+        if not found:
+            raise AdminNotFound(f"no admin credential with sha256 {sha256}")
 
     # -- one-time enrollment tokens -----------------------------------------
     async def put_enrollment_token(self, token: EnrollmentToken) -> None:
@@ -767,21 +982,59 @@ class RedisStore:
             raise TokenInvalid(f"no valid enrollment token for device {device_id!r}")
 
     # -- audit log -------------------------------------------------------------
-    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+    def _audit_keys(self, event: AuditEvent) -> list[str]:
         k = self._keys
         keys = [k.audit, k.audit_head]
         if event.device_id is not None:
             keys.append(k.audit_device(event.device_id))
-        for attempt in range(_AUDIT_CAS_ATTEMPTS):
+        return keys
+
+    async def _next_audit_record(self, event: AuditEvent) -> AuditRecord:
+        """The record that chains ``event`` after the current head (a script checks
+        the head is still that one when it appends)."""
+        with _mapped_errors():
+            head = _fields(await self._redis.hgetall(self._keys.audit_head))
+        prev = (
+            None
+            if not head
+            # chain_next reads only seq and sha256 of the previous record.
+            else AuditRecord(int(head["seq"]), event, prev_sha256="", sha256=head["sha256"])
+        )
+        return chain_next(prev, event)
+
+    async def _audited(
+        self,
+        script: AsyncScript,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        audit: AuditEvent | None,
+    ) -> tuple[str, Any]:
+        """Run a script of the audit prelude (see ``_AUDIT_PRELUDE``) with ``audit``
+        chained in, retrying while other writers move the audit head."""
+        if audit is None:
             with _mapped_errors():
-                head = _fields(await self._redis.hgetall(k.audit_head))
-            prev = (
-                None
-                if not head
-                # chain_next reads only seq and sha256 of the previous record.
-                else AuditRecord(int(head["seq"]), event, prev_sha256="", sha256=head["sha256"])
-            )
-            record = chain_next(prev, event)
+                return _reply(await script(keys=keys, args=["", 0, "", "", *args]))
+        audit_keys = self._audit_keys(audit)
+        for attempt in range(_AUDIT_CAS_ATTEMPTS):
+            record = await self._next_audit_record(audit)
+            audit_args: list[str | int] = [
+                record.prev_sha256,
+                record.seq,
+                record.sha256,
+                _audit_to_json(record),
+            ]
+            with _mapped_errors():
+                reply = _reply(await script(keys=[*keys, *audit_keys], args=[*audit_args, *args]))
+            if reply[0] != "moved":
+                return reply
+            # Another writer appended first: nothing was written; chain after its record.
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 -- jitter
+        raise StoreConflict("the audit log is too busy to append; retry")
+
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        keys = self._audit_keys(event)
+        for attempt in range(_AUDIT_CAS_ATTEMPTS):
+            record = await self._next_audit_record(event)
             args: list[str | int] = [
                 record.prev_sha256,
                 record.seq,
@@ -810,6 +1063,17 @@ class RedisStore:
                     args=[after_seq, limit],
                 )
         return [_audit_from_json(text) for text in _texts(raw)]
+
+    # -- cursors -----------------------------------------------------------------
+    async def get_cursor(self, name: str) -> int:
+        with _mapped_errors():
+            value = await self._redis.hget(self._keys.cursors, name)
+        return 0 if value is None else int(_text(value))
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        check_cursor(name, value)
+        with _mapped_errors():
+            await self._redis.hset(self._keys.cursors, name, str(value))
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:
@@ -898,8 +1162,25 @@ async def _close_pubsub(pubsub: PubSub) -> None:
 
 
 def _matches(device: Device, device_filter: DeviceFilter) -> bool:
+    """The filter's device fields (its certificate fields: ``_certs_match``)."""
     return (
         (device_filter.state is None or device.state is device_filter.state)
         and (device_filter.batch is None or device.batch == device_filter.batch)
         and (device_filter.model is None or device.model == device_filter.model)
     )
+
+
+def _certs_match(
+    good: Sequence[_GoodCert], *, issued_before: str | None, expiring_before: str | None
+) -> bool:
+    """The filter's certificate fields, on a device's good certificates; times are
+    stored text (fixed width, so text order is time order, as SQLite compares them)."""
+    if issued_before is not None and not any(c.issued_at < issued_before for c in good):
+        return False
+    if expiring_before is not None:
+        if not good:
+            return False
+        newest = max(good, key=lambda c: (c.issued_at, c.serial))
+        if not newest.not_after < expiring_before:
+            return False
+    return True

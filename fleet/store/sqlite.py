@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fleet.errors import (
+    AdminNotFound,
     CertificateNotFound,
     DeviceNotFound,
     NotFound,
@@ -34,6 +35,9 @@ from fleet.errors import (
     TokenInvalid,
 )
 from fleet.store._codec import (
+    admin_order,
+    check_admin_credential,
+    check_cursor,
     check_manifest,
     check_target_state,
     feed_event_from_json,
@@ -47,6 +51,8 @@ from fleet.store._codec import (
 )
 from fleet.store.audit_chain import chain_next, event_from_json, event_to_json
 from fleet.store.records import (
+    AdminCredential,
+    AdminRole,
     AuditEvent,
     AuditRecord,
     CertificateRecord,
@@ -65,7 +71,8 @@ from fleet.store.records import (
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+# 2 added admin_credentials and cursors (new tables only: a version 1 file upgrades in place).
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
 _FEED_PAGE = 1000
@@ -123,6 +130,18 @@ CREATE TABLE IF NOT EXISTS revocation_feed (
     seq INTEGER PRIMARY KEY,
     event TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS admin_credentials (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    disabled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
 
 
@@ -165,11 +184,79 @@ def _audit(row: sqlite3.Row) -> AuditRecord:
     )
 
 
+def _admin(row: sqlite3.Row) -> AdminCredential:
+    return AdminCredential(
+        name=row["name"],
+        role=AdminRole(row["role"]),
+        kind=row["kind"],
+        sha256=row["sha256"],
+        created_at=parse_ts(row["created_at"]),
+        disabled=bool(row["disabled"]),
+    )
+
+
 def _fetch_device(conn: sqlite3.Connection, device_id: str) -> Device:
     row = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     if row is None:
         raise DeviceNotFound(f"no device {device_id!r}")
     return _device(row)
+
+
+def _append_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> AuditRecord | None:
+    """Chain ``event`` after the newest record, inside the caller's write transaction."""
+    if event is None:
+        return None
+    row = conn.execute(
+        "SELECT seq, event, prev_sha256, sha256 FROM audit ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    record = chain_next(None if row is None else _audit(row), event)
+    conn.execute(
+        "INSERT INTO audit (seq, event, prev_sha256, sha256, device_id) VALUES (?, ?, ?, ?, ?)",
+        (
+            record.seq,
+            json.dumps(event_to_json(event), sort_keys=True),
+            record.prev_sha256,
+            record.sha256,
+            event.device_id,
+        ),
+    )
+    return record
+
+
+_GOOD = CertificateStatus.GOOD.value
+# The newest good certificate of the device in the enclosing query: latest
+# issued_at, then the highest serial (length first: hex serials as numbers).
+_NEWEST_GOOD_NOT_AFTER = (
+    "(SELECT c.not_after FROM certificates c "
+    "WHERE c.device_id = devices.device_id AND c.status = ? "
+    "ORDER BY c.issued_at DESC, length(c.serial) DESC, c.serial DESC LIMIT 1)"
+)
+
+
+def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (fixed strings only; every value a parameter) of a device filter."""
+    clauses = ["device_id > ?"]
+    params: list[Any] = ["" if after is None else after]
+    if device_filter.state is not None:
+        clauses.append("state = ?")
+        params.append(device_filter.state.value)
+    if device_filter.batch is not None:
+        clauses.append("batch = ?")
+        params.append(device_filter.batch)
+    if device_filter.model is not None:
+        clauses.append("model = ?")
+        params.append(device_filter.model)
+    if device_filter.issued_before is not None:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = devices.device_id "
+            "AND c.status = ? AND c.issued_at < ?)"
+        )
+        params += [_GOOD, ts(device_filter.issued_before)]
+    if device_filter.expiring_before is not None:
+        # NULL (no good certificate) < ? is NULL: such devices do not match.
+        clauses.append(f"{_NEWEST_GOOD_NOT_AFTER} < ?")
+        params += [_GOOD, ts(device_filter.expiring_before)]
+    return " AND ".join(clauses), params
 
 
 def _append_feed(
@@ -244,6 +331,9 @@ class SqliteStore:
         version = row[0]
         if version is None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version < SCHEMA_VERSION:
+            # Every change so far only added tables, which the statements above created.
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         elif version > SCHEMA_VERSION:
             raise StoreUnavailable(
                 f"the database has schema version {version}; this fleet knows up to "
@@ -365,7 +455,9 @@ class SqliteStore:
     async def get_device(self, device_id: str) -> Device:
         return await self._read(lambda conn: _fetch_device(conn, device_id))
 
-    async def add_pending_device(self, device: Device) -> Device:
+    async def add_pending_device(
+        self, device: Device, *, audit: AuditEvent | None = None
+    ) -> Device:
         def body(conn: sqlite3.Connection) -> Device:
             cursor = conn.execute(
                 "INSERT INTO devices (device_id, state, created_at, updated_at, bootstrap_sha256, "
@@ -387,6 +479,7 @@ class SqliteStore:
             )
             if cursor.rowcount == 0:
                 raise StoreConflict(f"device {device.device_id!r} already exists")
+            _append_audit(conn, audit)
             return _fetch_device(conn, device.device_id)
 
         return await self._write(body)
@@ -399,6 +492,7 @@ class SqliteStore:
         expected: Collection[DeviceState],
         now: dt.datetime,
         reason: str = "",
+        audit: AuditEvent | None = None,
     ) -> Device:
         check_target_state(state)
         allowed = {s.value for s in expected}
@@ -415,6 +509,7 @@ class SqliteStore:
                 "WHERE device_id = ?",
                 (state.value, at, reason, device_id),
             )
+            _append_audit(conn, audit)
             return _fetch_device(conn, device_id)
 
         return await self._write(body)
@@ -422,22 +517,26 @@ class SqliteStore:
     async def list_devices(
         self, device_filter: DeviceFilter, *, after: str | None = None, limit: int = 100
     ) -> list[Device]:
-        clauses = ["device_id > ?"]
-        params: list[Any] = ["" if after is None else after]
-        if device_filter.state is not None:
-            clauses.append("state = ?")
-            params.append(device_filter.state.value)
-        if device_filter.batch is not None:
-            clauses.append("batch = ?")
-            params.append(device_filter.batch)
-        if device_filter.model is not None:
-            clauses.append("model = ?")
-            params.append(device_filter.model)
+        where, params = _device_where(device_filter, after)
         params.append(limit)
-        # Only the fixed clause strings above are joined in; every value is a parameter.
-        where = " AND ".join(clauses)
+        # Only fixed clause strings are joined in; every value is a parameter.
         sql = f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?"  # noqa: S608
         return await self._read(lambda conn: [_device(r) for r in conn.execute(sql, params)])
+
+    async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
+        where, params = _device_where(device_filter, None)
+        # Only fixed clause strings are joined in; every value is a parameter.
+        sql = (
+            "SELECT COUNT(*), COALESCE(SUM((SELECT COUNT(*) FROM certificates c "  # noqa: S608
+            "WHERE c.device_id = devices.device_id AND c.status = ?)), 0) "
+            f"FROM devices WHERE {where}"
+        )
+
+        def body(conn: sqlite3.Connection) -> tuple[int, int]:
+            devices, certificates = conn.execute(sql, [_GOOD, *params]).fetchone()
+            return int(devices), int(certificates)
+
+        return await self._read(body)
 
     # -- certificates --------------------------------------------------------
     async def record_certificate(
@@ -447,6 +546,7 @@ class SqliteStore:
         expected: Collection[DeviceState],
         now: dt.datetime,
         bootstrap_sha256: str | None = None,
+        audit: AuditEvent | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
@@ -495,6 +595,7 @@ class SqliteStore:
                     "enrolled_at = ? WHERE device_id = ?",
                     (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
                 )
+            _append_audit(conn, audit)
             return _fetch_device(conn, c.device_id)
 
         return await self._write(body)
@@ -535,7 +636,12 @@ class SqliteStore:
         return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
 
     async def revoke_certificate(
-        self, serial: int, reason: RevocationReason, now: dt.datetime
+        self,
+        serial: int,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
     ) -> RevocationEvent | None:
         at = ts(now)
 
@@ -552,6 +658,7 @@ class SqliteStore:
                 "WHERE serial = ?",
                 (CertificateStatus.REVOKED.value, at, reason.value, serial_hex(serial)),
             )
+            _append_audit(conn, audit)
             return _append_feed(
                 conn, RevocationKind.CERTIFICATE, row["device_id"], [serial], reason, now
             )
@@ -562,7 +669,12 @@ class SqliteStore:
         return event
 
     async def revoke_device(
-        self, device_id: str, reason: RevocationReason, now: dt.datetime
+        self,
+        device_id: str,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
     ) -> RevocationEvent | None:
         at = ts(now)
 
@@ -593,6 +705,7 @@ class SqliteStore:
                 "WHERE device_id = ?",
                 (DeviceState.REVOKED.value, at, reason.value, device_id),
             )
+            _append_audit(conn, audit)
             return _append_feed(
                 conn,
                 RevocationKind.DEVICE,
@@ -606,6 +719,56 @@ class SqliteStore:
         if event is not None:
             self._notify_feed()
         return event
+
+    # -- admin credentials -------------------------------------------------------
+    async def put_admin_credential(self, cred: AdminCredential) -> None:
+        check_admin_credential(cred)
+
+        def body(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "INSERT INTO admin_credentials (sha256, name, role, kind, created_at, disabled) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                (
+                    cred.sha256,
+                    cred.name,
+                    cred.role.value,
+                    cred.kind,
+                    ts(cred.created_at),
+                    int(cred.disabled),
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
+
+        await self._write(body)
+
+    async def find_admin_credential(self, sha256: str) -> AdminCredential:
+        def body(conn: sqlite3.Connection) -> AdminCredential:
+            row = conn.execute(
+                "SELECT * FROM admin_credentials WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+            if row is None:
+                raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+            return _admin(row)
+
+        return await self._read(body)
+
+    async def list_admin_credentials(self) -> list[AdminCredential]:
+        def body(conn: sqlite3.Connection) -> list[AdminCredential]:
+            rows = conn.execute("SELECT * FROM admin_credentials").fetchall()
+            return sorted(map(_admin, rows), key=admin_order)
+
+        return await self._read(body)
+
+    async def disable_admin_credential(self, sha256: str) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "UPDATE admin_credentials SET disabled = 1 WHERE sha256 = ?", (sha256,)
+            )
+            if cursor.rowcount == 0:
+                raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+
+        await self._write(body)
 
     # -- one-time enrollment tokens -----------------------------------------
     async def put_enrollment_token(self, token: EnrollmentToken) -> None:
@@ -638,21 +801,8 @@ class SqliteStore:
     # -- audit log -------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> AuditRecord:
         def body(conn: sqlite3.Connection) -> AuditRecord:
-            row = conn.execute(
-                "SELECT seq, event, prev_sha256, sha256 FROM audit ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
-            record = chain_next(None if row is None else _audit(row), event)
-            conn.execute(
-                "INSERT INTO audit (seq, event, prev_sha256, sha256, device_id) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    record.seq,
-                    json.dumps(event_to_json(event), sort_keys=True),
-                    record.prev_sha256,
-                    record.sha256,
-                    event.device_id,
-                ),
-            )
+            record = _append_audit(conn, event)
+            assert record is not None
             return record
 
         return await self._write(body)
@@ -667,6 +817,26 @@ class SqliteStore:
             sql = "SELECT * FROM audit WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?"
             params = (device_id, after_seq, limit)
         return await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
+
+    # -- cursors -----------------------------------------------------------------
+    async def get_cursor(self, name: str) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read(body)
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        check_cursor(name, value)
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._write(body)
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:

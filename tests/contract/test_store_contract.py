@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from fleet.errors import (
+    AdminNotFound,
     CertificateNotFound,
     DeviceNotFound,
     NotFound,
@@ -21,6 +22,8 @@ from fleet.errors import (
 from fleet.store.audit_chain import chain_next, verify_chain
 from fleet.store.protocol import Store
 from fleet.store.records import (
+    AdminCredential,
+    AdminRole,
     AuditEvent,
     CertificateRecord,
     CertificateStatus,
@@ -86,6 +89,18 @@ def audit_event(now: dt.datetime, n: int, device_id: str | None = None) -> Audit
         device_id=device_id,
         detail={"n": str(n), "a": "x"},
     )
+
+
+async def chain_of(store: Store) -> list[tuple[str, str | None]]:
+    """(reason, device_id) of every audit record, after checking the chain is intact."""
+    records = await store.audit_records()
+    assert verify_chain(records) == []
+    assert [r.seq for r in records] == list(range(1, len(records) + 1))
+    return [(r.event.reason, r.event.device_id) for r in records]
+
+
+def ids(devices: list[Device]) -> list[str]:
+    return [d.device_id for d in devices]
 
 
 # -- manufacturer trust --------------------------------------------------------
@@ -210,9 +225,6 @@ async def test_list_devices_filters_and_pages(store: Store, now: dt.datetime) ->
     )
     await store.add_pending_device(Device("f", DeviceState.PENDING, now, now))
 
-    def ids(devices: list[Device]) -> list[str]:
-        return [d.device_id for d in devices]
-
     assert ids(await store.list_devices(DeviceFilter())) == ["a", "b", "c", "d", "e", "f"]
     assert ids(await store.list_devices(DeviceFilter(batch="b1"))) == ["a", "b", "d"]
     assert ids(await store.list_devices(DeviceFilter(model="m1", batch="b1"))) == ["a", "d"]
@@ -226,6 +238,93 @@ async def test_list_devices_filters_and_pages(store: Store, now: dt.datetime) ->
         after = page[-1]
     assert pages == [["a", "c"], ["d"]]
     assert ids(await store.list_devices(DeviceFilter(), after="b", limit=3)) == ["c", "d", "e"]
+
+
+async def certified_fleet(store: Store, now: dt.datetime) -> None:
+    """Devices whose certificates the certificate filters tell apart (see the test)."""
+    await store.import_manifest([entry(d) for d in "abcdefg"], now)
+
+    async def issue(device_id: str, serial: int, issued: dt.datetime, days: int) -> None:
+        await store.record_certificate(
+            certificate(serial, device_id, issued, days=days),
+            expected={DeviceState.REGISTERED, DeviceState.ACTIVE},
+            now=issued,
+        )
+
+    await issue("a", 0xA1, now - 10 * DAY, 30)  # good, expires now + 20
+    await issue("a", 0xA2, now, 30)  # good, newest, expires now + 30
+    await issue("b", 0xB1, now - 10 * DAY, 30)
+    await store.revoke_certificate(0xB1, RevocationReason.SUPERSEDED, now)
+    await issue("b", 0xB2, now, 5)  # the only good one: newest, expires now + 5
+    # c: registered, no certificate
+    await issue("d", 0xD1, now - 10 * DAY, 12)
+    await store.revoke_device("d", RevocationReason.UNSPECIFIED, now)  # nothing good left
+    await issue("e", 0xE1, now - 20 * DAY, 30)  # expires now + 10, but renewed:
+    await issue("e", 0xE2, now - 5 * DAY, 40)  # newest, expires now + 35
+    # f: two issued at the same instant; the higher serial (0x10, not "9") is the newest.
+    await issue("f", 0x9, now, 50)
+    await issue("f", 0x10, now, 5)
+    await issue("g", 0x61, now - 2 * DAY, 30)  # issued 2 days ago, expires now + 28
+    await store.set_device_state("g", DeviceState.SUSPENDED, expected={DeviceState.ACTIVE}, now=now)
+
+
+async def good_certificates(store: Store, devices: list[Device]) -> int:
+    good = 0
+    for device in devices:
+        certs = await store.list_certificates(device.device_id)
+        good += sum(c.status is CertificateStatus.GOOD for c in certs)
+    return good
+
+
+async def test_certificate_filters_page_and_agree_with_blast_radius(
+    store: Store, now: dt.datetime
+) -> None:
+    await certified_fleet(store, now)
+
+    def days(n: int) -> dt.datetime:
+        return now + n * DAY
+
+    cases = [
+        (DeviceFilter(), "abcdefg"),
+        (DeviceFilter(issued_before=days(-1)), "aeg"),
+        (DeviceFilter(issued_before=days(-15)), "e"),
+        (DeviceFilter(issued_before=now), "aeg"),  # strictly before
+        (DeviceFilter(expiring_before=days(15)), "bf"),
+        (DeviceFilter(expiring_before=days(36)), "abefg"),
+        (DeviceFilter(expiring_before=days(35)), "abfg"),  # strictly before
+        (DeviceFilter(issued_before=days(-1), expiring_before=days(36)), "aeg"),
+        (DeviceFilter(state=DeviceState.ACTIVE, issued_before=days(-1)), "ae"),
+        (DeviceFilter(state=DeviceState.REVOKED), "d"),
+        (DeviceFilter(state=DeviceState.REVOKED, issued_before=days(1)), ""),
+        (DeviceFilter(batch="b1", expiring_before=days(15)), "bf"),
+        (DeviceFilter(batch="nope", expiring_before=days(100)), ""),
+    ]
+    for device_filter, expected in cases:
+        listed = await store.list_devices(device_filter, limit=1000)
+        assert "".join(ids(listed)) == expected, device_filter
+
+        paged: list[str] = []
+        after: str | None = None
+        while page := ids(await store.list_devices(device_filter, after=after, limit=2)):
+            paged += page
+            after = page[-1]
+        assert "".join(paged) == expected, device_filter
+
+        assert await store.count_blast_radius(device_filter) == (
+            len(listed),
+            await good_certificates(store, listed),
+        ), device_filter
+
+
+async def test_blast_radius_counts(store: Store, now: dt.datetime) -> None:
+    assert await store.count_blast_radius(DeviceFilter()) == (0, 0)
+    await certified_fleet(store, now)
+    # a: 2, b: 1, e: 2, f: 2, g: 1 good certificates; c none; d revoked.
+    assert await store.count_blast_radius(DeviceFilter()) == (7, 8)
+    assert await store.count_blast_radius(DeviceFilter(issued_before=now - DAY)) == (3, 5)
+    assert await store.count_blast_radius(DeviceFilter(expiring_before=now + 15 * DAY)) == (2, 3)
+    await store.revoke_device("f", RevocationReason.UNSPECIFIED, now)
+    assert await store.count_blast_radius(DeviceFilter(expiring_before=now + 15 * DAY)) == (1, 1)
 
 
 # -- certificates ------------------------------------------------------------------
@@ -281,6 +380,187 @@ async def test_record_certificate_serial_reuse(store: Store, now: dt.datetime) -
             dataclasses.replace(cert, pem="another"), expected={DeviceState.ACTIVE}, now=now
         )
     assert await store.list_certificates("d1") == [cert]
+
+
+async def test_record_certificate_with_audit_is_one_change(store: Store, now: dt.datetime) -> None:
+    await store.append_audit(audit_event(now, 1))
+    await store.import_manifest([entry("d1")], now)
+    cert = certificate(0x42, "d1", now)
+    event = audit_event(now, 2, device_id="d1")
+    device = await store.record_certificate(
+        cert, expected={DeviceState.REGISTERED}, now=now, audit=event
+    )
+    assert device.state is DeviceState.ACTIVE
+    (record,) = await store.audit_records(device_id="d1")
+    assert (record.seq, record.event) == (2, event)
+    assert await chain_of(store) == [("reason-1", None), ("reason-2", "d1")]
+
+    # A replayed call returns the device and chains nothing a second time.
+    again = await store.record_certificate(
+        cert, expected={DeviceState.REGISTERED}, now=now, audit=event
+    )
+    assert again == device
+    # Refused: neither the certificate nor its audit event is written.
+    with pytest.raises(StoreConflict):
+        await store.record_certificate(
+            certificate(0x43, "d1", now),
+            expected={DeviceState.REGISTERED},
+            now=now,
+            audit=audit_event(now, 3, device_id="d1"),
+        )
+    with pytest.raises(StoreConflict):
+        await store.record_certificate(
+            dataclasses.replace(cert, pem="another"),
+            expected={DeviceState.ACTIVE},
+            now=now,
+            audit=audit_event(now, 4, device_id="d1"),
+        )
+    with pytest.raises(DeviceNotFound):
+        await store.record_certificate(
+            certificate(0x44, "ghost", now),
+            expected={DeviceState.REGISTERED},
+            now=now,
+            audit=audit_event(now, 5, device_id="ghost"),
+        )
+    assert await store.list_certificates("d1") == [cert]
+    assert await chain_of(store) == [("reason-1", None), ("reason-2", "d1")]
+
+    # Renewal, audited, after a record appended on its own.
+    await store.append_audit(audit_event(now, 6))
+    await store.record_certificate(
+        certificate(0x45, "d1", now + DAY),
+        expected={DeviceState.ACTIVE},
+        now=now + DAY,
+        audit=audit_event(now, 7, device_id="d1"),
+    )
+    assert await chain_of(store) == [
+        ("reason-1", None),
+        ("reason-2", "d1"),
+        ("reason-6", None),
+        ("reason-7", "d1"),
+    ]
+    assert [r.seq for r in await store.audit_records(device_id="d1")] == [2, 4]
+
+
+async def test_device_changes_with_audit(store: Store, now: dt.datetime) -> None:
+    pending = Device("p1", DeviceState.PENDING, now, now, state_reason="not in manifest")
+    assert await store.add_pending_device(pending, audit=audit_event(now, 1, "p1")) == pending
+    with pytest.raises(StoreConflict):
+        await store.add_pending_device(pending, audit=audit_event(now, 2, "p1"))
+
+    approved = await store.set_device_state(
+        "p1",
+        DeviceState.REGISTERED,
+        expected={DeviceState.PENDING},
+        now=now,
+        audit=audit_event(now, 3, "p1"),
+    )
+    assert approved.state is DeviceState.REGISTERED
+    with pytest.raises(StoreConflict):
+        await store.set_device_state(
+            "p1",
+            DeviceState.SUSPENDED,
+            expected={DeviceState.ACTIVE},
+            now=now,
+            audit=audit_event(now, 4, "p1"),
+        )
+    with pytest.raises(DeviceNotFound):
+        await store.set_device_state(
+            "ghost",
+            DeviceState.SUSPENDED,
+            expected={DeviceState.ACTIVE},
+            now=now,
+            audit=audit_event(now, 5, "ghost"),
+        )
+    assert await store.get_device("p1") == approved
+    assert await chain_of(store) == [("reason-1", "p1"), ("reason-3", "p1")]
+
+
+async def test_revocations_with_audit(store: Store, now: dt.datetime) -> None:
+    await enrolled(store, "d1", 0x1, now)
+    await store.record_certificate(
+        certificate(0x2, "d1", now), expected={DeviceState.ACTIVE}, now=now
+    )
+    one = await store.revoke_certificate(
+        0x1, RevocationReason.SUPERSEDED, now, audit=audit_event(now, 1, "d1")
+    )
+    assert one is not None
+    # Already revoked or unknown: nothing changes, nothing is chained.
+    assert (
+        await store.revoke_certificate(
+            0x1, RevocationReason.SUPERSEDED, now, audit=audit_event(now, 2, "d1")
+        )
+        is None
+    )
+    with pytest.raises(CertificateNotFound):
+        await store.revoke_certificate(
+            0x9, RevocationReason.SUPERSEDED, now, audit=audit_event(now, 3)
+        )
+    whole = await store.revoke_device(
+        "d1", RevocationReason.KEY_COMPROMISE, now, audit=audit_event(now, 4, "d1")
+    )
+    assert whole is not None
+    assert whole.serials == (0x2,)
+    assert (
+        await store.revoke_device(
+            "d1", RevocationReason.KEY_COMPROMISE, now, audit=audit_event(now, 5, "d1")
+        )
+        is None
+    )
+    with pytest.raises(DeviceNotFound):
+        await store.revoke_device(
+            "ghost", RevocationReason.KEY_COMPROMISE, now, audit=audit_event(now, 6)
+        )
+    assert await store.feed_since(0) == [one, whole]
+    assert await chain_of(store) == [("reason-1", "d1"), ("reason-4", "d1")]
+
+
+async def test_audited_changes_racing_appends_form_one_chain(
+    store: Store, backend: Backend, now: dt.datetime
+) -> None:
+    """Audited changes and plain appends from two instances: every change lands
+    exactly once with its own record, and the chain stays whole."""
+    count = 12
+    await store.import_manifest([entry(f"d{n}") for n in range(count)], now)
+    other = await backend.open()
+
+    async def change(n: int) -> object:
+        target = store if n % 2 else other
+        device_id = f"d{n}"
+        match n % 4:
+            case 0:
+                return await target.record_certificate(
+                    certificate(100 + n, device_id, now),
+                    expected={DeviceState.REGISTERED},
+                    now=now,
+                    audit=audit_event(now, n, device_id),
+                )
+            case 1:
+                return await target.set_device_state(
+                    device_id,
+                    DeviceState.SUSPENDED,
+                    expected={DeviceState.REGISTERED},
+                    now=now,
+                    audit=audit_event(now, n, device_id),
+                )
+            case 2:
+                return await target.revoke_device(
+                    device_id,
+                    RevocationReason.UNSPECIFIED,
+                    now,
+                    audit=audit_event(now, n, device_id),
+                )
+            case _:
+                return await target.append_audit(audit_event(now, n))
+
+    try:
+        await asyncio.gather(*(change(n) for n in range(count)))
+    finally:
+        await other.close()
+    chain = await chain_of(store)
+    assert sorted(reason for reason, _ in chain) == sorted(f"reason-{n}" for n in range(count))
+    for n in range(0, count, 4):
+        assert len(await store.list_certificates(f"d{n}")) == 1
 
 
 async def test_list_certificates_newest_first(store: Store, now: dt.datetime) -> None:
@@ -425,6 +705,60 @@ async def test_expired_enrollment_token_is_refused(store: Store, now: dt.datetim
         await store.consume_enrollment_token("d1", sha("t"), now)  # expires_at is exclusive
     await store.put_enrollment_token(EnrollmentToken("d2", sha("t"), now - DAY, now + DAY))
     await store.consume_enrollment_token("d2", sha("t"), now + DAY - dt.timedelta(microseconds=1))
+
+
+# -- admin credentials ---------------------------------------------------------------
+def test_admin_roles_are_ordered() -> None:
+    assert AdminRole.ADMIN.allows(AdminRole.OPERATOR)
+    assert AdminRole.ADMIN.allows(AdminRole.VIEWER)
+    assert AdminRole.OPERATOR.allows(AdminRole.OPERATOR)
+    assert AdminRole.OPERATOR.allows(AdminRole.VIEWER)
+    assert not AdminRole.OPERATOR.allows(AdminRole.ADMIN)
+    assert not AdminRole.VIEWER.allows(AdminRole.OPERATOR)
+    assert all(role.allows(role) for role in AdminRole)
+
+
+async def test_admin_credentials_put_find_list_disable(store: Store, now: dt.datetime) -> None:
+    bob_token = AdminCredential("bob", AdminRole.VIEWER, "token", sha("bob-t"), now)
+    bob_cert = AdminCredential("bob", AdminRole.ADMIN, "certificate", sha("bob-c"), now - DAY)
+    alice = AdminCredential("alice", AdminRole.OPERATOR, "certificate", sha("alice"), now)
+    for cred in (bob_token, alice, bob_cert):
+        await store.put_admin_credential(cred)
+    assert await store.find_admin_credential(sha("bob-c")) == bob_cert
+    assert await store.list_admin_credentials() == [alice, bob_cert, bob_token]
+
+    with pytest.raises(StoreConflict):
+        await store.put_admin_credential(dataclasses.replace(alice, role=AdminRole.ADMIN))
+    assert await store.find_admin_credential(sha("alice")) == alice
+
+    await store.disable_admin_credential(sha("alice"))
+    await store.disable_admin_credential(sha("alice"))  # idempotent
+    disabled = dataclasses.replace(alice, disabled=True)
+    assert await store.find_admin_credential(sha("alice")) == disabled
+    assert await store.list_admin_credentials() == [disabled, bob_cert, bob_token]
+
+    with pytest.raises(AdminNotFound):
+        await store.find_admin_credential(sha("nobody"))
+    with pytest.raises(AdminNotFound):
+        await store.disable_admin_credential(sha("nobody"))
+    assert isinstance(AdminNotFound("x"), NotFound)
+    with pytest.raises(ValueError, match="kind"):
+        await store.put_admin_credential(dataclasses.replace(alice, sha256=sha("x"), kind="pw"))
+    with pytest.raises(ValueError, match="sha256"):
+        await store.put_admin_credential(dataclasses.replace(alice, sha256="ABC"))
+
+
+# -- cursors -----------------------------------------------------------------------
+async def test_cursors(store: Store) -> None:
+    assert await store.get_cursor("webhook") == 0
+    await store.set_cursor("webhook", 42)
+    await store.set_cursor("other", -7)
+    assert (await store.get_cursor("webhook"), await store.get_cursor("other")) == (42, -7)
+    await store.set_cursor("webhook", 2**63 - 1)
+    assert await store.get_cursor("webhook") == 2**63 - 1
+    with pytest.raises(ValueError, match="64-bit"):
+        await store.set_cursor("webhook", 2**63)
+    assert await store.get_cursor("webhook") == 2**63 - 1
 
 
 # -- audit -------------------------------------------------------------------------
@@ -572,9 +906,10 @@ async def test_follow_feed_delivers_each_event_once_under_load(
 
 
 # -- races -------------------------------------------------------------------------
+@pytest.mark.parametrize("audited", [False, True])
 @pytest.mark.parametrize("instances", [1, 2])
 async def test_racing_first_enrollments_one_wins(
-    store: Store, backend: Backend, now: dt.datetime, instances: int
+    store: Store, backend: Backend, now: dt.datetime, instances: int, audited: bool
 ) -> None:
     await store.import_manifest([entry("d1")], now)
     stores = [store] + [await backend.open() for _ in range(instances - 1)]
@@ -586,6 +921,7 @@ async def test_racing_first_enrollments_one_wins(
                     expected={DeviceState.REGISTERED},
                     now=now,
                     bootstrap_sha256=sha("bootstrap:d1"),
+                    audit=audit_event(now, n, "d1") if audited else None,
                 )
                 for n in range(20)
             ),
@@ -597,8 +933,10 @@ async def test_racing_first_enrollments_one_wins(
     winners = [r for r in results if isinstance(r, Device)]
     conflicts = [r for r in results if isinstance(r, StoreConflict)]
     assert (len(winners), len(conflicts)) == (1, 19), results
-    assert len(await store.list_certificates("d1")) == 1
+    (cert,) = await store.list_certificates("d1")
     assert (await store.get_device("d1")).state is DeviceState.ACTIVE
+    # The winner's audit record, and no other.
+    assert await chain_of(store) == ([(f"reason-{cert.serial - 1000}", "d1")] if audited else [])
 
 
 async def test_racing_token_consumers_one_wins(

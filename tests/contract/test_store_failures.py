@@ -17,10 +17,18 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import fleet.store.sqlite as sqlite_backend
 from fleet.errors import DeviceNotFound, StoreUnavailable
-from fleet.store.records import DeviceFilter, DeviceState, RevocationReason
+from fleet.store.audit_chain import verify_chain
+from fleet.store.records import AuditEvent, AuditRecord, DeviceFilter, DeviceState, RevocationReason
 from fleet.store.redis import RedisStore
 from fleet.store.sqlite import SqliteStore
-from tests.contract.test_store_contract import aclose, certificate, enrolled, entry
+from tests.contract.test_store_contract import (
+    aclose,
+    audit_event,
+    certificate,
+    enrolled,
+    entry,
+    sha,
+)
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
 
@@ -114,6 +122,60 @@ async def test_redis_follow_feed_waits_out_a_restart(tmp_path: Path, now: dt.dat
         server.stop()
 
 
+@pytest.mark.needs_binary("redis-server")
+@pytest.mark.parametrize("change", ["record_certificate", "revoke_device"])
+async def test_redis_audited_change_retries_when_the_audit_head_moved(
+    redis_server: RedisServer, now: dt.datetime, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    """Another writer appends between our read of the audit head and our script:
+    the script writes nothing, and the retry makes the change with its record
+    chained after the other one (had the first attempt written the change, the
+    retry would find it done and the record would be missing)."""
+    namespace = f"audit-moved-{change}"
+    store = await RedisStore.open(redis_server.url, namespace=namespace)
+    other = await RedisStore.open(redis_server.url, namespace=namespace)
+    try:
+        await store.import_manifest([entry("d1")], now)
+        if change == "revoke_device":
+            await store.record_certificate(
+                certificate(1, "d1", now), expected={DeviceState.REGISTERED}, now=now
+            )
+        real = store._next_audit_record
+        reads = 0
+
+        async def raced(event: AuditEvent) -> AuditRecord:
+            nonlocal reads
+            reads += 1
+            record = await real(event)
+            if reads == 1:
+                await other.append_audit(audit_event(now, 1))
+            return record
+
+        monkeypatch.setattr(store, "_next_audit_record", raced)
+        mine = audit_event(now, 2, "d1")
+        if change == "record_certificate":
+            device = await store.record_certificate(
+                certificate(1, "d1", now),
+                expected={DeviceState.REGISTERED},
+                now=now,
+                bootstrap_sha256=sha("bootstrap:d1"),
+                audit=mine,
+            )
+            assert device.state is DeviceState.ACTIVE
+        else:
+            event = await store.revoke_device("d1", RevocationReason.UNSPECIFIED, now, audit=mine)
+            assert event is not None
+            assert (event.seq, event.serials) == (1, (1,))
+        assert reads == 2
+        records = await store.audit_records()
+        assert verify_chain(records) == []
+        assert [(r.seq, r.event.reason) for r in records] == [(1, "reason-1"), (2, "reason-2")]
+        assert [r.seq for r in await store.audit_records(device_id="d1")] == [2]
+    finally:
+        await other.close()
+        await store.close()
+
+
 # -- SQLite --------------------------------------------------------------------------
 async def test_sqlite_garbage_file_is_unavailable(tmp_path: Path) -> None:
     path = tmp_path / "fleet.db"
@@ -143,6 +205,36 @@ async def test_sqlite_corrupted_pages_are_unavailable(tmp_path: Path, now: dt.da
     with pytest.raises(StoreUnavailable) as caught:
         await open_and_read()
     assert isinstance(caught.value.__cause__, sqlite3.DatabaseError)
+
+
+async def test_sqlite_version_1_file_upgrades_in_place(tmp_path: Path, now: dt.datetime) -> None:
+    path = tmp_path / "fleet.db"
+    store = await SqliteStore.open(path)
+    await store.import_manifest([entry("d1")], now)
+    await store.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("DROP TABLE admin_credentials")
+        conn.execute("DROP TABLE cursors")
+        conn.execute("UPDATE schema_version SET version = 1")
+    finally:
+        conn.close()
+
+    store = await SqliteStore.open(path)
+    try:
+        assert (await store.get_device("d1")).state is DeviceState.REGISTERED
+        await store.set_cursor("c", 5)
+        assert await store.get_cursor("c") == 5
+        assert await store.list_admin_credentials() == []
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [
+            (sqlite_backend.SCHEMA_VERSION,)
+        ]
+    finally:
+        conn.close()
 
 
 async def test_sqlite_locked_beyond_timeout_is_unavailable_and_rolled_back(
