@@ -1,0 +1,294 @@
+"""Publishing the issuing CA's CRL: built from the store, re-signed on every revocation.
+
+Brokers read the CRL as their last line of defence (Mosquitto ``crlfile``),
+and an expired CRL makes them refuse the whole fleet, so the publisher
+re-signs it whenever the revocation feed moves and, independently, whenever
+it is older than ``refresh`` — far ahead of its nextUpdate.
+
+CRL numbers are the signing time in microseconds since the epoch, never going
+backwards within a process. Restarts and server replicas therefore publish
+increasing numbers without sharing a counter (as long as their clocks agree to
+within the time between two revocations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+
+from fleet.clock import Clock
+from fleet.errors import ConfigError, PolicyError, StoreError
+from fleet.pki.ca import CertifiedKey
+from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
+from fleet.store.protocol import Store
+from fleet.store.records import CertificateRecord, RevocationReason
+
+log = logging.getLogger("fleet.crl")
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# After a failed regeneration (store down), try again this soon.
+RETRY_SECONDS = 5.0
+# The background loop re-checks the CRL's age at least this often, so a clock
+# jump (suspend, NTP step) cannot leave it sleeping past the refresh time.
+MAX_SLEEP_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignedCrl:
+    """One signed CRL in both encodings, with the fields callers look at."""
+
+    der: bytes
+    pem: bytes
+    this_update: dt.datetime  # whole seconds, as in the CRL
+    next_update: dt.datetime
+    number: int
+    revoked_count: int
+    signed_at: dt.datetime  # the precise clock reading the number derives from
+
+
+def reason_flag(reason: RevocationReason | None) -> x509.ReasonFlags | None:
+    """The CRL/OCSP reason for a stored revocation reason (same RFC 5280 names)."""
+    return None if reason is None else x509.ReasonFlags(reason.value)
+
+
+def crl_number_at(when: dt.datetime) -> int:
+    """The CRL number of a CRL signed at ``when``: microseconds since the epoch."""
+    return (when - _EPOCH) // dt.timedelta(microseconds=1)
+
+
+def validate_crl(
+    der: bytes, issuer: x509.Certificate, *, now: dt.datetime, min_remaining: dt.timedelta
+) -> x509.CertificateRevocationList:
+    """Parse ``der`` back and check it is a current CRL signed by ``issuer``.
+
+    A CRL that fails here must never replace a good one: Mosquitto runs with
+    no revocation checking after reloading a garbage crlfile, and refuses every
+    device after loading an expired one. Raises PolicyError (``crl_invalid``).
+    """
+    try:
+        crl = x509.load_der_x509_crl(der)
+        next_update = crl.next_update_utc
+        this_update = crl.last_update_utc
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (ValueError, x509.ExtensionNotFound) as exc:
+        raise _invalid(f"the CRL does not parse: {exc}") from exc
+    if crl.issuer != issuer.subject:
+        raise _invalid(f"the CRL names issuer {crl.issuer.rfc4514_string()!r}, not the fleet CA")
+    public_key: CertificateIssuerPublicKeyTypes = issuer.public_key()  # type: ignore[assignment]
+    if not crl.is_signature_valid(public_key):
+        raise _invalid(
+            "the CRL signature does not verify with the issuing CA certificate",
+            hint="The issuing CA key and certificate in [ca] do not belong together.",
+        )
+    if next_update is None:
+        raise _invalid("the CRL has no nextUpdate")
+    if next_update - now < min_remaining:
+        raise _invalid(
+            f"the CRL's nextUpdate {next_update.isoformat()} is not at least "
+            f"{min_remaining} after now ({now.isoformat()})",
+            hint="Check the system clock and [revocation] crl_next_update_hours.",
+        )
+    if this_update > now + dt.timedelta(minutes=5):
+        raise _invalid(f"the CRL's thisUpdate {this_update.isoformat()} is in the future")
+    if number < 0:
+        raise _invalid("the CRL number is negative")
+    return crl
+
+
+def _invalid(message: str, hint: str | None = None) -> PolicyError:
+    return PolicyError(
+        message,
+        reason="crl_invalid",
+        hint=hint or "Nothing was written; fix the cause and run the command again.",
+    )
+
+
+class CrlPublisher:
+    """The issuing CA's current CRL, regenerated from the store when it changes or ages."""
+
+    def __init__(
+        self,
+        store: Store,
+        issuer: CertifiedKey,
+        clock: Clock,
+        next_update: dt.timedelta,
+        refresh: dt.timedelta,
+        *,
+        max_sleep: float = MAX_SLEEP_SECONDS,
+        retry: float = RETRY_SECONDS,
+    ) -> None:
+        if next_update <= dt.timedelta(0) or refresh <= dt.timedelta(0):
+            raise ConfigError("CRL next update and refresh intervals must be positive")
+        if refresh >= next_update:
+            raise ConfigError("the CRL refresh interval must be shorter than its validity")
+        self._store = store
+        self._issuer = issuer
+        self._clock = clock
+        self._next_update = next_update
+        self._refresh = refresh
+        self._max_sleep = max_sleep
+        self._retry = retry
+        self._current: SignedCrl | None = None
+        self._last_number = -1
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        # serial -> whether the fleet issuing CA issued it. Revoked certificates
+        # never change, so each stored PEM is parsed once per process.
+        self._ours: dict[int, bool] = {}
+
+    @property
+    def latest(self) -> SignedCrl | None:
+        """The last CRL signed, without building or refreshing one."""
+        return self._current
+
+    async def current(self) -> SignedCrl:
+        """The current CRL, built on first use and rebuilt when older than ``refresh``.
+
+        Serving does not depend on the background task: a stale CRL is
+        rebuilt here, and if that fails (store down) the previous CRL is
+        returned while it is still valid.
+        """
+        crl = self._current
+        if crl is not None and not self._stale(crl):
+            return crl
+        try:
+            async with self._lock:
+                latest = self._current
+                if latest is not None and not self._stale(latest):
+                    return latest  # signed by someone else while we waited
+                return await self._sign_now()
+        except StoreError:
+            if crl is None or crl.next_update <= self._clock.now():
+                raise
+            log.warning("CRL refresh failed; serving CRL #%d until it can be rebuilt", crl.number)
+            return crl
+
+    async def regenerate(self) -> SignedCrl:
+        """Build and sign a CRL from the store now, and make it the current one."""
+        async with self._lock:
+            return await self._sign_now()
+
+    async def _sign_now(self) -> SignedCrl:
+        records = await self._store.list_revoked()
+        now = self._clock.now()
+        number = max(crl_number_at(now), self._last_number + 1)
+        entries = [self._entry(r) for r in records if self._issued_by_us(r)]
+        # Signing a large CRL takes a while; keep the event loop serving.
+        signed = await asyncio.to_thread(self._sign, entries, now, number)
+        self._last_number = number
+        self._current = signed
+        log.info(
+            "signed CRL #%d listing %d revoked certificate(s), next update %s",
+            number,
+            signed.revoked_count,
+            signed.next_update.isoformat(),
+        )
+        return signed
+
+    def _sign(self, entries: list[RevokedEntry], now: dt.datetime, number: int) -> SignedCrl:
+        crl = build_crl(
+            self._issuer, entries, now=now, next_update_in=self._next_update, crl_number=number
+        )
+        next_update = crl.next_update_utc
+        assert next_update is not None  # build_crl always sets it
+        return SignedCrl(
+            der=crl_to_der(crl),
+            pem=crl_to_pem(crl),
+            this_update=crl.last_update_utc,
+            next_update=next_update,
+            number=number,
+            revoked_count=len(entries),
+            signed_at=now,
+        )
+
+    @staticmethod
+    def _entry(record: CertificateRecord) -> RevokedEntry:
+        return RevokedEntry(
+            serial=record.serial,
+            # Revocations without a time cannot happen; the issue time is the safe floor.
+            revoked_at=record.revoked_at or record.issued_at,
+            reason=reason_flag(record.revocation_reason),
+        )
+
+    def _issued_by_us(self, record: CertificateRecord) -> bool:
+        ours = self._ours.get(record.serial)
+        if ours is None:
+            ours = issued_by(record, self._issuer.certificate)
+            self._ours[record.serial] = ours
+        return ours
+
+    def _stale(self, crl: SignedCrl) -> bool:
+        return self._clock.now() - crl.signed_at >= self._refresh
+
+    def notify_changed(self) -> None:
+        """Ask the background loop to regenerate soon (events coalesce)."""
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Forever: regenerate on every revocation feed event and when the CRL ages.
+
+        Follows ``store.follow_feed`` from the feed head read at start (the
+        CRL signed right after that read covers everything before it). Store
+        failures are logged and retried; the task only ends when cancelled.
+        """
+        follower = asyncio.create_task(self._follow(), name="crl-feed-follower")
+        try:
+            while True:
+                try:
+                    crl = self._current
+                    if crl is None or self._changed.is_set() or self._stale(crl):
+                        self._changed.clear()
+                        crl = await self.regenerate()
+                    age = self._clock.now() - crl.signed_at
+                    wait = min((self._refresh - age).total_seconds(), self._max_sleep)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), max(wait, 0.0))
+                except Exception:
+                    # Never let the task die: an unrefreshed CRL expires and
+                    # brokers then refuse the whole fleet.
+                    self._changed.set()  # whatever changed is still pending
+                    log.exception("CRL regeneration failed; retrying in %.0fs", self._retry)
+                    await asyncio.sleep(self._retry)
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await follower
+
+    async def _follow(self) -> None:
+        after: int | None = None
+        while True:
+            try:
+                if after is None:
+                    after = await self._store.feed_head()
+                    # Everything up to the head is in the CRL signed after this read.
+                    self._changed.set()
+                async for event in self._store.follow_feed(after):
+                    after = event.seq
+                    self._changed.set()
+            except Exception as exc:  # the feed must be followed again, whatever broke
+                log.warning("revocation feed unavailable, retrying in %.0fs: %s", self._retry, exc)
+                self._changed.set()
+                await asyncio.sleep(self._retry)
+
+
+def issued_by(record: CertificateRecord, issuer: x509.Certificate) -> bool:
+    """Whether the stored certificate was issued by ``issuer`` (name and key identifier)."""
+    try:
+        cert = x509.load_pem_x509_certificate(record.pem.encode())
+    except ValueError:
+        log.error("stored certificate %x does not parse; treated as not ours", record.serial)
+        return False
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return True  # the name matched; nothing more to compare
+    return aki.key_identifier is None or aki.key_identifier == ski.digest

@@ -1,0 +1,112 @@
+"""The OCSP responder use-case: a DER request in, a DER response out, status from the store.
+
+Every answer is a DER OCSPResponse, even for garbage (RFC 6960 section 2.3):
+
+* ``successful``, signed by the issuing CA: ``good``, ``revoked`` (time and
+  reason) or ``unknown`` (a serial this CA never recorded);
+* ``malformedRequest`` for anything that does not parse as one request;
+* ``unauthorized`` for a certificate of another issuer;
+* ``tryLater`` when the store cannot be read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import logging
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp
+
+from fleet.authority.crl import issued_by, reason_flag
+from fleet.clock import Clock
+from fleet.errors import CertificateNotFound, ConfigError, PolicyError, StoreError
+from fleet.pki.ca import CertifiedKey
+from fleet.pki.ocsp import (
+    CertStatus,
+    Good,
+    Revoked,
+    Unknown,
+    build_ocsp_response,
+    malformed_response,
+    parse_ocsp_request,
+    request_matches_issuer,
+    unauthorized_response,
+)
+from fleet.store.protocol import Store
+from fleet.store.records import CertificateStatus
+
+log = logging.getLogger("fleet.ocsp")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class OcspAnswer:
+    """A DER OCSP response and what it said, for logs and metrics."""
+
+    der: bytes
+    outcome: str  # good | revoked | unknown | malformed | unauthorized | try_later
+    serial: int | None = None
+
+
+def try_later_response() -> bytes:
+    """The unsigned "tryLater" answer, for when the store cannot be read."""
+    return ocsp.OCSPResponseBuilder.build_unsuccessful(
+        ocsp.OCSPResponseStatus.TRY_LATER
+    ).public_bytes(serialization.Encoding.DER)
+
+
+class OcspResponder:
+    """Answers OCSP requests about the fleet issuing CA's certificates."""
+
+    def __init__(
+        self,
+        store: Store,
+        issuer: CertifiedKey,
+        clock: Clock,
+        next_update: dt.timedelta,
+    ) -> None:
+        if next_update <= dt.timedelta(0):
+            raise ConfigError("the OCSP next update interval must be positive")
+        self._store = store
+        self._issuer = issuer
+        self._clock = clock
+        self._next_update = next_update
+
+    async def respond(self, der: bytes) -> OcspAnswer:
+        try:
+            request = parse_ocsp_request(der)
+        except PolicyError as exc:
+            log.debug("malformed OCSP request: %s", exc.message)
+            return OcspAnswer(malformed_response(), "malformed")
+        serial = request.serial_number
+        if not request_matches_issuer(request, self._issuer.certificate):
+            return OcspAnswer(unauthorized_response(), "unauthorized", serial)
+        try:
+            status = await self.status(serial)
+        except StoreError as exc:
+            log.error("OCSP status lookup failed: %s", exc.diagnostics())
+            return OcspAnswer(try_later_response(), "try_later", serial)
+        response = build_ocsp_response(
+            request,
+            status=status,
+            issuer=self._issuer,
+            now=self._clock.now(),
+            next_update_in=self._next_update,
+        )
+        outcome = {Good: "good", Revoked: "revoked", Unknown: "unknown"}[type(status)]
+        return OcspAnswer(response, outcome, serial)
+
+    async def status(self, serial: int) -> CertStatus:
+        """The status of ``serial`` as this CA's responder states it."""
+        try:
+            record = await self._store.get_certificate(serial)
+        except CertificateNotFound:
+            return Unknown()
+        if not issued_by(record, self._issuer.certificate):
+            return Unknown()  # the same serial from another CA (e.g. before a rotation)
+        if record.status is CertificateStatus.REVOKED:
+            return Revoked(
+                revoked_at=record.revoked_at or record.issued_at,
+                reason=reason_flag(record.revocation_reason),
+            )
+        return Good()

@@ -1,0 +1,232 @@
+"""CrlPublisher and validate_crl against an in-memory store and a manual clock."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+from cryptography import x509
+
+from fleet.authority.crl import CrlPublisher, crl_number_at, reason_flag, validate_crl
+from fleet.clock import ManualClock
+from fleet.errors import ConfigError, PolicyError, StoreUnavailable
+from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
+from fleet.pki.crl import build_crl, crl_to_der
+from fleet.store.protocol import Store
+from fleet.store.records import RevocationReason
+from tests.unit.authority.revocation_fakes import FakeStore
+
+NOW = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
+HOURS_48 = dt.timedelta(hours=48)
+HOUR = dt.timedelta(hours=1)
+
+
+@pytest.fixture(scope="module")
+def issuing() -> CertifiedKey:
+    root = create_root_ca("CRL Test Root", now=NOW)
+    return create_issuing_ca(root, "CRL Test Devices", now=NOW)
+
+
+def publisher(
+    store: FakeStore, issuing: CertifiedKey, clock: ManualClock, **kwargs: Any
+) -> CrlPublisher:
+    return CrlPublisher(cast(Store, store), issuing, clock, HOURS_48, HOUR, **kwargs)
+
+
+def test_every_stored_reason_maps_to_the_same_rfc5280_reason() -> None:
+    for reason in RevocationReason:
+        assert reason_flag(reason) is x509.ReasonFlags(reason.value)
+    assert reason_flag(None) is None
+
+
+def test_crl_number_is_microseconds_since_the_epoch() -> None:
+    assert crl_number_at(dt.datetime(1970, 1, 1, 0, 0, 1, 5, tzinfo=dt.UTC)) == 1_000_005
+    assert crl_number_at(NOW + dt.timedelta(microseconds=1)) == crl_number_at(NOW) + 1
+
+
+def test_refresh_must_be_shorter_than_validity(issuing: CertifiedKey) -> None:
+    with pytest.raises(ConfigError):
+        CrlPublisher(cast(Store, FakeStore()), issuing, ManualClock(NOW), HOUR, HOUR)
+
+
+async def test_crl_lists_revoked_serials_with_reason_and_time(issuing: CertifiedKey) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    for serial in (11, 12, 13):
+        store.add(issuing, serial, NOW)
+    store.revoke(11, RevocationReason.KEY_COMPROMISE, NOW + dt.timedelta(minutes=1))
+    store.revoke(12, RevocationReason.UNSPECIFIED, NOW + dt.timedelta(minutes=2))
+    signed = await publisher(store, issuing, clock).current()
+    crl = validate_crl(signed.der, issuing.certificate, now=NOW, min_remaining=HOUR)
+    assert x509.load_pem_x509_crl(signed.pem) == crl  # the PEM is the same CRL
+    assert signed.this_update == NOW
+    assert signed.next_update == NOW + HOURS_48
+    assert signed.revoked_count == 2
+    listed = {entry.serial_number: entry for entry in crl}
+    assert set(listed) == {11, 12}
+    assert listed[11].revocation_date_utc == NOW + dt.timedelta(minutes=1)
+    assert listed[11].extensions.get_extension_for_class(x509.CRLReason).value.reason is (
+        x509.ReasonFlags.key_compromise
+    )
+    # RFC 5280 5.3.1: "unspecified" is expressed by leaving the reason out.
+    assert len(listed[12].extensions) == 0
+
+
+async def test_certificates_of_another_issuer_are_not_listed(issuing: CertifiedKey) -> None:
+    other = create_issuing_ca(create_root_ca("Other Root", now=NOW), "Other Devices", now=NOW)
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 21, NOW)
+    store.add(other, 22, NOW)
+    store.revoke(21, RevocationReason.SUPERSEDED, NOW)
+    store.revoke(22, RevocationReason.SUPERSEDED, NOW)
+    signed = await publisher(store, issuing, clock).current()
+    assert [e.serial_number for e in x509.load_der_x509_crl(signed.der)] == [21]
+
+
+async def test_numbers_strictly_increase_even_when_the_clock_stands_still(
+    issuing: CertifiedKey,
+) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    pub = publisher(store, issuing, clock)
+    numbers = [(await pub.regenerate()).number for _ in range(3)]
+    assert numbers == [crl_number_at(NOW), crl_number_at(NOW) + 1, crl_number_at(NOW) + 2]
+    # A restarted server (a new publisher) a second later continues above them.
+    clock.advance(dt.timedelta(seconds=1))
+    assert (await publisher(store, issuing, clock).regenerate()).number > numbers[-1]
+
+
+async def test_current_is_cached_until_older_than_refresh(issuing: CertifiedKey) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    pub = publisher(store, issuing, clock)
+    first = await pub.current()
+    clock.advance(HOUR - dt.timedelta(seconds=1))
+    assert await pub.current() is first
+    clock.advance(dt.timedelta(seconds=1))
+    second = await pub.current()
+    assert second.number > first.number
+    assert second.this_update == NOW + HOUR
+
+
+async def test_a_store_outage_serves_the_last_crl_while_it_is_valid(
+    issuing: CertifiedKey,
+) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    pub = publisher(store, issuing, clock)
+    first = await pub.current()
+    store.down = True
+    clock.advance(2 * HOUR)
+    assert await pub.current() is first
+    clock.advance(HOURS_48)  # past nextUpdate: never serve an expired CRL
+    with pytest.raises(StoreUnavailable):
+        await pub.current()
+
+
+async def test_first_use_with_the_store_down_raises(issuing: CertifiedKey) -> None:
+    store = FakeStore()
+    store.down = True
+    with pytest.raises(StoreUnavailable):
+        await publisher(store, issuing, ManualClock(NOW)).current()
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    for _ in range(400):  # 2 s
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition not met in time")
+
+
+async def test_run_regenerates_on_every_feed_event(issuing: CertifiedKey) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 31, NOW)
+    store.add(issuing, 32, NOW)
+    pub = publisher(store, issuing, clock)
+    task = asyncio.create_task(pub.run())
+    try:
+        await _wait_for(lambda: pub.latest is not None)
+        before = await pub.current()
+        store.revoke(31, RevocationReason.KEY_COMPROMISE, NOW)
+        await _wait_for(lambda: pub.latest is not None and pub.latest.revoked_count == 1)
+        store.revoke(32, RevocationReason.CESSATION_OF_OPERATION, NOW)
+        await _wait_for(lambda: pub.latest is not None and pub.latest.revoked_count == 2)
+        after = await pub.current()
+        assert after.number > before.number
+        assert {e.serial_number for e in x509.load_der_x509_crl(after.der)} == {31, 32}
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_run_resigns_when_the_crl_ages_without_events(issuing: CertifiedKey) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    pub = publisher(store, issuing, clock, max_sleep=0.01)
+    task = asyncio.create_task(pub.run())
+    try:
+        await _wait_for(lambda: pub.latest is not None)
+        await asyncio.sleep(0.05)
+        calls = store.list_calls  # startup may sign twice (before and after the feed head)
+        await asyncio.sleep(0.05)
+        assert store.list_calls == calls  # nothing changed, nothing aged: no re-signing
+        clock.advance(HOUR)
+        await _wait_for(lambda: pub.latest is not None and pub.latest.this_update == NOW + HOUR)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_run_survives_a_store_outage(issuing: CertifiedKey) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 41, NOW)
+    pub = publisher(store, issuing, clock, retry=0.01)
+    task = asyncio.create_task(pub.run())
+    try:
+        await _wait_for(lambda: pub.latest is not None)
+        store.down = True
+        store.revoke(41, RevocationReason.KEY_COMPROMISE, NOW)
+        await asyncio.sleep(0.05)
+        assert pub.latest is not None
+        assert pub.latest.revoked_count == 0
+        store.down = False
+        await _wait_for(lambda: pub.latest is not None and pub.latest.revoked_count == 1)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def _crl(issuer: CertifiedKey, *, now: dt.datetime, next_update_in: dt.timedelta) -> bytes:
+    return crl_to_der(build_crl(issuer, [], now=now, next_update_in=next_update_in, crl_number=1))
+
+
+def test_validate_refuses_garbage(issuing: CertifiedKey) -> None:
+    with pytest.raises(PolicyError, match="does not parse"):
+        validate_crl(b"\x30\x03garbage", issuing.certificate, now=NOW, min_remaining=HOUR)
+
+
+def test_validate_refuses_a_crl_signed_by_another_key(issuing: CertifiedKey) -> None:
+    impostor = CertifiedKey(
+        issuing.certificate,
+        create_root_ca("key donor", now=NOW).private_key,
+    )
+    der = _crl(impostor, now=NOW, next_update_in=HOURS_48)
+    with pytest.raises(PolicyError, match="signature does not verify") as caught:
+        validate_crl(der, issuing.certificate, now=NOW, min_remaining=HOUR)
+    assert caught.value.reason == "crl_invalid"
+
+
+def test_validate_refuses_another_issuer(issuing: CertifiedKey) -> None:
+    other = create_root_ca("Someone Else", now=NOW)
+    der = _crl(other, now=NOW, next_update_in=HOURS_48)
+    with pytest.raises(PolicyError, match="names issuer"):
+        validate_crl(der, issuing.certificate, now=NOW, min_remaining=HOUR)
+
+
+def test_validate_refuses_expired_or_nearly_expired(issuing: CertifiedKey) -> None:
+    der = _crl(issuing, now=NOW - HOURS_48, next_update_in=HOURS_48 + dt.timedelta(minutes=5))
+    with pytest.raises(PolicyError, match="nextUpdate"):
+        validate_crl(der, issuing.certificate, now=NOW, min_remaining=dt.timedelta(minutes=10))
+    validate_crl(der, issuing.certificate, now=NOW, min_remaining=dt.timedelta(minutes=1))
