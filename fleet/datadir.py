@@ -8,6 +8,8 @@ Layout (directories 0700, private keys 0600)::
     DIR/ca/root.key         keep offline in production; only needed to re-issue below
     DIR/ca/issuing.pem      issuing CA (pathlen 0): signs device certificates
     DIR/ca/issuing.key
+    DIR/ca/admin.pem        admin CA (pathlen 0): signs admin client certificates only
+    DIR/ca/admin.key
     DIR/tls/server.pem      server TLS certificate (signed by the root, no CRL DP)
     DIR/tls/server.key
 """
@@ -95,6 +97,8 @@ def init_data_dir(
     )
     _write_pair(data_dir / "ca", "root", root, passphrase)
     _write_pair(data_dir / "ca", "issuing", issuing, passphrase)
+    admin_ca = create_issuing_ca(root, "fleet admin CA", now=now, key_type=key_type)
+    _write_pair(data_dir / "ca", "admin", admin_ca, passphrase)
     _write_pair(data_dir / "tls", "server", server, None)  # the server must start unattended
     config_path = data_dir / CONFIG_FILENAME
     write_atomic(config_path, _config_text(names).encode(), mode=0o640)

@@ -9,15 +9,20 @@ errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
 
     FleetError
     ├── ConfigError                     bad fleet.toml, data directory, environment
-    │   └── ManifestInvalid             a manifest line is wrong (``line`` says which)
     ├── PolicyError                     the request is understood and refused
     │   ├── EncodingInvalid             body is not the base64/DER it must be (400)
+    │   ├── RequestInvalid              a parameter or field is missing or wrong (400)
+    │   │   └── ManifestInvalid         a manifest line is wrong (``line`` says which)
     │   ├── CsrInvalid                  not a CSR, bad signature (400)
     │   ├── KeyNotAllowed               key type outside the profile
     │   ├── DeviceIdInvalid             characters, length, reserved id
-    │   └── IdentityMismatch            CSR asks for another identity
+    │   ├── IdentityMismatch            CSR asks for another identity
+    │   ├── UnsupportedMediaType        wrong Content-Type (415)
+    │   ├── StateConflict               the record is not in a state the action applies to (409)
+    │   └── ConfirmationRequired        a bulk action over the cap needs an explicit confirm (428)
     ├── AuthError                       who is asking cannot be established or trusted
     │   ├── CredentialsRequired         no usable credential was presented (401)
+    │   ├── RoleInsufficient            an admin's role does not allow the action (403)
     │   ├── UnknownIssuer               chain does not lead to a trusted CA
     │   ├── CertificateExpired          outside its validity, beyond the skew allowance
     │   ├── EnrollmentRefused           policy said no (reason code says which rule)
@@ -26,7 +31,8 @@ errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
     │   └── TokenInvalid                unknown, used or expired enrollment token
     ├── NotFound
     │   ├── DeviceNotFound
-    │   └── CertificateNotFound
+    │   ├── CertificateNotFound
+    │   └── AdminNotFound               no admin credential with that fingerprint
     ├── StoreError
     │   ├── StoreConflict               a concurrent change won; nothing was written
     │   └── StoreUnavailable            backend down or corrupt; nothing was written
@@ -65,17 +71,6 @@ class ConfigError(FleetError):
     hint = "Fix the setting named above in fleet.toml (or its FLEET_* override) and retry."
 
 
-class ManifestInvalid(ConfigError):
-    """A factory manifest that cannot be imported; ``line`` is 1-based (None: whole file)."""
-
-    reason = "manifest_invalid"
-    hint = "Fix the manifest line named above and import the file again; nothing was imported."
-
-    def __init__(self, message: str, *, line: int | None = None, hint: str | None = None):
-        super().__init__(f"line {line}: {message}" if line is not None else message, hint=hint)
-        self.line = line
-
-
 class PolicyError(FleetError):
     reason = "policy_refused"
     hint = "The request was refused by policy; it will be refused again unless it changes."
@@ -84,6 +79,22 @@ class PolicyError(FleetError):
 class EncodingInvalid(PolicyError):
     reason = "encoding_invalid"
     hint = "Send the DER structure base64-encoded (RFC 8951 section 3.1)."
+
+
+class RequestInvalid(PolicyError):
+    reason = "request_invalid"
+    hint = "Fix the named parameter; the API description is at /api/v1/openapi.json."
+
+
+class ManifestInvalid(RequestInvalid):
+    """A factory manifest that cannot be imported; ``line`` is 1-based (None: whole file)."""
+
+    reason = "manifest_invalid"
+    hint = "Fix the manifest line named above and import the file again; nothing was imported."
+
+    def __init__(self, message: str, *, line: int | None = None, hint: str | None = None):
+        super().__init__(f"line {line}: {message}" if line is not None else message, hint=hint)
+        self.line = line
 
 
 class CsrInvalid(PolicyError):
@@ -111,6 +122,16 @@ class UnsupportedMediaType(PolicyError):
     hint = "Send the Content-Type the EST operation requires (RFC 7030 section 3.2.4)."
 
 
+class StateConflict(PolicyError):
+    reason = "state_conflict"
+    hint = "Look at the record's current state; the action does not apply to it."
+
+
+class ConfirmationRequired(PolicyError):
+    reason = "confirmation_required"
+    hint = "Check the blast radius with a dry run, then repeat with confirm (--confirm)."
+
+
 class AuthError(FleetError):
     reason = "auth_failed"
     hint = "Present a credential the fleet trusts."
@@ -119,6 +140,11 @@ class AuthError(FleetError):
 class CredentialsRequired(AuthError):
     reason = "credentials_required"
     hint = "Present a bootstrap certificate, or HTTP Basic with the device id and a one-time token."
+
+
+class RoleInsufficient(AuthError):
+    reason = "role_insufficient"
+    hint = "Ask an admin for a credential with the role this action needs."
 
 
 class UnknownIssuer(AuthError):
@@ -162,6 +188,10 @@ class DeviceNotFound(NotFound):
 
 class CertificateNotFound(NotFound):
     reason = "certificate_not_found"
+
+
+class AdminNotFound(NotFound):
+    reason = "admin_not_found"
 
 
 class StoreError(FleetError):

@@ -16,7 +16,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from fleet.errors import DeviceNotFound, PolicyError, StoreConflict
+from fleet.errors import (
+    ConfigError,
+    DeviceNotFound,
+    PolicyError,
+    RequestInvalid,
+    StateConflict,
+    StoreConflict,
+)
 from fleet.pki.ca import certificate_to_pem, load_certificates_pem
 from fleet.pki.device_id import validate_device_id
 from fleet.pki.fingerprint import normalize_fingerprint, sha256_fingerprint
@@ -57,7 +64,11 @@ async def trust_manufacturer(
     (basicConstraints cA=TRUE), valid at ``now``, and none may be (or share a
     key with) one of the fleet's own CAs — trust domains are never mixed.
     """
-    certificates = load_certificates_pem(pem)
+    try:
+        certificates = load_certificates_pem(pem)
+    except ConfigError as exc:
+        # Here the PEM comes from an admin's request, not from our own config.
+        raise RequestInvalid(exc.message, reason="pem_invalid") from exc
     own_fingerprints = {sha256_fingerprint(c) for c in fleet_cas}
     own_keys = {_spki(c) for c in fleet_cas}
     for cert in certificates:
@@ -266,7 +277,7 @@ async def _decide_pending(
         )
     except StoreConflict as exc:
         current = await store.get_device(device_id)
-        raise StoreConflict(
+        raise StateConflict(
             f"device {device_id} is {current.state.value}, not pending; nothing changed",
             reason="device_not_pending",
             hint=f"Only a device waiting for approval can be {done}. "

@@ -8,7 +8,9 @@ from pathlib import Path
 import click
 
 from fleet import __version__
+from fleet.cli.admin import admin
 from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
+from fleet.cli.crl import crl
 from fleet.cli.device import device
 from fleet.cli.manifest import manifest
 from fleet.cli.serve import serve
@@ -113,6 +115,8 @@ cli.add_command(serve)
 cli.add_command(trust)
 cli.add_command(manifest)
 cli.add_command(device)
+cli.add_command(crl)
+cli.add_command(admin)
 
 
 def main() -> None:

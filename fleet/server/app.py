@@ -7,24 +7,33 @@ backend via the factory, the system clock, the CA key from disk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import signal
 from pathlib import Path
 
 from aiohttp import web
+from cryptography import x509
 
+from fleet.admin.auth import AdminAuthenticator
+from fleet.admin.routes import AdminApi
 from fleet.authority.credentials import Credentials
+from fleet.authority.crl import CrlPublisher
 from fleet.authority.enrollment import Authority
+from fleet.authority.ocsp import OcspResponder
 from fleet.clock import Clock, SystemClock
 from fleet.config import FleetConfig
 from fleet.errors import ConfigError, FleetError
 from fleet.est.routes import EstService
+from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
 from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
 from fleet.server.peer import PeerCertificates
+from fleet.server.revocation_routes import RevocationService
 from fleet.server.tls import server_context
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
@@ -93,6 +102,17 @@ def build_app(
         client_max_size=MAX_BODY_BYTES,
     )
     app.add_routes(est.routes())
+    _add_revocation(app, config, store=store, issuer=issuer, clock=clock)
+    admin_api = AdminApi(
+        store=store,
+        auth=AdminAuthenticator(
+            store=store, peers=peers, admin_ca=_optional_cert(config.admin.ca_cert), clock=clock
+        ),
+        clock=clock,
+        bulk_threshold=config.admin.bulk_confirm_threshold,
+        fleet_cas=(root, issuer.certificate),
+    )
+    app.add_routes(admin_api.routes())
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -112,7 +132,50 @@ def build_app(
             web.get("/metrics", metrics_endpoint),
         ]
     )
+    if config.webhooks.urls:  # reads the webhook secret now: none configured → ConfigError
+        attach_notifier(app, config, store=store)
     return app
+
+
+def _optional_cert(path: Path) -> x509.Certificate | None:
+    """The admin CA, if this data directory has one (older ones may not)."""
+    if not path.exists():
+        log.warning("no admin CA at %s: admin client certificates are disabled", path)
+        return None
+    return load_certificates_pem(_read(path))[0]
+
+
+def _add_revocation(
+    app: web.Application, config: FleetConfig, *, store: Store, issuer: CertifiedKey, clock: Clock
+) -> None:
+    """GET /crl, /ocsp; the CRL is re-signed in the background while the app runs."""
+    publisher = CrlPublisher(
+        store,
+        issuer,
+        clock,
+        next_update=dt.timedelta(hours=config.revocation.crl_next_update_hours),
+        refresh=dt.timedelta(minutes=config.revocation.crl_refresh_minutes),
+    )
+    responder = OcspResponder(
+        store,
+        issuer,
+        clock,
+        next_update=dt.timedelta(minutes=config.revocation.ocsp_next_update_minutes),
+    )
+    app.add_routes(RevocationService(publisher, responder, clock).routes())
+    task_key = web.AppKey("crl_publisher_task", asyncio.Task[None])
+
+    async def start(app: web.Application) -> None:
+        app[task_key] = asyncio.create_task(publisher.run(), name="crl-publisher")
+
+    async def stop(app: web.Application) -> None:
+        task = app[task_key]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.on_startup.append(start)
+    app.on_cleanup.append(stop)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -13,7 +13,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
 
-_EXTRA_FIELDS = ("http", "device_id", "reason", "worker")
+_EXTRA_FIELDS = ("http", "device_id", "reason", "worker", "webhook")
 
 
 class JsonFormatter(logging.Formatter):

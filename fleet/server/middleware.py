@@ -87,18 +87,20 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.error("server error: %s", error.diagnostics())
         else:
             log.debug("refused: %s", error.message)
-        response = _text(status, error.reason, error.message)
+        response = _error(request, status, error.reason, error.message)
         if isinstance(error, EnrollmentPending):
             response.headers["Retry-After"] = str(error.retry_after)
         elif isinstance(error, CredentialsRequired | TokenInvalid):
-            response.headers["WWW-Authenticate"] = 'Basic realm="fleet"'
+            admin = request.path.startswith("/api/")
+            challenge = 'Bearer realm="fleet-admin"' if admin else 'Basic realm="fleet"'
+            response.headers["WWW-Authenticate"] = challenge
         elif status == 503:
             response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
         return response
     except web.HTTPException as exc:
         # aiohttp's own answers (404 no route, 405, 413 body too large, 408).
         request["reason"] = _slug(exc.reason)
-        response = _text(exc.status, request["reason"], exc.text or exc.reason)
+        response = _error(request, exc.status, request["reason"], exc.text or exc.reason)
         for name in ("Allow", "Retry-After"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
@@ -106,7 +108,18 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     except Exception:
         request["reason"] = "internal_error"
         log.exception("unexpected error")
-        return _text(500, "internal_error", "internal error; see the server log")
+        return _error(request, 500, "internal_error", "internal error; see the server log")
+
+
+def _error(request: web.Request, status: int, reason: str, message: str) -> web.Response:
+    """The admin API answers JSON; EST clients get text/plain (RFC 7030 §4.2.3)."""
+    if request.path.startswith("/api/"):
+        return web.json_response(
+            {"error": reason, "message": message.strip()},
+            status=status,
+            headers={"X-Fleet-Reason": reason},
+        )
+    return _text(status, reason, message)
 
 
 def _text(status: int, reason: str, message: str) -> web.Response:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.errors import ConfigError, ManifestInvalid
+from fleet.errors import FleetError, ManifestInvalid
 from fleet.manifest import MAX_LINES, parse_manifest
 from fleet.store.records import ManifestEntry
 
@@ -88,7 +88,7 @@ def test_bad_device_id_names_its_line(bad_id: str, words: str) -> None:
     assert error.message.startswith("line 3: ")
     assert words in error.message
     assert "A-Z a-z 0-9" in error.hint
-    assert isinstance(error, ConfigError)  # CLIs exit 1 with diagnostics
+    assert isinstance(error, FleetError)  # CLIs exit 1 with diagnostics; the API answers 400
 
 
 @pytest.mark.parametrize(

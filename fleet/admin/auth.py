@@ -1,0 +1,77 @@
+"""Who is calling the admin API: an admin client certificate (mTLS) or a bearer token.
+
+Admin certificates come from the admin CA, a trust domain of its own; a
+certificate or token is accepted only while its credential record in the
+store is enabled, so an admin is cut off by disabling the record — no CRL
+needed. There is no anonymous access.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+from cryptography import x509
+
+from fleet.clock import Clock
+from fleet.errors import AuthError, CredentialsRequired, NotFound
+from fleet.pki.chain import TrustDomain, verify_client_chain
+from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.server.peer import PeerCertificates
+from fleet.store.protocol import Store
+from fleet.store.records import AdminCredential
+from fleet.tokens import token_sha256
+
+
+class AdminDisabled(AuthError):
+    reason = "admin_disabled"
+    hint = "This admin credential was disabled; ask an admin for a new one."
+
+
+class AdminAuthenticator:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        peers: PeerCertificates,
+        admin_ca: x509.Certificate | None,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._peers = peers
+        self._domain = TrustDomain("admin", (admin_ca,), max_chain_depth=1) if admin_ca else None
+        self._clock = clock
+
+    async def identify(self, request: web.Request) -> AdminCredential:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            credential = await self._lookup(token_sha256(value.strip()), "token")
+        else:
+            cert = self._peers.leaf(request)
+            if cert is None or self._domain is None:
+                raise CredentialsRequired(
+                    "the admin API needs an admin client certificate or a bearer token",
+                    hint="Create one with `fleet admin create NAME --role ROLE` "
+                    "or `fleet admin token NAME --role ROLE`.",
+                )
+            verify_client_chain(cert, (), self._domain, now=self._clock.now())
+            credential = await self._lookup(sha256_fingerprint(cert), "certificate")
+        if credential.disabled:
+            raise AdminDisabled(f"admin credential of {credential.name} is disabled")
+        return credential
+
+    async def _lookup(self, sha256: str, kind: str) -> AdminCredential:
+        try:
+            credential = await self._store.find_admin_credential(sha256)
+        except NotFound:
+            credential = None
+        # compare_digest keeps the final check constant-time; the lookup key
+        # itself is a hash, so timing reveals nothing about a token.
+        if (
+            credential is None
+            or credential.kind != kind
+            or not hmac.compare_digest(credential.sha256, sha256)
+        ):
+            raise CredentialsRequired(f"unknown admin {kind}", reason="admin_unknown")
+        return credential

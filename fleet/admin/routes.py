@@ -1,0 +1,485 @@
+"""The admin REST API under /api/v1 (described by fleet/admin/openapi.json).
+
+Every endpoint names the least role it needs; the caller is identified
+first (no anonymous access), a caller with too small a role gets 403 and
+the attempt is audited, and every change is audited with its actor by the
+use-cases it calls.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from fleet.admin.auth import AdminAuthenticator
+from fleet.admin.serialize import (
+    audit_json,
+    bulk_json,
+    certificate_json,
+    device_json,
+    manufacturer_json,
+)
+from fleet.authority import admin as admin_cases
+from fleet.authority import lifecycle
+from fleet.clock import Clock
+from fleet.errors import EncodingInvalid, RequestInvalid, RoleInsufficient
+from fleet.manifest import parse_manifest
+from fleet.pki.device_id import validate_device_id
+from fleet.store.audit_chain import verify_chain
+from fleet.store.protocol import Store
+from fleet.store.records import (
+    AdminCredential,
+    AdminRole,
+    AuditEvent,
+    DeviceFilter,
+    DeviceState,
+)
+
+API = "/api/v1"
+MAX_PAGE = 500
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
+
+Handler = Callable[["AdminApi", web.Request, AdminCredential], Awaitable[web.StreamResponse]]
+
+
+def needs(role: AdminRole) -> Callable[[Handler], Callable[[AdminApi, web.Request], Any]]:
+    """Mark an endpoint with the least role it needs; identify and check the caller."""
+
+    def wrap(handler: Handler) -> Callable[[AdminApi, web.Request], Any]:
+        async def endpoint(self: AdminApi, request: web.Request) -> web.StreamResponse:
+            admin = await self.auth.identify(request)
+            request["admin"] = admin.name
+            if not admin.role.allows(role):
+                await self.store.append_audit(
+                    AuditEvent(
+                        at=self.clock.now(),
+                        actor=actor_of(admin),
+                        action="denied",
+                        outcome="refused",
+                        reason="role_insufficient",
+                        device_id=request.match_info.get("device_id"),
+                        detail={"method": request.method, "path": request.path[:200],
+                                "role": admin.role.value, "needed": role.value},
+                    )
+                )  # fmt: skip
+                raise RoleInsufficient(
+                    f"{admin.name} has role {admin.role.value}; this needs {role.value}"
+                )
+            return await handler(self, request, admin)
+
+        endpoint.needed_role = role  # type: ignore[attr-defined]
+        return endpoint
+
+    return wrap
+
+
+def actor_of(admin: AdminCredential) -> str:
+    return f"admin:{admin.name}"
+
+
+@dataclasses.dataclass
+class AdminApi:
+    store: Store
+    auth: AdminAuthenticator
+    clock: Clock
+    bulk_threshold: int
+    fleet_cas: tuple[Any, ...]  # the fleet's own CAs, never trusted as manufacturers
+
+    def routes(self) -> list[web.RouteDef]:
+        d = f"{API}/devices/{{device_id}}"
+        return [
+            web.get(f"{API}/openapi.json", self.openapi),
+            web.get(f"{API}/devices", self.list_devices),
+            web.get(d, self.show_device),
+            web.get(f"{d}/certificates", self.device_certificates),
+            web.get(f"{d}/why", self.why),
+            web.post(f"{d}/approve", self.approve),
+            web.post(f"{d}/reject", self.reject),
+            web.post(f"{d}/suspend", self.suspend),
+            web.post(f"{d}/resume", self.resume),
+            web.post(f"{d}/revoke", self.revoke),
+            web.post(f"{d}/token", self.token),
+            web.post(f"{API}/revocations/bulk", self.bulk_revoke),
+            web.get(f"{API}/revocations", self.revocations),
+            web.post(f"{API}/certificates/{{serial}}/revoke", self.revoke_certificate),
+            web.get(f"{API}/certificates/expiring", self.expiring),
+            web.post(f"{API}/manifest", self.import_manifest),
+            web.get(f"{API}/manufacturers", self.list_manufacturers),
+            web.post(f"{API}/manufacturers", self.add_manufacturer),
+            web.delete(f"{API}/manufacturers/{{sha256}}", self.remove_manufacturer),
+            web.get(f"{API}/audit", self.audit),
+            web.get(f"{API}/audit/verify", self.audit_verify),
+        ]
+
+    # -- reading -----------------------------------------------------------------
+    @needs(AdminRole.VIEWER)
+    async def openapi(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        return web.json_response(openapi_document())
+
+    @needs(AdminRole.VIEWER)
+    async def list_devices(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        query = request.query
+        state = _choice(query, "state", [s.value for s in DeviceState])
+        days = _int(query, "expiring_within_days", 0, 3650)
+        expiring = self.clock.now() + dt.timedelta(days=days) if days is not None else None
+        device_filter = DeviceFilter(
+            state=DeviceState(state) if state else None,
+            batch=_text(query, "batch"),
+            model=_text(query, "model"),
+            expiring_before=expiring,
+        )
+        limit = _int(query, "limit", 1, MAX_PAGE) or 100
+        after = _text(query, "after")
+        devices = await self.store.list_devices(device_filter, after=after, limit=limit)
+        next_cursor = devices[-1].device_id if len(devices) == limit else None
+        return web.json_response({"items": [device_json(d) for d in devices], "next": next_cursor})
+
+    @needs(AdminRole.VIEWER)
+    async def show_device(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        device = await self.store.get_device(_device_id(request))
+        return web.json_response(device_json(device))
+
+    @needs(AdminRole.VIEWER)
+    async def device_certificates(
+        self, request: web.Request, admin: AdminCredential
+    ) -> web.Response:
+        device_id = _device_id(request)
+        await self.store.get_device(device_id)  # 404 for an unknown device
+        records = await self.store.list_certificates(device_id)
+        return web.json_response({"items": [certificate_json(r) for r in records]})
+
+    @needs(AdminRole.VIEWER)
+    async def why(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        device, records = await lifecycle.decision_trace(self.store, _device_id(request))
+        return web.json_response(
+            {"device": device_json(device), "trace": [audit_json(r) for r in records]}
+        )
+
+    @needs(AdminRole.VIEWER)
+    async def expiring(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        days = _int(request.query, "days", 0, 3650)
+        if days is None:
+            raise RequestInvalid("query parameter days is required (0-3650)")
+        before = self.clock.now() + dt.timedelta(days=days)
+        limit = _int(request.query, "limit", 1, 10000) or 1000
+        records = await self.store.list_expiring(before, limit=limit)
+        return web.json_response({"items": [certificate_json(r) for r in records]})
+
+    @needs(AdminRole.VIEWER)
+    async def revocations(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        after = _int(request.query, "after_seq", 0, 2**62) or 0
+        limit = _int(request.query, "limit", 1, 10000) or 1000
+        events = await self.store.feed_since(after, limit=limit)
+        head = await self.store.feed_head()
+        return web.json_response(
+            {
+                "head": head,
+                "items": [
+                    {
+                        "seq": e.seq,
+                        "kind": e.kind.value,
+                        "device_id": e.device_id,
+                        "serials": [f"{s:x}" for s in e.serials],
+                        "reason": e.reason.value,
+                        "at": e.at.isoformat(),
+                    }
+                    for e in events
+                ],
+            }
+        )
+
+    @needs(AdminRole.VIEWER)
+    async def audit(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        device_id = _text(request.query, "device_id")
+        if device_id is not None:
+            validate_device_id(device_id)
+        after = _int(request.query, "after_seq", 0, 2**62) or 0
+        limit = _int(request.query, "limit", 1, 10000) or 1000
+        records = await self.store.audit_records(device_id=device_id, after_seq=after, limit=limit)
+        return web.json_response({"items": [audit_json(r) for r in records]})
+
+    @needs(AdminRole.ADMIN)
+    async def audit_verify(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        records = []
+        after = 0
+        while True:
+            page = await self.store.audit_records(after_seq=after, limit=5000)
+            records.extend(page)
+            if len(page) < 5000:
+                break
+            after = page[-1].seq
+        problems = verify_chain(records)
+        return web.json_response(
+            {
+                "records": len(records),
+                "intact": not problems,
+                "problems": [{"seq": p.seq, "problem": p.problem} for p in problems],
+            }
+        )
+
+    @needs(AdminRole.VIEWER)
+    async def list_manufacturers(
+        self, request: web.Request, admin: AdminCredential
+    ) -> web.Response:
+        cas = await self.store.list_manufacturer_cas()
+        return web.json_response({"items": [manufacturer_json(ca) for ca in cas]})
+
+    # -- changing ------------------------------------------------------------------
+    @needs(AdminRole.OPERATOR)
+    async def approve(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        device = await admin_cases.approve_device(
+            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now()
+        )
+        return web.json_response(device_json(device))
+
+    @needs(AdminRole.OPERATOR)
+    async def reject(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        device = await admin_cases.reject_device(
+            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now()
+        )
+        return web.json_response(device_json(device))
+
+    @needs(AdminRole.OPERATOR)
+    async def suspend(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        body = await _json_body(request, optional=True)
+        device = await lifecycle.suspend_device(
+            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            note=_note(body),
+        )  # fmt: skip
+        return web.json_response(device_json(device))
+
+    @needs(AdminRole.OPERATOR)
+    async def resume(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        body = await _json_body(request, optional=True)
+        device = await lifecycle.resume_device(
+            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            note=_note(body),
+        )  # fmt: skip
+        return web.json_response(device_json(device))
+
+    @needs(AdminRole.OPERATOR)
+    async def revoke(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        body = await _json_body(request)
+        reason = lifecycle.parse_reason(_required_text(body, "reason"))
+        result = await lifecycle.revoke_device(
+            self.store, _device_id(request), reason, actor=actor_of(admin),
+            now=self.clock.now(), note=_note(body),
+        )  # fmt: skip
+        device = await self.store.get_device(result.device_id)
+        return web.json_response(
+            {"device": device_json(device), "changed": result.event is not None}
+        )
+
+    @needs(AdminRole.OPERATOR)
+    async def revoke_certificate(
+        self, request: web.Request, admin: AdminCredential
+    ) -> web.Response:
+        serial = _serial(request.match_info["serial"])
+        body = await _json_body(request)
+        reason = lifecycle.parse_reason(_required_text(body, "reason"))
+        result = await lifecycle.revoke_certificate(
+            self.store, serial, reason, actor=actor_of(admin), now=self.clock.now(),
+            note=_note(body),
+        )  # fmt: skip
+        record = await self.store.get_certificate(serial)
+        return web.json_response(
+            {"certificate": certificate_json(record), "changed": result.event is not None}
+        )
+
+    @needs(AdminRole.OPERATOR)
+    async def token(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        body = await _json_body(request, optional=True)
+        hours = body.get("expires_in_hours", 24 * 7)
+        if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 24 * 90:
+            raise RequestInvalid("expires_in_hours must be an integer from 1 to 2160")
+        issued = await admin_cases.issue_enrollment_token(
+            self.store, _device_id(request), lifetime=dt.timedelta(hours=hours),
+            actor=actor_of(admin), now=self.clock.now(),
+        )  # fmt: skip
+        return web.json_response(
+            {
+                "device_id": issued.device_id,
+                "token": issued.token,
+                "expires_at": issued.expires_at.isoformat(),
+                "device_created": issued.created_device,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    @needs(AdminRole.ADMIN)
+    async def bulk_revoke(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        body = await _json_body(request)
+        issued_before = _optional_time(body, "issued_before")
+        selection = lifecycle.BulkSelection(
+            batch=_optional_text(body, "batch"),
+            model=_optional_text(body, "model"),
+            issued_before=issued_before,
+        )
+        reason = lifecycle.parse_reason(_required_text(body, "reason"))
+        result = await lifecycle.bulk_revoke(
+            self.store, selection, reason,
+            dry_run=_flag(body, "dry_run"), confirm=_flag(body, "confirm"),
+            threshold=self.bulk_threshold, actor=actor_of(admin), now=self.clock.now(),
+        )  # fmt: skip
+        return web.json_response(bulk_json(result))
+
+    @needs(AdminRole.ADMIN)
+    async def import_manifest(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        if request.content_type != "text/csv":
+            raise RequestInvalid("send the manifest as text/csv")
+        text = await _text_body(request, limit=MAX_MANIFEST_BYTES)
+        entries = parse_manifest(text)
+        result = await admin_cases.import_manifest(
+            self.store, entries, actor=actor_of(admin), now=self.clock.now()
+        )
+        return web.json_response(
+            {"entries": len(entries), "created": result.created, "updated": result.updated}
+        )
+
+    @needs(AdminRole.ADMIN)
+    async def add_manufacturer(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        if request.content_type not in (
+            "application/x-pem-file",
+            "application/pem-certificate-chain",
+        ):
+            raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
+        pem = (await _text_body(request)).encode()
+        results = await admin_cases.trust_manufacturer(
+            self.store, pem, name=_text(request.query, "name"), fleet_cas=self.fleet_cas,
+            actor=actor_of(admin), now=self.clock.now(),
+        )  # fmt: skip
+        return web.json_response(
+            {"items": [{**manufacturer_json(r.ca), "added": r.added} for r in results]}
+        )
+
+    @needs(AdminRole.ADMIN)
+    async def remove_manufacturer(
+        self, request: web.Request, admin: AdminCredential
+    ) -> web.Response:
+        sha256 = await admin_cases.distrust_manufacturer(
+            self.store, request.match_info["sha256"], actor=actor_of(admin), now=self.clock.now()
+        )
+        return web.json_response({"sha256": sha256, "removed": True})
+
+
+# -- request parsing: every failure is a 400 that names the parameter ---------------
+def _device_id(request: web.Request) -> str:
+    return validate_device_id(request.match_info["device_id"])
+
+
+def _serial(text: str) -> int:
+    try:
+        serial = int(text, 16)
+    except ValueError:
+        raise RequestInvalid(f"serial {text[:60]!r} is not hexadecimal") from None
+    if not 0 < serial < 2**160:
+        raise RequestInvalid("serial is out of range")
+    return serial
+
+
+def _text(query: Any, name: str) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if len(value) > 128 or not value.isprintable():
+        raise RequestInvalid(f"{name} must be printable text of at most 128 characters")
+    return str(value)
+
+
+def _choice(query: Any, name: str, allowed: list[str]) -> str | None:
+    value = _text(query, name)
+    if value is not None and value not in allowed:
+        raise RequestInvalid(f"{name} must be one of {', '.join(allowed)}")
+    return value
+
+
+def _int(query: Any, name: str, low: int, high: int) -> int | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
+        raise RequestInvalid(f"{name} must be an integer from {low} to {high}")
+    return int(value)
+
+
+async def _text_body(request: web.Request, limit: int = 64 * 1024) -> str:
+    # Read the stream ourselves: a manifest may exceed the app-wide body limit.
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EncodingInvalid("the request body is not UTF-8") from None
+
+
+async def _json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        if optional:
+            return {}
+        raise RequestInvalid("a JSON object body is required")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise EncodingInvalid("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise RequestInvalid("the request body must be a JSON object")
+    return body
+
+
+def _required_text(body: dict[str, Any], name: str) -> str:
+    value = _optional_text(body, name)
+    if value is None:
+        raise RequestInvalid(f"field {name} is required")
+    return value
+
+
+def _optional_text(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable():
+        raise RequestInvalid(f"field {name} must be non-empty printable text")
+    return value
+
+
+def _note(body: dict[str, Any]) -> str:
+    return _optional_text(body, "note") or ""
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise RequestInvalid(f"field {name} must be true or false")
+    return value
+
+
+def _optional_time(body: dict[str, Any], name: str) -> dt.datetime | None:
+    value = _optional_text(body, name)
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise RequestInvalid(f"field {name} must be an ISO 8601 time") from None
+    if parsed.tzinfo is None:
+        raise RequestInvalid(f"field {name} needs a time zone (e.g. Z or +00:00)")
+    return parsed.astimezone(dt.UTC)
+
+
+_OPENAPI: dict[str, Any] | None = None
+
+
+def openapi_document() -> dict[str, Any]:
+    global _OPENAPI
+    if _OPENAPI is None:
+        text = resources.files("fleet.admin").joinpath("openapi.json").read_text("utf-8")
+        _OPENAPI = json.loads(text)
+    return _OPENAPI

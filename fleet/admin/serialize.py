@@ -1,0 +1,69 @@
+"""Records as JSON for the admin API (pure). The OpenAPI schemas describe these shapes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fleet.authority.lifecycle import BulkResult
+from fleet.store.records import AuditRecord, CertificateRecord, Device, ManufacturerCA
+
+
+def when(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat()
+
+
+def device_json(device: Device) -> dict[str, Any]:
+    return {
+        "device_id": device.device_id,
+        "state": device.state.value,
+        "state_reason": device.state_reason,
+        "model": device.model,
+        "batch": device.batch,
+        "bootstrap_sha256": device.bootstrap_sha256,
+        "enrolled_at": when(device.enrolled_at),
+        "created_at": when(device.created_at),
+        "updated_at": when(device.updated_at),
+    }
+
+
+def certificate_json(record: CertificateRecord) -> dict[str, Any]:
+    return {
+        "serial": f"{record.serial:x}",
+        "device_id": record.device_id,
+        "status": record.status.value,
+        "not_before": when(record.not_before),
+        "not_after": when(record.not_after),
+        "issued_at": when(record.issued_at),
+        "revoked_at": when(record.revoked_at),
+        "revocation_reason": record.revocation_reason.value if record.revocation_reason else None,
+        "pem": record.pem,
+    }
+
+
+def audit_json(record: AuditRecord) -> dict[str, Any]:
+    event = record.event
+    return {
+        "seq": record.seq,
+        "at": when(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "device_id": event.device_id,
+        "detail": dict(event.detail),
+        "sha256": record.sha256,
+    }
+
+
+def manufacturer_json(ca: ManufacturerCA) -> dict[str, Any]:
+    return {"sha256": ca.sha256, "name": ca.name, "added_at": when(ca.added_at), "pem": ca.pem}
+
+
+def bulk_json(result: BulkResult) -> dict[str, Any]:
+    return {
+        "dry_run": result.dry_run,
+        "devices": result.devices,
+        "certificates": result.certificates,
+        "revoked": list(result.revoked),
+    }

@@ -1,0 +1,92 @@
+"""Admin credentials: client certificates from the admin CA, and bearer tokens.
+
+Only hashes are stored (the SHA-256 of the certificate or of the token); the
+role lives in the store, so it can be changed or the credential disabled
+without re-issuing anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from cryptography.hazmat.primitives import serialization
+
+from fleet.errors import RequestInvalid
+from fleet.pki.ca import CertifiedKey
+from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.pki.issuance import ValidatedRequest, build_device_certificate, sign_certificate
+from fleet.pki.keys import KeyType, generate_private_key
+from fleet.pki.profile import DeviceProfile
+from fleet.store.protocol import Store
+from fleet.store.records import AdminCredential, AdminRole, AuditEvent
+from fleet.tokens import new_token, token_sha256
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+ADMIN_CERT_VALIDITY = dt.timedelta(days=365)
+
+
+def validate_admin_name(name: str) -> str:
+    if not _NAME.fullmatch(name):
+        raise RequestInvalid(f"admin name {name[:80]!r} must be 1-64 of A-Z a-z 0-9 . _ -")
+    return name
+
+
+async def create_admin_certificate(
+    store: Store,
+    admin_ca: CertifiedKey,
+    name: str,
+    role: AdminRole,
+    *,
+    actor: str,
+    now: dt.datetime,
+) -> CertifiedKey:
+    """A new key and client certificate (CN = name) for an admin, recorded by its hash."""
+    validate_admin_name(name)
+    key = generate_private_key(KeyType.EC_P256)
+    request = ValidatedRequest(
+        device_id=name, public_key=key.public_key(), key_type=KeyType.EC_P256
+    )
+    profile = DeviceProfile(name="admin", validity=ADMIN_CERT_VALIDITY)
+    certificate = sign_certificate(
+        build_device_certificate(request, issuer=admin_ca, profile=profile, now=now), admin_ca
+    )
+    sha256 = sha256_fingerprint(certificate)
+    await store.put_admin_credential(AdminCredential(name, role, "certificate", sha256, now))
+    await _audit(store, actor, "admin_create", name, role, sha256, now)
+    return CertifiedKey(certificate, key)
+
+
+async def create_admin_token(
+    store: Store, name: str, role: AdminRole, *, actor: str, now: dt.datetime
+) -> str:
+    """A new bearer token for automation. Returned once; only its hash is kept."""
+    validate_admin_name(name)
+    token = new_token()
+    sha256 = token_sha256(token)
+    await store.put_admin_credential(AdminCredential(name, role, "token", sha256, now))
+    await _audit(store, actor, "admin_token", name, role, sha256, now)
+    return token
+
+
+async def _audit(
+    store: Store, actor: str, action: str, name: str, role: AdminRole, sha256: str, now: dt.datetime
+) -> None:
+    await store.append_audit(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            action=action,
+            outcome="done",
+            reason=f"role_{role.value}",
+            detail={"admin": name, "sha256": sha256},
+        )
+    )
+
+
+def certificate_pem(pair: CertifiedKey) -> tuple[bytes, bytes]:
+    cert = pair.certificate.public_bytes(serialization.Encoding.PEM)
+    key = pair.private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return cert, key

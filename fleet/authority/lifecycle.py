@@ -1,0 +1,238 @@
+"""Suspend, resume and revoke devices and certificates — one, or a whole batch.
+
+Revocation is permanent and goes through the store's revoke operations,
+which append to the revocation feed that CRL publishing and every broker
+follow. Bulk revocation always knows its blast radius first: a dry run
+reports it and changes nothing, and above a configured cap the caller must
+confirm explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+from fleet.errors import ConfirmationRequired, RequestInvalid, StateConflict, StoreConflict
+from fleet.store.protocol import Store
+from fleet.store.records import (
+    AuditEvent,
+    AuditRecord,
+    Device,
+    DeviceFilter,
+    DeviceState,
+    RevocationEvent,
+    RevocationReason,
+)
+
+# Reasons an admin may give (RFC 5280 §5.3.1). removeFromCRL is not a
+# revocation, and certificateHold is what `suspend` is for.
+ADMIN_REASONS = tuple(r for r in RevocationReason if r is not RevocationReason.CERTIFICATE_HOLD)
+
+
+def parse_reason(text: str) -> RevocationReason:
+    """An RFC 5280 reason by its name (keyCompromise) or snake case (key_compromise)."""
+    wanted = text.replace("_", "").replace("-", "").lower()
+    for reason in ADMIN_REASONS:
+        if reason.value.lower() == wanted:
+            return reason
+    names = ", ".join(r.value for r in ADMIN_REASONS)
+    raise RequestInvalid(
+        f"unknown revocation reason {text[:80]!r}; use one of: {names}", reason="reason_invalid"
+    )
+
+
+async def suspend_device(
+    store: Store, device_id: str, *, actor: str, now: dt.datetime, note: str = ""
+) -> Device:
+    """active → suspended: refused on every path until resumed."""
+    return await _transition(
+        store, device_id, DeviceState.SUSPENDED, {DeviceState.ACTIVE}, "suspend", actor, now, note
+    )
+
+
+async def resume_device(
+    store: Store, device_id: str, *, actor: str, now: dt.datetime, note: str = ""
+) -> Device:
+    """suspended → active."""
+    return await _transition(
+        store, device_id, DeviceState.ACTIVE, {DeviceState.SUSPENDED}, "resume", actor, now, note
+    )
+
+
+async def _transition(
+    store: Store,
+    device_id: str,
+    target: DeviceState,
+    expected: set[DeviceState],
+    action: str,
+    actor: str,
+    now: dt.datetime,
+    note: str,
+) -> Device:
+    try:
+        device = await store.set_device_state(
+            device_id, target, expected=expected, now=now, reason=f"{action} by {actor}"
+        )
+    except StoreConflict as exc:
+        current = await store.get_device(device_id)
+        if current.state is target:
+            return current  # already done: idempotent, nothing to audit
+        allowed = ", ".join(sorted(s.value for s in expected))
+        raise StateConflict(
+            f"device {device_id} is {current.state.value}; {action} applies to {allowed} devices",
+            reason=f"device_{current.state.value}",
+        ) from exc
+    await _audit(store, actor, action, f"admin_{action}", now, device_id, note=note)
+    return device
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Revocation:
+    device_id: str
+    event: RevocationEvent | None  # None: it was already revoked (nothing changed)
+
+
+async def revoke_device(
+    store: Store,
+    device_id: str,
+    reason: RevocationReason,
+    *,
+    actor: str,
+    now: dt.datetime,
+    note: str = "",
+) -> Revocation:
+    """Revoke the device and all its certificates (idempotent)."""
+    event = await store.revoke_device(device_id, reason, now)
+    if event is not None:
+        serials = ",".join(f"{s:x}" for s in event.serials)
+        await _audit(
+            store, actor, "revoke", reason.value, now, device_id,
+            serials=serials, feed_seq=str(event.seq), note=note,
+        )  # fmt: skip
+    return Revocation(device_id, event)
+
+
+async def revoke_certificate(
+    store: Store,
+    serial: int,
+    reason: RevocationReason,
+    *,
+    actor: str,
+    now: dt.datetime,
+    note: str = "",
+) -> Revocation:
+    """Revoke one certificate; the device stays as it is (idempotent)."""
+    record = await store.get_certificate(serial)
+    event = await store.revoke_certificate(serial, reason, now)
+    if event is not None:
+        await _audit(
+            store, actor, "revoke_certificate", reason.value, now, record.device_id,
+            serial=f"{serial:x}", feed_seq=str(event.seq), note=note,
+        )  # fmt: skip
+    return Revocation(record.device_id, event)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BulkSelection:
+    batch: str | None = None
+    model: str | None = None
+    issued_before: dt.datetime | None = None
+
+    def device_filter(self) -> DeviceFilter:
+        if self.batch is None and self.model is None and self.issued_before is None:
+            raise RequestInvalid(
+                "a bulk revocation needs at least one of batch, model or issued_before",
+                reason="selection_empty",
+                hint="Revoking the whole fleet is not a bulk operation; name what to revoke.",
+            )
+        return DeviceFilter(batch=self.batch, model=self.model, issued_before=self.issued_before)
+
+    def describe(self) -> dict[str, str]:
+        parts = {"batch": self.batch, "model": self.model}
+        if self.issued_before is not None:
+            parts["issued_before"] = self.issued_before.isoformat()
+        return {k: v for k, v in parts.items() if v is not None}
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BulkResult:
+    devices: int  # devices selected (the blast radius)
+    certificates: int  # good certificates those devices hold
+    revoked: tuple[str, ...]  # device ids revoked now (empty on a dry run)
+    dry_run: bool
+
+
+async def bulk_revoke(
+    store: Store,
+    selection: BulkSelection,
+    reason: RevocationReason,
+    *,
+    dry_run: bool,
+    confirm: bool,
+    threshold: int,
+    actor: str,
+    now: dt.datetime,
+) -> BulkResult:
+    device_filter = selection.device_filter()
+    devices, certificates = await store.count_blast_radius(device_filter)
+    if dry_run:
+        return BulkResult(devices, certificates, (), True)
+    if devices > threshold and not confirm:
+        raise ConfirmationRequired(
+            f"this revokes {devices} devices ({certificates} certificates), more than the "
+            f"confirmation threshold of {threshold}; nothing changed"
+        )
+    await _audit(
+        store, actor, "bulk_revoke", reason.value, now, None,
+        devices=str(devices), certificates=str(certificates), **selection.describe(),
+    )  # fmt: skip
+    revoked: list[str] = []
+    after: str | None = None
+    while True:
+        page = await store.list_devices(device_filter, after=after, limit=200)
+        if not page:
+            break
+        for device in page:
+            if device.state is not DeviceState.REVOKED:
+                result = await revoke_device(
+                    store, device.device_id, reason, actor=actor, now=now, note="bulk"
+                )
+                if result.event is not None:
+                    revoked.append(device.device_id)
+        after = page[-1].device_id
+    return BulkResult(devices, certificates, tuple(revoked), False)
+
+
+async def decision_trace(store: Store, device_id: str) -> tuple[Device, list[AuditRecord]]:
+    """`why`: the device and every audit record about it, oldest first."""
+    device = await store.get_device(device_id)
+    records: list[AuditRecord] = []
+    after = 0
+    while True:
+        page = await store.audit_records(device_id=device_id, after_seq=after, limit=1000)
+        records.extend(page)
+        if len(page) < 1000:
+            return device, records
+        after = page[-1].seq
+
+
+async def _audit(
+    store: Store,
+    actor: str,
+    action: str,
+    reason: str,
+    now: dt.datetime,
+    device_id: str | None,
+    **detail: str,
+) -> None:
+    await store.append_audit(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            action=action,
+            outcome="done",
+            reason=reason,
+            device_id=device_id,
+            detail={k: v for k, v in detail.items() if v},
+        )
+    )

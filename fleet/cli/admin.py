@@ -1,0 +1,153 @@
+"""`fleet admin`: credentials for the admin API (client certificates, bearer tokens)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fleet.authority.admins import (
+    certificate_pem,
+    create_admin_certificate,
+    create_admin_token,
+    validate_admin_name,
+)
+from fleet.cli._context import (
+    config_option,
+    echo_json,
+    json_option,
+    load,
+    local_actor,
+    now,
+    table,
+    when,
+    with_store,
+)
+from fleet.cli.serve import ca_key_passphrase
+from fleet.errors import ConfigError
+from fleet.fsutil import SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.pki.ca import CertifiedKey, load_certificates_pem
+from fleet.pki.fingerprint import normalize_fingerprint
+from fleet.pki.keys import load_private_key_pem
+from fleet.store.records import AdminRole
+
+_ROLES = click.Choice([r.value for r in AdminRole])
+_ROLE_HELP = "viewer: read; operator: approve, suspend, revoke one, tokens; admin: everything."
+
+
+@click.group()
+@config_option
+def admin() -> None:
+    """Credentials for the admin API: client certificates and bearer tokens."""
+
+
+@admin.command()
+@click.argument("name")
+@click.option("--role", type=_ROLES, required=True, help=_ROLE_HELP)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Directory for NAME.pem and NAME.key (0600).",
+)
+@config_option
+@json_option
+def create(name: str, role: str, out: Path, as_json: bool) -> None:
+    """Issue an admin client certificate for NAME (mutual TLS to the admin API).
+
+    The key is generated here and written with the certificate to --out;
+    the store keeps only the certificate's SHA-256 and the role.
+    """
+    validate_admin_name(name)
+    config = load()
+    admin_ca = _admin_ca(config.admin.ca_cert, config.admin.ca_key, ca_key_passphrase(config))
+    pair = with_store(
+        config,
+        lambda store: create_admin_certificate(
+            store, admin_ca, name, AdminRole(role), actor=local_actor(), now=now()
+        ),
+    )
+    cert_pem, key_pem = certificate_pem(pair)
+    ensure_private_dir(out)
+    write_atomic(out / f"{name}.key", key_pem, mode=SECRET_MODE)
+    write_atomic(out / f"{name}.pem", cert_pem)
+    if as_json:
+        echo_json({"name": name, "role": role, "certificate": str(out / f"{name}.pem")})
+        return
+    click.echo(f"Admin certificate for {name} ({role}): {out / name}.pem, key {out / name}.key")
+    click.echo(f"Use it with: curl --cert {out / name}.pem --key {out / name}.key ...")
+
+
+@admin.command()
+@click.argument("name")
+@click.option("--role", type=_ROLES, required=True, help=_ROLE_HELP)
+@config_option
+@json_option
+def token(name: str, role: str, as_json: bool) -> None:
+    """Create a bearer token for NAME (automation). Printed once; only its hash is kept."""
+    validate_admin_name(name)
+    secret = with_store(
+        load(),
+        lambda store: create_admin_token(
+            store, name, AdminRole(role), actor=local_actor(), now=now()
+        ),
+    )
+    if as_json:
+        echo_json({"name": name, "role": role, "token": secret})
+        return
+    click.echo(f"Bearer token for {name} ({role}), shown only this once:")
+    click.echo(f"  {secret}")
+    click.echo("Send it as `Authorization: Bearer TOKEN`; keep it in a 0600 file.")
+
+
+@admin.command(name="list")
+@config_option
+@json_option
+def list_admins(as_json: bool) -> None:
+    """List admin credentials (never the secrets themselves)."""
+    credentials = with_store(load(), lambda store: store.list_admin_credentials())
+    rows: list[dict[str, str | bool]] = [
+        {
+            "name": c.name,
+            "role": c.role.value,
+            "kind": c.kind,
+            "sha256": c.sha256,
+            "created_at": when(c.created_at),
+            "disabled": c.disabled,
+        }
+        for c in credentials
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    table(
+        ("NAME", "ROLE", "KIND", "SHA256", "CREATED", "DISABLED"),
+        [
+            (c.name, c.role.value, c.kind, c.sha256[:16], when(c.created_at), str(c.disabled))
+            for c in credentials
+        ],
+    )
+
+
+@admin.command()
+@click.argument("sha256")
+@config_option
+def disable(sha256: str) -> None:
+    """Disable the admin credential with this SHA-256 (see `fleet admin list`)."""
+    fingerprint = normalize_fingerprint(sha256)
+    with_store(load(), lambda store: store.disable_admin_credential(fingerprint))
+    click.echo(f"Disabled admin credential {fingerprint}.")
+
+
+def _admin_ca(cert: Path, key: Path, passphrase: bytes | None) -> CertifiedKey:
+    if not cert.exists() or not key.exists():
+        raise ConfigError(
+            f"no admin CA at {cert}",
+            hint="Data directories made by `fleet init` have one (ca/admin.pem); "
+            "re-run `fleet init` for a new directory or set [admin] ca_cert and ca_key.",
+        )
+    return CertifiedKey(
+        load_certificates_pem(cert.read_bytes())[0],
+        load_private_key_pem(key.read_bytes(), passphrase),
+    )

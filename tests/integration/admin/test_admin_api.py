@@ -1,0 +1,299 @@
+"""The admin API against a real server, on SQLite and on Redis."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import re
+from typing import Any
+
+import pytest
+
+from fleet.admin.routes import openapi_document
+from tests.integration.admin.conftest import Admin
+from tests.support.est_client import curl
+
+_n = itertools.count(1)
+
+ROLE_RANK = {"viewer": 0, "operator": 1, "admin": 2}
+
+
+def enrolled(admin: Admin, **kwargs: Any) -> tuple[Any, Any, Any]:
+    device = admin.fleet.new_device(**kwargs)
+    key, csr = admin.fleet.csr("a")
+    cert = admin.fleet.issued(admin.fleet.enroll(device, csr), "a")
+    return device, cert, key
+
+
+def _example_path(path: str) -> str:
+    return (
+        path.replace("{device_id}", f"nobody-{next(_n)}")
+        .replace("{serial}", "abc123")
+        .replace("{sha256}", "00" * 32)
+    )
+
+
+_BODIES = {
+    "/api/v1/devices/{device_id}/revoke": {"reason": "superseded"},
+    "/api/v1/certificates/{serial}/revoke": {"reason": "superseded"},
+    "/api/v1/revocations/bulk": {"batch": "no-such-batch", "reason": "superseded", "dry_run": True},
+}
+
+
+def _operations() -> list[tuple[str, str, str]]:
+    ops = []
+    for path, item in openapi_document()["paths"].items():
+        for method, operation in item.items():
+            ops.append((method.upper(), path, operation["x-fleet-role"]))
+    return ops
+
+
+@pytest.mark.parametrize(("method", "path", "needed"), _operations())
+def test_role_matrix(admin: Admin, method: str, path: str, needed: str) -> None:
+    url = _example_path(path)
+    query = "?days=1" if path.endswith("/expiring") else ""
+    body = _BODIES.get(path)
+    kwargs: dict[str, Any] = {"body": body}
+    if path.endswith("/manifest"):
+        kwargs = {"raw": b"device_id,bootstrap_sha256,model,batch\n", "content_type": "text/csv"}
+    if path.endswith("/manufacturers") and method == "POST":
+        kwargs = {"raw": b"not pem", "content_type": "application/x-pem-file"}
+
+    anonymous = admin.call(method, url + query, role=None, **kwargs)
+    assert anonymous.status == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    forged = admin.call(method, url + query, token="not-a-token", **kwargs)
+    assert forged.status == 401
+    for role, rank in ROLE_RANK.items():
+        reply = admin.call(method, url + query, role=role, **kwargs)
+        if rank < ROLE_RANK[needed]:
+            assert reply.status == 403, (role, reply.body)
+            assert reply.body["error"] == "role_insufficient"
+        else:
+            assert reply.status not in (401, 403, 500), (role, reply.status, reply.body)
+
+
+def test_denied_attempts_are_audited(admin: Admin) -> None:
+    reply = admin.call(
+        "POST", "/api/v1/revocations/bulk", role="viewer", body=_BODIES["/api/v1/revocations/bulk"]
+    )
+    assert reply.status == 403
+    audit = admin.call("GET", "/api/v1/audit?limit=10000").body["items"]
+    denied = [r for r in audit if r["action"] == "denied" and r["actor"] == "admin:viewer-bot"]
+    assert denied
+    assert denied[-1]["detail"]["needed"] == "admin"
+
+
+def test_list_filters_and_paging(admin: Admin) -> None:
+    batch = f"b-{next(_n)}"
+    ids = sorted(admin.fleet.new_device().device_id for _ in range(3))
+    for device_id in ids:  # put them in their own batch
+        admin.fleet.server.store(lambda s, d=device_id: _rebatch(s, d, batch))
+    first = admin.call("GET", f"/api/v1/devices?batch={batch}&limit=2", role="viewer").body
+    assert [d["device_id"] for d in first["items"]] == ids[:2]
+    second = admin.call(
+        "GET", f"/api/v1/devices?batch={batch}&limit=2&after={first['next']}", role="viewer"
+    ).body
+    assert [d["device_id"] for d in second["items"]] == ids[2:]
+    assert second["next"] is None
+    bad = admin.call("GET", "/api/v1/devices?state=happy", role="viewer")
+    assert (bad.status, bad.body["error"]) == (400, "request_invalid")
+    assert "state" in bad.body["message"]
+
+
+async def _rebatch(store: Any, device_id: str, batch: str) -> None:
+    from fleet.store.records import ManifestEntry
+
+    device = await store.get_device(device_id)
+    await store.import_manifest(
+        [ManifestEntry(device_id, device.bootstrap_sha256, "m1", batch)], dt.datetime.now(dt.UTC)
+    )
+
+
+def test_approve_suspend_resume_revoke_and_why(admin: Admin) -> None:
+    fleet = admin.fleet
+    held = fleet.new_device(in_manifest=False)
+    _, csr = fleet.csr("h")
+    assert fleet.enroll(held, csr).status == 202
+    approved = admin.call("POST", f"/api/v1/devices/{held.device_id}/approve", role="operator")
+    assert (approved.status, approved.body["state"]) == (200, "registered")
+    again = admin.call("POST", f"/api/v1/devices/{held.device_id}/approve", role="operator")
+    assert (again.status, again.body["error"]) == (409, "device_not_pending")
+    key, csr2 = fleet.csr("h2")
+    cert = fleet.issued(fleet.enroll(held, csr2), "h2")
+
+    path = f"/api/v1/devices/{held.device_id}"
+    assert (
+        admin.call("POST", f"{path}/suspend", role="operator", body={"note": "audit"}).body["state"]
+        == "suspended"
+    )
+    _, csr3 = fleet.csr("h3")
+    assert fleet.reenroll(cert, key, csr3).headers["x-fleet-reason"] == "device_suspended"
+    assert admin.call("POST", f"{path}/resume", role="operator").body["state"] == "active"
+    assert fleet.reenroll(cert, key, csr3).status == 200
+
+    bad = admin.call("POST", f"{path}/revoke", role="operator", body={"reason": "because"})
+    assert (bad.status, bad.body["error"]) == (400, "reason_invalid")
+    revoked = admin.call(
+        "POST", f"{path}/revoke", role="operator", body={"reason": "keyCompromise"}
+    )
+    assert revoked.status == 200
+    assert (revoked.body["device"]["state"], revoked.body["changed"]) == ("revoked", True)
+    repeat = admin.call("POST", f"{path}/revoke", role="operator", body={"reason": "keyCompromise"})
+    assert (repeat.status, repeat.body["changed"]) == (200, False)  # idempotent
+    assert fleet.reenroll(cert, key, csr3).headers["x-fleet-reason"] == "certificate_revoked"
+
+    certs = admin.call("GET", f"{path}/certificates", role="viewer").body["items"]
+    assert certs
+    assert all(c["status"] == "revoked" for c in certs)
+    trace = admin.call("GET", f"{path}/why", role="viewer").body["trace"]
+    steps = [(r["action"], r["outcome"], r["reason"], r["actor"]) for r in trace]
+    assert steps[0][:3] == ("enroll", "held", "unknown_device_held")
+    assert ("approve", "done", "admin_approved", "admin:operator-bot") in steps
+    assert ("enroll", "allowed", "bootstrap_pinned", f"device:{held.device_id}") in steps
+    assert ("suspend", "done", "admin_suspend", "admin:operator-bot") in steps
+    assert ("revoke", "done", "keyCompromise", "admin:operator-bot") in steps
+    assert admin.call("GET", "/api/v1/devices/nobody-x/why", role="viewer").status == 404
+
+
+def test_bulk_revoke_dry_run_cap_and_confirm(admin: Admin) -> None:
+    batch = f"lot-{next(_n)}"
+    devices = [enrolled(admin)[0] for _ in range(4)]
+    for device in devices:
+        admin.fleet.server.store(lambda s, d=device.device_id: _rebatch(s, d, batch))
+    body = {"batch": batch, "reason": "keyCompromise"}
+    dry = admin.call("POST", "/api/v1/revocations/bulk", body={**body, "dry_run": True})
+    assert dry.body == {"dry_run": True, "devices": 4, "certificates": 4, "revoked": []}
+    over = admin.call("POST", "/api/v1/revocations/bulk", body=body)  # threshold is 3
+    assert (over.status, over.body["error"]) == (428, "confirmation_required")
+    state = admin.call("GET", f"/api/v1/devices/{devices[0].device_id}", role="viewer")
+    assert state.body["state"] == "active"  # nothing changed
+    done = admin.call("POST", "/api/v1/revocations/bulk", body={**body, "confirm": True})
+    assert done.status == 200
+    assert sorted(done.body["revoked"]) == sorted(d.device_id for d in devices)
+    empty = admin.call("POST", "/api/v1/revocations/bulk", body={"reason": "keyCompromise"})
+    assert (empty.status, empty.body["error"]) == (400, "selection_empty")
+    feed = admin.call("GET", "/api/v1/revocations?after_seq=0&limit=10000", role="viewer").body
+    revoked_ids = {e["device_id"] for e in feed["items"]}
+    assert {d.device_id for d in devices} <= revoked_ids
+
+
+def test_single_certificate_revocation_and_expiring(admin: Admin) -> None:
+    device, _, _ = enrolled(admin)
+    certs = admin.call("GET", f"/api/v1/devices/{device.device_id}/certificates", role="viewer")
+    serial = certs.body["items"][0]["serial"]
+    expiring = admin.call("GET", "/api/v1/certificates/expiring?days=31", role="viewer").body
+    assert serial in {c["serial"] for c in expiring["items"]}
+    assert admin.call("GET", "/api/v1/certificates/expiring?days=1", role="viewer").status == 200
+    assert admin.call("GET", "/api/v1/certificates/expiring", role="viewer").status == 400
+    reply = admin.call(
+        "POST",
+        f"/api/v1/certificates/{serial}/revoke",
+        role="operator",
+        body={"reason": "superseded"},
+    )
+    assert (reply.status, reply.body["certificate"]["status"]) == (200, "revoked")
+    device_state = admin.call("GET", f"/api/v1/devices/{device.device_id}", role="viewer").body
+    assert device_state["state"] == "active"  # one certificate, not the device
+    unknown = admin.call(
+        "POST", "/api/v1/certificates/abcdef/revoke", role="operator", body={"reason": "superseded"}
+    )
+    assert unknown.status == 404
+
+
+def test_token_manifest_and_trust_over_the_api(admin: Admin) -> None:
+    token = admin.call(
+        "POST",
+        f"/api/v1/devices/tok-{next(_n)}/token",
+        role="operator",
+        body={"expires_in_hours": 2},
+    )
+    assert token.status == 200
+    assert len(token.body["token"]) > 20
+    assert token.headers["cache-control"] == "no-store"
+    bad_csv = admin.call(
+        "POST",
+        "/api/v1/manifest",
+        raw=b"device_id,bootstrap_sha256,model,batch\nbad/id,xyz,,\n",
+        content_type="text/csv",
+    )
+    assert (bad_csv.status, bad_csv.body["error"]) == (400, "manifest_invalid")
+    assert "line 2" in bad_csv.body["message"]
+    pem = admin.fleet.manufacturer.certificate.public_bytes(
+        __import__(
+            "cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]
+        ).Encoding.PEM
+    )
+    trusted = admin.call(
+        "POST", "/api/v1/manufacturers", raw=pem, content_type="application/x-pem-file"
+    )
+    assert trusted.status == 200
+    assert trusted.body["items"][0]["added"] is False  # already trusted
+    own_root = (admin.fleet.server.data_dir / "ca/root.pem").read_bytes()
+    refused = admin.call(
+        "POST", "/api/v1/manufacturers", raw=own_root, content_type="application/x-pem-file"
+    )
+    assert (refused.status, refused.body["error"]) == (403, "trust_domains_mixed")
+
+
+def test_admin_client_certificate_over_mtls(admin: Admin) -> None:
+    fleet = admin.fleet
+    by_cert = admin.call(
+        "GET", "/api/v1/devices?limit=1", role=None, client_cert=(admin.cert, admin.key)
+    )
+    assert by_cert.status == 200
+    # The same request with curl as a third-party client.
+    result = curl(
+        f"{fleet.server.base}/api/v1/devices?limit=1",
+        cacert=fleet.server.root_pem, cert=admin.cert, key=admin.key,
+    )  # fmt: skip
+    assert result.status == 200
+    # A device certificate is not an admin certificate.
+    _, cert, key = enrolled(admin)
+    as_device = admin.call("GET", "/api/v1/devices", role=None, client_cert=(cert, key))
+    assert (as_device.status, as_device.body["error"]) == (403, "unknown_issuer")
+    # Operator role: bulk revocation is refused.
+    bulk = admin.call(
+        "POST",
+        "/api/v1/revocations/bulk",
+        role=None,
+        client_cert=(admin.cert, admin.key),
+        body=_BODIES["/api/v1/revocations/bulk"],
+    )
+    assert bulk.status == 403
+
+
+def test_disabled_credential_is_refused(admin: Admin) -> None:
+    from fleet.authority.admins import create_admin_token
+    from fleet.store.records import AdminRole
+    from fleet.tokens import token_sha256
+
+    now = dt.datetime.now(dt.UTC)
+    token = admin.fleet.server.store(
+        lambda s: create_admin_token(s, "leaver", AdminRole.ADMIN, actor="test", now=now)
+    )
+    assert admin.call("GET", "/api/v1/devices", token=token).status == 200
+    admin.fleet.server.store(lambda s: s.disable_admin_credential(token_sha256(token)))
+    reply = admin.call("GET", "/api/v1/devices", token=token)
+    assert (reply.status, reply.body["error"]) == (403, "admin_disabled")
+
+
+def test_audit_query_and_verify(admin: Admin) -> None:
+    verify = admin.call("GET", "/api/v1/audit/verify").body
+    assert verify["intact"] is True
+    assert verify["records"] > 0
+    page = admin.call("GET", "/api/v1/audit?after_seq=0&limit=5", role="viewer").body["items"]
+    assert [r["seq"] for r in page] == sorted(r["seq"] for r in page)
+    assert all(re.fullmatch(r"[0-9a-f]{64}", r["sha256"]) for r in page)
+
+
+def test_openapi_describes_exactly_the_routes(admin: Admin) -> None:
+    served = admin.call("GET", "/api/v1/openapi.json", role="viewer").body
+    documented = {(m.upper(), p) for p, item in served["paths"].items() for m in item}
+    from aiohttp import web
+
+    from fleet.admin.routes import AdminApi
+
+    api = AdminApi.__new__(AdminApi)
+    routes = {(r.method, r.path) for r in api.routes() if isinstance(r, web.RouteDef)}
+    assert documented == routes
