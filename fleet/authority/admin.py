@@ -92,7 +92,10 @@ async def distrust_manufacturer(
     store: Store, fingerprint: str, *, actor: str, now: dt.datetime
 ) -> str:
     """Stop trusting a manufacturer CA (any fingerprint spelling); its normalised fingerprint."""
-    sha256 = normalize_fingerprint(fingerprint)
+    try:
+        sha256 = normalize_fingerprint(fingerprint)
+    except ConfigError as exc:
+        raise RequestInvalid(exc.message, reason="fingerprint_invalid") from exc
     await store.remove_manufacturer_ca(sha256)
     await _audit(store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256)
     return sha256
