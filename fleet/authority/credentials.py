@@ -49,12 +49,15 @@ class Credentials:
         self._device_id_source = device_id_source
         self._skew = skew
         self._fleet = TrustDomain("fleet", (fleet_issuing_ca,), max_chain_depth=1, skew=skew)
+        # Comparing encoded names is much cheaper than building Name objects,
+        # and this runs on every enrollment.
+        self._fleet_subject_der = fleet_issuing_ca.subject.public_bytes()
         self._manufacturers: TrustDomain | None = None
         self._manufacturers_at = 0.0
 
     def is_fleet_issued(self, cert: x509.Certificate) -> bool:
         """Whether ``cert`` claims the fleet issuing CA as issuer (verified later)."""
-        return cert.issuer == self._fleet.anchors[0].subject
+        return cert.issuer.public_bytes() == self._fleet_subject_der
 
     def operational(self, cert: x509.Certificate) -> OperationalIdentity:
         """A current operational certificate, verified against the fleet issuing CA."""

@@ -64,6 +64,7 @@ class EstService:
     peers: PeerCertificates
     metrics: Metrics
     ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
+    _cacerts_der: bytes | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -97,7 +98,9 @@ class EstService:
 
     # -- operations ------------------------------------------------------------
     async def cacerts(self, request: web.Request, profile: DeviceProfile) -> web.Response:
-        return self._base64_response(encode_certs_only(self.ca_chain), CT_CACERTS)
+        if self._cacerts_der is None:  # the chain never changes while we run
+            self._cacerts_der = encode_certs_only(self.ca_chain)
+        return self._base64_response(self._cacerts_der, CT_CACERTS)
 
     async def csrattrs(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         der = encode_csr_attributes(
