@@ -21,6 +21,7 @@ def device_json(device: Device) -> dict[str, Any]:
         "model": device.model,
         "batch": device.batch,
         "bootstrap_sha256": device.bootstrap_sha256,
+        "enrolled_bootstrap_sha256": device.enrolled_bootstrap_sha256,
         "enrolled_at": when(device.enrolled_at),
         "created_at": when(device.created_at),
         "updated_at": when(device.updated_at),

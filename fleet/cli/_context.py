@@ -17,7 +17,7 @@ from fleet.clock import SystemClock
 from fleet.config import CONFIG_FILENAME, FleetConfig, load_config
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
-from fleet.store.records import Device
+from fleet.store.records import AuditRecord, CertificateRecord, Device
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -116,6 +116,42 @@ def device_to_json(device: Device) -> dict[str, Any]:
         "created_at": when(device.created_at),
         "updated_at": when(device.updated_at),
     }
+
+
+def cert_to_json(cert: CertificateRecord) -> dict[str, Any]:
+    return {
+        "serial": format(cert.serial, "x"),
+        "device_id": cert.device_id,
+        "status": cert.status.value,
+        "not_before": when(cert.not_before),
+        "not_after": when(cert.not_after),
+        "issued_at": when(cert.issued_at),
+        "revoked_at": when(cert.revoked_at) or None,
+        "revocation_reason": None
+        if cert.revocation_reason is None
+        else cert.revocation_reason.value,
+    }
+
+
+def audit_to_json(record: AuditRecord) -> dict[str, Any]:
+    event = record.event
+    return {
+        "seq": record.seq,
+        "at": when(event.at),
+        "actor": event.actor,
+        "action": event.action,
+        "outcome": event.outcome,
+        "reason": event.reason,
+        "device_id": event.device_id,
+        "detail": dict(sorted(event.detail.items())),
+        "sha256": record.sha256,
+    }
+
+
+def details(detail: dict[str, str], width: int = 72) -> str:
+    """An audit event's details on one line (k=v, ...), shortened for a table."""
+    text = ", ".join(f"{k}={v}" for k, v in sorted(detail.items()))
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -23,7 +23,6 @@ from fleet.cli._context import (
     when,
     with_store,
 )
-from fleet.cli.serve import ca_key_passphrase
 from fleet.errors import ConfigError
 from fleet.fsutil import SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
@@ -59,6 +58,8 @@ def create(name: str, role: str, out: Path, as_json: bool) -> None:
     The key is generated here and written with the certificate to --out;
     the store keeps only the certificate's SHA-256 and the role.
     """
+    from fleet.cli.serve import ca_key_passphrase  # imports the server: only when needed
+
     validate_admin_name(name)
     config = load()
     admin_ca = _admin_ca(config.admin.ca_cert, config.admin.ca_key, ca_key_passphrase(config))

@@ -11,11 +11,9 @@ from cryptography import x509
 
 from fleet.authority.crl import CrlPublisher, SignedCrl, validate_crl
 from fleet.cli._context import config_option, load, now, when, with_store
-from fleet.cli.serve import ca_key_passphrase
 from fleet.clock import SystemClock
 from fleet.errors import FleetError, PolicyError
 from fleet.fsutil import write_atomic
-from fleet.server.app import load_issuer
 
 # A CRL written for a broker must stay valid at least this long, or the
 # broker refuses the whole fleet soon after loading it.
@@ -50,6 +48,9 @@ def crl(out: Path | None, as_pem: bool) -> None:
     Run it from cron well within [revocation] crl_next_update_hours, then
     reload the broker (SIGHUP).
     """
+    from fleet.cli.serve import ca_key_passphrase  # these import the server: only when needed
+    from fleet.server.app import load_issuer
+
     config = load()
     issuer = load_issuer(config, ca_key_passphrase(config))
     signed = with_store(

@@ -2,35 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
-from fleet.authority.admin import approve_device, issue_enrollment_token, reject_device
 from fleet.cli._context import (
-    config_option,
+    cert_to_json,
     device_to_json,
     echo_json,
     json_option,
-    load,
-    local_actor,
-    now,
     table,
     when,
-    with_store,
 )
+from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
+from fleet.cli.ops import DeviceQuery, admin_ops, admin_options
 from fleet.pki.device_id import validate_device_id
-from fleet.store.protocol import Store
-from fleet.store.records import CertificateRecord, Device, DeviceFilter, DeviceState
+from fleet.store.records import DeviceState
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime
-
-_PAGE = 500
 
 
 @click.group()
-@config_option
+@admin_options
 def device() -> None:
-    """Look at devices, approve or reject waiting ones, grant enrollment tokens."""
+    """Look at devices, approve or reject waiting ones, grant enrollment tokens,
+    suspend, resume and revoke them, and see why they were let in or refused.
+
+    \b
+    Every command works on the local store (fleet.toml), or with --server URL
+    on a running server's admin API with an admin credential:
+        fleet device list --state pending
+        fleet device --server https://fleet:8443 --ca-file root.pem \\
+            --token-file ~/.fleet-token revoke dev-42 --reason keyCompromise
+    """
 
 
 @device.command()
@@ -42,7 +43,7 @@ def device() -> None:
     metavar="DURATION",
     help=f"How long the token is valid: 30m, 12h, 7d, 2w (at most {MAX_TOKEN_LIFETIME.days}d).",
 )
-@config_option
+@admin_options
 @json_option
 def token(device_id: str, expires_in: str, as_json: bool) -> None:
     """Create a one-time enrollment token for device ID.
@@ -55,12 +56,7 @@ def token(device_id: str, expires_in: str, as_json: bool) -> None:
     """
     validate_device_id(device_id)
     lifetime = parse_lifetime(expires_in)
-    issued = with_store(
-        load(),
-        lambda store: issue_enrollment_token(
-            store, device_id, lifetime=lifetime, actor=local_actor(), now=now()
-        ),
-    )
+    issued = admin_ops().issue_token(device_id, lifetime)
     if as_json:
         echo_json(
             {
@@ -83,43 +79,35 @@ def token(device_id: str, expires_in: str, as_json: bool) -> None:
 
 @device.command()
 @click.argument("device_id", metavar="ID")
-@config_option
+@admin_options
 @json_option
 def approve(device_id: str, as_json: bool) -> None:
     """Approve device ID, waiting for approval: it may then enroll (pending -> registered)."""
-    changed = with_store(
-        load(),
-        lambda store: approve_device(store, device_id, actor=local_actor(), now=now()),
-    )
-    _report(changed, "Approved", as_json)
+    changed = admin_ops().approve(device_id)
+    report_device(changed, "Approved", as_json)
 
 
 @device.command()
 @click.argument("device_id", metavar="ID")
-@config_option
+@admin_options
 @json_option
 def reject(device_id: str, as_json: bool) -> None:
     """Reject device ID, waiting for approval: it will be refused (pending -> rejected)."""
-    changed = with_store(
-        load(),
-        lambda store: reject_device(store, device_id, actor=local_actor(), now=now()),
-    )
-    _report(changed, "Rejected", as_json)
+    changed = admin_ops().reject(device_id)
+    report_device(changed, "Rejected", as_json)
 
 
 @device.command()
 @click.argument("device_id", metavar="ID")
-@config_option
+@admin_options
 @json_option
 def show(device_id: str, as_json: bool) -> None:
     """Show device ID: state, manifest pin, enrollment, certificates."""
-
-    async def read(store: Store) -> tuple[Device, list[CertificateRecord]]:
-        return await store.get_device(device_id), await store.list_certificates(device_id)
-
-    found, certificates = with_store(load(), read)
+    found, certificates = admin_ops().show_device(device_id)
     if as_json:
-        echo_json({**device_to_json(found), "certificates": [_cert_json(c) for c in certificates]})
+        echo_json(
+            {**device_to_json(found), "certificates": [cert_to_json(c) for c in certificates]}
+        )
         return
     data = device_to_json(found)
     for key in (
@@ -149,28 +137,45 @@ def show(device_id: str, as_json: bool) -> None:
     type=click.Choice([s.value for s in DeviceState]),
     help="Only devices in this state.",
 )
-@config_option
+@click.option("--batch", help="Only devices of this manufacturing batch (from the manifest).")
+@click.option("--model", help="Only devices of this model (from the manifest).")
+@click.option(
+    "--expiring-within",
+    "expiring_within",
+    type=click.IntRange(0, 3650),
+    metavar="DAYS",
+    help="Only devices whose newest certificate expires within DAYS days.",
+)
+@admin_options
 @json_option
-def list_(state: str | None, as_json: bool) -> None:
-    """List devices, ordered by id."""
-    device_filter = DeviceFilter(state=None if state is None else DeviceState(state))
+def list_(
+    state: str | None,
+    batch: str | None,
+    model: str | None,
+    expiring_within: int | None,
+    as_json: bool,
+) -> None:
+    """List devices, ordered by id; the filters combine (all must match).
 
-    async def read(store: Store) -> list[Device]:
-        found: list[Device] = []
-        while True:
-            page = await store.list_devices(
-                device_filter, after=found[-1].device_id if found else None, limit=_PAGE
-            )
-            found += page
-            if len(page) < _PAGE:
-                return found
-
-    devices = with_store(load(), read)
+    \b
+    Examples:
+        fleet device list --state pending
+        fleet device list --batch w22 --model TH-200 --json
+        fleet device list --expiring-within 7
+    """
+    query = DeviceQuery(
+        state=None if state is None else DeviceState(state),
+        batch=batch,
+        model=model,
+        expiring_within_days=expiring_within,
+    )
+    devices = admin_ops().list_devices(query)
     if as_json:
         echo_json([device_to_json(d) for d in devices])
         return
     if not devices:
-        click.echo("No devices" + (f" in state {state}." if state else "."))
+        filtered = any(v is not None for v in (state, batch, model, expiring_within))
+        click.echo("No devices match." if filtered else "No devices.")
         return
     table(
         ("DEVICE", "STATE", "MODEL", "BATCH", "PINNED", "UPDATED"),
@@ -188,22 +193,5 @@ def list_(state: str | None, as_json: bool) -> None:
     )
 
 
-def _report(changed: Device, verb: str, as_json: bool) -> None:
-    if as_json:
-        echo_json(device_to_json(changed))
-    else:
-        click.echo(f"{verb} device {changed.device_id}: now {changed.state.value}")
-
-
-def _cert_json(cert: CertificateRecord) -> dict[str, Any]:
-    return {
-        "serial": format(cert.serial, "x"),
-        "status": cert.status.value,
-        "not_before": when(cert.not_before),
-        "not_after": when(cert.not_after),
-        "issued_at": when(cert.issued_at),
-        "revoked_at": when(cert.revoked_at) or None,
-        "revocation_reason": None
-        if cert.revocation_reason is None
-        else cert.revocation_reason.value,
-    }
+for _command in (suspend, resume, revoke, why):
+    device.add_command(_command)

@@ -9,11 +9,12 @@ import click
 
 from fleet import __version__
 from fleet.cli.admin import admin
+from fleet.cli.audit import audit
+from fleet.cli.cert import cert
 from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
 from fleet.cli.crl import crl
 from fleet.cli.device import device
 from fleet.cli.manifest import manifest
-from fleet.cli.serve import serve
 from fleet.cli.trust import trust
 from fleet.clock import SystemClock
 from fleet.datadir import init_data_dir
@@ -21,7 +22,21 @@ from fleet.pki.keys import KeyType, parse_key_type
 from fleet.store.factory import open_store
 
 
-@click.group(cls=FleetGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class _Cli(FleetGroup):
+    """The top-level group; `fleet serve` (and the server it imports) loads only when used."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "serve"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "serve":
+            from fleet.cli.serve import serve
+
+            return serve
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fleet")
 def cli() -> None:
     """Enroll IoT devices over EST, keep their certificates renewed, revoke them.
@@ -109,14 +124,13 @@ async def _create_database(url: str) -> None:
     await store.close()
 
 
-cli.add_command(serve)
-
-
 cli.add_command(trust)
 cli.add_command(manifest)
 cli.add_command(device)
 cli.add_command(crl)
 cli.add_command(admin)
+cli.add_command(cert)
+cli.add_command(audit)
 
 
 def main() -> None:

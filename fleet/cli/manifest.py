@@ -6,16 +6,8 @@ from pathlib import Path
 
 import click
 
-from fleet.authority.admin import import_manifest
-from fleet.cli._context import (
-    config_option,
-    echo_json,
-    json_option,
-    load,
-    local_actor,
-    now,
-    with_store,
-)
+from fleet.cli._context import echo_json, json_option
+from fleet.cli.ops import admin_ops, admin_options
 from fleet.errors import ConfigError, ManifestInvalid
 from fleet.manifest import HEADER, MAX_LINES, parse_manifest
 
@@ -25,7 +17,7 @@ MAX_BYTES = 64 * 1024 * 1024
 
 
 @click.group()
-@config_option
+@admin_options
 def manifest() -> None:
     """Import factory manifests (which devices exist, and their bootstrap pins)."""
 
@@ -33,7 +25,7 @@ def manifest() -> None:
 @manifest.command("import")
 @click.argument("csv_file", metavar="FILE.csv", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Check the file only; change nothing.")
-@config_option
+@admin_options
 @json_option
 def import_(csv_file: Path, dry_run: bool, as_json: bool) -> None:
     """Import a factory manifest CSV, all or nothing.
@@ -49,7 +41,8 @@ def import_(csv_file: Path, dry_run: bool, as_json: bool) -> None:
     bootstrap certificate); known devices get the new pin, model and batch and
     keep their state. Any wrong line refuses the whole file, naming the line.
     """
-    entries = parse_manifest(_read_text(csv_file))
+    text = _read_text(csv_file)
+    entries = parse_manifest(text)
     if dry_run:
         if as_json:
             echo_json({"valid": True, "entries": len(entries), "dry_run": True})
@@ -58,10 +51,7 @@ def import_(csv_file: Path, dry_run: bool, as_json: bool) -> None:
                 f"{csv_file}: {len(entries)} device(s), all valid; nothing imported (dry run)"
             )
         return
-    result = with_store(
-        load(),
-        lambda store: import_manifest(store, entries, actor=local_actor(), now=now()),
-    )
+    result = admin_ops().import_manifest(text, entries)
     if as_json:
         echo_json({"entries": len(entries), "created": result.created, "updated": result.updated})
         return

@@ -8,26 +8,15 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from fleet.authority.admin import TrustResult, distrust_manufacturer, trust_manufacturer
-from fleet.cli._context import (
-    config_option,
-    echo_json,
-    json_option,
-    load,
-    local_actor,
-    now,
-    table,
-    when,
-    with_store,
-)
-from fleet.config import FleetConfig
+from fleet.authority.admin import TrustResult
+from fleet.cli._context import echo_json, json_option, table, when
+from fleet.cli.ops import admin_ops, admin_options
 from fleet.errors import ConfigError
-from fleet.pki.ca import load_certificates_pem
 from fleet.store.records import ManufacturerCA
 
 
 @click.group()
-@config_option
+@admin_options
 def trust() -> None:
     """Manage the manufacturer CAs that sign bootstrap certificates.
 
@@ -40,7 +29,7 @@ def trust() -> None:
 @trust.command("add-manufacturer")
 @click.argument("ca_file", metavar="CA.pem", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--name", help="A name for people [default: the certificate's subject CN].")
-@config_option
+@admin_options
 @json_option
 def add_manufacturer(ca_file: Path, name: str | None, as_json: bool) -> None:
     """Trust the manufacturer CA certificate(s) in CA.pem.
@@ -49,18 +38,11 @@ def add_manufacturer(ca_file: Path, name: str | None, as_json: bool) -> None:
     none may be the fleet's own root or issuing CA; otherwise nothing is added.
     Prints the SHA-256 fingerprint of each.
     """
-    config = load()
     try:
         pem = ca_file.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read {ca_file}: {exc.strerror}") from exc
-    fleet_cas = _fleet_cas(config)
-    results = with_store(
-        config,
-        lambda store: trust_manufacturer(
-            store, pem, name=name, fleet_cas=fleet_cas, actor=local_actor(), now=now()
-        ),
-    )
+    results = admin_ops().trust_manufacturer(pem, name)
     if as_json:
         echo_json([{**_ca_json(r.ca), "added": r.added} for r in results])
         return
@@ -70,11 +52,11 @@ def add_manufacturer(ca_file: Path, name: str | None, as_json: bool) -> None:
 
 
 @trust.command("list")
-@config_option
+@admin_options
 @json_option
 def list_manufacturers(as_json: bool) -> None:
     """List the trusted manufacturer CAs, oldest first."""
-    cas = with_store(load(), lambda store: store.list_manufacturer_cas())
+    cas = admin_ops().list_manufacturers()
     if as_json:
         echo_json([_ca_json(ca) for ca in cas])
         return
@@ -91,7 +73,7 @@ def list_manufacturers(as_json: bool) -> None:
 
 @trust.command("remove")
 @click.argument("fingerprint")
-@config_option
+@admin_options
 def remove(fingerprint: str) -> None:
     """Stop trusting the manufacturer CA with this SHA-256 FINGERPRINT.
 
@@ -99,27 +81,8 @@ def remove(fingerprint: str) -> None:
     prints it. Bootstrap certificates it issued are refused from now on;
     devices already enrolled keep their operational certificates.
     """
-    sha256 = with_store(
-        load(),
-        lambda store: distrust_manufacturer(store, fingerprint, actor=local_actor(), now=now()),
-    )
+    sha256 = admin_ops().distrust_manufacturer(fingerprint)
     click.echo(f"Removed manufacturer CA {sha256}")
-
-
-def _fleet_cas(config: FleetConfig) -> list[x509.Certificate]:
-    """The fleet's own CA certificates, which must never become manufacturer CAs."""
-    certificates: list[x509.Certificate] = []
-    for path in (config.ca.root_cert, config.ca.issuing_cert):
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the fleet CA certificate {path}: {exc.strerror}",
-                hint="Check [ca] root_cert and issuing_cert in fleet.toml; they are needed to "
-                "make sure the fleet's own CAs are never trusted as manufacturer CAs.",
-            ) from exc
-        certificates += load_certificates_pem(data)
-    return certificates
 
 
 def _added_line(result: TrustResult) -> str:
