@@ -1,0 +1,70 @@
+"""Agent errors: each says what failed and what happens next, and maps to an exit code.
+
+AgentError                    exit 1 (unexpected)
+├── ConfigError               exit 2  bad arguments or unusable state directory
+│   └── PinMismatch           exit 2  /cacerts has no root with the pinned fingerprint
+├── Refused                   exit 3  the server refused by policy (403, or 401 after credentials)
+├── Transient                 exit 4  server down, overloaded, network: retry later
+└── Pending                   exit 5  held for approval (202 + Retry-After)
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_REFUSED = 3
+EXIT_TRANSIENT = 4
+EXIT_PENDING = 5
+
+
+class AgentError(Exception):
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def diagnostics(self) -> str:
+        """What failed, then what to do or what happens next."""
+        return f"{self.message}\n  next: {self.hint}" if self.hint else self.message
+
+
+class ConfigError(AgentError):
+    exit_code = EXIT_CONFIG
+
+
+class PinMismatch(ConfigError):
+    """The server's /cacerts does not contain the root we were told to trust."""
+
+
+class Refused(AgentError):
+    """The server answered 401/403: retrying the same request will not help."""
+
+    exit_code = EXIT_REFUSED
+
+    def __init__(self, message: str, *, reason: str, status: int, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.status = status
+
+
+class Transient(AgentError):
+    """Try again later; ``retry_after`` (seconds) when the server said when."""
+
+    exit_code = EXIT_TRANSIENT
+
+    def __init__(self, message: str, *, retry_after: float | None = None, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
+
+
+class Pending(AgentError):
+    """The server holds the enrollment for approval; ask again after ``retry_after`` seconds."""
+
+    exit_code = EXIT_PENDING
+
+    def __init__(self, message: str, *, retry_after: float, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after

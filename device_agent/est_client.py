@@ -1,0 +1,318 @@
+"""EST client (RFC 7030 / RFC 8951) over HTTPS, with ``ssl.SSLContext`` and http.client.
+
+Synchronous on purpose: an enrollment is a handful of requests a month, and a
+blocking client is small and easy to reason about; the long-running agent
+calls it in a worker thread (``asyncio.to_thread``).
+
+Outcomes are typed: a certificate, or Pending (202 + Retry-After), Refused
+(401/403, reason from ``X-Fleet-Reason``), Transient (503, network, garbage;
+``retry_after`` when the server said), ConfigError/PinMismatch (trust problems
+that retrying cannot fix).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import http.client
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from device_agent.errors import AgentError, ConfigError, Pending, PinMismatch, Refused, Transient
+from device_agent.keystore import KeyHandle, KeyStoreError
+from device_agent.trust import CaCerts, chain_from
+from device_agent.wire import CT_PKCS10, WireError, csr_body, decode_certs_only
+
+log = logging.getLogger("device_agent.est")
+
+EST_PATH = "/.well-known/est"
+MAX_BODY = 1 << 20
+DEFAULT_PENDING_RETRY = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientCertificate:
+    """TLS client authentication: a certificate file and its key (bootstrap or operational)."""
+
+    cert_file: Path
+    key: KeyHandle
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenAuth:
+    """HTTP Basic with a one-time enrollment token (user = device id)."""
+
+    device_id: str
+    token: str = dataclasses.field(repr=False)
+
+
+Auth = ClientCertificate | TokenAuth
+
+
+def client_context(
+    root: x509.Certificate | None, credential: ClientCertificate | None = None
+) -> ssl.SSLContext:
+    """TLS 1.2+ client context; verifies the server against ``root`` (None: no verification)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if root is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.load_verify_locations(cadata=root.public_bytes(serialization.Encoding.PEM).decode())
+    if credential is not None:
+        try:
+            credential.key.load_into(context, credential.cert_file)
+        except (ssl.SSLError, OSError) as exc:
+            raise KeyStoreError(
+                f"cannot use {credential.cert_file} with key {credential.key.name} for TLS: {exc}"
+            ) from exc
+    return context
+
+
+def est_base(server: str) -> tuple[str, int, str]:
+    """(host, port, path prefix) of an EST server URL; the prefix ends with /.well-known/est."""
+    parts = urlsplit(server if "://" in server else f"https://{server}")
+    if parts.scheme != "https" or not parts.hostname:
+        raise ConfigError(f"--server {server!r}: expected https://HOST[:PORT][/.well-known/est]")
+    path = parts.path.rstrip("/")
+    if EST_PATH not in path:
+        path += EST_PATH
+    return parts.hostname, parts.port or 443, path
+
+
+@dataclasses.dataclass(frozen=True)
+class _Response:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+
+class EstClient:
+    """One EST server, trusted through ``root`` (the pinned fleet root)."""
+
+    def __init__(self, server: str, root: x509.Certificate, *, timeout: float = 30.0) -> None:
+        self.server = server
+        self.root = root
+        self.timeout = timeout
+        self.host, self.port, self.prefix = est_base(server)
+
+    # -- operations ------------------------------------------------------------
+    def cacerts(self, pinned_sha256: str, credential: ClientCertificate | None = None) -> CaCerts:
+        """/cacerts over a verified connection. With ``credential`` this doubles as the
+        proof that a new key and certificate work in a TLS handshake with the server."""
+        response = self._request("GET", "cacerts", context=client_context(self.root, credential))
+        return _expect_cacerts(response, pinned_sha256)
+
+    def simpleenroll(
+        self,
+        csr: x509.CertificateSigningRequest,
+        auth: Auth,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> x509.Certificate:
+        headers = {"Content-Type": CT_PKCS10}
+        credential = None
+        if isinstance(auth, TokenAuth):
+            pair = f"{auth.device_id}:{auth.token}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        else:
+            credential = auth
+        response = self._request(
+            "POST",
+            "simpleenroll",
+            context=client_context(self.root, credential),
+            body=csr_body(csr),
+            headers=headers,
+            on_sent=on_sent,
+        )
+        return _expect_certificate(response, "simpleenroll")
+
+    def simplereenroll(
+        self,
+        csr: x509.CertificateSigningRequest,
+        current: ClientCertificate,
+        *,
+        on_sent: Callable[[], None] | None = None,
+    ) -> x509.Certificate:
+        response = self._request(
+            "POST",
+            "simplereenroll",
+            context=client_context(self.root, current),
+            body=csr_body(csr),
+            headers={"Content-Type": CT_PKCS10},
+            on_sent=on_sent,
+        )
+        return _expect_certificate(response, "simplereenroll")
+
+    # -- transport ---------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        operation: str,
+        *,
+        context: ssl.SSLContext,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> _Response:
+        return request(
+            self.host,
+            self.port,
+            f"{self.prefix}/{operation}",
+            method=method,
+            context=context,
+            timeout=self.timeout,
+            body=body,
+            headers=headers,
+            on_sent=on_sent,
+        )
+
+
+def request(
+    host: str,
+    port: int,
+    path: str,
+    *,
+    method: str,
+    context: ssl.SSLContext,
+    timeout: float,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    on_sent: Callable[[], None] | None = None,
+) -> _Response:
+    where = f"https://{host}:{port}{path}"
+    conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        if on_sent is not None:
+            on_sent()
+        response = conn.getresponse()
+        data = response.read(MAX_BODY + 1)
+        if len(data) > MAX_BODY:
+            raise Transient(f"{where}: response larger than {MAX_BODY} bytes")
+        return _Response(response.status, response.headers, data)
+    except ssl.SSLCertVerificationError as exc:
+        raise ConfigError(
+            f"{where}: the server's TLS certificate does not verify against the pinned fleet "
+            f"root: {exc.verify_message}",
+            hint="Check --server and --ca-fingerprint; a mismatch can also mean an "
+            "interception proxy. Nothing was sent.",
+        ) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        # ssl.SSLError, timeouts, refused and reset connections are all OSErrors.
+        raise Transient(f"{where}: {_describe(exc)}") from exc
+    finally:
+        conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (server down?)"
+    if isinstance(exc, socket.timeout | TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _retry_after(response: _Response) -> float | None:
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    return None  # an HTTP date, or absent: let the backoff decide
+
+
+def _reason(response: _Response, default: str) -> str:
+    return response.headers.get("X-Fleet-Reason", "").strip() or default
+
+
+def _text(response: _Response) -> str:
+    return response.body[:300].decode("utf-8", errors="replace").strip()
+
+
+def _expect_certificate(response: _Response, operation: str) -> x509.Certificate:
+    if response.status == 200:
+        try:
+            certs = decode_certs_only(response.body)
+        except WireError as exc:
+            raise Transient(f"{operation}: the server's answer is malformed: {exc}") from exc
+        return certs[0]
+    _raise_for_status(response, operation)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _expect_cacerts(response: _Response, pinned_sha256: str) -> CaCerts:
+    if response.status != 200:
+        _raise_for_status(response, "cacerts")
+    try:
+        certs = decode_certs_only(response.body)
+    except WireError as exc:
+        raise Transient(f"cacerts: the server's answer is malformed: {exc}") from exc
+    try:
+        return chain_from(certs, pinned_sha256)
+    except ValueError as exc:
+        raise PinMismatch(
+            f"/cacerts does not contain the pinned fleet root: {exc}",
+            hint="Check --ca-fingerprint (sha256 of the fleet root, `fleet init` prints it) "
+            "and --server. Nothing was enrolled.",
+        ) from exc
+
+
+def _raise_for_status(response: _Response, operation: str) -> None:
+    status = response.status
+    text = _text(response)
+    if status == 202:
+        after = _retry_after(response) or DEFAULT_PENDING_RETRY
+        raise Pending(
+            f"{operation}: the server holds this device for approval ({text or 'pending'})",
+            retry_after=after,
+            hint=f"ask again in {after:.0f} s; an admin approves with `fleet device approve ID`",
+        )
+    if status in (401, 403):
+        reason = _reason(response, "unauthorized" if status == 401 else "forbidden")
+        raise Refused(
+            f"{operation}: refused by the server ({status} {reason}): {text}",
+            reason=reason,
+            status=status,
+            hint=_REFUSAL_HINTS.get(reason, "retrying will not help; ask a fleet admin"),
+        )
+    if status in (429, 500, 502, 503, 504):
+        raise Transient(
+            f"{operation}: server unavailable ({status} {_reason(response, '')}) {text}".rstrip(),
+            retry_after=_retry_after(response),
+        )
+    raise AgentError(f"{operation}: unexpected answer {status}: {text}")
+
+
+_REFUSAL_HINTS = {
+    "token_invalid": "the token is unknown, used or expired: ask for a new one "
+    "(`fleet device token ID`)",
+    "credentials_required": "give --bootstrap-cert/--bootstrap-key or --token-file",
+    "certificate_expired": "the certificate expired: re-enroll with the bootstrap "
+    "certificate (fleet-agent renew does it when one is configured)",
+    "device_revoked": "this device was revoked; only a fleet admin can reinstate it",
+    "device_suspended": "this device is suspended; a fleet admin can resume it",
+}
+
+
+def fetch_cacerts(server: str, pinned_root_sha256: str, *, timeout: float = 30.0) -> CaCerts:
+    """RFC 7030 §4.1.1 bootstrap: learn the fleet CA chain with only a root fingerprint.
+
+    1. Connect WITHOUT verifying the server, GET /cacerts, and find the
+       certificate whose SHA-256 is the pinned fingerprint (else PinMismatch).
+    2. Reconnect verifying the server's TLS certificate (and its name) against
+       that root, and GET /cacerts again: only this second answer is used, so
+       everything the agent keeps came over a channel authenticated by the pin.
+    """
+    host, port, prefix = est_base(server)
+    unverified = request(
+        host, port, f"{prefix}/cacerts", method="GET", context=client_context(None), timeout=timeout
+    )
+    candidate = _expect_cacerts(unverified, pinned_root_sha256)
+    return EstClient(server, candidate.root, timeout=timeout).cacerts(pinned_root_sha256)

@@ -1,0 +1,68 @@
+"""Crash-safe files: a reader sees the old content or the new, never half of it.
+
+Temporary file in the same directory (created with its final mode, so a key is
+never readable by others even for an instant), fsync, rename over the target,
+fsync the directory so that the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+SECRET_MODE = 0o600
+PUBLIC_MODE = 0o644
+PRIVATE_DIR_MODE = 0o700
+TMP_SUFFIX = ".tmp"
+
+
+def ensure_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+    os.chmod(path, PRIVATE_DIR_MODE)
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = SECRET_MODE) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have changed it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def remove_durably(*paths: Path) -> None:
+    parents = set()
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        parents.add(path.parent)
+    for parent in parents:
+        fsync_dir(parent)
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Temporary files left by a write that was cut off (they were never renamed)."""
+    for tmp in directory.glob(f".*{TMP_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,470 @@
+"""The device's MQTT session over mutual TLS (paho-mqtt 2.x).
+
+One thread owns the paho client and its socket: it connects, reads and
+writes, sends heartbeats, and applies commands (publish, identity swap, stop)
+that other threads queue for it. Nothing else touches the client, so paho's
+state is never shared between threads, and the thread sleeps in ``select()``
+until the socket, a command or the next deadline (heartbeat, keepalive) needs
+it: an idle session costs a few wakeups a minute.
+
+Delivery is at-least-once for QoS 1: the session is persistent (MQTT 3.1.1,
+clean session off, client id = device id) and paho keeps unacknowledged and
+not-yet-sent QoS 1 messages in its outgoing queue across reconnects, resending
+in-flight ones with DUP. An identity swap (after a renewal) is a clean
+DISCONNECT, a certificate reload and a reconnect on the same client, so that
+queue survives it.
+
+The TLS context is built once and handed to paho; paho wraps every new socket
+with it, so ``load_cert_chain`` on it between disconnect and reconnect makes
+the next handshake present the renewed certificate.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from cryptography import x509
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from device_agent.keystore import KeyHandle
+
+log = logging.getLogger("device_agent.mqtt")
+
+# A connection that lasted this long was healthy: the next loss starts the
+# reconnect backoff from the minimum again. Shorter ones (a broker that
+# accepts then kicks) keep growing it, so a refused device never spins.
+STABLE_AFTER = 30.0
+
+
+def status_topic(device_id: str) -> str:
+    return f"devices/{device_id}/status"
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsIdentity:
+    """The operational certificate (PEM, leaf first, chain may follow) and its key.
+
+    The key is a key-store handle, so a hardware key loads itself into the
+    TLS context without the session ever reading it.
+    """
+
+    cert: Path
+    key: KeyHandle
+
+
+@dataclasses.dataclass(frozen=True)
+class SessionSettings:
+    host: str
+    port: int
+    device_id: str
+    trust: bytes  # fleet root (PEM): the broker's certificate must chain to it
+    heartbeat_interval: float = 60.0
+    keepalive: int = 60
+    reconnect_min: float = 1.0
+    reconnect_max: float = 300.0
+    connect_timeout: float = 10.0
+    max_queued: int = 1000  # outgoing messages kept while offline; beyond, publish is refused
+    flush_timeout: float = 5.0  # on stop: how long to wait for QoS 1 acknowledgements
+
+
+class Backoff:
+    """Exponential backoff with jitter: the n-th delay is uniform in [d/2, d], d = min·2ⁿ ≤ max."""
+
+    def __init__(self, minimum: float, maximum: float, rng: random.Random | None = None) -> None:
+        if minimum <= 0 or maximum < minimum:
+            raise ValueError("backoff needs 0 < minimum <= maximum")
+        self.minimum = minimum
+        self.maximum = maximum
+        self.failures = 0
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.minimum * 2.0 ** min(self.failures, 62))
+        self.failures += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+def tls_context(identity: TlsIdentity, trust: bytes) -> ssl.SSLContext:
+    """A client context presenting ``identity`` and verifying the broker against ``trust``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its hostname
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cadata=trust.decode("ascii"))
+    identity.key.load_into(context, identity.cert)
+    return context
+
+
+def certificate_serial(cert: Path) -> str:
+    """The serial of the first certificate in ``cert``, as lower-case hex."""
+    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
+    return f"{leaf.serial_number:x}"
+
+
+@dataclasses.dataclass
+class _Publish:
+    topic: str
+    payload: bytes
+    qos: int
+
+
+@dataclasses.dataclass
+class _Swap:
+    identity: TlsIdentity
+    done: threading.Event
+
+
+@dataclasses.dataclass
+class _Stop:
+    pass
+
+
+_Command = _Publish | _Swap | _Stop
+
+
+class MqttSession:
+    """A persistent MQTT session for one device. ``start()``, then ``stop()``; thread-safe API."""
+
+    def __init__(
+        self,
+        settings: SessionSettings,
+        identity: TlsIdentity,
+        *,
+        status: Callable[[], Mapping[str, object]] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._status = status
+        self._identity = identity
+        self._serial = certificate_serial(identity.cert)
+        self._context = tls_context(identity, settings.trust)  # fails early on bad files
+        self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max, rng)
+        self._commands: collections.deque[_Command] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+        self._connected = threading.Event()
+        self._stopped = threading.Event()
+        # Loop-thread state below.
+        self._client = self._make_client()
+        self._retry_at = 0.0
+        self._connected_at: float | None = None
+        self._next_heartbeat = 0.0
+        self._heartbeat_seq = 0
+        self._started = time.monotonic()
+        self._unacked: set[int] = set()  # message ids of QoS 1 messages not yet acknowledged
+        self._swaps_waiting: list[threading.Event] = []
+        self._stopping = False
+        self._last_failure = ""
+        self.connections = 0  # successful CONNACKs so far
+        self.connect_attempts = 0
+
+    # -- public, any thread -------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def serial(self) -> str:
+        """Serial (hex) of the certificate the session presents on its next handshake."""
+        return self._serial
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, suffix: str, payload: bytes | str, qos: int = 1) -> None:
+        """Queue a message for ``devices/<id>/<suffix>``; kept across reconnects (QoS 1)."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        self._send(_Publish(f"devices/{self.settings.device_id}/{suffix}", data, qos))
+
+    def swap_identity(self, identity: TlsIdentity, timeout: float | None = None) -> bool:
+        """Reconnect presenting ``identity``; True once the broker accepted it within ``timeout``.
+
+        The files are checked (loaded into a throwaway context) before the live
+        session is touched, so a bad pair raises here and the session keeps
+        its current identity.
+        """
+        tls_context(identity, self.settings.trust)
+        done = threading.Event()
+        self._send(_Swap(identity, done))
+        return done.wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Flush QoS 1 messages (up to ``flush_timeout``), disconnect, end the thread."""
+        if self._thread.is_alive():
+            self._send(_Stop())
+            self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        if stopped:
+            self._wake_r.close()
+            self._wake_w.close()
+        return stopped
+
+    def _send(self, command: _Command) -> None:
+        self._commands.append(command)
+        # A full buffer means the loop is already due to wake; closed means stopped.
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"\0")
+
+    # -- loop thread ----------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.settings.device_id,
+            clean_session=False,
+            protocol=MQTTProtocolVersion.MQTTv311,
+        )
+        client.tls_set_context(self._context)
+        client.connect_timeout = self.settings.connect_timeout
+        client.max_queued_messages_set(self.settings.max_queued)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.enable_logger(logging.getLogger("device_agent.mqtt.paho"))
+        client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
+        return client
+
+    def _run(self) -> None:
+        try:
+            while self._apply_commands():
+                if self._client.socket() is None:
+                    wait = self._retry_at - time.monotonic()
+                    if wait > 0:
+                        self._sleep(wait)
+                    else:
+                        self._connect()
+                else:
+                    self._service(self._deadline())
+            self._shutdown()
+        except Exception:
+            log.exception("MQTT session thread failed; the agent will exit")
+            raise
+        finally:
+            self._connected.clear()
+            self._stopped.set()
+
+    def _connect(self) -> None:
+        self.connect_attempts += 1
+        host, port = self.settings.host, self.settings.port
+        try:
+            self._client.reconnect()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self._schedule_retry(f"connecting to broker {host}:{port} failed: {exc}")
+            return
+        # The handshake is done; CONNACK (or a TLS alert from a broker that
+        # refuses our certificate) arrives on the socket.
+
+    def _schedule_retry(self, reason: str) -> None:
+        self._connected.clear()
+        now = time.monotonic()
+        if self._connected_at is not None and now - self._connected_at >= STABLE_AFTER:
+            self._backoff.reset()
+        self._connected_at = None
+        delay = self._backoff.next_delay()
+        self._retry_at = now + delay
+        attempt = self._backoff.failures
+        log.warning("%s; reconnecting in %.1f s (attempt %d)", reason, delay, attempt)
+
+    def _deadline(self) -> float:
+        # Wake for the heartbeat, and often enough for paho's keepalive check.
+        timeout = max(1.0, self.settings.keepalive / 4)
+        if self._connected.is_set():
+            timeout = min(timeout, self._next_heartbeat - time.monotonic())
+        return max(0.0, timeout)
+
+    def _service(self, timeout: float) -> None:
+        client = self._client
+        sock = client.socket()
+        assert sock is not None
+        # TLS may hold decrypted bytes that select() cannot see.
+        buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+        wlist = [sock] if client.want_write() else []
+        readable, writable, _ = select.select(
+            [sock, self._wake_r], wlist, [], 0.0 if buffered else timeout
+        )
+        if sock in readable or buffered:
+            client.loop_read()
+        if self._wake_r in readable:
+            self._drain_wakeups()
+        if client.socket() is not None and (sock in writable or client.want_write()):
+            client.loop_write()
+        if client.socket() is not None:
+            client.loop_misc()
+        if client.socket() is None:
+            if not self._stopping:
+                reason, self._last_failure = self._last_failure, ""
+                self._schedule_retry(reason or "connection to the broker lost")
+            return
+        if self._connected.is_set() and time.monotonic() >= self._next_heartbeat:
+            self._heartbeat()
+
+    def _sleep(self, timeout: float) -> None:
+        readable, _, _ = select.select([self._wake_r], [], [], timeout)
+        if readable:
+            self._drain_wakeups()
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _apply_commands(self) -> bool:
+        """Apply queued commands; False once a stop was asked for."""
+        while self._commands:
+            command = self._commands.popleft()
+            if isinstance(command, _Publish):
+                self._publish(command.topic, command.payload, command.qos)
+            elif isinstance(command, _Swap):
+                self._apply_swap(command)
+            else:
+                self._stopping = True
+        return not self._stopping
+
+    def _publish(self, topic: str, payload: bytes, qos: int) -> None:
+        info = self._client.publish(topic, payload, qos)
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            log.warning(
+                "outgoing queue full (%d messages); dropped a message for %s",
+                self.settings.max_queued,
+                topic,
+            )
+        elif qos > 0:
+            # Not info.is_published(): it raises for a message queued while offline.
+            self._unacked.add(info.mid)
+
+    def _apply_swap(self, swap: _Swap) -> None:
+        old = self._serial
+        if self._client.socket() is not None:
+            self._client.disconnect()
+            self._write_pending(deadline=time.monotonic() + 2.0)
+            # A DISCONNECT still unsent (broker gone) is dropped with the socket.
+            self._client._sock_close()  # no public "close now" in paho
+        self._connected.clear()
+        swap.identity.key.load_into(self._context, swap.identity.cert)
+        self._identity = swap.identity
+        self._serial = certificate_serial(swap.identity.cert)
+        self._swaps_waiting.append(swap.done)
+        self._backoff.reset()
+        self._connected_at = None
+        self._retry_at = 0.0  # reconnect at once with the new certificate
+        log.info("reconnecting with the renewed certificate (serial %s, was %s)", self._serial, old)
+
+    def _write_pending(self, deadline: float) -> None:
+        client = self._client
+        while client.socket() is not None and client.want_write() and time.monotonic() < deadline:
+            sock = client.socket()
+            assert sock is not None
+            select.select([], [sock], [], max(0.0, deadline - time.monotonic()))
+            if client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+
+    def _heartbeat(self) -> None:
+        self._heartbeat_seq += 1
+        body: dict[str, object] = {
+            "device_id": self.settings.device_id,
+            "seq": self._heartbeat_seq,
+            "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "uptime_s": round(time.monotonic() - self._started),
+            "cert_serial": self._serial,
+        }
+        if self._status is not None:
+            body.update(self._status())
+        self._publish(status_topic(self.settings.device_id), json.dumps(body).encode(), 1)
+        self._next_heartbeat = time.monotonic() + self.settings.heartbeat_interval
+
+    def _shutdown(self) -> None:
+        client = self._client
+        if client.socket() is not None and self._connected.is_set():
+            deadline = time.monotonic() + self.settings.flush_timeout
+            while self._pending_acks() and time.monotonic() < deadline:
+                if client.socket() is None:
+                    break
+                self._service(min(0.5, max(0.0, deadline - time.monotonic())))
+            left = self._pending_acks()
+            if left:
+                log.warning("stopping with %d QoS 1 message(s) not acknowledged", left)
+        if client.socket() is not None:
+            client.disconnect()
+            self._write_pending(deadline=time.monotonic() + 2.0)
+            client._sock_close()  # no public "close now" in paho
+        log.info("MQTT session closed")
+
+    def _pending_acks(self) -> int:
+        return len(self._unacked)
+
+    # -- paho callbacks (run on the loop thread) ------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.ConnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason.is_failure:
+            self._last_failure = f"broker refused the connection: {reason}"
+            return
+        self.connections += 1
+        self._connected_at = time.monotonic()
+        self._last_failure = ""
+        self._connected.set()
+        log.info(
+            "connected to %s:%d as %s (certificate serial %s, session present: %s)",
+            self.settings.host,
+            self.settings.port,
+            self.settings.device_id,
+            self._serial,
+            flags.session_present,
+        )
+        for done in self._swaps_waiting:
+            done.set()
+        self._swaps_waiting.clear()
+        self._next_heartbeat = 0.0  # announce ourselves at once
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        flags: paho.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        self._connected.clear()
+        if not self._last_failure and reason.is_failure:
+            self._last_failure = f"connection to the broker lost ({reason})"
+
+    def _on_publish(
+        self,
+        client: paho.Client,
+        userdata: Any,
+        mid: int,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        self._unacked.discard(mid)
