@@ -1,0 +1,473 @@
+"""Mosquitto + fleet plugin: revoke -> disconnect latency, and mTLS connect cost vs bare Mosquitto.
+
+One run, all on this machine:
+
+  setup      `fleet serve` (EST + /crl); N devices enrolled over EST (real
+             bootstrap certificates, manifest pins, real operational
+             certificates); the plugin built with `fleet-broker mosquitto build`;
+             two Mosquitto 2.0 brokers on loopback from the SAME generated
+             config, certificates and crlfile:
+               plugin  the fleet plugin + its sidecar (`fleet-broker mosquitto sync`)
+               bare    no plugin, `use_identity_as_username true` (plain mTLS)
+  connects   fresh TCP + TLS (no resumption) + MQTT CONNECT/CONNACK + DISCONNECT,
+             client id = device id, ``--concurrency`` at a time; rounds alternate
+             between the two brokers. Reported: connects/s (wall) and broker CPU
+             per connect (utime+stime of the mosquitto process from /proc).
+  latency    N devices connected to the plugin broker; ``--revocations`` of them
+             revoked one by one through the store (as `fleet` does), timed from
+             just before the store call to the moment the device's TCP
+             connection is closed by the broker. p50/p99/max.
+
+    .venv/bin/python bench/broker_revoke.py                 # 200 devices
+    .venv/bin/python bench/broker_revoke.py --devices 1000
+
+Targets (issue 6): revoke -> disconnect p99 <= 100 ms; plugin connect overhead
+<= 10 % (broker CPU per connect, and connects/s). Prints figures and ratios;
+asserts no timing; exits 1 if a connect or a revocation failed.
+"""
+
+# ruff: noqa: E402 -- the repository root goes on sys.path before the project imports
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import datetime as dt
+import http.client
+import os
+import platform
+import re
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # for tests.support when run as bench/broker_revoke.py
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.store.factory import open_store
+from fleet.store.records import ManifestEntry, ManufacturerCA, RevocationReason
+from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
+from tests.support.fleet_server import FleetServer, make_data_dir, run_store
+from tests.support.mosquitto_broker import BrokerNode, fleet_broker, write_settings
+from tests.support.ports import free_port
+
+P99_TARGET_MS = 100.0
+OVERHEAD_TARGET = 0.10
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Device:
+    device_id: str
+    cert: Path
+    key: Path
+    context: ssl.SSLContext | None = None
+
+
+# -- enrollment over EST ---------------------------------------------------------
+
+
+def enroll_devices(server: FleetServer, work: Path, count: int) -> list[Device]:
+    """``count`` devices enrolled by the real server (bootstrap cert -> operational cert)."""
+    manufacturer = make_manufacturer("Bench Maker", now=dt.datetime.now(dt.UTC))
+    pem = manufacturer.certificate.public_bytes(serialization.Encoding.PEM).decode()
+    now = dt.datetime.now(dt.UTC)
+    ca = ManufacturerCA(sha256_fingerprint(manufacturer.certificate), "Bench", pem, now)
+    run_store(server.config_path, lambda s: s.add_manufacturer_ca(ca))
+    boots, entries = [], []
+    for index in range(count):
+        device_id = f"bench-{index:05d}"
+        bootstrap = make_bootstrap(manufacturer, device_id)
+        cert, key = write_pem(work / f"boot-{device_id}", bootstrap)
+        boots.append((device_id, cert, key))
+        entries.append(
+            ManifestEntry(device_id, sha256_fingerprint(bootstrap.certificate), "b", "b")
+        )
+    run_store(server.config_path, lambda s: s.import_manifest(entries, now))
+
+    def enroll(boot: tuple[str, Path, Path]) -> Device:
+        device_id, boot_cert, boot_key = boot
+        key = ec.generate_private_key(ec.SECP256R1())
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([]))
+            .sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.DER)
+        )
+        context = ssl.create_default_context(cafile=str(server.root_pem))
+        context.load_cert_chain(boot_cert, boot_key)
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=30)
+        try:
+            conn.request(
+                "POST",
+                "/.well-known/est/simpleenroll",
+                body=base64.encodebytes(csr),
+                headers={"Content-Type": "application/pkcs10"},
+            )
+            response = conn.getresponse()
+            body = response.read()
+        finally:
+            conn.close()
+        if response.status != 200:
+            raise RuntimeError(f"enrollment of {device_id} failed: {response.status} {body!r}")
+        issued = pkcs7.load_der_pkcs7_certificates(base64.b64decode(b"".join(body.split())))
+        cert_path = work / f"{device_id}.pem"
+        cert_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in issued))
+        key_path = work / f"{device_id}.key"
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        return Device(device_id, cert_path, key_path)
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(enroll, boots))
+
+
+# -- a minimal MQTT 3.1.1 client over asyncio TLS (thousands of sessions, one thread) ---
+
+
+def connect_packet(client_id: str) -> bytes:
+    cid = client_id.encode()
+    variable = b"\x00\x04MQTT\x04\x02\x00\x00"  # clean session, keep-alive off
+    payload = len(cid).to_bytes(2, "big") + cid
+    remaining = len(variable) + len(payload)
+    assert remaining < 128
+    return bytes([0x10, remaining]) + variable + payload
+
+
+DISCONNECT = b"\xe0\x00"
+
+
+async def mqtt_connect(
+    port: int, device: Device
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    """TLS + CONNECT; the open streams when CONNACK accepted, None otherwise."""
+    assert device.context is not None
+    try:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=device.context, server_hostname="127.0.0.1"
+        )
+    except (OSError, ssl.SSLError):
+        return None
+    try:
+        writer.write(connect_packet(device.device_id))
+        await writer.drain()
+        connack = await asyncio.wait_for(reader.readexactly(4), 10)
+    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
+        writer.close()
+        return None
+    if connack[0] != 0x20 or connack[3] != 0:
+        writer.close()
+        return None
+    return reader, writer
+
+
+async def connect_once(port: int, device: Device) -> bool:
+    streams = await mqtt_connect(port, device)
+    if streams is None:
+        return False
+    _, writer = streams
+    writer.write(DISCONNECT)
+    writer.close()
+    with contextlib.suppress(OSError, ssl.SSLError):
+        await writer.wait_closed()
+    return True
+
+
+# -- measurements -------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclasses.dataclass
+class ConnectResult:
+    name: str
+    connects: int = 0
+    failed: int = 0
+    wall: float = 0.0
+    cpu: float = 0.0
+    round_rates: list[float] = dataclasses.field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Median connects/s over the rounds: the client shares the CPUs, so rounds are noisy."""
+        return statistics.median(self.round_rates) if self.round_rates else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return 1e6 * self.cpu / self.connects if self.connects else 0.0
+
+
+async def connect_round(
+    node: BrokerNode, devices: Sequence[Device], count: int, concurrency: int, result: ConnectResult
+) -> None:
+    assert node.broker is not None
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> bool:
+        async with semaphore:
+            return await connect_once(node.port, devices[index % len(devices)])
+
+    cpu_before = cpu_seconds(node.broker.pid)
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(*(one(i) for i in range(count)))
+    wall = time.perf_counter() - started
+    result.wall += wall
+    result.round_rates.append(sum(outcomes) / wall)
+    result.cpu += cpu_seconds(node.broker.pid) - cpu_before
+    result.connects += sum(outcomes)
+    result.failed += len(outcomes) - sum(outcomes)
+
+
+async def revoke_latency(
+    node: BrokerNode, devices: Sequence[Device], store_url: str, revocations: int
+) -> tuple[list[float], int]:
+    """Connect every device, revoke ``revocations`` of them one by one; latencies in ms."""
+    semaphore = asyncio.Semaphore(50)
+    closed: dict[str, float] = {}
+    events = {d.device_id: asyncio.Event() for d in devices}
+    watchers: list[asyncio.Task[None]] = []
+
+    async def hold(device: Device) -> bool:
+        async with semaphore:
+            streams = await mqtt_connect(node.port, device)
+        if streams is None:
+            return False
+        reader, writer = streams
+
+        async def watch() -> None:
+            try:
+                while await reader.read(4096):
+                    pass
+            except (OSError, ssl.SSLError):
+                pass
+            closed[device.device_id] = time.perf_counter()
+            events[device.device_id].set()
+            writer.close()
+
+        watchers.append(asyncio.get_running_loop().create_task(watch()))
+        return True
+
+    held = await asyncio.gather(*(hold(d) for d in devices))
+    if not all(held):
+        raise RuntimeError(f"{held.count(False)} devices could not connect to the plugin broker")
+    print(f"  {len(devices)} devices connected; revoking {revocations} one by one", flush=True)
+    store = await open_store(store_url)
+    latencies: list[float] = []
+    failed = 0
+    try:
+        for device in devices[:revocations]:
+            await asyncio.sleep(0.1)  # let the CRL refresh of the previous one settle
+            started = time.perf_counter()
+            await store.revoke_device(
+                device.device_id, RevocationReason.KEY_COMPROMISE, dt.datetime.now(dt.UTC)
+            )
+            try:
+                await asyncio.wait_for(events[device.device_id].wait(), 5)
+            except TimeoutError:
+                failed += 1
+                continue
+            latencies.append(1000 * (closed[device.device_id] - started))
+        survivors = sum(not events[d.device_id].is_set() for d in devices[revocations:])
+        if survivors != len(devices) - revocations:
+            print(f"  WARNING: {len(devices) - revocations - survivors} bystanders were dropped")
+    finally:
+        await store.close()
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+    return latencies, failed
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# -- brokers ---------------------------------------------------------------------------
+
+
+def bare_conf(plugin_conf: str, port_from: int, port_to: int, pid_file: Path) -> str:
+    """The same listener, certificates and crlfile, without the plugin."""
+    lines = []
+    for line in plugin_conf.splitlines():
+        if line.startswith("plugin"):
+            continue
+        if line.startswith("pid_file "):
+            line = f"pid_file {pid_file}"
+        if line == "use_identity_as_username false":
+            line = "use_identity_as_username true"
+        if line.startswith(f"listener {port_from} "):
+            line = line.replace(f"listener {port_from} ", f"listener {port_to} ")
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=200, help="devices connected (default 200)")
+    parser.add_argument("--revocations", type=int, default=100, help="revocations timed")
+    parser.add_argument("--connects", type=int, default=1000, help="connects per broker")
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    args = parser.parse_args(argv)
+    revocations = min(args.revocations, args.devices)
+
+    with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
+        base = Path(tmp)
+        config = make_data_dir(base / "data")
+        data = config.parent
+        server = FleetServer(config).start()
+        nodes: list[BrokerNode] = []
+        try:
+            t0 = time.perf_counter()
+            work = base / "devices"
+            work.mkdir()
+            devices = enroll_devices(server, work, args.devices)
+            print(
+                f"setup: {len(devices)} devices enrolled over EST "
+                f"in {time.perf_counter() - t0:.1f}s"
+            )
+            for device in devices:
+                context = ssl.create_default_context(cafile=str(server.root_pem))
+                context.load_cert_chain(device.cert, device.key)
+                device.context = context
+
+            plugin_dir = base / "plugin"
+            plugin = Path(fleet_broker("mosquitto", "build", "--out", plugin_dir).stdout.strip())
+            sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
+            fleet_broker(
+                "mosquitto", "sidecar-cert",
+                "--issuing-cert", data / "ca/issuing.pem",
+                "--issuing-key", data / "ca/issuing.key",
+                "--out-cert", sidecar_cert, "--out-key", sidecar_key,
+            )  # fmt: skip
+            store_url = f"sqlite:///{data / 'fleet.db'}"
+            node = write_settings(
+                base / "plugin-node",
+                data_dir=data,
+                store_url=store_url,
+                plugin=plugin,
+                sidecar_cert=sidecar_cert,
+                sidecar_key=sidecar_key,
+                crl_url=f"{server.base}/crl",
+                extra='log_type = ["error", "warning"]',
+            )
+            fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
+            nodes.append(node)
+            node.start_broker()
+            node.start_sidecar()
+
+            bare = BrokerNode(base / "bare-node", node.settings, free_port())
+            bare.directory.mkdir()
+            bare.conf.write_text(
+                bare_conf(node.conf.read_text(), node.port, bare.port, bare.directory / "pid")
+            )
+            nodes.append(bare)
+            bare.start_broker()
+
+            results = {"plugin": ConnectResult("plugin"), "bare": ConnectResult("bare")}
+            per_round = max(1, args.connects // args.rounds)
+
+            async def connects() -> None:
+                # Warm-up, then alternate so drift (thermal, other load) hits both alike.
+                await connect_round(node, devices, 50, args.concurrency, ConnectResult("w"))
+                await connect_round(bare, devices, 50, args.concurrency, ConnectResult("w"))
+                for index in range(args.rounds):
+                    order = (node, bare) if index % 2 == 0 else (bare, node)
+                    for target in order:
+                        name = "plugin" if target is node else "bare"
+                        await connect_round(
+                            target, devices, per_round, args.concurrency, results[name]
+                        )
+
+            asyncio.run(connects())
+            bare.stop_broker()
+            latencies, revoke_failed = asyncio.run(
+                revoke_latency(node, devices, store_url, revocations)
+            )
+            if revoke_failed:
+                for log in (node.sidecar_log, node.broker_log):
+                    tail = log.read_text(errors="replace").splitlines()[-25:]
+                    print(f"--- last lines of {log.name}:", *tail, sep="\n")
+        finally:
+            for each in nodes:
+                each.stop()
+            server.stop()
+
+    plugin_r, bare_r = results["plugin"], results["bare"]
+    cpu_overhead = plugin_r.cpu_us / bare_r.cpu_us - 1 if bare_r.cpu_us else float("nan")
+    rate_overhead = bare_r.rate / plugin_r.rate - 1 if plugin_r.rate else float("nan")
+    print()
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), {platform.python_version()}, "
+        f"{_mosquitto_version()}; client and brokers share the machine"
+    )
+    print(f"mTLS connects ({args.concurrency} concurrent, {args.rounds} alternating rounds):")
+    for r in (plugin_r, bare_r):
+        print(
+            f"  {r.name:6s} {r.connects:6d} ok {r.failed:3d} failed  {r.rate:8.1f} connects/s"
+            f" (median of rounds)"
+            f"  broker CPU {r.cpu_us:7.0f} us/connect"
+        )
+    verdict = "ok" if max(cpu_overhead, rate_overhead) <= OVERHEAD_TARGET else "OVER TARGET"
+    print(
+        f"  plugin overhead: broker CPU/connect {cpu_overhead:+.1%}, "
+        f"connects/s {rate_overhead:+.1%}"
+        f"  (target <= {OVERHEAD_TARGET:.0%}: {verdict})"
+    )
+    print(f"revoke -> disconnect with {args.devices} devices connected ({len(latencies)} timed):")
+    if latencies:
+        p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+        verdict = "ok" if p99 <= P99_TARGET_MS else "OVER TARGET"
+        print(
+            f"  p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   max {max(latencies):6.1f} ms   "
+            f"mean {statistics.fmean(latencies):6.1f} ms"
+        )
+        print(
+            f"  p99 / target {p99 / P99_TARGET_MS:.2f} "
+            f"(target p99 <= {P99_TARGET_MS:.0f} ms: {verdict})"
+        )
+    failed = plugin_r.failed + bare_r.failed + revoke_failed
+    if failed:
+        print(f"FAILED: {failed} connect(s) or revocation(s) did not complete")
+    return 1 if failed else 0
+
+
+def _mosquitto_version() -> str:
+    try:
+        out = subprocess.run(
+            ["/usr/sbin/mosquitto", "-h"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except OSError:
+        return "mosquitto ?"
+    match = re.search(r"mosquitto version (\S+)", out)
+    return f"mosquitto {match.group(1)}" if match else "mosquitto ?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""`fleet-broker amqtt` settings: one TOML file and/or flags, validated once into a frozen object.
+
+Example ``broker.toml`` (paths are relative to the file)::
+
+    [listener]
+    address = "127.0.0.1:8883"
+    tls_cert = "tls/broker.pem"     # server certificate (+ chain)
+    tls_key = "tls/broker.key"
+    fleet_ca = "ca/fleet-ca.pem"    # fleet issuing CA(s) + root: who may sign devices
+
+    [store]
+    url = "sqlite:///var/lib/fleet/fleet.db"   # or redis://host:6379/0
+
+    [revocation]
+    max_staleness = 30    # seconds without contact with the feed ...
+    fail_open = false     # ... then refuse every connect (false) or keep deciding (true)
+
+    [acl]
+    templates = ["devices/{device_id}/#"]
+
+    [session]
+    expiry_seconds = 86400   # persistent sessions of disconnected devices
+    skew_seconds = 300       # certificate validity allowance
+
+    [metrics]
+    address = "127.0.0.1:9883"   # optional Prometheus endpoint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import ssl
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from broker_plugins.acl import DEFAULT_TEMPLATE, AclConfigError, TopicAcl
+from broker_plugins.decision import TrustPolicy
+from fleet.errors import ConfigError
+
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (Python's ssl has no name for it): the
+# handshake still verifies signatures and the chain; validity is checked by the
+# decision core, with the skew allowance and a logged reason ("expired").
+_X509_V_FLAG_NO_CHECK_TIME = 0x200000
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AmqttSettings:
+    host: str
+    port: int
+    tls_cert: Path
+    tls_key: Path
+    fleet_ca: Path
+    store_url: str
+    max_staleness: float = 30.0
+    fail_open: bool = False
+    topic_templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
+    session_expiry_seconds: int = 86400
+    skew_seconds: float = 300.0
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"listener port {self.port} is out of range")
+        if self.max_staleness <= 0:
+            raise ConfigError("revocation.max_staleness must be positive")
+        if self.skew_seconds < 0 or self.session_expiry_seconds < 0:
+            raise ConfigError("session.skew_seconds and expiry_seconds must not be negative")
+        for path in (self.tls_cert, self.tls_key, self.fleet_ca):
+            if not path.is_file():
+                raise ConfigError(f"{path} does not exist", hint="Check the path in broker.toml.")
+        try:
+            TopicAcl(self.topic_templates)
+        except AclConfigError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def acl(self) -> TopicAcl:
+        return TopicAcl(self.topic_templates)
+
+    def trust_policy(self) -> TrustPolicy:
+        try:
+            certs = x509.load_pem_x509_certificates(self.fleet_ca.read_bytes())
+            return TrustPolicy.from_bundle(certs, skew=dt.timedelta(seconds=self.skew_seconds))
+        except ValueError as exc:
+            raise ConfigError(f"fleet CA bundle {self.fleet_ca}: {exc}") from exc
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Server context that REQUIRES a client certificate chaining to the fleet CA bundle."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+            ctx.load_verify_locations(cafile=str(self.fleet_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the broker TLS files: {exc}") from exc
+        ctx.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
+        return ctx
+
+
+def parse_address(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{what} {text!r} must be HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def load_settings(config: Path | None, overrides: dict[str, Any]) -> AmqttSettings:
+    """Settings from ``config`` (TOML), then non-None ``overrides`` (flags) on top."""
+    values: dict[str, Any] = {}
+    base = Path.cwd()
+    if config is not None:
+        try:
+            data = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read {config}: {exc}") from exc
+        base = config.parent
+        values = _flatten(data)
+    for key, value in overrides.items():
+        if value is not None:
+            values[key] = value
+    known = {f.name for f in dataclasses.fields(AmqttSettings)} | {"listen", "metrics_listen"}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f"unknown broker settings: {', '.join(sorted(unknown))}")
+    if "listen" in values:
+        values["host"], values["port"] = parse_address(str(values.pop("listen")), "listen address")
+    if values.get("metrics_listen"):
+        values["metrics_host"], values["metrics_port"] = parse_address(
+            str(values.pop("metrics_listen")), "metrics address"
+        )
+    values.pop("metrics_listen", None)
+    for key in ("tls_cert", "tls_key", "fleet_ca"):
+        if key in values:
+            values[key] = (base / Path(values[key])).resolve()
+    missing = [
+        k for k in ("host", "tls_cert", "tls_key", "fleet_ca", "store_url") if k not in values
+    ]
+    if missing:
+        raise ConfigError(
+            f"missing broker settings: {', '.join(missing)}",
+            hint="Give them in broker.toml or as --listen/--tls-cert/--tls-key/--fleet-ca/"
+            "--store-url.",
+        )
+    if "topic_templates" in values:
+        values["topic_templates"] = tuple(values["topic_templates"])
+    try:
+        return AmqttSettings(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid broker settings: {exc}") from exc
+
+
+_TOML_KEYS = {
+    ("listener", "address"): "listen",
+    ("listener", "tls_cert"): "tls_cert",
+    ("listener", "tls_key"): "tls_key",
+    ("listener", "fleet_ca"): "fleet_ca",
+    ("store", "url"): "store_url",
+    ("revocation", "max_staleness"): "max_staleness",
+    ("revocation", "fail_open"): "fail_open",
+    ("acl", "templates"): "topic_templates",
+    ("session", "expiry_seconds"): "session_expiry_seconds",
+    ("session", "skew_seconds"): "skew_seconds",
+    ("metrics", "address"): "metrics_listen",
+}
+
+
+def _flatten(data: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"broker.toml: {section!r} must be a [section]")
+        for key, value in table.items():
+            name = _TOML_KEYS.get((section, key))
+            if name is None:
+                raise ConfigError(f"broker.toml: unknown setting [{section}] {key}")
+            values[name] = value
+    return values

@@ -1,0 +1,10 @@
+"""Mosquitto 2.0 enforcement: a C plugin (fleet_plugin.c) and its sync sidecar.
+
+* ``fleet_plugin.c`` - compiled by :mod:`.build` against the distro's
+  mosquitto-dev/libmosquitto-dev/libssl-dev headers; loaded by Mosquitto.
+* :mod:`.config` - the broker settings file and the mosquitto.conf it implies.
+* :mod:`.identity` - the sidecar's client certificate (issuing CA, reserved CN).
+* :mod:`.sync` - the sidecar: follows the store's revocation feed, pushes each
+  event to the plugin over ``$CONTROL/fleet/v1``, keeps crlfile and the
+  revocation snapshot current.
+"""

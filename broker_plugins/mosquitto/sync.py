@@ -1,0 +1,556 @@
+"""The Mosquitto sidecar: keeps the plugin, the snapshot file and crlfile current.
+
+What it does, and why each piece exists:
+
+* **Feed → plugin.** The feed is followed by :class:`RevocationCache` (snapshot
+  at start, ``follow_feed``, catch-up by sequence after a gap, a fresh snapshot
+  merged after a store reset); every revocation it learns is pushed at once to the plugin as
+  a ``revoke`` command on ``$CONTROL/fleet/v1`` (MQTT QoS 1 over the broker's
+  own TLS listener, with the sidecar certificate). The plugin adds the serials
+  and device, and kicks the device's live session. Mosquitto sends the PUBACK
+  only after the plugin's callback ran.
+* **Resync.** On every (re)connection to the broker — sidecar restart, broker
+  restart, network blip — the sidecar writes the full snapshot file and sends
+  ``reload``: the plugin re-reads it (entries are only ever added) and kicks
+  every session whose device or serial is now revoked. Commands lost while
+  disconnected are therefore covered.
+* **Snapshot file.** What the plugin loads when the broker starts, before the
+  sidecar is connected. Written atomically (temp file, fsync, rename).
+* **crlfile.** Mosquitto's own check at the TLS handshake (the plugin's runs
+  after it). Fetched from fleet serve's ``/crl``, validated (parses, issued and
+  signed by the issuing CA, nextUpdate far enough ahead, thisUpdate not in the
+  future, CRL number not older than the installed one), written atomically,
+  then the broker is sent SIGHUP (only if the PID file names a ``mosquitto``
+  process). A garbage CRL at reload turns Mosquitto's checking off and an
+  expired one refuses every device, so nothing unvalidated is ever installed.
+* **Heartbeat.** While the feed is reachable and followed to its head, a
+  ``heartbeat`` command tells the plugin its data is current; with
+  ``max_staleness_seconds`` set, the plugin refuses new device connections
+  once heartbeats stop for that long (fail closed).
+* **Store reset.** Serials learnt from a snapshot (after a Redis restart
+  without persistence, or a hole in the feed) come without their device, so
+  they are sent as a full reload, which finds their sessions in the plugin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import re
+import signal
+import ssl
+import time
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from broker_plugins.mosquitto.config import CONTROL_TOPIC, MosquittoSettings
+from broker_plugins.revocation_cache import CacheSettings, RevocationCache
+from fleet.errors import ConfigError, FleetError, PolicyError
+from fleet.store.protocol import Store
+from fleet.store.records import RevocationEvent, RevocationKind, RevocationSnapshot
+
+log = logging.getLogger("fleet.broker.mosquitto")
+
+_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+SNAPSHOT_HEADER = "fleet-revocations 1"
+# A CRL installed for Mosquitto must stay valid at least this long.
+MIN_CRL_REMAINING = dt.timedelta(minutes=10)
+MAX_CRL_BYTES = 64 * 1024 * 1024
+# After a revocation, how long to keep re-fetching until the server's CRL lists it.
+CRL_CATCH_UP_SECONDS = 10.0
+CRL_RETRY_SECONDS = 0.25
+RETRY_SECONDS = 1.0
+# Revocations per control message when replaying many at once.
+MAX_COMMANDS_PER_MESSAGE = 500
+
+
+def serial_hex(serial: int) -> str:
+    """The plugin's canonical serial form: lowercase hex without leading zeros."""
+    return format(serial, "x")
+
+
+@dataclasses.dataclass
+class RevocationState:
+    """Every revoked serial and device known to the sidecar, as of feed ``seq``."""
+
+    seq: int = 0
+    serials: set[int] = dataclasses.field(default_factory=set)
+    devices: set[str] = dataclasses.field(default_factory=set)
+
+    def merge(self, snapshot: RevocationSnapshot) -> None:
+        """Add a snapshot; revocation is permanent, so nothing is removed."""
+        self.serials |= snapshot.serials
+        self.devices |= snapshot.device_ids
+        self.seq = max(self.seq, snapshot.seq)
+
+    def apply(self, event: RevocationEvent) -> None:
+        self.serials.update(event.serials)
+        if event.kind is RevocationKind.DEVICE:
+            self.devices.add(event.device_id)
+        self.seq = max(self.seq, event.seq)
+
+    def snapshot_text(self, written: int) -> str:
+        lines = [SNAPSHOT_HEADER, f"seq {self.seq}", f"written {written}"]
+        lines += [f"serial {serial_hex(s)}" for s in sorted(self.serials) if s >= 0]
+        lines += [f"device {d}" for d in sorted(self.devices) if _DEVICE_ID.fullmatch(d)]
+        lines.append("end")
+        return "\n".join(lines) + "\n"
+
+
+def revoke_command(event: RevocationEvent) -> str | None:
+    """The control line for one feed event (None if the device id cannot be sent)."""
+    if not _DEVICE_ID.fullmatch(event.device_id):
+        log.error("feed event %d names an invalid device id %r", event.seq, event.device_id)
+        return None
+    serials = " ".join(serial_hex(s) for s in event.serials if s >= 0)
+    return f"revoke {event.seq} {event.kind.value} {event.device_id} {serials}".rstrip()
+
+
+# -- files ----------------------------------------------------------------------
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Readers see the old or the new content, never a mix (temp, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        partial.chmod(mode)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_cafile(settings: MosquittoSettings) -> None:
+    """Mosquitto's cafile: the issuing CA and the root (a chain must reach the root)."""
+    try:
+        data = settings.issuing_ca.read_bytes().rstrip() + b"\n" + settings.root_ca.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the fleet CA certificates: {exc}") from exc
+    write_atomic(settings.cafile, data)
+
+
+def load_issuing_ca(settings: MosquittoSettings) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(settings.issuing_ca.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the issuing CA {settings.issuing_ca}: {exc}") from exc
+
+
+def signal_broker(pid_file: Path) -> bool:
+    """SIGHUP the broker named by the PID file; False if it is not running.
+
+    The process must be a ``mosquitto``: a stale PID file must not make us
+    signal whatever process reused the number.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return False
+    if comm != "mosquitto":
+        log.warning("PID file %s names process %d (%s), not mosquitto", pid_file, pid, comm)
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# -- CRL -------------------------------------------------------------------------
+
+
+def _crl_invalid(message: str) -> PolicyError:
+    return PolicyError(
+        message,
+        reason="crl_invalid",
+        hint="The installed crlfile was kept. Check the fleet server's /crl and the clocks.",
+    )
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound as exc:
+        raise _crl_invalid("the CRL has no CRL number") from exc
+
+
+def parse_crl(data: bytes) -> x509.CertificateRevocationList:
+    try:
+        if data.lstrip().startswith(b"-----"):
+            return x509.load_pem_x509_crl(data)
+        return x509.load_der_x509_crl(data)
+    except ValueError as exc:
+        raise _crl_invalid(f"the CRL does not parse: {exc}") from exc
+
+
+def validate_crl(
+    data: bytes,
+    issuer: x509.Certificate,
+    *,
+    now: dt.datetime,
+    installed_number: int | None,
+    min_remaining: dt.timedelta = MIN_CRL_REMAINING,
+) -> x509.CertificateRevocationList:
+    """The parsed CRL if Mosquitto may load it; PolicyError (``crl_invalid``) if not."""
+    crl = parse_crl(data)
+    if crl.issuer != issuer.subject:
+        raise _crl_invalid(f"the CRL names issuer {crl.issuer.rfc4514_string()!r}")
+    public_key: CertificateIssuerPublicKeyTypes = issuer.public_key()  # type: ignore[assignment]
+    if not crl.is_signature_valid(public_key):
+        raise _crl_invalid("the CRL signature does not verify with the issuing CA")
+    next_update = crl.next_update_utc
+    if next_update is None or next_update - now < min_remaining:
+        raise _crl_invalid(f"the CRL's nextUpdate {next_update} is not {min_remaining} ahead")
+    if crl.last_update_utc > now + dt.timedelta(minutes=5):
+        raise _crl_invalid(f"the CRL's thisUpdate {crl.last_update_utc} is in the future")
+    number = crl_number(crl)
+    if installed_number is not None and number < installed_number:
+        raise _crl_invalid(f"CRL #{number} is older than the installed #{installed_number}")
+    return crl
+
+
+def installed_crl_number(path: Path, issuer: x509.Certificate) -> int | None:
+    """The CRL number of the crlfile in place, if it is a CRL of ``issuer``."""
+    try:
+        crl = parse_crl(path.read_bytes())
+        return crl_number(crl) if crl.issuer == issuer.subject else None
+    except (OSError, FleetError):
+        return None
+
+
+def fetch_crl(url: str, cafile: Path) -> bytes:
+    context = ssl.create_default_context(cafile=str(cafile))
+    request = urllib.request.Request(url, headers={"Accept": "application/pkix-crl"})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
+            data: bytes = response.read(MAX_CRL_BYTES + 1)
+    except OSError as exc:
+        raise FleetError(
+            f"cannot fetch the CRL from {url}: {exc}", reason="crl_unavailable"
+        ) from exc
+    if len(data) > MAX_CRL_BYTES:
+        raise _crl_invalid(f"the CRL from {url} is larger than {MAX_CRL_BYTES} bytes")
+    return data
+
+
+class CrlKeeper:
+    """Installs the newest valid CRL of the issuing CA as Mosquitto's crlfile."""
+
+    def __init__(self, settings: MosquittoSettings, issuer: x509.Certificate) -> None:
+        self._settings = settings
+        self._issuer = issuer
+        self.installed_at = 0.0
+
+    def refresh(self, *, want: Iterable[int] = ()) -> tuple[bool, set[int]]:
+        """Fetch, validate and install the CRL if newer. Returns (installed, missing serials).
+
+        ``missing`` are serials of ``want`` the fetched CRL does not list yet
+        (the server re-signs its CRL shortly after a revocation).
+        """
+        s = self._settings
+        data = fetch_crl(s.crl_url, s.crl_cafile or s.root_ca)
+        installed = installed_crl_number(s.crlfile, self._issuer)
+        crl = validate_crl(
+            data, self._issuer, now=dt.datetime.now(dt.UTC), installed_number=installed
+        )
+        listed = {entry.serial_number for entry in crl}
+        missing = set(want) - listed
+        self.installed_at = time.monotonic()
+        if installed is not None and crl_number(crl) == installed:
+            return False, missing
+        write_atomic(s.crlfile, crl.public_bytes(Encoding.PEM))
+        hupped = signal_broker(s.pid_file)
+        log.info(
+            "installed CRL #%d (%d revoked)%s",
+            crl_number(crl),
+            len(listed),
+            "; broker reloaded" if hupped else "; broker not running",
+        )
+        return True, missing
+
+
+# -- MQTT link to the plugin --------------------------------------------------
+
+
+class PluginLink:
+    """The sidecar's MQTT connection to the broker (paho's network thread)."""
+
+    def __init__(self, settings: MosquittoSettings, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.connected = asyncio.Event()
+        self.on_connected: asyncio.Queue[None] = asyncio.Queue()
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=settings.sidecar_cn,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.tls_set(
+            ca_certs=str(settings.broker_cafile or settings.root_ca),
+            certfile=str(settings.sidecar_cert),
+            keyfile=str(settings.sidecar_key),
+        )
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+        self._host = settings.connect_host
+        self._port = settings.listen_port
+
+    def start(self) -> None:
+        self._client.connect_async(self._host, self._port, keepalive=30)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason_code.is_failure:
+            log.error("the broker refused the sidecar: %s", reason_code)
+            return
+        self._loop.call_soon_threadsafe(self._connected)
+
+    def _connected(self) -> None:
+        self.connected.set()
+        self.on_connected.put_nowait(None)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._loop.call_soon_threadsafe(self.connected.clear)
+        log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def send(self, text: str) -> mqtt.MQTTMessageInfo | None:
+        """Publish one control message (QoS 1); None when not connected."""
+        if not self.connected.is_set():
+            return None
+        info = self._client.publish(CONTROL_TOPIC, text.encode(), qos=1)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return info
+
+
+# -- the sidecar -------------------------------------------------------------------
+
+
+def write_snapshot(settings: MosquittoSettings, state: RevocationState) -> None:
+    write_atomic(settings.snapshot_file, state.snapshot_text(int(time.time())).encode())
+
+
+class Sidecar:
+    """Feed (through :class:`RevocationCache`) -> plugin, snapshot file and crlfile."""
+
+    def __init__(self, settings: MosquittoSettings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        # The full sets the snapshot file needs. The cache answers "is X revoked"
+        # and reports changes, but does not list its contents, so the sidecar
+        # takes its own snapshot once the cache has loaded and then follows the
+        # cache's change callbacks (events after any snapshot are idempotent).
+        self.state = RevocationState()
+        self.state_loaded = False
+        self.cache = RevocationCache(
+            store,
+            CacheSettings(
+                max_staleness=max(settings.max_staleness_seconds, 2 * settings.heartbeat_seconds),
+                probe_interval=settings.heartbeat_seconds,
+            ),
+        )
+        self.cache.on_revoked(self._on_revoked)
+        self._snapshot_dirty = asyncio.Event()
+        self._crl_dirty = asyncio.Event()
+        self._crl_pending: set[int] = set()
+        self._crl = CrlKeeper(settings, load_issuing_ca(settings)) if settings.crl_url else None
+        self._link: PluginLink | None = None
+
+    async def once(self) -> None:
+        """Write cafile, snapshot and CRL, then return (before the broker starts)."""
+        write_cafile(self.settings)
+        await self._load_state()
+        self._write_snapshot_now()
+        if self._crl is not None:
+            await asyncio.to_thread(self._crl.refresh)
+
+    async def run(self) -> None:
+        write_cafile(self.settings)
+        # A store that is down at start must not stop the sidecar: the plugin keeps
+        # the snapshot file it has (and the staleness policy applies) until it answers.
+        await self.cache.start(initial_timeout=10.0)
+        if self.cache.loaded:
+            with contextlib.suppress(FleetError):
+                await self._load_state()
+        if self.state_loaded:
+            self._write_snapshot_now()
+        self._link = PluginLink(self.settings, asyncio.get_running_loop())
+        self._link.start()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._resync_on_connect(), name="resync")
+                tasks.create_task(self._heartbeat(), name="heartbeat")
+                tasks.create_task(self._snapshot_writer(), name="snapshot")
+                if self._crl is not None:
+                    tasks.create_task(self._crl_loop(), name="crl")
+        finally:
+            self._link.stop()
+            await self.cache.close()
+
+    async def _load_state(self) -> None:
+        """Merge a snapshot of the store into ``state`` (after the cache started)."""
+        self.state.merge(await self.store.revocation_snapshot())
+        self.state_loaded = True
+
+    def _write_snapshot_now(self) -> None:
+        write_snapshot(self.settings, self.state)
+        log.info(
+            "snapshot seq=%d written: %d serials, %d devices revoked",
+            self.state.seq,
+            len(self.state.serials),
+            len(self.state.devices),
+        )
+
+    def _on_revoked(self, event: RevocationEvent) -> None:
+        """Called by the cache, in the event loop, for every revocation it learns."""
+        self.state.apply(event)
+        if self._link is not None:
+            if event.device_id:
+                command = revoke_command(event)
+                if command is not None and self._link.send(command) is None:
+                    log.warning("broker not connected; seq %d goes with the resync", event.seq)
+            else:
+                # Serials learnt from a snapshot (feed reset or hole) come without their
+                # device: the plugin finds their sessions itself on a full reload.
+                self._link.on_connected.put_nowait(None)
+        if event.device_id:
+            log.info(
+                "revocation seq=%d %s %s (%d serial(s))",
+                event.seq,
+                event.kind.value,
+                event.device_id,
+                len(event.serials),
+            )
+        self._snapshot_dirty.set()
+        self._crl_pending.update(event.serials)
+        self._crl_dirty.set()
+
+    async def _resync_on_connect(self) -> None:
+        assert self._link is not None
+        while True:
+            await self._link.on_connected.get()
+            if not self.state_loaded:
+                log.warning("no revocation snapshot yet; the plugin keeps its snapshot file")
+                continue
+            try:
+                await asyncio.to_thread(write_snapshot, self.settings, self.state)
+            except OSError as exc:
+                log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
+                continue
+            if self._link.send("reload") is not None:
+                log.info("resynced the plugin: snapshot seq=%d sent for reload", self.state.seq)
+
+    async def _heartbeat(self) -> None:
+        """Tell the plugin its data is current while the feed answers (staleness policy)."""
+        assert self._link is not None
+        interval = self.settings.heartbeat_seconds
+        while True:
+            await asyncio.sleep(interval)
+            if self.cache.loaded and not self.state_loaded:
+                # The store was down at start; now it answers: load, then resync the plugin.
+                try:
+                    await self._load_state()
+                except FleetError as exc:
+                    log.warning("revocation snapshot failed: %s", exc)
+                    continue
+                self._snapshot_dirty.set()
+                self._link.on_connected.put_nowait(None)
+            if self.state_loaded and self.cache.staleness_seconds() <= 2 * interval:
+                self._link.send(f"heartbeat {self.cache.seq}")
+            else:
+                log.warning(
+                    "revocation feed silent for %.1fs; no heartbeat to the plugin",
+                    self.cache.staleness_seconds(),
+                )
+
+    async def _snapshot_writer(self) -> None:
+        while True:
+            await self._snapshot_dirty.wait()
+            self._snapshot_dirty.clear()
+            try:
+                await asyncio.to_thread(write_snapshot, self.settings, self.state)
+            except OSError as exc:
+                log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
+                self._snapshot_dirty.set()
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            await asyncio.sleep(0.2)  # coalesce bursts (bulk revocations)
+
+    async def _crl_loop(self) -> None:
+        assert self._crl is not None
+        deadline: float | None = None
+        while True:
+            if not self._crl_dirty.is_set():
+                wait = (
+                    CRL_RETRY_SECONDS if deadline is not None else self.settings.crl_refresh_seconds
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._crl_dirty.wait(), wait)
+            if self._crl_dirty.is_set():
+                self._crl_dirty.clear()
+                deadline = deadline or time.monotonic() + CRL_CATCH_UP_SECONDS
+            want = set(self._crl_pending)
+            try:
+                _, missing = await asyncio.to_thread(self._crl.refresh, want=want)
+            except FleetError as exc:
+                log.warning("%s (%s)", exc.message, exc.hint)
+                await asyncio.sleep(RETRY_SECONDS)
+                continue
+            self._crl_pending -= want - missing
+            if not missing:
+                deadline = None
+            elif deadline is not None and time.monotonic() > deadline:
+                log.warning(
+                    "the fleet CRL still lacks %d revoked serial(s); the plugin refuses them",
+                    len(missing),
+                )
+                self._crl_pending -= missing
+                deadline = None

@@ -1,0 +1,359 @@
+"""The broker's copy of the revocation state, fed by the store's revocation feed.
+
+Start: one consistent snapshot (``revocation_snapshot``), then follow events
+after its sequence (``follow_feed``). Two loops keep it true:
+
+* the *follower* applies events as the feed delivers them (Redis pub/sub or the
+  followed SQLite table) — this is the fast path that kicks live sessions;
+* the *prober* asks for ``feed_head`` every ``probe_interval`` seconds. A
+  successful answer is "contact" (what staleness is measured from); a head
+  ahead of us means events were missed, so they are read by sequence
+  (``feed_since``); a head *behind* us means the feed was reset (a Redis without
+  persistence restarted), so a fresh snapshot is taken.
+
+Revocation is permanent (DESIGN.md §2), so the cache only ever grows: a
+snapshot is merged into what is known, never replaces it. A restarted,
+emptied Redis therefore cannot let a revoked device back in.
+
+Staleness policy: after ``max_staleness`` seconds without contact the cache
+is *unusable* when failing closed (every connect is refused with
+``stale_revocation_data``) and still usable when failing open. Before the
+first snapshot nothing is known and the cache is unusable whatever the policy.
+Live sessions are not closed for staleness: they were admitted on good data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from fleet.errors import FleetError
+from fleet.store.protocol import Store
+from fleet.store.records import (
+    RevocationEvent,
+    RevocationKind,
+    RevocationReason,
+    RevocationSnapshot,
+)
+
+log = logging.getLogger("fleet.broker.revocation")
+
+RevokedCallback = Callable[[RevocationEvent], None]
+
+_PAGE = 1000
+_RETRY_MAX_SECONDS = 2.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CacheSettings:
+    max_staleness: float = 30.0  # seconds without contact before the policy applies
+    fail_open: bool = False
+    probe_interval: float | None = None  # default: max_staleness / 4, at most 2 s
+
+    def __post_init__(self) -> None:
+        if not self.max_staleness > 0:
+            raise ValueError("max_staleness must be positive")
+        if self.probe_interval is not None and not self.probe_interval > 0:
+            raise ValueError("probe_interval must be positive")
+
+    @property
+    def effective_probe_interval(self) -> float:
+        if self.probe_interval is not None:
+            return self.probe_interval
+        return min(self.max_staleness / 4, 2.0)
+
+
+class CacheMetrics:
+    """Prometheus metrics of one cache, in the given registry."""
+
+    def __init__(self, registry: CollectorRegistry, cache: RevocationCache) -> None:
+        self.staleness = Gauge(
+            "fleet_broker_revocation_staleness_seconds",
+            "Seconds since the last successful contact with the revocation feed",
+            registry=registry,
+        )
+        self.staleness.set_function(cache.staleness_seconds)
+        self.usable = Gauge(
+            "fleet_broker_revocation_usable",
+            "1 if connects are decided on the revocation data, 0 if refused as stale",
+            registry=registry,
+        )
+        self.usable.set_function(lambda: 1.0 if cache.usable() else 0.0)
+        self.seq = Gauge(
+            "fleet_broker_revocation_feed_seq",
+            "Sequence of the last revocation event applied",
+            registry=registry,
+        )
+        self.seq.set_function(lambda: float(cache.seq))
+        self.events = Counter(
+            "fleet_broker_revocation_events",
+            "Revocation events applied from the feed",
+            registry=registry,
+        )
+        self.resyncs = Counter(
+            "fleet_broker_revocation_resyncs",
+            "Resynchronisations with the store, by cause",
+            ["cause"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "fleet_broker_revocation_feed_errors",
+            "Failed attempts to reach the revocation feed",
+            registry=registry,
+        )
+
+
+class RevocationCache:
+    """Revoked serials and devices as the feed says, plus how fresh that is.
+
+    Implements ``broker_plugins.decision.RevocationView``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: CacheSettings | None = None,
+        *,
+        registry: CollectorRegistry | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self.settings = settings or CacheSettings()
+        self._monotonic = monotonic
+        self._serials: set[int] = set()
+        self._devices: set[str] = set()
+        self._seq = 0
+        self._loaded = False
+        self._last_contact: float | None = None
+        self._callbacks: list[RevokedCallback] = []
+        self._sync_lock = asyncio.Lock()
+        self._follower: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
+        self._advanced = asyncio.Event()
+        self.metrics = CacheMetrics(registry or CollectorRegistry(), self)
+
+    # -- RevocationView ---------------------------------------------------------
+    def is_revoked(self, serial: int) -> bool:
+        return serial in self._serials
+
+    def is_device_revoked(self, device_id: str) -> bool:
+        return device_id in self._devices
+
+    def usable(self) -> bool:
+        if not self._loaded:
+            return False
+        return self.settings.fail_open or self.staleness_seconds() <= self.settings.max_staleness
+
+    # -- state ---------------------------------------------------------------------
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    def staleness_seconds(self) -> float:
+        """Seconds since the feed last answered (infinity before it ever did)."""
+        if self._last_contact is None:
+            return math.inf
+        return max(0.0, self._monotonic() - self._last_contact)
+
+    def on_revoked(self, callback: RevokedCallback) -> None:
+        """Call ``callback(event)`` for every revocation applied from now on.
+
+        Called synchronously in the event loop, right after the cache changed;
+        it must not block. Revocations learnt from a snapshot (after a feed reset
+        or at a resync) arrive as synthesised events with the snapshot's sequence.
+        """
+        self._callbacks.append(callback)
+
+    # -- lifecycle -----------------------------------------------------------------
+    async def start(self, *, initial_timeout: float | None = None) -> None:
+        """Load the snapshot and start following.
+
+        With ``initial_timeout`` the first snapshot is awaited at most that long
+        (the cache stays unusable and keeps trying in the background when it
+        times out); without, a store failure here raises.
+        """
+        if initial_timeout is None:
+            await self._resnapshot("start")
+        else:
+            with contextlib.suppress(TimeoutError, FleetError, OSError):
+                await asyncio.wait_for(self._resnapshot("start"), initial_timeout)
+        self._restart_follower()
+        self._prober = asyncio.create_task(self._probe_loop(), name="revocation-prober")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._follower, self._prober) if t is not None]
+        self._follower = self._prober = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def wait_for_seq(self, seq: int, within: float) -> bool:
+        """Wait until events up to ``seq`` are applied; False after ``within`` seconds."""
+        deadline = self._monotonic() + within
+        while self._seq < seq:
+            remaining = deadline - self._monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+        return True
+
+    # -- internals -----------------------------------------------------------------
+    def _touch(self) -> None:
+        self._last_contact = self._monotonic()
+
+    def _notify_advanced(self) -> None:
+        # Wake every waiter, then arm a fresh event for the next change.
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    def _apply(self, event: RevocationEvent) -> bool:
+        """Apply the next event; False if it is not the next one (a gap)."""
+        if event.seq <= self._seq:
+            return True  # already applied (the follower and the prober overlap)
+        if event.seq != self._seq + 1:
+            return False
+        self._serials.update(event.serials)
+        if event.kind is RevocationKind.DEVICE:
+            self._devices.add(event.device_id)
+        self._seq = event.seq
+        self.metrics.events.inc()
+        self._emit(event)
+        self._notify_advanced()
+        return True
+
+    def _emit(self, event: RevocationEvent) -> None:
+        for callback in list(self._callbacks):
+            try:
+                callback(event)
+            except Exception:  # a subscriber's bug must not stop revocation
+                log.exception("revocation subscriber failed on event %s", event.seq)
+
+    async def _resnapshot(self, cause: str) -> None:
+        async with self._sync_lock:
+            snapshot = await self._store.revocation_snapshot()
+            self._touch()
+            self._merge(snapshot, cause)
+
+    def _merge(self, snapshot: RevocationSnapshot, cause: str) -> None:
+        new_serials = snapshot.serials - self._serials
+        new_devices = snapshot.device_ids - self._devices
+        self._serials |= snapshot.serials
+        self._devices |= snapshot.device_ids
+        self._seq = snapshot.seq
+        self._loaded = True
+        self.metrics.resyncs.labels(cause=cause).inc()
+        log.info(
+            "revocation snapshot loaded (%s): seq %d, %d serials, %d devices",
+            cause,
+            snapshot.seq,
+            len(self._serials),
+            len(self._devices),
+        )
+        self._notify_advanced()
+        if cause == "start":
+            return  # nothing is connected yet: nobody to kick
+        now = dt.datetime.now(dt.UTC)
+        for device_id in sorted(new_devices):
+            self._emit(
+                RevocationEvent(
+                    snapshot.seq,
+                    RevocationKind.DEVICE,
+                    device_id,
+                    (),
+                    RevocationReason.UNSPECIFIED,
+                    now,
+                )
+            )
+        if new_serials:
+            self._emit(
+                RevocationEvent(
+                    snapshot.seq,
+                    RevocationKind.CERTIFICATE,
+                    "",
+                    tuple(sorted(new_serials)),
+                    RevocationReason.UNSPECIFIED,
+                    now,
+                )
+            )
+        self._notify_advanced()
+
+    async def _catch_up(self) -> None:
+        """Read missed events by sequence; a hole in the feed itself means resnapshot."""
+        async with self._sync_lock:
+            while True:
+                events = await self._store.feed_since(self._seq, limit=_PAGE)
+                self._touch()
+                for event in events:
+                    if not self._apply(event):
+                        break
+                else:
+                    if len(events) < _PAGE:
+                        return
+                    continue
+                break
+        log.warning("revocation feed has a hole after seq %d; taking a snapshot", self._seq)
+        await self._resnapshot("feed_hole")
+        self._restart_follower()
+
+    def _restart_follower(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        self._follower = asyncio.create_task(self._follow_loop(), name="revocation-follower")
+
+    async def _follow_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                async for event in self._store.follow_feed(self._seq):
+                    self._touch()
+                    if not self._apply(event):
+                        self.metrics.resyncs.labels(cause="gap").inc()
+                        await self._catch_up()
+                    backoff = 0.05
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the feed failing must never stop the broker
+                self.metrics.errors.inc()
+                log.warning("revocation feed follow failed: %s", exc)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _RETRY_MAX_SECONDS)
+
+    async def _probe_loop(self) -> None:
+        interval = self.settings.effective_probe_interval
+        while True:
+            try:
+                if not self._loaded:
+                    await self._resnapshot("start")
+                    self._restart_follower()
+                head = await self._store.feed_head()
+                self._touch()
+                if head < self._seq:
+                    log.warning(
+                        "revocation feed head %d is behind our seq %d (store reset?)",
+                        head,
+                        self._seq,
+                    )
+                    await self._resnapshot("feed_reset")
+                    self._restart_follower()
+                elif head > self._seq:
+                    self.metrics.resyncs.labels(cause="probe").inc()
+                    await self._catch_up()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.metrics.errors.inc()
+                log.warning("revocation feed probe failed: %s", exc)
+            await asyncio.sleep(interval)

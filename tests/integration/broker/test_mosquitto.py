@@ -1,0 +1,413 @@
+"""Mosquitto 2.0 with the fleet plugin and sidecar, against a real fleet server.
+
+Two broker nodes follow the same store: ``crl`` is the production shape
+(crlfile kept by the sidecar, so Mosquitto's TLS layer refuses revoked serials
+too), ``plain`` has no crlfile and a staleness policy, so every refusal there
+is the plugin's own and its log line can be checked. Certificates are enrolled
+over EST from a real `fleet serve`; attack certificates are minted with keys
+of the fleet data directory. Clients are paho-mqtt over real TLS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from fleet.store.records import RevocationReason
+from tests.integration.est.conftest import Fleet, running_fleet
+from tests.support.binaries import need_binary
+from tests.support.mosquitto_broker import (
+    BrokerNode,
+    Session,
+    fleet_broker,
+    load_ca,
+    mint_client_cert,
+    rogue_ca,
+    write_settings,
+)
+
+pytestmark = [
+    pytest.mark.needs_binary("mosquitto"),
+    pytest.mark.needs_binary("gcc"),
+    pytest.mark.needs_binary("openssl"),
+    pytest.mark.needs_binary("curl"),
+]
+
+KICK_DEADLINE = 1.0  # seconds from revoke to a closed session
+
+
+@dataclasses.dataclass
+class Enrolled:
+    device_id: str
+    cert: Path
+    key: Path
+    serial: int
+
+
+@dataclasses.dataclass
+class Env:
+    fleet: Fleet
+    crl: BrokerNode
+    plain: BrokerNode
+    sidecar_cert: Path
+    sidecar_key: Path
+
+    @property
+    def root(self) -> Path:
+        return self.fleet.server.root_pem
+
+    def enroll(self, device_id: str | None = None) -> Enrolled:
+        device = self.fleet.new_device(device_id=device_id)
+        key, csr = self.fleet.csr(device.device_id)
+        cert = self.fleet.issued(self.fleet.enroll(device, csr), device.device_id)
+        serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+        return Enrolled(device.device_id, cert, key, serial)
+
+    def session(
+        self, node: BrokerNode, cert: Path | None, key: Path | None, client_id: str
+    ) -> Session:
+        return Session(node.port, ca=self.root, cert=cert, key=key, client_id=client_id)
+
+    def connect(self, node: BrokerNode, device: Enrolled, client_id: str | None = None) -> Session:
+        session = self.session(node, device.cert, device.key, client_id or device.device_id)
+        assert session.open(), f"{device.device_id} could not connect: {session.connack}"
+        return session
+
+    def refused(
+        self, node: BrokerNode, cert: Path | None, key: Path | None, client_id: str
+    ) -> None:
+        session = self.session(node, cert, key, client_id)
+        try:
+            assert not session.open(), f"{client_id} was let in"
+        finally:
+            session.close()
+
+    def revoke_device(self, device_id: str) -> None:
+        now = dt.datetime.now(dt.UTC)
+        event = self.fleet.server.store(
+            lambda s: s.revoke_device(device_id, RevocationReason.KEY_COMPROMISE, now)
+        )
+        assert event is not None
+
+    def revoke_certificate(self, serial: int) -> None:
+        now = dt.datetime.now(dt.UTC)
+        event = self.fleet.server.store(
+            lambda s: s.revoke_certificate(serial, RevocationReason.KEY_COMPROMISE, now)
+        )
+        assert event is not None
+
+
+@pytest.fixture(scope="session")
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    need_binary("gcc")
+    out = tmp_path_factory.mktemp("plugin")
+    path = Path(fleet_broker("mosquitto", "build", "--out", out).stdout.strip())
+    assert path == out / "fleet_plugin.so"
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, plugin: Path) -> Iterator[Env]:
+    need_binary("mosquitto")
+    base = tmp_path_factory.mktemp("mosquitto")
+    with running_fleet(base) as fleet:
+        data = fleet.server.data_dir
+        sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
+        fleet_broker(
+            "mosquitto", "sidecar-cert",
+            "--issuing-cert", data / "ca/issuing.pem",
+            "--issuing-key", data / "ca/issuing.key",
+            "--out-cert", sidecar_cert,
+            "--out-key", sidecar_key,
+        )  # fmt: skip
+        common = functools.partial(
+            write_settings,
+            data_dir=data,
+            store_url=f"sqlite:///{data / 'fleet.db'}",
+            plugin=plugin,
+            sidecar_cert=sidecar_cert,
+            sidecar_key=sidecar_key,
+        )
+        crl = common(base / "crl", crl_url=f"{fleet.server.base}/crl")
+        plain = common(base / "plain", extra="max_staleness_seconds = 3")
+        nodes = (crl, plain)
+        try:
+            for node in nodes:
+                fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
+                node.start_broker()
+                node.start_sidecar()
+            yield Env(fleet, crl, plain, sidecar_cert, sidecar_key)
+        finally:
+            for node in nodes:
+                node.stop()
+
+
+@pytest.fixture(params=["crl", "plain"])
+def node(request: pytest.FixtureRequest, env: Env) -> BrokerNode:
+    chosen: BrokerNode = getattr(env, request.param)
+    return chosen
+
+
+def test_generated_config_is_the_documented_shape(env: Env) -> None:
+    conf = env.crl.conf.read_text()
+    assert "require_certificate true" in conf
+    assert "use_identity_as_username false" in conf
+    assert "set_tcp_nodelay true" in conf
+    assert f"crlfile {env.crl.directory / 'state/fleet.crl'}" in conf
+    assert "plugin_opt_sidecar_sha256 " in conf
+    assert "\ncrlfile " not in env.plain.conf.read_text()
+    cafile = (env.crl.directory / "state/cafile.pem").read_bytes()
+    assert len(x509.load_pem_x509_certificates(cafile)) == 2  # issuing CA + root
+
+
+def test_valid_device_connects(env: Env, node: BrokerNode) -> None:
+    device = env.enroll()
+    session = env.connect(node, device)
+    session.close()
+
+
+def test_no_certificate_is_refused(env: Env, node: BrokerNode) -> None:
+    device = env.enroll()
+    env.refused(node, None, None, device.device_id)
+
+
+def test_certificate_of_a_rogue_ca_is_refused(env: Env, node: BrokerNode) -> None:
+    device = env.enroll()
+    cert, key = mint_client_cert(
+        env.fleet.work, "rogue", common_name=device.device_id, issuer=rogue_ca("fleet root CA")
+    )
+    env.refused(node, cert, key, device.device_id)
+
+
+def test_certificate_of_the_roots_other_sub_ca_is_refused(env: Env, node: BrokerNode) -> None:
+    # The admin CA chains to the fleet root, which cafile must contain: TLS alone lets it in.
+    device = env.enroll()
+    admin_ca = load_ca(env.fleet.server.data_dir, "admin")
+    cert, key = mint_client_cert(
+        env.fleet.work, "sibling", common_name=device.device_id, issuer=admin_ca
+    )
+    mark = node.log_mark()
+    env.refused(node, cert, key, device.device_id)
+    if node is env.plain:  # with a crlfile, TLS already fails (no CRL for the admin CA)
+        node.wait_broker_log(f"device={device.device_id} .*reason=unknown_issuer", after=mark)
+
+
+def test_expired_certificate_is_refused(env: Env, node: BrokerNode) -> None:
+    device = env.enroll()
+    now = dt.datetime.now(dt.UTC)
+    cert, key = mint_client_cert(
+        env.fleet.work,
+        "expired",
+        common_name=device.device_id,
+        issuer=load_ca(env.fleet.server.data_dir, "issuing"),
+        not_before=now - dt.timedelta(days=3),
+        not_after=now - dt.timedelta(days=1),
+    )
+    env.refused(node, cert, key, device.device_id)
+
+
+def test_wrong_client_id_is_refused(env: Env, node: BrokerNode) -> None:
+    device = env.enroll()
+    mark = node.log_mark()
+    env.refused(node, device.cert, device.key, f"{device.device_id}-other")
+    node.wait_broker_log(f"device={device.device_id} .*reason=client_id_mismatch", after=mark)
+
+
+@pytest.mark.parametrize("common_name", ["dev/evil", "dev+1", "admin", "a" * 65])
+def test_device_id_outside_the_alphabet_is_refused(
+    env: Env, node: BrokerNode, common_name: str
+) -> None:
+    # Only a CA mistake could issue these; a '/' would escape devices/<id>/#.
+    cert, key = mint_client_cert(
+        env.fleet.work,
+        "bad-id",
+        common_name=common_name,
+        issuer=load_ca(env.fleet.server.data_dir, "issuing"),
+    )
+    mark = node.log_mark()
+    env.refused(node, cert, key, common_name)
+    node.wait_broker_log(r"reason=bad_device_id", after=mark)
+
+
+def test_revoked_device_is_refused(env: Env, node: BrokerNode) -> None:
+    device = env.enroll()
+    env.revoke_device(device.device_id)
+    node.wait_broker_log(f"revoked device={device.device_id}", timeout=5)
+    mark = node.log_mark()
+    env.refused(node, device.cert, device.key, device.device_id)
+    if node is env.plain:
+        node.wait_broker_log(
+            f"device={device.device_id} serial={device.serial:x} reason=revoked", after=mark
+        )
+
+
+def test_each_device_is_confined_to_its_topics(env: Env) -> None:
+    a_dev, b_dev = env.enroll(), env.enroll()
+    a, b = env.connect(env.crl, a_dev), env.connect(env.crl, b_dev)
+    try:
+        a_root, b_root = f"devices/{a_dev.device_id}", f"devices/{b_dev.device_id}"
+        assert a.subscribe(f"{a_root}/#")
+        assert b.subscribe(f"{b_root}/#")
+        for wider in ("#", "devices/#", "devices/+/cmd", f"{b_root}/#", "$SYS/#", "$CONTROL/#"):
+            assert not a.subscribe(wider), wider
+        a.publish(f"{a_root}/telemetry", b"mine")
+        a.publish(f"{b_root}/cmd", b"intrusion")
+        a.publish("elsewhere", b"intrusion")
+        time.sleep(0.3)
+        assert a.messages == [(f"{a_root}/telemetry", b"mine")]
+        assert b.messages == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_device_cannot_send_control_commands(env: Env) -> None:
+    victim, attacker = env.enroll(), env.enroll()
+    v = env.connect(env.crl, victim)
+    a = env.connect(env.crl, attacker)
+    try:
+        a.publish("$CONTROL/fleet/v1", f"revoke 999 device {victim.device_id}".encode())
+        a.publish("$CONTROL/fleet/v1", b"reload")
+        time.sleep(0.5)
+        assert not v.disconnected.is_set()
+        assert f"revoked device={victim.device_id}" not in env.crl.broker_log.read_text()
+    finally:
+        v.close()
+        a.close()
+
+
+def test_a_forged_sidecar_certificate_is_refused(env: Env) -> None:
+    # Same CN, same issuing CA, but not the pinned certificate.
+    cert, key = mint_client_cert(
+        env.fleet.work,
+        "forged-sidecar",
+        common_name="fleet:sidecar",
+        issuer=load_ca(env.fleet.server.data_dir, "issuing"),
+    )
+    mark = env.crl.log_mark()
+    env.refused(env.crl, cert, key, "fleet:sidecar")
+    env.crl.wait_broker_log("reason=sidecar_pin_mismatch", after=mark)
+
+
+def test_client_id_takeover_by_another_device_is_refused(env: Env) -> None:
+    owner, thief = env.enroll(), env.enroll()
+    session = env.connect(env.crl, owner)
+    try:
+        env.refused(env.crl, thief.cert, thief.key, owner.device_id)
+        time.sleep(0.3)
+        assert not session.disconnected.is_set(), "the real device was kicked off"
+    finally:
+        session.close()
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _assert_kicked(env: Env, node: BrokerNode, session: Session, device: Enrolled) -> None:
+    assert session.disconnected.wait(5), (
+        f"the session was not closed\n--- broker:\n{_tail(node.broker_log)}"
+        f"\n--- sidecar:\n{_tail(node.sidecar_log)}"
+    )
+    env.refused(node, device.cert, device.key, device.device_id)
+
+
+@pytest.mark.parametrize("what", ["device", "certificate"])
+def test_revoke_while_connected_closes_the_session_within_a_second(
+    env: Env, node: BrokerNode, what: str
+) -> None:
+    device, bystander = env.enroll(), env.enroll()
+    session = env.connect(node, device)
+    other = env.connect(node, bystander)
+    try:
+        started = time.monotonic()
+        if what == "device":
+            env.revoke_device(device.device_id)
+        else:
+            env.revoke_certificate(device.serial)
+        assert session.disconnected.wait(5)
+        assert session.disconnected_at - started <= KICK_DEADLINE
+        env.refused(node, device.cert, device.key, device.device_id)
+        assert not other.disconnected.is_set()
+    finally:
+        session.close()
+        other.close()
+
+
+def test_revocations_reach_the_crlfile(env: Env) -> None:
+    device = env.enroll()
+    env.revoke_device(device.device_id)
+    crlfile = env.crl.directory / "state/fleet.crl"
+    deadline = time.monotonic() + 10
+    while True:
+        crl = x509.load_pem_x509_crl(crlfile.read_bytes())
+        if crl.get_revoked_certificate_by_serial_number(device.serial) is not None:
+            break
+        assert time.monotonic() < deadline, "the CRL never listed the revoked serial"
+        time.sleep(0.1)
+
+
+def test_sidecar_restart_resyncs_and_kicks_what_was_revoked_meanwhile(env: Env) -> None:
+    node = env.crl
+    device = env.enroll()
+    session = env.connect(node, device)
+    try:
+        node.stop_sidecar()
+        env.revoke_device(device.device_id)
+        time.sleep(0.5)
+        assert not session.disconnected.is_set()  # nobody told the broker yet
+        node.start_sidecar()
+        _assert_kicked(env, node, session, device)
+    finally:
+        session.close()
+        if node.sidecar is None:
+            node.start_sidecar()
+
+
+def test_broker_restart_keeps_revoked_devices_out(env: Env) -> None:
+    node = env.crl
+    device, other = env.enroll(), env.enroll()
+    node.stop_broker()
+    try:
+        env.revoke_device(device.device_id)  # while the broker is down
+        time.sleep(0.5)  # the sidecar writes the snapshot and CRL meanwhile
+    finally:
+        mark = node.log_mark()
+        node.start_broker()
+    node.wait_broker_log("fleet: loaded snapshot", after=mark)
+    env.refused(node, device.cert, device.key, device.device_id)
+    env.connect(node, other).close()
+    # The sidecar reconnected by itself and resynced the plugin.
+    node.wait_sidecar_log("resynced the plugin", timeout=10)
+
+
+def test_stale_feed_refuses_new_connections_until_the_sidecar_is_back(env: Env) -> None:
+    node = env.plain  # max_staleness_seconds = 3
+    connected_before = env.connect(node, env.enroll())
+    device = env.enroll()
+    node.stop_sidecar()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            mark = node.log_mark()
+            session = env.session(node, device.cert, device.key, device.device_id)
+            admitted = session.open()
+            session.close()
+            if not admitted:
+                node.wait_broker_log("reason=stale_revocation_data", after=mark)
+                break
+            assert time.monotonic() < deadline, "a stale plugin kept admitting devices"
+            time.sleep(0.5)
+        # Sessions admitted on good data stay up (policy: refuse new ones only).
+        assert not connected_before.disconnected.is_set()
+    finally:
+        node.start_sidecar()
+        connected_before.close()
+    env.connect(node, device).close()

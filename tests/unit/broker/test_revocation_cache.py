@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncGenerator
+
+from broker_plugins.revocation_cache import CacheSettings, RevocationCache
+from fleet.errors import StoreUnavailable
+from fleet.store.records import (
+    RevocationEvent,
+    RevocationKind,
+    RevocationReason,
+    RevocationSnapshot,
+)
+
+AT = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+
+
+def event(seq: int, device: str, serial: int) -> RevocationEvent:
+    return RevocationEvent(
+        seq, RevocationKind.DEVICE, device, (serial,), RevocationReason.UNSPECIFIED, AT
+    )
+
+
+class FakeFeed:
+    """A store's feed: events by sequence; ``follow_feed`` may drop events (gaps)."""
+
+    def __init__(self) -> None:
+        self.events: list[RevocationEvent] = []
+        self.down = False
+        self.drop: set[int] = set()
+        self.appended = asyncio.Event()
+
+    def append(self, device: str, serial: int) -> RevocationEvent:
+        e = event(len(self.events) + 1, device, serial)
+        self.events.append(e)
+        self.appended.set()
+        return e
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreUnavailable("down")
+
+    async def revocation_snapshot(self) -> RevocationSnapshot:
+        self._check()
+        return RevocationSnapshot(
+            len(self.events),
+            frozenset(s for e in self.events for s in e.serials),
+            frozenset(e.device_id for e in self.events),
+        )
+
+    async def feed_head(self) -> int:
+        self._check()
+        return len(self.events)
+
+    async def feed_since(self, seq: int, *, limit: int = 1000) -> list[RevocationEvent]:
+        self._check()
+        return [e for e in self.events if e.seq > seq][:limit]
+
+    async def follow_feed(self, after_seq: int) -> AsyncGenerator[RevocationEvent, None]:
+        last = after_seq
+        while True:
+            self.appended.clear()
+            for e in list(self.events):
+                if e.seq > last:
+                    last = e.seq
+                    if e.seq not in self.drop:
+                        yield e
+            await self.appended.wait()
+
+
+async def test_snapshot_then_events_then_gap_is_filled() -> None:
+    feed = FakeFeed()
+    feed.append("d1", 1)
+    cache = RevocationCache(feed, CacheSettings(max_staleness=5, probe_interval=0.05))  # type: ignore[arg-type]
+    seen: list[int] = []
+    cache.on_revoked(lambda e: seen.append(e.seq))
+    await cache.start()
+    try:
+        assert cache.is_revoked(1)
+        assert cache.is_device_revoked("d1")
+        assert cache.usable()
+        feed.drop = {2}  # the notification of event 2 is lost
+        feed.append("d2", 2)
+        feed.append("d3", 3)
+        assert await cache.wait_for_seq(3, 2)
+        assert cache.is_revoked(2)
+        assert cache.is_device_revoked("d3")
+        assert seen == [2, 3]
+    finally:
+        await cache.close()
+
+
+async def test_feed_reset_never_unrevokes() -> None:
+    feed = FakeFeed()
+    feed.append("d1", 1)
+    feed.append("d2", 2)
+    cache = RevocationCache(feed, CacheSettings(max_staleness=5, probe_interval=0.05))  # type: ignore[arg-type]
+    await cache.start()
+    try:
+        feed.events = []  # a Redis without persistence restarted empty
+        feed.append("d9", 9)
+        for _ in range(100):
+            if cache.is_revoked(9):
+                break
+            await asyncio.sleep(0.02)
+        assert cache.is_revoked(9)
+        assert cache.is_revoked(1)
+        assert cache.is_device_revoked("d2")
+    finally:
+        await cache.close()
+
+
+async def test_staleness_policy() -> None:
+    feed = FakeFeed()
+    clock = [100.0]
+    closed = RevocationCache(
+        feed,
+        CacheSettings(max_staleness=1, probe_interval=0.02),
+        monotonic=lambda: clock[0],  # type: ignore[arg-type]
+    )
+    opened = RevocationCache(
+        feed,
+        CacheSettings(max_staleness=1, fail_open=True, probe_interval=0.02),
+        monotonic=lambda: clock[0],  # type: ignore[arg-type]
+    )
+    await closed.start()
+    await opened.start()
+    try:
+        assert closed.usable()
+        assert opened.usable()
+        feed.down = True
+        await asyncio.sleep(0.1)
+        clock[0] += 1.5
+        assert closed.staleness_seconds() >= 1.5
+        assert not closed.usable()
+        assert opened.usable()
+        feed.down = False
+        await asyncio.sleep(0.1)
+        assert closed.usable()
+    finally:
+        await closed.close()
+        await opened.close()
+
+
+async def test_nothing_known_before_the_first_snapshot() -> None:
+    feed = FakeFeed()
+    feed.down = True
+    cache = RevocationCache(feed, CacheSettings(max_staleness=1, fail_open=True))  # type: ignore[arg-type]
+    await cache.start(initial_timeout=0.1)
+    try:
+        assert not cache.usable()
+    finally:
+        await cache.close()
