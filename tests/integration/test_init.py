@@ -133,16 +133,3 @@ def test_bad_server_name_is_refused_before_anything_is_written(tmp_path: Path) -
     assert result.returncode == 1
     assert "neither an IP address nor a DNS name" in result.stderr
     assert not (tmp_path / "data").exists()
-
-
-def test_unbuilt_commands_say_so_and_fail() -> None:
-    for script in ("firmware_sim.cli",):
-        proc = subprocess.run(
-            [sys.executable, "-c", f"import {script} as m; m.main()"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 3
-        assert "not built yet" in proc.stderr

@@ -1,0 +1,712 @@
+"""`fleet-sim run --scenario NAME --devices N`: fleet situations with faults, checked and measured.
+
+Every scenario starts a fresh world (data directory, `fleet serve`, embedded
+broker), runs real devices (``SimDevice``: the agent's own EST and MQTT code)
+through one situation, and returns a :class:`Report`: checks (each passed or
+not, with what was seen), figures (latencies, counts, wall time, peak memory)
+and time series for plots. The run exits 0 only if every check passed.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime as dt
+import functools
+import importlib
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+from device_agent.agent import RenewResult
+from device_agent.errors import AgentError, Pending, Refused, Transient
+from device_agent.mqtt import MqttSession
+from device_agent.renewal import Phase, RenewalPolicy, assess
+from device_agent.testhooks import CRASH_AT_ENV, CRASH_STEPS, SystemClock
+from firmware_sim.device import BrokerAddress, SimDevice
+from firmware_sim.factory import FactoryOutput, manifest_text, run_factory
+from firmware_sim.world import LOOPBACK, BrokerThread, World
+from fleet.authority.admin import approve_device
+from fleet.authority.lifecycle import revoke_device
+from fleet.store.protocol import Store
+from fleet.store.records import DeviceState, RevocationReason
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+ADMIN = "admin:fleet-sim"
+MAX_WORKERS = 32
+# Simulated devices retry on a compressed time scale (the real floor is 5 s, base 10 s, cap 1 h):
+# the same backoff logic, seconds instead of minutes.
+SIM_POLICY = RenewalPolicy(backoff_floor=0.5, backoff_base=1.0, backoff_cap=5.0)
+
+
+# -- report ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclasses.dataclass
+class Report:
+    scenario: str
+    devices: int
+    checks: list[Check] = dataclasses.field(default_factory=list)
+    figures: dict[str, float | int | str] = dataclasses.field(default_factory=dict)
+    # name -> (x, y) points, for plots: e.g. enrollment latencies, connected devices over time
+    series: dict[str, list[tuple[float, float]]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def check(self, name: str, passed: bool, detail: str) -> bool:
+        self.checks.append(Check(name, passed, detail))
+        return passed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "devices": self.devices,
+            "ok": self.ok,
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+            "figures": self.figures,
+            "series": {k: [list(p) for p in v] for k, v in self.series.items()},
+        }
+
+    def render(self) -> str:
+        lines = [f"scenario {self.scenario} — {self.devices} devices", ""]
+        width = max([len(c.name) for c in self.checks] + [5])
+        lines.append(f"  {'check':<{width}}  result  detail")
+        lines.append(f"  {'-' * width}  ------  {'-' * 40}")
+        for c in self.checks:
+            lines.append(f"  {c.name:<{width}}  {'✓ ok' if c.passed else '✗ FAIL':<6}  {c.detail}")
+        if self.figures:
+            lines.append("")
+            fwidth = max(len(k) for k in self.figures)
+            lines.append(f"  {'figure':<{fwidth}}  value")
+            lines.append(f"  {'-' * fwidth}  {'-' * 12}")
+            for key, value in self.figures.items():
+                shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+                lines.append(f"  {key:<{fwidth}}  {shown}")
+        lines.append("")
+        passed = sum(c.passed for c in self.checks)
+        verdict = "OK" if self.ok else "FAILED"
+        lines.append(f"{self.scenario}: {verdict} ({passed}/{len(self.checks)} checks passed)")
+        return "\n".join(lines)
+
+
+def write_plots(report: Report, directory: Path) -> list[Path]:
+    """PNG plots of the report's series, if matplotlib is installed; else nothing."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+    except ImportError:
+        return []
+    matplotlib.use("Agg")
+    pyplot = importlib.import_module("matplotlib.pyplot")
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, points in report.series.items():
+        if not points:
+            continue
+        figure = pyplot.figure(figsize=(6, 3.5))
+        axes = figure.add_subplot(1, 1, 1)
+        xs, ys = zip(*points, strict=True)
+        if name.endswith("_latency_s"):
+            axes.hist(ys, bins=min(30, max(5, len(ys) // 3)))
+            axes.set_xlabel("seconds")
+            axes.set_ylabel("devices")
+        else:
+            axes.step(xs, ys, where="post")
+            axes.set_xlabel("seconds since start")
+        axes.set_title(f"{report.scenario}: {name}")
+        path = directory / f"{report.scenario}-{name}.png"
+        figure.tight_layout()
+        figure.savefig(path)
+        pyplot.close(figure)
+        written.append(path)
+    return written
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+class Progress:
+    """One progress line (rewritten in place on a terminal, printed now and then otherwise)."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._lock = threading.Lock()
+        self._last = 0.0
+
+    def update(self, phase: str, done: int, total: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            final = done >= total
+            if not self.tty and not final and now - self._last < 2.0:
+                return
+            self._last = now
+            width = 30
+            filled = int(width * done / total) if total else width
+            bar = "#" * filled + "." * (width - filled)
+            text = f"  {phase:<22} [{bar}] {done}/{total}"
+            if self.tty:
+                self.out.write("\r" + text + ("\n" if final else ""))
+            else:
+                self.out.write(text + "\n")
+            self.out.flush()
+
+    def note(self, text: str) -> None:
+        with self._lock:
+            self.out.write(f"  {text}\n")
+            self.out.flush()
+
+
+def parallel(
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    progress: Progress,
+    phase: str,
+    workers: int = MAX_WORKERS,
+) -> list[tuple[T, R | BaseException, float]]:
+    """``fn`` over ``items`` on a thread pool: (item, result or exception, seconds) each."""
+    results: list[tuple[T, R | BaseException, float]] = []
+
+    def timed(item: T) -> tuple[R | BaseException, float]:
+        started = time.monotonic()
+        try:
+            return fn(item), time.monotonic() - started
+        except Exception as exc:
+            return exc, time.monotonic() - started
+
+    progress.update(phase, 0, len(items))
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(workers, len(items)))) as pool:
+        futures = {pool.submit(timed, item): item for item in items}
+        for future in concurrent.futures.as_completed(futures):
+            outcome, seconds = future.result()
+            results.append((futures[future], outcome, seconds))
+            progress.update(phase, len(results), len(items))
+    return results
+
+
+def _failures(results: Iterable[tuple[T, object, float]]) -> list[tuple[T, BaseException]]:
+    return [(item, out) for item, out, _ in results if isinstance(out, BaseException)]
+
+
+def _describe(exc: object) -> str:
+    if isinstance(exc, AgentError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _percentile(values: Sequence[float], fraction: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(step)
+    return True
+
+
+# -- the test bench: a world with a factory's devices ---------------------------------------------
+
+
+class Bench:
+    """A fresh world plus ``count`` factory devices (``registered`` of them in the manifest)."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        count: int,
+        progress: Progress,
+        *,
+        registered: int | None = None,
+        server_env: dict[str, str] | None = None,
+        clock: SystemClock | None = None,
+    ) -> None:
+        self.work_dir = work_dir
+        self.progress = progress
+        self.world = World(work_dir, server_env=server_env)
+        self.count = count
+        self.registered = count if registered is None else registered
+        self.clock = clock
+        self.factory: FactoryOutput | None = None
+        self.devices: list[SimDevice] = []
+
+    def setup(self, *, broker: bool = True) -> None:
+        world = self.world
+        self.progress.note("setting up: fleet init, factory, trust, manifest, server, broker")
+        world.init()
+        factory = run_factory(self.work_dir / "factory", self.count, now=world.now())
+        self.factory = factory
+        world.fleet("trust", "add-manufacturer", factory.ca_cert)
+        manifest = self.work_dir / "manifest-registered.csv"
+        manifest.write_text(manifest_text(factory.devices[: self.registered]))
+        if self.registered:
+            world.fleet("manifest", "import", manifest)
+        world.start_server()
+        if broker:
+            world.start_broker()
+        self.devices = [
+            SimDevice(
+                d.device_id,
+                self.work_dir / "devices" / d.device_id,
+                server=world.server.base,
+                ca_fingerprint=world.root_fingerprint,
+                bootstrap_cert=d.cert,
+                bootstrap_key=d.key,
+                clock=self.clock,
+                policy=SIM_POLICY,
+                rng=random.Random(d.device_id),  # noqa: S311 - jitter, not secrets
+                sleep=time.sleep,
+            )
+            for d in factory.devices
+        ]
+
+    @property
+    def broker_address(self) -> BrokerAddress:
+        assert self.world.broker is not None
+        return BrokerAddress(LOOPBACK, self.world.broker.port)
+
+    def enroll_all(
+        self, devices: Sequence[SimDevice], phase: str = "enrolling", max_wait: float = 30.0
+    ) -> list[tuple[SimDevice, object, float]]:
+        results = parallel(lambda d: d.enroll(max_wait=max_wait), devices, self.progress, phase)
+        return [(d, out, s) for d, out, s in results]
+
+    def connect_all(self, devices: Sequence[SimDevice], timeout: float = 20.0) -> list[str]:
+        """Connect each device; the ids not connected within ``timeout``."""
+        for device in devices:
+            device.connect(self.broker_address, heartbeat=3600)
+        deadline = time.monotonic() + timeout
+        missing = []
+        for index, device in enumerate(devices, start=1):
+            assert device.session is not None
+            if not device.session.wait_connected(max(0.0, deadline - time.monotonic())):
+                missing.append(device.device_id)
+            self.progress.update("connecting", index, len(devices))
+        return missing
+
+    def broker_sees_issued_serials(self, devices: Sequence[SimDevice]) -> list[str]:
+        broker = self.world.broker
+        assert broker is not None
+        return [
+            d.device_id
+            for d in devices
+            if d.identity is None or broker.serials_of(d.device_id) != {d.identity.serial}
+        ]
+
+    def store(self, action: Callable[[Store], Any]) -> Any:
+        return self.world.store(action)
+
+    def teardown(self) -> None:
+        for device in self.devices:
+            with contextlib.suppress(Exception):
+                device.disconnect(timeout=2)
+        self.world.stop()
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+
+
+def first_boot_storm(bench: Bench, report: Report) -> None:
+    """Every device boots at once: concurrent enrollments, then every session connects."""
+    started = time.monotonic()
+    results = bench.enroll_all(bench.devices, "first boot (EST)")
+    failures = _failures(results)
+    latencies = [s for _, out, s in results if not isinstance(out, BaseException)]
+    report.check(
+        "all enrolled",
+        not failures,
+        f"{len(latencies)}/{bench.count} enrolled"
+        + (f"; e.g. {failures[0][0].device_id}: {_describe(failures[0][1])}" if failures else ""),
+    )
+    report.figures["enroll_p50_s"] = _percentile(latencies, 0.5)
+    report.figures["enroll_p95_s"] = _percentile(latencies, 0.95)
+    report.figures["enroll_max_s"] = max(latencies, default=0.0)
+    report.figures["enroll_wall_s"] = time.monotonic() - started
+    report.series["enroll_latency_s"] = [(i, s) for i, s in enumerate(sorted(latencies))]
+    enrolled = [d for d in bench.devices if d.identity is not None]
+    connect_started = time.monotonic()
+    missing = bench.connect_all(enrolled)
+    report.figures["connect_wall_s"] = time.monotonic() - connect_started
+    report.check(
+        "all connected over mTLS",
+        not missing and len(enrolled) == bench.count,
+        f"{len(enrolled) - len(missing)}/{bench.count} connected",
+    )
+    wrong = bench.broker_sees_issued_serials(enrolled)
+    report.check("broker sees issued serials", not wrong, f"{len(wrong)} mismatches")
+    states = bench.store(lambda s: _states(s, [d.device_id for d in bench.devices]))
+    active = sum(1 for st in states.values() if st is DeviceState.ACTIVE)
+    report.check("server lists all active", active == bench.count, f"{active} active")
+
+
+def revoke_while_connected(bench: Bench, report: Report) -> None:
+    """Revoke some connected devices: each is kicked live and cannot come back; others stay."""
+    _enroll_and_connect(bench, report)
+    broker = bench.world.broker
+    assert broker is not None
+    victims = bench.devices[: max(1, bench.count // 10)]
+    survivors = bench.devices[len(victims) :]
+    lags = []
+    for index, device in enumerate(victims, start=1):
+        session = device.session
+        assert session is not None
+        started = time.monotonic()
+        bench.store(functools.partial(_revoke, device_id=device.device_id))
+        if _wait_until(
+            functools.partial(_kicked, broker, device.device_id, session),
+            10,
+        ):
+            lags.append(time.monotonic() - started)
+        bench.progress.update("revoking", index, len(victims))
+    report.check(
+        "revoked devices kicked live", len(lags) == len(victims), f"{len(lags)}/{len(victims)}"
+    )
+    report.figures["revoke_to_disconnect_p50_ms"] = _percentile(lags, 0.5) * 1000
+    report.figures["revoke_to_disconnect_max_ms"] = max(lags, default=0.0) * 1000
+    report.series["revoke_to_disconnect_latency_s"] = list(enumerate(lags))
+    # Their own MQTT code keeps trying with the revoked certificate: all refused.
+    refused_before = broker.refused("revoked")
+    report.check(
+        "reconnects refused",
+        _wait_until(lambda: broker.refused("revoked") >= refused_before + len(victims), 15)
+        and all(d.session is not None and d.session.connections == 1 for d in victims),
+        f"{broker.refused('revoked') - refused_before:.0f} refusals (revoked)",
+    )
+    renewals = [_outcome(functools.partial(d.renew, force=True)) for d in victims]
+    report.check(
+        "revoked devices cannot renew",
+        all(isinstance(r, Refused) for r in renewals),
+        ", ".join(sorted({type(r).__name__ for r in renewals})),
+    )
+    still = [d.device_id for d in survivors if d.session is None or not d.session.connected]
+    report.check("other devices unaffected", not still, f"{len(survivors) - len(still)} connected")
+
+
+def cloned_bootstrap(bench: Bench, report: Report) -> None:
+    """Clones of enrolled devices (same bootstrap cert and key, new key) are held and flagged."""
+    _enroll_and_connect(bench, report)
+    originals = bench.devices[: max(1, bench.count // 5)]
+    assert bench.factory is not None
+    factory = {d.device_id: d for d in bench.factory.devices}
+
+    def attempt(original: SimDevice) -> object:
+        made = factory[original.device_id]
+        clone = SimDevice(
+            original.device_id,
+            bench.work_dir / "clones" / original.device_id,
+            server=bench.world.server.base,
+            ca_fingerprint=bench.world.root_fingerprint,
+            bootstrap_cert=made.cert,
+            bootstrap_key=made.key,
+        )
+        return _outcome(lambda: clone.enroll(max_wait=0.0))
+
+    outcomes = [attempt(d) for d in originals]
+    stopped = [o for o in outcomes if isinstance(o, Pending | Refused)]
+    report.check(
+        "clones get no certificate",
+        len(stopped) == len(originals),
+        f"{len(stopped)}/{len(originals)} held or refused "
+        f"({', '.join(sorted({type(o).__name__ for o in outcomes}))})",
+    )
+    flagged = bench.store(lambda s: _flagged(s, [d.device_id for d in originals]))
+    report.check(
+        "audit flags possible_clone",
+        flagged == len(originals),
+        f"{flagged}/{len(originals)} flagged",
+    )
+
+
+def manual_approval_queue(bench: Bench, report: Report) -> None:
+    """Half the devices are not in the manifest: held (202) until an admin approves each."""
+    known = bench.devices[: bench.registered]
+    unknown = bench.devices[bench.registered :]
+    results = bench.enroll_all(known, "manifest devices")
+    report.check("manifest devices enroll", not _failures(results), f"{len(known)} enrolled")
+    first = [_outcome(functools.partial(d.enroll, max_wait=0.0)) for d in unknown]
+    report.check(
+        "unknown devices held (202)",
+        all(isinstance(o, Pending) for o in first),
+        f"{sum(isinstance(o, Pending) for o in first)}/{len(unknown)} pending",
+    )
+    states = bench.store(lambda s: _states(s, [d.device_id for d in unknown]))
+    queued = sum(1 for st in states.values() if st is DeviceState.PENDING)
+    report.check("approval queue lists them", queued == len(unknown), f"{queued} pending")
+    approved_at: dict[str, float] = {}
+
+    def admin() -> None:  # approves one every 50 ms while the devices keep asking
+        for device in unknown:
+            time.sleep(0.05)
+            bench.store(functools.partial(_approve, device_id=device.device_id))
+            approved_at[device.device_id] = time.monotonic()
+
+    thread = threading.Thread(target=admin, daemon=True)
+    thread.start()
+    results = bench.enroll_all(unknown, "waiting for approval", max_wait=30.0)
+    thread.join(30)
+    report.check(
+        "approved devices enroll by themselves",
+        not _failures(results),
+        f"{len(unknown) - len(_failures(results))}/{len(unknown)} enrolled after approval",
+    )
+    done_at = time.monotonic()
+    waits = [done_at - approved_at.get(d.device_id, done_at) for d in unknown]
+    report.figures["approval_to_enrolled_max_s"] = max(waits, default=0.0)
+
+
+def server_outage_and_recovery(bench: Bench, report: Report) -> None:
+    """The EST server goes down: connected devices stay connected, enrollments wait it out."""
+    half = max(1, bench.count // 2)
+    early, late = bench.devices[:half], bench.devices[half:]
+    results = bench.enroll_all(early, "before the outage")
+    report.check("enrolled before the outage", not _failures(results), f"{len(early)}")
+    missing = bench.connect_all(early)
+    report.check("connected before the outage", not missing, f"{len(early) - len(missing)}")
+    port = bench.world.server.port
+    bench.world.server.stop()
+    bench.progress.note(f"EST server stopped (port {port})")
+    during = [_outcome(functools.partial(d.enroll, max_wait=0.0)) for d in late[:3]]
+    report.check(
+        "enrollment during the outage is transient",
+        all(isinstance(o, Transient) for o in during),
+        ", ".join(sorted({type(o).__name__ for o in during})) or "no device left to try",
+    )
+    renew = _outcome(lambda: early[0].renew(force=True))
+    report.check("renewal during the outage is transient", isinstance(renew, Transient),
+                 type(renew).__name__)  # fmt: skip
+    still = [d.device_id for d in early if d.session is None or not d.session.connected]
+    report.check(
+        "MQTT sessions survive the outage", not still, f"{len(early) - len(still)} connected"
+    )
+
+    def restart() -> None:
+        time.sleep(2.0)
+        bench.world.server.start()
+        bench.progress.note("EST server back")
+
+    thread = threading.Thread(target=restart, daemon=True)
+    outage_started = time.monotonic()
+    thread.start()
+    results = bench.enroll_all(late, "waiting out the outage", max_wait=60.0)
+    thread.join(30)
+    report.check(
+        "everyone enrolled after recovery",
+        not _failures(results),
+        f"{len(late) - len(_failures(results))}/{len(late)}",
+    )
+    report.figures["outage_to_all_enrolled_s"] = time.monotonic() - outage_started
+    renewed = _outcome(functools.partial(early[0].renew, force=True))
+    report.check(
+        "renewal works after recovery",
+        isinstance(renewed, RenewResult) and renewed.renewed,
+        renewed.message if isinstance(renewed, RenewResult) else _describe(renewed),
+    )
+
+
+def renewal_wave(bench: Bench, report: Report) -> None:
+    """The fleet's clock jumps 21 days ahead (past 2/3 of 30 days): every device renews once."""
+    _enroll_and_connect(bench, report)
+    early = [_outcome(d.renew) for d in bench.devices[:3]]
+    report.check(
+        "not due at first",
+        all(getattr(r, "renewed", True) is False for r in early),
+        "renew() without --force did nothing",
+    )
+    offset = dt.timedelta(days=21)
+    assert bench.clock is not None
+    bench.clock.offset = offset
+    due = [
+        d
+        for d in bench.devices
+        if d.identity is not None
+        and assess(
+            d.identity.not_after, d.agent.next_renewal(d.identity), bench.clock.now(),
+            d.agent.policy,
+        ) is not Phase.FRESH
+    ]  # fmt: skip
+    report.check("all due 21 days later", len(due) == bench.count, f"{len(due)} due")
+    old = {d.device_id: d.serial for d in bench.devices}
+    results = parallel(lambda d: d.renew(), bench.devices, bench.progress, "renewal wave")
+    renewed = [d for d, out, _ in results if not isinstance(out, BaseException) and out.renewed]
+    latencies = [s for _, out, s in results if not isinstance(out, BaseException)]
+    report.figures["renew_p50_s"] = _percentile(latencies, 0.5)
+    report.figures["renew_p95_s"] = _percentile(latencies, 0.95)
+    report.series["renew_latency_s"] = list(enumerate(sorted(latencies)))
+    report.check("every device renewed", len(renewed) == bench.count, f"{len(renewed)}")
+    report.check(
+        "new serials",
+        all(d.serial != old[d.device_id] for d in renewed),
+        "each certificate replaced",
+    )
+    swapped = parallel(
+        lambda d: d.reconnect_with_current_identity(10), renewed, bench.progress, "reconnecting"
+    )
+    ok = [d for d, out, _ in swapped if out is True]
+    report.check("reconnected with the new certificate", len(ok) == len(renewed), f"{len(ok)}")
+    wrong = bench.broker_sees_issued_serials(renewed)
+    report.check("broker sees the new serials", not wrong, f"{len(wrong)} mismatches")
+
+
+def power_loss_during_renewal(bench: Bench, report: Report) -> None:
+    """Power is cut at every step of a renewal (the agent killed like SIGKILL); each recovers."""
+    _enroll_and_connect(bench, report, connect=False)
+    crashes: list[tuple[SimDevice, str, int]] = []
+    for index, device in enumerate(bench.devices):
+        step = CRASH_STEPS[index % len(CRASH_STEPS)]
+        proc = subprocess.run(
+            [sys.executable, "-m", "device_agent", "renew", "--force",
+             "--state-dir", str(device.state.path)],
+            capture_output=True, timeout=60, check=False,
+            env={**os.environ, CRASH_AT_ENV: step},
+        )  # fmt: skip
+        crashes.append((device, step, proc.returncode))
+        bench.progress.update("power cuts", index + 1, bench.count)
+    killed = [c for c in crashes if c[2] == 137]
+    report.check(
+        "agent killed at the named step",
+        len(killed) == bench.count,
+        f"{len(killed)}/{bench.count} (steps: {', '.join(CRASH_STEPS)})",
+    )
+    usable = [d for d in bench.devices if d.agent.identity() is not None]
+    report.check(
+        "an identity survives every cut", len(usable) == bench.count, f"{len(usable)} usable"
+    )
+    results = parallel(lambda d: d.renew(force=True), bench.devices, bench.progress, "recovery")
+    failures = _failures(results)
+    report.check(
+        "next renewal recovers",
+        not failures,
+        f"{bench.count - len(failures)}/{bench.count}"
+        + (f"; e.g. {_describe(failures[0][1])}" if failures else ""),
+    )
+    missing = bench.connect_all(bench.devices)
+    report.check(
+        "everyone connects afterwards", not missing, f"{bench.count - len(missing)} connected"
+    )
+    wrong = bench.broker_sees_issued_serials(bench.devices)
+    report.check("broker sees current serials", not wrong, f"{len(wrong)} mismatches")
+
+
+def _enroll_and_connect(bench: Bench, report: Report, *, connect: bool = True) -> None:
+    results = bench.enroll_all(bench.devices)
+    failures = _failures(results)
+    report.check("all enrolled", not failures, f"{bench.count - len(failures)}/{bench.count}")
+    if connect:
+        missing = bench.connect_all(bench.devices)
+        report.check("all connected", not missing, f"{bench.count - len(missing)}/{bench.count}")
+
+
+def _outcome(fn: Callable[[], object]) -> object:
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
+
+
+async def _revoke(store: Store, device_id: str) -> object:
+    now = dt.datetime.now(dt.UTC)
+    return await revoke_device(
+        store, device_id, RevocationReason.KEY_COMPROMISE, actor=ADMIN, now=now
+    )
+
+
+async def _approve(store: Store, device_id: str) -> object:
+    return await approve_device(store, device_id, actor=ADMIN, now=dt.datetime.now(dt.UTC))
+
+
+def _kicked(broker: BrokerThread, device_id: str, session: MqttSession) -> bool:
+    return not broker.serials_of(device_id) and not session.connected
+
+
+async def _states(store: Store, ids: list[str]) -> dict[str, DeviceState]:
+    return {d: (await store.get_device(d)).state for d in ids}
+
+
+async def _flagged(store: Store, ids: list[str]) -> int:
+    count = 0
+    for device_id in ids:
+        records = await store.audit_records(device_id=device_id, after_seq=0, limit=1000)
+        if any(r.event.detail.get("flag") == "possible_clone" for r in records):
+            count += 1
+    return count
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    run: Callable[[Bench, Report], None]
+    min_devices: int = 1
+    registered_fraction: float = 1.0
+    clock: bool = False
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario("first-boot-storm", first_boot_storm),
+        Scenario("revoke-while-connected", revoke_while_connected, min_devices=2),
+        Scenario("cloned-bootstrap", cloned_bootstrap),
+        Scenario("power-loss-during-renewal", power_loss_during_renewal),
+        Scenario("server-outage-and-recovery", server_outage_and_recovery, min_devices=2),
+        Scenario("manual-approval-queue", manual_approval_queue, 2, registered_fraction=0.5),
+        Scenario("renewal-wave", renewal_wave, clock=True),
+    )
+}
+
+
+def run_scenario(
+    name: str, devices: int, work_dir: Path, progress: Progress | None = None
+) -> Report:
+    scenario = SCENARIOS[name]
+    count = max(devices, scenario.min_devices)
+    progress = progress or Progress()
+    report = Report(name, count)
+    bench = Bench(
+        work_dir,
+        count,
+        progress,
+        registered=max(1, int(count * scenario.registered_fraction)),
+        clock=SystemClock() if scenario.clock else None,
+    )
+    started = time.monotonic()
+    try:
+        bench.setup()
+        scenario.run(bench, report)
+    except Exception as exc:
+        report.check("scenario ran to the end", False, _describe(exc))
+    finally:
+        bench.teardown()
+    report.figures["wall_s"] = time.monotonic() - started
+    report.figures["peak_rss_mib"] = round(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+    )
+    return report
+
+
+def save_json(report: Report, path: Path) -> None:
+    path.write_text(json.dumps(report.to_json(), indent=2) + "\n")
