@@ -232,6 +232,11 @@ class Agent:
             self._record(exc, delay)
             log.warning("renew: %s; next attempt in %.0f s", exc.message, delay)
             raise
+        except Refused as exc:
+            # Expired with nothing else to try: a later `renew` (timer, cron) must not
+            # hammer the server with a request that will be refused; keep to the slow pace.
+            self._record(exc, exc.retry_after)
+            raise
         except AgentError as exc:
             self._record(exc, None)
             raise
@@ -286,6 +291,7 @@ class Agent:
             raise Refused(
                 f"{refusal.message}; {plan.explanation}",
                 reason=refusal.reason, status=refusal.status, hint=plan.explanation,
+                retry_after=plan.delay,
             )  # fmt: skip
         try:
             identity = self._enroll_once(config, auth)
@@ -297,6 +303,7 @@ class Agent:
             raise Refused(
                 f"{exc.message}; {slow.explanation}",
                 reason=exc.reason, status=exc.status, hint=slow.explanation,
+                retry_after=slow.delay,
             ) from exc  # fmt: skip
         return RenewResult(identity, True, "re-enrolled with the bootstrap certificate")
 

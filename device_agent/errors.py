@@ -44,10 +44,20 @@ class Refused(AgentError):
 
     exit_code = EXIT_REFUSED
 
-    def __init__(self, message: str, *, reason: str, status: int, hint: str = "") -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        status: int,
+        hint: str = "",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message, hint=hint)
         self.reason = reason
         self.status = status
+        # Set when the agent will try again on its own, slowly (expired, nothing else to try).
+        self.retry_after = retry_after
 
 
 class Transient(AgentError):

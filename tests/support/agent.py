@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,124 @@ def verify_identity(state_dir: Path) -> dict[str, Any]:
     certificate = x509.load_pem_x509_certificate(cert.read_bytes())
     assert private.public_key() == certificate.public_key(), "key and certificate do not match"
     return report
+
+
+class StormProxy:
+    """A loopback stand-in for an overloaded server in front of a real one.
+
+    It terminates TLS with the server's own certificate and key (so a client
+    that pins the fleet root still verifies it). While a storm is on, each of
+    the next ``storm`` connections gets one ``503 Service Unavailable`` with
+    ``Retry-After`` after its request is read, and its time is recorded in
+    ``refused_at`` (monotonic seconds); every other connection is forwarded
+    (its time in ``forwarded_at``),
+    still encrypted, to ``target_port``.
+    """
+
+    def __init__(
+        self, target_port: int, tls_cert: Path, tls_key: Path, *, retry_after: str = "1"
+    ) -> None:
+        import ssl
+
+        self.target_port = target_port
+        self.retry_after = retry_after
+        self.port = free_port()
+        self.storm = 0
+        self.refused_at: list[float] = []
+        self.forwarded = 0
+        self.forwarded_at: list[float] = []
+        self._lock = threading.Lock()
+        self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self._tls.load_cert_chain(tls_cert, tls_key)
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start_storm(self, connections: int) -> None:
+        with self._lock:
+            self.storm = connections
+            self.refused_at = []
+
+    def __enter__(self) -> StormProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self._stop.is_set():
+                client.close()
+                return
+            with self._lock:
+                refuse = self.storm > 0
+                if refuse:
+                    self.storm -= 1
+                    self.refused_at.append(time.monotonic())
+                else:
+                    self.forwarded += 1
+                    self.forwarded_at.append(time.monotonic())
+            target = self._unavailable if refuse else self._forward
+            threading.Thread(target=target, args=(client,), daemon=True).start()
+
+    def _unavailable(self, client: socket.socket) -> None:
+        client.settimeout(10)
+        try:
+            with self._tls.wrap_socket(client, server_side=True) as tls:
+                _read_request(tls)
+                tls.sendall(
+                    b"HTTP/1.1 503 Service Unavailable\r\n"
+                    b"Retry-After: " + self.retry_after.encode() + b"\r\n"
+                    b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                with contextlib.suppress(OSError):
+                    tls.unwrap()
+        except OSError:
+            pass
+        finally:
+            client.close()
+
+    def _forward(self, client: socket.socket) -> None:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(client)
+            upstream = stack.enter_context(
+                socket.create_connection(("127.0.0.1", self.target_port))
+            )
+            pump = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
+            pump.start()
+            _pump(client, upstream)
+            pump.join(timeout=30)
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one HTTP request (head and Content-Length body) so that closing does not reset."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            length = int(value.strip())
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        body += chunk
