@@ -132,6 +132,11 @@ class RevocationCache:
         self._devices: set[str] = set()
         self._seq = 0
         self._loaded = False
+        # The last event applied from the feed, and the one the prober checks the
+        # store still holds at its sequence (a restarted store reuses sequences).
+        self._last_event: RevocationEvent | None = None
+        self._anchor: RevocationEvent | None = None
+        self._unchecked: RevocationEvent | None = None  # first applied since the anchor
         self._last_contact: float | None = None
         self._callbacks: list[RevokedCallback] = []
         self._sync_lock = asyncio.Lock()
@@ -229,6 +234,9 @@ class RevocationCache:
         if event.kind is RevocationKind.DEVICE:
             self._devices.add(event.device_id)
         self._seq = event.seq
+        self._last_event = event
+        if self._unchecked is None:
+            self._unchecked = event
         self.metrics.events.inc()
         self._emit(event)
         self._notify_advanced()
@@ -253,6 +261,9 @@ class RevocationCache:
         self._serials |= snapshot.serials
         self._devices |= snapshot.device_ids
         self._seq = snapshot.seq
+        self._last_event = None
+        self._anchor = None
+        self._unchecked = None
         self._loaded = True
         self.metrics.resyncs.labels(cause=cause).inc()
         log.info(
@@ -331,6 +342,34 @@ class RevocationCache:
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _RETRY_MAX_SECONDS)
 
+    async def _event_at(self, seq: int) -> RevocationEvent | None:
+        if seq <= 0:
+            return None
+        events = await self._store.feed_since(seq - 1, limit=1)
+        return events[0] if events and events[0].seq == seq else None
+
+    async def _store_was_reset(self) -> bool:
+        """True if the store's feed differs from what we applied at the anchor.
+
+        A store that restarted empty and has already recorded as many new events
+        as we had seen looks "ahead" by sequence alone; reading after our
+        sequence would skip its first events. The event at a sequence we
+        applied is compared instead.
+        """
+        anchor = self._anchor or self._unchecked
+        if anchor is None:
+            return False
+        return await self._event_at(anchor.seq) != anchor
+
+    async def _advance_anchor(self) -> None:
+        last = self._last_event
+        self._unchecked = None
+        if last is not None and last.seq == self._seq:
+            self._anchor = last
+        elif self._seq > 0 and (self._anchor is None or self._anchor.seq != self._seq):
+            # After a snapshot we hold no event of our own: adopt the store's.
+            self._anchor = await self._event_at(self._seq)
+
     async def _probe_loop(self) -> None:
         interval = self.settings.effective_probe_interval
         while True:
@@ -348,9 +387,17 @@ class RevocationCache:
                     )
                     await self._resnapshot("feed_reset")
                     self._restart_follower()
+                elif await self._store_was_reset():
+                    log.warning(
+                        "revocation feed changed under seq %d (store reset?)",
+                        self._seq,
+                    )
+                    await self._resnapshot("feed_reset")
+                    self._restart_follower()
                 elif head > self._seq:
                     self.metrics.resyncs.labels(cause="probe").inc()
                     await self._catch_up()
+                await self._advance_anchor()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -22,6 +22,7 @@ are relative to the settings file's directory. Example::
     crl_url = "https://est.example.com:8443/crl"  # fleet serve's CRL ("" = no crlfile)
     sidecar_cert = "sidecar.pem"                  # `fleet-broker mosquitto sidecar-cert`
     sidecar_key = "sidecar.key"
+    metrics_address = "127.0.0.1:9883"           # sidecar /metrics (plugin counters too)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from fleet.errors import ConfigError
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"
 CONTROL_TOPIC = "$CONTROL/fleet/v1"
+# Where the plugin answers `stats`: delivered to the sidecar only (its ACL).
+STATS_TOPIC = "$fleet/v1/stats"
 
 _PATHS = (
     "server_cert",
@@ -85,6 +88,14 @@ class MosquittoSettings:
     broker_host: str = ""  # where the sidecar connects; default: the listen host
     user: str = ""  # mosquitto's `user` (the account it drops to when started as root)
     log_type: tuple[str, ...] = ("error", "warning", "notice", "information")
+    # HOST:PORT where the sidecar serves Prometheus /metrics ("" = none); keep it loopback.
+    metrics_address: str = ""
+
+    @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        if not self.metrics_address:
+            return None
+        return _parse_listen(self.metrics_address, "metrics_address")
 
     @property
     def cafile(self) -> Path:
@@ -182,12 +193,13 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Mosquitt
     return settings
 
 
-def _parse_listen(listen: object) -> tuple[str, int]:
+def _parse_listen(listen: object, key: str = "listen") -> tuple[str, int]:
     if not isinstance(listen, str):
-        raise ConfigError("[mosquitto] listen must be HOST:PORT")
+        raise ConfigError(f"[mosquitto] {key} must be HOST:PORT")
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"[mosquitto] listen {listen!r} must be HOST:PORT, e.g. 0.0.0.0:8883")
+        example = "0.0.0.0:8883" if key == "listen" else "127.0.0.1:9883"
+        raise ConfigError(f"[mosquitto] {key} {listen!r} must be HOST:PORT, e.g. {example}")
     return host.strip("[]"), int(port)
 
 
@@ -223,6 +235,9 @@ def _check(s: MosquittoSettings) -> None:
         raise ConfigError(
             "[mosquitto] max_staleness_seconds must be at least twice heartbeat_seconds"
         )
+    if not isinstance(s.metrics_address, str):
+        raise ConfigError("[mosquitto] metrics_address must be HOST:PORT")
+    s.metrics_listen  # noqa: B018 - parses, raising ConfigError when malformed
     if not isinstance(s.pin_sidecar, bool):
         raise ConfigError("[mosquitto] pin_sidecar must be true or false")
 

@@ -25,6 +25,8 @@
  *     revoke <seq> certificate <device_id> <serial_hex> [<serial_hex> ...]
  *     reload              re-read the snapshot file, kick revoked sessions
  *     heartbeat <seq>     the sidecar's feed is live (staleness policy)
+ *     stats               publish the counters (JSON) to $fleet/v1/stats, to
+ *                         the sidecar only (it alone may subscribe there)
  *
  * Snapshot file (written atomically by the sidecar, read at start, on
  * `reload` and on SIGHUP; entries are only ever added - revocation is
@@ -60,6 +62,8 @@
 #include <mosquitto_plugin.h>
 
 #define CONTROL_TOPIC "$CONTROL/fleet/v1"
+#define STATS_TOPIC "$fleet/v1/stats"
+#define STATS_PAYLOAD 1024
 #define DEFAULT_SIDECAR_CN "fleet:sidecar"
 #define DEFAULT_ACL_TEMPLATE "devices/%u/#"
 #define MAX_DEVICE_ID 64
@@ -207,6 +211,27 @@ struct fleet {
 	unsigned long accepted, refused, kicked;
 };
 
+/* Refusal reasons, as logged and counted (same codes as broker_plugins.decision). */
+static const char *const refusal_reasons[] = {
+	"no_certificate", "unknown_issuer", "bad_device_id", "client_id_mismatch",
+	"revoked", "stale_revocation_data", "sidecar_pin_mismatch", "internal_error",
+};
+#define N_REASONS (sizeof(refusal_reasons) / sizeof(refusal_reasons[0]))
+static unsigned long refused_by_reason[N_REASONS];
+
+static void count_refusal(const char *reason)
+{
+	size_t i;
+
+	for(i = 0; i < N_REASONS; i++){
+		if(!strcmp(reason, refusal_reasons[i])){
+			refused_by_reason[i]++;
+			return;
+		}
+	}
+	refused_by_reason[N_REASONS - 1]++; /* unknown code: count as internal_error */
+}
+
 static bool valid_device_id(const char *s, size_t len)
 {
 	size_t i;
@@ -269,6 +294,7 @@ static void refuse_log(struct fleet *f, const char *device, size_t device_len,
 	char safe[LOG_FIELD];
 
 	f->refused++;
+	count_refusal(reason);
 	log_safe(safe, sizeof(safe), device ? device : "-", device ? device_len : 1);
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"fleet: refused connection: device=%s serial=%s reason=%s",
@@ -451,8 +477,13 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 	(void)event;
 	if(!username || !ed->topic) return MOSQ_ERR_ACL_DENIED;
 	if(is_sidecar(f, username)){
-		return (ed->access == MOSQ_ACL_WRITE && !strcmp(ed->topic, CONTROL_TOPIC))
-			? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+		if(ed->access == MOSQ_ACL_WRITE) {
+			return !strcmp(ed->topic, CONTROL_TOPIC) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+		}
+		if(ed->access == MOSQ_ACL_READ || ed->access == MOSQ_ACL_SUBSCRIBE){
+			return !strcmp(ed->topic, STATS_TOPIC) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+		}
+		return MOSQ_ERR_ACL_DENIED;
 	}
 	if(!valid_device_id(username, strlen(username))) return MOSQ_ERR_ACL_DENIED;
 	return in_device_tree(f, username, ed->topic) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
@@ -560,6 +591,34 @@ static int parse_seq(const char *text, long long *out)
 	return (errno || *endp || *out < 0) ? -1 : 0;
 }
 
+/* Publish the counters as one JSON object to the sidecar only. 0 on success. */
+static int publish_stats(struct fleet *f)
+{
+	char buf[STATS_PAYLOAD];
+	size_t used = 0, i;
+	int n;
+
+	n = snprintf(buf, sizeof(buf),
+			"{\"accepted\":%lu,\"refused\":%lu,\"kicked\":%lu,\"seq\":%lld,"
+			"\"loaded\":%s,\"stale\":%s,\"fresh_age\":%lld,\"refused_by_reason\":{",
+			f->accepted, f->refused, f->kicked, f->seq,
+			f->loaded ? "true" : "false", stale(f) ? "true" : "false",
+			(long long)(time(NULL) - f->fresh_at));
+	if(n < 0 || (size_t)n >= sizeof(buf)) return -1;
+	used = (size_t)n;
+	for(i = 0; i < N_REASONS; i++){
+		n = snprintf(buf + used, sizeof(buf) - used, "%s\"%s\":%lu",
+				i ? "," : "", refusal_reasons[i], refused_by_reason[i]);
+		if(n < 0 || (size_t)n >= sizeof(buf) - used) return -1;
+		used += (size_t)n;
+	}
+	n = snprintf(buf + used, sizeof(buf) - used, "}}");
+	if(n < 0 || (size_t)n >= sizeof(buf) - used) return -1;
+	used += (size_t)n;
+	return mosquitto_broker_publish_copy(f->sidecar_cn, STATS_TOPIC, (int)used, buf, 0, false, NULL)
+		== MOSQ_ERR_SUCCESS ? 0 : -1;
+}
+
 /* One control line, NUL-terminated and modifiable. 0 on success. */
 static int control_line(struct fleet *f, char *line)
 {
@@ -574,6 +633,10 @@ static int control_line(struct fleet *f, char *line)
 		f->fresh_at = time(NULL);
 		kick_revoked_sessions(f);
 		return 0;
+	}
+	if(!strcmp(cmd, "stats")){
+		if(strtok_r(NULL, " ", &save)) return -1;
+		return publish_stats(f);
 	}
 	if(!strcmp(cmd, "heartbeat")){
 		if(parse_seq(strtok_r(NULL, " ", &save), &seq) || strtok_r(NULL, " ", &save)) return -1;

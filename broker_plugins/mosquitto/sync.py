@@ -27,6 +27,11 @@ What it does, and why each piece exists:
   ``heartbeat`` command tells the plugin its data is current; with
   ``max_staleness_seconds`` set, the plugin refuses new device connections
   once heartbeats stop for that long (fail closed).
+* **Metrics.** With ``metrics_address`` set, the sidecar serves Prometheus
+  ``/metrics``: its own (feed sequence, staleness, CRL age) and the plugin's
+  counters (connects accepted, refused by reason, sessions kicked), which it
+  asks for with a ``stats`` command every heartbeat; the plugin answers on
+  ``$fleet/v1/stats``, readable by the sidecar identity only.
 * **Store reset.** Serials learnt from a snapshot (after a Redis restart
   without persistence, or a hole in the feed) come without their device, so
   they are sent as a full reload, which finds their sessions in the plugin.
@@ -38,14 +43,16 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
+import math
 import os
 import re
 import signal
 import ssl
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -55,8 +62,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-from broker_plugins.mosquitto.config import CONTROL_TOPIC, MosquittoSettings
+from broker_plugins.mosquitto.config import CONTROL_TOPIC, STATS_TOPIC, MosquittoSettings
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from fleet.errors import ConfigError, FleetError, PolicyError
 from fleet.store.protocol import Store
@@ -108,6 +118,35 @@ class RevocationState:
         lines += [f"device {d}" for d in sorted(self.devices) if _DEVICE_ID.fullmatch(d)]
         lines.append("end")
         return "\n".join(lines) + "\n"
+
+
+def read_snapshot_file(path: Path) -> RevocationState | None:
+    """The revocations of a complete snapshot file we wrote earlier (None if none).
+
+    Merged into the sidecar's state at start: a store that lost its data (a
+    Redis without persistence restarted) must not shrink the file the plugin
+    loads when the broker restarts - revocation is permanent.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not lines or lines[0] != SNAPSHOT_HEADER or lines[-1] != "end":
+        log.warning("ignoring the incomplete snapshot file %s", path)
+        return None
+    state = RevocationState()
+    for line in lines[1:-1]:
+        key, _, value = line.partition(" ")
+        try:
+            if key == "seq":
+                state.seq = int(value)
+            elif key == "serial":
+                state.serials.add(int(value, 16))
+            elif key == "device" and _DEVICE_ID.fullmatch(value):
+                state.devices.add(value)
+        except ValueError:
+            log.warning("ignoring a bad line in the snapshot file %s: %r", path, line[:80])
+    return state
 
 
 def revoke_command(event: RevocationEvent) -> str | None:
@@ -321,7 +360,11 @@ class PluginLink:
         client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         self._client = client
+        # The plugin's last `stats` answer and when it came (monotonic).
+        self.stats: dict[str, object] = {}
+        self.stats_at: float | None = None
         self._host = settings.connect_host
         self._port = settings.listen_port
 
@@ -344,7 +387,23 @@ class PluginLink:
         if reason_code.is_failure:
             log.error("the broker refused the sidecar: %s", reason_code)
             return
+        client.subscribe(STATS_TOPIC, qos=0)
         self._loop.call_soon_threadsafe(self._connected)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic != STATS_TOPIC:
+            return
+        try:
+            stats = json.loads(msg.payload)
+        except ValueError:
+            log.warning("unreadable stats from the plugin")
+            return
+        if isinstance(stats, dict):
+            self._loop.call_soon_threadsafe(self._stats_received, stats)
+
+    def _stats_received(self, stats: dict[str, object]) -> None:
+        self.stats = stats
+        self.stats_at = time.monotonic()
 
     def _connected(self) -> None:
         self.connected.set()
@@ -371,6 +430,61 @@ class PluginLink:
         return info
 
 
+class PluginStatsCollector(Collector):
+    """The plugin's counters, as of its last `stats` answer."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self._sidecar = sidecar
+
+    def collect(self) -> Iterator[Metric]:
+        link = self._sidecar.link
+        stats = link.stats if link is not None else {}
+        age = GaugeMetricFamily(
+            "fleet_mosquitto_plugin_stats_age_seconds",
+            "Seconds since the plugin last answered `stats` (NaN: never)",
+        )
+        at = link.stats_at if link is not None else None
+        age.add_metric([], math.nan if at is None else time.monotonic() - at)
+        yield age
+        if not stats:
+            return
+        accepted = CounterMetricFamily(
+            "fleet_mosquitto_connects_accepted", "Device connects the plugin accepted"
+        )
+        accepted.add_metric([], _number(stats.get("accepted")))
+        yield accepted
+        refused = CounterMetricFamily(
+            "fleet_mosquitto_connects_refused",
+            "Connects the plugin refused, by reason",
+            labels=["reason"],
+        )
+        by_reason = stats.get("refused_by_reason")
+        if isinstance(by_reason, dict):
+            for reason, count in sorted(by_reason.items()):
+                refused.add_metric([str(reason)], _number(count))
+        yield refused
+        kicked = CounterMetricFamily(
+            "fleet_mosquitto_sessions_kicked", "Live sessions the plugin closed on revocation"
+        )
+        kicked.add_metric([], _number(stats.get("kicked")))
+        yield kicked
+        seq = GaugeMetricFamily(
+            "fleet_mosquitto_plugin_seq", "Highest revocation feed sequence the plugin applied"
+        )
+        seq.add_metric([], _number(stats.get("seq")))
+        yield seq
+        stale = GaugeMetricFamily(
+            "fleet_mosquitto_plugin_stale",
+            "1 if the plugin refuses devices as stale_revocation_data (no snapshot or heartbeat)",
+        )
+        stale.add_metric([], 1.0 if stats.get("stale") or not stats.get("loaded") else 0.0)
+        yield stale
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
 # -- the sidecar -------------------------------------------------------------------
 
 
@@ -390,12 +504,14 @@ class Sidecar:
         # cache's change callbacks (events after any snapshot are idempotent).
         self.state = RevocationState()
         self.state_loaded = False
+        self.registry = CollectorRegistry()
         self.cache = RevocationCache(
             store,
             CacheSettings(
                 max_staleness=max(settings.max_staleness_seconds, 2 * settings.heartbeat_seconds),
                 probe_interval=settings.heartbeat_seconds,
             ),
+            registry=self.registry,
         )
         self.cache.on_revoked(self._on_revoked)
         self._snapshot_dirty = asyncio.Event()
@@ -403,10 +519,27 @@ class Sidecar:
         self._crl_pending: set[int] = set()
         self._crl = CrlKeeper(settings, load_issuing_ca(settings)) if settings.crl_url else None
         self._link: PluginLink | None = None
+        crl_age = Gauge(
+            "fleet_mosquitto_crl_age_seconds",
+            "Seconds since the CRL was last fetched and validated (NaN: never or no crl_url)",
+            registry=self.registry,
+        )
+        crl_age.set_function(self._crl_age)
+        self.registry.register(PluginStatsCollector(self))
+
+    @property
+    def link(self) -> PluginLink | None:
+        return self._link
+
+    def _crl_age(self) -> float:
+        if self._crl is None or not self._crl.installed_at:
+            return math.nan
+        return time.monotonic() - self._crl.installed_at
 
     async def once(self) -> None:
         """Write cafile, snapshot and CRL, then return (before the broker starts)."""
         write_cafile(self.settings)
+        self._merge_snapshot_file()
         await self._load_state()
         self._write_snapshot_now()
         if self._crl is not None:
@@ -414,6 +547,7 @@ class Sidecar:
 
     async def run(self) -> None:
         write_cafile(self.settings)
+        self._merge_snapshot_file()
         # A store that is down at start must not stop the sidecar: the plugin keeps
         # the snapshot file it has (and the staleness policy applies) until it answers.
         await self.cache.start(initial_timeout=10.0)
@@ -424,6 +558,11 @@ class Sidecar:
             self._write_snapshot_now()
         self._link = PluginLink(self.settings, asyncio.get_running_loop())
         self._link.start()
+        metrics_server = None
+        listen = self.settings.metrics_listen
+        if listen is not None:
+            metrics_server, _ = start_http_server(listen[1], addr=listen[0], registry=self.registry)
+            log.info("metrics on http://%s:%d/metrics", *listen)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._resync_on_connect(), name="resync")
@@ -432,6 +571,8 @@ class Sidecar:
                 if self._crl is not None:
                     tasks.create_task(self._crl_loop(), name="crl")
         finally:
+            if metrics_server is not None:
+                metrics_server.shutdown()
             self._link.stop()
             await self.cache.close()
 
@@ -439,6 +580,14 @@ class Sidecar:
         """Merge a snapshot of the store into ``state`` (after the cache started)."""
         self.state.merge(await self.store.revocation_snapshot())
         self.state_loaded = True
+
+    def _merge_snapshot_file(self) -> None:
+        previous = read_snapshot_file(self.settings.snapshot_file)
+        if previous is None:
+            return
+        self.state.serials |= previous.serials
+        self.state.devices |= previous.devices
+        self.state.seq = max(self.state.seq, previous.seq)
 
     def _write_snapshot_now(self) -> None:
         write_snapshot(self.settings, self.state)
@@ -494,6 +643,7 @@ class Sidecar:
         interval = self.settings.heartbeat_seconds
         while True:
             await asyncio.sleep(interval)
+            self._link.send("stats")  # the plugin's counters, for /metrics
             if self.cache.loaded and not self.state_loaded:
                 # The store was down at start; now it answers: load, then resync the plugin.
                 try:

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import functools
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tests.support.mosquitto_broker import (
     rogue_ca,
     write_settings,
 )
+from tests.support.ports import free_port
 
 pytestmark = [
     pytest.mark.needs_binary("mosquitto"),
@@ -58,6 +60,7 @@ class Env:
     plain: BrokerNode
     sidecar_cert: Path
     sidecar_key: Path
+    plain_metrics: str = ""  # the plain node's sidecar /metrics URL
 
     @property
     def root(self) -> Path:
@@ -136,14 +139,19 @@ def env(tmp_path_factory: pytest.TempPathFactory, plugin: Path) -> Iterator[Env]
             sidecar_key=sidecar_key,
         )
         crl = common(base / "crl", crl_url=f"{fleet.server.base}/crl")
-        plain = common(base / "plain", extra="max_staleness_seconds = 3")
+        metrics_port = free_port()
+        plain = common(
+            base / "plain",
+            extra=f'max_staleness_seconds = 3\nmetrics_address = "127.0.0.1:{metrics_port}"',
+        )
         nodes = (crl, plain)
         try:
             for node in nodes:
                 fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
                 node.start_broker()
                 node.start_sidecar()
-            yield Env(fleet, crl, plain, sidecar_cert, sidecar_key)
+            metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+            yield Env(fleet, crl, plain, sidecar_cert, sidecar_key, metrics)
         finally:
             for node in nodes:
                 node.stop()
@@ -218,6 +226,54 @@ def test_wrong_client_id_is_refused(env: Env, node: BrokerNode) -> None:
     mark = node.log_mark()
     env.refused(node, device.cert, device.key, f"{device.device_id}-other")
     node.wait_broker_log(f"device={device.device_id} .*reason=client_id_mismatch", after=mark)
+
+
+def _sample(url: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - our loopback URL
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == (labels or {}):
+                return float(sample.value)
+    return None
+
+
+def _wait_sample(url: str, name: str, labels: dict[str, str] | None, want: float) -> None:
+    deadline = time.monotonic() + 10
+    while (value := _sample(url, name, labels)) != want:
+        assert time.monotonic() < deadline, f"{name}{labels} is {value}, expected {want}"
+        time.sleep(0.1)
+
+
+def test_plugin_counters_reach_the_sidecar_metrics(env: Env) -> None:
+    node, url = env.plain, env.plain_metrics
+    refused = "fleet_mosquitto_connects_refused_total"
+    mismatch = {"reason": "client_id_mismatch"}
+    accepted = "fleet_mosquitto_connects_accepted_total"
+    # The sidecar asks the plugin every heartbeat; wait for a first answer.
+    deadline = time.monotonic() + 10
+    while _sample(url, accepted) is None:
+        assert time.monotonic() < deadline, "no plugin counters on the sidecar's /metrics"
+        time.sleep(0.1)
+    device = env.enroll()
+    time.sleep(1.5)  # counters settle (other tests' connects on this node are done)
+    before_refused = _sample(url, refused, mismatch)
+    before_revoked = _sample(url, refused, {"reason": "revoked"})
+    before_accepted = _sample(url, accepted)
+    assert before_refused is not None
+    assert before_accepted is not None
+    env.refused(node, device.cert, device.key, f"{device.device_id}-other")
+    _wait_sample(url, refused, mismatch, before_refused + 1)
+    env.connect(node, device).close()
+    _wait_sample(url, accepted, None, before_accepted + 1)
+    assert _sample(url, refused, {"reason": "revoked"}) == before_revoked
+    # The sidecar's own figures are there too.
+    assert (_sample(url, "fleet_broker_revocation_feed_seq") or 0) >= 0
+    assert _sample(url, "fleet_broker_revocation_staleness_seconds") is not None
+    assert _sample(url, "fleet_mosquitto_plugin_stale") == 0
+    assert _sample(url, "fleet_mosquitto_crl_age_seconds") is not None  # NaN: no crl_url
 
 
 @pytest.mark.parametrize("common_name", ["dev/evil", "dev+1", "admin", "a" * 65])
@@ -411,3 +467,68 @@ def test_stale_feed_refuses_new_connections_until_the_sidecar_is_back(env: Env) 
         node.start_sidecar()
         connected_before.close()
     env.connect(node, device).close()
+
+
+def test_redis_restart_empty_keeps_revoked_devices_out(tmp_path: Path, plugin: Path) -> None:
+    """The store is a Redis without persistence: a restart forgets every revocation.
+
+    Neither the live plugin, nor a restarted sidecar (which rewrites the snapshot
+    file from the now empty store), nor a broker restarted on that file may let
+    the revoked device back in.
+    """
+    from tests.support.redis_server import RedisServer
+
+    need_binary("mosquitto")
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    node: BrokerNode | None = None
+    try:
+        with running_fleet(tmp_path / "fleet", env={"FLEET_STORE_URL": redis.url}) as fleet:
+            data = fleet.server.data_dir
+            sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
+            fleet_broker(
+                "mosquitto", "sidecar-cert",
+                "--issuing-cert", data / "ca/issuing.pem",
+                "--issuing-key", data / "ca/issuing.key",
+                "--out-cert", sidecar_cert,
+                "--out-key", sidecar_key,
+            )  # fmt: skip
+            node = write_settings(
+                tmp_path / "node",
+                data_dir=data,
+                store_url=redis.url,
+                plugin=plugin,
+                sidecar_cert=sidecar_cert,
+                sidecar_key=sidecar_key,
+            )
+            fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
+            node.start_broker()
+            node.start_sidecar()
+            env = Env(fleet, node, node, sidecar_cert, sidecar_key)
+            device, other = env.enroll(), env.enroll()
+            session = env.connect(node, device)
+            env.revoke_device(device.device_id)
+            assert session.disconnected.wait(5), "revoked session still open"
+            session.close()
+
+            port = redis.port
+            redis.stop()
+            redis.start(port=port)  # empty
+            time.sleep(1.5)  # the sidecar notices the reset and resyncs
+            env.refused(node, device.cert, device.key, device.device_id)
+
+            node.stop_sidecar()
+            node.start_sidecar()  # rewrites the snapshot file from the empty store
+            env.refused(node, device.cert, device.key, device.device_id)
+
+            node.stop_broker()
+            mark = node.log_mark()
+            node.start_broker()  # loads that snapshot file
+            node.wait_broker_log("fleet: loaded snapshot", after=mark)
+            node.wait_sidecar_log("resynced the plugin", timeout=10)
+            env.refused(node, device.cert, device.key, device.device_id)
+            env.connect(node, other).close()
+    finally:
+        if node is not None:
+            node.stop()
+        redis.stop()

@@ -111,6 +111,29 @@ async def test_feed_reset_never_unrevokes() -> None:
         await cache.close()
 
 
+async def test_feed_reset_already_past_our_seq_is_detected() -> None:
+    # The restarted store recorded more events than we had seen before we probed:
+    # by sequence alone it looks ahead of us, and "events after 2" would skip 1 and 2.
+    feed = FakeFeed()
+    feed.append("d1", 1)
+    feed.append("d2", 2)
+    cache = RevocationCache(feed, CacheSettings(max_staleness=5, probe_interval=0.05))  # type: ignore[arg-type]
+    await cache.start()
+    try:
+        await asyncio.sleep(0.15)  # a probe anchors event 2
+        feed.events = []
+        for device, serial in (("n1", 11), ("n2", 12), ("n3", 13)):
+            feed.append(device, serial)
+        for _ in range(100):
+            if all(cache.is_revoked(s) for s in (11, 12, 13)):
+                break
+            await asyncio.sleep(0.02)
+        assert all(cache.is_revoked(s) for s in (1, 2, 11, 12, 13))
+        assert cache.is_device_revoked("n1")
+    finally:
+        await cache.close()
+
+
 async def test_staleness_policy() -> None:
     feed = FakeFeed()
     clock = [100.0]
