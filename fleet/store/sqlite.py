@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -283,6 +285,24 @@ def _append_feed(
     return event
 
 
+@dataclasses.dataclass(slots=True)
+class _WriteJob:
+    body: Callable[[sqlite3.Connection], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+
+
+def _resolve(done: list[tuple[_WriteJob, Any, BaseException | None]]) -> None:
+    """On the event loop: hand every job of a committed (or failed) group its outcome."""
+    for job, result, error in done:
+        if job.future.cancelled():  # the caller gave up waiting; the write stands
+            continue
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
+
+
 class SqliteStore:
     """Store backed by one SQLite file; see the module docstring for the threading model."""
 
@@ -293,6 +313,11 @@ class SqliteStore:
         # Replaced on every local feed append; PRAGMA data_version does not see
         # this connection's own commits, so followers wait on this as well.
         self._feed_appended = asyncio.Event()
+        # Writes waiting for the next group commit; a drain is queued on the
+        # worker whenever the first job lands in an empty batch.
+        self._pending_lock = threading.Lock()
+        self._pending: list[_WriteJob] = []
+        self._drain_scheduled = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -363,11 +388,138 @@ class SqliteStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite database {self._path} failed: {exc}") from exc
 
+    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+        err = StoreUnavailable(f"SQLite database {self._path} failed: {exc}")
+        err.__cause__ = exc
+        return err
+
     async def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(lambda: self._transaction(True, body))
+        """Queue ``body`` for the next group commit and wait until it is durable.
+
+        The future resolves only after the group's COMMIT returned, so
+        "recorded before returned" holds exactly as with one transaction per write.
+        """
+        loop = asyncio.get_running_loop()
+        job = _WriteJob(body, loop, loop.create_future())
+        with self._pending_lock:
+            self._pending.append(job)
+            schedule = not self._drain_scheduled
+            self._drain_scheduled = True
+        if schedule:
+            try:
+                self._executor.submit(self._drain)
+            except RuntimeError as exc:  # executor shut down: the store is closed
+                with self._pending_lock:
+                    self._pending.clear()
+                    self._drain_scheduled = False
+                raise StoreUnavailable("the SQLite store is closed") from exc
+        result: T = await job.future
+        return result
+
+    # -- group commit (worker thread) ---------------------------------------------
+    def _drain(self) -> None:
+        """Run every write queued right now in ONE transaction: one fsync for the group.
+
+        Concurrent enrollments each pay an fsync (and its kernel CPU) with one
+        transaction per write; grouped, they share it. Each job runs inside its
+        own SAVEPOINT, so a job that raises (StoreConflict, NotFound, ...) undoes
+        only its own changes and gets its own exception; the others still commit.
+        """
+        with self._pending_lock:
+            jobs, self._pending = self._pending, []
+            self._drain_scheduled = False
+        outcomes: list[tuple[_WriteJob, Any, BaseException | None]] = []
+        try:
+            self._run_group(jobs, outcomes)
+        finally:
+            # One wake-up of each event loop for the whole group (usually one loop).
+            by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+            for outcome in outcomes:
+                by_loop.setdefault(outcome[0].loop, []).append(outcome)
+            for loop, done in by_loop.items():
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                    loop.call_soon_threadsafe(_resolve, done)
+
+    def _run_group(
+        self, jobs: list[_WriteJob], outcomes: list[tuple[_WriteJob, Any, BaseException | None]]
+    ) -> None:
+        """Append one (job, result, exception) per job to ``outcomes``; never raises
+        for a job's own failure."""
+        conn = self._conn
+        if conn is None:
+            closed = StoreUnavailable("the SQLite store is closed")
+            outcomes.extend((job, None, closed) for job in jobs)
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:  # e.g. locked beyond busy_timeout: nothing was written
+            outcomes.extend((job, None, self._unavailable(exc)) for job in jobs)
+            return
+        group: list[tuple[_WriteJob, Any, BaseException | None]] = []
+        # A lone job (the common case at low load) needs no savepoint: if it
+        # raises, rolling back its savepoint and committing nothing is the same
+        # as rolling back the transaction, and it saves two statements per write.
+        isolate = len(jobs) > 1
+        for index, job in enumerate(jobs):
+            try:
+                if isolate:
+                    conn.execute("SAVEPOINT job")
+                result = job.body(conn)
+                if isolate:
+                    conn.execute("RELEASE job")
+                group.append((job, result, None))
+            except Exception as exc:
+                error = self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+                if not isolate:
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    outcomes.append((job, None, error))
+                    return
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK TO job")
+                        conn.execute("RELEASE job")
+                        group.append((job, None, error))
+                        continue
+                    except sqlite3.Error:
+                        conn.execute("ROLLBACK")  # cannot isolate the job: drop the group
+                # SQLite rolled the whole transaction back (I/O error, disk full, ...):
+                # the earlier jobs' changes are gone, so they fail too; the later
+                # ones have not run and get a fresh transaction.
+                lost = StoreUnavailable(
+                    f"SQLite database {self._path} rolled back a write group: {exc}"
+                )
+                outcomes.extend((done, None, lost) for done, _, _ in group)
+                outcomes.append((job, None, error))
+                self._run_group(jobs[index + 1 :], outcomes)
+                return
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            failed = self._unavailable(exc)
+            outcomes.extend((job, None, failed) for job, _, _ in group)
+            return
+        outcomes.extend(group)
 
     async def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
         return await self._call(lambda: self._transaction(False, body))
+
+    async def _read_one(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of ONE statement: in autocommit mode a single statement already
+        sees one snapshot, so the BEGIN/COMMIT round of ``_read`` is pure cost
+        (it is on every enrollment: get_device)."""
+
+        def run() -> T:
+            conn = self._conn
+            if conn is None:
+                raise StoreUnavailable("the SQLite store is closed")
+            return body(conn)
+
+        return await self._call(run)
 
     def _close_connection(self) -> None:
         if self._conn is not None:
@@ -453,7 +605,7 @@ class SqliteStore:
         return await self._write(body)
 
     async def get_device(self, device_id: str) -> Device:
-        return await self._read(lambda conn: _fetch_device(conn, device_id))
+        return await self._read_one(lambda conn: _fetch_device(conn, device_id))
 
     async def add_pending_device(
         self, device: Device, *, audit: AuditEvent | None = None
@@ -609,7 +761,7 @@ class SqliteStore:
                 raise CertificateNotFound(f"no certificate with serial {serial:x}")
             return _certificate(row)
 
-        return await self._read(body)
+        return await self._read_one(body)
 
     async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
         def body(conn: sqlite3.Connection) -> list[CertificateRecord]:
