@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -84,6 +85,23 @@ def _check_validity(leaf: x509.Certificate, domain: TrustDomain, now: dt.datetim
 
 
 def _verifier(domain: TrustDomain, at: dt.datetime) -> verification.ClientVerifier:
+    # A verifier is bound to one verification time, so it is built per call;
+    # the anchor store and the policies are not, and are reused.
+    store, ca_policy, ee_policy = _domain_parts(domain)
+    builder = (
+        verification.PolicyBuilder()
+        .store(store)
+        .time(at)
+        .max_chain_depth(domain.max_chain_depth)
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+    )
+    return builder.build_client_verifier()
+
+
+@functools.lru_cache(maxsize=32)
+def _domain_parts(
+    domain: TrustDomain,
+) -> tuple[verification.Store, verification.ExtensionPolicy, verification.ExtensionPolicy]:
     ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
     )
@@ -91,16 +109,8 @@ def _verifier(domain: TrustDomain, at: dt.datetime) -> verification.ClientVerifi
         ee_policy = ee_policy.may_be_present(
             x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, None
         )
-    builder = (
-        verification.PolicyBuilder()
-        .store(verification.Store(list(domain.anchors)))
-        .time(at)
-        .max_chain_depth(domain.max_chain_depth)
-        .extension_policies(
-            ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(), ee_policy=ee_policy
-        )
-    )
-    return builder.build_client_verifier()
+    ca_policy = verification.ExtensionPolicy.webpki_defaults_ca()
+    return verification.Store(list(domain.anchors)), ca_policy, ee_policy
 
 
 def has_client_auth_eku(cert: x509.Certificate) -> bool:
