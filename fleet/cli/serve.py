@@ -52,8 +52,9 @@ def serve(
     """Run the EST enrollment server (HTTPS, JSON logs on stderr).
 
     Endpoints: /.well-known/est/{cacerts,csrattrs,simpleenroll,simplereenroll,
-    serverkeygen} (also under /.well-known/est/LABEL/), /metrics, /healthz, /readyz.
-    Stops cleanly on SIGTERM or SIGINT.
+    serverkeygen} (also under /.well-known/est/LABEL/); the admin API under
+    /api/v1 (described at /api/v1/openapi.json); /crl and /ocsp; /metrics,
+    /healthz, /readyz. Stops cleanly on SIGTERM or SIGINT.
     """
     configure_logging(log_level)
     config = load_config(config_path)
