@@ -19,6 +19,7 @@ from fleet.datadir import init_data_dir
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 from tests.support.ports import free_port
+from tests.support.process import stop_process
 
 T = TypeVar("T")
 
@@ -124,14 +125,7 @@ class FleetServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, grace=15)
 
     def store(self, action: Callable[[Store], Awaitable[T]]) -> T:
         return run_store(self.config_path, action, self.env)

@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from tests.support.binaries import need_binary
 from tests.support.ports import free_port
+from tests.support.process import stop_process
 
 DEVICE_ACL = "pattern readwrite devices/%u/#"
 
@@ -142,16 +143,7 @@ class Mosquitto:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()  # our own child, by its PID
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_process(proc)
 
 
 @contextlib.contextmanager

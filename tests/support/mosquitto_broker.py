@@ -42,6 +42,7 @@ from fleet.pki.keys import load_private_key_pem
 from tests.support.binaries import need_binary
 from tests.support.factory import write_pem
 from tests.support.ports import free_port
+from tests.support.process import stop_process
 
 FLEET_BROKER = str(Path(sys.executable).with_name("fleet-broker"))
 
@@ -184,15 +185,7 @@ def _listening(port: int) -> bool:
         return False
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is None:
-        return
-    proc.terminate()  # our own child, by its PID
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+_stop = stop_process
 
 
 def write_settings(

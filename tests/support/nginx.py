@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.support.binaries import need_binary
 from tests.support.ports import free_port
+from tests.support.process import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,13 +65,4 @@ class Nginx:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()  # our own nginx master, by its PID
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_process(proc)  # the nginx master; it stops its workers

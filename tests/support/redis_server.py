@@ -12,6 +12,7 @@ import pytest
 
 from tests.support.binaries import need_binary
 from tests.support.ports import free_port
+from tests.support.process import stop_process
 
 
 class RedisServer:
@@ -65,16 +66,7 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        proc.terminate()  # our own child, by its PID
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        stop_process(proc)
 
 
 @pytest.fixture(scope="session")
