@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
+from fleet.authority.audit import record_admin_action
 from fleet.errors import (
     ConfigError,
     DeviceNotFound,
@@ -29,7 +30,6 @@ from fleet.pki.device_id import validate_device_id
 from fleet.pki.fingerprint import normalize_fingerprint, sha256_fingerprint
 from fleet.store.protocol import Store
 from fleet.store.records import (
-    AuditEvent,
     Device,
     DeviceState,
     EnrollmentToken,
@@ -83,7 +83,10 @@ async def trust_manufacturer(
         )
         added = await store.add_manufacturer_ca(ca)
         if added:
-            await _audit(store, actor, "trust_add", "manufacturer_ca_added", now, ca=ca)
+            await record_admin_action(
+                store, actor, "trust_add", "manufacturer_ca_added", now,
+                sha256=ca.sha256, name=ca.name,
+            )  # fmt: skip
         results.append(TrustResult(ca, added))
     return results
 
@@ -97,7 +100,9 @@ async def distrust_manufacturer(
     except ConfigError as exc:
         raise RequestInvalid(exc.message, reason="fingerprint_invalid") from exc
     await store.remove_manufacturer_ca(sha256)
-    await _audit(store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256)
+    await record_admin_action(
+        store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256
+    )
     return sha256
 
 
@@ -156,7 +161,7 @@ async def import_manifest(
     """Import parsed manifest entries, all or nothing (see Store.import_manifest)."""
     created = await store.import_manifest(entries, now)
     result = ImportResult(created=created, updated=len(entries) - created)
-    await _audit(
+    await record_admin_action(
         store,
         actor,
         "manifest_import",
@@ -217,7 +222,7 @@ async def issue_enrollment_token(
             expires_at=expires_at,
         )
     )
-    await _audit(
+    await record_admin_action(
         store,
         actor,
         "token_issue",
@@ -286,7 +291,7 @@ async def _decide_pending(
             hint=f"Only a device waiting for approval can be {done}. "
             f"See its state with `fleet device show {device_id}`.",
         ) from exc
-    await _audit(
+    await record_admin_action(
         store,
         actor,
         action,
@@ -296,29 +301,3 @@ async def _decide_pending(
         held_for=before.state_reason,
     )
     return after
-
-
-async def _audit(
-    store: Store,
-    actor: str,
-    action: str,
-    reason: str,
-    now: dt.datetime,
-    *,
-    device_id: str | None = None,
-    ca: ManufacturerCA | None = None,
-    **detail: str,
-) -> None:
-    if ca is not None:
-        detail = {**detail, "sha256": ca.sha256, "name": ca.name}
-    await store.append_audit(
-        AuditEvent(
-            at=now,
-            actor=actor,
-            action=action,
-            outcome="done",
-            reason=reason,
-            device_id=device_id,
-            detail=detail,
-        )
-    )

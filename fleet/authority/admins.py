@@ -12,6 +12,7 @@ import re
 
 from cryptography.hazmat.primitives import serialization
 
+from fleet.authority.audit import record_admin_action
 from fleet.errors import RequestInvalid
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.fingerprint import sha256_fingerprint
@@ -19,7 +20,7 @@ from fleet.pki.issuance import ValidatedRequest, build_device_certificate, sign_
 from fleet.pki.keys import KeyType, generate_private_key
 from fleet.pki.profile import DeviceProfile
 from fleet.store.protocol import Store
-from fleet.store.records import AdminCredential, AdminRole, AuditEvent
+from fleet.store.records import AdminCredential, AdminRole
 from fleet.tokens import new_token, token_sha256
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
@@ -53,7 +54,9 @@ async def create_admin_certificate(
     )
     sha256 = sha256_fingerprint(certificate)
     await store.put_admin_credential(AdminCredential(name, role, "certificate", sha256, now))
-    await _audit(store, actor, "admin_create", name, role, sha256, now)
+    await record_admin_action(
+        store, actor, "admin_create", f"role_{role.value}", now, admin=name, sha256=sha256
+    )
     return CertifiedKey(certificate, key)
 
 
@@ -65,23 +68,10 @@ async def create_admin_token(
     token = new_token()
     sha256 = token_sha256(token)
     await store.put_admin_credential(AdminCredential(name, role, "token", sha256, now))
-    await _audit(store, actor, "admin_token", name, role, sha256, now)
-    return token
-
-
-async def _audit(
-    store: Store, actor: str, action: str, name: str, role: AdminRole, sha256: str, now: dt.datetime
-) -> None:
-    await store.append_audit(
-        AuditEvent(
-            at=now,
-            actor=actor,
-            action=action,
-            outcome="done",
-            reason=f"role_{role.value}",
-            detail={"admin": name, "sha256": sha256},
-        )
+    await record_admin_action(
+        store, actor, "admin_token", f"role_{role.value}", now, admin=name, sha256=sha256
     )
+    return token
 
 
 def certificate_pem(pair: CertifiedKey) -> tuple[bytes, bytes]:

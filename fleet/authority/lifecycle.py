@@ -12,10 +12,10 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
+from fleet.authority.audit import record_admin_action
 from fleet.errors import ConfirmationRequired, RequestInvalid, StateConflict, StoreConflict
 from fleet.store.protocol import Store
 from fleet.store.records import (
-    AuditEvent,
     AuditRecord,
     Device,
     DeviceFilter,
@@ -82,7 +82,9 @@ async def _transition(
             f"device {device_id} is {current.state.value}; {action} applies to {allowed} devices",
             reason=f"device_{current.state.value}",
         ) from exc
-    await _audit(store, actor, action, f"admin_{action}", now, device_id, note=note)
+    await record_admin_action(
+        store, actor, action, f"admin_{action}", now, device_id=device_id, note=note
+    )
     return device
 
 
@@ -105,8 +107,8 @@ async def revoke_device(
     event = await store.revoke_device(device_id, reason, now)
     if event is not None:
         serials = ",".join(f"{s:x}" for s in event.serials)
-        await _audit(
-            store, actor, "revoke", reason.value, now, device_id,
+        await record_admin_action(
+            store, actor, "revoke", reason.value, now, device_id=device_id,
             serials=serials, feed_seq=str(event.seq), note=note,
         )  # fmt: skip
     return Revocation(device_id, event)
@@ -125,8 +127,8 @@ async def revoke_certificate(
     record = await store.get_certificate(serial)
     event = await store.revoke_certificate(serial, reason, now)
     if event is not None:
-        await _audit(
-            store, actor, "revoke_certificate", reason.value, now, record.device_id,
+        await record_admin_action(
+            store, actor, "revoke_certificate", reason.value, now, device_id=record.device_id,
             serial=f"{serial:x}", feed_seq=str(event.seq), note=note,
         )  # fmt: skip
     return Revocation(record.device_id, event)
@@ -182,8 +184,8 @@ async def bulk_revoke(
             f"this revokes {devices} devices ({certificates} certificates), more than the "
             f"confirmation threshold of {threshold}; nothing changed"
         )
-    await _audit(
-        store, actor, "bulk_revoke", reason.value, now, None,
+    await record_admin_action(
+        store, actor, "bulk_revoke", reason.value, now,
         devices=str(devices), certificates=str(certificates), **selection.describe(),
     )  # fmt: skip
     revoked: list[str] = []
@@ -214,25 +216,3 @@ async def decision_trace(store: Store, device_id: str) -> tuple[Device, list[Aud
         if len(page) < 1000:
             return device, records
         after = page[-1].seq
-
-
-async def _audit(
-    store: Store,
-    actor: str,
-    action: str,
-    reason: str,
-    now: dt.datetime,
-    device_id: str | None,
-    **detail: str,
-) -> None:
-    await store.append_audit(
-        AuditEvent(
-            at=now,
-            actor=actor,
-            action=action,
-            outcome="done",
-            reason=reason,
-            device_id=device_id,
-            detail={k: v for k, v in detail.items() if v},
-        )
-    )

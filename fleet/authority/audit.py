@@ -1,0 +1,32 @@
+"""Recording what an admin did: one helper for every admin use-case."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fleet.store.protocol import Store
+from fleet.store.records import AuditEvent
+
+
+async def record_admin_action(
+    store: Store,
+    actor: str,
+    action: str,
+    reason: str,
+    now: dt.datetime,
+    *,
+    device_id: str | None = None,
+    **detail: str,
+) -> None:
+    """Append a done admin action; empty detail values are left out."""
+    await store.append_audit(
+        AuditEvent(
+            at=now,
+            actor=actor,
+            action=action,
+            outcome="done",
+            reason=reason,
+            device_id=device_id,
+            detail={key: value for key, value in detail.items() if value},
+        )
+    )
