@@ -124,9 +124,14 @@ def demo(devices: int, broker: str, keep: bool, work_dir: Path | None) -> None:
     help="Write PNG plots here (needs matplotlib; skipped with a note otherwise).",
 )  # fmt: skip
 @click.option("--keep", is_flag=True, help="Keep the work directory (logs, state directories).")
+@click.option(
+    "--mqtt", type=click.Choice(["auto", "session", "light"]), default="auto", show_default=True,
+    help="Device MQTT for first-boot-storm: the agent's MqttSession (a thread each), or a light "
+    "asyncio client (thousands on one loop); auto: light above 200 devices.",
+)  # fmt: skip
 def run(
     names: tuple[str, ...], devices: int, json_path: Path | None, plots_dir: Path | None,
-    keep: bool,
+    keep: bool, mqtt: str,
 ) -> None:  # fmt: skip
     """Run fleet scenarios against a fresh local server and broker; a report at the end."""
     import json
@@ -150,7 +155,7 @@ def run(
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )  # fmt: skip
         click.echo(f"running {name} with {devices} device(s) in {work}", err=True)
-        report = run_scenario(name, devices, work, Progress())
+        report = run_scenario(name, devices, work, Progress(), mqtt=mqtt)
         logging.shutdown()
         reports.append(report)
         click.echo(report.render())

@@ -6,6 +6,12 @@ own enrollment, renewal and MQTT code), and then checks the outcome by
 observation: the broker's view of live connections, what a subscriber
 received, the server's audit log. The demo exits 0 only if every step was
 verified; the first failing step ends it (the later ones are reported as not run).
+
+``--broker mosquitto`` runs the same steps on a real Mosquitto 2.0 with the fleet
+plugin and its sidecar (firmware_sim.mosquitto). The plugin lets no client read
+other devices' topics, so there the steps observe the sidecar's /metrics (the
+plugin's counters), the broker's log and each device's own MQTT session instead
+of a monitoring subscriber.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from device_agent.errors import AgentError, Pending, Refused
 from device_agent.mqtt import TlsIdentity
 from firmware_sim.device import BrokerAddress, SimDevice
 from firmware_sim.factory import FactoryOutput, run_factory
+from firmware_sim.mosquitto import INSTALL_COMMAND, MosquittoNode, missing_requirements
 from firmware_sim.observer import Observer
 from firmware_sim.world import LOOPBACK, BrokerThread, World, WorldError
 from fleet.authority.admin import issue_enrollment_token
@@ -80,6 +87,7 @@ class Demo:
         self.factory: FactoryOutput | None = None
         self.devices: list[SimDevice] = []
         self.observer: Observer | None = None
+        self.mosquitto: MosquittoNode | None = None
         self.rng = random.Random()  # noqa: S311 - simulated sensor readings
         self.failed = False
         self.short = ""  # the step's one-line summary for the final table
@@ -91,6 +99,23 @@ class Demo:
     # -- steps -----------------------------------------------------------------------------
     def steps(self) -> list[tuple[str, str, Callable[[], str]]]:
         n = self.options.devices
+        amqtt = self.options.broker == "amqtt"
+        broker_step: tuple[str, str, Callable[[], str]] = (
+            (
+                "broker",
+                "Start the embedded MQTT broker (amqtt with fleet's mTLS check, topic "
+                "ACL and live revocation), and a monitoring subscriber.",
+                self.step_broker,
+            )
+            if amqtt
+            else (
+                "broker",
+                "Start Mosquitto with the fleet plugin: build the plugin, mint the "
+                "sidecar certificate, generate mosquitto.conf, sync once, then run mosquitto and "
+                "the sidecar (revocation feed -> plugin, /metrics).",
+                self.mq_step_broker,
+            )
+        )
         return [
             ("init", "Create the fleet: `fleet init` makes a CA hierarchy, a server TLS "
              "certificate and a SQLite database in a temporary directory.", self.step_init),
@@ -102,19 +127,18 @@ class Demo:
              "bootstrap certificate (`fleet manifest import`).", self.step_manifest),
             ("server", "Start the EST server (`fleet serve`) on a free loopback port.",
              self.step_server),
-            ("broker", "Start the embedded MQTT broker (amqtt with fleet's mTLS check, topic "
-             "ACL and live revocation), and a monitoring subscriber.", self.step_broker),
+            broker_step,
             ("enroll", "Every device enrolls over EST with its bootstrap certificate: it "
              "makes its own key, and gets a short-lived operational certificate.",
              self.step_enroll),
             ("connect", "Every device connects to the broker over mutual TLS with its new "
-             "certificate.", self.step_connect),
+             "certificate.", self.step_connect if amqtt else self.mq_step_connect),
             ("telemetry", "Every device publishes a telemetry reading on "
-             "devices/<id>/telemetry.", self.step_telemetry),
+             "devices/<id>/telemetry.", self.step_telemetry if amqtt else self.mq_step_telemetry),
             ("renew", "One device renews its certificate (EST simplereenroll, new key) and "
-             "reconnects with it.", self.step_renew),
+             "reconnects with it.", self.step_renew if amqtt else self.mq_step_renew),
             ("revoke", "An admin revokes one device (reason keyCompromise) while it is "
-             "connected.", self.step_revoke),
+             "connected.", self.step_revoke if amqtt else self.mq_step_revoke),
             ("clone", "A clone shows up: a second device with an enrolled device's bootstrap "
              "certificate and key, asking for a certificate for a new key.", self.step_clone),
         ]  # fmt: skip
@@ -344,6 +368,159 @@ class Demo:
             f"{flagged[-1].event.action}/{flagged[-1].event.reason} flagged possible_clone"
         )
 
+    # -- the same steps on Mosquitto ---------------------------------------------------------
+    # The fleet plugin confines every client to devices/<its id>/#: there is no monitoring
+    # subscriber. These steps observe the broker's side through the sidecar's /metrics
+    # (the plugin's accepted / refused / kicked counters) and the broker's own log (each
+    # connection, each PUBLISH that passed the plugin's topic ACL), and each device's own
+    # MQTT session (connected, disconnected, the serial it presents).
+    def mq_step_broker(self) -> str:
+        node = MosquittoNode(
+            self.work_dir / "mosquitto", data_dir=self.world.data_dir,
+            store_url=self.world.store_url(),
+        )  # fmt: skip
+        self.mosquitto = node
+        plugin = node.build()
+        cert, key = node.sidecar_cert()
+        conf = node.configure(plugin, cert, key)
+        if str(plugin) not in conf:
+            raise StepFailed("the generated mosquitto.conf does not load the plugin")
+        node.sync_once()
+        if not (node.directory / "state" / "revocations.txt").is_file():
+            raise StepFailed("`sync --once` wrote no revocation snapshot")
+        node.start_broker()
+        node.start_sidecar()
+        if "fleet: sidecar connected" not in node.log_text():
+            raise StepFailed("the sidecar is not connected to the broker")
+        self.short = "plugin built, sidecar connected, plugin counters on /metrics"
+        return (
+            f"mqtts://{LOOPBACK}:{node.port} (mosquitto pid {node.broker_pid}, plugin "
+            f"{plugin.name}); sidecar pid {node.sidecar_pid} connected, /metrics on "
+            f"{LOOPBACK}:{node.metrics_port}. No monitoring subscriber here: the plugin confines "
+            "every client to devices/<id>/#, so the broker log and the sidecar's counters "
+            "are observed instead"
+        )
+
+    def mq_step_connect(self) -> str:
+        node = self._mosquitto()
+        mark, before = node.log_mark(), node.accepted()
+        address = BrokerAddress(LOOPBACK, node.port)
+        for device in self.devices:
+            device.connect(address)
+        not_connected = [
+            d.device_id
+            for d in self.devices
+            if d.session is None or not d.session.wait_connected(10)
+        ]
+        if not_connected:
+            raise StepFailed(f"not connected after 10 s: {', '.join(not_connected[:5])}")
+        n = len(self.devices)
+        accepted = node.wait_metric("accepted", before + n - 0.5)
+        if accepted - before < n:
+            raise StepFailed(
+                f"the plugin's accepted counter rose by {accepted - before:.0f}, not {n}"
+            )
+        ids = {d.device_id for d in self.devices}
+        unseen = sorted(ids - node.connected_clients(mark))
+        if unseen:
+            raise StepFailed(f"the broker log shows no connection of {', '.join(unseen[:5])}")
+        self.short = f"plugin accepted {n}/{n} (sidecar /metrics), each in the broker log"
+        return (
+            f"the plugin accepted {n}/{n} (fleet_mosquitto_connects_accepted "
+            f"{before:.0f} → {accepted:.0f} on the sidecar's /metrics); the broker log shows "
+            "each device connected under its own id"
+        )
+
+    def mq_step_telemetry(self) -> str:
+        node = self._mosquitto()
+        mark = node.log_mark()
+        for device in self.devices:
+            device.publish_telemetry(
+                temperature_c=round(self.rng.uniform(18.0, 26.0), 1),
+                humidity_pct=round(self.rng.uniform(30.0, 60.0), 1),
+            )
+        wanted = {(d.device_id, f"devices/{d.device_id}/telemetry") for d in self.devices}
+        _wait_until(lambda: wanted <= node.published(mark), 15, step=0.1)
+        missing = sorted(d for d, _ in wanted - node.published(mark))
+        if missing:
+            raise StepFailed(f"the broker received no telemetry from {', '.join(missing[:5])}")
+        n = len(wanted)
+        self.short = f"the broker received {n}/{n} readings past the topic ACL (broker log)"
+        return (
+            f"the broker received {n}/{n} readings, each on the device's own topic and past "
+            "the plugin's ACL (broker log: Received PUBLISH)"
+        )
+
+    def mq_step_renew(self) -> str:
+        node = self._mosquitto()
+        device = self.devices[0]
+        old = device.serial
+        result = device.renew(force=True)
+        new = device.serial
+        if not result.renewed or new is None or new == old:
+            raise StepFailed(f"renewal did not give a new certificate ({result.message})")
+        mark, before = node.log_mark(), node.accepted()
+        if not device.reconnect_with_current_identity(timeout=10):
+            raise StepFailed("the device did not reconnect with the renewed certificate")
+        session = device.session
+        assert session is not None
+        if session.serial != new:
+            raise StepFailed(f"the session presents serial {session.serial}, not the new {new}")
+        accepted = node.wait_metric("accepted", before)
+        if accepted <= before:
+            raise StepFailed("the plugin's accepted counter did not rise for the reconnect")
+        status = (device.device_id, f"devices/{device.device_id}/status")
+        if not _wait_until(lambda: status in node.published(mark), 10, step=0.1):
+            raise StepFailed("the broker received no status message after the reconnect")
+        self.short = "reconnect accepted by the plugin; status (new serial) reached the broker"
+        return (
+            f"{device.device_id}: serial {_short(old)} → {_short(new)}; the plugin accepted "
+            f"its reconnect with the new certificate (accepted {before:.0f} → {accepted:.0f}), "
+            "and its status message (cert_serial = the new serial, as its session reports) "
+            "reached the broker"
+        )
+
+    def mq_step_revoke(self) -> str:
+        node = self._mosquitto()
+        device = self.devices[1] if len(self.devices) > 1 else self.devices[0]
+        session = device.session
+        if session is None or not session.connected:
+            raise StepFailed(f"{device.device_id} is not connected before the revocation")
+        kicked_before = node.kicked()
+        started = time.monotonic()
+        revocation = self.world.store(
+            lambda s: revoke_device(
+                s, device.device_id, RevocationReason.KEY_COMPROMISE,
+                actor=ADMIN, now=self.world.now(), note="fleet-sim demo",
+            )
+        )  # fmt: skip
+        if revocation.event is None:
+            raise StepFailed("the store reports the device as already revoked")
+        if not _wait_until(lambda: not session.connected, 10):
+            raise StepFailed("the device's session was not closed within 10 s")
+        kicked_ms = (time.monotonic() - started) * 1000
+        kicked = node.wait_metric("kicked", kicked_before)
+        if kicked <= kicked_before:
+            raise StepFailed("the plugin's kicked counter did not rise")
+        device.disconnect()
+        # Let the counters settle (the session may have retried on its own meanwhile).
+        time.sleep(2 * node.heartbeat_seconds + 0.3)
+        refused_before = node.refused("revoked")
+        # The device's own MQTT code tries again with the same certificate.
+        retry = device.connect(BrokerAddress(LOOPBACK, node.port))
+        refused = _wait_until(lambda: node.refused("revoked") > refused_before, 10, step=0.1)
+        admitted = retry.connections > 0
+        device.disconnect()
+        if admitted or not refused:
+            raise StepFailed("the revoked device's reconnect was not refused by the plugin")
+        self.short = f"kicked live in {kicked_ms:.0f} ms; reconnect refused (revoked)"
+        return (
+            f"{device.device_id} (serial {_short(device.serial)}) kicked live "
+            f"{kicked_ms:.0f} ms after the revocation (its session saw the disconnect; "
+            f"kicked {kicked_before:.0f} → {kicked:.0f}); its reconnect was refused (revoked) "
+            f'(refused{{reason="revoked"}} {refused_before:.0f} → {node.refused("revoked"):.0f})'
+        )
+
     # -- helpers ------------------------------------------------------------------------------
     def _sim_device(
         self,
@@ -373,6 +550,11 @@ class Demo:
             raise StepFailed("the broker is not running")
         return self.world.broker
 
+    def _mosquitto(self) -> MosquittoNode:
+        if self.mosquitto is None:
+            raise StepFailed("mosquitto is not running")
+        return self.mosquitto
+
     def _observer(self) -> Observer:
         if self.observer is None:
             raise StepFailed("the observer is not running")
@@ -381,9 +563,12 @@ class Demo:
     # -- run ------------------------------------------------------------------------------------
     def run(self) -> int:
         options = self.options
+        broker = (
+            "embedded amqtt broker" if options.broker == "amqtt" else "Mosquitto + fleet plugin"
+        )
         self.say(
             f"fleet demo: {options.devices} simulated devices on embedded defaults "
-            f"(SQLite, embedded {options.broker} broker), all on {LOOPBACK}"
+            f"(SQLite, {broker}), all on {LOOPBACK}"
         )
         self.say(f"work directory: {self.work_dir}")
         self.say()
@@ -421,6 +606,8 @@ class Demo:
         if self.observer is not None:
             with contextlib.suppress(Exception):
                 self.observer.stop()
+        if self.mosquitto is not None:
+            self.mosquitto.stop()
         self.world.stop()
         logging.shutdown()
         if self.options.keep:
@@ -498,12 +685,17 @@ def _terminate_as_exit() -> Iterator[None]:
 
 
 def run_demo(options: DemoOptions) -> int:
-    if options.broker != "amqtt":
-        print(
-            f"fleet-sim demo --broker {options.broker}: not available in this build "
-            "(the demo runs on the embedded amqtt broker; use --broker amqtt).",
-            file=sys.stderr,
-        )
+    if options.broker == "mosquitto":
+        missing = missing_requirements()
+        if missing:
+            print(
+                f"fleet-sim demo --broker mosquitto: not available here: {', '.join(missing)} "
+                f"missing. Install with: {INSTALL_COMMAND} (or use --broker amqtt).",
+                file=sys.stderr,
+            )
+            return EXIT_NOT_AVAILABLE
+    elif options.broker != "amqtt":
+        print(f"fleet-sim demo --broker {options.broker}: unknown broker", file=sys.stderr)
         return EXIT_NOT_AVAILABLE
     demo = Demo(options)
     log_path = demo.work_dir / "demo.log"

@@ -260,6 +260,21 @@ class BrokerThread:
 
         return self.run(look)
 
+    def serials_of_many(self, device_ids: list[str]) -> dict[str, set[int]]:
+        """``serials_of`` for many devices in one trip to the broker's loop."""
+        gate = self.broker.gate
+        if gate is None:
+            return {d: set() for d in device_ids}
+
+        def look() -> dict[str, set[int]]:
+            assert gate is not None
+            return {
+                d: {c.serial for c in gate.connections_of(d) if c.serial is not None}
+                for d in device_ids
+            }
+
+        return self.run(look, timeout=60)
+
     def counter(self, name: str, labels: Mapping[str, str] | None = None) -> float:
         value = self.broker.metrics.registry.get_sample_value(name, dict(labels or {}))
         return value or 0.0

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.support.binaries import strict
+
 FLEET_SIM = [sys.executable, "-c", "from firmware_sim.cli import main; main()"]
 
 
@@ -68,7 +72,40 @@ def test_demo_keep_leaves_the_work_directory(tmp_path: Path) -> None:
     assert not _pid_alive(int(pid[1]))
 
 
-def test_demo_on_an_unavailable_broker_says_so() -> None:
-    proc = _run("demo", "--broker", "mosquitto", "--devices", "3")
-    assert proc.returncode == 3
-    assert "not available in this build" in proc.stderr
+def test_demo_on_mosquitto_verifies_every_step_and_cleans_up() -> None:
+    from firmware_sim.mosquitto import missing_requirements
+
+    missing = missing_requirements()
+    if missing:
+        message = f"mosquitto demo needs {', '.join(missing)}"
+        if strict():
+            pytest.fail(f"FLEET_STRICT=1: {message}")
+        pytest.skip(message)
+    proc = _run("demo", "--devices", "3", "--broker", "mosquitto")
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    for line in (
+        "Mosquitto + fleet plugin",
+        "No monitoring subscriber here",
+        "✓ the plugin accepted 3/3 (fleet_mosquitto_connects_accepted 0 → 3",
+        "✓ the broker received 3/3 readings",
+        "the plugin accepted its reconnect with the new certificate",
+        "kicked live",
+        "its reconnect was refused (revoked)",
+        "flagged possible_clone",
+        "demo OK: all 12 steps verified",
+    ):
+        assert line in out, f"missing {line!r} in:\n{out}"
+    assert "✗" not in out
+    # The revoked device's reconnect raised the plugin's refused{reason="revoked"} counter.
+    refused = re.search(r'refused\{reason="revoked"\} (\d+) → (\d+)', out)
+    assert refused is not None
+    assert int(refused[2]) > int(refused[1])
+    work = re.search(r"^work directory: (.+)$", out, re.MULTILINE)
+    assert work is not None
+    assert not Path(work[1]).exists()
+    # Everything it started is gone: fleet serve, mosquitto and the sidecar.
+    found = re.findall(r"\(pid (\d+)\)|mosquitto pid (\d+)|sidecar pid (\d+)", out)
+    pids = [int(group) for groups in found for group in groups if group]
+    assert len(pids) == 3
+    assert not any(_pid_alive(pid) for pid in pids)

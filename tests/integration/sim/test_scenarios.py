@@ -6,11 +6,12 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from firmware_sim.scenarios import SCENARIOS, Progress, run_scenario
+from firmware_sim.scenarios import SCENARIOS, Bench, Progress, Report, _revoke, run_scenario
 
 FLEET_SIM = [sys.executable, "-c", "from firmware_sim.cli import main; main()"]
 
@@ -52,3 +53,38 @@ def test_run_cli_refuses_an_unknown_scenario() -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "unknown scenario" in proc.stderr
+
+
+def test_first_boot_storm_with_light_sessions_holds_them_all_open(tmp_path: Path) -> None:
+    """The scale path (`--mqtt light`, the default above 200 devices) with a few devices."""
+    report = run_scenario("first-boot-storm", 6, tmp_path, Progress(io.StringIO()), mqtt="light")
+    assert report.ok, report.render()
+    assert report.figures["connect_mode"] == "light asyncio MQTT client"
+    assert report.figures["connected_at_once"] == 6
+    assert report.figures["connect_waves"] == 1
+    assert report.figures["peak_rss_mib"] > 0
+    assert max(n for _, n in report.series["connected_over_time"]) == 6
+    assert report.series["connected_over_time"][-1][1] == 0  # all closed at the end
+    assert "6/6 connected (light sessions; 6 held open at once" in report.render()
+
+
+def test_light_session_of_a_revoked_device_is_not_admitted(tmp_path: Path) -> None:
+    bench = Bench(tmp_path, 2, Progress(io.StringIO()), mqtt="light")
+    try:
+        bench.setup()
+        for device in bench.devices:
+            device.enroll(max_wait=10)
+        revoked, good = bench.devices
+        bench.store(lambda s: _revoke(s, revoked.device_id))
+        deadline = time.monotonic() + 10
+        while True:  # the broker applies the revocation feed within milliseconds
+            report = Report("light", 2)
+            missing = bench.connect_all_light(bench.devices, report)
+            if missing == [revoked.device_id] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert missing == [revoked.device_id]
+        assert report.figures["connected_at_once"] == 1
+        assert good.device_id not in missing
+    finally:
+        bench.teardown()
