@@ -129,9 +129,14 @@ def demo(devices: int, broker: str, keep: bool, work_dir: Path | None) -> None:
     help="Device MQTT for first-boot-storm: the agent's MqttSession (a thread each), or a light "
     "asyncio client (thousands on one loop); auto: light above 200 devices.",
 )  # fmt: skip
+@click.option(
+    "--latency-ms", type=click.IntRange(0, 10_000), default=0, show_default=True,
+    help="Network fault: devices reach the EST server through a loopback proxy that delays "
+    "every byte this many ms in each direction (a round trip costs twice that).",
+)  # fmt: skip
 def run(
     names: tuple[str, ...], devices: int, json_path: Path | None, plots_dir: Path | None,
-    keep: bool, mqtt: str,
+    keep: bool, mqtt: str, latency_ms: int,
 ) -> None:  # fmt: skip
     """Run fleet scenarios against a fresh local server and broker; a report at the end."""
     import json
@@ -139,7 +144,13 @@ def run(
     import shutil
     import tempfile
 
-    from firmware_sim.scenarios import SCENARIOS, Progress, run_scenario, write_plots
+    from firmware_sim.scenarios import (
+        SCENARIOS,
+        Progress,
+        plots_unavailable,
+        run_scenario,
+        write_plots,
+    )
 
     wanted = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
     unknown = [n for n in wanted if n not in SCENARIOS]
@@ -155,17 +166,20 @@ def run(
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )  # fmt: skip
         click.echo(f"running {name} with {devices} device(s) in {work}", err=True)
-        report = run_scenario(name, devices, work, Progress(), mqtt=mqtt)
+        report = run_scenario(name, devices, work, Progress(), mqtt=mqtt, latency_ms=latency_ms)
         logging.shutdown()
         reports.append(report)
         click.echo(report.render())
         click.echo()
         if plots_dir is not None:
-            written = write_plots(report, plots_dir)
-            if written:
+            why_not = plots_unavailable()
+            written = [] if why_not else write_plots(report, plots_dir)
+            if why_not:
+                click.echo(f"plots skipped: {why_not}")
+            elif written:
                 click.echo(f"plots: {', '.join(str(p) for p in written)}")
-            elif report.series:
-                click.echo("plots skipped: matplotlib is not installed (pip install matplotlib)")
+            else:
+                click.echo(f"plots: none ({name} records no series to plot)")
         if keep:
             click.echo(f"kept: {work}", err=True)
         else:

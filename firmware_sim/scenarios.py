@@ -36,6 +36,7 @@ from device_agent.testhooks import CRASH_AT_ENV, CRASH_STEPS, SystemClock
 from firmware_sim.device import BrokerAddress, SimDevice
 from firmware_sim.factory import FactoryOutput, manifest_text, run_factory
 from firmware_sim.lightmqtt import LightDevice, LightFleet
+from firmware_sim.netfault import LatencyProxy
 from firmware_sim.world import LOOPBACK, BrokerThread, World
 from fleet.authority.admin import approve_device
 from fleet.authority.lifecycle import revoke_device
@@ -116,33 +117,96 @@ class Report:
         return "\n".join(lines)
 
 
-def write_plots(report: Report, directory: Path) -> list[Path]:
-    """PNG plots of the report's series, if matplotlib is installed; else nothing."""
+@dataclasses.dataclass(frozen=True)
+class PlotSpec:
+    """How one series is drawn: its file name, title and axis labels (with units)."""
+
+    stem: str
+    title: str
+    xlabel: str
+    ylabel: str
+    kind: str  # "histogram" (of y, in ms), "bars" (y per x, in ms) or "steps" (y over x)
+
+
+PLOTS: dict[str, PlotSpec] = {
+    "enroll_latency_s": PlotSpec(
+        "enrollment-latency", "Enrollment latency (EST simpleenroll, first boot)",
+        "enrollment latency (ms)", "devices", "histogram",
+    ),
+    "connected_over_time": PlotSpec(
+        "connected-devices", "Devices connected to the broker over mTLS",
+        "time since connecting began (s)", "connected devices", "steps",
+    ),
+    "revoke_to_disconnect_latency_s": PlotSpec(
+        "revoke-to-disconnect", "Revoke → disconnect latency (live session kicked)",
+        "revoked device (in revocation order)", "revoke → disconnect (ms)", "bars",
+    ),
+    "renew_latency_s": PlotSpec(
+        "renewal-latency", "Renewal latency (EST simplereenroll)",
+        "renewal latency (ms)", "devices", "histogram",
+    ),
+}  # fmt: skip
+
+
+def plots_unavailable() -> str | None:
+    """Why PNG plots cannot be drawn here (matplotlib missing), or None if they can."""
     try:
-        matplotlib = importlib.import_module("matplotlib")
-    except ImportError:
+        importlib.import_module("matplotlib")
+    except ImportError as exc:
+        return (
+            f"matplotlib is not installed ({exc}); "
+            "pip install 'fleet-enroll[sim]' or pip install 'matplotlib>=3.7,<4'"
+        )
+    return None
+
+
+def write_plots(report: Report, directory: Path) -> list[Path]:
+    """PNG plots of the report's series (Agg backend, no display); [] without matplotlib."""
+    if plots_unavailable() is not None:
         return []
+    matplotlib = importlib.import_module("matplotlib")
     matplotlib.use("Agg")
     pyplot = importlib.import_module("matplotlib.pyplot")
+    integer_ticks = importlib.import_module("matplotlib.ticker").MaxNLocator
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, points in report.series.items():
         if not points:
             continue
-        figure = pyplot.figure(figsize=(6, 3.5))
+        spec = PLOTS.get(name) or PlotSpec(
+            name.replace("_", "-"), name.replace("_", " "), "x", "y", "steps"
+        )
+        figure = pyplot.figure(figsize=(7, 4), dpi=100)
         axes = figure.add_subplot(1, 1, 1)
-        xs, ys = zip(*points, strict=True)
-        if name.endswith("_latency_s"):
-            axes.hist(ys, bins=min(30, max(5, len(ys) // 3)))
-            axes.set_xlabel("seconds")
-            axes.set_ylabel("devices")
+        xs = [float(x) for x, _ in points]
+        ys = [float(y) for _, y in points]
+        if spec.kind == "histogram":
+            ms = [y * 1000 for y in ys]
+            axes.hist(ms, bins=min(40, max(5, len(ms) // 3)), color="tab:blue", edgecolor="white")
+            for fraction, style in ((0.5, "--"), (0.95, ":")):
+                value = _percentile(ms, fraction)
+                label = f"p{round(fraction * 100)} {value:.0f} ms"
+                axes.axvline(value, color="tab:red", linestyle=style, label=label)
+            axes.legend()
+        elif spec.kind == "bars":
+            ms = [y * 1000 for y in ys]
+            axes.bar([i + 1 for i in range(len(ms))], ms, color="tab:orange")
+            axes.xaxis.set_major_locator(integer_ticks(integer=True))
+            p50 = _percentile(ms, 0.5)
+            axes.axhline(p50, color="tab:red", linestyle="--", label=f"p50 {p50:.1f} ms")
+            axes.legend()
         else:
-            axes.step(xs, ys, where="post")
-            axes.set_xlabel("seconds since start")
-        axes.set_title(f"{report.scenario}: {name}")
-        path = directory / f"{report.scenario}-{name}.png"
+            axes.step(xs, ys, where="post", color="tab:green")
+            axes.set_ylim(bottom=0)
+        if spec.ylabel in ("devices", "connected devices"):  # counts: whole numbers
+            axes.yaxis.set_major_locator(integer_ticks(integer=True))
+        axes.set_xlabel(spec.xlabel)
+        axes.set_ylabel(spec.ylabel)
+        axes.set_title(f"{spec.title}\n{report.scenario}, {report.devices} devices", fontsize=10)
+        axes.grid(alpha=0.3)
+        path = directory / f"{report.scenario}-{spec.stem}.png"
         figure.tight_layout()
-        figure.savefig(path)
+        figure.savefig(path, format="png")
         pyplot.close(figure)
         written.append(path)
     return written
@@ -253,7 +317,10 @@ class Bench:
         server_env: dict[str, str] | None = None,
         clock: SystemClock | None = None,
         mqtt: str = "auto",
+        latency_ms: int = 0,
     ) -> None:
+        self.latency_ms = latency_ms
+        self.proxy: LatencyProxy | None = None
         self.light = mqtt == "light" or (mqtt == "auto" and count > LIGHT_MQTT_ABOVE)
         self.work_dir = work_dir
         self.progress = progress
@@ -263,6 +330,10 @@ class Bench:
         self.clock = clock
         self.factory: FactoryOutput | None = None
         self.devices: list[SimDevice] = []
+        # (seconds since the first connect, sessions connected): sampled by connect_all
+        # and sample_connected; becomes the report's "connected_over_time" series.
+        self.timeline: list[tuple[float, float]] = []
+        self._connect_t0: float | None = None
 
     def setup(self, *, broker: bool = True) -> None:
         world = self.world
@@ -276,13 +347,19 @@ class Bench:
         if self.registered:
             world.fleet("manifest", "import", manifest)
         world.start_server()
+        server_base = world.server.base
+        if self.latency_ms:  # devices reach the EST server through a delaying proxy
+            self.proxy = LatencyProxy(
+                lambda: (LOOPBACK, world.server.port), self.latency_ms / 1000
+            ).start()
+            server_base = self.proxy.base
         if broker:
             world.start_broker()
         self.devices = [
             SimDevice(
                 d.device_id,
                 self.work_dir / "devices" / d.device_id,
-                server=world.server.base,
+                server=server_base,
                 ca_fingerprint=world.root_fingerprint,
                 bootstrap_cert=d.cert,
                 bootstrap_key=d.key,
@@ -305,17 +382,34 @@ class Bench:
         results = parallel(lambda d: d.enroll(max_wait=max_wait), devices, self.progress, phase)
         return [(d, out, s) for d, out, s in results]
 
+    def sample_connected(self) -> int:
+        """Count the sessions connected now and add that point to the timeline."""
+        now = time.monotonic()
+        if self._connect_t0 is None:
+            self._connect_t0 = now
+        connected = sum(1 for d in self.devices if d.session is not None and d.session.connected)
+        self.timeline.append((now - self._connect_t0, connected))
+        return connected
+
     def connect_all(self, devices: Sequence[SimDevice], timeout: float = 20.0) -> list[str]:
         """Connect each device; the ids not connected within ``timeout``."""
+        self.sample_connected()
         for device in devices:
             device.connect(self.broker_address, heartbeat=3600)
         deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # sampled every 20 ms: connected devices over time
+            up = sum(1 for d in devices if d.session is not None and d.session.connected)
+            self.sample_connected()
+            self.progress.update("connecting", up, len(devices))
+            if up == len(devices):
+                break
+            time.sleep(0.02)
         missing = []
-        for index, device in enumerate(devices, start=1):
+        for device in devices:
             assert device.session is not None
             if not device.session.wait_connected(max(0.0, deadline - time.monotonic())):
                 missing.append(device.device_id)
-            self.progress.update("connecting", index, len(devices))
+        self.sample_connected()
         return missing
 
     def connect_all_light(self, devices: Sequence[SimDevice], report: Report) -> list[str]:
@@ -402,6 +496,8 @@ class Bench:
         for device in self.devices:
             with contextlib.suppress(Exception):
                 device.disconnect(timeout=2)
+        if self.proxy is not None:
+            self.proxy.stop()
         self.world.stop()
 
 
@@ -469,6 +565,7 @@ def revoke_while_connected(bench: Bench, report: Report) -> None:
             10,
         ):
             lags.append(time.monotonic() - started)
+        bench.sample_connected()
         bench.progress.update("revoking", index, len(victims))
     report.check(
         "revoked devices kicked live", len(lags) == len(victims), f"{len(lags)}/{len(victims)}"
@@ -702,6 +799,8 @@ def power_loss_during_renewal(bench: Bench, report: Report) -> None:
 def _enroll_and_connect(bench: Bench, report: Report, *, connect: bool = True) -> None:
     results = bench.enroll_all(bench.devices)
     failures = _failures(results)
+    latencies = [s for _, out, s in results if not isinstance(out, BaseException)]
+    report.series.setdefault("enroll_latency_s", list(enumerate(sorted(latencies))))
     report.check("all enrolled", not failures, f"{bench.count - len(failures)}/{bench.count}")
     if connect:
         missing = bench.connect_all(bench.devices)
@@ -783,6 +882,7 @@ def run_scenario(
     progress: Progress | None = None,
     *,
     mqtt: str = "auto",
+    latency_ms: int = 0,
 ) -> Report:
     scenario = SCENARIOS[name]
     count = max(devices, scenario.min_devices)
@@ -795,11 +895,16 @@ def run_scenario(
         registered=max(1, int(count * scenario.registered_fraction)),
         clock=SystemClock() if scenario.clock else None,
         mqtt=mqtt,
+        latency_ms=latency_ms,
     )
+    if latency_ms:
+        report.figures["added_latency_ms"] = latency_ms  # to the EST server, each direction
     started = time.monotonic()
     try:
         bench.setup()
         scenario.run(bench, report)
+        if bench.timeline and "connected_over_time" not in report.series:
+            report.series["connected_over_time"] = bench.timeline
     except Exception as exc:
         report.check("scenario ran to the end", False, _describe(exc))
     finally:

@@ -44,6 +44,50 @@ def test_run_cli_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     assert report["ok"] is True
     assert report["devices"] == 3
     assert len(report["series"]["enroll_latency_s"]) == 3
+    plots = sorted((tmp_path / "plots").glob("*.png"))
+    assert [p.name for p in plots] == [
+        "first-boot-storm-connected-devices.png",
+        "first-boot-storm-enrollment-latency.png",
+    ]
+    assert f"plots: {tmp_path / 'plots'}" in proc.stdout
+    for path in plots:
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n"), path
+        assert len(data) > 10_000, f"{path}: {len(data)} bytes"
+
+
+def test_revoke_scenario_plots_all_three(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*FLEET_SIM, "run", "--scenario", "revoke-while-connected", "--devices", "4",
+         "--plots", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    names = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert names == [
+        "revoke-while-connected-connected-devices.png",
+        "revoke-while-connected-enrollment-latency.png",
+        "revoke-while-connected-revoke-to-disconnect.png",
+    ]
+    for name in names:
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        assert len(data) > 10_000
+
+
+def test_run_without_matplotlib_still_works_and_says_plots_were_skipped(tmp_path: Path) -> None:
+    no_matplotlib = (
+        "import sys; sys.modules['matplotlib'] = None; from firmware_sim.cli import main; main()"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", no_matplotlib, "run", "--scenario", "first-boot-storm",
+         "--devices", "1", "--plots", str(tmp_path / "plots")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "first-boot-storm: OK" in proc.stdout
+    assert "plots skipped: matplotlib is not installed" in proc.stdout
+    assert not (tmp_path / "plots").exists()
 
 
 def test_run_cli_refuses_an_unknown_scenario() -> None:
@@ -88,3 +132,13 @@ def test_light_session_of_a_revoked_device_is_not_admitted(tmp_path: Path) -> No
         assert good.device_id not in missing
     finally:
         bench.teardown()
+
+
+def test_added_latency_to_the_est_server_shows_in_enrollment_latency(tmp_path: Path) -> None:
+    """`--latency-ms`: a loopback proxy delays the EST server; devices still enroll, slower."""
+    report = run_scenario("first-boot-storm", 2, tmp_path, Progress(io.StringIO()), latency_ms=200)
+    assert report.ok, report.render()
+    assert report.figures["added_latency_ms"] == 200
+    # TLS handshake + request: at least one round trip, i.e. 2 x 200 ms more
+    assert float(report.figures["enroll_p50_s"]) >= 0.4
+    assert "added_latency_ms" in report.render()
