@@ -112,7 +112,7 @@ def demo(devices: int, broker: str, keep: bool, work_dir: Path | None) -> None:
     required=True,
     help="Scenario to run (repeatable; 'all' for every one): "
     "first-boot-storm, revoke-while-connected, cloned-bootstrap, power-loss-during-renewal, "
-    "server-outage-and-recovery, manual-approval-queue, renewal-wave.",
+    "server-outage-and-recovery, broker-outage-and-recovery, manual-approval-queue, renewal-wave.",
 )
 @click.option("--devices", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @click.option(
@@ -134,9 +134,15 @@ def demo(devices: int, broker: str, keep: bool, work_dir: Path | None) -> None:
     help="Network fault: devices reach the EST server through a loopback proxy that delays "
     "every byte this many ms in each direction (a round trip costs twice that).",
 )  # fmt: skip
+@click.option(
+    "--clock-skew", type=click.FloatRange(-10 * 365 * 86400, 10 * 365 * 86400), default=0.0,
+    show_default=True, metavar="SECONDS",
+    help="Fault: every simulated device's clock is this many seconds ahead (negative: behind); "
+    "the server's clock is not moved.",
+)  # fmt: skip
 def run(
     names: tuple[str, ...], devices: int, json_path: Path | None, plots_dir: Path | None,
-    keep: bool, mqtt: str, latency_ms: int,
+    keep: bool, mqtt: str, latency_ms: int, clock_skew: float,
 ) -> None:  # fmt: skip
     """Run fleet scenarios against a fresh local server and broker; a report at the end."""
     import json
@@ -166,7 +172,10 @@ def run(
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )  # fmt: skip
         click.echo(f"running {name} with {devices} device(s) in {work}", err=True)
-        report = run_scenario(name, devices, work, Progress(), mqtt=mqtt, latency_ms=latency_ms)
+        report = run_scenario(
+            name, devices, work, Progress(), mqtt=mqtt, latency_ms=latency_ms,
+            clock_skew=clock_skew,
+        )  # fmt: skip
         logging.shutdown()
         reports.append(report)
         click.echo(report.render())

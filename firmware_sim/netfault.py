@@ -6,6 +6,11 @@
 ``2 x delay`` more (like ``tc qdisc … netem delay`` on both ends); bytes keep their
 order and the link keeps its throughput (chunks are delayed, not serialised).
 TLS passes through untouched: the devices still verify the server end to end.
+
+The same proxy (with ``delay=0``) stands between the devices and the MQTT broker
+for an outage: ``cut()`` drops every connection through it and makes it refuse new
+ones (accepted, then closed at once, like a broker host that resets), ``restore()``
+forwards again. ``connections`` counts every attempt that reached the proxy.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ class LatencyProxy:
         self.target = target
         self.delay = delay
         self.port = 0
-        self.connections = 0
+        self.connections = 0  # connection attempts that reached the proxy (refused ones too)
+        self.refusing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
@@ -56,6 +62,24 @@ class LatencyProxy:
             raise RuntimeError("latency proxy did not start")
         return self
 
+    def cut(self) -> None:
+        """Outage: refuse new connections and drop every connection open through the proxy."""
+        self.refusing = True
+        loop = self._loop
+        if loop is None:
+            return
+
+        async def drop() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(drop(), loop).result(10)
+
+    def restore(self) -> None:
+        """End of the outage: forward new connections again."""
+        self.refusing = False
+
     def stop(self) -> None:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
@@ -80,6 +104,8 @@ class LatencyProxy:
         self._tasks.add(task)
         self.connections += 1
         try:
+            if self.refusing:
+                return
             host, port = self.target()
             try:
                 up_reader, up_writer = await asyncio.open_connection(host, port)

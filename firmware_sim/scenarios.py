@@ -32,7 +32,7 @@ from device_agent.agent import RenewResult
 from device_agent.errors import AgentError, Pending, Refused, Transient
 from device_agent.mqtt import MqttSession, TlsIdentity, tls_context
 from device_agent.renewal import Phase, RenewalPolicy, assess
-from device_agent.testhooks import CRASH_AT_ENV, CRASH_STEPS, SystemClock
+from device_agent.testhooks import CLOCK_OFFSET_ENV, CRASH_AT_ENV, CRASH_STEPS, SystemClock
 from firmware_sim.device import BrokerAddress, SimDevice
 from firmware_sim.factory import FactoryOutput, manifest_text, run_factory
 from firmware_sim.lightmqtt import LightDevice, LightFleet
@@ -56,6 +56,11 @@ FD_RESERVE = 512  # descriptors kept for the server link, store, logs, threads
 # Simulated devices retry on a compressed time scale (the real floor is 5 s, base 10 s, cap 1 h):
 # the same backoff logic, seconds instead of minutes.
 SIM_POLICY = RenewalPolicy(backoff_floor=0.5, backoff_base=1.0, backoff_cap=5.0)
+# The broker outage: how long the broker stays unreachable, and the MQTT reconnect backoff
+# the sessions use (SimDevice.connect's defaults: 1 s minimum, doubling, capped at 30 s).
+BROKER_OUTAGE_S = 3.0
+MQTT_RECONNECT_MIN = 1.0
+MQTT_RECONNECT_MAX = 30.0
 
 
 # -- report ------------------------------------------------------------------------------------
@@ -318,9 +323,15 @@ class Bench:
         clock: SystemClock | None = None,
         mqtt: str = "auto",
         latency_ms: int = 0,
+        broker_proxy: bool = False,
+        clock_skew: float = 0.0,
     ) -> None:
         self.latency_ms = latency_ms
         self.proxy: LatencyProxy | None = None
+        # devices reach the broker through a switchable proxy (broker outages), if asked
+        self.broker_proxy: LatencyProxy | None = None
+        self.want_broker_proxy = broker_proxy
+        self.clock_skew = clock_skew  # seconds the devices' clocks are off (the server's is not)
         self.light = mqtt == "light" or (mqtt == "auto" and count > LIGHT_MQTT_ABOVE)
         self.work_dir = work_dir
         self.progress = progress
@@ -355,6 +366,8 @@ class Bench:
             server_base = self.proxy.base
         if broker:
             world.start_broker()
+            if self.want_broker_proxy:
+                self.broker_proxy = LatencyProxy(self._broker_target, 0.0).start()
         self.devices = [
             SimDevice(
                 d.device_id,
@@ -371,8 +384,14 @@ class Bench:
             for d in factory.devices
         ]
 
+    def _broker_target(self) -> tuple[str, int]:
+        assert self.world.broker is not None
+        return LOOPBACK, self.world.broker.port
+
     @property
     def broker_address(self) -> BrokerAddress:
+        if self.broker_proxy is not None:
+            return BrokerAddress(LOOPBACK, self.broker_proxy.port)
         assert self.world.broker is not None
         return BrokerAddress(LOOPBACK, self.world.broker.port)
 
@@ -395,7 +414,12 @@ class Bench:
         """Connect each device; the ids not connected within ``timeout``."""
         self.sample_connected()
         for device in devices:
-            device.connect(self.broker_address, heartbeat=3600)
+            device.connect(
+                self.broker_address,
+                heartbeat=3600,
+                reconnect_min=MQTT_RECONNECT_MIN,
+                reconnect_max=MQTT_RECONNECT_MAX,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # sampled every 20 ms: connected devices over time
             up = sum(1 for d in devices if d.session is not None and d.session.connected)
@@ -498,6 +522,8 @@ class Bench:
                 device.disconnect(timeout=2)
         if self.proxy is not None:
             self.proxy.stop()
+        if self.broker_proxy is not None:
+            self.broker_proxy.stop()
         self.world.stop()
 
 
@@ -712,6 +738,76 @@ def server_outage_and_recovery(bench: Bench, report: Report) -> None:
     )
 
 
+def max_reconnect_attempts(seconds: float, minimum: float, maximum: float) -> int:
+    """The most connection attempts one session's backoff allows in ``seconds``.
+
+    The first attempt is at once; the n-th delay after it is at least half of
+    ``min(maximum, minimum * 2**n)`` (``device_agent.mqtt.Backoff``).
+    """
+    attempts, elapsed, failures = 1, 0.0, 0
+    while True:
+        elapsed += min(maximum, minimum * 2.0**failures) / 2
+        failures += 1
+        if elapsed > seconds:
+            return attempts
+        attempts += 1
+
+
+def broker_outage_and_recovery(bench: Bench, report: Report) -> None:
+    """The broker is unreachable a while: sessions back off, then all return with their certs."""
+    proxy = bench.broker_proxy
+    assert proxy is not None
+    _enroll_and_connect(bench, report)
+    before = {d.device_id: d.session.connections for d in bench.devices if d.session}
+    attempts_before = proxy.connections
+    outage_started = time.monotonic()
+    proxy.cut()
+    bench.progress.note(f"broker unreachable for {BROKER_OUTAGE_S:.0f} s (connections dropped)")
+    lost = _wait_until(
+        lambda: all(d.session is not None and not d.session.connected for d in bench.devices),
+        10,
+    )
+    bench.sample_connected()
+    report.check("every session lost the broker", lost, f"{bench.count} dropped")
+    while time.monotonic() - outage_started < BROKER_OUTAGE_S:
+        bench.sample_connected()
+        time.sleep(0.1)
+    outage = time.monotonic() - outage_started
+    attempts = proxy.connections - attempts_before
+    per_device = max_reconnect_attempts(outage, MQTT_RECONNECT_MIN, MQTT_RECONNECT_MAX)
+    bound = bench.count * per_device
+    report.figures["broker_outage_s"] = round(outage, 3)
+    report.figures["reconnect_attempts_during_outage"] = attempts
+    report.check(
+        "no reconnect tight loop",
+        attempts <= bound,
+        f"{attempts} attempts in {outage:.1f} s (backoff allows at most {bound}: "
+        f"{per_device} per device)",
+    )
+    proxy.restore()
+    bench.progress.note("broker reachable again")
+    restored = time.monotonic()
+
+    def back() -> bool:
+        bench.sample_connected()
+        return all(
+            d.session is not None
+            and d.session.connected
+            and d.session.connections > before.get(d.device_id, 0)
+            for d in bench.devices
+        )
+
+    # the next retry is at most one backoff delay away (the longest so far, doubled)
+    returned = _wait_until(back, MQTT_RECONNECT_MAX + 5, step=0.05)
+    report.figures["restore_to_all_reconnected_s"] = time.monotonic() - restored
+    up = sum(1 for d in bench.devices if d.session is not None and d.session.connected)
+    report.check("every device reconnected after the outage", returned, f"{up}/{bench.count}")
+    wrong = bench.broker_sees_issued_serials(bench.devices)
+    report.check(
+        "broker admits them with their certificates", not wrong, f"{len(wrong)} mismatches"
+    )
+
+
 def renewal_wave(bench: Bench, report: Report) -> None:
     """The fleet's clock jumps 21 days ahead (past 2/3 of 30 days): every device renews once."""
     _enroll_and_connect(bench, report)
@@ -723,7 +819,7 @@ def renewal_wave(bench: Bench, report: Report) -> None:
     )
     offset = dt.timedelta(days=21)
     assert bench.clock is not None
-    bench.clock.offset = offset
+    bench.clock.offset = offset + dt.timedelta(seconds=bench.clock_skew)
     due = [
         d
         for d in bench.devices
@@ -766,7 +862,7 @@ def power_loss_during_renewal(bench: Bench, report: Report) -> None:
             [sys.executable, "-m", "device_agent", "renew", "--force",
              "--state-dir", str(device.state.path)],
             capture_output=True, timeout=60, check=False,
-            env={**os.environ, CRASH_AT_ENV: step},
+            env={**os.environ, CRASH_AT_ENV: step, CLOCK_OFFSET_ENV: str(bench.clock_skew)},
         )  # fmt: skip
         crashes.append((device, step, proc.returncode))
         bench.progress.update("power cuts", index + 1, bench.count)
@@ -849,6 +945,7 @@ class Scenario:
     min_devices: int = 1
     registered_fraction: float = 1.0
     clock: bool = False
+    broker_proxy: bool = False
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -859,6 +956,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("cloned-bootstrap", cloned_bootstrap),
         Scenario("power-loss-during-renewal", power_loss_during_renewal),
         Scenario("server-outage-and-recovery", server_outage_and_recovery, min_devices=2),
+        Scenario("broker-outage-and-recovery", broker_outage_and_recovery, broker_proxy=True),
         Scenario("manual-approval-queue", manual_approval_queue, 2, registered_fraction=0.5),
         Scenario("renewal-wave", renewal_wave, clock=True),
     )
@@ -883,6 +981,7 @@ def run_scenario(
     *,
     mqtt: str = "auto",
     latency_ms: int = 0,
+    clock_skew: float = 0.0,
 ) -> Report:
     scenario = SCENARIOS[name]
     count = max(devices, scenario.min_devices)
@@ -893,12 +992,18 @@ def run_scenario(
         count,
         progress,
         registered=max(1, int(count * scenario.registered_fraction)),
-        clock=SystemClock() if scenario.clock else None,
+        clock=SystemClock(dt.timedelta(seconds=clock_skew))
+        if scenario.clock or clock_skew
+        else None,
         mqtt=mqtt,
         latency_ms=latency_ms,
+        broker_proxy=scenario.broker_proxy,
+        clock_skew=clock_skew,
     )
     if latency_ms:
         report.figures["added_latency_ms"] = latency_ms  # to the EST server, each direction
+    if clock_skew:
+        report.figures["device_clock_skew_s"] = clock_skew  # devices' clocks only, not the server's
     started = time.monotonic()
     try:
         bench.setup()

@@ -142,3 +142,42 @@ def test_added_latency_to_the_est_server_shows_in_enrollment_latency(tmp_path: P
     # TLS handshake + request: at least one round trip, i.e. 2 x 200 ms more
     assert float(report.figures["enroll_p50_s"]) >= 0.4
     assert "added_latency_ms" in report.render()
+
+
+def test_broker_outage_devices_back_off_then_all_return(tmp_path: Path) -> None:
+    """The broker is unreachable (proxy drops and refuses) for a while, then reachable again."""
+    report = run_scenario("broker-outage-and-recovery", 3, tmp_path, Progress(io.StringIO()))
+    assert report.ok, report.render()
+    names = [c.name for c in report.checks]
+    assert "no reconnect tight loop" in names
+    assert "every device reconnected after the outage" in names
+    assert int(report.figures["reconnect_attempts_during_outage"]) >= 3  # each one tried
+    assert float(report.figures["broker_outage_s"]) >= 3.0
+
+
+def test_max_reconnect_attempts_follows_the_backoff() -> None:
+    from firmware_sim.scenarios import max_reconnect_attempts
+
+    assert max_reconnect_attempts(0.4, 1.0, 30.0) == 1  # the first, at once
+    assert max_reconnect_attempts(3.0, 1.0, 30.0) == 3  # at 0, >= 0.5, >= 1.5
+    assert max_reconnect_attempts(100.0, 1.0, 2.0) == 101  # capped: at 0, 0.5, then one per >= 1 s
+
+
+@pytest.mark.parametrize("skew", [-600, 600])
+def test_first_boot_storm_with_device_clock_skew(skew: int, tmp_path: Path) -> None:
+    """`--clock-skew`: the devices' clocks are ten minutes off; all still enroll and connect."""
+    proc = subprocess.run(
+        [*FLEET_SIM, "run", "--scenario", "first-boot-storm", "--devices", "3",
+         "--clock-skew", str(skew), "--json", str(tmp_path / "r.json")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "device_clock_skew_s" in proc.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["figures"]["device_clock_skew_s"] == skew
+    assert {c["name"]: c["passed"] for c in report["checks"]} == {
+        "all enrolled": True,
+        "all connected over mTLS": True,
+        "broker sees issued serials": True,
+        "server lists all active": True,
+    }
