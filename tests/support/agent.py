@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from cryptography import x509
 
@@ -60,20 +60,18 @@ def root_fingerprint(root_pem: Path) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
 
 
-class CountingGate:
-    """A TCP port that is 'down' (accept, count, close) or forwards to ``target``."""
+class _LoopbackProxy:
+    """A loopback TCP listener that forwards accepted connections to ``target_port``
+    unless a subclass's ``_accepted`` decides otherwise; a context manager."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = free_port()
-        self.open = False
-        self.refused = 0  # connections dropped while closed
-        self.forwarded = 0
         self._listener = socket.create_server(("127.0.0.1", self.port))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> CountingGate:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -94,12 +92,10 @@ class CountingGate:
             if self._stop.is_set():
                 client.close()
                 return
-            if not self.open:
-                self.refused += 1
-                client.close()
-                continue
-            self.forwarded += 1
-            threading.Thread(target=self._forward, args=(client,), daemon=True).start()
+            self._accepted(client)
+
+    def _accepted(self, client: socket.socket) -> None:
+        raise NotImplementedError
 
     def _forward(self, client: socket.socket) -> None:
         with contextlib.ExitStack() as stack:
@@ -111,6 +107,24 @@ class CountingGate:
             pump.start()
             _pump(client, upstream)
             pump.join(timeout=30)
+
+
+class CountingGate(_LoopbackProxy):
+    """A TCP port that is 'down' (accept, count, close) or forwards to ``target``."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.open = False
+        self.refused = 0  # connections dropped while closed
+        self.forwarded = 0
+
+    def _accepted(self, client: socket.socket) -> None:
+        if not self.open:
+            self.refused += 1
+            client.close()
+            return
+        self.forwarded += 1
+        threading.Thread(target=self._forward, args=(client,), daemon=True).start()
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -148,7 +162,7 @@ def verify_identity(state_dir: Path) -> dict[str, Any]:
     return report
 
 
-class StormProxy:
+class StormProxy(_LoopbackProxy):
     """A loopback stand-in for an overloaded server in front of a real one.
 
     It terminates TLS with the server's own certificate and key (so a client
@@ -165,9 +179,8 @@ class StormProxy:
     ) -> None:
         import ssl
 
-        self.target_port = target_port
+        super().__init__(target_port)
         self.retry_after = retry_after
-        self.port = free_port()
         self.storm = 0
         self.refused_at: list[float] = []
         self.forwarded = 0
@@ -175,9 +188,6 @@ class StormProxy:
         self._lock = threading.Lock()
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self._tls.load_cert_chain(tls_cert, tls_key)
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
     def url(self) -> str:
@@ -188,36 +198,17 @@ class StormProxy:
             self.storm = connections
             self.refused_at = []
 
-    def __enter__(self) -> StormProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        self._thread.join(timeout=5)
-        self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            if self._stop.is_set():
-                client.close()
-                return
-            with self._lock:
-                refuse = self.storm > 0
-                if refuse:
-                    self.storm -= 1
-                    self.refused_at.append(time.monotonic())
-                else:
-                    self.forwarded += 1
-                    self.forwarded_at.append(time.monotonic())
-            target = self._unavailable if refuse else self._forward
-            threading.Thread(target=target, args=(client,), daemon=True).start()
+    def _accepted(self, client: socket.socket) -> None:
+        with self._lock:
+            refuse = self.storm > 0
+            if refuse:
+                self.storm -= 1
+                self.refused_at.append(time.monotonic())
+            else:
+                self.forwarded += 1
+                self.forwarded_at.append(time.monotonic())
+        target = self._unavailable if refuse else self._forward
+        threading.Thread(target=target, args=(client,), daemon=True).start()
 
     def _unavailable(self, client: socket.socket) -> None:
         client.settimeout(10)
@@ -235,17 +226,6 @@ class StormProxy:
             pass
         finally:
             client.close()
-
-    def _forward(self, client: socket.socket) -> None:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(client)
-            upstream = stack.enter_context(
-                socket.create_connection(("127.0.0.1", self.target_port))
-            )
-            pump = threading.Thread(target=_pump, args=(upstream, client), daemon=True)
-            pump.start()
-            _pump(client, upstream)
-            pump.join(timeout=30)
 
 
 def _read_request(conn: socket.socket) -> None:
