@@ -238,9 +238,8 @@ class Demo:
             f"on the server (e.g. {example.device_id}: serial {_short(example.serial)})"
         )
 
-    def step_connect(self) -> str:
-        broker = self._broker()
-        address = BrokerAddress(LOOPBACK, broker.port)
+    def _connect_all(self, address: BrokerAddress) -> None:
+        """Start every device's MQTT session and wait until all are up."""
         for device in self.devices:
             device.connect(address)
         not_connected = [
@@ -250,6 +249,11 @@ class Demo:
         ]
         if not_connected:
             raise StepFailed(f"not connected after 10 s: {', '.join(not_connected[:5])}")
+
+    def step_connect(self) -> str:
+        broker = self._broker()
+        address = BrokerAddress(LOOPBACK, broker.port)
+        self._connect_all(address)
         wrong = [
             d.device_id
             for d in self.devices
@@ -405,15 +409,7 @@ class Demo:
         node = self._mosquitto()
         mark, before = node.log_mark(), node.accepted()
         address = BrokerAddress(LOOPBACK, node.port)
-        for device in self.devices:
-            device.connect(address)
-        not_connected = [
-            d.device_id
-            for d in self.devices
-            if d.session is None or not d.session.wait_connected(10)
-        ]
-        if not_connected:
-            raise StepFailed(f"not connected after 10 s: {', '.join(not_connected[:5])}")
+        self._connect_all(address)
         n = len(self.devices)
         accepted = node.wait_metric("accepted", before + n - 0.5)
         if accepted - before < n:
