@@ -1,16 +1,26 @@
 """The embedded SQLite store (the default: zero set-up, one machine).
 
-Python's sqlite3 blocks, so each store owns ONE worker thread that owns ONE
-connection; every method hops onto that thread. Writes run in ``BEGIN
-IMMEDIATE`` transactions: the write lock is taken up front, so two processes
-(``fleet serve --workers N``) sharing the file serialize on it (waiting up to
-``busy_timeout``) instead of failing halfway through a read-then-write.
+Python's sqlite3 blocks, and a thread hop per call costs more CPU than the
+call (GIL hand-offs, futex wake-ups, context switches: measured, it was a
+fifth of an enrollment). So the store splits the work by how long it may take:
+
+- short reads by key run on the event loop, on a connection of their own
+  whose busy_timeout is 0: in WAL mode a reader waits for nobody, and in the
+  rare moment it would, the read moves to the worker thread;
+- writes are grouped: the statements of every write queued while the previous
+  group committed run on the loop in ONE transaction, and only its COMMIT (the
+  fsync) goes to the ONE worker thread. If another process holds the write
+  lock, the whole group goes to the worker, which waits up to busy_timeout;
+- long reads (lists, snapshots) run on the worker thread.
+
+Writes run in ``BEGIN IMMEDIATE`` transactions: the write lock is taken up
+front, so two processes (``fleet serve --workers N``) sharing the file
+serialize on it instead of failing halfway through a read-then-write.
 
 Pragmas: WAL lets readers run beside the single writer. ``synchronous=FULL``
 rather than NORMAL: in WAL mode NORMAL may lose the last commits on power loss,
 and a certificate must be durably recorded before it is handed to a device
-(and a consumed token must stay consumed); enrollment rates make the extra
-fsync per commit cheap.
+(and a consumed token must stay consumed); grouping keeps the fsyncs few.
 """
 
 from __future__ import annotations
@@ -21,8 +31,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
+import os
 import sqlite3
-import threading
 from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +62,7 @@ from fleet.store._codec import (
     serial_int,
     ts,
 )
+from fleet.store._fsync import FileSyncer
 from fleet.store.audit_chain import chain_next, event_from_json, event_to_json
 from fleet.store.records import (
     AdminCredential,
@@ -72,11 +84,14 @@ from fleet.store.records import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # 2 added admin_credentials and cursors (new tables only: a version 1 file upgrades in place).
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
+# SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~20.
+CHECKPOINT_EVERY_COMMITS = 50
 _FEED_PAGE = 1000
 
 _SCHEMA = """
@@ -288,64 +303,111 @@ def _append_feed(
 @dataclasses.dataclass(slots=True)
 class _WriteJob:
     body: Callable[[sqlite3.Connection], Any]
-    loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
 
 
-def _resolve(done: list[tuple[_WriteJob, Any, BaseException | None]]) -> None:
-    """On the event loop: hand every job of a committed (or failed) group its outcome."""
-    for job, result, error in done:
-        if job.future.cancelled():  # the caller gave up waiting; the write stands
-            continue
-        if error is None:
-            job.future.set_result(result)
-        else:
-            job.future.set_exception(error)
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller gave up waiting (cancelled); the write stands
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    """Another connection holds a lock this statement needs (SQLITE_BUSY or SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _fdatasync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    (version,) = conn.execute("PRAGMA data_version").fetchone()
+    return int(version)
 
 
 class SqliteStore:
-    """Store backed by one SQLite file; see the module docstring for the threading model."""
+    """Store backed by one SQLite file; see the module docstring for the threading model.
 
-    def __init__(self, path: Path, executor: concurrent.futures.ThreadPoolExecutor) -> None:
+    A store belongs to the event loop that opened it.
+    """
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
         self._path = path
-        self._executor = executor
-        self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        self._wal_path = path.with_name(path.name + "-wal")
+        self._loop = loop
+        # Long reads and writes that must wait for another process's lock.
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, "fleet-sqlite")
+        self._checkpoint: asyncio.Future[None] | None = None  # on the worker, if running
+        self._files = FileSyncer(loop)
+        # The writer connection. One thread at a time: the worker while a task
+        # of ours runs there (_worker_jobs > 0), else the event loop.
+        self._conn: sqlite3.Connection | None = None
+        self._worker_jobs = 0
+        self._pending: list[_WriteJob] = []  # writes waiting for the writer connection
+        # The event loop's own connection for short reads; it never waits for a lock.
+        self._reader: sqlite3.Connection | None = None
+        # Committed writes waiting for the next fsync of the WAL (their durability).
+        self._unsynced: list[tuple[_WriteJob, Any]] = []
+        self._sync: asyncio.Task[None] | None = None  # the fsync running now
+        self._commits_since_checkpoint = 0
+        self._closed = False
         # Replaced on every local feed append; PRAGMA data_version does not see
-        # this connection's own commits, so followers wait on this as well.
+        # the writer connection's own commits, so followers wait on this as well.
         self._feed_appended = asyncio.Event()
-        # Writes waiting for the next group commit; a drain is queued on the
-        # worker whenever the first job lands in an empty batch.
-        self._pending_lock = threading.Lock()
-        self._pending: list[_WriteJob] = []
-        self._drain_scheduled = False
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
-        executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="fleet-sqlite"
-        )
-        store = cls(path, executor)
+        store = cls(path, asyncio.get_running_loop())
         try:
             await store._call(store._connect)
+            store._open_reader()
         except BaseException:
             await store.close()
             raise
         return store
 
-    # -- plumbing (worker thread) ---------------------------------------------
+    # -- connections ------------------------------------------------------------
     def _connect(self) -> None:
-        conn = sqlite3.connect(self._path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        """Open the writer connection and migrate the schema (worker thread)."""
+        conn = sqlite3.connect(
+            self._path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,
+            check_same_thread=False,  # used by the loop and by the worker, never at once
+        )
         self._conn = conn
         conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         # The first statement that reads the file: a corrupt or foreign file fails here.
         (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        if mode not in ("wal", "memory"):
+        if mode != "wal":
             # E.g. a network file system: without WAL, readers would block the writer.
             raise StoreUnavailable(f"SQLite could not switch {self._path} to WAL (got {mode})")
-        conn.execute("PRAGMA synchronous = FULL")
+        # NORMAL: COMMIT does not fsync; _sync_committed does, off the loop, before
+        # any write is acknowledged. Checkpoints still sync (that keeps the file
+        # sound on power loss); they run on the syncer thread, not inside COMMIT.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA foreign_keys = ON")
         self._transaction(True, self._migrate)
+        _fdatasync(self._wal_path)
+
+    def _open_reader(self) -> None:
+        """The loop's read connection: busy_timeout 0, so it never blocks the loop."""
+        try:
+            self._reader = sqlite3.connect(self._path, timeout=0, isolation_level=None)
+            self._reader.row_factory = sqlite3.Row
+            self._reader.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
@@ -381,155 +443,218 @@ class SqliteStore:
             raise
         return result
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"SQLite database {self._path} failed: {exc}") from exc
-
-    def _unavailable(self, exc: sqlite3.Error) -> StoreUnavailable:
+    def _unavailable(self, exc: BaseException) -> StoreUnavailable:
         err = StoreUnavailable(f"SQLite database {self._path} failed: {exc}")
         err.__cause__ = exc
         return err
 
-    async def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Queue ``body`` for the next group commit and wait until it is durable.
+    # -- threads ------------------------------------------------------------------
+    def _on_worker(
+        self, fn: Callable[[], T], then: Callable[[asyncio.Future[T]], None] | None = None
+    ) -> asyncio.Future[T]:
+        """Run ``fn`` on the worker thread; ``then`` runs on the loop when it is done.
 
-        The future resolves only after the group's COMMIT returned, so
-        "recorded before returned" holds exactly as with one transaction per write.
+        The writer connection is the loop's again only when every worker task
+        has really finished, so the count drops in a done-callback of the
+        executor's own future (a cancelled waiter does not end the task).
         """
-        loop = asyncio.get_running_loop()
-        job = _WriteJob(body, loop, loop.create_future())
-        with self._pending_lock:
-            self._pending.append(job)
-            schedule = not self._drain_scheduled
-            self._drain_scheduled = True
-        if schedule:
+        self._worker_jobs += 1
+        future = self._loop.run_in_executor(self._worker, fn)
+
+        def done(finished: asyncio.Future[T]) -> None:
+            self._worker_jobs -= 1
+            if then is not None:
+                then(finished)
+            self._kick()
+
+        future.add_done_callback(done)
+        return future
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.shield(self._on_worker(fn))
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+
+    # -- reads ----------------------------------------------------------------------
+    async def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """A read of any size, on the worker thread (long reads never stall the loop)."""
+        return await self._call(lambda: self._transaction(False, body))
+
+    async def _read_here(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """A short read (a few rows by key) on the loop's own connection: no thread hop.
+
+        It is on every enrollment (device, certificate, manufacturer CAs). In
+        WAL mode a reader waits for nobody, except in rare moments (another
+        process recovering the WAL); then the read goes to the worker thread,
+        which may wait, instead of failing or blocking the loop.
+        """
+        reader = self._reader
+        if reader is None:
+            raise StoreUnavailable("the SQLite store is closed")
+        try:
+            reader.execute("BEGIN")  # one snapshot for a multi-statement read
             try:
-                self._executor.submit(self._drain)
-            except RuntimeError as exc:  # executor shut down: the store is closed
-                with self._pending_lock:
-                    self._pending.clear()
-                    self._drain_scheduled = False
-                raise StoreUnavailable("the SQLite store is closed") from exc
+                return body(reader)
+            finally:
+                if reader.in_transaction:
+                    reader.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if not _is_busy(exc):
+                raise self._unavailable(exc) from exc
+        return await self._read(body)
+
+    # -- writes -------------------------------------------------------------------
+    # Each write is its own transaction, run right here on the loop: its
+    # statements touch cached pages and its COMMIT appends to the WAL without
+    # waiting for the disk (microseconds). Durability is a separate step: the
+    # write is acknowledged only after an fsync of the WAL that began after its
+    # COMMIT. One fsync runs at a time, and it covers every write committed
+    # before it began: group commit, with no thread hop per statement (a hop
+    # costs more CPU than the statements: GIL hand-offs, futex wake-ups).
+    async def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``body`` in a write transaction; return once it is durable."""
+        if self._closed:
+            raise StoreUnavailable("the SQLite store is closed")
+        job = _WriteJob(body, self._loop.create_future())
+        self._pending.append(job)
+        self._kick()
         result: T = await job.future
         return result
 
-    # -- group commit (worker thread) ---------------------------------------------
-    def _drain(self) -> None:
-        """Run every write queued right now in ONE transaction: one fsync for the group.
+    def _kick(self) -> None:
+        """Run the waiting writes while the writer connection is the loop's."""
+        while self._pending and not self._worker_jobs:
+            job = self._pending.pop(0)
+            conn = self._conn
+            if self._closed or conn is None:
+                _settle(job.future, None, StoreUnavailable("the SQLite store is closed"))
+                continue
+            try:
+                begun = self._begin_without_waiting(conn)
+                if begun:
+                    result = self._commit_here(conn, job)
+            except Exception as exc:  # the job's own refusal, or SQLite failing
+                error = self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
+                _settle(job.future, None, error)
+                continue
+            if begun:
+                self._committed(job, result)
+            else:
+                # Another process holds the write lock: wait for it on the worker
+                # thread (busy_timeout), never on the loop. Later writes queue
+                # behind it, in order.
+                self._on_worker(
+                    lambda job=job: self._transaction(True, job.body),  # type: ignore[misc]
+                    lambda done, job=job: self._committed_on_worker(job, done),  # type: ignore[misc]
+                )
 
-        Concurrent enrollments each pay an fsync (and its kernel CPU) with one
-        transaction per write; grouped, they share it. Each job runs inside its
-        own SAVEPOINT, so a job that raises (StoreConflict, NotFound, ...) undoes
-        only its own changes and gets its own exception; the others still commit.
-        """
-        with self._pending_lock:
-            jobs, self._pending = self._pending, []
-            self._drain_scheduled = False
-        outcomes: list[tuple[_WriteJob, Any, BaseException | None]] = []
-        try:
-            self._run_group(jobs, outcomes)
-        finally:
-            # One wake-up of each event loop for the whole group (usually one loop).
-            by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-            for outcome in outcomes:
-                by_loop.setdefault(outcome[0].loop, []).append(outcome)
-            for loop, done in by_loop.items():
-                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                    loop.call_soon_threadsafe(_resolve, done)
-
-    def _run_group(
-        self, jobs: list[_WriteJob], outcomes: list[tuple[_WriteJob, Any, BaseException | None]]
-    ) -> None:
-        """Append one (job, result, exception) per job to ``outcomes``; never raises
-        for a job's own failure."""
-        conn = self._conn
-        if conn is None:
-            closed = StoreUnavailable("the SQLite store is closed")
-            outcomes.extend((job, None, closed) for job in jobs)
-            return
+    @staticmethod
+    def _begin_without_waiting(conn: sqlite3.Connection) -> bool:
+        conn.execute("PRAGMA busy_timeout = 0")
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:  # e.g. locked beyond busy_timeout: nothing was written
-            outcomes.extend((job, None, self._unavailable(exc)) for job in jobs)
-            return
-        group: list[tuple[_WriteJob, Any, BaseException | None]] = []
-        # A lone job (the common case at low load) needs no savepoint: if it
-        # raises, rolling back its savepoint and committing nothing is the same
-        # as rolling back the transaction, and it saves two statements per write.
-        isolate = len(jobs) > 1
-        for index, job in enumerate(jobs):
-            try:
-                if isolate:
-                    conn.execute("SAVEPOINT job")
-                result = job.body(conn)
-                if isolate:
-                    conn.execute("RELEASE job")
-                group.append((job, result, None))
-            except Exception as exc:
-                error = self._unavailable(exc) if isinstance(exc, sqlite3.Error) else exc
-                if not isolate:
-                    with contextlib.suppress(sqlite3.Error):
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                    outcomes.append((job, None, error))
-                    return
-                if conn.in_transaction:
-                    try:
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                        group.append((job, None, error))
-                        continue
-                    except sqlite3.Error:
-                        conn.execute("ROLLBACK")  # cannot isolate the job: drop the group
-                # SQLite rolled the whole transaction back (I/O error, disk full, ...):
-                # the earlier jobs' changes are gone, so they fail too; the later
-                # ones have not run and get a fresh transaction.
-                lost = StoreUnavailable(
-                    f"SQLite database {self._path} rolled back a write group: {exc}"
-                )
-                outcomes.extend((done, None, lost) for done, _, _ in group)
-                outcomes.append((job, None, error))
-                self._run_group(jobs[index + 1 :], outcomes)
-                return
+        except sqlite3.OperationalError as exc:
+            if _is_busy(exc):
+                return False
+            raise
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        return True
+
+    @staticmethod
+    def _commit_here(conn: sqlite3.Connection, job: _WriteJob) -> Any:
         try:
+            result = job.body(conn)
             conn.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-            failed = self._unavailable(exc)
-            outcomes.extend((job, None, failed) for job, _, _ in group)
-            return
-        outcomes.extend(group)
+            raise
+        return result
 
-    async def _read(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        return await self._call(lambda: self._transaction(False, body))
+    def _committed_on_worker(self, job: _WriteJob, done: asyncio.Future[Any]) -> None:
+        error = done.exception()
+        if error is None:
+            self._committed(job, done.result())
+        else:
+            wrapped = self._unavailable(error) if isinstance(error, sqlite3.Error) else error
+            _settle(job.future, None, wrapped)
 
-    async def _read_one(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """A read of ONE statement: in autocommit mode a single statement already
-        sees one snapshot, so the BEGIN/COMMIT round of ``_read`` is pure cost
-        (it is on every enrollment: get_device)."""
+    def _committed(self, job: _WriteJob, result: Any) -> None:
+        self._unsynced.append((job, result))
+        self._sync_committed()
 
-        def run() -> T:
-            conn = self._conn
-            if conn is None:
-                raise StoreUnavailable("the SQLite store is closed")
-            return body(conn)
+    def _sync_committed(self) -> None:
+        """Start an fsync covering every committed write, unless one is running."""
+        if self._sync is None and self._unsynced:
+            batch, self._unsynced = self._unsynced, []
+            self._sync = self._loop.create_task(self._make_durable(batch))
 
-        return await self._call(run)
+    async def _make_durable(self, batch: list[tuple[_WriteJob, Any]]) -> None:
+        failed: StoreUnavailable | None = None
+        try:
+            try:
+                await self._files.fdatasync(self._wal_path)
+            except FileNotFoundError:
+                # The last connection to close checkpointed the WAL into the
+                # database (syncing it) and removed it: nothing is left to sync.
+                pass
+            except OSError as exc:
+                failed = self._unavailable(exc)
+            for job, result in batch:
+                _settle(job.future, result, failed)
+        finally:
+            self._sync = None
+        self._sync_committed()
+        self._commits_since_checkpoint += len(batch)
+        if self._commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS and not (
+            self._closed or self._checkpoint
+        ):
+            self._commits_since_checkpoint = 0
+            self._checkpoint = self._on_worker(self._run_checkpoint, self._checkpointed)
 
+    def _run_checkpoint(self) -> None:
+        """Copy the WAL into the database file (worker thread, on the writer connection).
+
+        Not inside a COMMIT on the loop (wal_autocheckpoint is off): it copies
+        ~1000 pages and syncs twice (synchronous=NORMAL: the WAL before, the
+        database after). On the writer connection, so no write of ours lands
+        while it runs: the next write finds the WAL fully copied and starts it
+        over instead of growing it.
+        """
+        conn = self._conn
+        if conn is not None:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._checkpoint = None
+        error = done.exception()
+        if error is not None and not (isinstance(error, sqlite3.Error) and _is_busy(error)):
+            log.warning("SQLite checkpoint of %s failed (tried again later): %s", self._path, error)
+
+    # -- closing ------------------------------------------------------------------
     def _close_connection(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
     async def close(self) -> None:
+        self._closed = True  # writes not yet begun are refused from now on
+        if self._reader is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._reader.close()
+            self._reader = None
         with contextlib.suppress(sqlite3.Error, RuntimeError):
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._close_connection)
-        self._executor.shutdown(wait=False)
+            await self._call(self._close_connection)  # after the worker's own writes
+        # Writes committed before now are acknowledged once durable, not dropped.
+        while (running := self._sync or self._checkpoint) is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running)
+        self._files.close()
+        self._worker.shutdown(wait=False)
+        self._kick()  # writes still queued learn that the store is closed
 
     def _notify_feed(self) -> None:
         self._feed_appended.set()
@@ -570,7 +695,7 @@ class SqliteStore:
                 for r in rows
             ]
 
-        return await self._read(body)
+        return await self._read_here(body)
 
     # -- devices -------------------------------------------------------------
     async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
@@ -605,7 +730,7 @@ class SqliteStore:
         return await self._write(body)
 
     async def get_device(self, device_id: str) -> Device:
-        return await self._read_one(lambda conn: _fetch_device(conn, device_id))
+        return await self._read_here(lambda conn: _fetch_device(conn, device_id))
 
     async def add_pending_device(
         self, device: Device, *, audit: AuditEvent | None = None
@@ -761,7 +886,7 @@ class SqliteStore:
                 raise CertificateNotFound(f"no certificate with serial {serial:x}")
             return _certificate(row)
 
-        return await self._read_one(body)
+        return await self._read_here(body)
 
     async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
         def body(conn: sqlite3.Connection) -> list[CertificateRecord]:
@@ -769,7 +894,7 @@ class SqliteStore:
             certs = [_certificate(r) for r in rows]
             return sorted(certs, key=lambda c: (c.issued_at, c.serial), reverse=True)
 
-        return await self._read(body)
+        return await self._read_here(body)
 
     async def list_expiring(
         self, before: dt.datetime, *, limit: int = 1000
@@ -903,7 +1028,7 @@ class SqliteStore:
                 raise AdminNotFound(f"no admin credential with sha256 {sha256}")
             return _admin(row)
 
-        return await self._read(body)
+        return await self._read_here(body)
 
     async def list_admin_credentials(self) -> list[AdminCredential]:
         def body(conn: sqlite3.Connection) -> list[AdminCredential]:
@@ -976,7 +1101,7 @@ class SqliteStore:
             row = conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
             return 0 if row is None else int(row[0])
 
-        return await self._read(body)
+        return await self._read_here(body)
 
     async def set_cursor(self, name: str, value: int) -> None:
         check_cursor(name, value)
@@ -996,7 +1121,7 @@ class SqliteStore:
             (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
             return int(head)
 
-        return await self._read(body)
+        return await self._read_here(body)
 
     async def feed_since(self, seq: int, *, limit: int = 1000) -> list[RevocationEvent]:
         def body(conn: sqlite3.Connection) -> list[RevocationEvent]:
@@ -1006,7 +1131,7 @@ class SqliteStore:
             )
             return [feed_event_from_json(r["event"]) for r in rows]
 
-        return await self._read(body)
+        return await self._read_here(body)
 
     async def revocation_snapshot(self) -> RevocationSnapshot:
         def body(conn: sqlite3.Connection) -> RevocationSnapshot:
@@ -1026,13 +1151,6 @@ class SqliteStore:
 
         return await self._read(body)
 
-    def _data_version(self) -> int:
-        conn = self._conn
-        if conn is None:
-            raise StoreUnavailable("the SQLite store is closed")
-        (version,) = conn.execute("PRAGMA data_version").fetchone()
-        return int(version)
-
     async def follow_feed(self, after_seq: int) -> AsyncGenerator[RevocationEvent, None]:
         last = after_seq
         backoff = FEED_POLL_SECONDS
@@ -1040,7 +1158,7 @@ class SqliteStore:
             # Taken before reading, so an append that lands after the read still wakes us.
             appended = self._feed_appended
             try:
-                version = await self._call(self._data_version)
+                version = await self._read_here(_data_version)
                 events = await self.feed_since(last, limit=_FEED_PAGE)
             except StoreUnavailable:
                 # Transient (locked, briefly unreadable): brokers keep following and
@@ -1060,7 +1178,7 @@ class SqliteStore:
                     await asyncio.wait_for(appended.wait(), FEED_POLL_SECONDS)
                     break
                 try:
-                    if await self._call(self._data_version) != seen_version:
+                    if await self._read_here(_data_version) != seen_version:
                         break
                 except StoreUnavailable:
                     break

@@ -1,0 +1,186 @@
+"""The SQLite store's threading model: what runs on the loop, what waits, what is durable.
+
+Writes and short reads run on the event loop; only waiting (for the disk, for
+another process's lock) happens elsewhere. These tests hold real SQLite locks
+from a second connection and watch the event loop keep ticking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+import fleet.store.sqlite as sqlite_backend
+from fleet.store._fsync import FileSyncer
+from fleet.store.records import AuditEvent, DeviceState
+from fleet.store.sqlite import SqliteStore
+from tests.contract.test_store_contract import certificate, entry
+
+
+def event(reason: str, *, pad: str = "") -> AuditEvent:
+    detail = {"pad": pad} if pad else {}
+    return AuditEvent(dt.datetime.now(dt.UTC), "system", "test", "allowed", reason, "d1", detail)
+
+
+class _Ticker:
+    """Counts event-loop turns; a blocked loop shows as a gap between ticks."""
+
+    def __init__(self) -> None:
+        self.longest_gap = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> _Ticker:
+        self._task = asyncio.create_task(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            self.longest_gap = max(self.longest_gap, now - last)
+            last = now
+
+
+async def test_write_waits_for_another_process_lock_without_blocking_the_loop(
+    tmp_path: Path, now: dt.datetime
+) -> None:
+    path = tmp_path / "fleet.db"
+    store = await SqliteStore.open(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        await store.import_manifest([entry("d1"), entry("d2")], now)
+        holder.execute("BEGIN IMMEDIATE")  # another process's write lock
+        async with _Ticker() as ticker:
+            write = asyncio.create_task(
+                store.record_certificate(
+                    certificate(1, "d1", now), expected={DeviceState.REGISTERED}, now=now
+                )
+            )
+            queued = asyncio.create_task(store.append_audit(event("queued")))
+            await asyncio.sleep(0.3)
+            assert not write.done()
+            assert not queued.done()
+            # Reads go on: in WAL mode the lock holder blocks no reader.
+            assert (await store.get_device("d1")).state is DeviceState.REGISTERED
+            holder.execute("ROLLBACK")
+            await asyncio.wait_for(asyncio.gather(write, queued), 5)
+        assert ticker.longest_gap < 0.1, f"the event loop stalled {ticker.longest_gap:.3f}s"
+        assert (await store.get_device("d1")).state is DeviceState.ACTIVE
+        records = await store.audit_records(after_seq=0, limit=10)
+        assert [r.event.reason for r in records] == ["queued"]
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_a_write_is_acknowledged_only_after_the_wal_is_synced(
+    tmp_path: Path, now: dt.datetime
+) -> None:
+    """Committed (visible to other connections) is not yet acknowledged: the fsync comes first."""
+    path = tmp_path / "fleet.db"
+    store = await SqliteStore.open(path)
+    released = asyncio.Event()
+    synced: list[Path] = []
+
+    class HeldSyncer(FileSyncer):
+        async def fdatasync(self, target: Path) -> None:
+            await released.wait()
+            await super().fdatasync(target)
+            synced.append(target)
+
+    store._files = HeldSyncer(asyncio.get_running_loop())
+    try:
+        first = asyncio.create_task(store.append_audit(event("one")))
+        await asyncio.sleep(0.05)
+        second = asyncio.create_task(store.append_audit(event("two")))
+        await asyncio.sleep(0.1)
+        assert not first.done()
+        assert not second.done()
+        other = sqlite3.connect(path)
+        try:
+            (count,) = other.execute("SELECT COUNT(*) FROM audit").fetchone()
+        finally:
+            other.close()
+        assert count == 2  # both committed, neither acknowledged
+        released.set()
+        await asyncio.wait_for(asyncio.gather(first, second), 5)
+        # The first sync began before the second commit: a second sync covers it.
+        assert synced == [path.with_name("fleet.db-wal")] * 2
+    finally:
+        released.set()
+        await store.close()
+
+
+async def _largest_wal(path: Path, appends: int) -> int:
+    wal = path.with_name(path.name + "-wal")
+    store = await SqliteStore.open(path)
+    try:
+        largest = 0
+        for n in range(appends):
+            await store.append_audit(event(f"r{n}", pad="x" * 2000))
+            largest = max(largest, wal.stat().st_size)
+    finally:
+        await store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM audit").fetchone() == (appends,)
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    finally:
+        conn.close()
+    return largest
+
+
+async def test_checkpoints_keep_the_wal_small(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY_COMMITS", 10**9)
+    unchecked = await _largest_wal(tmp_path / "unchecked.db", 300)
+    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY_COMMITS", 20)
+    checkpointed = await _largest_wal(tmp_path / "checkpointed.db", 300)
+    # Unchecked, the WAL holds every page image ever written; checkpointed
+    # every 20 commits, it starts over and stays near 20 commits' worth.
+    assert checkpointed < unchecked / 5, (checkpointed, unchecked)
+
+
+async def test_two_stores_on_one_file_interleave_writes(tmp_path: Path, now: dt.datetime) -> None:
+    """Two server processes share one file: each one's writes wait for the other's lock."""
+    path = tmp_path / "fleet.db"
+    a = await SqliteStore.open(path)
+    b = await SqliteStore.open(path)
+    try:
+        await asyncio.gather(
+            *(store.append_audit(event(f"{n}")) for n in range(50) for store in (a, b))
+        )
+        records = await a.audit_records(after_seq=0, limit=1000)
+        assert len(records) == 100
+        assert [r.seq for r in records] == list(range(1, 101))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_closing_acknowledges_committed_writes_and_refuses_new_ones(
+    tmp_path: Path, now: dt.datetime
+) -> None:
+    path = tmp_path / "fleet.db"
+    store = await SqliteStore.open(path)
+    writes = [asyncio.create_task(store.append_audit(event(f"{n}"))) for n in range(5)]
+    await asyncio.sleep(0)
+    await store.close()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert all(not isinstance(r, BaseException) for r in results), results
+    with pytest.raises(sqlite_backend.StoreUnavailable, match="closed"):
+        await store.append_audit(event("late"))
+    assert not path.with_name("fleet.db-wal").exists()
