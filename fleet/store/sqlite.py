@@ -219,6 +219,17 @@ def _fetch_device(conn: sqlite3.Connection, device_id: str) -> Device:
     return _device(row)
 
 
+def _same_certificate_recorded(conn: sqlite3.Connection, c: CertificateRecord) -> bool:
+    """Whether exactly ``c`` is already recorded: a replay (the Redis backend sees
+    those after a retry), not a conflict."""
+    existing = conn.execute(
+        "SELECT device_id, pem FROM certificates WHERE serial = ?", (serial_hex(c.serial),)
+    ).fetchone()
+    return (
+        existing is not None and existing["device_id"] == c.device_id and existing["pem"] == c.pem
+    )
+
+
 def _append_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> AuditRecord | None:
     """Chain ``event`` after the newest record, inside the caller's write transaction."""
     if event is None:
@@ -398,6 +409,9 @@ class SqliteStore:
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA foreign_keys = ON")
         self._transaction(True, self._migrate)
+        # At rest the writer never waits: that is how it is used on the loop.
+        # Worker tasks wait up to BUSY_TIMEOUT_MS (_patiently).
+        conn.execute("PRAGMA busy_timeout = 0")
         _fdatasync(self._wal_path)
 
     def _open_reader(self) -> None:
@@ -459,7 +473,7 @@ class SqliteStore:
         executor's own future (a cancelled waiter does not end the task).
         """
         self._worker_jobs += 1
-        future = self._loop.run_in_executor(self._worker, fn)
+        future = self._loop.run_in_executor(self._worker, self._patiently, fn)
 
         def done(finished: asyncio.Future[T]) -> None:
             self._worker_jobs -= 1
@@ -469,6 +483,18 @@ class SqliteStore:
 
         future.add_done_callback(done)
         return future
+
+    def _patiently(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (worker thread) letting the writer wait for other processes' locks."""
+        conn = self._conn
+        if conn is None:
+            return fn()  # opening, or closed
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        try:
+            return fn()
+        finally:
+            if self._conn is conn:  # not closed by fn
+                conn.execute("PRAGMA busy_timeout = 0")
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -482,7 +508,8 @@ class SqliteStore:
         return await self._call(lambda: self._transaction(False, body))
 
     async def _read_here(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """A short read (a few rows by key) on the loop's own connection: no thread hop.
+        """A short read of ONE statement (a few rows by key) on the loop's own
+        connection: no thread hop. One statement sees one snapshot by itself.
 
         It is on every enrollment (device, certificate, manufacturer CAs). In
         WAL mode a reader waits for nobody, except in rare moments (another
@@ -493,12 +520,7 @@ class SqliteStore:
         if reader is None:
             raise StoreUnavailable("the SQLite store is closed")
         try:
-            reader.execute("BEGIN")  # one snapshot for a multi-statement read
-            try:
-                return body(reader)
-            finally:
-                if reader.in_transaction:
-                    reader.execute("COMMIT")
+            return body(reader)
         except sqlite3.Error as exc:
             if not _is_busy(exc):
                 raise self._unavailable(exc) from exc
@@ -551,15 +573,12 @@ class SqliteStore:
 
     @staticmethod
     def _begin_without_waiting(conn: sqlite3.Connection) -> bool:
-        conn.execute("PRAGMA busy_timeout = 0")
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")  # busy_timeout is 0 here
         except sqlite3.OperationalError as exc:
             if _is_busy(exc):
                 return False
             raise
-        finally:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         return True
 
     @staticmethod
@@ -831,36 +850,35 @@ class SqliteStore:
 
         def body(conn: sqlite3.Connection) -> Device:
             current = _fetch_device(conn, c.device_id)
-            existing = conn.execute(
-                "SELECT device_id, pem FROM certificates WHERE serial = ?", (serial_hex(c.serial),)
-            ).fetchone()
-            if existing is not None:
-                # The same certificate again is a replayed call that already
-                # succeeded (the Redis backend sees those after a retry).
-                if existing["device_id"] == c.device_id and existing["pem"] == c.pem:
-                    return current
-                raise StoreConflict(
-                    f"a different certificate with serial {serial_hex(c.serial)} is recorded"
-                )
             if current.state.value not in allowed:
+                if _same_certificate_recorded(conn, c):
+                    return current  # a replayed call that already succeeded
                 raise StoreConflict(
                     f"device {c.device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
                 )
-            conn.execute(
-                "INSERT INTO certificates (serial, device_id, not_before, not_after, issued_at, "
-                "pem, status, revoked_at, revocation_reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    serial_hex(c.serial),
-                    c.device_id,
-                    ts(c.not_before),
-                    ts(c.not_after),
-                    ts(c.issued_at),
-                    c.pem,
-                    c.status.value,
-                    opt_ts(c.revoked_at),
-                    None if c.revocation_reason is None else c.revocation_reason.value,
-                ),
-            )
+            try:
+                conn.execute(
+                    "INSERT INTO certificates (serial, device_id, not_before, not_after, "
+                    "issued_at, pem, status, revoked_at, revocation_reason) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        serial_hex(c.serial),
+                        c.device_id,
+                        ts(c.not_before),
+                        ts(c.not_after),
+                        ts(c.issued_at),
+                        c.pem,
+                        c.status.value,
+                        opt_ts(c.revoked_at),
+                        None if c.revocation_reason is None else c.revocation_reason.value,
+                    ),
+                )
+            except sqlite3.IntegrityError:  # the serial is taken (the device exists)
+                if _same_certificate_recorded(conn, c):
+                    return current
+                raise StoreConflict(
+                    f"a different certificate with serial {serial_hex(c.serial)} is recorded"
+                ) from None
             if bootstrap_sha256 is None:
                 conn.execute(
                     "UPDATE devices SET state = ?, updated_at = ? WHERE device_id = ?",
@@ -873,7 +891,18 @@ class SqliteStore:
                     (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
                 )
             _append_audit(conn, audit)
-            return _fetch_device(conn, c.device_id)
+            # What the UPDATE just wrote, without reading the row back.
+            return dataclasses.replace(
+                current,
+                state=DeviceState.ACTIVE,
+                updated_at=parse_ts(at),
+                enrolled_bootstrap_sha256=(
+                    current.enrolled_bootstrap_sha256
+                    if bootstrap_sha256 is None
+                    else bootstrap_sha256
+                ),
+                enrolled_at=current.enrolled_at if bootstrap_sha256 is None else parse_ts(at),
+            )
 
         return await self._write(body)
 
