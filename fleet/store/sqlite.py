@@ -516,11 +516,14 @@ class SqliteStore:
         process recovering the WAL); then the read goes to the worker thread,
         which may wait, instead of failing or blocking the loop.
         """
-        reader = self._reader
-        if reader is None:
+        # The writer's page cache holds what it just wrote; the reader's is
+        # invalidated by every write of the writer, so the writer reads
+        # faster whenever it is the loop's (no worker task holds it).
+        conn = self._reader if self._worker_jobs or self._conn is None else self._conn
+        if conn is None or self._closed:
             raise StoreUnavailable("the SQLite store is closed")
         try:
-            return body(reader)
+            return body(conn)
         except sqlite3.Error as exc:
             if not _is_busy(exc):
                 raise self._unavailable(exc) from exc
