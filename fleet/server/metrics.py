@@ -48,6 +48,22 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Label children, looked up once: labels() takes a lock and builds a
+        # key on every call, and this runs on every request.
+        self._request_children: dict[tuple[str, str, str], Counter] = {}
+        self._latency_children: dict[str, Histogram] = {}
+
+    def observe_request(self, operation: str, outcome: str, reason: str, seconds: float) -> None:
+        key = (operation, outcome, reason)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self.requests.labels(*key)
+        counter.inc()
+        latency = self._latency_children.get(operation)
+        if latency is None:
+            latency = self._latency_children[operation] = self.latency.labels(operation)
+        latency.observe(seconds)
+
     def exposition(self) -> tuple[bytes, str]:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from fleet.errors import CredentialsRequired, EnrollmentPending, FleetError, TokenInvalid
 from fleet.server.errors import status_for
-from fleet.server.logs import request_id_var
+from fleet.server.logs import AccessLog, request_id_var
 from fleet.server.metrics import Metrics
 
 log = logging.getLogger("fleet.http")
@@ -25,12 +25,13 @@ RETRY_AFTER_UNAVAILABLE = 5
 
 def build_middlewares(metrics: Metrics, *, max_in_flight: int) -> list[web.middleware]:  # type: ignore[valid-type]
     in_flight = 0
+    access_log = AccessLog()
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal in_flight
         supplied = request.headers.get("X-Request-Id", "")
-        request_id = supplied if _REQUEST_ID.fullmatch(supplied) else uuid.uuid4().hex
+        request_id = supplied if _REQUEST_ID.fullmatch(supplied) else secrets.token_hex(16)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         response: web.StreamResponse | None = None
@@ -52,25 +53,20 @@ def build_middlewares(metrics: Metrics, *, max_in_flight: int) -> list[web.middl
         reason = request.get("reason", "")
         if operation is not None:
             outcome = _outcome(response.status)
-            metrics.requests.labels(operation, outcome, reason or outcome).inc()
-            metrics.latency.labels(operation).observe(elapsed)
-        log.info(
-            "%s %s %d",
-            request.method,
-            request.path,
-            response.status,
-            extra={
-                "http": {
+            metrics.observe_request(operation, outcome, reason or outcome, elapsed)
+        if access_log.enabled:
+            access_log.write(
+                f"{request.method} {request.path} {response.status}",
+                {
                     "method": request.method,
                     "path": request.path,
                     "status": response.status,
                     "ms": round(elapsed * 1000, 2),
                     "remote": request.remote,
                 },
-                "device_id": request.get("device_id"),
-                "reason": reason or None,
-            },
-        )
+                request.get("device_id"),
+                reason or None,
+            )
         request_id_var.reset(token)
         return response
 
