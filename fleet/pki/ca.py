@@ -9,6 +9,7 @@ brokers can trust the device CA without trusting server names.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,6 +134,7 @@ def _subject_key_identifier(cert: x509.Certificate) -> x509.SubjectKeyIdentifier
         return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
 
 
+@functools.lru_cache(maxsize=16)  # the issuing CA's, on every issuance
 def authority_key_identifier(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     """The AKI a child of ``issuer`` carries, taken from the issuer's SKI."""
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(

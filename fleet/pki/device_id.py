@@ -79,15 +79,15 @@ def device_id_from_certificate(cert: x509.Certificate, source: str = "cn") -> st
         # A wrong source is a setting mistake, not something the device did.
         raise ConfigError(f"unknown device id source {source!r}; use 'cn' or 'serialNumber'")
     attributes = cert.subject.get_attributes_for_oid(oid)
-    subject = cert.subject.rfc4514_string()
     if not attributes:
         raise DeviceIdInvalid(
-            f"certificate subject {subject!r} has no {source} attribute to take the device id from"
+            f"certificate subject {cert.subject.rfc4514_string()!r} has no {source} attribute "
+            "to take the device id from"
         )
     if len(attributes) > 1:
         raise DeviceIdInvalid(
-            f"certificate subject {subject!r} has {len(attributes)} {source} attributes; "
-            "exactly one is required"
+            f"certificate subject {cert.subject.rfc4514_string()!r} has {len(attributes)} "
+            f"{source} attributes; exactly one is required"
         )
     value = attributes[0].value
     if not isinstance(value, str):  # pragma: no cover - CN/serialNumber are strings
