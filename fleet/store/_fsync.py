@@ -149,6 +149,7 @@ class FileSyncer:
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._aio: _KernelAio | None = None
         self._aio_tried = False  # set up on first use: read-only users never need it
+        self._aio_refused = False  # the file system said EINVAL: threads from now on
 
     @property
     def uses_threads(self) -> bool:
@@ -163,24 +164,28 @@ class FileSyncer:
                 log.info("native AIO unavailable (%s): fdatasync runs on a thread", exc)
         return self._aio
 
+    def start(self, fd: int) -> asyncio.Future[None]:
+        """Start an fdatasync of ``fd``; the caller keeps ``fd`` open until it resolves."""
+        aio = None if self._aio_refused else self._native()
+        if aio is not None:
+            try:
+                return aio.fdatasync(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EAGAIN, errno.ENOSYS):
+                    raise
+                # EINVAL: this file system cannot (for good); EAGAIN: the queue is full.
+                self._aio_refused = exc.errno == errno.EINVAL
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, "fleet-fsync")
+        return self._loop.run_in_executor(self._thread, os.fdatasync, fd)
+
     async def fdatasync(self, path: Path) -> None:
         """Raises FileNotFoundError if ``path`` does not exist."""
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            aio = self._native()
-            if aio is not None:
-                try:
-                    # The kernel holds its own reference to the file: closing
-                    # fd below, even on cancellation, cannot disturb it.
-                    await aio.fdatasync(fd)
-                    return
-                except OSError as exc:
-                    if exc.errno not in (errno.EINVAL, errno.EAGAIN, errno.ENOSYS):
-                        raise
-                    # This file system cannot (EINVAL) or the queue is full: use a thread.
-            if self._thread is None:
-                self._thread = concurrent.futures.ThreadPoolExecutor(1, "fleet-fsync")
-            await self._loop.run_in_executor(self._thread, os.fdatasync, fd)
+            # The kernel holds its own reference to the file: closing fd
+            # below, even on cancellation, cannot disturb a native fdatasync.
+            await self.start(fd)
         finally:
             os.close(fd)
 

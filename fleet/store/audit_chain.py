@@ -59,10 +59,20 @@ def chain_hash(prev_sha256: str, seq: int, event: AuditEvent) -> str:
 
 def chain_next(prev: AuditRecord | None, event: AuditEvent) -> AuditRecord:
     """The record that appends ``event`` after ``prev`` (None: the first)."""
-    seq = 1 if prev is None else prev.seq + 1
-    prev_sha = GENESIS if prev is None else prev.sha256
+    return (
+        chain_after(0, GENESIS, event)
+        if prev is None
+        else chain_after(prev.seq, prev.sha256, event)
+    )
+
+
+def chain_after(prev_seq: int, prev_sha256: str, event: AuditEvent) -> AuditRecord:
+    """The record that appends ``event`` after the record ``prev_seq`` whose hash is
+    ``prev_sha256`` (0 and GENESIS: the first). Only these two of the previous
+    record matter, so stores need not read (and decode) all of it."""
+    seq = prev_seq + 1
     return AuditRecord(
-        seq=seq, event=event, prev_sha256=prev_sha, sha256=chain_hash(prev_sha, seq, event)
+        seq=seq, event=event, prev_sha256=prev_sha256, sha256=chain_hash(prev_sha256, seq, event)
     )
 
 

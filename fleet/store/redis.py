@@ -96,7 +96,7 @@ from fleet.store._codec import (
     serial_int,
     ts,
 )
-from fleet.store.audit_chain import GENESIS, chain_next, event_from_json, event_to_json
+from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
@@ -994,13 +994,9 @@ class RedisStore:
         the head is still that one when it appends)."""
         with _mapped_errors():
             head = _fields(await self._redis.hgetall(self._keys.audit_head))
-        prev = (
-            None
-            if not head
-            # chain_next reads only seq and sha256 of the previous record.
-            else AuditRecord(int(head["seq"]), event, prev_sha256="", sha256=head["sha256"])
-        )
-        return chain_next(prev, event)
+        if not head:
+            return chain_after(0, GENESIS, event)
+        return chain_after(int(head["seq"]), head["sha256"], event)
 
     async def _audited(
         self,

@@ -63,7 +63,7 @@ from fleet.store._codec import (
     ts,
 )
 from fleet.store._fsync import FileSyncer
-from fleet.store.audit_chain import chain_next, event_from_json, event_to_json
+from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
@@ -234,10 +234,8 @@ def _append_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> AuditRe
     """Chain ``event`` after the newest record, inside the caller's write transaction."""
     if event is None:
         return None
-    row = conn.execute(
-        "SELECT seq, event, prev_sha256, sha256 FROM audit ORDER BY seq DESC LIMIT 1"
-    ).fetchone()
-    record = chain_next(None if row is None else _audit(row), event)
+    row = conn.execute("SELECT seq, sha256 FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    record = chain_after(0, GENESIS, event) if row is None else chain_after(row[0], row[1], event)
     conn.execute(
         "INSERT INTO audit (seq, event, prev_sha256, sha256, device_id) VALUES (?, ?, ?, ?, ?)",
         (
@@ -368,7 +366,8 @@ class SqliteStore:
         self._reader: sqlite3.Connection | None = None
         # Committed writes waiting for the next fsync of the WAL (their durability).
         self._unsynced: list[tuple[_WriteJob, Any]] = []
-        self._sync: asyncio.Task[None] | None = None  # the fsync running now
+        self._sync: asyncio.Future[None] | None = None  # the fsync running now
+        self._wal_fd = -1  # our own descriptor of the WAL, for fdatasync
         self._commits_since_checkpoint = 0
         self._closed = False
         # Replaced on every local feed append; PRAGMA data_version does not see
@@ -381,6 +380,9 @@ class SqliteStore:
         try:
             await store._call(store._connect)
             store._open_reader()
+            # The WAL exists from here on and is never removed while our
+            # connections are open (SQLite removes it when the last one closes).
+            store._wal_fd = os.open(store._wal_path, os.O_RDONLY | os.O_CLOEXEC)
         except BaseException:
             await store.close()
             raise
@@ -610,26 +612,29 @@ class SqliteStore:
 
     def _sync_committed(self) -> None:
         """Start an fsync covering every committed write, unless one is running."""
-        if self._sync is None and self._unsynced:
-            batch, self._unsynced = self._unsynced, []
-            self._sync = self._loop.create_task(self._make_durable(batch))
-
-    async def _make_durable(self, batch: list[tuple[_WriteJob, Any]]) -> None:
-        failed: StoreUnavailable | None = None
+        if self._sync is not None or not self._unsynced:
+            return
+        batch, self._unsynced = self._unsynced, []
         try:
-            try:
-                await self._files.fdatasync(self._wal_path)
-            except FileNotFoundError:
-                # The last connection to close checkpointed the WAL into the
-                # database (syncing it) and removed it: nothing is left to sync.
-                pass
-            except OSError as exc:
-                failed = self._unavailable(exc)
-            for job, result in batch:
-                _settle(job.future, result, failed)
-        finally:
-            self._sync = None
+            self._sync = self._files.start(self._wal_fd)
+        except OSError as exc:
+            self._made_durable(batch, exc)
+            return
+        self._sync.add_done_callback(lambda done: self._synced(batch, done))
+
+    def _synced(self, batch: list[tuple[_WriteJob, Any]], done: asyncio.Future[None]) -> None:
+        self._sync = None
+        self._made_durable(
+            batch, done.exception() if not done.cancelled() else OSError("cancelled")
+        )
         self._sync_committed()
+
+    def _made_durable(
+        self, batch: list[tuple[_WriteJob, Any]], error: BaseException | None
+    ) -> None:
+        failed = None if error is None else self._unavailable(error)
+        for job, result in batch:
+            _settle(job.future, result, failed)
         self._commits_since_checkpoint += len(batch)
         if self._commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS and not (
             self._closed or self._checkpoint
@@ -675,6 +680,9 @@ class SqliteStore:
             with contextlib.suppress(Exception):
                 await asyncio.shield(running)
         self._files.close()
+        if self._wal_fd >= 0:
+            os.close(self._wal_fd)
+            self._wal_fd = -1
         self._worker.shutdown(wait=False)
         self._kick()  # writes still queued learn that the store is closed
 
