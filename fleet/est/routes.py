@@ -65,6 +65,7 @@ class EstService:
     metrics: Metrics
     ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
     _cacerts_der: bytes | None = None
+    _table: dict[str, dict[str, Handler]] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -74,7 +75,9 @@ class EstService:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         operation = request.match_info["operation"]
-        methods = self._operations().get(operation)
+        if self._table is None:  # built once: this runs on every request
+            self._table = self._operations()
+        methods = self._table.get(operation)
         if methods is None:
             raise NotFound(f"no EST operation {operation!r}", reason="unknown_operation")
         handler = methods.get(request.method)

@@ -34,7 +34,7 @@ from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
 from fleet.server.peer import PeerCertificates
 from fleet.server.revocation_routes import RevocationService
-from fleet.server.tls import server_context
+from fleet.server.tls import AckAfterHandshake, server_context
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 
@@ -215,12 +215,16 @@ async def serve(
             access_log=None,
             handle_signals=False,
             keepalive_timeout=config.server.header_timeout_seconds,
+            # No SO_KEEPALIVE: idle connections end at keepalive_timeout long
+            # before TCP's first probe (2 h), and it is a syscall per connection.
+            tcp_keepalive=False,
         )
         await runner.setup()
         assert runner.server is not None
         loop = asyncio.get_running_loop()
+        http = runner.server
         server = await loop.create_server(
-            runner.server,
+            (lambda: AckAfterHandshake(http())) if ssl_context else http,
             host,
             port,
             ssl=ssl_context,

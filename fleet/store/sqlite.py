@@ -90,8 +90,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
-# SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~20.
-CHECKPOINT_EVERY_COMMITS = 50
+# SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
+CHECKPOINT_EVERY_COMMITS = 100
 _FEED_PAGE = 1000
 
 _SCHEMA = """
