@@ -12,6 +12,9 @@ number. Scenarios, all on this machine in the same run:
   2. fleet direct       `fleet serve --workers 1` in TLS mode
   3. nginx + fleet      docs/nginx/fleet-est.conf (1 worker) + fleet in proxy mode
   4. fleet 2 workers    `fleet serve --workers 2` in TLS mode
+  5. naive prototype    bench/naive_est_server.py: aiohttp + Python's default TLS,
+                        CSR check, sign, one durable SQLite row, nothing else
+                        (the issue's "naive aiohttp prototype", run here)
 
 Each enrollment of 2-4 is a real one that must succeed (200): the devices,
 their bootstrap certificates (one manufacturer, manifest-imported with their
@@ -40,6 +43,7 @@ import platform
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import tempfile
 import threading
@@ -62,6 +66,8 @@ from fleet.store.records import ManifestEntry, ManufacturerCA
 from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
 from tests.support.fleet_server import FleetServer, make_data_dir, run_store
 from tests.support.nginx import Nginx
+from tests.support.ports import free_port
+from tests.support.process import stop_process
 from tests.support.raw_http import read_response, request_bytes
 
 ENROLL_PATH = "/.well-known/est/simpleenroll"
@@ -447,6 +453,28 @@ def fleet_direct(bench: Bench, devices: Sequence[Device], warmup: int, workers: 
         )
 
 
+def naive_prototype(
+    bench: Bench, devices: Sequence[Device], warmup: int, manufacturer: CertifiedKey
+) -> Result:
+    """bench/naive_est_server.py: the issue's "naive aiohttp prototype", run here."""
+    ca_pem = bench.tmp / "manufacturer.pem"
+    ca_pem.write_bytes(manufacturer.certificate.public_bytes(serialization.Encoding.PEM))
+    port = free_port()
+    command = [sys.executable, str(REPO / "bench/naive_est_server.py"), str(bench.config)]
+    command += [str(port), str(ca_pem), str(bench.tmp / "naive.db")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the naive server did not start: {proc.stdout.read()!r}")
+        return bench.measure(
+            "naive", "5 naive aiohttp prototype", port, {"naive": [proc.pid]},
+            devices[:warmup], devices[warmup:],
+        )  # fmt: skip
+    finally:
+        stop_process(proc)
+
+
 def nginx_fleet_proxy(bench: Bench, devices: Sequence[Device], warmup: int) -> Result:
     env = {"FLEET_SERVER_MODE": "proxy", "FLEET_SERVER_TRUSTED_PROXIES": f'["{PROXY_BIND}"]'}
     server = FleetServer(bench.config, env=env, scheme="http")
@@ -602,7 +630,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="the one TLS 1.3 key-exchange group the client offers (prime256v1, X25519 — "
         "both servers accept either), or 'default' for OpenSSL's list",
     )
-    parser.add_argument("--scenarios", default="1,2,3,4", help="comma-separated subset of 1,2,3,4")
+    parser.add_argument(
+        "--scenarios", default="1,2,3,4,5", help="comma-separated subset of 1,2,3,4,5"
+    )
     parser.add_argument("--max-seconds", type=float, default=120.0, help="per load phase")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -654,6 +684,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             2: lambda: fleet_direct(bench, devices[2], args.warmup, workers=1),
             3: lambda: nginx_fleet_proxy(bench, devices[3], args.warmup),
             4: lambda: fleet_direct(bench, devices[4], args.warmup, workers=2),
+            5: lambda: naive_prototype(bench, devices[5], args.warmup, manufacturer),
         }
         for number in sorted(chosen):
             result = runs[number]()

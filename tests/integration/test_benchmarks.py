@@ -1,0 +1,37 @@
+"""The EST benchmark still runs end to end (a handful of requests; its figures are not judged)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.binaries import need_binary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_est_benchmark_runs_every_scenario(tmp_path: Path) -> None:
+    need_binary("nginx")
+    figures = tmp_path / "est.json"
+    command = [sys.executable, str(REPO / "bench/est_enroll.py"), "--requests", "20"]
+    command += ["--warmup", "5", "--concurrency", "2", "--json", str(figures)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(figures.read_text())
+    scenarios = {s["key"]: s for s in data["scenarios"]}
+    assert set(scenarios) == {
+        "nginx-static",
+        "fleet-direct",
+        "nginx+fleet-proxy",
+        "fleet-direct-2w",
+        "naive",
+    }
+    for scenario in scenarios.values():
+        assert scenario["ok"] == 20, scenario
+        assert scenario["tls"].startswith("TLSv1.3"), scenario
+    # Each target is judged on the fleet process alone, and says so.
+    assert {t["process"] for t in data["targets"].values()} == {"fleet"}
+    assert "nginx" in scenarios["nginx+fleet-proxy"]["server_cpu_ms_per_request_by_process"]
+    assert "target: fleet direct" in run.stdout
