@@ -291,9 +291,9 @@ def cpu_ticks(roots: Sequence[int]) -> dict[int, int]:
     return {pid: stats[pid][1] for pid in tree}
 
 
-def kernel_thread_ticks() -> int:
-    """CPU ticks of the kernel threads that do work for processes (fsync, I/O, softirq)."""
-    total = 0
+def kernel_thread_ticks() -> dict[int, int]:
+    """CPU ticks of each kernel thread that does work for processes (fsync, I/O, softirq)."""
+    ticks = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -304,8 +304,8 @@ def kernel_thread_ticks() -> int:
         name = text[text.index("(") + 1 : text.rindex(")")]
         if name.startswith(KERNEL_THREADS):
             fields = text[text.rindex(")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])
-    return total
+            ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def cpu_used(before: dict[int, int], after: dict[int, int]) -> float:
@@ -397,7 +397,7 @@ class Bench:
             warmup_failures=dict(warm.failures),
             cpu_seconds=sum(cpu.values()),
             cpu_parts=cpu,
-            kernel_threads_seconds=(kernel_after - kernel_before) / CLK_TCK,
+            kernel_threads_seconds=cpu_used(kernel_before, kernel_after),
             wall_seconds=load.wall,
             tls=tls,
             processes=sum(len(after[name]) for name in parts),

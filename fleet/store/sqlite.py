@@ -92,6 +92,10 @@ BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
 # SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
 CHECKPOINT_EVERY_COMMITS = 100
+# Another process's write lock: retried on the loop this often, this long,
+# before a write waits for it (up to BUSY_TIMEOUT_MS) on the worker thread.
+LOCK_RETRY_DELAY = 0.001
+LOCK_RETRY_SECONDS = 0.05
 _FEED_PAGE = 1000
 
 _SCHEMA = """
@@ -362,6 +366,8 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._worker_jobs = 0
         self._pending: list[_WriteJob] = []  # writes waiting for the writer connection
+        self._lock_retry: asyncio.TimerHandle | None = None  # another process holds the lock
+        self._locked_since: float | None = None
         # The event loop's own connection for short reads; it never waits for a lock.
         self._reader: sqlite3.Connection | None = None
         # Committed writes waiting for the next fsync of the WAL (their durability).
@@ -551,7 +557,7 @@ class SqliteStore:
 
     def _kick(self) -> None:
         """Run the waiting writes while the writer connection is the loop's."""
-        while self._pending and not self._worker_jobs:
+        while self._pending and not self._worker_jobs and self._lock_retry is None:
             job = self._pending.pop(0)
             conn = self._conn
             if self._closed or conn is None:
@@ -566,15 +572,30 @@ class SqliteStore:
                 _settle(job.future, None, error)
                 continue
             if begun:
+                self._locked_since = None
                 self._committed(job, result)
-            else:
-                # Another process holds the write lock: wait for it on the worker
-                # thread (busy_timeout), never on the loop. Later writes queue
-                # behind it, in order.
-                self._on_worker(
-                    lambda job=job: self._transaction(True, job.body),  # type: ignore[misc]
-                    lambda done, job=job: self._committed_on_worker(job, done),  # type: ignore[misc]
-                )
+                continue
+            # Another process holds the write lock. Its transactions are short
+            # too (no COMMIT waits for the disk), so try again on the loop in a
+            # moment; only past LOCK_RETRY_SECONDS wait for it on the worker
+            # thread (busy_timeout), never on the loop. Later writes queue
+            # behind, in order.
+            now = self._loop.time()
+            if self._locked_since is None:
+                self._locked_since = now
+            if now - self._locked_since < LOCK_RETRY_SECONDS:
+                self._pending.insert(0, job)
+                self._lock_retry = self._loop.call_later(LOCK_RETRY_DELAY, self._retry_lock)
+                return
+            self._locked_since = None
+            self._on_worker(
+                lambda job=job: self._transaction(True, job.body),  # type: ignore[misc]
+                lambda done, job=job: self._committed_on_worker(job, done),  # type: ignore[misc]
+            )
+
+    def _retry_lock(self) -> None:
+        self._lock_retry = None
+        self._kick()
 
     @staticmethod
     def _begin_without_waiting(conn: sqlite3.Connection) -> bool:
@@ -669,6 +690,9 @@ class SqliteStore:
 
     async def close(self) -> None:
         self._closed = True  # writes not yet begun are refused from now on
+        if self._lock_retry is not None:
+            self._lock_retry.cancel()
+            self._lock_retry = None
         if self._reader is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._reader.close()

@@ -12,6 +12,7 @@ import datetime as dt
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,3 +189,32 @@ async def test_closing_acknowledges_committed_writes_and_refuses_new_ones(
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.append_audit(event("late"))
     assert not path.with_name("fleet.db-wal").exists()
+
+
+async def test_a_briefly_held_lock_is_retried_on_the_loop_a_long_one_waits_on_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "fleet.db"
+    store = await SqliteStore.open(path)
+    hops: list[str] = []
+    original = SqliteStore._on_worker
+
+    def counting(self: SqliteStore, fn: Any, then: Any = None) -> Any:
+        hops.append(getattr(fn, "__name__", "?"))
+        return original(self, fn, then)
+
+    monkeypatch.setattr(SqliteStore, "_on_worker", counting)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        for held, expect_worker in ((0.01, False), (0.2, True)):
+            hops.clear()
+            holder.execute("BEGIN IMMEDIATE")
+            loop = asyncio.get_running_loop()
+            loop.call_later(held, holder.execute, "ROLLBACK")
+            await asyncio.wait_for(store.append_audit(event(f"held {held}")), 5)
+            assert not holder.in_transaction  # the write landed after the lock was let go
+            went_to_worker = any(name == "<lambda>" for name in hops)
+            assert went_to_worker is expect_worker, (held, hops)
+    finally:
+        holder.close()
+        await store.close()
