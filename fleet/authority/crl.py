@@ -178,7 +178,14 @@ class CrlPublisher:
         records = await self._store.list_revoked()
         now = self._clock.now()
         number = max(crl_number_at(now), self._last_number + 1)
-        entries = [self._entry(r) for r in records if self._issued_by_us(r)]
+        # An expired certificate fails validation anyway. RFC 5280 5.3 lets its
+        # entry go once one scheduled CRL issued after the expiry listed it;
+        # kept until a whole nextUpdate period has passed, it was on several.
+        # With short-lived certificates this keeps the CRL small forever.
+        keep_after = now - self._next_update
+        entries = [
+            self._entry(r) for r in records if r.not_after > keep_after and self._issued_by_us(r)
+        ]
         # Signing a large CRL takes a while; keep the event loop serving.
         signed = await asyncio.to_thread(self._sign, entries, now, number)
         self._last_number = number

@@ -85,6 +85,21 @@ async def test_certificates_of_another_issuer_are_not_listed(issuing: CertifiedK
     assert [e.serial_number for e in x509.load_der_x509_crl(signed.der)] == [21]
 
 
+async def test_expired_certificates_leave_the_crl_a_next_update_period_after_expiry(
+    issuing: CertifiedKey,
+) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    day = dt.timedelta(days=1)
+    store.add(issuing, 31, NOW - 40 * day)  # valid 30 days: expired 10 days ago
+    store.add(issuing, 32, NOW - 31 * day)  # expired a day ago, inside one nextUpdate (48 h)
+    store.add(issuing, 33, NOW)
+    for serial in (31, 32, 33):
+        store.revoke(serial, RevocationReason.KEY_COMPROMISE, NOW - day)
+    signed = await publisher(store, issuing, clock).current()
+    assert sorted(e.serial_number for e in x509.load_der_x509_crl(signed.der)) == [32, 33]
+    assert signed.revoked_count == 2
+
+
 async def test_numbers_strictly_increase_even_when_the_clock_stands_still(
     issuing: CertifiedKey,
 ) -> None:
