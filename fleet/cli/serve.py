@@ -12,6 +12,7 @@ import uvloop
 
 from fleet.cli.common import read_secret_file, secret_from_env
 from fleet.config import FleetConfig, load_config
+from fleet.notify.secret import webhook_secret
 from fleet.server.app import parse_listen
 from fleet.server.app import serve as serve_forever
 from fleet.server.logs import configure_logging
@@ -60,6 +61,8 @@ def serve(
     config = load_config(config_path)
     listen = listen or config.server.listen
     parse_listen(listen)  # refuse a bad address before starting anything
+    # Read before any worker starts: URLs without a secret refuse to start.
+    secret = webhook_secret(config.webhooks, os.environ) if config.webhooks.urls else None
     count = workers or config.server.workers
     if count > 1 and not is_worker:
         argv = ["-m", "fleet", "serve", "--config", str(config_path), "--listen", listen]
@@ -70,5 +73,11 @@ def serve(
     # cost a large share of every handshake.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(
-            serve_forever(config, listen=listen, passphrase=passphrase, reuse_port=count > 1)
+            serve_forever(
+                config,
+                listen=listen,
+                passphrase=passphrase,
+                webhook_secret=secret,
+                reuse_port=count > 1,
+            )
         )

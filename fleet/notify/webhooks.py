@@ -43,7 +43,6 @@ from fleet.config import FleetConfig
 from fleet.errors import ConfigError, FleetError
 from fleet.fsutil import SECRET_MODE, write_atomic
 from fleet.notify.events import RULES, Notification, Rule, notification_for
-from fleet.notify.secret import webhook_secret
 from fleet.notify.signing import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -409,18 +408,17 @@ def attach_notifier(
     config: FleetConfig,
     *,
     store: Store,
-    environ: Mapping[str, str] | None = None,
+    secret: bytes,
 ) -> WebhookNotifier:
     """Run a notifier for ``config.webhooks.urls`` with the app's lifetime.
 
-    The secret is read now, so a server with URLs but no secret refuses to
-    start (ConfigError) instead of running without notifications.
+    ``secret`` is read by the CLI (fleet.notify.secret.webhook_secret), which
+    refuses to start a server with URLs but no secret.
     """
-    environ = os.environ if environ is None else environ
     notifier = WebhookNotifier(
         store=store,
         urls=config.webhooks.urls,
-        secret=webhook_secret(config.webhooks, environ),
+        secret=secret,
         state_dir=config.data_dir,
         max_attempts=config.webhooks.max_attempts,
     )

@@ -64,6 +64,7 @@ def build_app(
     store: Store,
     issuer: CertifiedKey,
     clock: Clock,
+    webhook_secret: bytes | None = None,
 ) -> web.Application:
     root = load_certificates_pem(_read(config.ca.root_cert))[0]
     metrics = Metrics()
@@ -132,8 +133,13 @@ def build_app(
             web.get("/metrics", metrics_endpoint),
         ]
     )
-    if config.webhooks.urls:  # reads the webhook secret now: none configured → ConfigError
-        attach_notifier(app, config, store=store)
+    if config.webhooks.urls:
+        if webhook_secret is None:
+            raise ConfigError(
+                "[webhooks] urls are set but no webhook secret was given to sign with",
+                hint="Set [webhooks] secret_file or FLEET_WEBHOOK_SECRET.",
+            )
+        attach_notifier(app, config, store=store, secret=webhook_secret)
     return app
 
 
@@ -191,6 +197,7 @@ async def serve(
     *,
     listen: str,
     passphrase: bytes | None,
+    webhook_secret: bytes | None = None,
     reuse_port: bool = False,
 ) -> None:
     """Serve until SIGTERM or SIGINT."""
@@ -209,7 +216,9 @@ async def serve(
     store = await open_store(config.store_url)
     runner: web.AppRunner | None = None
     try:
-        app = build_app(config, store=store, issuer=issuer, clock=SystemClock())
+        app = build_app(
+            config, store=store, issuer=issuer, clock=SystemClock(), webhook_secret=webhook_secret
+        )
         runner = web.AppRunner(
             app,
             access_log=None,

@@ -12,7 +12,10 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,6 +29,7 @@ from fleet.clock import SystemClock
 from fleet.config import load_config, parse_config
 from fleet.datadir import init_data_dir
 from fleet.errors import ConfigError
+from fleet.notify.secret import webhook_secret
 from fleet.notify.signing import verify_signature
 from fleet.notify.webhooks import CURSOR_FILE, Backoff, WebhookNotifier, attach_notifier
 from fleet.server.app import build_app, load_issuer
@@ -33,6 +37,7 @@ from fleet.server.logs import JsonFormatter
 from fleet.store.factory import open_store
 from fleet.store.records import AuditEvent, AuditRecord
 from fleet.store.sqlite import SqliteStore
+from tests.support.fleet_server import FleetServer
 from tests.support.ports import free_port
 
 SECRET = b"integration-webhook-secret-0123456789"
@@ -340,11 +345,11 @@ async def test_runs_with_the_server_app_and_needs_a_secret(
     async with Receiver() as receiver:
         config = parse_config({"webhooks": {"urls": [receiver.url()]}}, base_dir=tmp_path)
         with pytest.raises(ConfigError, match="no webhook secret"):
-            attach_notifier(web.Application(), config, store=store, environ={})
+            webhook_secret(config.webhooks, {})  # what `fleet serve` reads first
 
         app = web.Application()
         environ = {"FLEET_WEBHOOK_SECRET": SECRET.decode()}
-        attach_notifier(app, config, store=store, environ=environ)
+        attach_notifier(app, config, store=store, secret=webhook_secret(config.webhooks, environ))
         runner = web.AppRunner(app)
         await runner.setup()  # on_startup: the notifier starts
         try:
@@ -366,8 +371,45 @@ async def test_server_with_urls_but_no_secret_refuses_to_start(tmp_path: Path) -
         issuer = load_issuer(config, None)
         with pytest.raises(ConfigError, match="no webhook secret"):
             build_app(config, store=store, issuer=issuer, clock=SystemClock())
+        build_app(config, store=store, issuer=issuer, clock=SystemClock(), webhook_secret=SECRET)
         build_app(  # without URLs nothing is needed
             load_config(config_path, environ={}), store=store, issuer=issuer, clock=SystemClock()
         )
     finally:
         await store.close()
+
+
+def test_fleet_serve_reads_the_secret_and_delivers(tmp_path: Path) -> None:
+    """The CLI reads the secret (a 0600 file) and the server it starts delivers signed events."""
+    config_path = init_data_dir(tmp_path / "data", now=dt.datetime.now(dt.UTC)).config_path
+    secret_file = tmp_path / "webhook.secret"
+    secret_file.write_bytes(SECRET)
+    secret_file.chmod(0o600)
+
+    async def scenario() -> None:
+        async with Receiver() as receiver:
+            env = {
+                "FLEET_WEBHOOKS_URLS": json.dumps([receiver.url()]),
+                "FLEET_WEBHOOKS_SECRET_FILE": str(secret_file),
+            }
+            refused = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "fleet", "serve", "--config", str(config_path)],
+                env={**os.environ, "FLEET_WEBHOOKS_URLS": env["FLEET_WEBHOOKS_URLS"]},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert refused.returncode != 0
+            assert "no webhook secret" in refused.stderr
+            server = FleetServer(config_path, env=env)
+            await asyncio.to_thread(server.start)
+            try:
+                record = await asyncio.to_thread(
+                    server.store, lambda s: append(s, "revoke", "done", "dev-cli")
+                )
+                await until(lambda: receiver.ids() == [str(record.seq)])
+            finally:
+                await asyncio.to_thread(server.stop)
+
+    asyncio.run(scenario())
