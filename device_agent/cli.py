@@ -26,6 +26,7 @@ from device_agent.agent import Agent
 from device_agent.errors import EXIT_CONFIG, AgentError, ConfigError
 from device_agent.est_client import Auth, ClientCertificate, TokenAuth
 from device_agent.keystore import FileKey, FileKeyStore
+from device_agent.lock import exclusive
 from device_agent.renewal import RenewalPolicy
 from device_agent.state import AgentConfig, StateDir
 from device_agent.testhooks import SystemClock
@@ -148,16 +149,17 @@ def enroll(
             bootstrap_cert=str(bootstrap_cert.resolve()) if bootstrap_cert else None,
             bootstrap_key=str(bootstrap_key.resolve()) if bootstrap_key else None,
         )
-        agent = make_agent(state_dir)
-        if not force and agent.state.exists():
-            existing = agent.identity()
-            if existing is not None:
-                click.echo(
-                    f"already enrolled as {existing.device_id} (serial {existing.serial:x}); "
-                    "use `fleet-agent renew`, or `enroll --force` to enroll again"
-                )
-                return
-        identity = agent.enroll(config, auth, max_wait=max_wait)
+        with exclusive(state_dir, create=True):
+            agent = make_agent(state_dir)
+            if not force and agent.state.exists():
+                existing = agent.identity()
+                if existing is not None:
+                    click.echo(
+                        f"already enrolled as {existing.device_id} (serial {existing.serial:x}); "
+                        "use `fleet-agent renew`, or `enroll --force` to enroll again"
+                    )
+                    return
+            identity = agent.enroll(config, auth, max_wait=max_wait)
     except AgentError as exc:
         _fail(exc)
         return
@@ -173,7 +175,8 @@ def enroll(
 def renew(state_dir: Path, force: bool) -> None:
     """Renew the operational certificate with a new key (simplereenroll) when due."""
     try:
-        result = make_agent(state_dir).renew(force=force)
+        with exclusive(state_dir):
+            result = make_agent(state_dir).renew(force=force)
     except AgentError as exc:
         _fail(exc)
         return
@@ -249,7 +252,8 @@ def run(state_dir: Path, mqtt: str, heartbeat: float, reconnect_max: float) -> N
     try:
         host, port = parse_host_port(mqtt)
         settings = RunSettings(host, port, heartbeat=heartbeat, reconnect_max=reconnect_max)
-        code = run_agent(make_agent(state_dir), settings)
+        with exclusive(state_dir):
+            code = run_agent(make_agent(state_dir), settings)
     except AgentError as exc:
         _fail(exc)
         return

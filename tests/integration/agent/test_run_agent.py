@@ -209,3 +209,23 @@ def test_run_without_an_identity_is_a_config_error(tmp_path: Path) -> None:
     run = fleet_agent("run", "--state-dir", tmp_path / "empty", "--mqtt", "127.0.0.1:1", timeout=30)
     assert run.returncode == 2, run
     assert "enroll" in run.stderr.lower()
+
+
+def test_one_command_at_a_time_per_state_dir_and_a_crash_frees_it(
+    broker: Broker, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    device_id, state, serial = _enrolled(broker.world, tmp_path)
+    agent = AgentProcess(state, broker.mosquitto.port, "--heartbeat", "1")
+    agents.append(agent)
+    broker.observer.wait_for(_heartbeat(device_id, serial), timeout=20)
+
+    busy = fleet_agent("renew", "--force", "--state-dir", state)
+    assert busy.returncode == 2, busy
+    assert f"another fleet-agent (pid {agent.proc.pid})" in busy.stderr
+    assert f"kill -USR1 {agent.proc.pid}" in busy.stderr
+    assert fleet_agent("status", "--state-dir", state).json()["serial"] == serial  # untouched
+
+    agent.kill()  # SIGKILL: the kernel drops the lock with the process
+    renewed = fleet_agent("renew", "--force", "--state-dir", state)
+    assert renewed.returncode == 0, renewed
+    assert fleet_agent("status", "--state-dir", state).json()["serial"] != serial
