@@ -73,13 +73,20 @@ class _KernelAio:
         self._loop = loop
         self._context = ctypes.c_ulong(0)
         self._syscall(self._setup, _QUEUE_DEPTH, ctypes.byref(self._context))
-        self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         # token -> (future, descriptor, iocb): the kernel owns the iocb until it completes.
         self._waiting: dict[int, tuple[asyncio.Future[None], int, _Iocb]] = {}
         self._tokens = itertools.count(1)
         self._events = (_IoEvent * _QUEUE_DEPTH)()
         self._no_wait = (ctypes.c_long * 2)(0, 0)
-        loop.add_reader(self._eventfd, self._reap)
+        self._eventfd = -1
+        try:
+            self._eventfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            loop.add_reader(self._eventfd, self._reap)
+        except BaseException:  # e.g. a loop without add_reader: leave nothing behind
+            self._libc.syscall(self._destroy, self._context)
+            if self._eventfd >= 0:
+                os.close(self._eventfd)
+            raise
 
     def _syscall(self, number: int, *args: object) -> int:
         result: int = self._libc.syscall(number, *args)
@@ -160,7 +167,7 @@ class FileSyncer:
             self._aio_tried = True
             try:
                 self._aio = _KernelAio(self._loop)
-            except OSError as exc:
+            except (OSError, NotImplementedError) as exc:  # NotImplementedError: no add_reader
                 log.info("native AIO unavailable (%s): fdatasync runs on a thread", exc)
         return self._aio
 

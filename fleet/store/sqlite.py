@@ -4,23 +4,26 @@ Python's sqlite3 blocks, and a thread hop per call costs more CPU than the
 call (GIL hand-offs, futex wake-ups, context switches: measured, it was a
 fifth of an enrollment). So the store splits the work by how long it may take:
 
-- short reads by key run on the event loop, on a connection of their own
-  whose busy_timeout is 0: in WAL mode a reader waits for nobody, and in the
-  rare moment it would, the read moves to the worker thread;
-- writes are grouped: the statements of every write queued while the previous
-  group committed run on the loop in ONE transaction, and only its COMMIT (the
-  fsync) goes to the ONE worker thread. If another process holds the write
-  lock, the whole group goes to the worker, which waits up to busy_timeout;
-- long reads (lists, snapshots) run on the worker thread.
+- a write is its own ``BEGIN IMMEDIATE`` transaction, run on the event loop:
+  its statements touch cached pages and, with ``synchronous=NORMAL``, its
+  COMMIT appends to the WAL without waiting for the disk (microseconds);
+- durability is a step of its own: a write is acknowledged only after an
+  fdatasync of the WAL that began after its COMMIT, done by Linux native AIO
+  (no thread; fleet.store._fsync) one at a time, so one fsync covers every
+  write committed before it began (group commit). This is exactly as durable
+  as ``synchronous=FULL`` for every acknowledged write; NORMAL still syncs
+  around checkpoints, which keeps the file sound on power loss;
+- short reads by key run on the loop too (on the writer connection when the
+  loop holds it: its page cache is warm; else on a read-only connection);
+- what may wait runs on the ONE worker thread: long reads (lists,
+  snapshots), checkpoints (``wal_autocheckpoint`` is off so that no COMMIT
+  on the loop copies a thousand pages), and writes while another process
+  (``fleet serve --workers N``, a CLI) holds the write lock longer than
+  LOCK_RETRY_SECONDS — those wait up to busy_timeout there, never on the loop.
 
-Writes run in ``BEGIN IMMEDIATE`` transactions: the write lock is taken up
-front, so two processes (``fleet serve --workers N``) sharing the file
-serialize on it instead of failing halfway through a read-then-write.
-
-Pragmas: WAL lets readers run beside the single writer. ``synchronous=FULL``
-rather than NORMAL: in WAL mode NORMAL may lose the last commits on power loss,
-and a certificate must be durably recorded before it is handed to a device
-(and a consumed token must stay consumed); grouping keeps the fsyncs few.
+An fsync that fails leaves the store refusing writes until it is reopened:
+after a failed fdatasync Linux may report the next one clean although the
+pages never reached the disk (PostgreSQL stops for the same reason).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -317,6 +321,7 @@ def _append_feed(
 class _WriteJob:
     body: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
+    feed: bool = False  # a result that is not None is a revocation feed event
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -340,6 +345,13 @@ def _fdatasync(path: Path) -> None:
         os.fdatasync(fd)
     finally:
         os.close(fd)
+
+
+def _rewrite_schema_version(conn: sqlite3.Connection) -> None:
+    # SQLite skips an UPDATE that leaves a cell as it was (no page, no WAL
+    # frame); changed and changed back, the page is written, content intact.
+    conn.execute("UPDATE schema_version SET version = -version")
+    conn.execute("UPDATE schema_version SET version = -version")
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
@@ -375,6 +387,7 @@ class SqliteStore:
         self._sync: asyncio.Future[None] | None = None  # the fsync running now
         self._wal_fd = -1  # our own descriptor of the WAL, for fdatasync
         self._commits_since_checkpoint = 0
+        self._failed: StoreUnavailable | None = None  # an fdatasync failed: writes refused
         self._closed = False
         # Replaced on every local feed append; PRAGMA data_version does not see
         # the writer connection's own commits, so followers wait on this as well.
@@ -412,7 +425,7 @@ class SqliteStore:
             raise StoreUnavailable(f"SQLite could not switch {self._path} to WAL (got {mode})")
         # NORMAL: COMMIT does not fsync; _sync_committed does, off the loop, before
         # any write is acknowledged. Checkpoints still sync (that keeps the file
-        # sound on power loss); they run on the syncer thread, not inside COMMIT.
+        # sound on power loss); they run on the worker thread, not inside COMMIT.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -461,7 +474,8 @@ class SqliteStore:
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
+                    conn.execute("ROLLBACK")
             raise
         return result
 
@@ -480,8 +494,11 @@ class SqliteStore:
         has really finished, so the count drops in a done-callback of the
         executor's own future (a cancelled waiter does not end the task).
         """
+        try:
+            future = self._loop.run_in_executor(self._worker, self._patiently, fn)
+        except RuntimeError as exc:  # the executor is shut down
+            raise StoreUnavailable("the SQLite store is closed") from exc
         self._worker_jobs += 1
-        future = self._loop.run_in_executor(self._worker, self._patiently, fn)
 
         def done(finished: asyncio.Future[T]) -> None:
             self._worker_jobs -= 1
@@ -502,7 +519,8 @@ class SqliteStore:
             return fn()
         finally:
             if self._conn is conn:  # not closed by fn
-                conn.execute("PRAGMA busy_timeout = 0")
+                with contextlib.suppress(sqlite3.Error):  # fn's outcome stands
+                    conn.execute("PRAGMA busy_timeout = 0")
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -537,6 +555,17 @@ class SqliteStore:
                 raise self._unavailable(exc) from exc
         return await self._read(body)
 
+    def _data_version_now(self) -> int:
+        """PRAGMA data_version of the read connection: it changes with every commit
+        by another connection, our writer's included (the writer's own does not)."""
+        reader = self._reader
+        if reader is None:
+            raise StoreUnavailable("the SQLite store is closed")
+        try:
+            return _data_version(reader)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from exc
+
     # -- writes -------------------------------------------------------------------
     # Each write is its own transaction, run right here on the loop: its
     # statements touch cached pages and its COMMIT appends to the WAL without
@@ -545,11 +574,18 @@ class SqliteStore:
     # COMMIT. One fsync runs at a time, and it covers every write committed
     # before it began: group commit, with no thread hop per statement (a hop
     # costs more CPU than the statements: GIL hand-offs, futex wake-ups).
-    async def _write(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``body`` in a write transaction; return once it is durable."""
+    async def _write(self, body: Callable[[sqlite3.Connection], T], *, feed: bool = False) -> T:
+        """Run ``body`` in a write transaction; return once it is durable.
+
+        ``feed``: ``body`` returns the revocation feed event it appended (or
+        None); followers in this process are woken when it is durable, by
+        the write path itself, so a caller that stopped waiting cannot lose it.
+        """
         if self._closed:
             raise StoreUnavailable("the SQLite store is closed")
-        job = _WriteJob(body, self._loop.create_future())
+        if self._failed is not None:
+            raise self._failed
+        job = _WriteJob(body, self._loop.create_future(), feed)
         self._pending.append(job)
         self._kick()
         result: T = await job.future
@@ -559,9 +595,14 @@ class SqliteStore:
         """Run the waiting writes while the writer connection is the loop's."""
         while self._pending and not self._worker_jobs and self._lock_retry is None:
             job = self._pending.pop(0)
+            if job.future.done():  # its caller gave up before it began: nothing to do
+                continue
             conn = self._conn
             if self._closed or conn is None:
                 _settle(job.future, None, StoreUnavailable("the SQLite store is closed"))
+                continue
+            if self._failed is not None:
+                _settle(job.future, None, self._failed)
                 continue
             try:
                 begun = self._begin_without_waiting(conn)
@@ -588,10 +629,48 @@ class SqliteStore:
                 self._lock_retry = self._loop.call_later(LOCK_RETRY_DELAY, self._retry_lock)
                 return
             self._locked_since = None
+            # Every queued write goes along, so that they wait for the lock
+            # once, not one busy_timeout after another.
+            jobs = [job, *(j for j in self._pending if not j.future.done())]
+            self._pending.clear()
             self._on_worker(
-                lambda job=job: self._transaction(True, job.body),  # type: ignore[misc]
-                lambda done, job=job: self._committed_on_worker(job, done),  # type: ignore[misc]
+                functools.partial(self._writes_waiting, jobs),
+                functools.partial(self._written_on_worker, jobs),
             )
+            return
+
+    def _writes_waiting(self, jobs: list[_WriteJob]) -> list[tuple[Any, BaseException | None]]:
+        """(worker thread) Each job in its own transaction, waiting for the write lock;
+        once the lock stays taken past busy_timeout, the rest fail at once."""
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        locked: StoreUnavailable | None = None
+        for job in jobs:
+            if locked is not None:
+                outcomes.append((None, locked))
+                continue
+            try:
+                outcomes.append((self._transaction(True, job.body), None))
+            except sqlite3.Error as exc:
+                error = self._unavailable(exc)
+                locked = error if _is_busy(exc) else None
+                outcomes.append((None, error))
+            except Exception as exc:  # the job's own refusal
+                outcomes.append((None, exc))
+        return outcomes
+
+    def _written_on_worker(
+        self, jobs: list[_WriteJob], done: asyncio.Future[list[tuple[Any, BaseException | None]]]
+    ) -> None:
+        error = done.exception()
+        if error is not None:  # not a job's failure (the store closed under it, a bug)
+            for job in jobs:
+                _settle(job.future, None, error)
+            return
+        for job, (result, failure) in zip(jobs, done.result(), strict=True):
+            if failure is None:
+                self._committed(job, result)
+            else:
+                _settle(job.future, None, failure)
 
     def _retry_lock(self) -> None:
         self._lock_retry = None
@@ -619,14 +698,6 @@ class SqliteStore:
             raise
         return result
 
-    def _committed_on_worker(self, job: _WriteJob, done: asyncio.Future[Any]) -> None:
-        error = done.exception()
-        if error is None:
-            self._committed(job, done.result())
-        else:
-            wrapped = self._unavailable(error) if isinstance(error, sqlite3.Error) else error
-            _settle(job.future, None, wrapped)
-
     def _committed(self, job: _WriteJob, result: Any) -> None:
         self._unsynced.append((job, result))
         self._sync_committed()
@@ -636,6 +707,9 @@ class SqliteStore:
         if self._sync is not None or not self._unsynced:
             return
         batch, self._unsynced = self._unsynced, []
+        if self._failed is not None:  # no later fsync can be trusted
+            self._made_durable(batch, self._failed)
+            return
         try:
             self._sync = self._files.start(self._wal_fd)
         except OSError as exc:
@@ -653,9 +727,20 @@ class SqliteStore:
     def _made_durable(
         self, batch: list[tuple[_WriteJob, Any]], error: BaseException | None
     ) -> None:
-        failed = None if error is None else self._unavailable(error)
+        failed = None
+        if error is not None:
+            if self._failed is None:
+                log.critical("fdatasync of %s failed: %s; refusing writes", self._wal_path, error)
+                self._failed = StoreUnavailable(
+                    f"SQLite database {self._path}: an fdatasync of its WAL failed ({error}); "
+                    "writes committed since may not be on disk, so the store refuses writes",
+                    hint="Check the disk, then restart the server (the store is reopened).",
+                )
+            failed = self._failed
         for job, result in batch:
             _settle(job.future, result, failed)
+        if any(job.feed and result is not None for job, result in batch):
+            self._notify_feed()  # committed (durable unless failed): followers read it
         self._commits_since_checkpoint += len(batch)
         if self._commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS and not (
             self._closed or self._checkpoint
@@ -673,8 +758,14 @@ class SqliteStore:
         over instead of growing it.
         """
         conn = self._conn
-        if conn is not None:
-            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        if conn is None:
+            return
+        (_, frames, copied) = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames > 0 and frames == copied:
+            # All copied: the next write starts the WAL over, and SQLite
+            # syncs the new WAL header inside that COMMIT. Do that write here,
+            # not on the loop (the one-row schema table, rewritten unchanged).
+            self._transaction(True, _rewrite_schema_version)
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpoint = None
@@ -697,7 +788,7 @@ class SqliteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._reader.close()
             self._reader = None
-        with contextlib.suppress(sqlite3.Error, RuntimeError):
+        with contextlib.suppress(StoreUnavailable):
             await self._call(self._close_connection)  # after the worker's own writes
         # Writes committed before now are acknowledged once durable, not dropped.
         while (running := self._sync or self._checkpoint) is not None:
@@ -1004,10 +1095,7 @@ class SqliteStore:
                 conn, RevocationKind.CERTIFICATE, row["device_id"], [serial], reason, now
             )
 
-        event = await self._write(body)
-        if event is not None:
-            self._notify_feed()
-        return event
+        return await self._write(body, feed=True)
 
     async def revoke_device(
         self,
@@ -1056,10 +1144,7 @@ class SqliteStore:
                 now,
             )
 
-        event = await self._write(body)
-        if event is not None:
-            self._notify_feed()
-        return event
+        return await self._write(body, feed=True)
 
     # -- admin credentials -------------------------------------------------------
     async def put_admin_credential(self, cred: AdminCredential) -> None:
@@ -1222,7 +1307,7 @@ class SqliteStore:
             # Taken before reading, so an append that lands after the read still wakes us.
             appended = self._feed_appended
             try:
-                version = await self._read_here(_data_version)
+                version = self._data_version_now()
                 events = await self.feed_since(last, limit=_FEED_PAGE)
             except StoreUnavailable:
                 # Transient (locked, briefly unreadable): brokers keep following and
@@ -1242,7 +1327,7 @@ class SqliteStore:
                     await asyncio.wait_for(appended.wait(), FEED_POLL_SECONDS)
                     break
                 try:
-                    if await self._read_here(_data_version) != seen_version:
+                    if self._data_version_now() != seen_version:
                         break
                 except StoreUnavailable:
                     break

@@ -8,7 +8,9 @@ from a second connection and watch the event loop keep ticking.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import errno
 import sqlite3
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ import pytest
 import fleet.store.sqlite as sqlite_backend
 from fleet.errors import StoreUnavailable
 from fleet.store._fsync import FileSyncer
-from fleet.store.records import AuditEvent, DeviceState
+from fleet.store.records import AuditEvent, DeviceState, RevocationReason
 from fleet.store.sqlite import SqliteStore
 from tests.contract.test_store_contract import certificate, entry
 
@@ -200,7 +202,7 @@ async def test_a_briefly_held_lock_is_retried_on_the_loop_a_long_one_waits_on_th
     original = SqliteStore._on_worker
 
     def counting(self: SqliteStore, fn: Any, then: Any = None) -> Any:
-        hops.append(getattr(fn, "__name__", "?"))
+        hops.append(getattr(getattr(fn, "func", fn), "__name__", "?"))
         return original(self, fn, then)
 
     monkeypatch.setattr(SqliteStore, "_on_worker", counting)
@@ -213,8 +215,129 @@ async def test_a_briefly_held_lock_is_retried_on_the_loop_a_long_one_waits_on_th
             loop.call_later(held, holder.execute, "ROLLBACK")
             await asyncio.wait_for(store.append_audit(event(f"held {held}")), 5)
             assert not holder.in_transaction  # the write landed after the lock was let go
-            went_to_worker = any(name == "<lambda>" for name in hops)
+            went_to_worker = "_writes_waiting" in hops
             assert went_to_worker is expect_worker, (held, hops)
+    finally:
+        holder.close()
+        await store.close()
+
+
+class _SlowSyncer(FileSyncer):
+    """Real fdatasyncs, each started a little late (room to cancel a caller)."""
+
+    def start(self, fd: int) -> asyncio.Future[None]:
+        async def late() -> None:
+            await asyncio.sleep(0.05)
+            await FileSyncer.start(self, fd)
+
+        return asyncio.ensure_future(late())
+
+
+class _FailingSyncer(FileSyncer):
+    """The first fdatasync fails as a dying disk's would (EIO)."""
+
+    failed = False
+
+    def start(self, fd: int) -> asyncio.Future[None]:
+        if self.failed:
+            return super().start(fd)
+        self.failed = True
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(OSError(errno.EIO, "Input/output error"))
+        return future
+
+
+async def test_a_revocation_reaches_followers_even_if_its_caller_stopped_waiting(
+    tmp_path: Path, now: dt.datetime
+) -> None:
+    store = await SqliteStore.open(tmp_path / "fleet.db")
+    try:
+        await store.import_manifest([entry("d1")], now)
+        await store.record_certificate(
+            certificate(1, "d1", now), expected={DeviceState.REGISTERED}, now=now
+        )
+        received: list[int] = []
+        arrived = asyncio.Event()
+
+        async def follow() -> None:
+            async for feed_event in store.follow_feed(0):
+                received.append(feed_event.seq)
+                arrived.set()
+
+        follower = asyncio.create_task(follow())
+        await asyncio.sleep(0.05)
+        store._files = _SlowSyncer(asyncio.get_running_loop())
+        caller = asyncio.create_task(
+            store.revoke_certificate(1, RevocationReason.KEY_COMPROMISE, now)
+        )
+        await asyncio.sleep(0.01)
+        caller.cancel()  # e.g. the admin's client went away: the revocation stands
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), 5)
+        follower.cancel()
+        assert received == [1]
+    finally:
+        await store.close()
+
+
+async def test_after_a_failed_fsync_the_store_refuses_writes(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "fleet.db")
+    try:
+        store._files = _FailingSyncer(asyncio.get_running_loop())
+        with pytest.raises(StoreUnavailable, match="fdatasync"):
+            await store.append_audit(event("lost?"))
+        # A later fdatasync may report success for pages that never reached the
+        # disk: nothing more is acknowledged until the store is reopened.
+        with pytest.raises(StoreUnavailable, match="refuses writes"):
+            await store.append_audit(event("later"))
+        assert len(await store.audit_records(after_seq=0, limit=10)) == 1  # reads go on
+    finally:
+        await store.close()
+    reopened = await SqliteStore.open(tmp_path / "fleet.db")
+    try:
+        await reopened.append_audit(event("after a restart"))
+    finally:
+        await reopened.close()
+
+
+async def test_queued_writes_behind_a_stuck_lock_fail_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 300)
+    path = tmp_path / "fleet.db"
+    store = await SqliteStore.open(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(store.append_audit(event(f"w{n}")) for n in range(5)), return_exceptions=True
+        )
+        took = time.monotonic() - started
+        assert all(isinstance(r, StoreUnavailable) for r in results), results
+        # One wait for the lock (retries, then one busy_timeout), not five in a row.
+        assert took < 1.2, took
+        holder.execute("ROLLBACK")
+        await store.append_audit(event("after"))
+    finally:
+        holder.close()
+        await store.close()
+
+
+async def test_a_write_cancelled_before_it_began_never_runs(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    store = await SqliteStore.open(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(store.append_audit(event("cancelled")))
+        await asyncio.sleep(0.01)  # queued behind the lock, retried on the loop
+        write.cancel()
+        await asyncio.sleep(0.02)
+        holder.execute("ROLLBACK")
+        await store.append_audit(event("kept"))
+        reasons = [r.event.reason for r in await store.audit_records(after_seq=0, limit=10)]
+        assert reasons == ["kept"]
     finally:
         holder.close()
         await store.close()
