@@ -1323,8 +1323,11 @@ class SqliteStore:
                 continue
             seen_version = version
             while not appended.is_set():
+                # asyncio.timeout, not wait_for: this runs 50 times a second
+                # for ever, and wait_for makes a task each time.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(appended.wait(), FEED_POLL_SECONDS)
+                    async with asyncio.timeout(FEED_POLL_SECONDS):
+                        await appended.wait()
                     break
                 try:
                     if self._data_version_now() != seen_version:
