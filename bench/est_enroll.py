@@ -267,45 +267,45 @@ def _group(sock: ssl.SSLSocket) -> str:
 # -- server CPU ------------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, utime + stime ticks) of ``pid``, None if it is gone."""
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(command name, parent pid, utime + stime ticks) of ``pid``, None if it is gone."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return (
+        text[text.index("(") + 1 : text.rindex(")")],
+        int(fields[1]),
+        int(fields[11]) + int(fields[12]),
+    )
 
 
-def cpu_ticks(roots: Sequence[int]) -> dict[int, int]:
-    """CPU ticks of each process in the trees under ``roots`` (master + workers)."""
+def _all_stats() -> dict[int, tuple[str, int, int]]:
     stats = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := _stat(int(entry))) is not None:
             stats[int(entry)] = stat
+    return stats
+
+
+def cpu_ticks(roots: Sequence[int]) -> dict[int, int]:
+    """CPU ticks of each process in the trees under ``roots`` (master + workers)."""
+    stats = _all_stats()
     tree, frontier = set(), [pid for pid in roots if pid in stats]
     while frontier:
         pid = frontier.pop()
         tree.add(pid)
-        frontier += [child for child, (ppid, _) in stats.items() if ppid == pid]
-    return {pid: stats[pid][1] for pid in tree}
+        frontier += [child for child, (_, ppid, _) in stats.items() if ppid == pid]
+    return {pid: stats[pid][2] for pid in tree}
 
 
 def kernel_thread_ticks() -> dict[int, int]:
     """CPU ticks of each kernel thread that does work for processes (fsync, I/O, softirq)."""
-    ticks = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        name = text[text.index("(") + 1 : text.rindex(")")]
-        if name.startswith(KERNEL_THREADS):
-            fields = text[text.rindex(")") + 2 :].split()
-            ticks[int(entry)] = int(fields[11]) + int(fields[12])
-    return ticks
+    stats = _all_stats()
+    return {
+        pid: ticks for pid, (name, _, ticks) in stats.items() if name.startswith(KERNEL_THREADS)
+    }
 
 
 def cpu_used(before: dict[int, int], after: dict[int, int]) -> float:

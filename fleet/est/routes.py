@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import dataclasses
+import functools
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
@@ -65,7 +66,6 @@ class EstService:
     metrics: Metrics
     ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
     _cacerts_der: bytes | None = None
-    _table: dict[str, dict[str, Handler]] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -75,9 +75,7 @@ class EstService:
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         operation = request.match_info["operation"]
-        if self._table is None:  # built once: this runs on every request
-            self._table = self._operations()
-        methods = self._table.get(operation)
+        methods = self._operations.get(operation)
         if methods is None:
             raise NotFound(f"no EST operation {operation!r}", reason="unknown_operation")
         handler = methods.get(request.method)
@@ -90,6 +88,7 @@ class EstService:
         request["operation"] = operation
         return await handler(request, profile)
 
+    @functools.cached_property  # built once: dispatch runs on every request
     def _operations(self) -> dict[str, dict[str, Handler]]:
         return {
             "cacerts": {"GET": self.cacerts},

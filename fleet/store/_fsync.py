@@ -23,7 +23,6 @@ import itertools
 import logging
 import os
 import platform
-from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,7 @@ class _KernelAio:
 
 
 class FileSyncer:
-    """``await syncer.fdatasync(path)``: the file's data is on disk when it returns."""
+    """``await syncer.start(fd)``: the file's data is on disk when it resolves."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -185,16 +184,6 @@ class FileSyncer:
         if self._thread is None:
             self._thread = concurrent.futures.ThreadPoolExecutor(1, "fleet-fsync")
         return self._loop.run_in_executor(self._thread, os.fdatasync, fd)
-
-    async def fdatasync(self, path: Path) -> None:
-        """Raises FileNotFoundError if ``path`` does not exist."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            # The kernel holds its own reference to the file: closing fd
-            # below, even on cancellation, cannot disturb a native fdatasync.
-            await self.start(fd)
-        finally:
-            os.close(fd)
 
     def close(self) -> None:
         if self._aio is not None:

@@ -339,14 +339,6 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def _fdatasync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-
-
 def _rewrite_schema_version(conn: sqlite3.Connection) -> None:
     # SQLite skips an UPDATE that leaves a cell as it was (no page, no WAL
     # frame); changed and changed back, the page is written, content intact.
@@ -399,9 +391,6 @@ class SqliteStore:
         try:
             await store._call(store._connect)
             store._open_reader()
-            # The WAL exists from here on and is never removed while our
-            # connections are open (SQLite removes it when the last one closes).
-            store._wal_fd = os.open(store._wal_path, os.O_RDONLY | os.O_CLOEXEC)
         except BaseException:
             await store.close()
             raise
@@ -433,7 +422,10 @@ class SqliteStore:
         # At rest the writer never waits: that is how it is used on the loop.
         # Worker tasks wait up to BUSY_TIMEOUT_MS (_patiently).
         conn.execute("PRAGMA busy_timeout = 0")
-        _fdatasync(self._wal_path)
+        # The WAL exists from here on and is never removed while our
+        # connections are open (SQLite removes it when the last one closes).
+        self._wal_fd = os.open(self._wal_path, os.O_RDONLY | os.O_CLOEXEC)
+        os.fdatasync(self._wal_fd)  # what an earlier run committed is durable before we go on
 
     def _open_reader(self) -> None:
         """The loop's read connection: busy_timeout 0, so it never blocks the loop."""

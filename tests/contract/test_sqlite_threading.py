@@ -13,6 +13,7 @@ import datetime as dt
 import errno
 import sqlite3
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,23 @@ from tests.contract.test_store_contract import certificate, entry
 def event(reason: str, *, pad: str = "") -> AuditEvent:
     detail = {"pad": pad} if pad else {}
     return AuditEvent(dt.datetime.now(dt.UTC), "system", "test", "allowed", reason, "d1", detail)
+
+
+class _GatedSyncer(FileSyncer):
+    """Real fdatasyncs, each begun only once ``gate()`` returns; counted when done."""
+
+    def __init__(self, gate: Callable[[], Awaitable[object]]) -> None:
+        super().__init__(asyncio.get_running_loop())
+        self.gate = gate
+        self.synced = 0
+
+    def start(self, fd: int) -> asyncio.Future[None]:
+        async def gated() -> None:
+            await self.gate()
+            await FileSyncer.start(self, fd)
+            self.synced += 1
+
+        return asyncio.ensure_future(gated())
 
 
 class _Ticker:
@@ -96,18 +114,8 @@ async def test_a_write_is_acknowledged_only_after_the_wal_is_synced(
     path = tmp_path / "fleet.db"
     store = await SqliteStore.open(path)
     released = asyncio.Event()
-    synced: list[int] = []
-
-    class HeldSyncer(FileSyncer):
-        def start(self, fd: int) -> asyncio.Future[None]:
-            async def held() -> None:
-                await released.wait()
-                await super(HeldSyncer, self).start(fd)
-                synced.append(fd)
-
-            return asyncio.ensure_future(held())
-
-    store._files = HeldSyncer(asyncio.get_running_loop())  # the seam under test
+    syncer = _GatedSyncer(released.wait)
+    store._files = syncer  # the seam under test
     try:
         first = asyncio.create_task(store.append_audit(event("one")))
         await asyncio.sleep(0.05)
@@ -124,7 +132,7 @@ async def test_a_write_is_acknowledged_only_after_the_wal_is_synced(
         released.set()
         await asyncio.wait_for(asyncio.gather(first, second), 5)
         # The first sync began before the second commit: a second sync covers it.
-        assert len(synced) == 2
+        assert syncer.synced == 2
     finally:
         released.set()
         await store.close()
@@ -222,17 +230,6 @@ async def test_a_briefly_held_lock_is_retried_on_the_loop_a_long_one_waits_on_th
         await store.close()
 
 
-class _SlowSyncer(FileSyncer):
-    """Real fdatasyncs, each started a little late (room to cancel a caller)."""
-
-    def start(self, fd: int) -> asyncio.Future[None]:
-        async def late() -> None:
-            await asyncio.sleep(0.05)
-            await FileSyncer.start(self, fd)
-
-        return asyncio.ensure_future(late())
-
-
 class _FailingSyncer(FileSyncer):
     """The first fdatasync fails as a dying disk's would (EIO)."""
 
@@ -266,7 +263,7 @@ async def test_a_revocation_reaches_followers_even_if_its_caller_stopped_waiting
 
         follower = asyncio.create_task(follow())
         await asyncio.sleep(0.05)
-        store._files = _SlowSyncer(asyncio.get_running_loop())
+        store._files = _GatedSyncer(lambda: asyncio.sleep(0.05))  # room to cancel the caller
         caller = asyncio.create_task(
             store.revoke_certificate(1, RevocationReason.KEY_COMPROMISE, now)
         )
