@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.store.factory import open_store
 from fleet.store.records import ManifestEntry, ManufacturerCA, RevocationReason
 from tests.support.factory import make_bootstrap, make_manufacturer, write_pem

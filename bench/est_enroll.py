@@ -60,8 +60,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import CertifiedKey
-from fleet.pki.fingerprint import sha256_fingerprint
 from fleet.store.records import ManifestEntry, ManufacturerCA
 from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
 from tests.support.fleet_server import FleetServer, make_data_dir, run_store

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from fleet.errors import FleetError
+from fleet.kernel.errors import FleetError
 
 EXIT_CONFIG = 2
 

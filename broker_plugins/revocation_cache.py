@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fleet.errors import FleetError
+from fleet.kernel.errors import FleetError
 from fleet.store.protocol import Store
 from fleet.store.records import (
     RevocationEvent,
@@ -114,7 +114,7 @@ class CacheMetrics:
 class RevocationCache:
     """Revoked serials and devices as the feed says, plus how fresh that is.
 
-    Implements ``broker_plugins.decision.RevocationView``.
+    Implements ``fleet.kernel.admission.RevocationView``.
     """
 
     def __init__(

@@ -33,8 +33,9 @@ from device_agent.renewal import (
     renewal_time,
 )
 from device_agent.state import AgentConfig, Identity, PendingRenewal, StateDir
-from device_agent.testhooks import Clock, SystemClock, crash_point
+from device_agent.testhooks import crash_point
 from device_agent.trust import CaCerts, CertificateUnusable, check_issued
+from fleet.kernel.clock import Clock, SystemClock
 
 log = logging.getLogger("device_agent")
 

@@ -29,8 +29,9 @@ from device_agent.keystore import FileKey, FileKeyStore
 from device_agent.lock import exclusive
 from device_agent.renewal import RenewalPolicy
 from device_agent.state import AgentConfig, StateDir
-from device_agent.testhooks import SystemClock
-from device_agent.wire import normalize_fingerprint
+from device_agent.testhooks import clock_from_env
+from fleet.kernel.errors import FleetError
+from fleet.kernel.fingerprint import normalize_fingerprint
 
 log = logging.getLogger("device_agent")
 
@@ -53,7 +54,7 @@ def _setup_logging(verbose: bool) -> None:
 
 def make_agent(state_dir: Path, **kwargs: Any) -> Agent:
     try:
-        clock = SystemClock.from_env()
+        clock = clock_from_env()
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     policy = policy_from_env()
@@ -127,8 +128,8 @@ def enroll(
     try:
         try:
             fingerprint = normalize_fingerprint(ca_fingerprint)
-        except ValueError as exc:
-            raise ConfigError(f"--ca-fingerprint: {exc}") from exc
+        except FleetError as exc:
+            raise ConfigError(f"--ca-fingerprint: {exc.message}") from exc
         auth: Auth
         if token_file is not None:
             if bootstrap_cert or bootstrap_key:

@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from device_agent.errors import AgentError, ConfigError, Pending, PinMismatch, Refused, Transient
 from device_agent.keystore import KeyHandle, KeyStoreError
 from device_agent.trust import CaCerts, chain_from
-from device_agent.wire import CT_PKCS10, WireError, csr_body, decode_certs_only
+from fleet.kernel.errors import EncodingInvalid
+from fleet.kernel.wire import CT_PKCS10, csr_body, decode_certs_only
 
 log = logging.getLogger("device_agent.est")
 
@@ -240,7 +241,7 @@ def _expect_certificate(response: _Response, operation: str) -> x509.Certificate
     if response.status == 200:
         try:
             certs = decode_certs_only(response.body)
-        except WireError as exc:
+        except EncodingInvalid as exc:
             raise Transient(f"{operation}: the server's answer is malformed: {exc}") from exc
         return certs[0]
     _raise_for_status(response, operation)
@@ -252,7 +253,7 @@ def _expect_cacerts(response: _Response, pinned_sha256: str) -> CaCerts:
         _raise_for_status(response, "cacerts")
     try:
         certs = decode_certs_only(response.body)
-    except WireError as exc:
+    except EncodingInvalid as exc:
         raise Transient(f"cacerts: the server's answer is malformed: {exc}") from exc
     try:
         return chain_from(certs, pinned_sha256)

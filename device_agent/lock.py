@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from device_agent.errors import ConfigError
-from device_agent.fsutil import SECRET_MODE, ensure_private_dir
+from fleet.kernel.files import SECRET_MODE, ensure_private_dir
 
 LOCK_NAME = "agent.lock"
 

@@ -30,7 +30,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from device_agent.errors import ConfigError
-from device_agent.fsutil import (
+from device_agent.keystore import FileKeyStore, KeyHandle, KeyStore, KeyStoreError
+from device_agent.testhooks import crash_point
+from device_agent.trust import CaCerts, chain_from, common_name
+from fleet.kernel.files import (
     PUBLIC_MODE,
     SECRET_MODE,
     ensure_private_dir,
@@ -38,9 +41,6 @@ from device_agent.fsutil import (
     remove_stale_temporaries,
     write_atomic,
 )
-from device_agent.keystore import FileKeyStore, KeyHandle, KeyStore, KeyStoreError
-from device_agent.testhooks import crash_point
-from device_agent.trust import CaCerts, chain_from, common_name
 
 log = logging.getLogger("device_agent.state")
 

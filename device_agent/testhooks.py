@@ -18,7 +18,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Mapping
-from typing import Protocol
+
+from fleet.kernel.clock import SystemClock
 
 CLOCK_OFFSET_ENV = "FLEET_AGENT_CLOCK_OFFSET"
 CRASH_AT_ENV = "FLEET_AGENT_CRASH_AT"
@@ -34,29 +35,16 @@ CRASH_STEPS = (
 )
 
 
-class Clock(Protocol):
-    def now(self) -> dt.datetime: ...
-
-
-class SystemClock:
-    """UTC wall clock, shifted by ``offset`` (the device clock may be wrong)."""
-
-    def __init__(self, offset: dt.timedelta = dt.timedelta(0)) -> None:
-        self.offset = offset
-
-    def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC) + self.offset
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SystemClock:
-        env = os.environ if environ is None else environ
-        raw = env.get(CLOCK_OFFSET_ENV, "").strip()
-        if not raw:
-            return cls()
-        try:
-            return cls(dt.timedelta(seconds=float(raw)))
-        except ValueError:
-            raise ValueError(f"{CLOCK_OFFSET_ENV}={raw!r} is not a number of seconds") from None
+def clock_from_env(environ: Mapping[str, str] | None = None) -> SystemClock:
+    """The system clock, shifted by ``FLEET_AGENT_CLOCK_OFFSET`` seconds when set."""
+    env = os.environ if environ is None else environ
+    raw = env.get(CLOCK_OFFSET_ENV, "").strip()
+    if not raw:
+        return SystemClock()
+    try:
+        return SystemClock(dt.timedelta(seconds=float(raw)))
+    except ValueError:
+        raise ValueError(f"{CLOCK_OFFSET_ENV}={raw!r} is not a number of seconds") from None
 
 
 CrashHook = Callable[[str], None]

@@ -16,7 +16,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from device_agent.wire import sha256_fingerprint
+from fleet.kernel.certs import client_cert_problem, issued_by, validity_problem
+from fleet.kernel.device_id import device_id_from_certificate
+from fleet.kernel.errors import DeviceIdInvalid
+from fleet.kernel.fingerprint import sha256_fingerprint
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -38,13 +41,7 @@ class CaCerts:
 
     def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
         """The CA of this chain that signed ``cert``, or None."""
-        for ca in self.issuers:
-            try:
-                cert.verify_directly_issued_by(ca)
-            except (ValueError, TypeError, InvalidSignature):
-                continue
-            return ca
-        return None
+        return issued_by(cert, self.issuers)
 
     def root_pem(self) -> bytes:
         return self.root.public_bytes(serialization.Encoding.PEM)
@@ -91,23 +88,26 @@ def check_issued(
     now: dt.datetime,
     skew: dt.timedelta,
 ) -> None:
-    """Raise CertificateUnusable unless ``cert`` is a fleet certificate we can use now.
+    """Raise CertificateUnusable unless ``cert`` is a fleet certificate a broker will admit now.
 
-    The validity check allows ``skew`` both ways: a device clock a few minutes
-    behind must not throw away a certificate the server has just issued.
+    The checks are the trust kernel's, as the brokers make them: issued by a
+    CA of the pinned root, a client certificate with an allowed key, the
+    device id rule, and validity with ``skew`` both ways (a device clock a few
+    minutes behind must not throw away a certificate the server just issued).
     """
-    if cacerts.issuer_of(cert) is None:
+    if issued_by(cert, cacerts.issuers) is None:
         raise CertificateUnusable("the certificate was not issued by a CA of the pinned fleet root")
-    if expected_device_id is not None and common_name(cert) != expected_device_id:
+    try:
+        device_id = device_id_from_certificate(cert)
+    except DeviceIdInvalid as exc:
+        raise CertificateUnusable(f"the certificate names no usable device: {exc.message}") from exc
+    if expected_device_id is not None and device_id != expected_device_id:
         raise CertificateUnusable(
-            f"the certificate is for {common_name(cert)!r}, not for {expected_device_id!r}"
+            f"the certificate is for {device_id!r}, not for {expected_device_id!r}"
         )
-    if now + skew < cert.not_valid_before_utc:
-        raise CertificateUnusable(
-            f"the certificate is valid only from {cert.not_valid_before_utc.isoformat()} "
-            f"(device clock says {now.isoformat()}: is the clock far behind?)"
+    problem = client_cert_problem(cert) or validity_problem(cert, now, skew)
+    if problem is not None:
+        hint = (
+            " (is the device clock far behind?)" if problem.reason.endswith("not_yet_valid") else ""
         )
-    if now - skew > cert.not_valid_after_utc:
-        raise CertificateUnusable(
-            f"the certificate expired at {cert.not_valid_after_utc.isoformat()}"
-        )
+        raise CertificateUnusable(f"{problem.detail}{hint}")

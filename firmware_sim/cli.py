@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from firmware_sim.factory import DEFAULT_MANUFACTURER, DEFAULT_MODEL, DEFAULT_PREFIX, run_factory
-from fleet.errors import FleetError
+from fleet.kernel.errors import FleetError
 
 EXIT_FAILED = 1
 

@@ -20,7 +20,7 @@ from device_agent.est_client import Auth, TokenAuth
 from device_agent.mqtt import MqttSession, SessionSettings, TlsIdentity
 from device_agent.renewal import RenewalPolicy
 from device_agent.state import AgentConfig, Identity, StateDir
-from device_agent.testhooks import Clock
+from fleet.kernel.clock import Clock
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

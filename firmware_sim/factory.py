@@ -29,7 +29,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleet.fsutil import SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.kernel.device_id import validate_device_id
+from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.keys import KeyType
 from fleet.manifest import HEADER
 from fleet.pki.ca import (
     CertifiedKey,
@@ -38,9 +41,7 @@ from fleet.pki.ca import (
     create_root_ca,
     end_entity_usage,
 )
-from fleet.pki.device_id import validate_device_id
-from fleet.pki.fingerprint import sha256_fingerprint
-from fleet.pki.keys import KeyType, generate_private_key, private_key_to_pem, signing_hash
+from fleet.pki.keys import generate_private_key, private_key_to_pem, signing_hash
 from fleet.pki.serial import random_serial
 
 MANUFACTURER_VALIDITY = dt.timedelta(days=30 * 365)
@@ -148,7 +149,7 @@ def _write_pair(directory: Path, stem: str, pair: CertifiedKey) -> tuple[Path, P
     ensure_private_dir(directory)
     cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
     write_atomic(key_path, private_key_to_pem(pair.private_key), mode=SECRET_MODE)
-    write_atomic(cert_path, certificate_to_pem(pair.certificate))
+    write_atomic(cert_path, certificate_to_pem(pair.certificate), mode=PUBLIC_MODE)
     return cert_path, key_path
 
 
@@ -187,5 +188,5 @@ def run_factory(
             )
         )
     manifest = out_dir / "manifest.csv"
-    write_atomic(manifest, manifest_text(devices).encode())
+    write_atomic(manifest, manifest_text(devices).encode(), mode=PUBLIC_MODE)
     return FactoryOutput(out_dir, ca_cert, ca_key, manifest, tuple(devices))

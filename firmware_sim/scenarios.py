@@ -32,7 +32,7 @@ from device_agent.agent import RenewResult
 from device_agent.errors import AgentError, Pending, Refused, Transient
 from device_agent.mqtt import MqttSession, TlsIdentity, tls_context
 from device_agent.renewal import Phase, RenewalPolicy, assess
-from device_agent.testhooks import CLOCK_OFFSET_ENV, CRASH_AT_ENV, CRASH_STEPS, SystemClock
+from device_agent.testhooks import CLOCK_OFFSET_ENV, CRASH_AT_ENV, CRASH_STEPS
 from firmware_sim.device import BrokerAddress, SimDevice
 from firmware_sim.factory import FactoryOutput, manifest_text, run_factory
 from firmware_sim.lightmqtt import LightDevice, LightFleet
@@ -40,6 +40,7 @@ from firmware_sim.netfault import LatencyProxy
 from firmware_sim.world import LOOPBACK, BrokerThread, World
 from fleet.authority.admin import approve_device
 from fleet.authority.lifecycle import revoke_device
+from fleet.kernel.clock import SystemClock
 from fleet.store.protocol import Store
 from fleet.store.records import DeviceState, RevocationReason
 

@@ -31,10 +31,10 @@ from typing import TypeVar
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from broker_plugins.acl import TopicAcl, filter_contained, is_valid_filter, topic_matches
 from broker_plugins.amqtt.runner import EmbeddedBroker
 from broker_plugins.amqtt.settings import AmqttSettings
 from fleet.config import load_config
+from fleet.kernel.acl import TopicAcl, filter_contained, is_valid_filter, topic_matches
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 

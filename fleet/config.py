@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleet.errors import ConfigError
-from fleet.pki.keys import KeyType, parse_key_type
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.keys import KeyType, parse_key_type
 from fleet.pki.profile import DeviceProfile
 
 CONFIG_FILENAME = "fleet.toml"

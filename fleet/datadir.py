@@ -25,8 +25,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet.config import CONFIG_FILENAME
-from fleet.errors import ConfigError
-from fleet.fsutil import SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.keys import KeyType
 from fleet.pki.ca import (
     CertifiedKey,
     certificate_to_pem,
@@ -34,8 +36,7 @@ from fleet.pki.ca import (
     create_root_ca,
     create_server_certificate,
 )
-from fleet.pki.fingerprint import sha256_fingerprint
-from fleet.pki.keys import KeyType, private_key_to_pem
+from fleet.pki.keys import private_key_to_pem
 
 # Everything `fleet init` creates, so that --force removes exactly that.
 _MANAGED = ("fleet.toml", "fleet.db", "fleet.db-wal", "fleet.db-shm", "ca", "tls")
@@ -117,7 +118,7 @@ def _write_pair(directory: Path, stem: str, pair: CertifiedKey, passphrase: byte
         private_key_to_pem(pair.private_key, passphrase),
         mode=SECRET_MODE,
     )
-    write_atomic(directory / f"{stem}.pem", certificate_to_pem(pair.certificate))
+    write_atomic(directory / f"{stem}.pem", certificate_to_pem(pair.certificate), mode=PUBLIC_MODE)
 
 
 def _dedupe(names: Sequence[str]) -> list[str]:

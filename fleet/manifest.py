@@ -19,9 +19,9 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
-from fleet.errors import ConfigError, DeviceIdInvalid, ManifestInvalid
-from fleet.pki.device_id import validate_device_id
-from fleet.pki.fingerprint import normalize_fingerprint
+from fleet.kernel.device_id import validate_device_id
+from fleet.kernel.errors import ConfigError, DeviceIdInvalid, ManifestInvalid
+from fleet.kernel.fingerprint import normalize_fingerprint
 from fleet.store.records import ManifestEntry
 
 HEADER = ("device_id", "bootstrap_sha256", "model", "batch")

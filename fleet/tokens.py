@@ -13,7 +13,7 @@ import hashlib
 import re
 import secrets
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 TOKEN_BYTES = 32
 DEFAULT_TOKEN_LIFETIME = dt.timedelta(days=7)

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from fleet.clock import ManualClock
+from fleet.kernel.clock import ManualClock
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ from amqtt.mqtt.protocol.broker_handler import (  # type: ignore[import-untyped]
 )
 
 from broker_plugins.amqtt.gate import CURRENT_CONNECTION, Connection, ConnectionGate
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 from fleet.store.records import RevocationEvent, RevocationKind
 
 AMQTT_VERSION = "0.12.1"

@@ -1,7 +1,7 @@
 """The connection gate: decision core + live-connection registry + refusal log and metrics.
 
 The gate is the one place where a TLS connection becomes a device session. It
-asks ``decide_connect``, registers every admitted connection by certificate
+asks the trust kernel's ``admit_client``, registers every admitted connection by certificate
 serial and device id, and closes those connections (transport abort, so no
 further byte is read from or written to them) when the revocation cache
 reports an event. Admission and registration happen in one synchronous step,
@@ -22,16 +22,16 @@ from typing import Any, TypeVar
 from cryptography import x509
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from broker_plugins.acl import TopicAcl
-from broker_plugins.decision import (
+from fleet.kernel.acl import TopicAcl
+from fleet.kernel.admission import (
     Allow,
     Decision,
     Deny,
-    DenyReason,
     RevocationView,
     TrustPolicy,
-    decide_connect,
+    admit_client,
 )
+from fleet.kernel.reasons import BROKER_REFUSALS
 from fleet.store.records import RevocationEvent
 
 log = logging.getLogger("fleet.broker")
@@ -77,7 +77,7 @@ class BrokerMetrics:
         self.refused = Counter(
             "fleet_broker_connects_refused", "Refused connects by reason", ["reason"], registry=r
         )
-        for reason in DenyReason:
+        for reason in BROKER_REFUSALS:
             self.refused.labels(reason=reason.value)
         self.allowed = Counter("fleet_broker_connects_allowed", "Admitted connects", registry=r)
         self.live = Gauge("fleet_broker_live_connections", "Admitted, open connections", registry=r)
@@ -120,7 +120,7 @@ class ConnectionGate:
                 leaf = x509.load_der_x509_certificate(conn.peer_der)
             except ValueError:
                 leaf = None
-        decision = decide_connect(
+        decision = admit_client(
             leaf, client_id, revocations=self.revocations, policy=self.policy, now=self._now()
         )
         if isinstance(decision, Deny):

@@ -19,7 +19,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin  # type: ignore[i
 
 from broker_plugins.amqtt._hardening import SESSION_DEVICE_ID
 from broker_plugins.amqtt.gate import CURRENT_CONNECTION, ConnectionGate
-from broker_plugins.decision import Allow
+from fleet.kernel.admission import Allow
 
 
 def _gate(plugin: Any) -> ConnectionGate | None:

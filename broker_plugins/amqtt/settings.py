@@ -37,9 +37,9 @@ from typing import Any
 
 from cryptography import x509
 
-from broker_plugins.acl import DEFAULT_TEMPLATE, AclConfigError, TopicAcl
-from broker_plugins.decision import TrustPolicy
-from fleet.errors import ConfigError
+from fleet.kernel.acl import DEFAULT_TEMPLATE, AclConfigError, TopicAcl
+from fleet.kernel.admission import TrustPolicy
+from fleet.kernel.errors import ConfigError
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (Python's ssl has no name for it): the
 # handshake still verifies signatures and the chain; validity is checked by the

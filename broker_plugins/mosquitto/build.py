@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 SOURCE = Path(__file__).with_name("fleet_plugin.c")
 PLUGIN_NAME = "fleet_plugin.so"

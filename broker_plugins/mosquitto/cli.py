@@ -24,7 +24,7 @@ from broker_plugins.mosquitto.config import (
 )
 from broker_plugins.mosquitto.identity import issue_sidecar_certificate
 from broker_plugins.mosquitto.sync import Sidecar
-from fleet.errors import FleetError
+from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])

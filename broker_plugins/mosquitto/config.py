@@ -37,7 +37,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 DEFAULT_VALIDITY = dt.timedelta(days=365)
 

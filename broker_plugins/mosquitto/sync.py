@@ -68,7 +68,8 @@ from prometheus_client.registry import Collector
 
 from broker_plugins.mosquitto.config import CONTROL_TOPIC, STATS_TOPIC, MosquittoSettings
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
-from fleet.errors import ConfigError, FleetError, PolicyError
+from fleet.kernel.errors import ConfigError, FleetError, PolicyError
+from fleet.kernel.files import PUBLIC_MODE, write_atomic
 from fleet.store.protocol import Store
 from fleet.store.records import RevocationEvent, RevocationKind, RevocationSnapshot
 
@@ -161,26 +162,10 @@ def revoke_command(event: RevocationEvent) -> str | None:
 # -- files ----------------------------------------------------------------------
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Readers see the old or the new content, never a mix (temp, fsync, rename)."""
+def write_public(path: Path, data: bytes) -> None:
+    """Atomically replace a file Mosquitto (possibly another user) reads."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        partial.chmod(mode)
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, data, mode=PUBLIC_MODE)
 
 
 def write_cafile(settings: MosquittoSettings) -> None:
@@ -189,7 +174,7 @@ def write_cafile(settings: MosquittoSettings) -> None:
         data = settings.issuing_ca.read_bytes().rstrip() + b"\n" + settings.root_ca.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the fleet CA certificates: {exc}") from exc
-    write_atomic(settings.cafile, data)
+    write_public(settings.cafile, data)
 
 
 def load_issuing_ca(settings: MosquittoSettings) -> x509.Certificate:
@@ -325,7 +310,7 @@ class CrlKeeper:
         self.installed_at = time.monotonic()
         if installed is not None and crl_number(crl) == installed:
             return False, missing
-        write_atomic(s.crlfile, crl.public_bytes(Encoding.PEM))
+        write_public(s.crlfile, crl.public_bytes(Encoding.PEM))
         hupped = signal_broker(s.pid_file)
         log.info(
             "installed CRL #%d (%d revoked)%s",
@@ -489,7 +474,7 @@ def _number(value: object) -> float:
 
 
 def write_snapshot(settings: MosquittoSettings, state: RevocationState) -> None:
-    write_atomic(settings.snapshot_file, state.snapshot_text(int(time.time())).encode())
+    write_public(settings.snapshot_file, state.snapshot_text(int(time.time())).encode())
 
 
 class Sidecar:

@@ -13,10 +13,11 @@ import hmac
 from aiohttp import web
 from cryptography import x509
 
-from fleet.clock import Clock
-from fleet.errors import AuthError, CredentialsRequired, NotFound
-from fleet.pki.chain import TrustDomain, verify_client_chain
-from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.kernel.chain import TrustDomain, verify_client_chain
+from fleet.kernel.clock import Clock
+from fleet.kernel.errors import AuthError, CredentialsRequired, NotFound
+from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.reasons import Reason
 from fleet.server.peer import PeerCertificates
 from fleet.store.protocol import Store
 from fleet.store.records import AdminCredential
@@ -24,7 +25,7 @@ from fleet.tokens import token_sha256
 
 
 class AdminDisabled(AuthError):
-    reason = "admin_disabled"
+    reason = Reason.ADMIN_DISABLED
     hint = "This admin credential was disabled; ask an admin for a new one."
 
 

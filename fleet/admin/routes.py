@@ -27,10 +27,11 @@ from fleet.admin.serialize import (
 )
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
-from fleet.clock import Clock
-from fleet.errors import EncodingInvalid, RequestInvalid, RoleInsufficient
+from fleet.kernel.clock import Clock
+from fleet.kernel.device_id import validate_device_id
+from fleet.kernel.domains import FleetAuthorities
+from fleet.kernel.errors import EncodingInvalid, RequestInvalid, RoleInsufficient
 from fleet.manifest import parse_manifest
-from fleet.pki.device_id import validate_device_id
 from fleet.store.audit_chain import verify_chain
 from fleet.store.protocol import Store
 from fleet.store.records import (
@@ -89,7 +90,7 @@ class AdminApi:
     auth: AdminAuthenticator
     clock: Clock
     bulk_threshold: int
-    fleet_cas: tuple[Any, ...]  # the fleet's own CAs, never trusted as manufacturers
+    fleet: FleetAuthorities  # the fleet's own CAs, never trusted as manufacturers
 
     def routes(self) -> list[web.RouteDef]:
         d = f"{API}/devices/{{device_id}}"
@@ -351,7 +352,7 @@ class AdminApi:
             raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
         pem = (await _text_body(request)).encode()
         results = await admin_cases.trust_manufacturer(
-            self.store, pem, name=_text(request.query, "name"), fleet_cas=self.fleet_cas,
+            self.store, pem, name=_text(request.query, "name"), fleet=self.fleet,
             actor=actor_of(admin), now=self.clock.now(),
         )  # fmt: skip
         return web.json_response(

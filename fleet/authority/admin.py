@@ -13,11 +13,12 @@ import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from fleet.authority.audit import record_admin_action
-from fleet.errors import (
+from fleet.kernel.device_id import validate_device_id
+from fleet.kernel.domains import FleetAuthorities, check_manufacturer_ca
+from fleet.kernel.errors import (
     ConfigError,
     DeviceNotFound,
     PolicyError,
@@ -25,9 +26,8 @@ from fleet.errors import (
     StateConflict,
     StoreConflict,
 )
+from fleet.kernel.fingerprint import normalize_fingerprint, sha256_fingerprint
 from fleet.pki.ca import certificate_to_pem, load_certificates_pem
-from fleet.pki.device_id import validate_device_id
-from fleet.pki.fingerprint import normalize_fingerprint, sha256_fingerprint
 from fleet.store.protocol import Store
 from fleet.store.records import (
     Device,
@@ -54,25 +54,23 @@ async def trust_manufacturer(
     pem: bytes,
     *,
     name: str | None,
-    fleet_cas: Sequence[x509.Certificate],
+    fleet: FleetAuthorities,
     actor: str,
     now: dt.datetime,
 ) -> list[TrustResult]:
     """Trust every CA certificate in ``pem`` to sign bootstrap certificates.
 
     All certificates are checked before any is stored: each must be a CA
-    (basicConstraints cA=TRUE), valid at ``now``, and none may be (or share a
-    key with) one of the fleet's own CAs — trust domains are never mixed.
+    (basicConstraints cA=TRUE), valid at ``now``, and none may belong to or
+    chain into a fleet trust domain (``fleet.kernel.domains``).
     """
     try:
         certificates = load_certificates_pem(pem)
     except ConfigError as exc:
         # Here the PEM comes from an admin's request, not from our own config.
         raise RequestInvalid(exc.message, reason="pem_invalid") from exc
-    own_fingerprints = {sha256_fingerprint(c) for c in fleet_cas}
-    own_keys = {_spki(c) for c in fleet_cas}
     for cert in certificates:
-        _check_manufacturer_ca(cert, own_fingerprints, own_keys, now)
+        _check_manufacturer_ca(cert, fleet, now)
     results = []
     for cert in certificates:
         ca = ManufacturerCA(
@@ -107,7 +105,7 @@ async def distrust_manufacturer(
 
 
 def _check_manufacturer_ca(
-    cert: x509.Certificate, own_fingerprints: set[str], own_keys: set[bytes], now: dt.datetime
+    cert: x509.Certificate, fleet: FleetAuthorities, now: dt.datetime
 ) -> None:
     subject = cert.subject.rfc4514_string()
     try:
@@ -122,13 +120,7 @@ def _check_manufacturer_ca(
             hint="Give the manufacturer's CA certificate (the one that signs bootstrap "
             "certificates), not a device certificate.",
         )
-    if sha256_fingerprint(cert) in own_fingerprints or _spki(cert) in own_keys:
-        raise PolicyError(
-            f"certificate {subject!r} is one of this fleet's own CAs",
-            reason="trust_domains_mixed",
-            hint="The fleet root and issuing CAs sign operational certificates only; they can "
-            "never be manufacturer CAs. Give the manufacturer's CA certificate.",
-        )
+    check_manufacturer_ca(cert, fleet)
     if now >= cert.not_valid_after_utc:
         raise PolicyError(
             f"CA certificate {subject!r} expired at {cert.not_valid_after_utc.isoformat()}",
@@ -142,10 +134,6 @@ def _display_name(cert: x509.Certificate) -> str:
     if names and isinstance(names[0].value, str) and names[0].value:
         return names[0].value
     return cert.subject.rfc4514_string()
-
-
-def _spki(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
 
 
 # -- manifest ----------------------------------------------------------------------

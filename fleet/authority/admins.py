@@ -13,11 +13,12 @@ import re
 from cryptography.hazmat.primitives import serialization
 
 from fleet.authority.audit import record_admin_action
-from fleet.errors import RequestInvalid
+from fleet.kernel.errors import RequestInvalid
+from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.keys import KeyType
 from fleet.pki.ca import CertifiedKey
-from fleet.pki.fingerprint import sha256_fingerprint
 from fleet.pki.issuance import ValidatedRequest, build_device_certificate, sign_certificate
-from fleet.pki.keys import KeyType, generate_private_key
+from fleet.pki.keys import generate_private_key
 from fleet.pki.profile import DeviceProfile
 from fleet.store.protocol import Store
 from fleet.store.records import AdminCredential, AdminRole

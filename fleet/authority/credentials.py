@@ -13,12 +13,12 @@ import time
 
 from cryptography import x509
 
-from fleet.clock import Clock
-from fleet.errors import DeviceIdInvalid, TokenInvalid
+from fleet.kernel.chain import TrustDomain, verify_client_chain
+from fleet.kernel.clock import Clock
+from fleet.kernel.device_id import device_id_from_certificate, validate_device_id
+from fleet.kernel.errors import DeviceIdInvalid, TokenInvalid
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import load_certificates_pem
-from fleet.pki.chain import TrustDomain, verify_client_chain
-from fleet.pki.device_id import device_id_from_certificate, validate_device_id
-from fleet.pki.fingerprint import sha256_fingerprint
 from fleet.policy.enrollment import BootstrapCredential, TokenCredential
 from fleet.store.protocol import Store
 from fleet.tokens import token_sha256

@@ -22,8 +22,8 @@ import logging
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
-from fleet.clock import Clock
-from fleet.errors import ConfigError, PolicyError, StoreError
+from fleet.kernel.clock import Clock
+from fleet.kernel.errors import ConfigError, PolicyError, StoreError
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
 from fleet.store.protocol import Store

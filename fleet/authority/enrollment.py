@@ -16,8 +16,9 @@ import logging
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from fleet.clock import Clock
-from fleet.errors import (
+from fleet.kernel.clock import Clock
+from fleet.kernel.device_id import validate_device_id
+from fleet.kernel.errors import (
     CertificateNotFound,
     DeviceNotFound,
     EnrollmentPending,
@@ -25,15 +26,15 @@ from fleet.errors import (
     FleetError,
     StoreConflict,
 )
+from fleet.kernel.keys import key_type_of
 from fleet.pki.ca import CertifiedKey
-from fleet.pki.device_id import validate_device_id
 from fleet.pki.issuance import (
     ValidatedRequest,
     build_device_certificate,
     sign_certificate,
     validate_request,
 )
-from fleet.pki.keys import PublicKey, key_type_of
+from fleet.pki.keys import PublicKey
 from fleet.pki.profile import DeviceProfile
 from fleet.policy.enrollment import (
     Action,

@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 
 from fleet.authority.audit import record_admin_action
-from fleet.errors import ConfirmationRequired, RequestInvalid, StateConflict, StoreConflict
+from fleet.kernel.errors import ConfirmationRequired, RequestInvalid, StateConflict, StoreConflict
 from fleet.store.protocol import Store
 from fleet.store.records import (
     AuditRecord,

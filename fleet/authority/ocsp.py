@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from fleet.authority.crl import issued_by, reason_flag
-from fleet.clock import Clock
-from fleet.errors import CertificateNotFound, ConfigError, PolicyError, StoreError
+from fleet.kernel.clock import Clock
+from fleet.kernel.errors import CertificateNotFound, ConfigError, PolicyError, StoreError
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.ocsp import (
     CertStatus,

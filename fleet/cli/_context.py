@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 
 import click
 
-from fleet.clock import SystemClock
 from fleet.config import CONFIG_FILENAME, FleetConfig, load_config
+from fleet.kernel.clock import SystemClock
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 from fleet.store.records import AuditRecord, CertificateRecord, Device

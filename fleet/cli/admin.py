@@ -23,10 +23,10 @@ from fleet.cli._context import (
     when,
     with_store,
 )
-from fleet.errors import ConfigError
-from fleet.fsutil import SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
+from fleet.kernel.fingerprint import normalize_fingerprint
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
-from fleet.pki.fingerprint import normalize_fingerprint
 from fleet.pki.keys import load_private_key_pem
 from fleet.store.records import AdminRole
 
@@ -72,7 +72,7 @@ def create(name: str, role: str, out: Path, as_json: bool) -> None:
     cert_pem, key_pem = certificate_pem(pair)
     ensure_private_dir(out)
     write_atomic(out / f"{name}.key", key_pem, mode=SECRET_MODE)
-    write_atomic(out / f"{name}.pem", cert_pem)
+    write_atomic(out / f"{name}.pem", cert_pem, mode=PUBLIC_MODE)
     if as_json:
         echo_json({"name": name, "role": role, "certificate": str(out / f"{name}.pem")})
         return

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
-from fleet.errors import FleetError
+from fleet.kernel.errors import FleetError
 
 # Documented exit codes (README, --help).
 EXIT_OK = 0

@@ -11,9 +11,9 @@ from cryptography import x509
 
 from fleet.authority.crl import CrlPublisher, SignedCrl, validate_crl
 from fleet.cli._context import config_option, load, now, when, with_store
-from fleet.clock import SystemClock
-from fleet.errors import FleetError, PolicyError
-from fleet.fsutil import write_atomic
+from fleet.kernel.clock import SystemClock
+from fleet.kernel.errors import FleetError, PolicyError
+from fleet.kernel.files import PUBLIC_MODE, write_atomic
 
 # A CRL written for a broker must stay valid at least this long, or the
 # broker refuses the whole fleet soon after loading it.
@@ -70,7 +70,7 @@ def crl(out: Path | None, as_pem: bool) -> None:
         return
     _refuse_rollback(out, signed, issuer.certificate)
     try:
-        write_atomic(out, signed.pem if as_pem else signed.der)
+        write_atomic(out, signed.pem if as_pem else signed.der, mode=PUBLIC_MODE)
     except OSError as exc:
         raise FleetError(f"cannot write {out}: {exc.strerror}") from exc
     click.echo(

@@ -14,7 +14,7 @@ from fleet.cli._context import (
 )
 from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
 from fleet.cli.ops import DeviceQuery, admin_ops, admin_options
-from fleet.pki.device_id import validate_device_id
+from fleet.kernel.device_id import validate_device_id
 from fleet.store.records import DeviceState
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime
 

@@ -19,7 +19,7 @@ from fleet.cli._context import (
     when,
 )
 from fleet.cli.ops import admin_ops, admin_options
-from fleet.errors import RequestInvalid
+from fleet.kernel.errors import RequestInvalid
 from fleet.store.records import Device, RevocationReason
 
 _F = TypeVar("_F", bound=Callable[..., Any])

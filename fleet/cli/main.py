@@ -16,9 +16,9 @@ from fleet.cli.crl import crl
 from fleet.cli.device import device
 from fleet.cli.manifest import manifest
 from fleet.cli.trust import trust
-from fleet.clock import SystemClock
 from fleet.datadir import init_data_dir
-from fleet.pki.keys import KeyType, parse_key_type
+from fleet.kernel.clock import SystemClock
+from fleet.kernel.keys import KeyType, parse_key_type
 from fleet.store.factory import open_store
 
 

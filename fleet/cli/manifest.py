@@ -8,7 +8,7 @@ import click
 
 from fleet.cli._context import echo_json, json_option
 from fleet.cli.ops import admin_ops, admin_options
-from fleet.errors import ConfigError, ManifestInvalid
+from fleet.kernel.errors import ConfigError, ManifestInvalid
 from fleet.manifest import HEADER, MAX_LINES, parse_manifest
 
 # 100k lines of two ids, a fingerprint and two short texts fit many times over;

@@ -17,16 +17,14 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import click
-from cryptography import x509
 
+from fleet.authorities import load_fleet_authorities
 from fleet.authority import admin as cases
 from fleet.authority import lifecycle
 from fleet.authority.admin import ImportResult, TrustResult
 from fleet.authority.lifecycle import BulkResult, BulkSelection
 from fleet.cli._context import config_option, load, local_actor, now, with_store
 from fleet.config import FleetConfig
-from fleet.errors import ConfigError
-from fleet.pki.ca import load_certificates_pem
 from fleet.store.audit_chain import ChainProblem, verify_chain
 from fleet.store.protocol import Store
 from fleet.store.records import (
@@ -242,11 +240,11 @@ class LocalOps:
         return with_store(self.config, lambda s: s.list_manufacturer_cas())
 
     def trust_manufacturer(self, pem: bytes, name: str | None) -> list[TrustResult]:
-        fleet_cas = _fleet_cas(self.config)
+        fleet = load_fleet_authorities(self.config)
         return with_store(
             self.config,
             lambda s: cases.trust_manufacturer(
-                s, pem, name=name, fleet_cas=fleet_cas, actor=self.actor, now=now()
+                s, pem, name=name, fleet=fleet, actor=self.actor, now=now()
             ),
         )
 
@@ -261,22 +259,6 @@ class LocalOps:
             self.config,
             lambda s: cases.import_manifest(s, entries, actor=self.actor, now=now()),
         )
-
-
-def _fleet_cas(config: FleetConfig) -> list[x509.Certificate]:
-    """The fleet's own CA certificates, which must never become manufacturer CAs."""
-    certificates: list[x509.Certificate] = []
-    for path in (config.ca.root_cert, config.ca.issuing_cert):
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot read the fleet CA certificate {path}: {exc.strerror}",
-                hint="Check [ca] root_cert and issuing_cert in fleet.toml; they are needed to "
-                "make sure the fleet's own CAs are never trusted as manufacturer CAs.",
-            ) from exc
-        certificates += load_certificates_pem(data)
-    return certificates
 
 
 # -- choosing the mode: --server (or FLEET_SERVER) means remote ------------------------

@@ -25,7 +25,7 @@ from fleet.authority.admin import ImportResult, TrustResult
 from fleet.authority.lifecycle import BulkResult, BulkSelection
 from fleet.cli.common import read_secret_file
 from fleet.cli.ops import ChainReport, DeviceQuery, TokenGrant
-from fleet.errors import (
+from fleet.kernel.errors import (
     ConfigError,
     CredentialsRequired,
     FleetError,

@@ -25,7 +25,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 from fleet.authority.credentials import Credentials
 from fleet.authority.enrollment import Authority, Issued
 from fleet.config import FleetConfig
-from fleet.errors import (
+from fleet.kernel.errors import (
     AuthError,
     CredentialsRequired,
     EncodingInvalid,
@@ -33,7 +33,7 @@ from fleet.errors import (
     NotFound,
     UnsupportedMediaType,
 )
-from fleet.est.wire import (
+from fleet.kernel.wire import (
     CT_CACERTS,
     CT_CERTS_ONLY,
     CT_CSRATTRS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fleet.config import WebhookConfig
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 SECRET_ENV = "FLEET_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
 MIN_SECRET_BYTES = 16

@@ -18,7 +18,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from fleet.errors import AuthError
+from fleet.kernel.errors import AuthError
+from fleet.kernel.reasons import Reason
 
 SIGNATURE_HEADER = "X-Fleet-Signature"
 EVENT_HEADER = "X-Fleet-Event"
@@ -28,7 +29,7 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 
 class SignatureInvalid(AuthError):
-    reason = "webhook_signature_invalid"
+    reason = Reason.WEBHOOK_SIGNATURE_INVALID
     hint = (
         "Check that sender and receiver share the same webhook secret, that the body is "
         "verified byte for byte as received, and that both clocks are right."

@@ -40,8 +40,8 @@ import aiohttp
 from aiohttp import web
 
 from fleet.config import FleetConfig
-from fleet.errors import ConfigError, FleetError
-from fleet.fsutil import SECRET_MODE, write_atomic
+from fleet.kernel.errors import ConfigError, FleetError
+from fleet.kernel.files import SECRET_MODE, write_atomic
 from fleet.notify.events import RULES, Notification, Rule, notification_for
 from fleet.notify.signing import (
     DELIVERY_HEADER,

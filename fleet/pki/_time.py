@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 
 def require_utc(now: dt.datetime) -> None:

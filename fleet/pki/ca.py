@@ -18,9 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleet.errors import ConfigError, PolicyError
+from fleet.kernel.errors import ConfigError, PolicyError
+from fleet.kernel.keys import KeyType, key_type_of
 from fleet.pki._time import require_utc
-from fleet.pki.keys import KeyType, PrivateKey, generate_private_key, key_type_of, signing_hash
+from fleet.pki.keys import PrivateKey, generate_private_key, signing_hash
 from fleet.pki.serial import random_serial
 
 # CA certificates are backdated a little so that a relying party whose clock is

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 from fleet.pki._time import require_utc
 from fleet.pki.ca import CertifiedKey, authority_key_identifier
 from fleet.pki.keys import signing_hash

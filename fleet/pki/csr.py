@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
-from fleet.errors import CsrInvalid
+from fleet.kernel.errors import CsrInvalid
 
 # Hard cap before parsing: real device CSRs are well under 4 KiB.
 MAX_CSR_BYTES = 64 * 1024

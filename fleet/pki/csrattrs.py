@@ -12,8 +12,8 @@ from typing import Any, TypeAlias
 
 from asn1crypto import core
 
-from fleet.errors import PolicyError
-from fleet.pki.keys import KeyType
+from fleet.kernel.errors import PolicyError
+from fleet.kernel.keys import KeyType
 
 ID_EC_PUBLIC_KEY = "1.2.840.10045.2.1"
 SECP256R1 = "1.2.840.10045.3.1.7"

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
-from fleet.errors import CsrInvalid, IdentityMismatch, KeyNotAllowed
+from fleet.kernel.device_id import validate_device_id
+from fleet.kernel.errors import CsrInvalid, IdentityMismatch, KeyNotAllowed
+from fleet.kernel.keys import KeyType, key_type_of
 from fleet.pki._time import require_utc
 from fleet.pki.ca import (
     CertifiedKey,
@@ -23,8 +25,7 @@ from fleet.pki.ca import (
     end_entity_usage,
 )
 from fleet.pki.csr import csr_public_key, verify_csr_signature
-from fleet.pki.device_id import validate_device_id
-from fleet.pki.keys import KeyType, PublicKey, key_type_of, signing_hash
+from fleet.pki.keys import PublicKey, signing_hash
 from fleet.pki.profile import DeviceProfile
 from fleet.pki.serial import random_serial
 

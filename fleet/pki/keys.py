@@ -1,4 +1,4 @@
-"""Key types the fleet accepts, and generating, classifying and (de)serialising keys.
+"""Generating, signing with and (de)serialising keys of the kinds ``fleet.kernel.keys`` allows.
 
 A closed list of key types keeps device certificates verifiable by every broker
 and TLS stack we support; anything else is refused by name rather than signed.
@@ -6,48 +6,20 @@ and TLS stack we support; anything else is refused by name rather than signed.
 
 from __future__ import annotations
 
-import enum
 from typing import TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from fleet.errors import ConfigError, KeyNotAllowed
+from fleet.kernel.errors import ConfigError, KeyNotAllowed
+from fleet.kernel.keys import KeyType, describe_key, key_type_of
 
 PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 PublicKey: TypeAlias = ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey
 
 # RFC 8017 / SP 800-56B: 65537 is the only public exponent anyone should use.
 _RSA_PUBLIC_EXPONENT = 65537
-
-
-class KeyType(enum.StrEnum):
-    """A key algorithm and size the fleet will certify."""
-
-    EC_P256 = "ec-p256"
-    EC_P384 = "ec-p384"
-    ED25519 = "ed25519"
-    RSA_2048 = "rsa-2048"
-    RSA_3072 = "rsa-3072"
-
-    @property
-    def is_rsa(self) -> bool:
-        return self in (KeyType.RSA_2048, KeyType.RSA_3072)
-
-    @classmethod
-    def parse(cls, text: str) -> KeyType:
-        """The key type named ``text`` (case-insensitive); ConfigError listing valid names."""
-        return parse_key_type(text)
-
-
-def parse_key_type(text: str) -> KeyType:
-    """The key type named ``text`` (e.g. from fleet.toml), case and surrounding space ignored."""
-    try:
-        return KeyType(text.strip().lower())
-    except ValueError:
-        valid = ", ".join(k.value for k in KeyType)
-        raise ConfigError(f"unknown key type {text!r}; valid key types are: {valid}") from None
 
 
 def generate_private_key(key_type: KeyType = KeyType.EC_P256) -> PrivateKey:
@@ -64,40 +36,6 @@ def generate_private_key(key_type: KeyType = KeyType.EC_P256) -> PrivateKey:
         case KeyType.RSA_3072:
             return rsa.generate_private_key(_RSA_PUBLIC_EXPONENT, 3072)
     raise ConfigError(f"unknown key type {key_type!r}")  # pragma: no cover - enum is closed
-
-
-def describe_key(public_key: object) -> str:
-    """A short human name for any key object, for error messages."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        return f"EC {public_key.curve.name}"
-    if isinstance(public_key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
-        return f"RSA {public_key.key_size}"
-    name = type(public_key).__name__.removeprefix("_")
-    for suffix in ("PublicKey", "PrivateKey"):
-        name = name.removesuffix(suffix)
-    return name or "unknown key"
-
-
-def key_type_of(public_key: object) -> KeyType:
-    """The fleet key type of ``public_key`` (public or private); KeyNotAllowed otherwise."""
-    if isinstance(public_key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        if isinstance(public_key.curve, ec.SECP256R1):
-            return KeyType.EC_P256
-        if isinstance(public_key.curve, ec.SECP384R1):
-            return KeyType.EC_P384
-    elif isinstance(public_key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
-        return KeyType.ED25519
-    elif isinstance(public_key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
-        # Exact sizes only: 4096 is not weak, but it is slow on small devices and
-        # brokers, and a closed list is what the profile and /csrattrs advertise.
-        if public_key.key_size == 2048:
-            return KeyType.RSA_2048
-        if public_key.key_size == 3072:
-            return KeyType.RSA_3072
-    valid = ", ".join(k.value for k in KeyType)
-    raise KeyNotAllowed(
-        f"key type {describe_key(public_key)} is not supported; use one of: {valid}"
-    )
 
 
 def signing_hash(private_key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:

@@ -19,7 +19,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
-from fleet.errors import ConfigError, PolicyError
+from fleet.kernel.errors import ConfigError, PolicyError
 from fleet.pki._time import require_utc
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import meaningful_reason

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from fleet.errors import PolicyError
+from fleet.kernel.errors import PolicyError
 
 
 def encode_certs_only(certs: Sequence[x509.Certificate]) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from fleet.errors import ConfigError
-from fleet.pki.keys import KeyType
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.keys import KeyType
 
 # RSA is accepted only when a profile opts in: it is slow to generate on small
 # devices and makes certificates (and every TLS handshake) larger.

@@ -18,14 +18,15 @@ from cryptography import x509
 
 from fleet.admin.auth import AdminAuthenticator
 from fleet.admin.routes import AdminApi
+from fleet.authorities import load_fleet_authorities
 from fleet.authority.credentials import Credentials
 from fleet.authority.crl import CrlPublisher
 from fleet.authority.enrollment import Authority
 from fleet.authority.ocsp import OcspResponder
-from fleet.clock import Clock, SystemClock
 from fleet.config import FleetConfig
-from fleet.errors import ConfigError, FleetError
 from fleet.est.routes import EstService
+from fleet.kernel.clock import Clock, SystemClock
+from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
@@ -111,7 +112,7 @@ def build_app(
         ),
         clock=clock,
         bulk_threshold=config.admin.bulk_confirm_threshold,
-        fleet_cas=(root, issuer.certificate),
+        fleet=load_fleet_authorities(config),
     )
     app.add_routes(admin_api.routes())
 

@@ -8,7 +8,7 @@ client can provoke as a bug.
 
 from __future__ import annotations
 
-from fleet.errors import (
+from fleet.kernel.errors import (
     AuthError,
     ConfigError,
     ConfirmationRequired,

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from fleet.errors import CredentialsRequired, EnrollmentPending, FleetError, TokenInvalid
+from fleet.kernel.errors import CredentialsRequired, EnrollmentPending, FleetError, TokenInvalid
 from fleet.server.errors import status_for
 from fleet.server.logs import AccessLog, request_id_var
 from fleet.server.metrics import Metrics

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from aiohttp import web
 from cryptography import x509
 
-from fleet.errors import AuthError, EncodingInvalid
+from fleet.kernel.errors import AuthError, EncodingInvalid
+from fleet.kernel.reasons import Reason
 
 _CACHE_KEY = "fleet.peer_certificate"
 
 
 class UntrustedProxyHeader(AuthError):
-    reason = "untrusted_proxy_header"
+    reason = Reason.UNTRUSTED_PROXY_HEADER
     hint = "Only the configured reverse proxies may forward client certificates."
 
 

@@ -35,8 +35,8 @@ from aiohttp import web
 
 from fleet.authority.crl import CrlPublisher, SignedCrl
 from fleet.authority.ocsp import OcspAnswer, OcspResponder
-from fleet.clock import Clock
-from fleet.errors import UnsupportedMediaType
+from fleet.kernel.clock import Clock
+from fleet.kernel.errors import UnsupportedMediaType
 from fleet.pki.ocsp import MAX_OCSP_REQUEST_BYTES, malformed_response
 
 CRL_DER_TYPE = "application/pkix-crl"

@@ -10,7 +10,7 @@ against one global CA list, and a device would get a TLS alert instead of a
 
 So we install OpenSSL's certificate-verify callback on the context through
 ctypes: it accepts every presented chain at the TLS layer, and
-:mod:`fleet.pki.chain` does the real verification per operation. The
+:mod:`fleet.kernel.chain` does the real verification per operation. The
 SSL_CTX pointer is read from the SSLContext object and checked against the
 context's own verify mode and options before anything is installed; if the
 interpreter's layout differs, we refuse to start rather than guess.
@@ -26,7 +26,7 @@ import socket
 import ssl
 from pathlib import Path
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 # TLS 1.2 stays on: libest and strongSwan 5.9 cap themselves at it.
 _TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"

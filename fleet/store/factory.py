@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 from fleet.store.protocol import Store
 
 ACCEPTED_FORMS = (

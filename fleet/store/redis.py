@@ -71,7 +71,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from fleet.errors import (
+from fleet.kernel.errors import (
     AdminNotFound,
     CertificateNotFound,
     ConfigError,

@@ -42,7 +42,7 @@ from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fleet.errors import (
+from fleet.kernel.errors import (
     AdminNotFound,
     CertificateNotFound,
     DeviceNotFound,

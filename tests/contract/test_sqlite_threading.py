@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import fleet.store.sqlite as sqlite_backend
-from fleet.errors import StoreUnavailable
+from fleet.kernel.errors import StoreUnavailable
 from fleet.store._fsync import FileSyncer
 from fleet.store.records import AuditEvent, DeviceState, RevocationReason
 from fleet.store.sqlite import SqliteStore

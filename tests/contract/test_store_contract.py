@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fleet.errors import (
+from fleet.kernel.errors import (
     AdminNotFound,
     CertificateNotFound,
     DeviceNotFound,

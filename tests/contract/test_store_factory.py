@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 from fleet.store.factory import open_store
 from fleet.store.redis import RedisStore
 from fleet.store.sqlite import SqliteStore

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import fleet.store.sqlite as sqlite_backend
-from fleet.errors import DeviceNotFound, StoreUnavailable
+from fleet.kernel.errors import DeviceNotFound, StoreUnavailable
 from fleet.store.audit_chain import verify_chain
 from fleet.store.records import AuditEvent, AuditRecord, DeviceFilter, DeviceState, RevocationReason
 from fleet.store.redis import RedisStore

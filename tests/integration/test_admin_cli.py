@@ -23,8 +23,8 @@ import pytest
 from redis.asyncio import Redis
 
 from fleet.config import load_config
-from fleet.errors import TokenInvalid
-from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.kernel.errors import TokenInvalid
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 from fleet.store.records import Device, DeviceState

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from fleet.pki.fingerprint import sha256_fingerprint
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.store.records import ManifestEntry
 from tests.integration.admin.conftest import Admin, make_admin
 from tests.integration.est.conftest import Fleet, running_fleet

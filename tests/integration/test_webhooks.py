@@ -25,10 +25,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from fleet.clock import SystemClock
 from fleet.config import load_config, parse_config
 from fleet.datadir import init_data_dir
-from fleet.errors import ConfigError
+from fleet.kernel.clock import SystemClock
+from fleet.kernel.errors import ConfigError
 from fleet.notify.secret import webhook_secret
 from fleet.notify.signing import verify_signature
 from fleet.notify.webhooks import CURSOR_FILE, Backoff, WebhookNotifier, attach_notifier

@@ -19,6 +19,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.keys import KeyType, key_type_of
 from fleet.manifest import HEADER
 from fleet.pki.ca import (
     CertifiedKey,
@@ -27,8 +29,7 @@ from fleet.pki.ca import (
     create_root_ca,
     end_entity_usage,
 )
-from fleet.pki.fingerprint import sha256_fingerprint
-from fleet.pki.keys import KeyType, generate_private_key, key_type_of, signing_hash
+from fleet.pki.keys import generate_private_key, signing_hash
 from fleet.pki.serial import random_serial
 from fleet.store.records import ManifestEntry
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.errors import FleetError, ManifestInvalid
+from fleet.kernel.errors import FleetError, ManifestInvalid
 from fleet.manifest import MAX_LINES, parse_manifest
 from fleet.store.records import ManifestEntry
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 from fleet.tokens import MAX_TOKEN_LIFETIME, new_token, parse_lifetime, token_sha256
 
 

@@ -9,12 +9,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device_agent.keystore import FileKeyStore, KeyStoreError
 from device_agent.state import AgentConfig, StateDir
 from device_agent.trust import CaCerts, CertificateUnusable, chain_from, check_issued
-from device_agent.wire import normalize_fingerprint, sha256_fingerprint
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.fingerprint import normalize_fingerprint, sha256_fingerprint
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
@@ -37,7 +38,8 @@ def _ca(name: str, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] |
     return cert, key
 
 
-def _leaf(ca, public_key, cn: str = "dev-1", days: int = 30) -> x509.Certificate:  # type: ignore[no-untyped-def]
+def _leaf(ca, public_key, cn: str = "dev-1", days: int = 30, eku: bool = True) -> x509.Certificate:  # type: ignore[no-untyped-def]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if eku else [ExtendedKeyUsageOID.SERVER_AUTH]
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
@@ -46,6 +48,7 @@ def _leaf(ca, public_key, cn: str = "dev-1", days: int = 30) -> x509.Certificate
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - dt.timedelta(minutes=5))
         .not_valid_after(NOW + dt.timedelta(days=days))
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         .sign(ca[1], hashes.SHA256())
     )
 
@@ -148,11 +151,18 @@ def test_chain_and_issued_certificate_checks(pki) -> None:  # type: ignore[no-un
         check_issued(
             cert, cacerts, expected_device_id=None, now=NOW + dt.timedelta(days=31), skew=skew
         )
+    # The kernel's admission rules: a certificate no broker would admit is not installed.
+    server_only = _leaf(issuing, key.public_key(), eku=False)
+    with pytest.raises(CertificateUnusable, match="clientAuth"):
+        check_issued(server_only, cacerts, expected_device_id=None, now=NOW, skew=skew)
+    reserved = _leaf(issuing, key.public_key(), cn="admin")
+    with pytest.raises(CertificateUnusable, match="reserved"):
+        check_issued(reserved, cacerts, expected_device_id=None, now=NOW, skew=skew)
 
 
 def test_fingerprint_formats() -> None:
     hexfp = "ab" * 32
     assert normalize_fingerprint(":".join(["AB"] * 32)) == hexfp
     assert normalize_fingerprint("sha256 Fingerprint=" + ":".join(["AB"] * 32)) == hexfp
-    with pytest.raises(ValueError, match="64 hex"):
+    with pytest.raises(ConfigError, match="64 hex"):
         normalize_fingerprint("abc")

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fleet.errors import CertificateNotFound, StoreUnavailable
+from fleet.kernel.errors import CertificateNotFound, StoreUnavailable
 from fleet.pki.ca import CertifiedKey, authority_key_identifier, certificate_to_pem
 from fleet.pki.keys import signing_hash
 from fleet.store.records import (

@@ -11,8 +11,8 @@ import pytest
 from cryptography import x509
 
 from fleet.authority.crl import CrlPublisher, crl_number_at, reason_flag, validate_crl
-from fleet.clock import ManualClock
-from fleet.errors import ConfigError, PolicyError, StoreUnavailable
+from fleet.kernel.clock import ManualClock
+from fleet.kernel.errors import ConfigError, PolicyError, StoreUnavailable
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
 from fleet.pki.crl import build_crl, crl_to_der
 from fleet.store.protocol import Store

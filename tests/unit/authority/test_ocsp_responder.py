@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 
 from fleet.authority.ocsp import OcspResponder
-from fleet.clock import ManualClock
+from fleet.kernel.clock import ManualClock
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
 from fleet.store.protocol import Store
 from fleet.store.records import RevocationReason

@@ -5,7 +5,7 @@ import datetime as dt
 from collections.abc import AsyncGenerator
 
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
-from fleet.errors import StoreUnavailable
+from fleet.kernel.errors import StoreUnavailable
 from fleet.store.records import (
     RevocationEvent,
     RevocationKind,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fleet.config import load_config
-from fleet.errors import ConfigError
-from fleet.pki.keys import KeyType
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.keys import KeyType
 
 
 def write(tmp_path: Path, text: str) -> Path:

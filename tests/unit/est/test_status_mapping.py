@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import errors
+from fleet.kernel import errors
 from fleet.server.errors import status_for
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.errors import EncodingInvalid
-from fleet.est.wire import decode_base64_body, encode_base64_body
+from fleet.kernel.errors import EncodingInvalid
+from fleet.kernel.wire import decode_base64_body, encode_base64_body
 
 
 @given(st.binary(min_size=1, max_size=2000), st.integers(min_value=0, max_value=200))

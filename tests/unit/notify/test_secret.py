@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fleet.config import WebhookConfig
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 from fleet.notify.secret import webhook_secret
 
 URLS = ("http://127.0.0.1:9/hook",)

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from fleet.errors import AuthError
+from fleet.kernel.errors import AuthError
 from fleet.notify.signing import SignatureInvalid, signature_header, verify_signature
 
 SECRET = b"s3cret-s3cret-s3cret"

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
+from fleet.kernel.keys import KeyType
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
-from fleet.pki.keys import KeyType, PrivateKey, generate_private_key
+from fleet.pki.keys import PrivateKey, generate_private_key
 from tests.unit.pki.helpers import PKI_NOW
 
 

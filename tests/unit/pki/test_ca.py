@@ -9,7 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fleet.errors import ConfigError, PolicyError
+from fleet.kernel.errors import ConfigError, PolicyError
+from fleet.kernel.keys import KeyType, key_type_of
 from fleet.pki.ca import (
     CertifiedKey,
     certificate_to_pem,
@@ -19,7 +20,7 @@ from fleet.pki.ca import (
     load_certificates_pem,
 )
 from fleet.pki.issuance import issue_device_certificate
-from fleet.pki.keys import KeyType, PrivateKey, key_type_of, signing_hash
+from fleet.pki.keys import PrivateKey, signing_hash
 from fleet.pki.profile import DeviceProfile
 from fleet.pki.serial import random_serial
 from tests.unit.pki.helpers import make_csr, openssl_text, openssl_verify

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.keys import KeyType
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
 from fleet.pki.issuance import issue_device_certificate
-from fleet.pki.keys import KeyType, PrivateKey
+from fleet.pki.keys import PrivateKey
 from fleet.pki.profile import DeviceProfile
 from tests.support.openssl import openssl
 from tests.unit.pki.helpers import attime, make_csr, write_pem

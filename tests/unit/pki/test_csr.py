@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleet.errors import CsrInvalid
+from fleet.kernel.errors import CsrInvalid
+from fleet.kernel.keys import KeyType
 from fleet.pki.csr import load_csr, verify_csr_signature
-from fleet.pki.keys import KeyType, PrivateKey
+from fleet.pki.keys import PrivateKey
 from tests.support.openssl import openssl
 from tests.unit.pki.helpers import csr_der, make_csr
 

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import PolicyError
+from fleet.kernel.errors import PolicyError
+from fleet.kernel.keys import KeyType
 from fleet.pki.csrattrs import (
     CHALLENGE_PASSWORD,
     ECDSA_WITH_SHA256,
@@ -18,7 +19,6 @@ from fleet.pki.csrattrs import (
     decode_csr_attributes,
     encode_csr_attributes,
 )
-from fleet.pki.keys import KeyType
 from tests.support.openssl import openssl
 
 

@@ -10,13 +10,14 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.errors import ConfigError, DeviceIdInvalid
-from fleet.pki.device_id import (
+from fleet.kernel.device_id import (
     RESERVED_DEVICE_IDS,
     device_id_from_certificate,
     validate_device_id,
 )
-from fleet.pki.keys import KeyType, PrivateKey
+from fleet.kernel.errors import ConfigError, DeviceIdInvalid
+from fleet.kernel.keys import KeyType
+from fleet.pki.keys import PrivateKey
 from fleet.pki.serial import random_serial
 
 _SPEC = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)

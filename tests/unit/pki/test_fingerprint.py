@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.fingerprint import normalize_fingerprint, sha256_fingerprint
 from fleet.pki.ca import CertifiedKey
-from fleet.pki.fingerprint import normalize_fingerprint, sha256_fingerprint
 from tests.support.openssl import openssl
 from tests.unit.pki.helpers import write_pem
 

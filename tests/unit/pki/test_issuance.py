@@ -10,7 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fleet.errors import CsrInvalid, DeviceIdInvalid, IdentityMismatch, KeyNotAllowed, PolicyError
+from fleet.kernel.errors import (
+    CsrInvalid,
+    DeviceIdInvalid,
+    IdentityMismatch,
+    KeyNotAllowed,
+    PolicyError,
+)
+from fleet.kernel.keys import KeyType
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
 from fleet.pki.csr import load_csr
 from fleet.pki.issuance import (
@@ -19,7 +26,7 @@ from fleet.pki.issuance import (
     sign_certificate,
     validate_request,
 )
-from fleet.pki.keys import KeyType, PrivateKey
+from fleet.pki.keys import PrivateKey
 from fleet.pki.profile import DeviceProfile
 from tests.support.openssl import openssl
 from tests.unit.pki.helpers import csr_der, make_csr, openssl_text, openssl_verify

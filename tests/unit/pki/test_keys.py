@@ -8,16 +8,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa
 
-from fleet.errors import ConfigError, KeyNotAllowed
-from fleet.pki.keys import (
-    KeyType,
-    PrivateKey,
-    key_type_of,
-    load_private_key_pem,
-    parse_key_type,
-    private_key_to_pem,
-    signing_hash,
-)
+from fleet.kernel.errors import ConfigError, KeyNotAllowed
+from fleet.kernel.keys import KeyType, key_type_of, parse_key_type
+from fleet.pki.keys import PrivateKey, load_private_key_pem, private_key_to_pem, signing_hash
 from tests.support.openssl import openssl
 from tests.unit.pki.helpers import PKI_NOW
 

@@ -10,10 +10,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
-from fleet.errors import ConfigError, PolicyError
+from fleet.kernel.errors import ConfigError, PolicyError
+from fleet.kernel.keys import KeyType
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
 from fleet.pki.issuance import issue_device_certificate
-from fleet.pki.keys import KeyType, PrivateKey
+from fleet.pki.keys import PrivateKey
 from fleet.pki.ocsp import (
     CertStatus,
     Good,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet.errors import FleetError
+from fleet.kernel.errors import FleetError
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import CertifiedKey, certificate_to_pem
-from fleet.pki.fingerprint import sha256_fingerprint
 from fleet.pki.pkcs7 import decode_certs_only, encode_certs_only
 from tests.support.openssl import openssl
 

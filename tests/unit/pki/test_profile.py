@@ -4,8 +4,8 @@ import datetime as dt
 
 import pytest
 
-from fleet.errors import ConfigError
-from fleet.pki.keys import KeyType
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.keys import KeyType
 from fleet.pki.profile import DeviceProfile
 
 

@@ -24,11 +24,11 @@ from firmware_sim.factory import (
     run_factory,
 )
 from fleet.datadir import init_data_dir
-from fleet.errors import DeviceIdInvalid
+from fleet.kernel.chain import TrustDomain, verify_client_chain
+from fleet.kernel.device_id import device_id_from_certificate
+from fleet.kernel.errors import DeviceIdInvalid
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.manifest import parse_manifest
-from fleet.pki.chain import TrustDomain, verify_client_chain
-from fleet.pki.device_id import device_id_from_certificate
-from fleet.pki.fingerprint import sha256_fingerprint
 from tests.support.openssl import openssl
 
 NOW = dt.datetime(2026, 5, 27, 12, 0, tzinfo=dt.UTC)

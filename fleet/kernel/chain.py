@@ -1,4 +1,4 @@
-"""Client certificate chain verification, one trust domain at a time (pure).
+"""Client certificate chain verification with cryptography's verifier, per trust domain (pure).
 
 The three trust domains are never mixed (DESIGN.md §2): a bootstrap
 certificate is verified only against the trusted manufacturer CAs, an
@@ -23,10 +23,9 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.x509 import verification
-from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fleet.errors import CertificateExpired, UnknownIssuer
-from fleet.pki._time import require_utc
+from fleet.kernel.certs import describe, has_client_auth_eku, validity_problem
+from fleet.kernel.errors import CertificateExpired, UnknownIssuer
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -48,7 +47,6 @@ def verify_client_chain(
     now: dt.datetime,
 ) -> list[x509.Certificate]:
     """The verified chain, leaf first; raises UnknownIssuer or CertificateExpired."""
-    require_utc(now)
     if not domain.anchors:
         raise UnknownIssuer(
             f"no {domain.name} CA is trusted, so no {domain.name} certificate can be accepted",
@@ -62,26 +60,17 @@ def verify_client_chain(
         verified = verifier.verify(leaf, list(intermediates))
     except verification.VerificationError as exc:
         raise UnknownIssuer(
-            f"certificate {_describe(leaf)} does not chain to a trusted {domain.name} CA: {exc}",
+            f"{describe(leaf)} does not chain to a trusted {domain.name} CA: {exc}",
         ) from exc
     if domain.require_client_auth_eku and not has_client_auth_eku(leaf):
-        raise UnknownIssuer(
-            f"certificate {_describe(leaf)} is not a client certificate (no EKU clientAuth)"
-        )
+        raise UnknownIssuer(f"{describe(leaf)} is not a client certificate (no EKU clientAuth)")
     return list(verified.chain)
 
 
 def _check_validity(leaf: x509.Certificate, domain: TrustDomain, now: dt.datetime) -> None:
-    if now > leaf.not_valid_after_utc + domain.skew:
-        raise CertificateExpired(
-            f"certificate {_describe(leaf)} expired at {leaf.not_valid_after_utc.isoformat()}"
-        )
-    if now < leaf.not_valid_before_utc - domain.skew:
-        raise CertificateExpired(
-            f"certificate {_describe(leaf)} is not valid before "
-            f"{leaf.not_valid_before_utc.isoformat()}",
-            reason="certificate_not_yet_valid",
-        )
+    problem = validity_problem(leaf, now, domain.skew)
+    if problem is not None:
+        raise CertificateExpired(problem.detail, reason=problem.reason)
 
 
 def _verifier(domain: TrustDomain, at: dt.datetime) -> verification.ClientVerifier:
@@ -111,15 +100,3 @@ def _domain_parts(
         )
     ca_policy = verification.ExtensionPolicy.webpki_defaults_ca()
     return verification.Store(list(domain.anchors)), ca_policy, ee_policy
-
-
-def has_client_auth_eku(cert: x509.Certificate) -> bool:
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return False
-    return ExtendedKeyUsageOID.CLIENT_AUTH in eku
-
-
-def _describe(cert: x509.Certificate) -> str:
-    return f"{cert.subject.rfc4514_string() or '(empty subject)'} serial {cert.serial_number:x}"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker_plugins.acl import AclConfigError, TopicAcl, filter_contained, topic_matches
+from fleet.kernel.acl import AclConfigError, TopicAcl, filter_contained, topic_matches
 
 ACL = TopicAcl()
 

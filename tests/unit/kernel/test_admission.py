@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from broker_plugins.decision import Allow, Deny, TrustPolicy, decide_connect
+from fleet.kernel.admission import Allow, Deny, TrustPolicy, admit_client
 
 NOW = dt.datetime(2026, 6, 1, 12, tzinfo=dt.UTC)
 KEY = ec.generate_private_key(ec.SECP256R1())
@@ -80,7 +80,7 @@ class View:
 def decide(
     cert: x509.Certificate | None, client_id: str = "dev-1", view: View | None = None
 ) -> Allow | Deny:
-    return decide_connect(cert, client_id, revocations=view or View(), policy=POLICY, now=NOW)
+    return admit_client(cert, client_id, revocations=view or View(), policy=POLICY, now=NOW)
 
 
 def reason(decision: Allow | Deny) -> str:
@@ -103,15 +103,15 @@ def test_policy_splits_issuers_from_anchors() -> None:
         (None, "dev-1", View(), "no_certificate"),
         (leaf(issuer=SIBLING), "dev-1", View(), "unknown_issuer"),
         (leaf(issuer=ROOT), "dev-1", View(), "unknown_issuer"),
-        (leaf(not_after=NOW - dt.timedelta(minutes=6)), "dev-1", View(), "expired"),
+        (leaf(not_after=NOW - dt.timedelta(minutes=6)), "dev-1", View(), "certificate_expired"),
         (leaf(eku=False), "dev-1", View(), "not_client_cert"),
-        (leaf("dev/x"), "dev/x", View(), "bad_device_id"),
-        (leaf("dev#"), "dev#", View(), "bad_device_id"),
-        (leaf("Admin"), "Admin", View(), "bad_device_id"),
+        (leaf("dev/x"), "dev/x", View(), "device_id_invalid"),
+        (leaf("dev#"), "dev#", View(), "device_id_invalid"),
+        (leaf("Admin"), "Admin", View(), "device_id_invalid"),
         (leaf(), "dev-2", View(), "client_id_mismatch"),
-        (leaf(), "dev-1", View(serials=frozenset({1234})), "revoked"),
-        (leaf(), "dev-1", View(devices=frozenset({"dev-1"})), "revoked"),
-        (leaf(), "dev-1", View(fresh=False), "stale_revocation_data"),
+        (leaf(), "dev-1", View(serials=frozenset({1234})), "certificate_revoked"),
+        (leaf(), "dev-1", View(devices=frozenset({"dev-1"})), "device_revoked"),
+        (leaf(), "dev-1", View(fresh=False), "revocation_state_stale"),
     ],
 )
 def test_refusals(cert: x509.Certificate | None, client_id: str, view: View, expected: str) -> None:

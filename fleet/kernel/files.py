@@ -1,8 +1,14 @@
 """Crash-safe files: a reader sees the old content or the new, never half of it.
 
-Temporary file in the same directory (created with its final mode, so a key is
-never readable by others even for an instant), fsync, rename over the target,
-fsync the directory so that the rename itself survives a power cut.
+One implementation for the server, the agent and the broker sidecar. Write to
+a temporary file in the same directory, created with its final mode (so a key
+is never readable by others, even for an instant), fsync it, rename it over
+the target, and fsync the directory so that the rename itself survives a
+power cut. Temporary names start with ``.`` and end with ``.tmp`` so that a
+write cut off by a crash leaves something :func:`remove_stale_temporaries`
+recognises.
+
+The default mode is 0600: a caller that forgets to choose gets the safe one.
 """
 
 from __future__ import annotations
@@ -19,16 +25,18 @@ TMP_SUFFIX = ".tmp"
 
 
 def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) if missing and make it 0700."""
     path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
     os.chmod(path, PRIVATE_DIR_MODE)
 
 
 def write_atomic(path: Path, data: bytes, *, mode: int = SECRET_MODE) -> None:
+    """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
-            os.fchmod(fd, mode)  # the umask may have changed it
+            os.fchmod(fd, mode)  # the umask may have narrowed or widened it
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -44,6 +52,7 @@ def write_atomic(path: Path, data: bytes, *, mode: int = SECRET_MODE) -> None:
 
 
 def remove_durably(*paths: Path) -> None:
+    """Delete ``paths`` (missing ones are fine) and fsync their directories."""
     parents = set()
     for path in paths:
         with contextlib.suppress(FileNotFoundError):

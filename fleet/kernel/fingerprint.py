@@ -7,7 +7,7 @@ import re
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from fleet.errors import ConfigError
+from fleet.kernel.errors import ConfigError
 
 _SEPARATORS = re.compile(r"[:\s]")
 _HEX64 = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -25,6 +25,7 @@ def normalize_fingerprint(text: str) -> str:
     hex), so normalise before comparing instead of asking people to reformat.
     """
     cleaned = _SEPARATORS.sub("", text).lower()
+    cleaned = cleaned.rsplit("=", 1)[-1]  # "sha256 Fingerprint=AB:CD:..." as openssl prints it
     if _HEX64.fullmatch(cleaned):
         return cleaned
     bad = sorted({c for c in cleaned if c not in "0123456789abcdef"})

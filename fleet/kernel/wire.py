@@ -1,4 +1,6 @@
-"""EST body encoding (pure), as deployed clients actually send and expect it.
+"""The EST wire codec (pure), for the server and the device agent alike.
+
+RFC 7030 bodies as deployed clients and servers actually send them.
 
 RFC 8951 §3.1: bodies are base64 and Content-Transfer-Encoding is ignored.
 Measured clients disagree about line wrapping (libest breaks on very long
@@ -12,8 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import warnings
 
-from fleet.errors import EncodingInvalid
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+from fleet.kernel.errors import EncodingInvalid
 
 CT_PKCS10 = "application/pkcs10"
 CT_CACERTS = "application/pkcs7-mime"
@@ -26,7 +32,7 @@ _BASE64_RUN = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 
 def decode_base64_body(body: bytes) -> bytes:
-    """The DER inside an EST request body.
+    """The DER inside an EST body (a request on the server, a response on the agent).
 
     Whitespace of any kind anywhere is dropped; bytes after the base64 run
     (stray CRLF, NULs some clients append) are ignored only when what precedes
@@ -58,3 +64,22 @@ def encode_base64_body(der: bytes, line_length: int) -> bytes:
         return text + b"\r\n"
     lines = [text[i : i + line_length] for i in range(0, len(text), line_length)]
     return b"\r\n".join(lines) + b"\r\n"
+
+
+def decode_certs_only(body: bytes) -> list[x509.Certificate]:
+    """The certificates in a base64 certs-only PKCS#7 body (/cacerts, enroll answers)."""
+    der = decode_base64_body(body)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # BER SET OF from some servers
+            certs = pkcs7.load_der_pkcs7_certificates(der)
+    except ValueError as exc:
+        raise EncodingInvalid(f"body is not a certs-only PKCS#7: {exc}") from exc
+    if not certs:
+        raise EncodingInvalid("the PKCS#7 contains no certificate")
+    return certs
+
+
+def csr_body(csr: x509.CertificateSigningRequest, line_length: int = 64) -> bytes:
+    """A CSR as an EST request body (64-character lines: what every measured server accepts)."""
+    return encode_base64_body(csr.public_bytes(Encoding.DER), line_length)

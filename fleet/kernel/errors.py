@@ -18,6 +18,7 @@ errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
     │   ├── DeviceIdInvalid             characters, length, reserved id
     │   ├── IdentityMismatch            CSR asks for another identity
     │   ├── UnsupportedMediaType        wrong Content-Type (415)
+    │   ├── TrustDomainsMixed         a CA offered to one trust domain belongs to another
     │   ├── StateConflict               the record is not in a state the action applies to (409)
     │   └── ConfirmationRequired        a bulk action over the cap needs an explicit confirm (428)
     ├── AuthError                       who is asking cannot be established or trusted
@@ -46,11 +47,13 @@ bodies); ``message`` is for people and never contains secrets.
 
 from __future__ import annotations
 
+from fleet.kernel.reasons import Reason
+
 
 class FleetError(Exception):
     """Root of every deliberate fleet error."""
 
-    reason: str = "error"
+    reason: str = Reason.ERROR
     hint: str = "See the message above."
 
     def __init__(self, message: str, *, reason: str | None = None, hint: str | None = None):
@@ -67,29 +70,29 @@ class FleetError(Exception):
 
 
 class ConfigError(FleetError):
-    reason = "config_invalid"
+    reason = Reason.CONFIG_INVALID
     hint = "Fix the setting named above in fleet.toml (or its FLEET_* override) and retry."
 
 
 class PolicyError(FleetError):
-    reason = "policy_refused"
+    reason = Reason.POLICY_REFUSED
     hint = "The request was refused by policy; it will be refused again unless it changes."
 
 
 class EncodingInvalid(PolicyError):
-    reason = "encoding_invalid"
+    reason = Reason.ENCODING_INVALID
     hint = "Send the DER structure base64-encoded (RFC 8951 section 3.1)."
 
 
 class RequestInvalid(PolicyError):
-    reason = "request_invalid"
+    reason = Reason.REQUEST_INVALID
     hint = "Fix the named parameter; the API description is at /api/v1/openapi.json."
 
 
 class ManifestInvalid(RequestInvalid):
     """A factory manifest that cannot be imported; ``line`` is 1-based (None: whole file)."""
 
-    reason = "manifest_invalid"
+    reason = Reason.MANIFEST_INVALID
     hint = "Fix the manifest line named above and import the file again; nothing was imported."
 
     def __init__(self, message: str, *, line: int | None = None, hint: str | None = None):
@@ -98,127 +101,138 @@ class ManifestInvalid(RequestInvalid):
 
 
 class CsrInvalid(PolicyError):
-    reason = "csr_invalid"
+    reason = Reason.CSR_INVALID
     hint = "Send a DER PKCS#10 request (base64 for EST) signed by the key it carries."
 
 
 class KeyNotAllowed(PolicyError):
-    reason = "key_not_allowed"
+    reason = Reason.KEY_NOT_ALLOWED
     hint = "Generate a key of an allowed type (see /csrattrs) and send a new CSR."
 
 
 class DeviceIdInvalid(PolicyError):
-    reason = "device_id_invalid"
+    reason = Reason.DEVICE_ID_INVALID
     hint = "Device ids are 1-64 characters of A-Z a-z 0-9 . _ - and not a reserved name."
 
 
 class IdentityMismatch(PolicyError):
-    reason = "identity_mismatch"
+    reason = Reason.IDENTITY_MISMATCH
     hint = "Leave the CSR subject empty or set CN to the device id; request no other names."
 
 
 class UnsupportedMediaType(PolicyError):
-    reason = "unsupported_media_type"
+    reason = Reason.UNSUPPORTED_MEDIA_TYPE
     hint = "Send the Content-Type the EST operation requires (RFC 7030 section 3.2.4)."
 
 
 class StateConflict(PolicyError):
-    reason = "state_conflict"
+    reason = Reason.STATE_CONFLICT
     hint = "Look at the record's current state; the action does not apply to it."
 
 
+class TrustDomainsMixed(PolicyError):
+    """A certificate offered to one trust domain belongs to (or chains into) another."""
+
+    reason = Reason.TRUST_DOMAINS_MIXED
+    hint = (
+        "Each trust domain has its own CAs: manufacturer CAs sign bootstrap certificates only; "
+        "the fleet root and issuing CAs sign operational certificates only; the admin CA "
+        "signs admin credentials only. Give the manufacturer's own CA certificate."
+    )
+
+
 class ConfirmationRequired(PolicyError):
-    reason = "confirmation_required"
+    reason = Reason.CONFIRMATION_REQUIRED
     hint = "Check the blast radius with a dry run, then repeat with confirm (--confirm)."
 
 
 class AuthError(FleetError):
-    reason = "auth_failed"
+    reason = Reason.AUTH_FAILED
     hint = "Present a credential the fleet trusts."
 
 
 class CredentialsRequired(AuthError):
-    reason = "credentials_required"
+    reason = Reason.CREDENTIALS_REQUIRED
     hint = "Present a bootstrap certificate, or HTTP Basic with the device id and a one-time token."
 
 
 class RoleInsufficient(AuthError):
-    reason = "role_insufficient"
+    reason = Reason.ROLE_INSUFFICIENT
     hint = "Ask an admin for a credential with the role this action needs."
 
 
 class UnknownIssuer(AuthError):
-    reason = "unknown_issuer"
+    reason = Reason.UNKNOWN_ISSUER
     hint = "Add the issuing CA to the right trust list (e.g. `fleet trust add-manufacturer`)."
 
 
 class CertificateExpired(AuthError):
-    reason = "certificate_expired"
+    reason = Reason.CERTIFICATE_EXPIRED
     hint = "The certificate is outside its validity period; check the device clock or re-enroll."
 
 
 class EnrollmentRefused(AuthError):
-    reason = "enrollment_refused"
+    reason = Reason.ENROLLMENT_REFUSED
     hint = "An admin can see why with `fleet device why ID`; the request will not succeed as is."
 
 
 class CertificateRevoked(AuthError):
-    reason = "certificate_revoked"
+    reason = Reason.CERTIFICATE_REVOKED
     hint = "This certificate is revoked; the device must be re-approved by an admin."
 
 
 class BootstrapReused(AuthError):
-    reason = "bootstrap_reused"
+    reason = Reason.BOOTSTRAP_REUSED
     hint = "The bootstrap certificate was already used; an admin must approve a re-enrollment."
 
 
 class TokenInvalid(AuthError):
-    reason = "token_invalid"
+    reason = Reason.TOKEN_INVALID
     hint = "Ask an admin for a new one-time token (`fleet device token ID`)."
 
 
 class NotFound(FleetError):
-    reason = "not_found"
+    reason = Reason.NOT_FOUND
     hint = "Check the identifier; list what exists with the matching `list` command."
 
 
 class DeviceNotFound(NotFound):
-    reason = "device_not_found"
+    reason = Reason.DEVICE_NOT_FOUND
 
 
 class CertificateNotFound(NotFound):
-    reason = "certificate_not_found"
+    reason = Reason.CERTIFICATE_NOT_FOUND
 
 
 class AdminNotFound(NotFound):
-    reason = "admin_not_found"
+    reason = Reason.ADMIN_NOT_FOUND
 
 
 class StoreError(FleetError):
-    reason = "store_error"
+    reason = Reason.STORE_ERROR
 
 
 class StoreConflict(StoreError):
-    reason = "store_conflict"
+    reason = Reason.STORE_CONFLICT
     hint = "Another request changed this record first; nothing was written. Re-read and retry."
 
 
 class StoreUnavailable(StoreError):
-    reason = "store_unavailable"
+    reason = Reason.STORE_UNAVAILABLE
     hint = "Check that the database file is readable and intact, or that Redis is reachable."
 
 
 class TransportError(FleetError):
-    reason = "transport_error"
+    reason = Reason.TRANSPORT_ERROR
 
 
 class ServerUnavailable(TransportError):
-    reason = "server_unavailable"
+    reason = Reason.SERVER_UNAVAILABLE
     hint = "The server could not be reached or is overloaded; retry later with backoff."
 
 
 class EnrollmentPending(TransportError):
-    reason = "enrollment_pending"
+    reason = Reason.ENROLLMENT_PENDING
     hint = "An admin must approve this device; retry after the given delay."
 
     def __init__(self, message: str, *, retry_after: int, reason: str | None = None):

@@ -17,8 +17,13 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    """The UTC wall clock, optionally shifted by ``offset`` (a device clock may be wrong)."""
+
+    def __init__(self, offset: dt.timedelta = dt.timedelta(0)) -> None:
+        self.offset = offset
+
     def now(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
+        return dt.datetime.now(dt.UTC) + self.offset
 
 
 class ManualClock:

@@ -12,14 +12,17 @@ import re
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from fleet.errors import ConfigError, DeviceIdInvalid
+from fleet.kernel.errors import ConfigError, DeviceIdInvalid
 
 MAX_DEVICE_ID_LENGTH = 64
 
 # re.ASCII so that \w-like shortcuts never sneak in; fullmatch so that a trailing
 # newline is not silently accepted the way ``$`` would.
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
-_ALLOWED_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+DEVICE_ID_PUNCTUATION = "._-"  # besides ASCII letters and digits
+_ALLOWED_CHARS = frozenset(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" + DEVICE_ID_PUNCTUATION
+)
 
 # Names that mean something to the server, the broker or a path. Compared
 # case-insensitively: brokers and humans treat "Admin" and "admin" alike.
