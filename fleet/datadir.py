@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet.config import CONFIG_FILENAME
+from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.kernel.fingerprint import sha256_fingerprint
@@ -96,9 +97,13 @@ def init_data_dir(
         now=now,
         key_type=key_type,
     )
+    admin_ca = create_issuing_ca(root, "fleet admin CA", now=now, key_type=key_type)
+    # The kernel's trust-domain rule, checked before anything is written.
+    FleetAuthorities(
+        roots=(root.certificate,), issuing=(issuing.certificate,), admin=(admin_ca.certificate,)
+    )
     _write_pair(data_dir / "ca", "root", root, passphrase)
     _write_pair(data_dir / "ca", "issuing", issuing, passphrase)
-    admin_ca = create_issuing_ca(root, "fleet admin CA", now=now, key_type=key_type)
     _write_pair(data_dir / "ca", "admin", admin_ca, passphrase)
     _write_pair(data_dir / "tls", "server", server, None)  # the server must start unattended
     config_path = data_dir / CONFIG_FILENAME

@@ -65,6 +65,8 @@ class Reason(enum.StrEnum):
     UNKNOWN_OPERATION = "unknown_operation"
     SERVERKEYGEN_DISABLED = "serverkeygen_disabled"
     POP_MISMATCH = "pop_mismatch"
+    POP_REQUIRES_TLS12 = "pop_requires_tls12"
+    PKCS7_INVALID = "pkcs7_invalid"
     TLS_UNSUPPORTED = "tls_unsupported"
     TLS_FAILED = "tls_failed"
     UNTRUSTED_PROXY_HEADER = "untrusted_proxy_header"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+from fleet.kernel.reasons import Reason
 from fleet.store.records import Device, DeviceState
 
 
@@ -81,9 +82,9 @@ class Decision:
 
 
 _REFUSED_STATES = {
-    DeviceState.REVOKED: "device_revoked",
-    DeviceState.SUSPENDED: "device_suspended",
-    DeviceState.REJECTED: "device_rejected",
+    DeviceState.REVOKED: Reason.DEVICE_REVOKED,
+    DeviceState.SUSPENDED: Reason.DEVICE_SUSPENDED,
+    DeviceState.REJECTED: Reason.DEVICE_REJECTED,
 }
 
 
@@ -99,11 +100,13 @@ def decide_enrollment(
 
 def _decide_token(device: Device | None) -> Decision:
     if device is None:
-        return Decision(Action.REFUSE, "unknown_device")
+        return Decision(Action.REFUSE, Reason.UNKNOWN_DEVICE)
     if device.state is DeviceState.PENDING:
         # The admin who made the token approved the device by doing so.
-        return Decision(Action.ISSUE, "token", frozenset({DeviceState.PENDING}))
-    return Decision(Action.ISSUE, "token", frozenset({DeviceState.REGISTERED, DeviceState.ACTIVE}))
+        return Decision(Action.ISSUE, Reason.TOKEN, frozenset({DeviceState.PENDING}))
+    return Decision(
+        Action.ISSUE, Reason.TOKEN, frozenset({DeviceState.REGISTERED, DeviceState.ACTIVE})
+    )
 
 
 def _decide_bootstrap(
@@ -111,17 +114,17 @@ def _decide_bootstrap(
 ) -> Decision:
     if device is None:
         if policy.unknown_devices is UnknownDevices.HOLD:
-            return Decision(Action.HOLD_NEW, "unknown_device_held")
-        return Decision(Action.REFUSE, "unknown_device")
+            return Decision(Action.HOLD_NEW, Reason.UNKNOWN_DEVICE_HELD)
+        return Decision(Action.REFUSE, Reason.UNKNOWN_DEVICE)
     if device.bootstrap_sha256 is not None and device.bootstrap_sha256 != credential.sha256:
-        return Decision(Action.REFUSE, "bootstrap_pin_mismatch", flagged=True)
+        return Decision(Action.REFUSE, Reason.BOOTSTRAP_PIN_MISMATCH, flagged=True)
     if device.state is DeviceState.PENDING:
-        return Decision(Action.WAIT, "awaiting_approval")
+        return Decision(Action.WAIT, Reason.AWAITING_APPROVAL)
     if device.state is DeviceState.ACTIVE:
         if policy.bootstrap_reuse is BootstrapReuse.HOLD:
-            return Decision(Action.HOLD, "bootstrap_reused_held", flagged=True)
-        return Decision(Action.REFUSE, "bootstrap_reused", flagged=True)
+            return Decision(Action.HOLD, Reason.BOOTSTRAP_REUSED_HELD, flagged=True)
+        return Decision(Action.REFUSE, Reason.BOOTSTRAP_REUSED, flagged=True)
     # A registered device without a pin was approved by an admin without one
     # (e.g. `fleet device approve` of a token-only device).
-    reason = "bootstrap_pinned" if device.bootstrap_sha256 is not None else "approved"
+    reason = Reason.BOOTSTRAP_PINNED if device.bootstrap_sha256 is not None else Reason.APPROVED
     return Decision(Action.ISSUE, reason, frozenset({DeviceState.REGISTERED}))

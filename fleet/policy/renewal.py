@@ -10,15 +10,16 @@ and flagged.
 
 from __future__ import annotations
 
+from fleet.kernel.reasons import Reason
 from fleet.policy.enrollment import Action, Decision
 from fleet.store.records import CertificateRecord, CertificateStatus, Device, DeviceState
 
 _STATE_REASONS = {
-    DeviceState.REVOKED: "device_revoked",
-    DeviceState.SUSPENDED: "device_suspended",
-    DeviceState.REJECTED: "device_rejected",
-    DeviceState.PENDING: "awaiting_approval",
-    DeviceState.REGISTERED: "device_not_enrolled",
+    DeviceState.REVOKED: Reason.DEVICE_REVOKED,
+    DeviceState.SUSPENDED: Reason.DEVICE_SUSPENDED,
+    DeviceState.REJECTED: Reason.DEVICE_REJECTED,
+    DeviceState.PENDING: Reason.AWAITING_APPROVAL,
+    DeviceState.REGISTERED: Reason.DEVICE_NOT_ENROLLED,
 }
 
 
@@ -26,13 +27,13 @@ def decide_renewal(
     device_id: str, record: CertificateRecord | None, device: Device | None
 ) -> Decision:
     if record is None:
-        return Decision(Action.REFUSE, "certificate_unknown", flagged=True)
+        return Decision(Action.REFUSE, Reason.CERTIFICATE_UNKNOWN, flagged=True)
     if record.device_id != device_id:
-        return Decision(Action.REFUSE, "identity_mismatch", flagged=True)
+        return Decision(Action.REFUSE, Reason.IDENTITY_MISMATCH, flagged=True)
     if record.status is CertificateStatus.REVOKED:
-        return Decision(Action.REFUSE, "certificate_revoked")
+        return Decision(Action.REFUSE, Reason.CERTIFICATE_REVOKED)
     if device is None:
-        return Decision(Action.REFUSE, "unknown_device", flagged=True)
+        return Decision(Action.REFUSE, Reason.UNKNOWN_DEVICE, flagged=True)
     if device.state is not DeviceState.ACTIVE:
         return Decision(Action.REFUSE, _STATE_REASONS[device.state])
-    return Decision(Action.ISSUE, "renewal", frozenset({DeviceState.ACTIVE}))
+    return Decision(Action.ISSUE, Reason.RENEWAL, frozenset({DeviceState.ACTIVE}))

@@ -25,6 +25,8 @@ from redis.asyncio import Redis
 from fleet.config import load_config
 from fleet.kernel.errors import TokenInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.pki.ca import CertifiedKey, create_issuing_ca, load_certificates_pem
+from fleet.pki.keys import load_private_key_pem
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 from fleet.store.records import Device, DeviceState
@@ -150,12 +152,24 @@ def test_trust_refuses_device_certs_and_the_fleets_own_cas(tmp_path: Path, confi
     refused(fleet("trust", "add-manufacturer", bootstrap_pem, "--config", config), "not a CA")
 
     data = config.parent
-    for own in ("ca/root.pem", "ca/issuing.pem"):
+    for own in ("ca/root.pem", "ca/issuing.pem", "ca/admin.pem"):
         refused(
             fleet("trust", "add-manufacturer", data / own, "--config", config),
-            "one of this fleet's own CAs",
+            "this fleet's",
             "trust_domains_mixed",
         )
+    # A CA the fleet root signed (here: a second issuing CA) is in the fleet's domain too.
+    root = CertifiedKey(
+        certificate=load_certificates_pem((data / "ca/root.pem").read_bytes())[0],
+        private_key=load_private_key_pem((data / "ca/root.key").read_bytes()),
+    )
+    sub_ca = create_issuing_ca(root, "another CA under the fleet root", now=dt.datetime.now(dt.UTC))
+    sub_pem, _ = write_pem(tmp_path / "sub.pem", sub_ca)
+    refused(
+        fleet("trust", "add-manufacturer", sub_pem, "--config", config),
+        "was issued by this fleet's CA",
+        "trust_domains_mixed",
+    )
 
     # A bundle is checked whole: one bad certificate and nothing is added.
     ca_pem, _ = write_pem(tmp_path / "globex.pem", globex)

@@ -229,11 +229,14 @@ def test_token_manifest_and_trust_over_the_api(admin: Admin) -> None:
     )
     assert trusted.status == 200
     assert trusted.body["items"][0]["added"] is False  # already trusted
-    own_root = (admin.fleet.server.data_dir / "ca/root.pem").read_bytes()
-    refused = admin.call(
-        "POST", "/api/v1/manufacturers", raw=own_root, content_type="application/x-pem-file"
-    )
-    assert (refused.status, refused.body["error"]) == (403, "trust_domains_mixed")
+    # Every CA of the fleet's own domains is refused, the admin CA included (an admin's
+    # certificate would otherwise enroll as a device).
+    for own in ("ca/root.pem", "ca/issuing.pem", "ca/admin.pem"):
+        pem_of_own = (admin.fleet.server.data_dir / own).read_bytes()
+        refused = admin.call(
+            "POST", "/api/v1/manufacturers", raw=pem_of_own, content_type="application/x-pem-file"
+        )
+        assert (refused.status, refused.body["error"]) == (403, "trust_domains_mixed"), own
 
 
 def test_admin_client_certificate_over_mtls(admin: Admin) -> None:
