@@ -12,11 +12,10 @@ import dataclasses
 import datetime as dt
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from fleet.kernel.certs import client_cert_problem, issued_by, validity_problem
+from fleet.kernel.certs import client_cert_problem, is_ca, issued_by, validity_problem
 from fleet.kernel.device_id import device_id_from_certificate
 from fleet.kernel.errors import DeviceIdInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
@@ -60,17 +59,7 @@ def chain_from(certs: list[x509.Certificate], pinned_sha256: str) -> CaCerts:
             f"{', '.join(sha256_fingerprint(c)[:16] + '…' for c in certs)})"
         )
     root = roots[0]
-    issuers = []
-    for cert in certs:
-        if cert is root or cert == root:
-            continue
-        try:
-            basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-            cert.verify_directly_issued_by(root)
-        except (x509.ExtensionNotFound, ValueError, TypeError, InvalidSignature):
-            continue
-        if basic.ca:
-            issuers.append(cert)
+    issuers = [c for c in certs if c != root and is_ca(c) and issued_by(c, [root]) is not None]
     if not issuers:
         raise ValueError("the chain has no CA certificate issued by the pinned root")
     return CaCerts(root, tuple(issuers))

@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from broker_plugins.amqtt.runner import EmbeddedBroker
 from broker_plugins.amqtt.settings import AmqttSettings
 from fleet.config import load_config
 from fleet.kernel.acl import TopicAcl, filter_contained, is_valid_filter, topic_matches
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 
@@ -59,7 +59,7 @@ def free_port() -> int:
 
 def sha256_hex(cert_pem: Path) -> str:
     cert = x509.load_pem_x509_certificate(cert_pem.read_bytes())
-    return cert.fingerprint(hashes.SHA256()).hex()
+    return sha256_fingerprint(cert)
 
 
 # -- the `fleet` command line ------------------------------------------------------------------

@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from fleet.authority.audit import record_admin_action
+from fleet.kernel.certs import is_ca
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.domains import FleetAuthorities, check_manufacturer_ca
 from fleet.kernel.errors import (
@@ -108,12 +109,7 @@ def _check_manufacturer_ca(
     cert: x509.Certificate, fleet: FleetAuthorities, now: dt.datetime
 ) -> None:
     subject = cert.subject.rfc4514_string()
-    try:
-        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        is_ca = constraints.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    if not is_ca:
+    if not is_ca(cert):
         raise PolicyError(
             f"certificate {subject!r} is not a CA certificate (basicConstraints cA is not TRUE)",
             reason="not_a_ca",
