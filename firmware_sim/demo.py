@@ -313,7 +313,7 @@ class Demo:
         session = device.session
         if session is None or not session.connected:
             raise StepFailed(f"{device.device_id} is not connected before the revocation")
-        refused_before = broker.refused("revoked")
+        refused_before = broker.refused_revoked()
         kicked_before = broker.kicked("revoked")
         started = time.monotonic()
         revocation = self.world.store(
@@ -333,7 +333,7 @@ class Demo:
         device.disconnect()
         # The device's own MQTT code tries again with the same certificate.
         retry = device.connect(BrokerAddress(LOOPBACK, broker.port))
-        refused = _wait_until(lambda: broker.refused("revoked") > refused_before, 10)
+        refused = _wait_until(lambda: broker.refused_revoked() > refused_before, 10)
         admitted = retry.connections > 0 or bool(broker.serials_of(device.device_id))
         device.disconnect()
         if admitted or not refused:
@@ -501,10 +501,10 @@ class Demo:
         device.disconnect()
         # Let the counters settle (the session may have retried on its own meanwhile).
         time.sleep(2 * node.heartbeat_seconds + 0.3)
-        refused_before = node.refused("revoked")
+        refused_before = node.refused_revoked()
         # The device's own MQTT code tries again with the same certificate.
         retry = device.connect(BrokerAddress(LOOPBACK, node.port))
-        refused = _wait_until(lambda: node.refused("revoked") > refused_before, 10, step=0.1)
+        refused = _wait_until(lambda: node.refused_revoked() > refused_before, 10, step=0.1)
         admitted = retry.connections > 0
         device.disconnect()
         if admitted or not refused:
@@ -514,7 +514,7 @@ class Demo:
             f"{device.device_id} (serial {_short(device.serial)}) kicked live "
             f"{kicked_ms:.0f} ms after the revocation (its session saw the disconnect; "
             f"kicked {kicked_before:.0f} → {kicked:.0f}); its reconnect was refused (revoked) "
-            f'(refused{{reason="revoked"}} {refused_before:.0f} → {node.refused("revoked"):.0f})'
+            f'(refused{{reason=~"…_revoked"}} {refused_before:.0f} → {node.refused_revoked():.0f})'
         )
 
     # -- helpers ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from broker_plugins.mosquitto.build import APT_PACKAGES, missing_headers
 from firmware_sim.world import LOOPBACK, WorldError, free_port
+from fleet.kernel.reasons import REVOKED
 
 MOSQUITTO_DIRS = ("/usr/sbin", "/usr/local/sbin")
 INSTALL_COMMAND = f"apt-get install -y mosquitto {' '.join(APT_PACKAGES)}"
@@ -250,6 +251,10 @@ log_type = {log_types}
 
     def refused(self, reason: str) -> float:
         return self.metric("fleet_mosquitto_connects_refused_total", {"reason": reason}) or 0.0
+
+    def refused_revoked(self) -> float:
+        """Refusals of a revoked certificate or device."""
+        return sum(self.refused(reason) for reason in REVOKED)
 
     def kicked(self) -> float:
         return self.metric("fleet_mosquitto_sessions_kicked_total") or 0.0

@@ -601,12 +601,12 @@ def revoke_while_connected(bench: Bench, report: Report) -> None:
     report.figures["revoke_to_disconnect_max_ms"] = max(lags, default=0.0) * 1000
     report.series["revoke_to_disconnect_latency_s"] = list(enumerate(lags))
     # Their own MQTT code keeps trying with the revoked certificate: all refused.
-    refused_before = broker.refused("revoked")
+    refused_before = broker.refused_revoked()
     report.check(
         "reconnects refused",
-        _wait_until(lambda: broker.refused("revoked") >= refused_before + len(victims), 15)
+        _wait_until(lambda: broker.refused_revoked() >= refused_before + len(victims), 15)
         and all(d.session is not None and d.session.connections == 1 for d in victims),
-        f"{broker.refused('revoked') - refused_before:.0f} refusals (revoked)",
+        f"{broker.refused_revoked() - refused_before:.0f} refusals (revoked)",
     )
     renewals = [_outcome(functools.partial(d.renew, force=True)) for d in victims]
     report.check(

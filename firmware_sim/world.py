@@ -35,6 +35,7 @@ from broker_plugins.amqtt.settings import AmqttSettings
 from fleet.config import load_config
 from fleet.kernel.acl import TopicAcl, filter_contained, is_valid_filter, topic_matches
 from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.reasons import REVOKED
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 
@@ -281,6 +282,10 @@ class BrokerThread:
 
     def refused(self, reason: str) -> float:
         return self.counter("fleet_broker_connects_refused_total", {"reason": reason})
+
+    def refused_revoked(self) -> float:
+        """Refusals of a revoked certificate or device."""
+        return sum(self.refused(reason) for reason in REVOKED)
 
     def kicked(self, cause: str = "revoked") -> float:
         return self.counter("fleet_broker_sessions_closed_total", {"cause": cause})

@@ -142,3 +142,6 @@ BROKER_REFUSALS: tuple[Reason, ...] = (
     Reason.SIDECAR_PIN_MISMATCH,
     Reason.INTERNAL_ERROR,
 )
+
+# A revoked credential, whichever was revoked: the certificate or the whole device.
+REVOKED: tuple[Reason, ...] = (Reason.CERTIFICATE_REVOKED, Reason.DEVICE_REVOKED)
