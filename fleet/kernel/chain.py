@@ -9,9 +9,11 @@ skew allowance for devices and the reasons a person can act on.
 
 cryptography's verifier follows the Web PKI profile, with two relaxations
 that device certificates need: the leaf may carry no subjectAltName (device
-ids live in the CN), and its EKU is not required for bootstrap certificates
-(IDevIDs often have none). It refuses Ed25519-signed chains (Ed25519 device
-*keys* are fine), so fleet CAs use EC or RSA keys.
+ids live in the CN), and its EKU is left to the kernel's own leaf rule
+(``certs.client_cert_problem``: clientAuth, not a CA, an allowed key), which
+operational and admin certificates must pass and bootstrap certificates
+(IDevIDs often have no EKU) skip. It refuses Ed25519-signed chains (Ed25519
+device *keys* are fine), so fleet CAs use EC or RSA keys.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509 import verification
 
-from fleet.kernel.certs import describe, has_client_auth_eku, validity_problem
-from fleet.kernel.errors import CertificateExpired, UnknownIssuer
+from fleet.kernel.certs import client_cert_problem, describe, validity_problem
+from fleet.kernel.errors import AuthError, CertificateExpired, UnknownIssuer
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,8 +64,11 @@ def verify_client_chain(
         raise UnknownIssuer(
             f"{describe(leaf)} does not chain to a trusted {domain.name} CA: {exc}",
         ) from exc
-    if domain.require_client_auth_eku and not has_client_auth_eku(leaf):
-        raise UnknownIssuer(f"{describe(leaf)} is not a client certificate (no EKU clientAuth)")
+    if domain.require_client_auth_eku:
+        # An operational certificate: the same leaf rule the brokers admit by.
+        problem = client_cert_problem(leaf)
+        if problem is not None:
+            raise AuthError(problem.detail, reason=problem.reason)
     return list(verified.chain)
 
 
@@ -94,9 +99,10 @@ def _domain_parts(
     ee_policy = verification.ExtensionPolicy.webpki_defaults_ee().may_be_present(
         x509.SubjectAlternativeName, verification.Criticality.AGNOSTIC, None
     )
-    if not domain.require_client_auth_eku:
-        ee_policy = ee_policy.may_be_present(
-            x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, None
-        )
+    # The EKU is judged by the kernel's leaf rule after the chain (certs.client_cert_problem),
+    # so that a refusal names it (not_client_cert) as the brokers do.
+    ee_policy = ee_policy.may_be_present(
+        x509.ExtendedKeyUsage, verification.Criticality.AGNOSTIC, None
+    )
     ca_policy = verification.ExtensionPolicy.webpki_defaults_ca()
     return verification.Store(list(domain.anchors)), ca_policy, ee_policy
