@@ -48,7 +48,6 @@ from fleet.pki.keys import PublicKey, generate_private_key
 from fleet.pki.pkcs7 import encode_certs_only
 from fleet.pki.profile import DeviceProfile
 from fleet.policy.enrollment import Credential
-from fleet.server.metrics import Metrics
 from fleet.server.peer import PeerCertificates
 
 EST_PREFIX = "/.well-known/est"
@@ -63,7 +62,6 @@ class EstService:
     authority: Authority
     credentials: Credentials
     peers: PeerCertificates
-    metrics: Metrics
     ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
     _cacerts_der: bytes | None = None
 

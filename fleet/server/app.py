@@ -95,7 +95,6 @@ def build_app(
         authority=authority,
         credentials=credentials,
         peers=peers,
-        metrics=metrics,
         ca_chain=(issuer.certificate, root),
     )
     app = web.Application(
