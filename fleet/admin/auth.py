@@ -15,9 +15,9 @@ from cryptography import x509
 
 from fleet.clock import Clock
 from fleet.errors import AuthError, CredentialsRequired, NotFound
+from fleet.http.peer import PeerCertificates
 from fleet.pki.chain import TrustDomain, verify_client_chain
 from fleet.pki.fingerprint import sha256_fingerprint
-from fleet.server.peer import PeerCertificates
 from fleet.store.protocol import Store
 from fleet.store.records import AdminCredential
 from fleet.tokens import token_sha256

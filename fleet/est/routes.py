@@ -42,13 +42,13 @@ from fleet.est.wire import (
     decode_base64_body,
     encode_base64_body,
 )
+from fleet.http.peer import PeerCertificates
 from fleet.pki.csr import load_csr
 from fleet.pki.csrattrs import encode_csr_attributes
 from fleet.pki.keys import PublicKey, generate_private_key
 from fleet.pki.pkcs7 import encode_certs_only
 from fleet.pki.profile import DeviceProfile
 from fleet.policy.enrollment import Credential
-from fleet.server.peer import PeerCertificates
 
 EST_PREFIX = "/.well-known/est"
 REALM = 'Basic realm="fleet"'

@@ -26,13 +26,13 @@ from fleet.clock import Clock, SystemClock
 from fleet.config import FleetConfig
 from fleet.errors import ConfigError, FleetError
 from fleet.est.routes import EstService
+from fleet.http.peer import PeerCertificates
 from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
 from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
-from fleet.server.peer import PeerCertificates
 from fleet.server.revocation_routes import RevocationService
 from fleet.server.tls import AckAfterHandshake, server_context
 from fleet.store.factory import open_store
