@@ -31,9 +31,9 @@ from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
+from fleet.revocation.routes import RevocationService
 from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
-from fleet.server.revocation_routes import RevocationService
 from fleet.server.tls import AckAfterHandshake, server_context
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
