@@ -13,12 +13,12 @@ import hmac
 from aiohttp import web
 from cryptography import x509
 
+from fleet.http.peer import PeerCertificates
 from fleet.kernel.chain import TrustDomain, verify_client_chain
 from fleet.kernel.clock import Clock
 from fleet.kernel.errors import AuthError, CredentialsRequired, NotFound
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.reasons import Reason
-from fleet.server.peer import PeerCertificates
 from fleet.store.protocol import Store
 from fleet.store.records import AdminCredential
 from fleet.tokens import token_sha256

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from fleet.cli._context import audit_to_json, details, echo_json, json_option, table, when
-from fleet.cli.ops import admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import FleetError
 

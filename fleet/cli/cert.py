@@ -8,7 +8,7 @@ import click
 
 from fleet.cli._context import cert_to_json, echo_json, json_option, now, table, when
 from fleet.cli.lifecycle import note_option, reason_option
-from fleet.cli.ops import admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options
 from fleet.store.records import RevocationReason
 
 

@@ -13,7 +13,8 @@ from fleet.cli._context import (
     when,
 )
 from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
-from fleet.cli.ops import DeviceQuery, admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options
+from fleet.cli.ops import DeviceQuery
 from fleet.kernel.device_id import validate_device_id
 from fleet.store.records import DeviceState
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime

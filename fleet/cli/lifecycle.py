@@ -18,7 +18,7 @@ from fleet.cli._context import (
     table,
     when,
 )
-from fleet.cli.ops import admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import RequestInvalid
 from fleet.store.records import Device, RevocationReason
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from fleet.cli._context import echo_json, json_option
-from fleet.cli.ops import admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import ConfigError, ManifestInvalid
 from fleet.manifest import HEADER, MAX_LINES, parse_manifest
 

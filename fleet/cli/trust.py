@@ -10,7 +10,7 @@ from cryptography import x509
 
 from fleet.authority.admin import TrustResult
 from fleet.cli._context import echo_json, json_option, table, when
-from fleet.cli.ops import admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import ConfigError
 from fleet.store.records import ManufacturerCA
 

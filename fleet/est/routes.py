@@ -25,6 +25,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 from fleet.authority.credentials import Credentials
 from fleet.authority.enrollment import Authority, Issued
 from fleet.config import FleetConfig
+from fleet.http.peer import PeerCertificates
 from fleet.kernel.errors import (
     AuthError,
     CredentialsRequired,
@@ -48,8 +49,6 @@ from fleet.pki.keys import PublicKey, generate_private_key
 from fleet.pki.pkcs7 import encode_certs_only
 from fleet.pki.profile import DeviceProfile
 from fleet.policy.enrollment import Credential
-from fleet.server.metrics import Metrics
-from fleet.server.peer import PeerCertificates
 
 EST_PREFIX = "/.well-known/est"
 REALM = 'Basic realm="fleet"'
@@ -63,7 +62,6 @@ class EstService:
     authority: Authority
     credentials: Credentials
     peers: PeerCertificates
-    metrics: Metrics
     ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
     _cacerts_der: bytes | None = None
 

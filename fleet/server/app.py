@@ -25,16 +25,16 @@ from fleet.authority.enrollment import Authority
 from fleet.authority.ocsp import OcspResponder
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
+from fleet.http.peer import PeerCertificates
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
+from fleet.revocation.routes import RevocationService
 from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
-from fleet.server.peer import PeerCertificates
-from fleet.server.revocation_routes import RevocationService
 from fleet.server.tls import AckAfterHandshake, server_context
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
@@ -96,7 +96,6 @@ def build_app(
         authority=authority,
         credentials=credentials,
         peers=peers,
-        metrics=metrics,
         ca_chain=(issuer.certificate, root),
     )
     app = web.Application(

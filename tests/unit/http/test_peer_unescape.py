@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleet.server.peer import _parse_forwarded, _unescape
+from fleet.http.peer import _parse_forwarded, _unescape
 from tests.support.factory import make_bootstrap, make_manufacturer
 
 # What nginx's $ssl_client_escaped_cert leaves unescaped (ngx_escape_uri, URI component).

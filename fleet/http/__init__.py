@@ -1,0 +1,1 @@
+"""HTTP helpers shared by the route modules and the server wiring (imports neither)."""
