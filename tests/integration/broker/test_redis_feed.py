@@ -80,7 +80,7 @@ def test_stale_feed_fails_closed_keeps_sessions_and_recovers(
         redis.stop()
         wait_until(lambda: contact_lost(env), 10, "the feed to go stale")
         assert not usable(env)
-        refused_with(env, "stale_revocation_data", new_id, new_cert, new_key)
+        refused_with(env, "revocation_state_stale", new_id, new_cert, new_key)
         # The session admitted on good data stays up and keeps working.
         assert not live.disconnected.is_set()
         live.publish(f"devices/{live_id}/t", b"still here")
@@ -107,11 +107,11 @@ def test_stale_feed_with_fail_open_admits(env: AmqttEnv, redis: RedisServer) -> 
     try:
         wait_until(lambda: contact_lost(env), 10, "the feed to go stale")
         assert usable(env)
-        stale_before = broker.refused("stale_revocation_data")
+        stale_before = broker.refused("revocation_state_stale")
         env.connected(device_id, cert, key).close()
         # Failing open decides on the last data known: what was revoked stays out.
-        refused_with(env, "revoked", revoked_id, revoked_cert, revoked_key)
-        assert broker.refused("stale_revocation_data") == stale_before
+        refused_with(env, "certificate_revoked", revoked_id, revoked_cert, revoked_key)
+        assert broker.refused("revocation_state_stale") == stale_before
     finally:
         redis.start(port=port)
 
@@ -145,7 +145,7 @@ def test_redis_restart_empty_does_not_unrevoke(env: AmqttEnv, redis: RedisServer
         "the cache to notice the store reset",
     )
     wait_until(lambda: usable(env), 10, "the feed to be fresh again")
-    refused_with(env, "revoked", device_id, cert, key)
+    refused_with(env, "certificate_revoked", device_id, cert, key)
     # The restarted store is empty: the fleet must be loaded again before new enrolments.
     from tests.integration.est.conftest import trust_manufacturer
 
@@ -186,4 +186,4 @@ def test_redis_restart_then_new_revocations_past_our_seq_are_seen(
             10,
             f"{victim_id} revoked in the broker",
         )
-        refused_with(env, "revoked", victim_id, cert, key)
+        refused_with(env, "certificate_revoked", victim_id, cert, key)
