@@ -187,3 +187,109 @@ def test_redis_restart_then_new_revocations_past_our_seq_are_seen(
             f"{victim_id} revoked in the broker",
         )
         refused_with(env, "certificate_revoked", victim_id, cert, key)
+
+
+# -- the broker's persisted revocation snapshot -------------------------------------------
+#
+# Revoke a device and one certificate of another device, then lose the store's
+# contents (FLUSHALL, or a restart of this Redis, which keeps nothing) and
+# restart the broker, in every order. The broker must keep both out each time:
+# it merges the snapshot file it wrote into whatever the store says.
+
+
+def flushall(redis: RedisServer) -> None:
+    import redis as redis_client
+
+    client = redis_client.Redis.from_url(redis.url)
+    try:
+        assert client.flushall()
+        assert client.dbsize() == 0
+    finally:
+        client.close()
+
+
+def revoke_certificate(env: AmqttEnv, cert: Path) -> int:
+    import datetime as dt
+
+    from cryptography import x509
+
+    from fleet.store.records import RevocationReason
+
+    serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
+    event = env.fleet.server.store(
+        lambda s: s.revoke_certificate(
+            serial, RevocationReason.KEY_COMPROMISE, dt.datetime.now(dt.UTC)
+        )
+    )
+    assert event is not None
+    return event.seq
+
+
+class Revoked:
+    """A revoked device and a device with one revoked certificate, and how to check them."""
+
+    def __init__(self, env: AmqttEnv) -> None:
+        self.env = env
+        self.device_id, self.device_cert, self.device_key = env.enroll()
+        self.holder_id, self.revoked_cert, self.revoked_key = env.enroll()
+        self.ok_id, self.ok_cert, self.ok_key = env.enroll()
+        # Certificates the store never recorded (signed with the issuing CA key):
+        # the revoked device's must still be refused by its device id; the other
+        # device is not revoked, so its fresh certificate gets in.
+        self.device_fresh = env.issuing(f"fresh-{self.device_id}", self.device_id)
+        self.holder_fresh = env.issuing(f"fresh-{self.holder_id}", self.holder_id)
+
+    def revoke(self) -> None:
+        assert self.env.broker is not None
+        broker = self.env.broker
+        self.env.revoke_device(self.device_id)
+        seq = revoke_certificate(self.env, self.revoked_cert)
+        cache = broker.broker.cache
+        assert cache is not None
+        assert broker.call(lambda: cache.wait_for_seq(seq, 5))
+
+    def check_kept_out(self, when: str) -> None:
+        env = self.env
+        assert env.broker is not None, when
+        refused_with(env, "certificate_revoked", self.device_id, self.device_cert, self.device_key)
+        refused_with(env, "device_revoked", self.device_id, *self.device_fresh)
+        refused_with(
+            env, "certificate_revoked", self.holder_id, self.revoked_cert, self.revoked_key
+        )
+        # Not a broker that refuses everybody: the others get in once it is fresh.
+        wait_until(lambda: usable(env), 15, f"the revocation state to be usable ({when})")
+        env.connected(self.holder_id, *self.holder_fresh).close()
+        env.connected(self.ok_id, self.ok_cert, self.ok_key).close()
+
+
+STORE_LOSS_ORDERS = {
+    "flushall-then-broker-restart": ["flushall", "restart_broker"],
+    "broker-down-during-flushall": ["stop_broker", "flushall", "start_broker"],
+    "broker-restart-then-flushall": ["restart_broker", "flushall", "restart_broker"],
+    "redis-restart-then-broker-restart": ["restart_redis", "restart_broker"],
+    "broker-down-during-redis-restart": ["stop_broker", "restart_redis", "start_broker"],
+    "broker-restart-then-redis-restart": ["restart_broker", "restart_redis", "restart_broker"],
+}
+
+
+@pytest.mark.parametrize("order", list(STORE_LOSS_ORDERS))
+def test_store_loss_and_broker_restarts_never_readmit_revoked(
+    env: AmqttEnv, redis: RedisServer, order: str
+) -> None:
+    env.start_broker(store_url=redis.url)
+    revoked = Revoked(env)
+    revoked.revoke()
+    revoked.check_kept_out("before any loss")
+    for step in STORE_LOSS_ORDERS[order]:
+        if step == "flushall":
+            flushall(redis)
+        elif step == "restart_redis":
+            port = redis.port
+            redis.stop()
+            redis.start(port=port)
+        if step in ("restart_broker", "stop_broker"):
+            env.stop_broker()
+        if step in ("restart_broker", "start_broker"):
+            env.start_broker(store_url=redis.url)
+        if env.broker is not None:
+            revoked.check_kept_out(f"after {step}")
