@@ -41,7 +41,7 @@ from fleet.kernel.admission import (
     admit_client,
 )
 from fleet.kernel.reasons import BROKER_REFUSALS, Reason
-from fleet.store.records import RevocationEvent
+from fleet.store.records import RevocationEvent, RevocationKind
 
 log = logging.getLogger("fleet.broker")
 
@@ -211,6 +211,11 @@ class ConnectionGate:
         if event.device_id and self.revocations.is_device_revoked(event.device_id):
             targets |= self._by_device.get(event.device_id, set())
         started = time.monotonic()
+        reason = (
+            Reason.DEVICE_REVOKED
+            if event.kind is RevocationKind.DEVICE
+            else Reason.CERTIFICATE_REVOKED
+        )
         for conn in targets:
             conn.close("revoked")
             self.metrics.kicked.labels(cause="revoked").inc()
@@ -219,7 +224,7 @@ class ConnectionGate:
                 extra={
                     "fields": {
                         "event": "session_kicked",
-                        "reason": "revoked",
+                        "reason": reason.value,
                         "device_id": conn.device_id,
                         "serial": None if conn.serial is None else f"{conn.serial:x}",
                         "feed_seq": event.seq,

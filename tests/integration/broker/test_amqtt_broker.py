@@ -144,16 +144,26 @@ def test_refusals_are_logged_with_device_serial_and_reason(
     assert int(last["serial"], 16) > 0
 
 
-def test_revoke_while_connected_closes_the_session_and_refuses_reconnect(env: AmqttEnv) -> None:
+def test_revoke_while_connected_closes_the_session_and_refuses_reconnect(
+    env: AmqttEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     device_id, cert, key = env.enroll()
     device = env.connected(device_id, cert, key, clean_session=False)
     assert device.subscribe(f"devices/{device_id}/#") == [1]
+    caplog.set_level(logging.INFO, logger="fleet.broker")
     started = time.monotonic()
     env.revoke_device(device_id)
     assert device.disconnected.wait(1.0), "revoked session still open after 1 s"
     elapsed = time.monotonic() - started
     device.close()
     assert elapsed < 1.0
+    kicks = [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "fields", {}).get("event") == "session_kicked"
+    ]
+    assert kicks[-1]["reason"] == "device_revoked"
+    assert kicks[-1]["device_id"] == device_id
     refused_with(env, "certificate_revoked", device_id, cert, key)
     # Its persistent session (and queue) is gone too.
     assert env.broker is not None

@@ -7,6 +7,7 @@ stops and restarts that process on the same port.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,10 +68,21 @@ def refused_with(env: AmqttEnv, reason: str, client_id: str, cert: Path, key: Pa
     assert env.broker.refused(reason) == before + 1
 
 
+def test_fail_closed_after_30_seconds_is_the_default(env: AmqttEnv, redis: RedisServer) -> None:
+    env.start_broker(store_url=redis.url)
+    assert env.broker is not None
+    cache = env.broker.broker.cache
+    assert cache is not None
+    assert cache.settings.max_staleness == 30.0
+    assert cache.settings.fail_open is False
+
+
 def test_stale_feed_fails_closed_keeps_sessions_and_recovers(
-    env: AmqttEnv, redis: RedisServer
+    env: AmqttEnv, redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     env.start_broker(store_url=redis.url, max_staleness=STALENESS)
+    assert env.broker is not None
+    registry = env.broker.broker.metrics.registry
     live_id, live_cert, live_key = env.enroll()
     new_id, new_cert, new_key = env.enroll()
     live = env.connected(live_id, live_cert, live_key)
@@ -80,7 +92,19 @@ def test_stale_feed_fails_closed_keeps_sessions_and_recovers(
         redis.stop()
         wait_until(lambda: contact_lost(env), 10, "the feed to go stale")
         assert not usable(env)
+        assert registry.get_sample_value("fleet_broker_revocation_usable") == 0.0
+        staleness = registry.get_sample_value("fleet_broker_revocation_staleness_seconds")
+        assert staleness is not None
+        assert staleness > STALENESS
+        caplog.set_level(logging.INFO, logger="fleet.broker")
         refused_with(env, "revocation_state_stale", new_id, new_cert, new_key)
+        refusals = [
+            r.fields  # type: ignore[attr-defined]
+            for r in caplog.records
+            if getattr(r, "fields", {}).get("event") == "connect_refused"
+        ]
+        assert refusals[-1]["reason"] == "revocation_state_stale"
+        assert refusals[-1]["device_id"] == new_id
         # The session admitted on good data stays up and keeps working.
         assert not live.disconnected.is_set()
         live.publish(f"devices/{live_id}/t", b"still here")
@@ -88,6 +112,7 @@ def test_stale_feed_fails_closed_keeps_sessions_and_recovers(
 
         redis.start(port=port)
         wait_until(lambda: usable(env), 10, "the feed to be fresh again")
+        assert registry.get_sample_value("fleet_broker_revocation_usable") == 1.0
         env.connected(new_id, new_cert, new_key).close()
         assert not live.disconnected.is_set()
     finally:
