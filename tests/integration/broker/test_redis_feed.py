@@ -318,3 +318,45 @@ def test_store_loss_and_broker_restarts_never_readmit_revoked(
             env.start_broker(store_url=redis.url)
         if env.broker is not None:
             revoked.check_kept_out(f"after {step}")
+
+
+def test_killed_broker_process_restarts_with_revocations_after_flushall(
+    env: AmqttEnv, redis: RedisServer, tmp_path: Path
+) -> None:
+    """The real `fleet-broker amqtt`, killed with SIGKILL: the file written while it ran counts."""
+    from tests.support.amqtt_broker import BrokerProcess, Device, client_context
+
+    directory = tmp_path / "broker-process"
+    directory.mkdir()
+    broker = BrokerProcess(env.fleet.server, directory, redis.url).start()
+    try:
+        device_id, cert, key = env.enroll()
+        holder_id, revoked_cert, revoked_key = env.enroll()
+        ok_id, ok_cert, ok_key = env.enroll()
+        env.revoke_device(device_id)
+        seq = revoke_certificate(env, revoked_cert)
+
+        def applied_and_on_disk() -> bool:
+            return (broker.metric("fleet_broker_revocation_feed_seq") or 0) >= seq and (
+                broker.metric("fleet_broker_revocation_snapshot_pending") == 0.0
+            )
+
+        wait_until(applied_and_on_disk, 10, "the revocations applied and written")
+        broker.kill()
+        flushall(redis)
+        broker.start()
+        wait_until(lambda: broker.metric("fleet_broker_revocation_usable") == 1.0, 10, "fresh")
+
+        def connack(client_id: str, cert: Path, key: Path) -> int | None:
+            device = Device(broker.port, client_id, client_context(env.ca, cert, key))
+            try:
+                return device.connect()
+            finally:
+                device.close()
+
+        assert connack(device_id, cert, key) != 0, "revoked device admitted after kill + FLUSHALL"
+        assert connack(holder_id, revoked_cert, revoked_key) != 0, "revoked certificate admitted"
+        assert connack(ok_id, ok_cert, ok_key) == 0
+        assert "connect_refused" in broker.log.read_text()
+    finally:
+        broker.stop()
