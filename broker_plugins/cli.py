@@ -45,6 +45,11 @@ def cli() -> None:
     help="Device topic filter template (repeatable; default devices/{device_id}/#).",
 )
 @click.option("--metrics-listen", help="HOST:PORT for a Prometheus /metrics endpoint.")
+@click.option(
+    "--snapshot-file",
+    type=click.Path(dir_okay=False),
+    help="Where revocations survive restarts (default: revocations.snapshot beside the config).",
+)
 def amqtt_command(
     config_path: Path | None,
     listen: str | None,
@@ -56,6 +61,7 @@ def amqtt_command(
     fail_open: bool | None,
     topic_templates: tuple[str, ...],
     metrics_listen: str | None,
+    snapshot_file: str | None,
 ) -> None:
     """Run the embedded MQTT broker (amqtt, hardened) with fleet authentication."""
     # Imported here so that other subcommands do not need amqtt installed.
@@ -77,6 +83,7 @@ def amqtt_command(
                 "fail_open": fail_open,
                 "topic_templates": topic_templates or None,
                 "metrics_listen": metrics_listen,
+                "snapshot_file": snapshot_file,
             },
         )
         asyncio.run(EmbeddedBroker(settings).serve_until_signalled())

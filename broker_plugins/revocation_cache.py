@@ -15,9 +15,24 @@ Revocation is permanent (DESIGN.md §2), so the cache only ever grows: a
 snapshot is merged into what is known, never replaces it. A restarted,
 emptied Redis therefore cannot let a revoked device back in.
 
+Across restarts of the broker, that takes a file: with
+``CacheSettings.snapshot_file`` set, the cache loads the file (format in
+broker_plugins/snapshot.py) before it asks the store anything, merges the
+store's snapshot into it, and writes it back after every change, atomically
+and durably (write_atomic: temp file, fsync, rename, fsync of the directory).
+Writes are coalesced: a change is written at once when the writer is idle,
+and changes that arrive while a write is in flight or during the
+``snapshot_coalesce`` seconds after it go out together in the next write. So
+a revocation is on disk at most ``snapshot_coalesce`` (0.2 s) plus two writes
+after it was applied, and at once at a clean stop. A file that exists but is
+damaged stops the start (ConfigError): dropping it could re-admit what it
+lists. The file counts as knowledge, not as contact: until the store has
+answered once, the cache stays unusable (every connect refused as stale) but
+what the file lists is refused as revoked.
+
 Staleness policy: after ``max_staleness`` seconds without contact the cache
 is *unusable* when failing closed (every connect is refused with
-``stale_revocation_data``) and still usable when failing open. Before the
+``revocation_state_stale``) and still usable when failing open. Before the
 first snapshot nothing is known and the cache is unusable whatever the policy.
 Live sessions are not closed for staleness: they were admitted on good data.
 """
@@ -32,10 +47,18 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from fleet.kernel.errors import FleetError
+from broker_plugins.snapshot import (
+    RevocationState,
+    SnapshotFileDamaged,
+    load_snapshot_file,
+    write_snapshot_file,
+)
+from fleet.kernel.errors import ConfigError, FleetError
+from fleet.kernel.files import ensure_private_dir
 from fleet.store.protocol import Store
 from fleet.store.records import (
     RevocationEvent,
@@ -57,10 +80,15 @@ class CacheSettings:
     max_staleness: float = 30.0  # seconds without contact before the policy applies
     fail_open: bool = False
     probe_interval: float | None = None  # default: max_staleness / 4, at most 2 s
+    # Where the revocation state survives restarts (None: memory only).
+    snapshot_file: Path | None = None
+    snapshot_coalesce: float = 0.2  # seconds; bounds how late a revocation reaches the disk
 
     def __post_init__(self) -> None:
         if not self.max_staleness > 0:
             raise ValueError("max_staleness must be positive")
+        if not self.snapshot_coalesce >= 0:
+            raise ValueError("snapshot_coalesce must not be negative")
         if self.probe_interval is not None and not self.probe_interval > 0:
             raise ValueError("probe_interval must be positive")
 
@@ -109,6 +137,17 @@ class CacheMetrics:
             "Failed attempts to reach the revocation feed",
             registry=registry,
         )
+        self.snapshot_pending = Gauge(
+            "fleet_broker_revocation_snapshot_pending",
+            "1 while revocations are applied but not yet written to the snapshot file",
+            registry=registry,
+        )
+        self.snapshot_pending.set_function(lambda: 1.0 if cache.snapshot_pending else 0.0)
+        self.snapshot_errors = Counter(
+            "fleet_broker_revocation_snapshot_write_errors",
+            "Failed writes of the revocation snapshot file",
+            registry=registry,
+        )
 
 
 class RevocationCache:
@@ -142,6 +181,10 @@ class RevocationCache:
         self._sync_lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._snapshot_writer: asyncio.Task[None] | None = None
+        self._snapshot_dirty = asyncio.Event()  # wakes the writer
+        self._changes = 0  # counts changes; the file holds those up to _changes_on_disk
+        self._changes_on_disk = 0
         self._advanced = asyncio.Event()
         self.metrics = CacheMetrics(registry or CollectorRegistry(), self)
 
@@ -166,6 +209,11 @@ class RevocationCache:
     def loaded(self) -> bool:
         return self._loaded
 
+    @property
+    def snapshot_pending(self) -> bool:
+        """Changes applied that the snapshot file does not hold yet (a write in flight too)."""
+        return self._changes_on_disk < self._changes
+
     def staleness_seconds(self) -> float:
         """Seconds since the feed last answered (infinity before it ever did)."""
         if self._last_contact is None:
@@ -188,21 +236,46 @@ class RevocationCache:
         With ``initial_timeout`` the first snapshot is awaited at most that long
         (the cache stays unusable and keeps trying in the background when it
         times out); without, a store failure here raises.
+
+        The snapshot file, if configured, is read first and written back once
+        (ConfigError if it is damaged or cannot be written).
         """
+        if self.settings.snapshot_file is not None:
+            await self._load_snapshot_file(self.settings.snapshot_file)
         if initial_timeout is None:
             await self._resnapshot("start")
         else:
             with contextlib.suppress(TimeoutError, FleetError, OSError):
                 await asyncio.wait_for(self._resnapshot("start"), initial_timeout)
+        if self.settings.snapshot_file is not None:
+            self._snapshot_dirty.clear()
+            try:
+                await self._write_snapshot(self.settings.snapshot_file)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot write the revocation snapshot file: {exc}",
+                    hint="Make its directory writable by the broker, or set "
+                    "[revocation] snapshot_file.",
+                ) from exc
+            self._snapshot_writer = asyncio.create_task(
+                self._snapshot_loop(self.settings.snapshot_file), name="revocation-snapshot"
+            )
         self._restart_follower()
         self._prober = asyncio.create_task(self._probe_loop(), name="revocation-prober")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._follower, self._prober) if t is not None]
-        self._follower = self._prober = None
+        tasks = [t for t in (self._follower, self._prober, self._snapshot_writer) if t is not None]
+        self._follower = self._prober = self._snapshot_writer = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        path = self.settings.snapshot_file
+        if path is not None and self.snapshot_pending:
+            try:
+                await self._write_snapshot(path)
+            except OSError as exc:
+                self.metrics.snapshot_errors.inc()
+                log.error("cannot write the revocation snapshot %s at close: %s", path, exc)
 
     async def wait_for_seq(self, seq: int, within: float) -> bool:
         """Wait until events up to ``seq`` are applied; False after ``within`` seconds."""
@@ -214,6 +287,56 @@ class RevocationCache:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._advanced.wait(), remaining)
         return True
+
+    # -- snapshot file --------------------------------------------------------------
+    async def _load_snapshot_file(self, path: Path) -> None:
+        try:
+            state = await asyncio.to_thread(load_snapshot_file, path)
+        except SnapshotFileDamaged as exc:
+            raise ConfigError(
+                str(exc),
+                hint="Restore the file from a backup. Remove it only if every revocation "
+                "it held is still in the store: anything it lists alone would be admitted.",
+            ) from exc
+        if state is None:
+            log.info("no revocation snapshot file at %s yet", path)
+            return
+        self._serials |= state.serials
+        self._devices |= state.devices
+        log.info(
+            "revocation snapshot file %s loaded: seq %d, %d serials, %d devices",
+            path,
+            state.seq,
+            len(state.serials),
+            len(state.devices),
+        )
+
+    async def _write_snapshot(self, path: Path) -> None:
+        # Copied on the loop (no await between): the thread never sees a set change.
+        changes = self._changes
+        state = RevocationState(self._seq, set(self._serials), set(self._devices))
+        await asyncio.to_thread(_write_snapshot_file, path, state)
+        self._changes_on_disk = max(self._changes_on_disk, changes)
+
+    async def _snapshot_loop(self, path: Path) -> None:
+        while True:
+            await self._snapshot_dirty.wait()
+            self._snapshot_dirty.clear()
+            try:
+                await self._write_snapshot(path)
+            except OSError as exc:
+                self._snapshot_dirty.set()
+                self.metrics.snapshot_errors.inc()
+                log.error("cannot write the revocation snapshot %s: %s", path, exc)
+                await asyncio.sleep(_RETRY_MAX_SECONDS)
+                continue
+            # Whatever arrives meanwhile goes out together in the next write.
+            await asyncio.sleep(self.settings.snapshot_coalesce)
+
+    def _mark_changed(self) -> None:
+        if self.settings.snapshot_file is not None:
+            self._changes += 1
+            self._snapshot_dirty.set()
 
     # -- internals -----------------------------------------------------------------
     def _touch(self) -> None:
@@ -237,6 +360,7 @@ class RevocationCache:
         self._last_event = event
         if self._unchecked is None:
             self._unchecked = event
+        self._mark_changed()
         self.metrics.events.inc()
         self._emit(event)
         self._notify_advanced()
@@ -265,6 +389,7 @@ class RevocationCache:
         self._anchor = None
         self._unchecked = None
         self._loaded = True
+        self._mark_changed()
         self.metrics.resyncs.labels(cause=cause).inc()
         log.info(
             "revocation snapshot loaded (%s): seq %d, %d serials, %d devices",
@@ -404,3 +529,11 @@ class RevocationCache:
                 self.metrics.errors.inc()
                 log.warning("revocation feed probe failed: %s", exc)
             await asyncio.sleep(interval)
+
+
+def _write_snapshot_file(path: Path, state: RevocationState) -> None:
+    if not path.parent.exists():
+        ensure_private_dir(path.parent)
+    # 0600: only the broker reads it (the Mosquitto sidecar writes its own, 0644,
+    # for the broker user).
+    write_snapshot_file(path, state)

@@ -41,6 +41,11 @@ Found while hardening (not in the note):
 10. after a clean_session=False takeover the old connection's disconnect
    handling marked the shared session "disconnected" while the new connection
    was live -> the old connection is fully closed before the session resumes.
+11. the Last Will was published without any topic check: device A's will on
+   ``devices/B/cmd`` (retained) reached B and stayed retained -> the Will topic
+   meets the PUBLISH rule at CONNECT (gate.authorize); a CONNECT whose will the
+   device may not publish is refused ("not authorized", ``will_not_allowed``).
+   A revoked (kicked) session's will is dropped. Attacked in test_amqtt_will.py.
 """
 
 from __future__ import annotations

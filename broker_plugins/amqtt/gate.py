@@ -1,11 +1,20 @@
 """The connection gate: decision core + live-connection registry + refusal log and metrics.
 
 The gate is the one place where a TLS connection becomes a device session. It
-asks the trust kernel's ``admit_client``, registers every admitted connection by certificate
-serial and device id, and closes those connections (transport abort, so no
-further byte is read from or written to them) when the revocation cache
-reports an event. Admission and registration happen in one synchronous step,
-so a revocation event cannot slip between "decided" and "registered".
+asks the trust kernel's ``admit_client``, then checks the CONNECT's Last Will
+against the kernel's topic ACL (``may_publish``, the rule a PUBLISH meets),
+registers every admitted connection by certificate serial and device id, and
+closes those connections (transport abort, so no further byte is read from or
+written to them) when the revocation cache reports an event. Admission and
+registration happen in one synchronous step, so a revocation event cannot
+slip between "decided" and "registered".
+
+A Will on a topic the device may not publish to (another device's tree, a
+``$`` topic, a wildcard) refuses the whole CONNECT with "not authorized" and
+reason ``will_not_allowed``. Mosquitto's choices are refusing the connection
+or silently dropping the will; refusing is the safer one: nothing is stored
+that could ever be published, and a misconfigured device learns at once
+instead of losing its will unnoticed.
 """
 
 from __future__ import annotations
@@ -31,8 +40,8 @@ from fleet.kernel.admission import (
     TrustPolicy,
     admit_client,
 )
-from fleet.kernel.reasons import BROKER_REFUSALS
-from fleet.store.records import RevocationEvent
+from fleet.kernel.reasons import BROKER_REFUSALS, Reason
+from fleet.store.records import RevocationEvent, RevocationKind
 
 log = logging.getLogger("fleet.broker")
 
@@ -77,7 +86,7 @@ class BrokerMetrics:
         self.refused = Counter(
             "fleet_broker_connects_refused", "Refused connects by reason", ["reason"], registry=r
         )
-        for reason in BROKER_REFUSALS:
+        for reason in (*BROKER_REFUSALS, Reason.WILL_NOT_ALLOWED):
             self.refused.labels(reason=reason.value)
         self.allowed = Counter("fleet_broker_connects_allowed", "Admitted connects", registry=r)
         self.live = Gauge("fleet_broker_live_connections", "Admitted, open connections", registry=r)
@@ -112,17 +121,33 @@ class ConnectionGate:
         self._by_device: dict[str, set[Connection]] = {}
 
     # -- admission ---------------------------------------------------------------------
-    def authorize(self, conn: Connection, client_id: str) -> Decision:
-        """Decide, log a refusal, register an admission — all without yielding."""
+    def authorize(
+        self, conn: Connection, client_id: str, *, will_topic: str | None = None
+    ) -> Decision:
+        """Decide, log a refusal, register an admission — all without yielding.
+
+        ``will_topic`` is the CONNECT's Will topic (None without a Will).
+        """
         leaf: x509.Certificate | None = None
         if conn.peer_der:
             try:
                 leaf = x509.load_der_x509_certificate(conn.peer_der)
             except ValueError:
                 leaf = None
-        decision = admit_client(
+        decision: Decision = admit_client(
             leaf, client_id, revocations=self.revocations, policy=self.policy, now=self._now()
         )
+        if (
+            isinstance(decision, Allow)
+            and will_topic is not None
+            and not self.acl.may_publish(decision.device_id, will_topic)
+        ):
+            decision = Deny(
+                Reason.WILL_NOT_ALLOWED,
+                f"will topic {will_topic[:128]!r} is not one the device may publish to",
+                device_id=decision.device_id,
+                serial=decision.serial,
+            )
         if isinstance(decision, Deny):
             self.refuse(conn, client_id, decision)
             return decision
@@ -186,6 +211,11 @@ class ConnectionGate:
         if event.device_id and self.revocations.is_device_revoked(event.device_id):
             targets |= self._by_device.get(event.device_id, set())
         started = time.monotonic()
+        reason = (
+            Reason.DEVICE_REVOKED
+            if event.kind is RevocationKind.DEVICE
+            else Reason.CERTIFICATE_REVOKED
+        )
         for conn in targets:
             conn.close("revoked")
             self.metrics.kicked.labels(cause="revoked").inc()
@@ -194,7 +224,7 @@ class ConnectionGate:
                 extra={
                     "fields": {
                         "event": "session_kicked",
-                        "reason": "revoked",
+                        "reason": reason.value,
                         "device_id": conn.device_id,
                         "serial": None if conn.serial is None else f"{conn.serial:x}",
                         "feed_seq": event.seq,

@@ -37,7 +37,8 @@ class FleetAuthPlugin(BaseAuthPlugin):  # type: ignore[misc]
         conn = CURRENT_CONNECTION.get()
         if gate is None or conn is None:
             return False
-        decision = gate.authorize(conn, session.client_id or "")
+        will_topic = (session.will_topic or "") if session.will_flag else None
+        decision = gate.authorize(conn, session.client_id or "", will_topic=will_topic)
         return isinstance(decision, Allow)
 
 

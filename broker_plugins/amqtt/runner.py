@@ -50,7 +50,11 @@ class EmbeddedBroker:
             self._store = await open_store(s.store_url)
         self.cache = RevocationCache(
             self._store,
-            CacheSettings(max_staleness=s.max_staleness, fail_open=s.fail_open),
+            CacheSettings(
+                max_staleness=s.max_staleness,
+                fail_open=s.fail_open,
+                snapshot_file=s.revocation_snapshot_file,
+            ),
             registry=self.metrics.registry,
         )
         await self.cache.start(initial_timeout=INITIAL_SNAPSHOT_SECONDS)
@@ -83,6 +87,7 @@ class EmbeddedBroker:
                     "event": "broker_started",
                     "listen": f"{s.host}:{self.port}",
                     "revocation_seq": self.cache.seq,
+                    "revocation_snapshot_file": str(s.revocation_snapshot_file),
                     "fail_open": s.fail_open,
                     "max_staleness": s.max_staleness,
                 }

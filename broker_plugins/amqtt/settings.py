@@ -14,6 +14,7 @@ Example ``broker.toml`` (paths are relative to the file)::
     [revocation]
     max_staleness = 30    # seconds without contact with the feed ...
     fail_open = false     # ... then refuse every connect (false) or keep deciding (true)
+    snapshot_file = "revocations.snapshot"   # the default: beside broker.toml
 
     [acl]
     templates = ["devices/{device_id}/#"]
@@ -24,6 +25,27 @@ Example ``broker.toml`` (paths are relative to the file)::
 
     [metrics]
     address = "127.0.0.1:9883"   # optional Prometheus endpoint
+
+Revocation state (DESIGN.md §7):
+
+* **Fail closed, after 30 s by default.** When the broker has had no answer
+  from the store's revocation feed for ``max_staleness`` seconds, every new
+  connect is refused with reason ``revocation_state_stale`` (the refusal log
+  line and ``fleet_broker_connects_refused_total{reason="revocation_state_stale"}``
+  say so; ``fleet_broker_revocation_usable`` is 0 and
+  ``fleet_broker_revocation_staleness_seconds`` shows how long). Sessions
+  already admitted stay up. ``fail_open = true`` keeps deciding on the last
+  data known instead; what was revoked stays out either way.
+* **Persisted.** Every revoked serial and device id the broker learns is
+  written to ``snapshot_file`` (0600, atomically and durably, at most ~0.2 s
+  plus two writes after the revocation; see broker_plugins/revocation_cache.py)
+  and merged back at start before anything is admitted: losing the store's
+  contents (a Redis without persistence restarted, a FLUSHALL) never
+  re-admits a revoked certificate or device, whatever the order in which
+  store and broker restart. Relative paths are relative to broker.toml; the
+  default is ``revocations.snapshot`` beside it (beside ``fleet_ca`` when
+  there is no config file). Keep the file: deleting it is what would let a
+  revoked device back in after a store loss. A damaged file stops the start.
 """
 
 from __future__ import annotations
@@ -43,8 +65,9 @@ from fleet.kernel.errors import ConfigError
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (Python's ssl has no name for it): the
 # handshake still verifies signatures and the chain; validity is checked by the
-# decision core, with the skew allowance and a logged reason ("expired").
+# decision core, with the skew allowance and a logged reason (certificate_expired).
 _X509_V_FLAG_NO_CHECK_TIME = 0x200000
+DEFAULT_SNAPSHOT_NAME = "revocations.snapshot"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,6 +85,8 @@ class AmqttSettings:
     skew_seconds: float = 300.0
     metrics_host: str | None = None
     metrics_port: int | None = None
+    # None: DEFAULT_SNAPSHOT_NAME beside fleet_ca (load_settings puts it beside broker.toml).
+    snapshot_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -80,6 +105,13 @@ class AmqttSettings:
 
     def acl(self) -> TopicAcl:
         return TopicAcl(self.topic_templates)
+
+    @property
+    def revocation_snapshot_file(self) -> Path:
+        """Where the revocation state survives restarts (never None: it is not optional)."""
+        if self.snapshot_file is not None:
+            return self.snapshot_file
+        return self.fleet_ca.parent / DEFAULT_SNAPSHOT_NAME
 
     def trust_policy(self) -> TrustPolicy:
         try:
@@ -134,7 +166,9 @@ def load_settings(config: Path | None, overrides: dict[str, Any]) -> AmqttSettin
             str(values.pop("metrics_listen")), "metrics address"
         )
     values.pop("metrics_listen", None)
-    for key in ("tls_cert", "tls_key", "fleet_ca"):
+    if config is not None:
+        values.setdefault("snapshot_file", DEFAULT_SNAPSHOT_NAME)
+    for key in ("tls_cert", "tls_key", "fleet_ca", "snapshot_file"):
         if key in values:
             values[key] = (base / Path(values[key])).resolve()
     missing = [
@@ -162,6 +196,7 @@ _TOML_KEYS = {
     ("store", "url"): "store_url",
     ("revocation", "max_staleness"): "max_staleness",
     ("revocation", "fail_open"): "fail_open",
+    ("revocation", "snapshot_file"): "snapshot_file",
     ("acl", "templates"): "topic_templates",
     ("session", "expiry_seconds"): "session_expiry_seconds",
     ("session", "skew_seconds"): "skew_seconds",

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import json
 import logging
@@ -68,15 +67,15 @@ from prometheus_client.registry import Collector
 
 from broker_plugins.mosquitto.config import CONTROL_TOPIC, STATS_TOPIC, MosquittoSettings
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
+from broker_plugins.snapshot import RevocationState, read_snapshot_file, serial_hex
 from fleet.kernel.errors import ConfigError, FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
 from fleet.store.protocol import Store
-from fleet.store.records import RevocationEvent, RevocationKind, RevocationSnapshot
+from fleet.store.records import RevocationEvent
 
 log = logging.getLogger("fleet.broker.mosquitto")
 
 _DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
-SNAPSHOT_HEADER = "fleet-revocations 1"
 # A CRL installed for Mosquitto must stay valid at least this long.
 MIN_CRL_REMAINING = dt.timedelta(minutes=10)
 MAX_CRL_BYTES = 64 * 1024 * 1024
@@ -86,68 +85,6 @@ CRL_RETRY_SECONDS = 0.25
 RETRY_SECONDS = 1.0
 # Revocations per control message when replaying many at once.
 MAX_COMMANDS_PER_MESSAGE = 500
-
-
-def serial_hex(serial: int) -> str:
-    """The plugin's canonical serial form: lowercase hex without leading zeros."""
-    return format(serial, "x")
-
-
-@dataclasses.dataclass
-class RevocationState:
-    """Every revoked serial and device known to the sidecar, as of feed ``seq``."""
-
-    seq: int = 0
-    serials: set[int] = dataclasses.field(default_factory=set)
-    devices: set[str] = dataclasses.field(default_factory=set)
-
-    def merge(self, snapshot: RevocationSnapshot) -> None:
-        """Add a snapshot; revocation is permanent, so nothing is removed."""
-        self.serials |= snapshot.serials
-        self.devices |= snapshot.device_ids
-        self.seq = max(self.seq, snapshot.seq)
-
-    def apply(self, event: RevocationEvent) -> None:
-        self.serials.update(event.serials)
-        if event.kind is RevocationKind.DEVICE:
-            self.devices.add(event.device_id)
-        self.seq = max(self.seq, event.seq)
-
-    def snapshot_text(self, written: int) -> str:
-        lines = [SNAPSHOT_HEADER, f"seq {self.seq}", f"written {written}"]
-        lines += [f"serial {serial_hex(s)}" for s in sorted(self.serials) if s >= 0]
-        lines += [f"device {d}" for d in sorted(self.devices) if _DEVICE_ID.fullmatch(d)]
-        lines.append("end")
-        return "\n".join(lines) + "\n"
-
-
-def read_snapshot_file(path: Path) -> RevocationState | None:
-    """The revocations of a complete snapshot file we wrote earlier (None if none).
-
-    Merged into the sidecar's state at start: a store that lost its data (a
-    Redis without persistence restarted) must not shrink the file the plugin
-    loads when the broker restarts - revocation is permanent.
-    """
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not lines or lines[0] != SNAPSHOT_HEADER or lines[-1] != "end":
-        log.warning("ignoring the incomplete snapshot file %s", path)
-        return None
-    state = RevocationState()
-    for line in lines[1:-1]:
-        key, _, value = line.partition(" ")
-        try:
-            if key == "seq":
-                state.seq = int(value)
-            elif key == "serial":
-                state.serials.add(int(value, 16))
-            elif key == "device" and _DEVICE_ID.fullmatch(value):
-                state.devices.add(value)
-        except ValueError:
-            log.warning("ignoring a bad line in the snapshot file %s: %r", path, line[:80])
-    return state
 
 
 def revoke_command(event: RevocationEvent) -> str | None:

@@ -423,3 +423,88 @@ def amqtt_env(base: Path, **broker_overrides: Any) -> Iterator[AmqttEnv]:
             yield env
         finally:
             env.stop_broker()
+
+
+# -- `fleet-broker amqtt` as its own process ----------------------------------------------
+
+
+class BrokerProcess:
+    """`fleet-broker amqtt --config broker.toml`, a child process of the test (ours, by PID).
+
+    The config sits in ``directory``, so the revocation snapshot file is
+    ``directory/revocations.snapshot`` (the default, beside broker.toml).
+    """
+
+    def __init__(self, server: FleetServer, directory: Path, store_url: str) -> None:
+        cert, key, bundle = broker_files(server, directory)
+        self.directory = directory
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.config = directory / "broker.toml"
+        self.config.write_text(
+            "[listener]\n"
+            f'address = "127.0.0.1:{self.port}"\n'
+            f'tls_cert = "{cert}"\n'
+            f'tls_key = "{key}"\n'
+            f'fleet_ca = "{bundle}"\n'
+            "[store]\n"
+            f'url = "{store_url}"\n'
+            "[metrics]\n"
+            f'address = "127.0.0.1:{self.metrics_port}"\n'
+        )
+        self.log = directory / "broker.log"
+        self.proc: Any = None
+
+    @property
+    def snapshot_file(self) -> Path:
+        return self.directory / "revocations.snapshot"
+
+    def start(self, timeout: float = 20) -> BrokerProcess:
+        import subprocess
+        import sys
+
+        exe = Path(sys.executable).with_name("fleet-broker")
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(exe), "amqtt", "--config", str(self.config)],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + timeout
+        while self.metric("fleet_broker_revocation_usable") is None:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"fleet-broker amqtt exited:\n{self.log.read_text()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"fleet-broker amqtt did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    def metric(self, name: str) -> float | None:
+        """A sample without labels from the broker's /metrics (None if it does not answer)."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                text = response.read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == name:
+                return float(value)
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL: no clean stop, nothing flushed at exit."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def stop(self) -> None:
+        from tests.support.process import stop_process
+
+        proc, self.proc = self.proc, None
+        stop_process(proc)

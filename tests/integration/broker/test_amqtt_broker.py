@@ -90,7 +90,7 @@ def test_revoked_device_is_refused(env: AmqttEnv) -> None:
     seq = env.revoke_device(device_id)
     assert env.broker is not None
     assert env.broker.call(lambda: env.broker.broker.cache.wait_for_seq(seq, 5))  # type: ignore[union-attr]
-    refused_with(env, "revoked", device_id, cert, key)
+    refused_with(env, "certificate_revoked", device_id, cert, key)
 
 
 def test_expired_certificate_is_refused_beyond_the_skew(env: AmqttEnv) -> None:
@@ -99,7 +99,7 @@ def test_expired_certificate_is_refused_beyond_the_skew(env: AmqttEnv) -> None:
     cert, key = env.issuing(
         "expired", "dev-expired", not_before=long_ago, not_after=now - dt.timedelta(hours=1)
     )
-    refused_with(env, "expired", "dev-expired", cert, key)
+    refused_with(env, "certificate_expired", "dev-expired", cert, key)
     # Expired a minute ago: inside the 5-minute skew allowance.
     cert, key = env.issuing(
         "skew", "dev-skew", not_before=long_ago, not_after=now - dt.timedelta(minutes=1)
@@ -117,7 +117,7 @@ def test_wrong_client_id_is_refused(env: AmqttEnv) -> None:
 @pytest.mark.parametrize("cn", ["dev/../other", "dev+", "dev#", "admin", "dév"])
 def test_hostile_device_id_is_refused(env: AmqttEnv, cn: str) -> None:
     cert, key = env.issuing(f"hostile-{abs(hash(cn))}", cn)
-    refused_with(env, "bad_device_id", cn, cert, key)
+    refused_with(env, "device_id_invalid", cn, cert, key)
 
 
 def test_certificate_without_client_auth_is_refused(env: AmqttEnv) -> None:
@@ -144,17 +144,27 @@ def test_refusals_are_logged_with_device_serial_and_reason(
     assert int(last["serial"], 16) > 0
 
 
-def test_revoke_while_connected_closes_the_session_and_refuses_reconnect(env: AmqttEnv) -> None:
+def test_revoke_while_connected_closes_the_session_and_refuses_reconnect(
+    env: AmqttEnv, caplog: pytest.LogCaptureFixture
+) -> None:
     device_id, cert, key = env.enroll()
     device = env.connected(device_id, cert, key, clean_session=False)
     assert device.subscribe(f"devices/{device_id}/#") == [1]
+    caplog.set_level(logging.INFO, logger="fleet.broker")
     started = time.monotonic()
     env.revoke_device(device_id)
     assert device.disconnected.wait(1.0), "revoked session still open after 1 s"
     elapsed = time.monotonic() - started
     device.close()
     assert elapsed < 1.0
-    refused_with(env, "revoked", device_id, cert, key)
+    kicks = [
+        r.fields  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "fields", {}).get("event") == "session_kicked"
+    ]
+    assert kicks[-1]["reason"] == "device_revoked"
+    assert kicks[-1]["device_id"] == device_id
+    refused_with(env, "certificate_revoked", device_id, cert, key)
     # Its persistent session (and queue) is gone too.
     assert env.broker is not None
     deadline = time.monotonic() + 2
@@ -171,8 +181,8 @@ def test_broker_restart_resyncs_and_keeps_revoked_devices_out(env: AmqttEnv) -> 
     env.revoke_device(during_id)  # while no broker is running
     env.start_broker()
     assert env.broker is not None
-    refused_with(env, "revoked", before_id, before_cert, before_key)
-    refused_with(env, "revoked", during_id, during_cert, during_key)
+    refused_with(env, "certificate_revoked", before_id, before_cert, before_key)
+    refused_with(env, "certificate_revoked", during_id, during_cert, during_key)
     ok_id, ok_cert, ok_key = env.enroll()
     env.connected(ok_id, ok_cert, ok_key).close()
 
