@@ -19,7 +19,9 @@ from fleet.kernel.device_id import (
 from fleet.kernel.keys import KeyType
 from fleet.kernel.reasons import BROKER_REFUSALS
 
-HEADER_PATH = Path(__file__).resolve().parents[2] / "broker_plugins" / "mosquitto" / "fleet_kernel.h"
+HEADER_PATH = (
+    Path(__file__).resolve().parents[2] / "broker_plugins" / "mosquitto" / "fleet_kernel.h"
+)
 
 
 # How OpenSSL names each allowed key type: (EVP_PKEY base id name, curve short name or bits).
