@@ -501,10 +501,12 @@ class Demo:
         device.disconnect()
         # Let the counters settle (the session may have retried on its own meanwhile).
         time.sleep(2 * node.heartbeat_seconds + 0.3)
-        refused_before = node.refused("revoked")
+        refused_before = node.refused("certificate_revoked")
         # The device's own MQTT code tries again with the same certificate.
         retry = device.connect(BrokerAddress(LOOPBACK, node.port))
-        refused = _wait_until(lambda: node.refused("revoked") > refused_before, 10, step=0.1)
+        refused = _wait_until(
+            lambda: node.refused("certificate_revoked") > refused_before, 10, step=0.1
+        )
         admitted = retry.connections > 0
         device.disconnect()
         if admitted or not refused:
@@ -514,7 +516,8 @@ class Demo:
             f"{device.device_id} (serial {_short(device.serial)}) kicked live "
             f"{kicked_ms:.0f} ms after the revocation (its session saw the disconnect; "
             f"kicked {kicked_before:.0f} → {kicked:.0f}); its reconnect was refused (revoked) "
-            f'(refused{{reason="revoked"}} {refused_before:.0f} → {node.refused("revoked"):.0f})'
+            f'(refused{{reason="certificate_revoked"}} {refused_before:.0f} → '
+            f"{node.refused('certificate_revoked'):.0f})"
         )
 
     # -- helpers ------------------------------------------------------------------------------
