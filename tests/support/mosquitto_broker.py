@@ -198,6 +198,7 @@ def write_settings(
     sidecar_key: Path,
     crl_url: str = "",
     extra: str = "",
+    issuing_ca: Path | None = None,
 ) -> BrokerNode:
     """A settings file for a node on a free loopback port, and its mosquitto.conf."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,7 @@ listen = "127.0.0.1:{port}"
 server_cert = "{server_cert}"
 server_key = "{server_key}"
 root_ca = "{data_dir / "ca/root.pem"}"
-issuing_ca = "{data_dir / "ca/issuing.pem"}"
+issuing_ca = "{issuing_ca or data_dir / "ca/issuing.pem"}"
 plugin = "{plugin}"
 sidecar_cert = "{sidecar_cert}"
 sidecar_key = "{sidecar_key}"

@@ -26,7 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from broker_plugins.mosquitto.sync import fetch_crl, parse_crl
-from fleet.pki.ca import CertifiedKey
+from fleet.pki.ca import CertifiedKey, certificate_to_pem, create_issuing_ca
 from fleet.pki.keys import PrivateKey
 from fleet.store.records import RevocationReason
 from tests.integration.est.conftest import Fleet, running_fleet
@@ -567,6 +567,41 @@ def test_device_revoked_while_the_sidecar_is_away_is_refused_after_max_staleness
     finally:
         node.start_sidecar()
     env.refused(node, device.cert, device.key, device.device_id)  # now as revoked
+
+
+def test_several_issuing_cas_are_trusted_during_a_rotation(
+    env: Env, plugin: Path, tmp_path: Path
+) -> None:
+    # issuing_ca is a bundle of the current and the next issuing CA (both under the root).
+    data = env.fleet.server.data_dir
+    now = dt.datetime.now(dt.UTC)
+    next_ca = create_issuing_ca(load_ca(data, "root"), "fleet issuing CA 2", now=now)
+    bundle = tmp_path / "issuing-bundle.pem"
+    bundle.write_bytes(
+        (data / "ca/issuing.pem").read_bytes() + certificate_to_pem(next_ca.certificate)
+    )
+    node = write_settings(
+        tmp_path / "rotation", data_dir=data, store_url=f"sqlite:///{data / 'fleet.db'}",
+        plugin=plugin,
+        sidecar_cert=env.sidecar_cert, sidecar_key=env.sidecar_key, issuing_ca=bundle,
+    )  # fmt: skip
+    try:
+        fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
+        node.start_broker()
+        node.start_sidecar()
+        env.connect(node, env.enroll()).close()  # a device of the current CA
+        device_id = f"rotated-{secrets.token_hex(4)}"
+        cert, key = mint_client_cert(tmp_path, device_id, common_name=device_id, issuer=next_ca)
+        session = env.session(node, cert, key, device_id)
+        assert session.open(), f"a device of the next CA was refused: {session.connack}"
+        session.close()
+        admin = load_ca(data, "admin")  # still not an issuing CA
+        cert, key = mint_client_cert(tmp_path, "admin-leaf", common_name=device_id, issuer=admin)
+        mark = node.log_mark()
+        env.refused(node, cert, key, device_id)
+        node.wait_broker_log(f"device={device_id} .*reason=unknown_issuer", after=mark)
+    finally:
+        node.stop()
 
 
 def test_broker_restart_keeps_revoked_devices_out(env: Env) -> None:
