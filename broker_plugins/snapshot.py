@@ -28,8 +28,7 @@ import logging
 import time
 from pathlib import Path
 
-from fleet.kernel.device_id import validate_device_id
-from fleet.kernel.errors import DeviceIdInvalid
+from fleet.kernel.device_id import is_device_id
 from fleet.kernel.files import SECRET_MODE, write_atomic
 from fleet.store.records import RevocationEvent, RevocationKind, RevocationSnapshot
 
@@ -45,14 +44,6 @@ class SnapshotFileDamaged(ValueError):
 def serial_hex(serial: int) -> str:
     """The plugin's canonical serial form: lowercase hex without leading zeros."""
     return format(serial, "x")
-
-
-def _device_id_ok(text: str) -> bool:
-    try:
-        validate_device_id(text)
-    except DeviceIdInvalid:
-        return False
-    return True
 
 
 @dataclasses.dataclass
@@ -78,7 +69,7 @@ class RevocationState:
     def snapshot_text(self, written: int) -> str:
         lines = [SNAPSHOT_HEADER, f"seq {self.seq}", f"written {written}"]
         lines += [f"serial {serial_hex(s)}" for s in sorted(self.serials) if s >= 0]
-        lines += [f"device {d}" for d in sorted(self.devices) if _device_id_ok(d)]
+        lines += [f"device {d}" for d in sorted(self.devices) if is_device_id(d)]
         lines.append("end")
         return "\n".join(lines) + "\n"
 
@@ -101,7 +92,7 @@ def load_snapshot_file(path: Path) -> RevocationState | None:
                 state.seq = int(value)
             elif key == "serial":
                 state.serials.add(int(value, 16))
-            elif key == "device" and _device_id_ok(value):
+            elif key == "device" and is_device_id(value):
                 state.devices.add(value)
         except ValueError:
             log.warning("ignoring a bad line in the snapshot file %s: %r", path, line[:80])

@@ -1,4 +1,8 @@
-"""Compile fleet_plugin.c into a Mosquitto plugin with the system compiler."""
+"""Compile fleet_plugin.c into a Mosquitto plugin with the system compiler.
+
+The plugin includes ``fleet_kernel.h`` (beside it; generated from the trust
+kernel by ``python -m fleet.kernel.cheader``), so both ship in the package.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from pathlib import Path
 from fleet.kernel.errors import ConfigError
 
 SOURCE = Path(__file__).with_name("fleet_plugin.c")
+KERNEL_HEADER = SOURCE.with_name("fleet_kernel.h")
 PLUGIN_NAME = "fleet_plugin.so"
 APT_PACKAGES = ("gcc", "mosquitto-dev", "libmosquitto-dev", "libssl-dev")
 # header -> Debian package that ships it
@@ -59,10 +64,18 @@ def build_plugin(out_dir: Path, *, compiler: str | None = None) -> Path:
             f"the headers of {', '.join(missing)} are missing",
             hint=f"Install the build packages: apt-get install -y {' '.join(APT_PACKAGES)}",
         )
+    if not KERNEL_HEADER.is_file():
+        raise ConfigError(
+            f"{KERNEL_HEADER} is missing (the plugin's trust constants)",
+            hint="Reinstall the package, or regenerate it: "
+            f"python -m fleet.kernel.cheader > {KERNEL_HEADER}",
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / PLUGIN_NAME
     partial = out_dir / f".{PLUGIN_NAME}.{os.getpid()}.tmp"
-    command = [cc, *CFLAGS, "-o", str(partial), str(SOURCE), *LIBS]
+    command = [
+        cc, *CFLAGS, "-I", str(SOURCE.parent), "-o", str(partial), str(SOURCE), *LIBS
+    ]  # fmt: skip
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
     except OSError as exc:

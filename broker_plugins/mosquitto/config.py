@@ -15,7 +15,8 @@ are relative to the settings file's directory. Example::
     server_cert = "tls/broker.pem"                # the broker's own TLS certificate
     server_key = "tls/broker.key"
     root_ca = "ca/root.pem"                       # fleet root (devices' chains end here)
-    issuing_ca = "ca/issuing.pem"                 # the only CA whose leaves may connect
+    issuing_ca = "ca/issuing.pem"                 # the CA(s) whose leaves may connect (a
+                                                  # bundle of several during a CA rotation)
     plugin = "fleet_plugin.so"                    # `fleet-broker mosquitto build --out .`
     state_dir = "state"                           # cafile, crlfile, snapshot (sidecar writes)
     pid_file = "state/mosquitto.pid"              # the sidecar SIGHUPs this PID for new CRLs
@@ -23,6 +24,22 @@ are relative to the settings file's directory. Example::
     sidecar_cert = "sidecar.pem"                  # `fleet-broker mosquitto sidecar-cert`
     sidecar_key = "sidecar.key"
     metrics_address = "127.0.0.1:9883"           # sidecar /metrics (plugin counters too)
+    max_staleness_seconds = 30                    # fail closed (see below); 0 = never
+    heartbeat_seconds = 2.0                       # sidecar -> plugin "the feed is live"
+    skew_seconds = 300                            # clock skew forgiven on validity
+
+``max_staleness_seconds`` (default 30) is the fail-closed policy (DESIGN.md
+section 7): the plugin refuses every new device connection with
+``revocation_state_stale`` once it has not heard from a live revocation feed
+(the sidecar's heartbeat, or a revocation it pushed) for that long - for
+instance while the sidecar is stopped, when it cannot reach the store, or
+before the first snapshot loaded. Sessions admitted on good data stay up. A
+revocation made in that window cannot reach the plugin, so it bounds how long
+a revoked device can still (re)connect. It must be at least twice
+``heartbeat_seconds``; 0 turns the policy off (the broker then fails open and
+admits on data of any age - not recommended). The plugin's age of data is in
+the sidecar's metrics (``fleet_mosquitto_plugin_revocation_age_seconds``,
+``fleet_mosquitto_plugin_stale``) and the broker log says when refusing starts.
 """
 
 from __future__ import annotations
@@ -37,10 +54,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.errors import ConfigError
 
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"
+DEFAULT_MAX_STALENESS_SECONDS = 30
 CONTROL_TOPIC = "$CONTROL/fleet/v1"
 # Where the plugin answers `stats`: delivered to the sidecar only (its ACL).
 STATS_TOPIC = "$fleet/v1/stats"
@@ -81,8 +100,9 @@ class MosquittoSettings:
     pin_sidecar: bool = True  # pin the sidecar certificate's SHA-256 in the plugin
     acl_template: str = DEFAULT_ACL_TEMPLATE
     # Refuse new device connections when the plugin has not heard from a live
-    # feed for this long (0 = no staleness policy).
-    max_staleness_seconds: int = 0
+    # feed for this long (fail closed; 0 = no staleness policy, fails open).
+    max_staleness_seconds: int = DEFAULT_MAX_STALENESS_SECONDS
+    skew_seconds: int = int(DEFAULT_SKEW.total_seconds())
     heartbeat_seconds: float = 2.0
     crl_refresh_seconds: float = 600.0
     broker_host: str = ""  # where the sidecar connects; default: the listen host
@@ -223,7 +243,7 @@ def _check(s: MosquittoSettings) -> None:
         )
     if s.crl_url and not s.crl_url.startswith(("http://", "https://")):
         raise ConfigError(f"[mosquitto] crl_url {s.crl_url!r} is not an http(s) URL")
-    for name in ("max_staleness_seconds",):
+    for name in ("max_staleness_seconds", "skew_seconds"):
         value = getattr(s, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"[mosquitto] {name} must be a whole number >= 0")
@@ -265,9 +285,12 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         lines.append(f"user {s.user}")
     lines += [
         "",
-        "# The fleet plugin: issuer, device id, revocation, client id, topic ACL, live kick.",
+        "# The fleet plugin: issuer, validity, EKU, key, device id, client id, revocation,",
+        "# topic ACL, live kick (the checks of fleet.kernel.admission, in its order).",
         f"plugin {s.plugin}",
         f"plugin_opt_issuing_ca {s.issuing_ca}",
+        f"plugin_opt_root_ca {s.root_ca}",
+        f"plugin_opt_skew_seconds {s.skew_seconds}",
         f"plugin_opt_snapshot_file {s.snapshot_file}",
         f"plugin_opt_sidecar_cn {s.sidecar_cn}",
     ]
@@ -275,6 +298,9 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         lines.append(f"plugin_opt_sidecar_sha256 {sidecar_sha256}")
     lines += [
         f"plugin_opt_acl_template {s.acl_template}",
+        "# Fail closed: refuse new device connections (reason revocation_state_stale) when",
+        "# the revocation state is older than this many seconds - no heartbeat or revocation",
+        "# from the sidecar (stopped, or the store unreachable). 0 = never (fails open).",
         f"plugin_opt_max_staleness_seconds {s.max_staleness_seconds}",
         "",
         "# Mutual TLS. NOT use_identity_as_username: with it Mosquitto never asks the plugin.",

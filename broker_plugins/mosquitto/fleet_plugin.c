@@ -5,17 +5,53 @@
  * (with it Mosquitto skips MOSQ_EVT_BASIC_AUTH, so no plugin could refuse a
  * certificate-authenticated client at connect).
  *
- * BASIC_AUTH: the TLS layer already verified the chain against `cafile`
- * (fleet root + issuing CA). Because `cafile` must hold the root, any other
- * sub-CA of that root would pass the handshake too, so the plugin checks that
- * the leaf was issued by the configured fleet issuing CA (issuer name AND
- * authority key identifier), derives the device id from the one CN, refuses
- * revoked serials and devices, refuses a client id other than the device id
- * (a takeover would otherwise kick the real device) and overrides the
- * username with the device id, which ACL_CHECK and the kick use.
+ * Every trust constant (device id alphabet and length, reserved ids, allowed
+ * key types, default skew, reason codes) comes from fleet_kernel.h, generated
+ * from fleet/kernel/ by `python -m fleet.kernel.cheader`: none is written here.
+ *
+ * BASIC_AUTH makes fleet.kernel.admission.admit_client's checks in its order,
+ * with its reason codes:
+ *   1. no_certificate
+ *   2. device_id_invalid      the subject has no CN or several
+ *   3. unknown_issuer         not signed (name + signature) by a configured
+ *                             issuing CA: cafile must hold the root, so any
+ *                             sub-CA of the root passes the TLS handshake
+ *   4. certificate_expired / certificate_not_yet_valid (leaf, with skew_seconds),
+ *      issuer_expired         (the issuing CA, or the root above it)
+ *   5. not_client_cert        basicConstraints cA=TRUE, or no EKU clientAuth;
+ *      key_not_allowed        key type/size not in fleet_allowed_keys
+ *   6. device_id_invalid      CN outside the device id rule, or reserved
+ *   7. client_id_mismatch     client id != device id (else a takeover kicks
+ *                             the real device)
+ *   8. certificate_revoked, device_revoked
+ *   9. revocation_state_stale no snapshot loaded, or no heartbeat from the
+ *                             sidecar for max_staleness_seconds (fail closed)
+ * then it overrides the username with the device id, which ACL_CHECK and the
+ * kick use. The sidecar (CN `sidecar_cn`) passes 1-5, then its pin and client
+ * id are checked instead of 6-9.
+ *
+ * Validity is the plugin's (with skew, and with a reason in the log), so the
+ * TLS layer is told not to check times when it verifies CLIENT certificates
+ * (the process-wide "ssl_client" verify parameters get X509_V_FLAG_NO_CHECK_TIME;
+ * chain, signatures, purpose and crlfile are still checked by TLS, and
+ * Mosquitto's own TLS client - bridges - keeps checking server certificates'
+ * times). The sidecar validates a CRL's dates before installing it.
  *
  * ACL_CHECK: a device may only use the topic tree of `acl_template`
  * (default devices/%u/#); the sidecar may only publish to $CONTROL/fleet/v1.
+ *
+ * Options (plugin_opt_<name>):
+ *     issuing_ca      PEM file of the CA(s) that sign device certificates;
+ *                     may hold several (rotation) and may be repeated.
+ *                     Self-issued certificates in it are roots (anchors),
+ *                     unless it holds only roots (a single-level PKI).
+ *     root_ca         optional, repeatable: roots above the issuing CAs
+ *                     (their validity is checked, they never admit a leaf)
+ *     snapshot_file   the revocation snapshot (below)
+ *     skew_seconds    clock skew forgiven on validity (FLEET_DEFAULT_SKEW_SECONDS)
+ *     max_staleness_seconds  refuse devices when the revocation state is
+ *                     older than this (default 30; 0 = never, fails open)
+ *     sidecar_cn, sidecar_sha256, acl_template
  *
  * CONTROL ($CONTROL/fleet/v1), accepted only from the sidecar identity (a
  * certificate of the issuing CA whose CN is `sidecar_cn`, a name no device id
@@ -33,12 +69,13 @@
  * permanent - so an old or reset snapshot cannot un-revoke anything):
  *     fleet-revocations 1
  *     seq <n>
- *     written <unix seconds>
+ *     written <unix seconds when the sidecar last heard from the feed>
  *     serial <lowercase hex, no leading zeros>
  *     device <device id>
  *     end
  * Until one snapshot loaded completely, devices are refused (fail closed).
  */
+#define _DEFAULT_SOURCE /* timegm */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -52,21 +89,31 @@
 
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/opensslv.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
 
 #include <mosquitto.h>
 #include <mosquitto_broker.h>
 #include <mosquitto_plugin.h>
 
+#include "fleet_kernel.h"
+
+#if OPENSSL_VERSION_NUMBER < 0x30000000L
+#error "fleet_plugin.c needs OpenSSL 3.0 or later (EVP_PKEY_get_group_name)"
+#endif
+
 #define CONTROL_TOPIC "$CONTROL/fleet/v1"
 #define STATS_TOPIC "$fleet/v1/stats"
-#define STATS_PAYLOAD 1024
+#define STATS_PAYLOAD 2048
 #define DEFAULT_SIDECAR_CN "fleet:sidecar"
 #define DEFAULT_ACL_TEMPLATE "devices/%u/#"
-#define MAX_DEVICE_ID 64
+/* Not a trust rule: the broker's default when the option is absent (config.py writes it). */
+#define DEFAULT_MAX_STALENESS_SECONDS 30
 #define MAX_SERIAL_HEX 64 /* RFC 5280 allows 20 octets; leave room */
 #define MAX_CONTROL_PAYLOAD (4u * 1024u * 1024u)
 #define MAX_TEMPLATE 256
@@ -191,70 +238,55 @@ static int table_put(struct table *t, const char *key, const char *value)
 
 /* ------------------------------------------------------------------ */
 
+struct certs {
+	X509 **items;
+	size_t count;
+};
+
 struct fleet {
 	mosquitto_plugin_id_t *id;
-	X509_NAME *ca_name;
-	ASN1_OCTET_STRING *ca_skid; /* NULL when the CA has no SKI */
+	struct certs issuers; /* CAs whose leaves may connect (several during a rotation) */
+	struct certs anchors; /* roots above them: only their validity is checked */
+	long skew;            /* seconds forgiven on validity */
 	char *snapshot_path;
 	char *sidecar_cn;
 	unsigned char sidecar_pin[32];
 	bool has_pin;
 	char acl_before[MAX_TEMPLATE];
 	char acl_after[MAX_TEMPLATE];
-	long max_staleness; /* seconds; 0 = no staleness policy */
+	long max_staleness; /* seconds; 0 = no staleness policy (fails open) */
 	bool loaded;        /* one snapshot loaded completely */
+	bool stale_logged;  /* the current stale period was logged */
 	time_t fresh_at;    /* when revocation data was last known current */
 	long long seq;      /* highest feed sequence applied */
 	struct table serials;   /* revoked serials */
 	struct table devices;   /* revoked device ids */
 	struct table connected; /* device id -> serial it authenticated with */
 	unsigned long accepted, refused, kicked;
+	unsigned long refused_by_reason[FLEET_N_REASONS];
 };
 
-/* Refusal reasons, as logged and counted (same codes as broker_plugins.decision). */
-static const char *const refusal_reasons[] = {
-	"no_certificate", "unknown_issuer", "bad_device_id", "client_id_mismatch",
-	"revoked", "stale_revocation_data", "sidecar_pin_mismatch", "internal_error",
-};
-#define N_REASONS (sizeof(refusal_reasons) / sizeof(refusal_reasons[0]))
-static unsigned long refused_by_reason[N_REASONS];
-
-static void count_refusal(const char *reason)
-{
-	size_t i;
-
-	for(i = 0; i < N_REASONS; i++){
-		if(!strcmp(reason, refusal_reasons[i])){
-			refused_by_reason[i]++;
-			return;
-		}
-	}
-	refused_by_reason[N_REASONS - 1]++; /* unknown code: count as internal_error */
-}
-
+/* The device id rule's alphabet and length (fleet.kernel.device_id); no reserved check. */
 static bool valid_device_id(const char *s, size_t len)
 {
 	size_t i;
 
-	if(len == 0 || len > MAX_DEVICE_ID) return false;
+	if(len == 0 || len > FLEET_MAX_DEVICE_ID) return false;
 	for(i = 0; i < len; i++){
 		unsigned char c = (unsigned char)s[i];
-		if(!(isascii(c) && (isalnum(c) || c == '.' || c == '_' || c == '-'))) return false;
+		if(!isascii(c)) return false;
+		if(isalnum(c)) continue;
+		if(c == '\0' || !strchr(FLEET_DEVICE_ID_PUNCTUATION, c)) return false;
 	}
 	return true;
 }
 
-/* Same list as fleet.pki.device_id.RESERVED_DEVICE_IDS, compared case-insensitively. */
 static bool reserved_device_id(const char *s)
 {
-	static const char *const reserved[] = {
-		"admin", "administrator", "root", "fleet", "broker", "sidecar", "system",
-		"mosquitto", "anonymous", "$sys", "localhost", "server", "ca", ".", "..",
-	};
 	size_t i;
 
-	for(i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++){
-		if(!strcasecmp(s, reserved[i])) return true;
+	for(i = 0; i < FLEET_N_RESERVED_IDS; i++){
+		if(!strcasecmp(s, fleet_reserved_ids[i])) return true;
 	}
 	return false;
 }
@@ -289,16 +321,17 @@ static void log_safe(char *out, size_t outlen, const char *in, size_t inlen)
 }
 
 static void refuse_log(struct fleet *f, const char *device, size_t device_len,
-		const char *serial, const char *reason)
+		const char *serial, enum fleet_reason reason)
 {
 	char safe[LOG_FIELD];
 
+	if((unsigned)reason >= FLEET_N_REASONS) reason = FLEET_R_INTERNAL_ERROR;
 	f->refused++;
-	count_refusal(reason);
+	f->refused_by_reason[reason]++;
 	log_safe(safe, sizeof(safe), device ? device : "-", device ? device_len : 1);
 	mosquitto_log_printf(MOSQ_LOG_NOTICE,
 			"fleet: refused connection: device=%s serial=%s reason=%s",
-			safe, serial ? serial : "-", reason);
+			safe, serial ? serial : "-", fleet_reason_codes[reason]);
 }
 
 /* The certificate serial as canonical hex; caller frees with OPENSSL_free. */
@@ -321,14 +354,135 @@ static char *serial_hex(X509 *cert)
 	return hex;
 }
 
-static bool issued_by_fleet_ca(const struct fleet *f, X509 *cert)
+/* The configured issuing CA that signed cert (issuer name and signature), or NULL. */
+static X509 *fleet_issuer(const struct fleet *f, X509 *cert)
 {
-	const ASN1_OCTET_STRING *akid;
+	size_t i;
 
-	if(X509_NAME_cmp(X509_get_issuer_name(cert), f->ca_name) != 0) return false;
-	if(f->ca_skid == NULL) return true;
-	akid = X509_get0_authority_key_id(cert);
-	return akid != NULL && ASN1_OCTET_STRING_cmp(akid, f->ca_skid) == 0;
+	for(i = 0; i < f->issuers.count; i++){
+		X509 *ca = f->issuers.items[i];
+		EVP_PKEY *key = X509_get0_pubkey(ca);
+		if(X509_NAME_cmp(X509_get_issuer_name(cert), X509_get_subject_name(ca)) != 0) continue;
+		if(key && X509_verify(cert, key) == 1) return ca;
+		ERR_clear_error();
+	}
+	return NULL;
+}
+
+static int asn1_epoch(const ASN1_TIME *t, long long *out)
+{
+	struct tm tm;
+
+	memset(&tm, 0, sizeof(tm));
+	if(!t || ASN1_TIME_to_tm(t, &tm) != 1) return -1;
+	*out = (long long)timegm(&tm);
+	return 0;
+}
+
+/* fleet.kernel.certs.validity_problem: outside [notBefore - skew, notAfter + skew]? */
+static int validity_reason(const struct fleet *f, X509 *cert, const struct timespec *now,
+		enum fleet_reason expired, enum fleet_reason not_yet, enum fleet_reason *reason)
+{
+	long long not_before, not_after;
+
+	if(asn1_epoch(X509_get0_notBefore(cert), &not_before)
+			|| asn1_epoch(X509_get0_notAfter(cert), &not_after)){
+		*reason = expired;
+		return -1;
+	}
+	if((long long)now->tv_sec > not_after + f->skew
+			|| ((long long)now->tv_sec == not_after + f->skew && now->tv_nsec > 0)){
+		*reason = expired;
+		return -1;
+	}
+	if((long long)now->tv_sec < not_before - f->skew){
+		*reason = not_yet;
+		return -1;
+	}
+	return 0;
+}
+
+/* fleet.kernel.admission._issuer_problem: the issuing CA, and the root above it, in validity. */
+static int issuer_reason(const struct fleet *f, X509 *issuer, const struct timespec *now,
+		enum fleet_reason *reason)
+{
+	size_t i;
+
+	if(validity_reason(f, issuer, now, FLEET_R_ISSUER_EXPIRED, FLEET_R_ISSUER_EXPIRED, reason)){
+		return -1;
+	}
+	for(i = 0; i < f->anchors.count; i++){
+		X509 *anchor = f->anchors.items[i];
+		if(X509_NAME_cmp(X509_get_subject_name(anchor), X509_get_issuer_name(issuer)) == 0){
+			return validity_reason(f, anchor, now, FLEET_R_ISSUER_EXPIRED,
+					FLEET_R_ISSUER_EXPIRED, reason);
+		}
+	}
+	return 0;
+}
+
+/* The key's entry in fleet_allowed_keys exists? (fleet.kernel.keys.key_type_of) */
+static bool key_allowed(X509 *cert)
+{
+	EVP_PKEY *key = X509_get0_pubkey(cert);
+	char curve[64] = "";
+	size_t curve_len = 0, i;
+	int kind, bits;
+
+	if(!key) return false;
+	switch(EVP_PKEY_get_base_id(key)){
+	case EVP_PKEY_EC:
+		kind = FLEET_KEY_EC;
+		if(EVP_PKEY_get_group_name(key, curve, sizeof(curve), &curve_len) != 1) return false;
+		break;
+	case EVP_PKEY_ED25519:
+		kind = FLEET_KEY_ED25519;
+		break;
+	case EVP_PKEY_RSA:
+		kind = FLEET_KEY_RSA;
+		break;
+	default:
+		return false;
+	}
+	bits = EVP_PKEY_get_bits(key);
+	for(i = 0; i < FLEET_N_ALLOWED_KEYS; i++){
+		const struct fleet_key_type *k = &fleet_allowed_keys[i];
+		if((int)k->kind != kind) continue;
+		if(kind == FLEET_KEY_EC && !strcmp(k->curve, curve)) return true;
+		if(kind == FLEET_KEY_RSA && k->bits == bits) return true;
+		if(kind == FLEET_KEY_ED25519) return true;
+	}
+	return false;
+}
+
+/* fleet.kernel.certs.client_cert_problem: a CA, no EKU clientAuth, or a key we refuse. */
+static int client_cert_reason(X509 *cert, enum fleet_reason *reason)
+{
+	int crit = -1, i;
+	BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(cert, NID_basic_constraints, &crit, NULL);
+	EXTENDED_KEY_USAGE *eku;
+	bool is_ca = (bc && bc->ca) || crit == -2; /* a duplicated extension is not trusted */
+	bool client_auth = false;
+
+	BASIC_CONSTRAINTS_free(bc);
+	if(is_ca){
+		*reason = FLEET_R_NOT_CLIENT_CERT;
+		return -1;
+	}
+	eku = X509_get_ext_d2i(cert, NID_ext_key_usage, &crit, NULL);
+	for(i = 0; eku && i < sk_ASN1_OBJECT_num(eku); i++){
+		if(OBJ_obj2nid(sk_ASN1_OBJECT_value(eku, i)) == NID_client_auth) client_auth = true;
+	}
+	sk_ASN1_OBJECT_pop_free(eku, ASN1_OBJECT_free);
+	if(!client_auth){
+		*reason = FLEET_R_NOT_CLIENT_CERT;
+		return -1;
+	}
+	if(!key_allowed(cert)){
+		*reason = FLEET_R_KEY_NOT_ALLOWED;
+		return -1;
+	}
+	return 0;
 }
 
 /* The one CN of the subject: 0 with out and len set, -1 if none or several. */
@@ -365,9 +519,35 @@ static bool is_sidecar(const struct fleet *f, const char *username)
 	return username != NULL && !strcmp(username, f->sidecar_cn);
 }
 
+static long long revocation_age(const struct fleet *f)
+{
+	return (long long)(time(NULL) - f->fresh_at);
+}
+
 static bool stale(const struct fleet *f)
 {
-	return f->max_staleness > 0 && time(NULL) - f->fresh_at > f->max_staleness;
+	return !f->loaded || (f->max_staleness > 0 && revocation_age(f) > f->max_staleness);
+}
+
+/* Log when the revocation state becomes stale and when it is fresh again. */
+static void note_staleness(struct fleet *f)
+{
+	bool now_stale = stale(f);
+
+	if(now_stale && !f->stale_logged){
+		if(f->loaded){
+			mosquitto_log_printf(MOSQ_LOG_WARNING,
+					"fleet: revocation state is %llds old (max_staleness_seconds %ld): "
+					"refusing new device connections (reason=%s) until the sidecar is back",
+					revocation_age(f), f->max_staleness,
+					fleet_reason_codes[FLEET_R_REVOCATION_STATE_STALE]);
+		}
+		f->stale_logged = true;
+	}else if(!now_stale && f->stale_logged){
+		mosquitto_log_printf(MOSQ_LOG_NOTICE,
+				"fleet: revocation state is current again (seq %lld); admitting devices", f->seq);
+		f->stale_logged = false;
+	}
 }
 
 /* ------------------------------------------------------------------ */
@@ -376,41 +556,56 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 {
 	struct fleet *f = userdata;
 	struct mosquitto_evt_basic_auth *ed = event_data;
-	X509 *cert;
+	X509 *cert, *issuer;
 	char *serial = NULL;
 	const char *cn = NULL, *client_id;
 	size_t cn_len = 0;
-	char device[MAX_DEVICE_ID + 1];
+	char device[FLEET_MAX_DEVICE_ID + 1];
+	struct timespec now;
+	enum fleet_reason reason;
 	int rc = MOSQ_ERR_AUTH;
 
 	(void)event;
+	/* The order is fleet.kernel.admission.admit_client's. */
 	cert = mosquitto_client_certificate(ed->client);
 	if(!cert){
-		refuse_log(f, NULL, 0, NULL, "no_certificate");
+		refuse_log(f, NULL, 0, NULL, FLEET_R_NO_CERTIFICATE);
 		return MOSQ_ERR_AUTH;
 	}
 	serial = serial_hex(cert);
 	if(!serial){
-		refuse_log(f, NULL, 0, NULL, "internal_error");
+		refuse_log(f, NULL, 0, NULL, FLEET_R_INTERNAL_ERROR);
 		goto out;
 	}
 	if(single_cn(cert, &cn, &cn_len) != 0){
-		refuse_log(f, NULL, 0, serial, "bad_device_id");
+		refuse_log(f, NULL, 0, serial, FLEET_R_DEVICE_ID_INVALID);
 		goto out;
 	}
-	if(!issued_by_fleet_ca(f, cert)){
-		refuse_log(f, cn, cn_len, serial, "unknown_issuer");
+	issuer = fleet_issuer(f, cert);
+	if(!issuer){
+		refuse_log(f, cn, cn_len, serial, FLEET_R_UNKNOWN_ISSUER);
+		goto out;
+	}
+	if(clock_gettime(CLOCK_REALTIME, &now) != 0){
+		refuse_log(f, cn, cn_len, serial, FLEET_R_INTERNAL_ERROR);
+		goto out;
+	}
+	if(validity_reason(f, cert, &now, FLEET_R_CERTIFICATE_EXPIRED,
+				FLEET_R_CERTIFICATE_NOT_YET_VALID, &reason)
+			|| issuer_reason(f, issuer, &now, &reason)
+			|| client_cert_reason(cert, &reason)){
+		refuse_log(f, cn, cn_len, serial, reason);
 		goto out;
 	}
 	client_id = mosquitto_client_id(ed->client);
 
 	if(cn_len == strlen(f->sidecar_cn) && !memcmp(cn, f->sidecar_cn, cn_len)){
 		if(!matches_pin(f, cert)){
-			refuse_log(f, cn, cn_len, serial, "sidecar_pin_mismatch");
+			refuse_log(f, cn, cn_len, serial, FLEET_R_SIDECAR_PIN_MISMATCH);
 		}else if(!client_id || strcmp(client_id, f->sidecar_cn)){
-			refuse_log(f, cn, cn_len, serial, "client_id_mismatch");
+			refuse_log(f, cn, cn_len, serial, FLEET_R_CLIENT_ID_MISMATCH);
 		}else if(mosquitto_set_username(ed->client, f->sidecar_cn) != MOSQ_ERR_SUCCESS){
-			refuse_log(f, cn, cn_len, serial, "internal_error");
+			refuse_log(f, cn, cn_len, serial, FLEET_R_INTERNAL_ERROR);
 		}else{
 			mosquitto_log_printf(MOSQ_LOG_INFO, "fleet: sidecar connected (serial=%s)", serial);
 			rc = MOSQ_ERR_SUCCESS;
@@ -419,33 +614,38 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	}
 
 	if(!valid_device_id(cn, cn_len)){
-		refuse_log(f, cn, cn_len, serial, "bad_device_id");
+		refuse_log(f, cn, cn_len, serial, FLEET_R_DEVICE_ID_INVALID);
 		goto out;
 	}
 	memcpy(device, cn, cn_len);
 	device[cn_len] = '\0';
 	if(reserved_device_id(device)){
-		refuse_log(f, device, cn_len, serial, "bad_device_id");
-		goto out;
-	}
-	if(table_find(&f->serials, serial) || table_find(&f->devices, device)){
-		refuse_log(f, device, cn_len, serial, "revoked");
-		goto out;
-	}
-	if(!f->loaded || stale(f)){
-		refuse_log(f, device, cn_len, serial, "stale_revocation_data");
+		refuse_log(f, device, cn_len, serial, FLEET_R_DEVICE_ID_INVALID);
 		goto out;
 	}
 	if(!client_id || strcmp(client_id, device)){
 		char safe[LOG_FIELD];
 		log_safe(safe, sizeof(safe), client_id ? client_id : "-", client_id ? strlen(client_id) : 1);
 		mosquitto_log_printf(MOSQ_LOG_NOTICE, "fleet: client id was %s", safe);
-		refuse_log(f, device, cn_len, serial, "client_id_mismatch");
+		refuse_log(f, device, cn_len, serial, FLEET_R_CLIENT_ID_MISMATCH);
+		goto out;
+	}
+	if(table_find(&f->serials, serial)){
+		refuse_log(f, device, cn_len, serial, FLEET_R_CERTIFICATE_REVOKED);
+		goto out;
+	}
+	if(table_find(&f->devices, device)){
+		refuse_log(f, device, cn_len, serial, FLEET_R_DEVICE_REVOKED);
+		goto out;
+	}
+	note_staleness(f);
+	if(stale(f)){
+		refuse_log(f, device, cn_len, serial, FLEET_R_REVOCATION_STATE_STALE);
 		goto out;
 	}
 	if(mosquitto_set_username(ed->client, device) != MOSQ_ERR_SUCCESS
 			|| table_put(&f->connected, device, serial) != 0){
-		refuse_log(f, device, cn_len, serial, "internal_error");
+		refuse_log(f, device, cn_len, serial, FLEET_R_INTERNAL_ERROR);
 		goto out;
 	}
 	f->accepted++;
@@ -459,7 +659,7 @@ out:
 /* Whether topic (or a subscription filter) lies in the device's own tree. */
 static bool in_device_tree(const struct fleet *f, const char *username, const char *topic)
 {
-	char base[2 * MAX_TEMPLATE + MAX_DEVICE_ID + 1];
+	char base[2 * MAX_TEMPLATE + FLEET_MAX_DEVICE_ID + 1];
 	int n = snprintf(base, sizeof(base), "%s%s%s", f->acl_before, username, f->acl_after);
 	size_t len;
 
@@ -598,17 +798,19 @@ static int publish_stats(struct fleet *f)
 	size_t used = 0, i;
 	int n;
 
+	note_staleness(f);
 	n = snprintf(buf, sizeof(buf),
 			"{\"accepted\":%lu,\"refused\":%lu,\"kicked\":%lu,\"seq\":%lld,"
-			"\"loaded\":%s,\"stale\":%s,\"fresh_age\":%lld,\"refused_by_reason\":{",
+			"\"loaded\":%s,\"stale\":%s,\"fresh_age\":%lld,\"max_staleness\":%ld,"
+			"\"refused_by_reason\":{",
 			f->accepted, f->refused, f->kicked, f->seq,
 			f->loaded ? "true" : "false", stale(f) ? "true" : "false",
-			(long long)(time(NULL) - f->fresh_at));
+			revocation_age(f), f->max_staleness);
 	if(n < 0 || (size_t)n >= sizeof(buf)) return -1;
 	used = (size_t)n;
-	for(i = 0; i < N_REASONS; i++){
+	for(i = 0; i < FLEET_N_REASONS; i++){
 		n = snprintf(buf + used, sizeof(buf) - used, "%s\"%s\":%lu",
-				i ? "," : "", refusal_reasons[i], refused_by_reason[i]);
+				i ? "," : "", fleet_reason_codes[i], f->refused_by_reason[i]);
 		if(n < 0 || (size_t)n >= sizeof(buf) - used) return -1;
 		used += (size_t)n;
 	}
@@ -629,8 +831,10 @@ static int control_line(struct fleet *f, char *line)
 	if(!cmd) return 0; /* blank line */
 	if(!strcmp(cmd, "reload")){
 		if(strtok_r(NULL, " ", &save)) return -1;
+		/* Freshness is the snapshot's `written` (when the sidecar last heard from
+		 * the feed), not now: a resync while the feed is down must not look fresh. */
 		if(load_snapshot(f)) return -1;
-		f->fresh_at = time(NULL);
+		note_staleness(f);
 		kick_revoked_sessions(f);
 		return 0;
 	}
@@ -642,6 +846,7 @@ static int control_line(struct fleet *f, char *line)
 		if(parse_seq(strtok_r(NULL, " ", &save), &seq) || strtok_r(NULL, " ", &save)) return -1;
 		if(seq > f->seq) f->seq = seq;
 		f->fresh_at = time(NULL);
+		note_staleness(f);
 		return 0;
 	}
 	if(!strcmp(cmd, "revoke")){
@@ -732,32 +937,130 @@ static int on_reload(int event, void *event_data, void *userdata)
 	(void)event;
 	(void)event_data;
 	if(load_snapshot(f) == 0) kick_revoked_sessions(f);
+	note_staleness(f);
 	return MOSQ_ERR_PLUGIN_DEFER; /* let other plugins see the reload too */
+}
+
+static int on_tick(int event, void *event_data, void *userdata)
+{
+	(void)event;
+	(void)event_data;
+	note_staleness(userdata); /* the log says when refusing starts, not at the first refusal */
+	return MOSQ_ERR_SUCCESS;
 }
 
 /* ------------------------------------------------------------------ */
 
-static int load_issuing_ca(struct fleet *f, const char *path)
+static int certs_add(struct certs *c, X509 *cert)
+{
+	X509 **items = realloc(c->items, (c->count + 1) * sizeof(*items));
+
+	if(!items) return -1;
+	c->items = items;
+	c->items[c->count++] = cert;
+	return 0;
+}
+
+static void certs_free(struct certs *c)
+{
+	size_t i;
+
+	for(i = 0; i < c->count; i++) X509_free(c->items[i]);
+	free(c->items);
+	c->items = NULL;
+	c->count = 0;
+}
+
+static bool self_issued(X509 *cert)
+{
+	return X509_NAME_cmp(X509_get_subject_name(cert), X509_get_issuer_name(cert)) == 0;
+}
+
+/* Every CA certificate of a PEM file (a bundle) into issuers or anchors. 0 on success. */
+static int load_ca_file(struct certs *issuers, struct certs *anchors, const char *option,
+		const char *path)
 {
 	FILE *fp = fopen(path, "r");
-	X509 *ca;
-	const ASN1_OCTET_STRING *skid;
+	X509 *cert;
+	unsigned long n = 0;
 
 	if(!fp){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: cannot open issuing_ca %s: %s", path, strerror(errno));
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: cannot open %s %s: %s", option, path, strerror(errno));
 		return -1;
 	}
-	ca = PEM_read_X509(fp, NULL, NULL, NULL);
+	while((cert = PEM_read_X509(fp, NULL, NULL, NULL)) != NULL){
+		int crit = -1;
+		BASIC_CONSTRAINTS *bc = X509_get_ext_d2i(cert, NID_basic_constraints, &crit, NULL);
+		bool ca = bc && bc->ca;
+
+		BASIC_CONSTRAINTS_free(bc);
+		n++;
+		if(!ca){
+			mosquitto_log_printf(MOSQ_LOG_WARNING,
+					"fleet: %s %s: certificate %lu is not a CA, ignored", option, path, n);
+			X509_free(cert);
+			continue;
+		}
+		if(certs_add((issuers && !self_issued(cert)) ? issuers : anchors, cert)){
+			X509_free(cert);
+			fclose(fp);
+			return -1;
+		}
+	}
+	ERR_clear_error(); /* the end of the file reads as a PEM "no start line" error */
 	fclose(fp);
-	if(!ca){
-		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: issuing_ca %s holds no PEM certificate", path);
+	if(n == 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: %s %s holds no PEM certificate", option, path);
 		return -1;
 	}
-	f->ca_name = X509_NAME_dup(X509_get_subject_name(ca));
-	skid = X509_get0_subject_key_id(ca);
-	if(skid) f->ca_skid = ASN1_OCTET_STRING_dup(skid);
-	X509_free(ca);
-	if(!f->ca_name || (skid && !f->ca_skid)) return -1;
+	return 0;
+}
+
+/*
+ * Like fleet.kernel.admission.TrustPolicy.from_bundle: of the issuing_ca files,
+ * CAs issued by another CA are the issuers, self-issued ones anchors; with only
+ * self-issued CAs there, they are the issuers (a single-level fleet PKI).
+ */
+static int settle_trust(struct fleet *f, struct certs *issuing_roots)
+{
+	size_t i;
+
+	if(f->issuers.count == 0){
+		struct certs swap = f->issuers;
+		f->issuers = *issuing_roots;
+		*issuing_roots = swap;
+	}
+	for(i = 0; i < issuing_roots->count; i++){
+		if(certs_add(&f->anchors, issuing_roots->items[i])) return -1;
+		issuing_roots->items[i] = NULL;
+	}
+	free(issuing_roots->items);
+	issuing_roots->items = NULL;
+	issuing_roots->count = 0;
+	if(f->issuers.count == 0){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: plugin_opt_issuing_ca holds no CA certificate");
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Tell OpenSSL not to check validity times when this process verifies a
+ * CLIENT certificate (the "ssl_client" verify parameters a TLS server
+ * inherits): the plugin checks them with skew, and names the reason.
+ */
+static int leave_client_times_to_plugin(void)
+{
+	const X509_VERIFY_PARAM *builtin = X509_VERIFY_PARAM_lookup("ssl_client");
+	X509_VERIFY_PARAM *param = X509_VERIFY_PARAM_new();
+
+	if(!param || !builtin || !X509_VERIFY_PARAM_set1(param, builtin)
+			|| !X509_VERIFY_PARAM_set1_name(param, "ssl_client")
+			|| !X509_VERIFY_PARAM_set_flags(param, X509_V_FLAG_NO_CHECK_TIME)
+			|| !X509_VERIFY_PARAM_add0_table(param)){
+		X509_VERIFY_PARAM_free(param);
+		return -1;
+	}
 	return 0;
 }
 
@@ -805,8 +1108,8 @@ static int parse_template(struct fleet *f, const char *tpl)
 static void fleet_free(struct fleet *f)
 {
 	if(!f) return;
-	X509_NAME_free(f->ca_name);
-	ASN1_OCTET_STRING_free(f->ca_skid);
+	certs_free(&f->issuers);
+	certs_free(&f->anchors);
 	free(f->snapshot_path);
 	free(f->sidecar_cn);
 	table_free(&f->serials);
@@ -825,15 +1128,32 @@ int mosquitto_plugin_version(int supported_version_count, const int *supported_v
 	return -1;
 }
 
+static int parse_seconds(const char *key, const char *value, long *out)
+{
+	char *endp;
+
+	errno = 0;
+	*out = strtol(value, &endp, 10);
+	if(errno || *endp || !value[0] || *out < 0 || *out > 365L * 86400L){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: %s must be a whole number of seconds >= 0", key);
+		return -1;
+	}
+	return 0;
+}
+
 int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		struct mosquitto_opt *opts, int opt_count)
 {
 	struct fleet *f = calloc(1, sizeof(*f));
-	const char *issuing_ca = NULL, *template = DEFAULT_ACL_TEMPLATE, *sidecar_cn = DEFAULT_SIDECAR_CN;
+	struct certs issuing_roots = {NULL, 0};
+	const char *template = DEFAULT_ACL_TEMPLATE, *sidecar_cn = DEFAULT_SIDECAR_CN;
+	bool has_issuing_ca = false;
 	int i;
 
 	if(!f) return MOSQ_ERR_NOMEM;
 	f->id = identifier;
+	f->skew = FLEET_DEFAULT_SKEW_SECONDS;
+	f->max_staleness = DEFAULT_MAX_STALENESS_SECONDS;
 	if(table_init(&f->serials, 1024) || table_init(&f->devices, 256) || table_init(&f->connected, 1024)){
 		fleet_free(f);
 		return MOSQ_ERR_NOMEM;
@@ -842,7 +1162,11 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		const char *key = opts[i].key, *value = opts[i].value;
 		if(!key || !value) continue;
 		if(!strcmp(key, "issuing_ca")){
-			issuing_ca = value;
+			/* Repeatable, and each file may hold several CAs (an issuing-CA rotation). */
+			if(load_ca_file(&f->issuers, &issuing_roots, "issuing_ca", value)) goto fail;
+			has_issuing_ca = true;
+		}else if(!strcmp(key, "root_ca")){
+			if(load_ca_file(NULL, &f->anchors, "root_ca", value)) goto fail;
 		}else if(!strcmp(key, "snapshot_file")){
 			free(f->snapshot_path);
 			f->snapshot_path = strdup(value);
@@ -856,24 +1180,21 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		}else if(!strcmp(key, "acl_template")){
 			template = value;
 		}else if(!strcmp(key, "max_staleness_seconds")){
-			char *endp;
-			errno = 0;
-			f->max_staleness = strtol(value, &endp, 10);
-			if(errno || *endp || f->max_staleness < 0){
-				mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: max_staleness_seconds must be >= 0");
-				goto fail;
-			}
+			if(parse_seconds(key, value, &f->max_staleness)) goto fail;
+		}else if(!strcmp(key, "skew_seconds")){
+			if(parse_seconds(key, value, &f->skew)) goto fail;
 		}else{
 			mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: unknown plugin option %s", key);
 			goto fail;
 		}
 	}
-	if(!issuing_ca || !f->snapshot_path){
+	if(!has_issuing_ca || !f->snapshot_path){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
 				"fleet: plugin_opt_issuing_ca and plugin_opt_snapshot_file are required");
 		goto fail;
 	}
-	if(!sidecar_cn[0] || strlen(sidecar_cn) > MAX_DEVICE_ID + 16
+	if(settle_trust(f, &issuing_roots)) goto fail;
+	if(!sidecar_cn[0] || strlen(sidecar_cn) > FLEET_MAX_DEVICE_ID + 16
 			|| valid_device_id(sidecar_cn, strlen(sidecar_cn))){
 		/* A sidecar CN that is a valid device id could be enrolled by a device. */
 		mosquitto_log_printf(MOSQ_LOG_ERR,
@@ -887,7 +1208,10 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 				"fleet: acl_template must contain one %%u, end in /# and have no other wildcard");
 		goto fail;
 	}
-	if(load_issuing_ca(f, issuing_ca)) goto fail;
+	if(leave_client_times_to_plugin()){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: cannot set the TLS client verification parameters");
+		goto fail;
+	}
 	if(load_snapshot(f)){
 		mosquitto_log_printf(MOSQ_LOG_ERR,
 				"fleet: no revocation snapshot: devices are refused until the sidecar syncs");
@@ -895,15 +1219,25 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	if(mosquitto_callback_register(identifier, MOSQ_EVT_BASIC_AUTH, on_basic_auth, NULL, f)
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL, f)
 			|| mosquitto_callback_register(identifier, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC, f)
-			|| mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, on_reload, NULL, f)){
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_RELOAD, on_reload, NULL, f)
+			|| mosquitto_callback_register(identifier, MOSQ_EVT_TICK, on_tick, NULL, f)){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: cannot register callbacks");
 		goto fail;
 	}
 	*userdata = f;
-	mosquitto_log_printf(MOSQ_LOG_INFO, "fleet: plugin ready (sidecar %s%s, staleness limit %lds)",
+	mosquitto_log_printf(MOSQ_LOG_INFO,
+			"fleet: plugin ready (%lu issuing CA(s), %lu root(s), skew %lds, sidecar %s%s, "
+			"staleness limit %lds)",
+			(unsigned long)f->issuers.count, (unsigned long)f->anchors.count, f->skew,
 			f->sidecar_cn, f->has_pin ? ", pinned" : "", f->max_staleness);
+	if(f->max_staleness == 0){
+		mosquitto_log_printf(MOSQ_LOG_WARNING,
+				"fleet: max_staleness_seconds 0: devices are admitted on revocation data of any age "
+				"(fails open while the sidecar is away)");
+	}
 	return MOSQ_ERR_SUCCESS;
 fail:
+	certs_free(&issuing_roots);
 	fleet_free(f);
 	return MOSQ_ERR_INVAL;
 }
@@ -921,6 +1255,7 @@ int mosquitto_plugin_cleanup(void *userdata, struct mosquitto_opt *opts, int opt
 	mosquitto_callback_unregister(f->id, MOSQ_EVT_ACL_CHECK, on_acl_check, NULL);
 	mosquitto_callback_unregister(f->id, MOSQ_EVT_CONTROL, on_control, CONTROL_TOPIC);
 	mosquitto_callback_unregister(f->id, MOSQ_EVT_RELOAD, on_reload, NULL);
+	mosquitto_callback_unregister(f->id, MOSQ_EVT_TICK, on_tick, NULL);
 	fleet_free(f);
 	return MOSQ_ERR_SUCCESS;
 }

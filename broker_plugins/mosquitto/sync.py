@@ -13,9 +13,14 @@ What it does, and why each piece exists:
   restart, network blip — the sidecar writes the full snapshot file and sends
   ``reload``: the plugin re-reads it (entries are only ever added) and kicks
   every session whose device or serial is now revoked. Commands lost while
-  disconnected are therefore covered.
+  disconnected are therefore covered. The CRL is fetched at once when the
+  sidecar starts (beside the store snapshot), so revocations made while it
+  was away reach crlfile within a second too, not after ``crl_refresh_seconds``.
 * **Snapshot file.** What the plugin loads when the broker starts, before the
-  sidecar is connected. Written atomically (temp file, fsync, rename).
+  sidecar is connected. Written atomically (temp file, fsync, rename). Its
+  ``written`` time is when the sidecar last heard from the feed, not when the
+  file was written: the plugin takes its freshness from it, so a resync while
+  the store is unreachable does not make old data look current.
 * **crlfile.** Mosquitto's own check at the TLS handshake (the plugin's runs
   after it). Fetched from fleet serve's ``/crl``, validated (parses, issued and
   signed by the issuing CA, nextUpdate far enough ahead, thisUpdate not in the
@@ -24,12 +29,13 @@ What it does, and why each piece exists:
   process). A garbage CRL at reload turns Mosquitto's checking off and an
   expired one refuses every device, so nothing unvalidated is ever installed.
 * **Heartbeat.** While the feed is reachable and followed to its head, a
-  ``heartbeat`` command tells the plugin its data is current; with
-  ``max_staleness_seconds`` set, the plugin refuses new device connections
-  once heartbeats stop for that long (fail closed).
+  ``heartbeat`` command tells the plugin its data is current; the plugin
+  refuses new device connections with ``revocation_state_stale`` once
+  heartbeats stop for ``max_staleness_seconds`` (default 30: fail closed).
 * **Metrics.** With ``metrics_address`` set, the sidecar serves Prometheus
   ``/metrics``: its own (feed sequence, staleness, CRL age) and the plugin's
-  counters (connects accepted, refused by reason, sessions kicked), which it
+  counters (connects accepted, refused by kernel reason code, sessions kicked,
+  age of its revocation state against ``max_staleness_seconds``), which it
   asks for with a ``stats`` command every heartbeat; the plugin answers on
   ``$fleet/v1/stats``, readable by the sidecar identity only.
 * **Store reset.** Serials learnt from a snapshot (after a Redis restart
@@ -46,7 +52,6 @@ import json
 import logging
 import math
 import os
-import re
 import signal
 import ssl
 import time
@@ -68,6 +73,7 @@ from prometheus_client.registry import Collector
 from broker_plugins.mosquitto.config import CONTROL_TOPIC, STATS_TOPIC, MosquittoSettings
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from broker_plugins.snapshot import RevocationState, read_snapshot_file, serial_hex
+from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import ConfigError, FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
 from fleet.store.protocol import Store
@@ -75,7 +81,6 @@ from fleet.store.records import RevocationEvent
 
 log = logging.getLogger("fleet.broker.mosquitto")
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 # A CRL installed for Mosquitto must stay valid at least this long.
 MIN_CRL_REMAINING = dt.timedelta(minutes=10)
 MAX_CRL_BYTES = 64 * 1024 * 1024
@@ -89,7 +94,7 @@ MAX_COMMANDS_PER_MESSAGE = 500
 
 def revoke_command(event: RevocationEvent) -> str | None:
     """The control line for one feed event (None if the device id cannot be sent)."""
-    if not _DEVICE_ID.fullmatch(event.device_id):
+    if not is_device_id(event.device_id):
         log.error("feed event %d names an invalid device id %r", event.seq, event.device_id)
         return None
     serials = " ".join(serial_hex(s) for s in event.serials if s >= 0)
@@ -377,7 +382,7 @@ class PluginStatsCollector(Collector):
         yield accepted
         refused = CounterMetricFamily(
             "fleet_mosquitto_connects_refused",
-            "Connects the plugin refused, by reason",
+            "Connects the plugin refused, by reason (fleet.kernel.reasons.BROKER_REFUSALS)",
             labels=["reason"],
         )
         by_reason = stats.get("refused_by_reason")
@@ -397,10 +402,23 @@ class PluginStatsCollector(Collector):
         yield seq
         stale = GaugeMetricFamily(
             "fleet_mosquitto_plugin_stale",
-            "1 if the plugin refuses devices as stale_revocation_data (no snapshot or heartbeat)",
+            "1 if the plugin refuses devices as revocation_state_stale (no snapshot, or no "
+            "heartbeat for max_staleness_seconds)",
         )
         stale.add_metric([], 1.0 if stats.get("stale") or not stats.get("loaded") else 0.0)
         yield stale
+        age = GaugeMetricFamily(
+            "fleet_mosquitto_plugin_revocation_age_seconds",
+            "Seconds since the plugin's revocation state was last known current",
+        )
+        age.add_metric([], _number(stats.get("fresh_age")))
+        yield age
+        limit = GaugeMetricFamily(
+            "fleet_mosquitto_plugin_max_staleness_seconds",
+            "The plugin's max_staleness_seconds (0: no staleness policy, fails open)",
+        )
+        limit.add_metric([], _number(stats.get("max_staleness")))
+        yield limit
 
 
 def _number(value: object) -> float:
@@ -410,8 +428,9 @@ def _number(value: object) -> float:
 # -- the sidecar -------------------------------------------------------------------
 
 
-def write_snapshot(settings: MosquittoSettings, state: RevocationState) -> None:
-    write_public(settings.snapshot_file, state.snapshot_text(int(time.time())).encode())
+def write_snapshot(settings: MosquittoSettings, state: RevocationState, fresh_at: float) -> None:
+    """Write the snapshot file; ``fresh_at`` (unix time) is when the feed last answered."""
+    write_public(settings.snapshot_file, state.snapshot_text(int(fresh_at)).encode())
 
 
 class Sidecar:
@@ -463,40 +482,51 @@ class Sidecar:
         write_cafile(self.settings)
         self._merge_snapshot_file()
         await self._load_state()
-        self._write_snapshot_now()
+        self._write_snapshot_now(fresh_at=time.time())  # just read from the store
         if self._crl is not None:
             await asyncio.to_thread(self._crl.refresh)
 
     async def run(self) -> None:
         write_cafile(self.settings)
         self._merge_snapshot_file()
-        # A store that is down at start must not stop the sidecar: the plugin keeps
-        # the snapshot file it has (and the staleness policy applies) until it answers.
-        await self.cache.start(initial_timeout=10.0)
-        if self.cache.loaded:
-            with contextlib.suppress(FleetError):
-                await self._load_state()
-        if self.state_loaded:
-            self._write_snapshot_now()
-        self._link = PluginLink(self.settings, asyncio.get_running_loop())
-        self._link.start()
         metrics_server = None
-        listen = self.settings.metrics_listen
-        if listen is not None:
-            metrics_server, _ = start_http_server(listen[1], addr=listen[0], registry=self.registry)
-            log.info("metrics on http://%s:%d/metrics", *listen)
         try:
             async with asyncio.TaskGroup() as tasks:
+                if self._crl is not None:
+                    # At once, beside the store snapshot: revocations made while the
+                    # sidecar was away reach crlfile without waiting a refresh period.
+                    tasks.create_task(self._crl_loop(), name="crl")
+                # A store that is down at start must not stop the sidecar: the plugin
+                # keeps the snapshot file it has (and the staleness policy applies)
+                # until it answers.
+                await self.cache.start(initial_timeout=10.0)
+                if self.cache.loaded:
+                    with contextlib.suppress(FleetError):
+                        await self._load_state()
+                if self.state_loaded:
+                    self._write_snapshot_now()
+                self._link = PluginLink(self.settings, asyncio.get_running_loop())
+                self._link.start()
+                listen = self.settings.metrics_listen
+                if listen is not None:
+                    metrics_server, _ = start_http_server(
+                        listen[1], addr=listen[0], registry=self.registry
+                    )
+                    log.info("metrics on http://%s:%d/metrics", *listen)
                 tasks.create_task(self._resync_on_connect(), name="resync")
                 tasks.create_task(self._heartbeat(), name="heartbeat")
                 tasks.create_task(self._snapshot_writer(), name="snapshot")
-                if self._crl is not None:
-                    tasks.create_task(self._crl_loop(), name="crl")
         finally:
             if metrics_server is not None:
                 metrics_server.shutdown()
-            self._link.stop()
+            if self._link is not None:
+                self._link.stop()
             await self.cache.close()
+
+    def _fresh_at(self) -> float:
+        """Unix time the feed last answered (0 if never): the snapshot's ``written``."""
+        staleness = self.cache.staleness_seconds()
+        return 0.0 if math.isinf(staleness) else time.time() - staleness
 
     async def _load_state(self) -> None:
         """Merge a snapshot of the store into ``state`` (after the cache started)."""
@@ -511,8 +541,10 @@ class Sidecar:
         self.state.devices |= previous.devices
         self.state.seq = max(self.state.seq, previous.seq)
 
-    def _write_snapshot_now(self) -> None:
-        write_snapshot(self.settings, self.state)
+    def _write_snapshot_now(self, fresh_at: float | None = None) -> None:
+        write_snapshot(
+            self.settings, self.state, self._fresh_at() if fresh_at is None else fresh_at
+        )
         log.info(
             "snapshot seq=%d written: %d serials, %d devices revoked",
             self.state.seq,
@@ -552,7 +584,7 @@ class Sidecar:
                 log.warning("no revocation snapshot yet; the plugin keeps its snapshot file")
                 continue
             try:
-                await asyncio.to_thread(write_snapshot, self.settings, self.state)
+                await asyncio.to_thread(write_snapshot, self.settings, self.state, self._fresh_at())
             except OSError as exc:
                 log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
                 continue
@@ -588,7 +620,7 @@ class Sidecar:
             await self._snapshot_dirty.wait()
             self._snapshot_dirty.clear()
             try:
-                await asyncio.to_thread(write_snapshot, self.settings, self.state)
+                await asyncio.to_thread(write_snapshot, self.settings, self.state, self._fresh_at())
             except OSError as exc:
                 log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
                 self._snapshot_dirty.set()
@@ -599,6 +631,7 @@ class Sidecar:
     async def _crl_loop(self) -> None:
         assert self._crl is not None
         deadline: float | None = None
+        self._crl_dirty.set()  # the first fetch at once: the sidecar may have been away
         while True:
             if not self._crl_dirty.is_set():
                 wait = (

@@ -71,6 +71,15 @@ def validate_device_id(text: str) -> str:
     return text
 
 
+def is_device_id(text: str) -> bool:
+    """Whether ``text`` passes :func:`validate_device_id` (for filters that drop, not refuse)."""
+    try:
+        validate_device_id(text)
+    except DeviceIdInvalid:
+        return False
+    return True
+
+
 def device_id_from_certificate(cert: x509.Certificate, source: str = "cn") -> str:
     """The validated device id in ``cert``'s subject ``source`` attribute ("cn" or "serialNumber").
 

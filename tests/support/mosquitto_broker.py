@@ -38,7 +38,7 @@ from fleet.pki.ca import (
     create_server_certificate,
     load_certificates_pem,
 )
-from fleet.pki.keys import load_private_key_pem
+from fleet.pki.keys import PrivateKey, load_private_key_pem
 from tests.support.binaries import need_binary
 from tests.support.factory import write_pem
 from tests.support.ports import free_port
@@ -198,6 +198,7 @@ def write_settings(
     sidecar_key: Path,
     crl_url: str = "",
     extra: str = "",
+    issuing_ca: Path | None = None,
 ) -> BrokerNode:
     """A settings file for a node on a free loopback port, and its mosquitto.conf."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,7 @@ listen = "127.0.0.1:{port}"
 server_cert = "{server_cert}"
 server_key = "{server_key}"
 root_ca = "{data_dir / "ca/root.pem"}"
-issuing_ca = "{data_dir / "ca/issuing.pem"}"
+issuing_ca = "{issuing_ca or data_dir / "ca/issuing.pem"}"
 plugin = "{plugin}"
 sidecar_cert = "{sidecar_cert}"
 sidecar_key = "{sidecar_key}"
@@ -364,10 +365,18 @@ def mint_client_cert(
     issuer: CertifiedKey,
     not_before: dt.datetime | None = None,
     not_after: dt.datetime | None = None,
+    key: PrivateKey | None = None,
+    client_auth: bool = True,
+    ca: bool = False,
 ) -> tuple[Path, Path]:
-    """A clientAuth certificate signed by ``issuer`` (with AKI, like fleet's). (cert, key)."""
+    """A certificate signed by ``issuer`` (with AKI, like fleet's). (cert, key).
+
+    By default a P-256 clientAuth end-entity certificate; ``key``, ``client_auth=False``
+    (no EKU extension at all) and ``ca=True`` (basicConstraints cA) make the
+    certificates a CA mistake or an attacker would present.
+    """
     now = dt.datetime.now(dt.UTC)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # over-long CNs are one of the attacks
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name, _validate=False)])
@@ -379,10 +388,12 @@ def mint_client_cert(
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before or now - dt.timedelta(minutes=5))
         .not_valid_after(not_after or now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
         .add_extension(authority_key_identifier(issuer.certificate), critical=False)
     )
+    if client_auth:
+        eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+        builder = builder.add_extension(eku, critical=False)
     cert = builder.sign(issuer.private_key, hashes.SHA256())
     cert_path, key_path = write_pem(directory / f"{name}.pem", CertifiedKey(cert, key))
     # Send the issuer along, as an attacker would: TLS then builds the chain to the root.

@@ -1,0 +1,63 @@
+"""The broker settings file: defaults that fail closed, and the mosquitto.conf they imply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker_plugins.mosquitto.config import mosquitto_conf, settings_from_mapping
+from fleet.kernel.certs import DEFAULT_SKEW
+from fleet.kernel.errors import ConfigError
+
+PATHS = {
+    "server_cert": "tls/broker.pem",
+    "server_key": "tls/broker.key",
+    "root_ca": "ca/root.pem",
+    "issuing_ca": "ca/issuing.pem",
+    "plugin": "fleet_plugin.so",
+    "sidecar_cert": "sidecar.pem",
+    "sidecar_key": "sidecar.key",
+}
+
+
+def _settings(**extra: object) -> dict[str, object]:
+    return {"store": {"url": "sqlite:///x.db"}, "mosquitto": {**PATHS, **extra}}
+
+
+def test_by_default_a_stale_plugin_fails_closed_after_30_seconds(tmp_path: Path) -> None:
+    settings = settings_from_mapping(_settings(), base_dir=tmp_path)
+    assert settings.max_staleness_seconds == 30
+    conf = mosquitto_conf(settings)
+    assert "\nplugin_opt_max_staleness_seconds 30\n" in conf
+    # The generated file says what the option does.
+    assert "revocation_state_stale" in conf
+    assert "0 = never (fails open)" in conf
+
+
+def test_the_plugin_gets_the_roots_and_the_kernel_skew(tmp_path: Path) -> None:
+    conf = mosquitto_conf(settings_from_mapping(_settings(), base_dir=tmp_path))
+    assert f"\nplugin_opt_issuing_ca {tmp_path / 'ca/issuing.pem'}\n" in conf
+    assert f"\nplugin_opt_root_ca {tmp_path / 'ca/root.pem'}\n" in conf
+    assert f"\nplugin_opt_skew_seconds {int(DEFAULT_SKEW.total_seconds())}\n" in conf
+    custom = settings_from_mapping(_settings(skew_seconds=60), base_dir=tmp_path)
+    assert "\nplugin_opt_skew_seconds 60\n" in mosquitto_conf(custom)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"max_staleness_seconds": -1},
+        {"max_staleness_seconds": 3, "heartbeat_seconds": 2.0},  # < 2 heartbeats
+        {"max_staleness_seconds": 2.5},
+        {"skew_seconds": -5},
+    ],
+)
+def test_bad_staleness_or_skew_is_refused(tmp_path: Path, extra: dict[str, object]) -> None:
+    with pytest.raises(ConfigError):
+        settings_from_mapping(_settings(**extra), base_dir=tmp_path)
+
+
+def test_zero_turns_the_staleness_policy_off_explicitly(tmp_path: Path) -> None:
+    settings = settings_from_mapping(_settings(max_staleness_seconds=0), base_dir=tmp_path)
+    assert "\nplugin_opt_max_staleness_seconds 0\n" in mosquitto_conf(settings)
