@@ -54,6 +54,7 @@ import math
 import os
 import signal
 import ssl
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -456,6 +457,7 @@ class Sidecar:
         )
         self.cache.on_revoked(self._on_revoked)
         self._snapshot_dirty = asyncio.Event()
+        self._snapshot_lock = threading.Lock()  # one writer at a time, the newest last
         self._crl_dirty = asyncio.Event()
         self._crl_pending: set[int] = set()
         self._crl = CrlKeeper(settings, load_issuing_ca(settings)) if settings.crl_url else None
@@ -522,6 +524,14 @@ class Sidecar:
             if self._link is not None:
                 self._link.stop()
             await self.cache.close()
+            # Revocations learnt since the last coalesced write must not die with us:
+            # after a stop, the store may be emptied and Mosquitto restarted. (A write
+            # still running on a worker thread holds the lock; this one comes after it.)
+            if self.state_loaded:
+                try:
+                    self._write_snapshot_now()
+                except OSError as exc:
+                    log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
 
     def _fresh_at(self) -> float:
         """Unix time the feed last answered (0 if never): the snapshot's ``written``."""
@@ -542,9 +552,10 @@ class Sidecar:
         self.state.seq = max(self.state.seq, previous.seq)
 
     def _write_snapshot_now(self, fresh_at: float | None = None) -> None:
-        write_snapshot(
-            self.settings, self.state, self._fresh_at() if fresh_at is None else fresh_at
-        )
+        with self._snapshot_lock:
+            write_snapshot(
+                self.settings, self.state, self._fresh_at() if fresh_at is None else fresh_at
+            )
         log.info(
             "snapshot seq=%d written: %d serials, %d devices revoked",
             self.state.seq,
@@ -584,7 +595,7 @@ class Sidecar:
                 log.warning("no revocation snapshot yet; the plugin keeps its snapshot file")
                 continue
             try:
-                await asyncio.to_thread(write_snapshot, self.settings, self.state, self._fresh_at())
+                await asyncio.to_thread(self._write_snapshot_now)
             except OSError as exc:
                 log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
                 continue
@@ -620,7 +631,7 @@ class Sidecar:
             await self._snapshot_dirty.wait()
             self._snapshot_dirty.clear()
             try:
-                await asyncio.to_thread(write_snapshot, self.settings, self.state, self._fresh_at())
+                await asyncio.to_thread(self._write_snapshot_now)
             except OSError as exc:
                 log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
                 self._snapshot_dirty.set()
