@@ -77,6 +77,7 @@ class CaseCounter:
         self.acl = 0
         self.skipped = 0
         self.details = ""
+        self.tls_layer: list[str] = []  # cases accepted as refused by the TLS layer
 
     def line(self) -> str:
         total = len(TABLE.admission) + len(TABLE.acl)
@@ -84,6 +85,11 @@ class CaseCounter:
             f"trust vectors v{TABLE.version} [{self.enforcer}]: {self.admission} admission + "
             f"{self.acl} ACL cases run, {self.skipped} skipped by the table, of {total} "
             f"{self.details}"
+            + (
+                f"; refused at the TLS layer (table exceptions): {', '.join(self.tls_layer)}"
+                if self.tls_layer
+                else ""
+            )
         )
 
 
