@@ -1,0 +1,103 @@
+"""The trust vectors (tests/vectors/trust_cases.toml) against the Python kernel itself.
+
+Every admission case goes through ``admit_client`` with the case's certificate,
+client id and revocation state at the generator's "now"; every ACL case through
+``TopicAcl`` (subscribe: may_subscribe; publish and will: may_publish). The
+kernel sees no TLS layer, so the table's ``tls_layer`` exceptions do not apply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from fleet.kernel.admission import Allow, Deny, admit_client
+from tests.support.vectors import (
+    TABLE,
+    CaseCounter,
+    RevocationSet,
+    acl_params,
+    admission_params,
+    generate_vectors,
+    report,
+    topic_acl,
+    trust_policy,
+)
+from tests.vectors.generate import AclCase, AdmissionCase, Generated
+
+
+@pytest.fixture(scope="module")
+def counter(request: pytest.FixtureRequest) -> Iterator[CaseCounter]:
+    counter = CaseCounter("kernel")
+    yield counter
+    report(request, counter)
+
+
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory: pytest.TempPathFactory, counter: CaseCounter) -> Generated:
+    generated = generate_vectors(Path(tmp_path_factory.mktemp("vectors")))
+    counter.details = f"(seed={generated.seed}, now={generated.now.isoformat()})"
+    return generated
+
+
+def _revocations(case: AdmissionCase, leaf: x509.Certificate | None) -> RevocationSet:
+    state = RevocationSet(fresh="stale" not in case.revocation)
+    if "certificate" in case.revocation and leaf is not None:
+        state.serials.add(leaf.serial_number)
+    if "device" in case.revocation and case.device_id is not None:
+        state.devices.add(case.device_id)
+    return state
+
+
+@pytest.mark.parametrize("case", admission_params())
+def test_admission(case: AdmissionCase, vectors: Generated, counter: CaseCounter) -> None:
+    leaf = vectors.leaves[case.id].cert if case.cert is not None else None
+    decision = admit_client(
+        leaf,
+        case.client_id,
+        revocations=_revocations(case, leaf),
+        policy=trust_policy(vectors),
+        now=vectors.now,
+    )
+    counter.admission += 1
+    if case.expect == "allow":
+        assert isinstance(decision, Allow), f"{case.description}: refused {decision}"
+        assert decision.device_id == case.device_id
+        assert leaf is not None
+        assert decision.serial == leaf.serial_number
+    else:
+        assert isinstance(decision, Deny), f"{case.description}: admitted"
+        assert decision.reason.value == case.expect, f"{case.description}: {decision.detail}"
+
+
+@pytest.mark.parametrize("case", acl_params())
+def test_acl(case: AclCase, counter: CaseCounter) -> None:
+    acl = topic_acl()
+    if case.op == "subscribe":
+        allowed = acl.may_subscribe(TABLE.acl_self, case.topic)
+    else:  # publish, and the will (a publish the broker makes for the device)
+        allowed = acl.may_publish(TABLE.acl_self, case.topic)
+    counter.acl += 1
+    assert allowed == (case.expect == "allow"), case.description
+
+
+def test_table_covers_every_outside_refusal() -> None:
+    """Each broker refusal a client can cause has at least one case."""
+    from tests.vectors.generate import ADMISSION_OUTCOMES
+
+    expected = {c.expect for c in TABLE.admission}
+    assert expected == ADMISSION_OUTCOMES
+    assert len(TABLE.admission) + len(TABLE.acl) >= 60
+    # The boundary cases are what their names say.
+    assert len(TABLE.case("allow-id-64-chars").client_id) == 64
+    assert len(TABLE.case("id-65-chars").client_id) == 65
+
+
+def test_reason_codes_are_kernel_codes() -> None:
+    from fleet.kernel.reasons import BROKER_REFUSALS
+
+    codes = {r.value for r in BROKER_REFUSALS}
+    assert {c.expect for c in TABLE.admission} - {"allow"} <= codes
