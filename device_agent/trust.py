@@ -16,15 +16,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from fleet.kernel.certs import client_cert_problem, is_ca, issued_by, validity_problem
-from fleet.kernel.device_id import device_id_from_certificate
+from fleet.kernel.device_id import device_id_from_certificate, subject_attributes
 from fleet.kernel.errors import DeviceIdInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 
 
 def common_name(cert: x509.Certificate) -> str:
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    value = names[0].value if names else ""
-    return value if isinstance(value, str) else value.decode(errors="replace")
+    names = subject_attributes(cert, NameOID.COMMON_NAME)
+    return names[0] if names else ""
 
 
 @dataclasses.dataclass(frozen=True)

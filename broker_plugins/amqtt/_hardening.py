@@ -225,7 +225,16 @@ class HardenedBroker(Broker):  # type: ignore[misc]
             session = incoming
         elif client_id in self._sessions:
             session, _ = self._sessions[client_id]
-            for field in ("will_flag", "will_message", "will_topic", "will_qos", "will_retain"):
+            # clean_session too: a device that last connected with a clean session and
+            # now resumes a persistent one must keep its offline QoS 1 messages.
+            for field in (
+                "clean_session",
+                "will_flag",
+                "will_message",
+                "will_topic",
+                "will_qos",
+                "will_retain",
+            ):
                 setattr(session, field, getattr(incoming, field))
             session.keep_alive = incoming.keep_alive
             session.username = incoming.username

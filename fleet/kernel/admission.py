@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from fleet.kernel.certs import (
     DEFAULT_SKEW,
@@ -44,7 +45,7 @@ from fleet.kernel.certs import (
     issued_by,
     validity_problem,
 )
-from fleet.kernel.device_id import device_id_from_certificate
+from fleet.kernel.device_id import device_id_from_certificate, subject_attributes
 from fleet.kernel.errors import DeviceIdInvalid
 from fleet.kernel.keys import KeyType
 from fleet.kernel.reasons import Reason
@@ -142,7 +143,7 @@ def admit_client(
     if leaf is None:
         return Deny(Reason.NO_CERTIFICATE, "the client presented no certificate")
     serial = leaf.serial_number
-    names = leaf.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    names = subject_attributes(leaf, NameOID.COMMON_NAME)
     if len(names) != 1:
         return Deny(
             Reason.DEVICE_ID_INVALID,

@@ -8,6 +8,7 @@ NUL, spaces and Unicode (confusables, normalisation) break logs and comparisons.
 from __future__ import annotations
 
 import re
+import warnings
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -80,6 +81,19 @@ def is_device_id(text: str) -> bool:
     return True
 
 
+def subject_attributes(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> list[str]:
+    """The values of ``oid`` in ``cert``'s subject, as text.
+
+    Quietly: cryptography warns about out-of-range lengths (an empty or 65-byte
+    CN) as it reads them, but judging them is this module's job, with a reason.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        attributes = cert.subject.get_attributes_for_oid(oid)
+    return [a.value if isinstance(a.value, str) else a.value.decode("utf-8", "replace")
+            for a in attributes]  # fmt: skip
+
+
 def device_id_from_certificate(cert: x509.Certificate, source: str = "cn") -> str:
     """The validated device id in ``cert``'s subject ``source`` attribute ("cn" or "serialNumber").
 
@@ -90,7 +104,7 @@ def device_id_from_certificate(cert: x509.Certificate, source: str = "cn") -> st
     if oid is None:
         # A wrong source is a setting mistake, not something the device did.
         raise ConfigError(f"unknown device id source {source!r}; use 'cn' or 'serialNumber'")
-    attributes = cert.subject.get_attributes_for_oid(oid)
+    attributes = subject_attributes(cert, oid)
     if not attributes:
         raise DeviceIdInvalid(
             f"certificate subject {cert.subject.rfc4514_string()!r} has no {source} attribute "
@@ -101,7 +115,4 @@ def device_id_from_certificate(cert: x509.Certificate, source: str = "cn") -> st
             f"certificate subject {cert.subject.rfc4514_string()!r} has {len(attributes)} "
             f"{source} attributes; exactly one is required"
         )
-    value = attributes[0].value
-    if not isinstance(value, str):  # pragma: no cover - CN/serialNumber are strings
-        raise DeviceIdInvalid(f"certificate {source} is not a string")
-    return validate_device_id(value)
+    return validate_device_id(attributes[0])
