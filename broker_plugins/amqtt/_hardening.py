@@ -46,6 +46,11 @@ Found while hardening (not in the note):
    meets the PUBLISH rule at CONNECT (gate.authorize); a CONNECT whose will the
    device may not publish is refused ("not authorized", ``will_not_allowed``).
    A revoked (kicked) session's will is dropped. Attacked in test_amqtt_will.py.
+12. a PUBLISH whose topic name holds a wildcard raised MQTTError while it was
+   being decoded; the reader loop logged "Message discarded" and read on in the
+   middle of the packet, so the connection hung (no PUBACK, no PINGRESP, no
+   close) -> such a PUBLISH is a protocol violation that closes the connection
+   (MQTT-3.3.2-2), as any other undecodable packet does.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from amqtt.mqtt.constants import QOS_1, QOS_2  # type: ignore[import-untyped]
 from amqtt.mqtt.protocol.broker_handler import (  # type: ignore[import-untyped]
     BrokerProtocolHandler,
 )
+from amqtt.mqtt.publish import PublishVariableHeader  # type: ignore[import-untyped]
 
 from broker_plugins.amqtt.gate import CURRENT_CONNECTION, Connection, ConnectionGate
 from fleet.kernel.errors import ConfigError
@@ -89,6 +95,26 @@ def require_amqtt_version() -> None:
             f"fleet-broker amqtt was hardened against amqtt {AMQTT_VERSION}, found {found}",
             hint=f"Install exactly amqtt=={AMQTT_VERSION} (pip install amqtt=={AMQTT_VERSION}).",
         )
+
+
+class ProtocolViolation(Exception):
+    """A client broke MQTT in a way that leaves its stream unreadable: close it."""
+
+
+_stock_publish_header = PublishVariableHeader.from_stream.__func__
+
+
+async def _publish_header_or_close(cls: Any, reader: Any, fixed_header: Any) -> Any:
+    # Defect 12: amqtt's reader loop swallows MQTTError and reads on mid-packet. Any
+    # other exception ends the loop and closes the connection, which is what MQTT
+    # requires of a PUBLISH with a wildcard in its topic name.
+    try:
+        return await _stock_publish_header(cls, reader, fixed_header)
+    except MQTTError as exc:
+        raise ProtocolViolation(str(exc)) from exc
+
+
+PublishVariableHeader.from_stream = classmethod(_publish_header_or_close)
 
 
 class HardenedHandler(BrokerProtocolHandler):  # type: ignore[misc]

@@ -1,11 +1,13 @@
 """Each amqtt 0.12.1 defect from ../shared/notes/amqtt-0.12.1.md, attacked on the hardened broker.
 
-Numbers follow the note (1-7) and broker_plugins/amqtt/_hardening.py (9, 10:
-found while hardening). Every test here fails on the stock amqtt broker.
+Numbers follow the note (1-7) and broker_plugins/amqtt/_hardening.py (9, 10, 12:
+found while hardening; 11, the will, is in test_amqtt_will.py). Every test here fails
+on the stock amqtt broker.
 """
 
 from __future__ import annotations
 
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -228,3 +230,24 @@ def test_defect9_retained_messages_of_other_devices_are_not_replayed(env: AmqttE
         d.close()
     assert leaked is None, f"device {b_id} received {leaked}"
     assert own == (f"devices/{a_id}/state", b"a-private")
+
+
+@pytest.mark.parametrize("topic", ["devices/{id}/+", "devices/{id}/#", "#"])
+def test_defect12_publish_to_a_wildcard_topic_closes_the_connection(
+    env: AmqttEnv, topic: str
+) -> None:
+    device_id, cert, key = env.enroll()
+    assert env.broker is not None
+    sock, rc = raw_connect(env.broker.port, client_context(env.ca, cert, key), device_id)
+    try:
+        assert rc == 0
+        name = topic.format(id=device_id).encode()
+        body = struct.pack("!H", len(name)) + name + struct.pack("!H", 7) + b"payload"
+        sock.sendall(bytes([0x32, len(body)]) + body)  # PUBLISH, QoS 1
+        sock.sendall(b"\xc0\x00")  # PINGREQ: a hung reader would never answer or close
+        assert wait_closed(sock, 5) is not None, "the broker kept a protocol-violating client"
+    finally:
+        sock.close()
+    # The broker still serves everybody else.
+    other_id, other_cert, other_key = env.enroll()
+    env.connected(other_id, other_cert, other_key).close()
