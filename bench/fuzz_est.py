@@ -19,8 +19,6 @@ logged a traceback or an error. It exits 1 on any 5xx or logged error.
     .venv/bin/python bench/fuzz_est.py [--inputs N] [--shards K] [--seed S] [--targets a,b]
 """
 
-
-
 from __future__ import annotations
 
 import argparse
