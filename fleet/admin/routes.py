@@ -27,6 +27,7 @@ from fleet.admin.serialize import (
 )
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
+from fleet.http.json_body import read_json_object
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.domains import FleetAuthorities
@@ -248,7 +249,7 @@ class AdminApi:
 
     @needs(AdminRole.OPERATOR)
     async def suspend(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        body = await _json_body(request, optional=True)
+        body = await read_json_object(request, optional=True)
         device = await lifecycle.suspend_device(
             self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
             note=_note(body),
@@ -257,7 +258,7 @@ class AdminApi:
 
     @needs(AdminRole.OPERATOR)
     async def resume(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        body = await _json_body(request, optional=True)
+        body = await read_json_object(request, optional=True)
         device = await lifecycle.resume_device(
             self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
             note=_note(body),
@@ -266,7 +267,7 @@ class AdminApi:
 
     @needs(AdminRole.OPERATOR)
     async def revoke(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        body = await _json_body(request)
+        body = await read_json_object(request)
         reason = lifecycle.parse_reason(_required_text(body, "reason"))
         result = await lifecycle.revoke_device(
             self.store, _device_id(request), reason, actor=actor_of(admin),
@@ -282,7 +283,7 @@ class AdminApi:
         self, request: web.Request, admin: AdminCredential
     ) -> web.Response:
         serial = _serial(request.match_info["serial"])
-        body = await _json_body(request)
+        body = await read_json_object(request)
         reason = lifecycle.parse_reason(_required_text(body, "reason"))
         result = await lifecycle.revoke_certificate(
             self.store, serial, reason, actor=actor_of(admin), now=self.clock.now(),
@@ -295,7 +296,7 @@ class AdminApi:
 
     @needs(AdminRole.OPERATOR)
     async def token(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        body = await _json_body(request, optional=True)
+        body = await read_json_object(request, optional=True)
         hours = body.get("expires_in_hours", 24 * 7)
         if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 24 * 90:
             raise RequestInvalid("expires_in_hours must be an integer from 1 to 2160")
@@ -315,7 +316,7 @@ class AdminApi:
 
     @needs(AdminRole.ADMIN)
     async def bulk_revoke(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        body = await _json_body(request)
+        body = await read_json_object(request)
         issued_before = _optional_time(body, "issued_before")
         selection = lifecycle.BulkSelection(
             batch=_optional_text(body, "batch"),
@@ -420,21 +421,6 @@ async def _text_body(request: web.Request, limit: int = 64 * 1024) -> str:
         raise EncodingInvalid("the request body is not UTF-8") from None
 
 
-async def _json_body(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
-    raw = await request.read()
-    if not raw.strip():
-        if optional:
-            return {}
-        raise RequestInvalid("a JSON object body is required")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise EncodingInvalid("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise RequestInvalid("the request body must be a JSON object")
-    return body
-
-
 def _required_text(body: dict[str, Any], name: str) -> str:
     value = _optional_text(body, name)
     if value is None:
@@ -472,7 +458,10 @@ def _optional_time(body: dict[str, Any], name: str) -> dt.datetime | None:
         raise RequestInvalid(f"field {name} must be an ISO 8601 time") from None
     if parsed.tzinfo is None:
         raise RequestInvalid(f"field {name} needs a time zone (e.g. Z or +00:00)")
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise RequestInvalid(f"field {name} is outside the years 1-9999 in UTC") from None
 
 
 _OPENAPI: dict[str, Any] | None = None

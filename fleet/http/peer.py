@@ -4,6 +4,9 @@ In proxy mode nginx terminates TLS (``ssl_verify_client optional_no_ca``) and
 forwards the client certificate URL-escaped in a header. Anyone can send that
 header, so it is believed only from the configured proxy addresses; from any
 other address its presence is an attack and the request is refused.
+
+Either way the certificate is the client's input: one that cannot be decoded
+(an X.509 v2 certificate, a malformed name) is a 400 ``certificate_invalid``.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from collections.abc import Sequence
 from aiohttp import web
 from cryptography import x509
 
-from fleet.kernel.errors import AuthError, EncodingInvalid
+from fleet.kernel.decoding import load_certificate
+from fleet.kernel.errors import AuthError
 from fleet.kernel.reasons import Reason
 
 _CACHE_KEY = "fleet.peer_certificate"
@@ -61,7 +65,7 @@ class PeerCertificates:
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        return x509.load_der_x509_certificate(der) if der else None
+        return load_certificate(der, pem=False) if der else None
 
     def _from_trusted_proxy(self, request: web.Request) -> bool:
         remote = request.remote or ""
@@ -101,7 +105,6 @@ def _parse_forwarded(value: str) -> x509.Certificate | None:
     text = _unescape(value).strip()
     if not text:
         return None  # the proxy saw no client certificate
-    try:
-        return x509.load_pem_x509_certificate(text.encode())
-    except ValueError as exc:
-        raise EncodingInvalid("the proxy forwarded a client certificate that is not PEM") from exc
+    return load_certificate(
+        text.encode(), pem=True, what="the client certificate the proxy forwarded"
+    )

@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Iterable
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from fleet.kernel.errors import KeyNotAllowed
@@ -83,7 +83,8 @@ def client_cert_problem(
         return Problem(Reason.NOT_CLIENT_CERT, f"{describe(cert)} has no EKU clientAuth")
     try:
         key_type = key_type_of(cert.public_key())
-    except (KeyNotAllowed, ValueError) as exc:  # ValueError: a key cryptography cannot load
+    # ValueError, UnsupportedAlgorithm: a key cryptography cannot load.
+    except (KeyNotAllowed, ValueError, UnsupportedAlgorithm) as exc:
         return Problem(Reason.KEY_NOT_ALLOWED, f"{describe(cert)}: {exc}")
     if key_type not in allowed_keys:
         return Problem(Reason.KEY_NOT_ALLOWED, f"{describe(cert)}: key type {key_type} not allowed")
@@ -99,7 +100,7 @@ def issued_by(
             continue
         try:
             cert.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError, UnsupportedAlgorithm, InvalidSignature):
             continue
         return issuer
     return None

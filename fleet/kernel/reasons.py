@@ -70,6 +70,12 @@ class Reason(enum.StrEnum):
     TLS_UNSUPPORTED = "tls_unsupported"
     TLS_FAILED = "tls_failed"
     UNTRUSTED_PROXY_HEADER = "untrusted_proxy_header"
+    CERTIFICATE_INVALID = "certificate_invalid"  # a client certificate that cannot be decoded
+    REQUEST_MALFORMED = "request_malformed"  # not parseable as HTTP/1.1
+    URI_TOO_LONG = "uri_too_long"
+    HEADERS_TOO_LARGE = "headers_too_large"
+    JSON_TOO_DEEP = "json_too_deep"
+    CLIENT_GONE = "client_gone"  # the client closed the connection before its request was read
     PEM_INVALID = "pem_invalid"
     FINGERPRINT_INVALID = "fingerprint_invalid"
     REASON_INVALID = "reason_invalid"

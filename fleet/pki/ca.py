@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleet.kernel.decoding import decode_certificate_fields, decoding
 from fleet.kernel.errors import ConfigError, PolicyError
 from fleet.kernel.keys import KeyType, key_type_of
 from fleet.pki._time import require_utc
@@ -219,13 +220,16 @@ def certificate_to_pem(cert: x509.Certificate) -> bytes:
 
 
 def load_certificates_pem(data: bytes) -> list[x509.Certificate]:
-    """Every certificate in a PEM bundle; ConfigError when there is none or it is garbage."""
-    try:
+    """Every certificate in a PEM bundle; ConfigError when there is none or it is garbage.
+
+    Callers that take the bundle from a request turn the ConfigError into a 4xx.
+    """
+    with decoding(
+        "the PEM certificate bundle (no certificate found, or one is corrupt)", ConfigError
+    ):
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise ConfigError(
-            "cannot read the PEM certificate bundle: no certificate found or it is corrupt"
-        ) from exc
+        for cert in certs:
+            decode_certificate_fields(cert)
     if not certs:  # pragma: no cover - cryptography raises on empty input already
         raise ConfigError("the PEM bundle contains no certificate")
     return certs

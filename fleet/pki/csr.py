@@ -1,8 +1,10 @@
 """Reading PKCS#10 certificate signing requests defensively.
 
 A CSR arrives from an untrusted device, so every failure inside cryptography
-(parse errors, unsupported keys or signature algorithms found lazily on access)
-becomes CsrInvalid, never an unexpected exception in a request handler.
+(parse errors, a version other than 0, unsupported keys or signature
+algorithms found lazily on access) becomes CsrInvalid, never an unexpected
+exception in a request handler. What cryptography decodes lazily is read at
+load time (:func:`fleet.kernel.decoding.decoding` knows its exception types).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
+from fleet.kernel.decoding import decoding
 from fleet.kernel.errors import CsrInvalid
 
 # Hard cap before parsing: real device CSRs are well under 4 KiB.
@@ -28,13 +31,15 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
             f"the certificate signing request is {len(data)} bytes; the limit is {MAX_CSR_BYTES}"
         )
     is_pem = data.lstrip().startswith(_PEM_PREFIX)
-    try:
-        if is_pem:
-            return x509.load_pem_x509_csr(data)
-        return x509.load_der_x509_csr(data)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        kind = "PEM" if is_pem else "DER"
-        raise CsrInvalid(f"cannot parse the certificate signing request as {kind} PKCS#10") from exc
+    kind = "PEM" if is_pem else "DER"
+    with decoding(f"the certificate signing request as {kind} PKCS#10", CsrInvalid):
+        csr = x509.load_pem_x509_csr(data) if is_pem else x509.load_der_x509_csr(data)
+        # Decoded lazily by cryptography: read now, so later checks cannot fail on them.
+        csr.subject.rfc4514_string()
+        csr.signature_algorithm_oid  # noqa: B018
+        for extension in csr.extensions:
+            extension.value  # noqa: B018
+    return csr
 
 
 def verify_csr_signature(csr: x509.CertificateSigningRequest) -> None:

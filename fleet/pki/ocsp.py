@@ -15,10 +15,10 @@ from typing import TypeAlias
 from asn1crypto import keys as asn1_keys
 from asn1crypto import ocsp as asn1_ocsp
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from fleet.kernel.decoding import decoding
 from fleet.kernel.errors import ConfigError, PolicyError
 from fleet.pki._time import require_utc
 from fleet.pki.ca import CertifiedKey
@@ -27,6 +27,7 @@ from fleet.pki.keys import PrivateKey, sign_data, signing_hash
 
 # Requests are tiny; refuse large bodies before parsing them.
 MAX_OCSP_REQUEST_BYTES = 16 * 1024
+_SERIAL_LIMIT = 2 ** (8 * 20 - 1)  # 20 octets, and positive: the top bit is the sign
 # RFC 8954 section 2.1: a nonce is 1 to 32 octets; longer ones are an attack vector.
 _NONCE_MAX = 32
 
@@ -64,17 +65,21 @@ def parse_ocsp_request(der: bytes) -> ocsp.OCSPRequest:
         raise _invalid(
             f"the OCSP request is {len(der)} bytes; the limit is {MAX_OCSP_REQUEST_BYTES}"
         )
-    try:
+    what = (
+        "the OCSP request: expected one DER OCSPRequest for one certificate with SHA-1/SHA-2 hashes"
+    )
+    with decoding(what, _invalid):
         request = ocsp.load_der_ocsp_request(der)
         # Touch the lazily decoded fields now, so later code cannot fail on them.
         request.hash_algorithm  # noqa: B018
+        request.issuer_name_hash  # noqa: B018
+        request.issuer_key_hash  # noqa: B018
+        serial = request.serial_number
         nonce = _nonce(request)
-    # NotImplementedError: cryptography's answer to a request listing several certificates.
-    except (ValueError, TypeError, UnsupportedAlgorithm, NotImplementedError) as exc:
-        raise _invalid(
-            "cannot parse the OCSP request: expected one DER OCSPRequest for one certificate "
-            "with SHA-1/SHA-2 hashes"
-        ) from exc
+    if not 0 < serial < _SERIAL_LIMIT:
+        # RFC 5280 section 4.1.2.2: a positive integer of at most 20 octets. Nothing
+        # this CA issued has another serial, and the store's codec refuses one.
+        raise _invalid("the OCSP request's serial number is not a positive 20-octet integer")
     if nonce is not None and not 1 <= len(nonce) <= _NONCE_MAX:
         raise _invalid(f"the OCSP nonce is {len(nonce)} octets; RFC 8954 allows 1 to {_NONCE_MAX}")
     return request

@@ -33,8 +33,10 @@ from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
 from fleet.revocation.routes import RevocationService
+from fleet.server.answers import name_the_server
 from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
+from fleet.server.protocol import FleetRequestHandler
 from fleet.server.tls import AckAfterHandshake, server_context
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
@@ -102,6 +104,7 @@ def build_app(
         middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
         client_max_size=MAX_BODY_BYTES,
     )
+    app.on_response_prepare.append(name_the_server)
     app.add_routes(est.routes())
     _add_revocation(app, config, store=store, issuer=issuer, clock=clock)
     admin_api = AdminApi(
@@ -219,19 +222,23 @@ async def serve(
         app = build_app(
             config, store=store, issuer=issuer, clock=SystemClock(), webhook_secret=webhook_secret
         )
-        runner = web.AppRunner(
-            app,
-            access_log=None,
-            handle_signals=False,
-            keepalive_timeout=config.server.header_timeout_seconds,
-            # No SO_KEEPALIVE: idle connections end at keepalive_timeout long
-            # before TCP's first probe (2 h), and it is a syscall per connection.
-            tcp_keepalive=False,
-        )
+        runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         assert runner.server is not None
         loop = asyncio.get_running_loop()
-        http = runner.server
+        manager = runner.server
+
+        def http() -> FleetRequestHandler:
+            return FleetRequestHandler(
+                manager,
+                loop=loop,
+                access_log=None,  # type: ignore[arg-type]  # None turns aiohttp's off
+                keepalive_timeout=config.server.header_timeout_seconds,
+                # No SO_KEEPALIVE: idle connections end at keepalive_timeout long
+                # before TCP's first probe (2 h), and it is a syscall per connection.
+                tcp_keepalive=False,
+            )
+
         server = await loop.create_server(
             (lambda: AckAfterHandshake(http())) if ssl_context else http,
             host,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -9,8 +10,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from fleet.kernel.errors import CredentialsRequired, EnrollmentPending, FleetError, TokenInvalid
+from fleet.kernel.reasons import Reason
+from fleet.server.answers import error_response, is_api_path
 from fleet.server.errors import status_for
 from fleet.server.logs import AccessLog, request_id_var
 from fleet.server.metrics import Metrics
@@ -21,6 +25,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 # Store outages and overload clear up quickly; tell clients when to retry.
 RETRY_AFTER_UNAVAILABLE = 5
+# nginx's code for "the client closed the connection before the answer": logs
+# and metrics only, since nobody receives it.
+CLIENT_CLOSED_REQUEST = 499
 
 
 def build_middlewares(metrics: Metrics, *, max_in_flight: int) -> list[web.middleware]:  # type: ignore[valid-type]
@@ -74,6 +81,7 @@ def build_middlewares(metrics: Metrics, *, max_in_flight: int) -> list[web.middl
 
 
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    api = is_api_path(request.path)
     try:
         return await handler(request)
     except FleetError as error:
@@ -83,12 +91,11 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             log.error("server error: %s", error.diagnostics())
         else:
             log.debug("refused: %s", error.message)
-        response = _error(request, status, error.reason, error.message)
+        response = error_response(status, error.reason, error.message, api=api)
         if isinstance(error, EnrollmentPending):
             response.headers["Retry-After"] = str(error.retry_after)
         elif isinstance(error, CredentialsRequired | TokenInvalid):
-            admin = request.path.startswith("/api/")
-            challenge = 'Bearer realm="fleet-admin"' if admin else 'Basic realm="fleet"'
+            challenge = 'Bearer realm="fleet-admin"' if api else 'Basic realm="fleet"'
             response.headers["WWW-Authenticate"] = challenge
         elif status == 503:
             response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
@@ -96,39 +103,50 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPException as exc:
         # aiohttp's own answers (404 no route, 405, 413 body too large, 408).
         request["reason"] = _slug(exc.reason)
-        response = _error(request, exc.status, request["reason"], exc.text or exc.reason)
+        response = error_response(exc.status, request["reason"], exc.text or exc.reason, api=api)
         for name in ("Allow", "Retry-After"):
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
+    except (ConnectionError, HttpProcessingError, asyncio.IncompleteReadError) as exc:
+        if _client_gone(request):
+            # Nobody is left to answer: not an error of ours, so no traceback and no 5xx.
+            request["reason"] = Reason.CLIENT_GONE
+            log.info("client closed the connection before it was answered: %s", _message(exc))
+            return error_response(CLIENT_CLOSED_REQUEST, Reason.CLIENT_GONE, _message(exc), api=api)
+        if isinstance(exc, HttpProcessingError):
+            # A body aiohttp cannot parse (bad chunked encoding, say) on a live connection.
+            request["reason"] = Reason.REQUEST_MALFORMED
+            log.info("malformed request body: %s", _message(exc))
+            return error_response(400, Reason.REQUEST_MALFORMED, _message(exc), api=api)
+        return _internal_error(request, api)
     except Exception:
-        request["reason"] = "internal_error"
-        log.exception("unexpected error")
-        return _error(request, 500, "internal_error", "internal error; see the server log")
+        return _internal_error(request, api)
 
 
-def _error(request: web.Request, status: int, reason: str, message: str) -> web.Response:
-    """The admin API answers JSON; EST clients get text/plain (RFC 7030 §4.2.3)."""
-    if request.path.startswith("/api/"):
-        return web.json_response(
-            {"error": reason, "message": message.strip()},
-            status=status,
-            headers={"X-Fleet-Reason": reason},
-        )
-    return _text(status, reason, message)
+def _internal_error(request: web.Request, api: bool) -> web.Response:
+    request["reason"] = "internal_error"
+    log.exception("unexpected error")
+    return error_response(500, "internal_error", "internal error; see the server log", api=api)
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _message(exc: Exception) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return str(text).splitlines()[0][:200]
 
 
 def _text(status: int, reason: str, message: str) -> web.Response:
-    body = f"{reason}: {message.strip()}\n" if status != 202 else f"{message.strip()}\n"
-    return web.Response(
-        status=status,
-        text=body,
-        content_type="text/plain",
-        headers={"X-Fleet-Reason": reason},
-    )
+    return error_response(status, reason, message, api=False)
 
 
 def _outcome(status: int) -> str:
+    if status == CLIENT_CLOSED_REQUEST:
+        return "client_gone"
     if status == 200:
         return "issued"
     if status == 202:

@@ -28,7 +28,7 @@ def connect(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:
     return context.wrap_socket(sock, server_hostname="localhost")
 
 
-def read_response(sock: ssl.SSLSocket) -> tuple[int, dict[str, str], bytes]:
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """One HTTP/1.1 response with Content-Length (all the server sends)."""
     buffer = b""
     while b"\r\n\r\n" not in buffer:

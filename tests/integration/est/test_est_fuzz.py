@@ -58,8 +58,12 @@ def test_no_request_gets_a_500(fleet: Fleet) -> None:
     without = tls_client_context(fleet.server.root_pem)
     statuses: list[int] = []
 
+    # Derandomized: the same 300 requests every run, so the "reached the policy" check
+    # below cannot fail by chance (unseeded, it failed once in ten runs here).
     @settings(
         max_examples=300,
+        derandomize=True,
+        database=None,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
