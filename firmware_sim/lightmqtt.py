@@ -35,7 +35,8 @@ class MqttProtocolError(Exception):
     """The broker answered something else than the expected packet."""
 
 
-def _remaining_length(n: int) -> bytes:
+def remaining_length(n: int) -> bytes:
+    """MQTT's variable-length "remaining length" field."""
     out = bytearray()
     while True:
         byte, n = n % 128, n // 128
@@ -44,20 +45,23 @@ def _remaining_length(n: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: str) -> bytes:
-    data = text.encode()
+def mqtt_string(text: str | bytes) -> bytes:
+    """A length-prefixed MQTT string (UTF-8 for text)."""
+    data = text.encode() if isinstance(text, str) else text
     return struct.pack("!H", len(data)) + data
 
 
 def connect_packet(client_id: str, keepalive: int = KEEPALIVE_S, clean: bool = True) -> bytes:
-    variable = _string("MQTT") + bytes([4, 0x02 if clean else 0x00]) + struct.pack("!H", keepalive)
-    body = variable + _string(client_id)
-    return bytes([0x10]) + _remaining_length(len(body)) + body
+    variable = (
+        mqtt_string("MQTT") + bytes([4, 0x02 if clean else 0x00]) + struct.pack("!H", keepalive)
+    )
+    body = variable + mqtt_string(client_id)
+    return bytes([0x10]) + remaining_length(len(body)) + body
 
 
 def publish_packet(topic: str, payload: bytes, packet_id: int) -> bytes:
-    body = _string(topic) + struct.pack("!H", packet_id) + payload
-    return bytes([0x32]) + _remaining_length(len(body)) + body  # QoS 1
+    body = mqtt_string(topic) + struct.pack("!H", packet_id) + payload
+    return bytes([0x32]) + remaining_length(len(body)) + body  # QoS 1
 
 
 DISCONNECT = bytes([0xE0, 0x00])

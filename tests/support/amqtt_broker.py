@@ -26,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from broker_plugins.amqtt.runner import EmbeddedBroker
 from broker_plugins.amqtt.settings import AmqttSettings
+from firmware_sim.lightmqtt import mqtt_string, remaining_length
 from tests.support.fleet_server import FleetServer
 from tests.support.ports import free_port
 
@@ -214,20 +215,6 @@ def expect_refused(device: Device) -> None:
 # -- raw MQTT over TLS (for attacks paho will not make) -------------------------------------
 
 
-def _string(text: str | bytes) -> bytes:
-    data = text.encode() if isinstance(text, str) else text
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def raw_connect(
     port: int,
     ctx: ssl.SSLContext,
@@ -243,13 +230,13 @@ def raw_connect(
         socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="127.0.0.1"
     )
     flags = 0x02 if clean_session else 0
-    payload = _string(client_id)
+    payload = mqtt_string(client_id)
     if will is not None:
         flags |= 0x04 | 0x08 | (0x20 if will_retain else 0)  # will, QoS 1, retain
-        payload += _string(will[0]) + _string(will[1])
-    variable = _string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
+        payload += mqtt_string(will[0]) + mqtt_string(will[1])
+    variable = mqtt_string("MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive)
     body = variable + payload
-    sock.sendall(b"\x10" + _remaining_length(len(body)) + body)
+    sock.sendall(b"\x10" + remaining_length(len(body)) + body)
     try:
         data = sock.recv(4)
     except (OSError, ssl.SSLError):

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from firmware_sim.lightmqtt import mqtt_string, remaining_length
+
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 SUBSCRIBE, SUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 12, 13, 14
 SUBACK_FAILURE = 0x80
@@ -39,19 +41,6 @@ def client_context(ca: Path, chain: Path | None = None, key: Path | None = None)
     if chain is not None:
         ctx.load_cert_chain(chain, key)
     return ctx
-
-
-def _string(data: bytes) -> bytes:
-    return struct.pack("!H", len(data)) + data
-
-
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,11 +104,11 @@ class RawClient:
             return ConnectOutcome("closed", detail=f"handshake: {exc!r}")
         client = cls(sock)
         flags = 0x02 if clean_session else 0
-        payload = _string(client_id.encode())
+        payload = mqtt_string(client_id.encode())
         if will is not None:
             flags |= 0x04 | (will.qos << 3) | (0x20 if will.retain else 0)
-            payload += _string(will.topic.encode()) + _string(will.payload)
-        body = _string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
+            payload += mqtt_string(will.topic.encode()) + mqtt_string(will.payload)
+        body = mqtt_string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + payload
         try:
             client._send(CONNECT << 4, body)
             kind, _flags, data = client._read_packet(timeout)
@@ -142,7 +131,7 @@ class RawClient:
     # -- wire ---------------------------------------------------------------------------
     def _send(self, first: int, body: bytes) -> None:
         try:
-            self.sock.sendall(bytes([first]) + _remaining_length(len(body)) + body)
+            self.sock.sendall(bytes([first]) + remaining_length(len(body)) + body)
         except OSError as exc:
             self.closed = True
             raise Closed(repr(exc)) from exc
@@ -211,7 +200,7 @@ class RawClient:
     def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 5.0) -> list[int] | None:
         """SUBACK return codes, or None if the broker closed the connection instead."""
         packet_id = self._next_id()
-        body = struct.pack("!H", packet_id) + _string(topic_filter.encode()) + bytes([qos])
+        body = struct.pack("!H", packet_id) + mqtt_string(topic_filter.encode()) + bytes([qos])
         try:
             self._send((SUBSCRIBE << 4) | 0x02, body)
             return list(self._await(SUBACK, packet_id, timeout)[2:])
@@ -230,7 +219,7 @@ class RawClient:
         """Send a PUBLISH; True once acknowledged (QoS 1) or sent (QoS 0), False if closed
         or (QoS 1) never acknowledged within ``timeout``."""
         header = (PUBLISH << 4) | (qos << 1) | (0x01 if retain else 0)
-        body = _string(topic.encode())
+        body = mqtt_string(topic.encode())
         packet_id = self._next_id() if qos else None
         if packet_id is not None:
             body += struct.pack("!H", packet_id)

@@ -46,28 +46,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from fleet.kernel.reasons import BROKER_REFUSALS
+
 TABLE = Path(__file__).with_name("trust_cases.toml")
 TABLE_VERSION = 1
 
 # Every reason an admission case may expect: the broker refusal codes that a
 # client can cause from outside (fleet.kernel.reasons.BROKER_REFUSALS minus
 # issuer_expired, sidecar_pin_mismatch and internal_error; see README.md).
-ADMISSION_OUTCOMES = frozenset(
-    {
-        "allow",
-        "no_certificate",
-        "unknown_issuer",
-        "certificate_expired",
-        "certificate_not_yet_valid",
-        "not_client_cert",
-        "key_not_allowed",
-        "device_id_invalid",
-        "client_id_mismatch",
-        "certificate_revoked",
-        "device_revoked",
-        "revocation_state_stale",
-    }
-)
+# An admission case expects "allow" or one of the codes a broker refuses with.
+ADMISSION_OUTCOMES = frozenset({"allow", *(reason.value for reason in BROKER_REFUSALS)})
+# Codes no client can cause with a certificate and a CONNECT (README: "Not in the table").
+NOT_FROM_OUTSIDE = frozenset({"issuer_expired", "sidecar_pin_mismatch", "internal_error"})
 REVOCATION_STATES = frozenset({"certificate", "device", "stale"})
 ENFORCERS = frozenset({"amqtt", "mosquitto"})
 CA_NAMES = ("root", "issuing", "issuing-2", "admin", "rogue-root", "impostor-issuing")

@@ -6,20 +6,20 @@ import asyncio
 
 from firmware_sim.lightmqtt import (
     DISCONNECT,
-    _remaining_length,
     connect_packet,
     publish_packet,
     read_packet,
+    remaining_length,
 )
 from firmware_sim.scenarios import light_wave_size
 
 
 def test_remaining_length_is_mqtt_varint() -> None:
-    assert _remaining_length(0) == b"\x00"
-    assert _remaining_length(127) == b"\x7f"
-    assert _remaining_length(128) == b"\x80\x01"
-    assert _remaining_length(16_383) == b"\xff\x7f"
-    assert _remaining_length(2_097_152) == b"\x80\x80\x80\x01"
+    assert remaining_length(0) == b"\x00"
+    assert remaining_length(127) == b"\x7f"
+    assert remaining_length(128) == b"\x80\x01"
+    assert remaining_length(16_383) == b"\xff\x7f"
+    assert remaining_length(2_097_152) == b"\x80\x80\x80\x01"
 
 
 def test_connect_packet_is_mqtt_311_clean_session() -> None:
