@@ -13,7 +13,8 @@ from fleet.kernel.errors import FleetError
 EXIT_CONFIG = 2
 
 
-@click.group(name="fleet-broker")
+@click.group(name="fleet-broker", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fleet-enroll", prog_name="fleet-broker")
 def cli() -> None:
     """Make MQTT brokers enforce fleet device certificates and live revocation."""
 

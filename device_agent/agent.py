@@ -19,9 +19,16 @@ from typing import Any
 
 from cryptography import x509
 
-from device_agent.errors import AgentError, ConfigError, Pending, Refused, Transient
+from device_agent.errors import AgentError, ConfigError, Pending, Refused, Revoked, Transient
 from device_agent.est_client import Auth, ClientCertificate, EstClient, TokenAuth, fetch_cacerts
-from device_agent.keystore import FileKey, KeyHandle
+from device_agent.health import (
+    PENDING_REASON,
+    BrokerLink,
+    certificate_state,
+    device_state,
+)
+from device_agent.keystore import FileKey, KeyHandle, require_private
+from device_agent.lock import is_running
 from device_agent.renewal import (
     Phase,
     Random,
@@ -56,7 +63,9 @@ def build_csr(key: KeyHandle) -> x509.CertificateSigningRequest:
 def bootstrap_auth(config: AgentConfig) -> ClientCertificate | None:
     if not (config.bootstrap_cert and config.bootstrap_key):
         return None
-    return ClientCertificate(Path(config.bootstrap_cert), FileKey.open(Path(config.bootstrap_key)))
+    key = Path(config.bootstrap_key)
+    require_private(key, "bootstrap key")
+    return ClientCertificate(Path(config.bootstrap_cert), FileKey.open(key))
 
 
 class Agent:
@@ -112,14 +121,19 @@ class Agent:
         return self.next_renewal(identity)
 
     def status(self) -> dict[str, Any]:
+        """The report `fleet-agent status` prints (see README, "Run a device")."""
         config = self.config()
         identity = self.identity()
         status = self.state.load_status()
         now = self.clock.now()
+        broker = self.state.load_broker()
+        running = broker is not None and is_running(self.state.path, broker.pid)
         report: dict[str, Any] = {
             "device_id": config.device_id,
             "server": config.server,
-            "state": "no_identity",
+            "state": None,
+            "certificate_state": None,
+            "reason": status.last_reason,
             "serial": None,
             "not_before": None,
             "not_after": None,
@@ -129,15 +143,15 @@ class Agent:
             "last_error_at": _iso(status.last_error_at),
             "failures": status.failures,
             "next_attempt": _iso(status.next_attempt),
+            "agent_running": running,
+            "broker": None,
         }
+        phase = None
         if identity is not None:
             next_renewal = self.next_renewal(identity)
             phase = assess(identity.not_after, next_renewal, now, self.policy)
             report.update(
                 device_id=identity.device_id,
-                state={Phase.FRESH: "ok", Phase.DUE: "renewal_due", Phase.EXPIRED: "expired"}[
-                    phase
-                ],
                 serial=f"{identity.serial:x}",
                 not_before=_iso(identity.not_before),
                 not_after=_iso(identity.not_after),
@@ -146,6 +160,17 @@ class Agent:
                 cert_file=str(identity.cert_path),
                 cacerts_file=str(self.state.cacerts_path),
             )
+        if broker is not None:
+            report["broker"] = broker.to_json()
+            if not running and broker.state is not BrokerLink.STOPPED:
+                # The run that wrote it is gone (killed, crashed): say so, keep what it saw.
+                report["broker"].update(state="not_running", last_state=broker.state.value)
+                report["broker"]["summary"] = "fleet-agent run is not running; it last saw: " + (
+                    broker.summary()
+                )
+        state = device_state(phase, status.last_reason, broker if running else None)
+        report["state"] = state.value
+        report["certificate_state"] = certificate_state(phase).value
         report["warnings"] = list(self.state.warnings)
         return report
 
@@ -296,6 +321,8 @@ class Agent:
             )  # fmt: skip
         try:
             identity = self._enroll_once(config, auth)
+        except Revoked:
+            raise  # nothing to retry, slowly or not
         except Refused as exc:
             slow = plan_after_expiry(
                 has_bootstrap=True, rebootstrap_refused=True, failures=1,
@@ -385,7 +412,12 @@ class Agent:
             return
         now = self.clock.now()
         next_attempt = now + dt.timedelta(seconds=delay) if delay is not None else None
-        self.state.record_error(exc.message, now=now, next_attempt=next_attempt)
+        reason = None
+        if isinstance(exc, Refused):
+            reason = exc.reason
+        elif isinstance(exc, Pending):
+            reason = PENDING_REASON
+        self.state.record_error(exc.message, now=now, next_attempt=next_attempt, reason=reason)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -3,6 +3,7 @@
 Exit codes (also in ``device_agent.errors``):
   0 ok · 1 unexpected failure · 2 configuration error (bad arguments or state)
   · 3 refused by policy (401/403) · 4 transient failure, retry later · 5 pending approval
+  · 6 revoked (certificate_revoked / device_revoked): stop, do not restart
 
 Test hooks (environment): FLEET_AGENT_CLOCK_OFFSET, FLEET_AGENT_CRASH_AT (see
 ``device_agent.testhooks``).
@@ -14,7 +15,6 @@ import datetime as dt
 import json
 import logging
 import os
-import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,12 +23,13 @@ from typing import Any
 import click
 
 from device_agent.agent import Agent
-from device_agent.errors import EXIT_CONFIG, AgentError, ConfigError
+from device_agent.errors import EXIT_OK, AgentError, ConfigError, Pending
 from device_agent.est_client import Auth, ClientCertificate, TokenAuth
-from device_agent.keystore import FileKey, FileKeyStore
+from device_agent.health import STATUS_EXIT, DeviceState
+from device_agent.keystore import FileKey, FileKeyStore, require_private
 from device_agent.lock import exclusive
 from device_agent.renewal import RenewalPolicy
-from device_agent.state import AgentConfig, StateDir
+from device_agent.state import AgentConfig, StateDir, entries, undo_enrollment
 from device_agent.testhooks import clock_from_env
 from fleet.kernel.errors import FleetError
 from fleet.kernel.fingerprint import normalize_fingerprint
@@ -62,16 +63,11 @@ def make_agent(state_dir: Path, **kwargs: Any) -> Agent:
 
 
 def _read_token(path: Path) -> str:
+    require_private(path, "token file")
     try:
-        info = path.stat()
         token = path.read_text().strip()
     except OSError as exc:
         raise ConfigError(f"cannot read the token file {path}: {exc.strerror}") from exc
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"the token file {path} is readable by others (mode {stat.S_IMODE(info.st_mode):o})",
-            hint=f"chmod 600 {path}",
-        )
     if not token:
         raise ConfigError(f"the token file {path} is empty")
     return token
@@ -82,13 +78,15 @@ def _fail(exc: AgentError) -> None:
     sys.exit(exc.exit_code)
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fleet-enroll", prog_name="fleet-agent")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """The fleet device agent: EST enrollment and certificate renewal.
 
     Exit codes: 0 ok, 1 unexpected, 2 config error, 3 refused by policy,
-    4 transient failure (retry later), 5 pending approval.
+    4 transient failure (retry later), 5 pending approval, 6 revoked (stop,
+    do not restart).
     """
     _setup_logging(verbose)
 
@@ -96,8 +94,17 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--server", required=True, help="EST server, https://HOST:PORT")
 @click.option("--ca-fingerprint", required=True, help="SHA-256 of the fleet root CA (pinned).")
-@click.option("--bootstrap-cert", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--bootstrap-key", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--bootstrap-cert",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Factory (bootstrap) certificate PEM; kept as a path to re-enroll if the "
+    "operational certificate expires.",
+)
+@click.option(
+    "--bootstrap-key",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Key of --bootstrap-cert (PEM, unencrypted, mode 0600: refused if others can read it).",
+)
 @click.option(
     "--token-file",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -112,7 +119,11 @@ def main(verbose: bool) -> None:
     show_default=True,
     help="Seconds to keep retrying (approval pending, server down) before giving up.",
 )
-@click.option("--force", is_flag=True, help="Enroll even if this state directory has an identity.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Enroll even if this state directory has an identity (the old one is replaced).",
+)
 def enroll(
     server: str,
     ca_fingerprint: str,
@@ -124,7 +135,12 @@ def enroll(
     max_wait: float,
     force: bool,
 ) -> None:
-    """First enrollment: pin the fleet root, generate a key here, get a certificate."""
+    """First enrollment: pin the fleet root, generate a key here, get a certificate.
+
+    A failed first enrollment leaves no state behind (the directory is removed
+    if it did not exist). Held for approval (exit 5), the key and settings are
+    kept so that running the same command again resumes.
+    """
     try:
         try:
             fingerprint = normalize_fingerprint(ca_fingerprint)
@@ -138,6 +154,7 @@ def enroll(
                 raise ConfigError("--token-file needs --device-id")
             auth = TokenAuth(device_id, _read_token(token_file))
         elif bootstrap_cert and bootstrap_key:
+            require_private(bootstrap_key, "bootstrap key")
             auth = ClientCertificate(bootstrap_cert.resolve(), FileKey.open(bootstrap_key))
         else:
             raise ConfigError(
@@ -150,6 +167,7 @@ def enroll(
             bootstrap_cert=str(bootstrap_cert.resolve()) if bootstrap_cert else None,
             bootstrap_key=str(bootstrap_key.resolve()) if bootstrap_key else None,
         )
+        before = entries(state_dir)
         with exclusive(state_dir, create=True):
             agent = make_agent(state_dir)
             if not force and agent.state.exists():
@@ -160,7 +178,14 @@ def enroll(
                         "use `fleet-agent renew`, or `enroll --force` to enroll again"
                     )
                     return
-            identity = agent.enroll(config, auth, max_wait=max_wait)
+            try:
+                identity = agent.enroll(config, auth, max_wait=max_wait)
+            except Pending:
+                raise  # held for approval: keep the key and config to ask again with
+            except BaseException:
+                # Nothing half-made stays behind: the next attempt starts clean.
+                undo_enrollment(state_dir, before)
+                raise
     except AgentError as exc:
         _fail(exc)
         return
@@ -187,15 +212,26 @@ def renew(state_dir: Path, force: bool) -> None:
 @main.command()
 @STATE_DIR
 def status(state_dir: Path) -> None:
-    """JSON: device id, serial, expiry, next renewal, last error."""
+    """JSON: state, reason, certificate, renewal, last error, broker connection.
+
+    \b
+    state: ok, renewal_due, expired, no_identity, pending_approval,
+      suspended, revoked, broker_refused, broker_unreachable
+    broker: what `fleet-agent run` last saw (connected / refused with a
+      reason / unreachable, backing off until retry_at / stopped)
+
+    Exit 0 while the device holds a certificate it can use; otherwise 2
+    no_identity, 3 expired or suspended, 5 pending_approval, 6 revoked.
+    """
     try:
         report = make_agent(state_dir).status()
     except AgentError as exc:
         _fail(exc)
         return
     click.echo(json.dumps(report, indent=2))
-    if report["state"] == "no_identity":
-        sys.exit(EXIT_CONFIG)
+    code = STATUS_EXIT.get(DeviceState(report["state"]), EXIT_OK)
+    if code:
+        sys.exit(code)
 
 
 _POLICY_ENV = {
@@ -245,7 +281,11 @@ def run(state_dir: Path, mqtt: str, heartbeat: float, reconnect_max: float) -> N
     """Long-running: keep the certificate renewed and an MQTT session over mTLS.
 
     SIGTERM/SIGINT: flush, disconnect, exit 0. SIGUSR1: renew now. SIGHUP:
-    re-read the identity from the state directory.
+    re-read the identity from the state directory. The broker connection
+    state is written to STATE_DIR/broker.json for `fleet-agent status`.
+    Revoked (the EST server says certificate_revoked or device_revoked,
+    asked when the broker's refusal looks like a revocation): disconnect and
+    exit 6.
     """
     from device_agent.runner import RunSettings, parse_host_port
     from device_agent.runner import run as run_agent

@@ -4,11 +4,14 @@ AgentError                    exit 1 (unexpected)
 ├── ConfigError               exit 2  bad arguments or unusable state directory
 │   └── PinMismatch           exit 2  /cacerts has no root with the pinned fingerprint
 ├── Refused                   exit 3  the server refused by policy (403, or 401 after credentials)
+│   └── Revoked               exit 6  certificate_revoked / device_revoked: nothing the agent can do
 ├── Transient                 exit 4  server down, overloaded, network: retry later
 └── Pending                   exit 5  held for approval (202 + Retry-After)
 """
 
 from __future__ import annotations
+
+from fleet.kernel.reasons import Reason
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -16,6 +19,10 @@ EXIT_CONFIG = 2
 EXIT_REFUSED = 3
 EXIT_TRANSIENT = 4
 EXIT_PENDING = 5
+EXIT_REVOKED = 6
+
+# The refusals that end a device's life: no retry, no restart, a person re-enrolls it.
+REVOKED_REASONS = frozenset({Reason.CERTIFICATE_REVOKED.value, Reason.DEVICE_REVOKED.value})
 
 
 class AgentError(Exception):
@@ -40,7 +47,7 @@ class PinMismatch(ConfigError):
 
 
 class Refused(AgentError):
-    """The server answered 401/403: retrying the same request will not help."""
+    """The server answered 401/403 with a reason; only a person (an admin) can change the answer."""
 
     exit_code = EXIT_REFUSED
 
@@ -58,6 +65,12 @@ class Refused(AgentError):
         self.status = status
         # Set when the agent will try again on its own, slowly (expired, nothing else to try).
         self.retry_after = retry_after
+
+
+class Revoked(Refused):
+    """The server says this certificate or device is revoked: the agent stops for good."""
+
+    exit_code = EXIT_REVOKED
 
 
 class Transient(AgentError):

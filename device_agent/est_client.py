@@ -25,7 +25,16 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from device_agent.errors import AgentError, ConfigError, Pending, PinMismatch, Refused, Transient
+from device_agent.errors import (
+    REVOKED_REASONS,
+    AgentError,
+    ConfigError,
+    Pending,
+    PinMismatch,
+    Refused,
+    Revoked,
+    Transient,
+)
 from device_agent.keystore import KeyHandle, KeyStoreError
 from device_agent.trust import CaCerts, chain_from
 from fleet.kernel.errors import EncodingInvalid
@@ -277,11 +286,14 @@ def _raise_for_status(response: _Response, operation: str) -> None:
         )
     if status in (401, 403):
         reason = _reason(response, "unauthorized" if status == 401 else "forbidden")
-        raise Refused(
+        refused = Revoked if reason in REVOKED_REASONS else Refused
+        raise refused(
             f"{operation}: refused by the server ({status} {reason}): {text}",
             reason=reason,
             status=status,
-            hint=_REFUSAL_HINTS.get(reason, "retrying will not help; ask a fleet admin"),
+            hint=_REFUSAL_HINTS.get(
+                reason, "ask a fleet admin; the reason code says what was refused"
+            ),
         )
     if status in (429, 500, 502, 503, 504):
         raise Transient(
@@ -297,8 +309,14 @@ _REFUSAL_HINTS = {
     "credentials_required": "give --bootstrap-cert/--bootstrap-key or --token-file",
     "certificate_expired": "the certificate expired: re-enroll with the bootstrap "
     "certificate (fleet-agent renew does it when one is configured)",
-    "device_revoked": "this device was revoked; only a fleet admin can reinstate it",
-    "device_suspended": "this device is suspended; a fleet admin can resume it",
+    "device_revoked": "this device was revoked; the agent stops (exit 6). A fleet admin "
+    "decides whether it may enroll again (`fleet device token ID`, then "
+    "`fleet-agent enroll --force --token-file F`)",
+    "certificate_revoked": "this certificate was revoked; the agent stops (exit 6). A fleet "
+    "admin decides whether the device may enroll again (`fleet device token ID`, then "
+    "`fleet-agent enroll --force --token-file F`)",
+    "device_suspended": "this device is suspended; a fleet admin can resume it "
+    "(`fleet device resume ID`)",
 }
 
 

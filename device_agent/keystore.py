@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import stat
 from pathlib import Path
 from typing import Protocol
 
@@ -103,6 +104,23 @@ class FileKey:
         ):
             raise KeyStoreError(f"{path}: unsupported key type {type(key).__name__}")
         return cls(name or path.stem, path, key)
+
+
+def require_private(path: Path, what: str) -> None:
+    """Refuse a secret file (bootstrap key, enrollment token) that others may read.
+
+    The agent does not repair it: the file is not its own, and whoever left it
+    readable should know that it may have been copied.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise KeyStoreError(f"cannot read the {what} {path}: {exc.strerror}") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"the {what} {path} is readable by others (mode {stat.S_IMODE(mode):o})",
+            hint=f"chmod 600 {path} (and consider it exposed if others could read it)",
+        )
 
 
 def generate_private_key(key_type: str) -> PrivateKey:

@@ -52,3 +52,29 @@ def exclusive(state_dir: Path, *, create: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def holder_pid(state_dir: Path) -> int | None:
+    """The pid written by the last process that took the lock (it may have exited since)."""
+    try:
+        text = (state_dir / LOCK_NAME).read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_running(state_dir: Path, pid: int | None) -> bool:
+    """Whether process ``pid`` is alive and was the last to take this state directory's lock.
+
+    Read-only on purpose: `status` must never take the lock, or a `run`
+    starting at that instant would find the directory busy.
+    """
+    if pid is None or holder_pid(state_dir) != pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, another user's
+    return True

@@ -27,6 +27,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import random
 import select
 import socket
@@ -42,7 +43,15 @@ from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device_agent.health import (
+    BrokerLink,
+    BrokerState,
+    classify_connack,
+    classify_tls_failure,
+    suspect_revoked,
+)
 from device_agent.keystore import KeyHandle
+from fleet.kernel.reasons import Reason
 
 log = logging.getLogger("device_agent.mqtt")
 
@@ -139,8 +148,17 @@ class _Stop:
 _Command = _Publish | _Swap | _Stop
 
 
+# Called on the loop thread at every change of the connection: the new state, and
+# whether this refusal looks like a revocation worth asking the EST server about.
+StateListener = Callable[[BrokerState, bool], None]
+
+
 class MqttSession:
-    """A persistent MQTT session for one device. ``start()``, then ``stop()``; thread-safe API."""
+    """A persistent MQTT session for one device. ``start()``, then ``stop()``; thread-safe API.
+
+    ``on_state`` hears every change of the connection (connected, refused with a
+    reason, unreachable, backing off until when); see ``device_agent.health``.
+    """
 
     def __init__(
         self,
@@ -149,9 +167,11 @@ class MqttSession:
         *,
         status: Callable[[], Mapping[str, object]] | None = None,
         rng: random.Random | None = None,
+        on_state: StateListener | None = None,
     ) -> None:
         self.settings = settings
         self._status = status
+        self._on_state = on_state
         self._identity = identity
         self._serial = certificate_serial(identity.cert)
         self._context = tls_context(identity, settings.trust)  # fails early on bad files
@@ -174,6 +194,12 @@ class MqttSession:
         self._swaps_waiting: list[threading.Event] = []
         self._stopping = False
         self._last_failure = ""
+        # What the last failure was (refused / unreachable / disconnected) and its reason code.
+        self._failure_kind: tuple[BrokerLink, Reason] | None = None
+        self._ever_connected = False
+        self._connack_seen = False  # on the current connection
+        self._after_kick = False  # a live session was closed by the other side
+        self._suspicion_armed = True  # one revocation check per episode of refusals
         self.connections = 0  # successful CONNACKs so far
         self.connect_attempts = 0
 
@@ -243,12 +269,14 @@ class MqttSession:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_log = self._on_log
         client.enable_logger(logging.getLogger("device_agent.mqtt.paho"))
         client.connect_async(self.settings.host, self.settings.port, self.settings.keepalive)
         return client
 
     def _run(self) -> None:
         try:
+            self._emit(BrokerLink.CONNECTING)
             while self._apply_commands():
                 if self._client.socket() is None:
                     wait = self._retry_at - time.monotonic()
@@ -268,11 +296,14 @@ class MqttSession:
 
     def _connect(self) -> None:
         self.connect_attempts += 1
+        self._connack_seen = False
         host, port = self.settings.host, self.settings.port
         try:
             self._client.reconnect()
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            self._schedule_retry(f"connecting to broker {host}:{port} failed: {exc}")
+            self._failure_kind = classify_tls_failure(str(exc))
+            self._last_failure = f"connecting to broker {host}:{port} failed: {exc}"
+            self._schedule_retry(self._last_failure)
             return
         # The handshake is done; CONNACK (or a TLS alert from a broker that
         # refuses our certificate) arrives on the socket.
@@ -287,6 +318,57 @@ class MqttSession:
         self._retry_at = now + delay
         attempt = self._backoff.failures
         log.warning("%s; reconnecting in %.1f s (attempt %d)", reason, delay, attempt)
+        link, code = self._failure_kind or (BrokerLink.UNREACHABLE, Reason.TRANSPORT_ERROR)
+        suspect = (
+            link is BrokerLink.REFUSED
+            and self._suspicion_armed
+            and suspect_revoked(
+                code, after_kick=self._after_kick, ever_connected=self._ever_connected
+            )
+        )
+        if suspect:
+            self._suspicion_armed = False
+            log.warning(
+                "the broker's refusal (%s) may mean this device was revoked; asking the EST server",
+                code,
+            )
+        self._emit(
+            link,
+            reason=code,
+            detail=reason,
+            retry_at=dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay),
+            attempts=attempt,
+            suspect=suspect,
+        )
+        self._failure_kind = None
+
+    def _emit(
+        self,
+        link: BrokerLink,
+        *,
+        reason: str | None = None,
+        detail: str = "",
+        retry_at: dt.datetime | None = None,
+        attempts: int = 0,
+        suspect: bool = False,
+    ) -> None:
+        if self._on_state is None:
+            return
+        state = BrokerState(
+            state=link,
+            broker=f"{self.settings.host}:{self.settings.port}",
+            since=dt.datetime.now(dt.UTC),
+            reason=reason,
+            detail=detail,
+            retry_at=retry_at,
+            attempts=attempts,
+            pid=os.getpid(),
+        )
+        try:
+            self._on_state(state, suspect)
+        except Exception:
+            # Reporting must never take the session down; the log says what failed.
+            log.exception("recording the broker connection state failed")
 
     def _deadline(self) -> float:
         # Wake for the heartbeat, and often enough for paho's keepalive check.
@@ -371,6 +453,9 @@ class MqttSession:
         self._swaps_waiting.append(swap.done)
         self._backoff.reset()
         self._connected_at = None
+        self._after_kick = False  # we closed it
+        self._failure_kind = None
+        self._last_failure = ""
         self._retry_at = 0.0  # reconnect at once with the new certificate
         log.info("reconnecting with the renewed certificate (serial %s, was %s)", self._serial, old)
 
@@ -427,13 +512,20 @@ class MqttSession:
         reason: ReasonCode,
         properties: Any,
     ) -> None:
+        self._connack_seen = True
         if reason.is_failure:
             self._last_failure = f"broker refused the connection: {reason}"
+            self._failure_kind = (BrokerLink.REFUSED, classify_connack(reason.value, str(reason)))
             return
         self.connections += 1
         self._connected_at = time.monotonic()
         self._last_failure = ""
+        self._failure_kind = None
+        self._ever_connected = True
+        self._after_kick = False
+        self._suspicion_armed = True
         self._connected.set()
+        self._emit(BrokerLink.CONNECTED)
         log.info(
             "connected to %s:%d as %s (certificate serial %s, session present: %s)",
             self.settings.host,
@@ -455,9 +547,32 @@ class MqttSession:
         reason: ReasonCode,
         properties: Any,
     ) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
+        if was_connected and not self._stopping:
+            self._after_kick = True  # closed by the broker (or the network), not by us
+            if self._failure_kind is None:
+                self._failure_kind = (BrokerLink.DISCONNECTED, Reason.TRANSPORT_ERROR)
+        if not (was_connected or self._connack_seen or self._failure_kind or self._stopping):
+            # TLS 1.3: our handshake completed, then the broker hung up without a word
+            # (how a broker that rejects the client certificate often ends it).
+            self._failure_kind = (BrokerLink.REFUSED, Reason.TLS_FAILED)
+            self._last_failure = (
+                "the broker closed the connection before answering CONNECT "
+                "(it may not accept this certificate)"
+            )
         if not self._last_failure and reason.is_failure:
             self._last_failure = f"connection to the broker lost ({reason})"
+
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, text: str) -> None:
+        # paho reports a TLS alert received after the handshake (TLS 1.3 sends the
+        # server's verdict on our certificate then) only as a log line.
+        if level != paho.MQTT_LOG_ERR or "alert" not in text.lower():
+            return
+        link, code = classify_tls_failure(text)
+        if link is BrokerLink.REFUSED:
+            self._failure_kind = (link, code)
+            self._last_failure = f"the broker ended the TLS session: {text}"
 
     def _on_publish(
         self,

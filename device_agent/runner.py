@@ -14,6 +14,18 @@ Signals only set flags and wake the main thread:
 Failures never turn into a tight loop: after any failed renewal the next
 attempt is at least the policy's backoff floor away (the core's exponential
 backoff, or hours after a refusal, which may need an admin to act).
+
+Every change of the broker connection is written to ``broker.json`` in the
+state directory (atomically), so `fleet-agent status` in another process can
+say "connected", "refused (reason), backing off until T" or "stopped".
+
+Revocation ends the run: when the EST server answers ``certificate_revoked``
+or ``device_revoked`` (at a renewal, or when asked because the broker's
+refusal looked like a revocation: a TLS alert ``certificate revoked``, or
+"not authorized" right after the broker closed a live session), the agent
+disconnects, records it and exits ``EXIT_REVOKED`` (6); the systemd unit does
+not restart it. A broker refusal alone never ends it: the broker cannot say
+why it refuses, and a broker with stale revocation state refuses everyone.
 """
 
 from __future__ import annotations
@@ -21,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import random
 import signal
 import threading
@@ -34,8 +47,10 @@ from device_agent.errors import (
     ConfigError,
     Pending,
     Refused,
+    Revoked,
     Transient,
 )
+from device_agent.health import BrokerLink, BrokerState
 from device_agent.mqtt import MqttSession, SessionSettings, TlsIdentity
 from device_agent.renewal import backoff_delay
 from device_agent.state import Identity
@@ -87,6 +102,9 @@ class Runner:
         self._reload = False
         self._retry_not_before: dt.datetime | None = None
         self._status: Mapping[str, object] = {}
+        self._confirm = False  # the broker's refusal looked like a revocation: ask EST
+        self._exit_code = EXIT_OK
+        self._revoked: Revoked | None = None
 
     # -- requests (signal handlers, tests) ---------------------------------------------
     def request_stop(self) -> None:
@@ -134,6 +152,7 @@ class Runner:
             ),
             _tls(identity),
             status=lambda: self._status,
+            on_state=self._broker_changed,
         )
         self._update_status(identity)
         log.info(
@@ -148,8 +167,37 @@ class Runner:
         finally:
             log.info("stopping: flushing queued messages and disconnecting")
             session.stop(timeout=session.settings.flush_timeout + 10)
-        log.info("stopped")
-        return EXIT_OK
+            self._record_stopped()
+        if self._revoked is not None:
+            log.error(
+                "stopped for good (exit %d): %s", self._exit_code, self._revoked.diagnostics()
+            )
+        else:
+            log.info("stopped")
+        return self._exit_code
+
+    def _broker_changed(self, state: BrokerState, suspect_revoked: bool) -> None:
+        """From the MQTT thread: record the connection state; wake the main thread to ask EST."""
+        self.agent.state.save_broker(state)
+        if suspect_revoked:
+            self._confirm = True
+            self._wake.set()
+
+    def _record_stopped(self) -> None:
+        revoked = self._revoked
+        try:
+            self.agent.state.save_broker(
+                BrokerState(
+                    state=BrokerLink.STOPPED,
+                    broker=f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
+                    since=dt.datetime.now(dt.UTC),
+                    reason=revoked.reason if revoked else None,
+                    detail=revoked.message if revoked else "",
+                    pid=os.getpid(),
+                )
+            )
+        except OSError as exc:
+            log.warning("could not record the stop in %s: %s", self.agent.state.path, exc)
 
     def _initial_identity(self) -> Identity | None:
         """The identity to start with; recovers (re-bootstrap) with backoff when there is none."""
@@ -173,7 +221,11 @@ class Runner:
     def _cycle(self, identity: Identity, session: MqttSession) -> Identity:
         """Sleep until something is due, do it; the identity in use afterwards."""
         now = self.agent.clock.now()
-        due = self.agent.next_wakeup(identity)
+        if self._confirm:  # at once, unless the server asked us to back off
+            status = self.agent.state.load_status()
+            due = status.next_attempt if status.failures and status.next_attempt else now
+        else:
+            due = self.agent.next_wakeup(identity)
         if self._retry_not_before is not None:
             due = max(due, self._retry_not_before)
         delay = min(MAX_SLEEP, max(0.0, (due - now).total_seconds()))
@@ -190,30 +242,44 @@ class Runner:
         self._renew_now = False
         if not forced and self.agent.clock.now() < due:
             return identity  # woke early (MAX_SLEEP): look at the clock again
+        confirming = self._confirm
+        forced = forced or confirming
+        if confirming:
+            log.info("asking the EST server whether this device is still in good standing")
         return self._renew(identity, session, force=forced)
 
     def _renew(self, identity: Identity, session: MqttSession, *, force: bool) -> Identity:
+        """Renew (a forced renewal also answers "are we revoked?": simplereenroll says so)."""
         try:
             result = self.agent.renew(force=force)
+        except Revoked as exc:
+            self._revoked = exc
+            self._exit_code = exc.exit_code
+            self._stop = True
+            return identity
         except (Transient, Pending) as exc:
             # The core recorded the failure and its backoff (next_wakeup reads it).
             self._retry_not_before = self.agent.clock.now() + dt.timedelta(
                 seconds=self.agent.policy.backoff_floor
             )
             log.warning("renewal failed: %s; the MQTT session carries on", exc.message)
-            return identity
+            return identity  # self._confirm stays set: ask again after the backoff
         except AgentError as exc:
-            # Refused (revoked, suspended, expired without a bootstrap credential)
-            # or a broken state directory: retrying soon will not help, but an
-            # admin may act (resume, approve), so keep trying, rarely.
+            # Refused (suspended, expired without a bootstrap credential) or a broken
+            # state directory: nothing changes until a person acts (resume, approve,
+            # repair), so ask again only rarely, in case one did.
+            self._confirm = False
             delay = self._delay_after_failure(exc, 1)
             self._retry_not_before = self.agent.clock.now() + dt.timedelta(seconds=delay)
             log.error(
-                "renewal failed: %s; keeping the current certificate (valid until %s) "
-                "and trying again in %.1f h",
-                exc.diagnostics(), identity.not_after.isoformat(), delay / 3600,
+                "renewal failed: %s; keeping the current certificate (valid until %s); "
+                "the next attempt is in %.1f h, in case an admin acts",
+                exc.message, identity.not_after.isoformat(), delay / 3600,
             )  # fmt: skip
+            if exc.hint:
+                log.error("  next: %s", exc.hint)
             return identity
+        self._confirm = False
         self._retry_not_before = None
         if not result.renewed:
             log.debug("%s", result.message)

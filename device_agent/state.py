@@ -6,7 +6,9 @@ Layout (directory 0700, every file written atomically and durably)::
     cacerts.pem                  the chain from /cacerts (issuing CA(s) and the pinned root)
     current                      the generation number of the identity in use
     op<N>.key / op<N>.pem        key and certificate of generation N
-    status.json                  last error, consecutive failures, next renewal / attempt
+    status.json                  last error and its reason code, consecutive failures,
+                                 next renewal / attempt
+    broker.json                  the MQTT connection as `fleet-agent run` last saw it
 
 A renewal writes generation N+1 beside N and switches ``current`` only after
 the new pair has been proven in a TLS handshake with the server; generation N
@@ -23,6 +25,7 @@ import datetime as dt
 import json
 import logging
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from device_agent.errors import ConfigError
+from device_agent.health import BrokerState
 from device_agent.keystore import FileKeyStore, KeyHandle, KeyStore, KeyStoreError
 from device_agent.testhooks import crash_point
 from device_agent.trust import CaCerts, chain_from, common_name
@@ -102,6 +106,9 @@ class PendingRenewal:
 class AgentStatus:
     last_error: str | None = None
     last_error_at: dt.datetime | None = None
+    # Reason code of the server's last refusal or hold (device_revoked, enrollment_pending...);
+    # transient failures leave it as it was, a success clears it.
+    last_reason: str | None = None
     failures: int = 0  # consecutive, reset by a success
     next_attempt: dt.datetime | None = None  # after a failure: not before this
     next_renewal: dt.datetime | None = None  # scheduled renewal of the current certificate
@@ -114,6 +121,31 @@ def _time(value: object) -> dt.datetime | None:
         return dt.datetime.fromisoformat(value)
     except ValueError:
         return None
+
+
+def entries(path: Path) -> frozenset[str] | None:
+    """The names in directory ``path``, or None when it does not exist."""
+    try:
+        return frozenset(p.name for p in path.iterdir())
+    except FileNotFoundError:
+        return None
+
+
+def undo_enrollment(path: Path, before: frozenset[str] | None) -> None:
+    """Put ``path`` back as it was (``before``, from :func:`entries`) after a failed enrollment.
+
+    A directory that did not exist is removed; in one that did (a systemd
+    StateDirectory, a ``--force`` over an identity) only what the attempt
+    added is removed. The caller holds the directory's lock.
+    """
+    if before is None:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    added = [p for p in path.iterdir() if p.name not in before]
+    for entry in added:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+    remove_durably(*(p for p in added if not p.is_dir() or p.is_symlink()))
 
 
 class StateDir:
@@ -347,6 +379,7 @@ class StateDir:
             return AgentStatus(
                 last_error=raw.get("last_error"),
                 last_error_at=_time(raw.get("last_error_at")),
+                last_reason=raw.get("last_reason"),
                 failures=int(raw.get("failures", 0)),
                 next_attempt=_time(raw.get("next_attempt")),
                 next_renewal=_time(raw.get("next_renewal")),
@@ -365,13 +398,20 @@ class StateDir:
         write_atomic(self.path / "status.json", json.dumps(data, indent=2).encode() + b"\n")
 
     def record_error(
-        self, message: str, *, now: dt.datetime, next_attempt: dt.datetime | None
+        self,
+        message: str,
+        *,
+        now: dt.datetime,
+        next_attempt: dt.datetime | None,
+        reason: str | None = None,
     ) -> AgentStatus:
+        """A failure; ``reason`` (a server's refusal or hold) replaces the recorded one."""
         old = self.load_status()
         status = dataclasses.replace(
             old,
             last_error=message,
             last_error_at=now,
+            last_reason=reason if reason is not None else old.last_reason,
             failures=old.failures + 1,
             next_attempt=next_attempt,
         )
@@ -381,7 +421,30 @@ class StateDir:
     def record_success(self, *, next_renewal: dt.datetime) -> AgentStatus:
         old = self.load_status()
         status = dataclasses.replace(
-            old, failures=0, next_attempt=None, next_renewal=next_renewal, last_error=None
+            old,
+            failures=0,
+            next_attempt=None,
+            next_renewal=next_renewal,
+            last_error=None,
+            last_reason=None,
         )
         self.save_status(status)
         return status
+
+    # -- the broker connection (written by `run`, read by `status`) ------------------------
+    @property
+    def broker_path(self) -> Path:
+        return self.path / "broker.json"
+
+    def save_broker(self, state: BrokerState) -> None:
+        data = json.dumps(state.to_json(), indent=2).encode() + b"\n"
+        write_atomic(self.broker_path, data)
+
+    def load_broker(self) -> BrokerState | None:
+        try:
+            return BrokerState.from_json(json.loads(self.broker_path.read_bytes()))
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self._warn(f"{self.broker_path} is corrupted; the broker state is unknown")
+            return None

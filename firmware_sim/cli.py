@@ -15,6 +15,7 @@ EXIT_FAILED = 1
 
 
 @click.group(name="fleet-sim", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fleet-enroll", prog_name="fleet-sim")
 def cli() -> None:
     """Stand in for hardware: a factory, simulated devices, scenarios and the demo.
 

@@ -93,8 +93,10 @@ def test_held_device_waits_for_approval(world: AgentWorld, tmp_path: Path) -> No
     assert quick.returncode == 5, quick
     assert "approv" in quick.stderr
     status = fleet_agent("status", "--state-dir", tmp_path / "state")
-    assert status.returncode == 2  # no identity yet
-    assert "approval" in status.json()["last_error"]
+    assert status.returncode == 5, status  # held, not "no identity"
+    report = status.json()
+    assert (report["state"], report["reason"]) == ("pending_approval", "enrollment_pending")
+    assert "approval" in report["last_error"]
 
     waiting = subprocess.Popen(
         [sys.executable, "-m", "device_agent", "enroll", "--server", world.server,

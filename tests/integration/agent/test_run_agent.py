@@ -229,3 +229,29 @@ def test_one_command_at_a_time_per_state_dir_and_a_crash_frees_it(
     renewed = fleet_agent("renew", "--force", "--state-dir", state)
     assert renewed.returncode == 0, renewed
     assert fleet_agent("status", "--state-dir", state).json()["serial"] != serial
+
+
+def test_run_exits_6_when_the_broker_refuses_a_revoked_certificate_in_tls(
+    broker: Broker, tmp_path: Path, agents: list[AgentProcess]
+) -> None:
+    device_id, state, serial = _enrolled(broker.world, tmp_path)
+    agent = AgentProcess(state, broker.mosquitto.port, "--heartbeat", "1")
+    agents.append(agent)
+    broker.observer.wait_for(_heartbeat(device_id, serial), timeout=20)
+
+    # Mosquitto checks the CRL at the handshake: after the restart it ends the
+    # agent's handshake with a TLS alert "certificate revoked". The agent asks
+    # the EST server before believing it (403 certificate_revoked), then exits 6.
+    broker.fleet_cli("device", "revoke", device_id, "--reason", "keyCompromise")
+    broker.fleet_cli("crl", "--out", str(broker.crl))
+    broker.mosquitto.restart()
+    code = agent.proc.wait(timeout=30)
+    log = agent.log()
+    assert code == 6, log
+    assert "certificate_revoked" in log
+    assert "still in good standing" in log  # it asked before concluding
+    status = fleet_agent("status", "--state-dir", state)
+    assert status.returncode == 6, status
+    report = status.json()
+    assert (report["state"], report["reason"]) == ("revoked", "certificate_revoked"), report
+    assert report["broker"]["state"] == "stopped"
