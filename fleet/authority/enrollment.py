@@ -381,7 +381,8 @@ def _record(certificate: x509.Certificate, device_id: str, now: dt.datetime) -> 
     )
 
 
-_HOLDS_CERTIFICATES = frozenset({DeviceState.ACTIVE, DeviceState.REGISTERED})
+# States whose certificates a decision may supersede (pending: held by an earlier version).
+_HOLDS_CERTIFICATES = frozenset({DeviceState.ACTIVE, DeviceState.REGISTERED, DeviceState.PENDING})
 
 
 def _key_sha256(key: object) -> str:

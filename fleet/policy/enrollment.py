@@ -158,7 +158,12 @@ def _decide_token(device: Device | None, facts: EnrollmentFacts) -> Decision:
         return Decision(Action.REFUSE, Reason.UNKNOWN_DEVICE)
     if device.state is DeviceState.PENDING:
         # The admin who made the token approved the device by doing so.
-        return Decision(Action.ISSUE, Reason.TOKEN, frozenset({DeviceState.PENDING}))
+        return Decision(
+            Action.ISSUE,
+            Reason.TOKEN,
+            frozenset({DeviceState.PENDING}),
+            supersede=superseded_by_new(facts),
+        )
     return Decision(
         Action.ISSUE,
         Reason.TOKEN,
