@@ -273,7 +273,8 @@ class Authority:
                 raise EnrollmentPending(
                     f"device {device_id} is active; this second use of its bootstrap "
                     f"certificate is a replacement request (attempt {replacement.attempts}) "
-                    "waiting for an admin, who replaces the device's certificate or rejects it",
+                    "waiting for an admin's approval (the new key replaces the device's "
+                    "certificates) or rejection",
                     retry_after=self._retry_after,
                     reason=decision.reason,
                 )

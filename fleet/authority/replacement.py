@@ -18,7 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fleet.kernel.errors import StateConflict, StoreConflict
+from fleet.kernel.errors import (
+    NoReplacementRequest,
+    ReplacementChoiceRequired,
+    StoreConflict,
+)
 from fleet.store.protocol import Store
 from fleet.store.records import (
     AuditEvent,
@@ -29,28 +33,21 @@ from fleet.store.records import (
 )
 
 
-def choice_required(device_id: str, request: ReplacementRequest) -> StateConflict:
-    return StateConflict(
-        f"device {device_id} is active and its bootstrap certificate was presented again "
-        f"({request.attempts} attempt(s), last {request.last_seen.isoformat()}, new key "
-        f"{request.key_sha256[:16]}...); approving needs a choice; nothing changed",
-        reason="replacement_choice_required",
-        hint=f"If the device was factory-reset, replace it: `fleet device approve {device_id} "
-        "--replace` (its current certificates are revoked as superseded and the new key is "
-        "issued at its next retry). If it is a clone, refuse the replay: `fleet device reject "
-        f"{device_id}`, adding --revoke when the operational key may be stolen too "
-        '(revoked as keyCompromise). In the API: POST .../approve {"replace": true} or '
-        '.../reject {"revoke": true}.',
+def choice_required(device_id: str, request: ReplacementRequest) -> ReplacementChoiceRequired:
+    return ReplacementChoiceRequired(
+        f"device {device_id} is active and has a pending replacement request (its bootstrap "
+        f"certificate presented again: {request.attempts} attempt(s), last "
+        f"{request.last_seen.isoformat()}, new key {request.key_sha256[:16]}...); approving "
+        "it needs a choice: --replace (a factory reset: the new key replaces the current "
+        "certificates) or reject it (a clone: --revoke also revokes the current ones); "
+        "nothing changed"
     )
 
 
-def no_request(device_id: str, option: str) -> StateConflict:
-    return StateConflict(
+def no_request(device_id: str, option: str) -> NoReplacementRequest:
+    return NoReplacementRequest(
         f"device {device_id} has no pending replacement request; {option} applies only to "
-        "one; nothing changed",
-        reason="no_replacement_request",
-        hint=f"See the device with `fleet device show {device_id}`. To revoke its "
-        "certificates, use `fleet device revoke` or `fleet cert revoke`.",
+        "one; nothing changed"
     )
 
 
@@ -112,10 +109,7 @@ async def answer_replacement(
             device_id, status, now=now, actor=actor, revoke=reason, audit=audit
         )
     except StoreConflict as exc:
-        raise StateConflict(
-            f"the replacement request of device {device_id} was answered meanwhile; "
-            "nothing changed",
-            reason="no_replacement_request",
-            hint=f"See it with `fleet device show {device_id}`.",
+        raise NoReplacementRequest(
+            f"the replacement request of device {device_id} was answered meanwhile; nothing changed"
         ) from exc
     return answered
