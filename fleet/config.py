@@ -72,6 +72,9 @@ class CaConfig:
 class PolicyConfig:
     unknown_devices: str = "hold"  # hold | reject
     bootstrap_reuse: str = "hold"  # hold | reject
+    # previous: a renewed certificate stays good until its successor is used or it
+    # expires; none: it is superseded (revoked) as soon as its successor is issued.
+    renewal_overlap: str = "previous"  # previous | none
     device_id_source: str = "cn"  # cn | serialNumber
     retry_after_seconds: int = 60
 
@@ -133,6 +136,7 @@ _CHOICES = {
     ("server", "mode"): ("tls", "proxy"),
     ("policy", "unknown_devices"): ("hold", "reject"),
     ("policy", "bootstrap_reuse"): ("hold", "reject"),
+    ("policy", "renewal_overlap"): ("previous", "none"),
     ("policy", "device_id_source"): ("cn", "serialNumber"),
 }
 

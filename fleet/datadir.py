@@ -195,7 +195,9 @@ ocsp_url = ""                 # public URL of /ocsp, put in issued certificates 
 
 [policy]
 unknown_devices = "hold"      # hold (202, wait for `fleet device approve`) | reject (403)
-bootstrap_reuse = "hold"      # a second enrollment with a used bootstrap cert: hold | reject
+bootstrap_reuse = "hold"      # bootstrap cert used again on an active device: hold (a pending
+                              # replacement request beside it) | reject (403); never changes it
+renewal_overlap = "previous"  # previous (old cert good until the new one is used) | none
 device_id_source = "cn"       # cn | serialNumber of the bootstrap certificate subject
 retry_after_seconds = 60
 

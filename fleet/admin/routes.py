@@ -22,6 +22,7 @@ from fleet.admin.serialize import (
     audit_json,
     bulk_json,
     certificate_json,
+    device_detail_json,
     device_json,
     manufacturer_json,
 )
@@ -39,6 +40,7 @@ from fleet.store.records import (
     AdminCredential,
     AdminRole,
     AuditEvent,
+    Device,
     DeviceFilter,
     DeviceState,
 )
@@ -145,7 +147,11 @@ class AdminApi:
     @needs(AdminRole.VIEWER)
     async def show_device(self, request: web.Request, admin: AdminCredential) -> web.Response:
         device = await self.store.get_device(_device_id(request))
-        return web.json_response(device_json(device))
+        return await self._device_detail(device)
+
+    async def _device_detail(self, device: Device) -> web.Response:
+        replacement = await self.store.get_replacement_request(device.device_id)
+        return web.json_response(device_detail_json(device, replacement))
 
     @needs(AdminRole.VIEWER)
     async def device_certificates(
@@ -159,8 +165,12 @@ class AdminApi:
     @needs(AdminRole.VIEWER)
     async def why(self, request: web.Request, admin: AdminCredential) -> web.Response:
         device, records = await lifecycle.decision_trace(self.store, _device_id(request))
+        replacement = await self.store.get_replacement_request(device.device_id)
         return web.json_response(
-            {"device": device_json(device), "trace": [audit_json(r) for r in records]}
+            {
+                "device": device_detail_json(device, replacement),
+                "trace": [audit_json(r) for r in records],
+            }
         )
 
     @needs(AdminRole.VIEWER)
@@ -235,17 +245,21 @@ class AdminApi:
     # -- changing ------------------------------------------------------------------
     @needs(AdminRole.OPERATOR)
     async def approve(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        body = await _json_body(request, optional=True)
         device = await admin_cases.approve_device(
-            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now()
-        )
-        return web.json_response(device_json(device))
+            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            replace=_flag(body, "replace"),
+        )  # fmt: skip
+        return await self._device_detail(device)
 
     @needs(AdminRole.OPERATOR)
     async def reject(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        body = await _json_body(request, optional=True)
         device = await admin_cases.reject_device(
-            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now()
-        )
-        return web.json_response(device_json(device))
+            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            revoke=_flag(body, "revoke"),
+        )  # fmt: skip
+        return await self._device_detail(device)
 
     @needs(AdminRole.OPERATOR)
     async def suspend(self, request: web.Request, admin: AdminCredential) -> web.Response:

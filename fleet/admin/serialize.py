@@ -6,7 +6,13 @@ import datetime as dt
 from typing import Any
 
 from fleet.authority.lifecycle import BulkResult
-from fleet.store.records import AuditRecord, CertificateRecord, Device, ManufacturerCA
+from fleet.store.records import (
+    AuditRecord,
+    CertificateRecord,
+    Device,
+    ManufacturerCA,
+    ReplacementRequest,
+)
 
 
 def when(value: dt.datetime | None) -> str | None:
@@ -25,6 +31,28 @@ def device_json(device: Device) -> dict[str, Any]:
         "enrolled_at": when(device.enrolled_at),
         "created_at": when(device.created_at),
         "updated_at": when(device.updated_at),
+    }
+
+
+def device_detail_json(device: Device, request: ReplacementRequest | None) -> dict[str, Any]:
+    """One device as shown on its own: with its replacement request (or null)."""
+    return {**device_json(device), "replacement_request": replacement_json(request)}
+
+
+def replacement_json(request: ReplacementRequest | None) -> dict[str, Any] | None:
+    if request is None:
+        return None
+    return {
+        "status": request.status.value,
+        "bootstrap_sha256": request.bootstrap_sha256,
+        "key_sha256": request.key_sha256,
+        "first_seen": when(request.first_seen),
+        "last_seen": when(request.last_seen),
+        "attempts": request.attempts,
+        "keys_seen": request.keys_seen,
+        "source": request.source,
+        "decided_at": when(request.decided_at),
+        "decided_by": request.decided_by,
     }
 
 

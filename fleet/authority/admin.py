@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from fleet.authority import replacement
 from fleet.authority.audit import record_admin_action
 from fleet.kernel.certs import is_ca
 from fleet.kernel.device_id import validate_device_id
@@ -239,13 +240,45 @@ async def _add_token_device(store: Store, device_id: str, now: dt.datetime) -> D
 _PAST = {"approve": "approved", "reject": "rejected"}
 
 
-async def approve_device(store: Store, device_id: str, *, actor: str, now: dt.datetime) -> Device:
-    """pending -> registered: the device may enroll (it keeps its pin, if any)."""
+async def approve_device(
+    store: Store, device_id: str, *, actor: str, now: dt.datetime, replace: bool = False
+) -> Device:
+    """pending -> registered: the device may enroll (it keeps its pin, if any).
+
+    An active device with a pending replacement request (its bootstrap certificate
+    used again) is approved only with ``replace`` (see fleet.authority.replacement);
+    without it nothing changes and the error explains both choices."""
+    request = await replacement.pending_request(store, device_id)
+    if request is not None:
+        if not replace:
+            raise replacement.choice_required(device_id, request)
+        await replacement.answer_replacement(
+            store, request, approve=True, revoke=False, actor=actor, now=now
+        )
+        return await store.get_device(device_id)
+    if replace:
+        await store.get_device(device_id)  # DeviceNotFound for an unknown id
+        raise replacement.no_request(device_id, "--replace")
     return await _decide_pending(store, device_id, DeviceState.REGISTERED, "approve", actor, now)
 
 
-async def reject_device(store: Store, device_id: str, *, actor: str, now: dt.datetime) -> Device:
-    """pending -> rejected: every later enrollment of the device is refused."""
+async def reject_device(
+    store: Store, device_id: str, *, actor: str, now: dt.datetime, revoke: bool = False
+) -> Device:
+    """pending -> rejected: every later enrollment of the device is refused.
+
+    For an active device with a pending replacement request, the replay is
+    refused from then on and the device stays as it is, unless ``revoke``
+    revokes its current certificates too (keyCompromise)."""
+    request = await replacement.pending_request(store, device_id)
+    if request is not None:
+        await replacement.answer_replacement(
+            store, request, approve=False, revoke=revoke, actor=actor, now=now
+        )
+        return await store.get_device(device_id)
+    if revoke:
+        await store.get_device(device_id)  # DeviceNotFound for an unknown id
+        raise replacement.no_request(device_id, "--revoke")
     return await _decide_pending(store, device_id, DeviceState.REJECTED, "reject", actor, now)
 
 

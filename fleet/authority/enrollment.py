@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 
 from cryptography import x509
@@ -41,11 +42,12 @@ from fleet.policy.enrollment import (
     BootstrapCredential,
     Credential,
     Decision,
+    EnrollmentFacts,
     EnrollmentPolicy,
     TokenCredential,
     decide_enrollment,
 )
-from fleet.policy.renewal import decide_renewal
+from fleet.policy.renewal import RenewalOverlap, decide_renewal
 from fleet.store.protocol import Store
 from fleet.store.records import (
     AuditEvent,
@@ -55,11 +57,6 @@ from fleet.store.records import (
 )
 
 log = logging.getLogger(__name__)
-
-# A device that lost the reply to its enrollment retries with the same
-# bootstrap certificate and the same new key; within this window we hand the
-# recorded certificate back instead of treating it as a clone.
-REPLAY_WINDOW = dt.timedelta(minutes=15)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,12 +74,14 @@ class Authority:
         policy: EnrollmentPolicy,
         clock: Clock,
         retry_after: int,
+        renewal_overlap: RenewalOverlap = RenewalOverlap.PREVIOUS,
     ) -> None:
         self._store = store
         self._issuer = issuer
         self._policy = policy
         self._clock = clock
         self._retry_after = retry_after
+        self._renewal_overlap = renewal_overlap
 
     async def enroll(
         self,
@@ -91,11 +90,13 @@ class Authority:
         profile: DeviceProfile,
         *,
         replace_key: PublicKey | None = None,
+        source: str = "",
     ) -> Issued:
         """First enrollment (simpleenroll) with a bootstrap certificate or a token.
 
         ``replace_key``: serverkeygen certifies a key made by the server
         instead of the CSR's (the CSR still proves the request is well formed).
+        ``source``: the peer's address, kept as evidence on a replacement request.
         """
         device_id = credential.device_id
         try:
@@ -109,11 +110,13 @@ class Authority:
             )
         # One retry: a concurrent request may change the device between our
         # read and our compare-and-set; the second decision sees its result.
+        key_sha256 = _key_sha256(request.public_key)
         for attempt in (1, 2):
             device = await self._find_device(device_id)
-            decision = decide_enrollment(credential, device, self._policy)
+            facts = await self._facts(credential, device, key_sha256)
+            decision = decide_enrollment(credential, device, self._policy, facts)
             try:
-                return await self._apply(decision, credential, device, request, profile)
+                return await self._apply(decision, credential, request, profile, facts, source)
             except StoreConflict:
                 if attempt == 2:
                     raise
@@ -133,7 +136,15 @@ class Authority:
         except CertificateNotFound:
             record = None
         device = await self._find_device(device_id)
-        decision = decide_renewal(device_id, record, device)
+        certificates = (
+            await self._store.list_certificates(device_id)
+            if device is not None and device.state is DeviceState.ACTIVE
+            else []
+        )
+        decision = decide_renewal(
+            device_id, record, device,
+            certificates=certificates, now=now, overlap=self._renewal_overlap,
+        )  # fmt: skip
         if decision.action is not Action.ISSUE:
             await self._audit(
                 "renew", device_id, "refused", decision.reason, flagged=decision.flagged
@@ -150,10 +161,12 @@ class Authority:
             _record(certificate, device_id, now),
             expected=decision.expected,
             now=now,
+            supersede=decision.supersede,
             audit=self._event(
-                "renew", device_id, "allowed", decision.reason, serial=certificate.serial_number
+                "renew", device_id, "allowed", decision.reason, serial=certificate.serial_number,
+                superseded=_serials(decision.supersede),
             ),
-        )
+        )  # fmt: skip
         return Issued(certificate, decision.reason)
 
     async def record_refusal(
@@ -179,20 +192,40 @@ class Authority:
             )
         )
 
+    async def _facts(
+        self, credential: Credential, device: Device | None, key_sha256: str
+    ) -> EnrollmentFacts:
+        now = self._clock.now()
+        if device is None or device.state not in _HOLDS_CERTIFICATES:
+            return EnrollmentFacts(now=now, key_sha256=key_sha256)
+        certificates = await self._store.list_certificates(device.device_id)
+        latest_key = None
+        if certificates:
+            latest = x509.load_pem_x509_certificate(certificates[0].pem.encode())
+            latest_key = _key_sha256(latest.public_key())
+        replacement = None
+        if isinstance(credential, BootstrapCredential) and device.state is DeviceState.ACTIVE:
+            replacement = await self._store.get_replacement_request(device.device_id)
+        return EnrollmentFacts(now, key_sha256, certificates, latest_key, replacement)
+
     async def _apply(
         self,
         decision: Decision,
         credential: Credential,
-        device: Device | None,
         request: ValidatedRequest,
         profile: DeviceProfile,
+        facts: EnrollmentFacts,
+        source: str,
     ) -> Issued:
-        now = self._clock.now()
+        now = facts.now
         device_id = credential.device_id
         flagged = decision.flagged
 
-        def held() -> AuditEvent:
-            return self._event("enroll", device_id, "held", decision.reason, flagged=flagged)
+        def held(replacement: str = "", key_sha256: str = "", source: str = "") -> AuditEvent:
+            return self._event(
+                "enroll", device_id, "held", decision.reason, flagged=flagged,
+                replacement=replacement, key_sha256=key_sha256, source=source,
+            )  # fmt: skip
 
         match decision.action:
             case Action.ISSUE:
@@ -206,6 +239,8 @@ class Authority:
                     expected=decision.expected,
                     now=now,
                     bootstrap_sha256=bootstrap,
+                    supersede=decision.supersede,
+                    replacement_key=decision.replacement_key,
                     audit=self._event(
                         "enroll",
                         device_id,
@@ -213,27 +248,35 @@ class Authority:
                         decision.reason,
                         serial=certificate.serial_number,
                         credential=_kind(credential),
+                        superseded=_serials(decision.supersede),
+                        key_sha256=facts.key_sha256 if decision.replacement_key else "",
                     ),
                 )
                 return Issued(certificate, decision.reason)
-            case Action.HOLD if device is not None:
-                replay = await self._replayed(device, request, now)
-                if replay is not None:
-                    await self._audit(
-                        "enroll",
-                        device_id,
-                        "allowed",
-                        "reply_replayed",
-                        serial=replay.serial_number,
-                    )
-                    return Issued(replay, "reply_replayed")
-                await self._store.set_device_state(
+            case Action.REPLY_AGAIN:
+                recorded = next(c for c in facts.certificates if c.serial == decision.certificate)
+                await self._audit(
+                    "enroll", device_id, "allowed", decision.reason, serial=recorded.serial
+                )
+                again = x509.load_pem_x509_certificate(recorded.pem.encode())
+                return Issued(again, decision.reason)
+            case Action.REQUEST_REPLACEMENT:
+                assert isinstance(credential, BootstrapCredential)
+                replacement = await self._store.note_replacement_attempt(
                     device_id,
-                    DeviceState.PENDING,
-                    expected={DeviceState.ACTIVE},
+                    bootstrap_sha256=credential.sha256,
+                    key_sha256=facts.key_sha256,
+                    source=source,
                     now=now,
+                    audit=held(replacement="pending", key_sha256=facts.key_sha256, source=source),
+                )
+                raise EnrollmentPending(
+                    f"device {device_id} is active; this second use of its bootstrap "
+                    f"certificate is a replacement request (attempt {replacement.attempts}) "
+                    "waiting for an admin's approval (the new key replaces the device's "
+                    "certificates) or rejection",
+                    retry_after=self._retry_after,
                     reason=decision.reason,
-                    audit=held(),
                 )
             case Action.HOLD_NEW:
                 assert isinstance(credential, BootstrapCredential)
@@ -266,20 +309,6 @@ class Authority:
             reason=decision.reason,
         )
 
-    async def _replayed(
-        self, device: Device, request: ValidatedRequest, now: dt.datetime
-    ) -> x509.Certificate | None:
-        """The certificate just issued for this very key, if this is a lost-reply retry."""
-        if device.enrolled_at is None or now - device.enrolled_at > REPLAY_WINDOW:
-            return None
-        certificates = await self._store.list_certificates(device.device_id)
-        if not certificates:
-            return None
-        latest = x509.load_pem_x509_certificate(certificates[0].pem.encode())
-        if _spki(latest.public_key()) != _spki(request.public_key):
-            return None
-        return latest
-
     def _sign(
         self, request: ValidatedRequest, profile: DeviceProfile, now: dt.datetime
     ) -> x509.Certificate:
@@ -305,15 +334,10 @@ class Authority:
     ) -> None:
         await self._store.append_audit(
             self._event(
-                action,
-                device_id,
-                outcome,
-                reason,
-                flagged=flagged,
-                serial=serial,
-                credential=credential,
+                action, device_id, outcome, reason,
+                flagged=flagged, serial=serial, credential=credential,
             )
-        )
+        )  # fmt: skip
 
     def _event(
         self,
@@ -325,9 +349,11 @@ class Authority:
         flagged: bool = False,
         serial: int | None = None,
         credential: str | None = None,
+        **extra: str,
     ) -> AuditEvent:
-        """A device's audit event; store changes take it as ``audit=`` to write both at once."""
-        detail = {}
+        """A device's audit event; store changes take it as ``audit=`` to write both at once.
+        Empty ``extra`` details are left out."""
+        detail = {key: value for key, value in extra.items() if value}
         if flagged:
             detail["flag"] = "possible_clone"
         if serial is not None:
@@ -356,10 +382,20 @@ def _record(certificate: x509.Certificate, device_id: str, now: dt.datetime) -> 
     )
 
 
-def _spki(key: object) -> bytes:
-    return key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+# States whose certificates a decision may supersede (pending: held by an earlier version).
+_HOLDS_CERTIFICATES = frozenset({DeviceState.ACTIVE, DeviceState.REGISTERED, DeviceState.PENDING})
+
+
+def _key_sha256(key: object) -> str:
+    """SHA-256 (hex) of a public key's SubjectPublicKeyInfo: what identifies a device's key."""
+    der = key.public_bytes(  # type: ignore[attr-defined]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    return hashlib.sha256(der).hexdigest()
+
+
+def _serials(serials: tuple[int, ...]) -> str:
+    return ",".join(f"{s:x}" for s in serials)
 
 
 def _kind(credential: Credential) -> str:

@@ -17,7 +17,13 @@ from fleet.config import CONFIG_FILENAME, FleetConfig, load_config
 from fleet.kernel.clock import SystemClock
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
-from fleet.store.records import AuditRecord, CertificateRecord, Device
+from fleet.store.records import (
+    AuditRecord,
+    CertificateRecord,
+    Device,
+    ReplacementRequest,
+    ReplacementStatus,
+)
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -116,6 +122,44 @@ def device_to_json(device: Device) -> dict[str, Any]:
         "created_at": when(device.created_at),
         "updated_at": when(device.updated_at),
     }
+
+
+def replacement_to_json(request: ReplacementRequest | None) -> dict[str, Any] | None:
+    if request is None:
+        return None
+    return {
+        "status": request.status.value,
+        "bootstrap_sha256": request.bootstrap_sha256,
+        "key_sha256": request.key_sha256,
+        "first_seen": when(request.first_seen),
+        "last_seen": when(request.last_seen),
+        "attempts": request.attempts,
+        "keys_seen": request.keys_seen,
+        "source": request.source,
+        "decided_at": when(request.decided_at) or None,
+        "decided_by": request.decided_by,
+    }
+
+
+def echo_replacement(request: ReplacementRequest | None) -> None:
+    """The replacement request as `show` and `why` print it, with what to do about it."""
+    if request is None:
+        return
+    device_id = request.device_id
+    click.echo(f"Replacement request ({request.status.value}): its bootstrap certificate was")
+    click.echo("presented again while the device is active: a factory reset, or a clone.")
+    click.echo(f"  bootstrap_sha256  {request.bootstrap_sha256}")
+    click.echo(f"  new key sha256    {request.key_sha256}")
+    click.echo(f"  attempts          {request.attempts} (different keys: {request.keys_seen})")
+    click.echo(f"  first seen        {when(request.first_seen)}")
+    click.echo(f"  last seen         {when(request.last_seen)}")
+    click.echo(f"  source            {request.source or '-'}")
+    if request.decided_at is not None:
+        click.echo(f"  decided           {when(request.decided_at)} by {request.decided_by}")
+    if request.status is ReplacementStatus.PENDING:
+        click.echo("  The device keeps working meanwhile. Decide:")
+        click.echo(f"    factory reset: fleet device approve {device_id} --replace")
+        click.echo(f"    clone:         fleet device reject {device_id} [--revoke]")
 
 
 def cert_to_json(cert: CertificateRecord) -> dict[str, Any]:

@@ -8,7 +8,9 @@ from fleet.cli._context import (
     cert_to_json,
     device_to_json,
     echo_json,
+    echo_replacement,
     json_option,
+    replacement_to_json,
     table,
     when,
 )
@@ -16,7 +18,7 @@ from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.cli.ops import DeviceQuery
 from fleet.kernel.device_id import validate_device_id
-from fleet.store.records import DeviceState
+from fleet.store.records import Device, DeviceState, ReplacementRequest
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime
 
 
@@ -80,22 +82,56 @@ def token(device_id: str, expires_in: str, as_json: bool) -> None:
 
 @device.command()
 @click.argument("device_id", metavar="ID")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Answer a replacement request (factory reset): revoke the device's current "
+    "certificates (superseded) and issue the new key at the device's next retry.",
+)
 @admin_options
 @json_option
-def approve(device_id: str, as_json: bool) -> None:
-    """Approve device ID, waiting for approval: it may then enroll (pending -> registered)."""
-    changed = admin_ops().approve(device_id)
-    report_device(changed, "Approved", as_json)
+def approve(device_id: str, replace: bool, as_json: bool) -> None:
+    """Approve device ID, waiting for approval: it may then enroll (pending -> registered).
+
+    
+    An active device whose bootstrap certificate was presented again has a
+    replacement request (see `fleet device show ID`). Approving it needs a choice:
+        fleet device approve ID --replace   factory reset: the new key replaces the old
+        fleet device reject ID [--revoke]   clone: refuse it (--revoke: old certs too)
+    """
+    ops = admin_ops()
+    changed = ops.approve(device_id, replace=replace)
+    _report(ops.replacement_request(device_id), changed, "Approved", as_json)
 
 
 @device.command()
 @click.argument("device_id", metavar="ID")
+@click.option(
+    "--revoke",
+    is_flag=True,
+    help="With a replacement request (clone): also revoke the device's current "
+    "certificates, reason keyCompromise.",
+)
 @admin_options
 @json_option
-def reject(device_id: str, as_json: bool) -> None:
-    """Reject device ID, waiting for approval: it will be refused (pending -> rejected)."""
-    changed = admin_ops().reject(device_id)
-    report_device(changed, "Rejected", as_json)
+def reject(device_id: str, revoke: bool, as_json: bool) -> None:
+    """Reject device ID, waiting for approval: it will be refused (pending -> rejected).
+
+    For an active device with a replacement request, the bootstrap replay is
+    refused from then on and the device stays active; --revoke revokes its
+    current certificates too (keyCompromise).
+    """
+    ops = admin_ops()
+    changed = ops.reject(device_id, revoke=revoke)
+    _report(ops.replacement_request(device_id), changed, "Rejected", as_json)
+
+
+def _report(request: ReplacementRequest | None, changed: Device, verb: str, as_json: bool) -> None:
+    if as_json:
+        echo_json({**device_to_json(changed), "replacement_request": replacement_to_json(request)})
+        return
+    report_device(changed, verb, as_json)
+    echo_replacement(request)
 
 
 @device.command()
@@ -104,10 +140,16 @@ def reject(device_id: str, as_json: bool) -> None:
 @json_option
 def show(device_id: str, as_json: bool) -> None:
     """Show device ID: state, manifest pin, enrollment, certificates."""
-    found, certificates = admin_ops().show_device(device_id)
+    ops = admin_ops()
+    found, certificates = ops.show_device(device_id)
+    request = ops.replacement_request(device_id)
     if as_json:
         echo_json(
-            {**device_to_json(found), "certificates": [cert_to_json(c) for c in certificates]}
+            {
+                **device_to_json(found),
+                "replacement_request": replacement_to_json(request),
+                "certificates": [cert_to_json(c) for c in certificates],
+            }
         )
         return
     data = device_to_json(found)
@@ -126,10 +168,12 @@ def show(device_id: str, as_json: bool) -> None:
         click.echo(f"{key + ':':27}{data[key] or '-'}")
     click.echo(f"{'certificates:':27}{len(certificates) or '-'}")
     for cert in certificates:
+        reason = f" ({cert.revocation_reason.value})" if cert.revocation_reason else ""
         click.echo(
-            f"  serial {cert.serial:x}  {cert.status.value}  "
+            f"  serial {cert.serial:x}  {cert.status.value}{reason}  "
             f"{when(cert.not_before)} .. {when(cert.not_after)}"
         )
+    echo_replacement(request)
 
 
 @device.command("list")

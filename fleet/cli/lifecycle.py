@@ -14,7 +14,9 @@ from fleet.cli._context import (
     details,
     device_to_json,
     echo_json,
+    echo_replacement,
     json_option,
+    replacement_to_json,
     table,
     when,
 )
@@ -171,9 +173,12 @@ def why(device_id: str, as_json: bool) -> None:
     (the device itself, an admin, the system), what was done, the outcome,
     the reason code and the key details (serials, fingerprints, notes).
     """
-    found, records = admin_ops().why(device_id)
+    ops = admin_ops()
+    found, records = ops.why(device_id)
+    request = ops.replacement_request(device_id)
     if as_json:
-        echo_json({"device": device_to_json(found), "trace": [audit_to_json(r) for r in records]})
+        device_json = {**device_to_json(found), "replacement_request": replacement_to_json(request)}
+        echo_json({"device": device_json, "trace": [audit_to_json(r) for r in records]})
         return
     reason = f" ({found.state_reason})" if found.state_reason else ""
     click.echo(f"Device {found.device_id}: {found.state.value}{reason}")
@@ -181,6 +186,7 @@ def why(device_id: str, as_json: bool) -> None:
     if found.enrolled_at is not None:
         facts.append(f"enrolled {when(found.enrolled_at)}")
     click.echo("  " + ", ".join(facts))
+    echo_replacement(request)
     if not records:
         click.echo("No audit records about this device.")
         return

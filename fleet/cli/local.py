@@ -22,6 +22,7 @@ from fleet.store.records import (
     DeviceFilter,
     ManifestEntry,
     ManufacturerCA,
+    ReplacementRequest,
     RevocationReason,
 )
 
@@ -61,16 +62,25 @@ class LocalOps:
 
         return with_store(self.config, read)
 
-    def approve(self, device_id: str) -> Device:
+    def replacement_request(self, device_id: str) -> ReplacementRequest | None:
+        async def read(store: Store) -> ReplacementRequest | None:
+            await store.get_device(device_id)  # DeviceNotFound for an unknown id
+            return await store.get_replacement_request(device_id)
+
+        return with_store(self.config, read)
+
+    def approve(self, device_id: str, *, replace: bool = False) -> Device:
         return with_store(
             self.config,
-            lambda s: cases.approve_device(s, device_id, actor=self.actor, now=now()),
+            lambda s: cases.approve_device(
+                s, device_id, actor=self.actor, now=now(), replace=replace
+            ),
         )
 
-    def reject(self, device_id: str) -> Device:
+    def reject(self, device_id: str, *, revoke: bool = False) -> Device:
         return with_store(
             self.config,
-            lambda s: cases.reject_device(s, device_id, actor=self.actor, now=now()),
+            lambda s: cases.reject_device(s, device_id, actor=self.actor, now=now(), revoke=revoke),
         )
 
     def issue_token(self, device_id: str, lifetime: dt.timedelta) -> TokenGrant:

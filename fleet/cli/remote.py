@@ -44,6 +44,8 @@ from fleet.store.records import (
     DeviceState,
     ManifestEntry,
     ManufacturerCA,
+    ReplacementRequest,
+    ReplacementStatus,
     RevocationReason,
 )
 
@@ -280,6 +282,24 @@ def _device(data: Mapping[str, Any]) -> Device:
     )
 
 
+def _replacement(device_id: str, data: Mapping[str, Any] | None) -> ReplacementRequest | None:
+    if data is None:
+        return None
+    return ReplacementRequest(
+        device_id=device_id,
+        bootstrap_sha256=data["bootstrap_sha256"],
+        key_sha256=data["key_sha256"],
+        first_seen=_time(data["first_seen"]),
+        last_seen=_time(data["last_seen"]),
+        attempts=int(data["attempts"]),
+        keys_seen=int(data.get("keys_seen") or 1),
+        source=data.get("source") or "",
+        status=ReplacementStatus(data["status"]),
+        decided_at=_maybe_time(data.get("decided_at")),
+        decided_by=data.get("decided_by") or "",
+    )
+
+
 def _certificate(data: Mapping[str, Any]) -> CertificateRecord:
     reason = data.get("revocation_reason")
     return CertificateRecord(
@@ -345,11 +365,17 @@ class RemoteOps:
         certs = self.api.request("GET", _device_path(device_id, "certificates"))["items"]
         return device, [_certificate(c) for c in certs]
 
-    def approve(self, device_id: str) -> Device:
-        return _device(self.api.request("POST", _device_path(device_id, "approve")))
+    def replacement_request(self, device_id: str) -> ReplacementRequest | None:
+        data = self.api.request("GET", _device_path(device_id))
+        return _replacement(device_id, data.get("replacement_request"))
 
-    def reject(self, device_id: str) -> Device:
-        return _device(self.api.request("POST", _device_path(device_id, "reject")))
+    def approve(self, device_id: str, *, replace: bool = False) -> Device:
+        body = {"replace": True} if replace else None
+        return _device(self.api.request("POST", _device_path(device_id, "approve"), body=body))
+
+    def reject(self, device_id: str, *, revoke: bool = False) -> Device:
+        body = {"revoke": True} if revoke else None
+        return _device(self.api.request("POST", _device_path(device_id, "reject"), body=body))
 
     def issue_token(self, device_id: str, lifetime: dt.timedelta) -> TokenGrant:
         hours, rest = divmod(int(lifetime.total_seconds()), 3600)

@@ -188,7 +188,9 @@ class EstService:
             raise
         request["device_id"] = credential.device_id
         self._check_pop(request, csr)
-        return await self.authority.enroll(credential, csr, profile, replace_key=replace_key)
+        return await self.authority.enroll(
+            credential, csr, profile, replace_key=replace_key, source=request.remote or ""
+        )
 
     async def _reenroll(
         self, request: web.Request, csr: x509.CertificateSigningRequest, profile: DeviceProfile

@@ -20,6 +20,8 @@ errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
     │   ├── UnsupportedMediaType        wrong Content-Type (415)
     │   ├── TrustDomainsMixed         a CA offered to one trust domain belongs to another
     │   ├── StateConflict               the record is not in a state the action applies to (409)
+    │   │   ├── ReplacementChoiceRequired   approve of a replacement request without --replace
+    │   │   └── NoReplacementRequest        --replace/--revoke without a pending request
     │   └── ConfirmationRequired        a bulk action over the cap needs an explicit confirm (428)
     ├── AuthError                       who is asking cannot be established or trusted
     │   ├── CredentialsRequired         no usable credential was presented (401)
@@ -128,6 +130,29 @@ class UnsupportedMediaType(PolicyError):
 class StateConflict(PolicyError):
     reason = Reason.STATE_CONFLICT
     hint = "Look at the record's current state; the action does not apply to it."
+
+
+class ReplacementChoiceRequired(StateConflict):
+    """``approve`` of an active device whose bootstrap certificate was presented again."""
+
+    reason = Reason.REPLACEMENT_CHOICE_REQUIRED
+    hint = (
+        'If the device was factory-reset, approve with --replace (API: {"replace": true}): '
+        "its current certificates are revoked as superseded and the new key is issued at its "
+        "next retry. If it is a clone, reject it (`fleet device reject ID`), adding --revoke "
+        '(API: {"revoke": true}) when its operational key may be stolen too (revoked as '
+        "keyCompromise). The device keeps working until you decide."
+    )
+
+
+class NoReplacementRequest(StateConflict):
+    """--replace or --revoke given for a device without a pending replacement request."""
+
+    reason = Reason.NO_REPLACEMENT_REQUEST
+    hint = (
+        "See the device with `fleet device show ID`. To revoke its certificates, use "
+        "`fleet device revoke` or `fleet cert revoke`."
+    )
 
 
 class TrustDomainsMixed(PolicyError):

@@ -112,6 +112,14 @@ class Reason(enum.StrEnum):
     DEVICE_REJECTED = "device_rejected"
     DEVICE_NOT_PENDING = "device_not_pending"
     DEVICE_NOT_ENROLLED = "device_not_enrolled"
+    REPLY_REPLAYED = "reply_replayed"  # a lost-reply retry: the recorded certificate again
+    # A bootstrap replay on an active device is a replacement request beside it.
+    REPLACEMENT_APPROVED = "replacement_approved"
+    REPLACEMENT_REJECTED = "replacement_rejected"
+    REPLACEMENT_KEY_MISMATCH = "replacement_key_mismatch"
+    REPLACEMENT_CHOICE_REQUIRED = "replacement_choice_required"
+    NO_REPLACEMENT_REQUEST = "no_replacement_request"
+    SUPERSEDED = "superseded"  # older certificates revoked because a newer one replaced them
 
     # -- lookups, store, CRL, operations ----------------------------------------------------
     DEVICE_NOT_FOUND = "device_not_found"

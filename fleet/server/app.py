@@ -32,6 +32,7 @@ from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
+from fleet.policy.renewal import RenewalOverlap
 from fleet.revocation.routes import RevocationService
 from fleet.server.answers import name_the_server
 from fleet.server.metrics import Metrics
@@ -81,6 +82,7 @@ def build_app(
         policy=policy,
         clock=clock,
         retry_after=config.policy.retry_after_seconds,
+        renewal_overlap=RenewalOverlap(config.policy.renewal_overlap),
     )
     credentials = Credentials(
         store=store,

@@ -34,6 +34,8 @@ from fleet.store.records import (
     EnrollmentToken,
     ManifestEntry,
     ManufacturerCA,
+    ReplacementRequest,
+    ReplacementStatus,
     RevocationEvent,
     RevocationReason,
     RevocationSnapshot,
@@ -103,16 +105,59 @@ class Store(Protocol):
         now: dt.datetime,
         bootstrap_sha256: str | None = None,
         audit: AuditEvent | None = None,
+        supersede: Collection[int] = (),
+        replacement_key: str | None = None,
     ) -> Device:
         """Record an issued certificate BEFORE it is returned to the device.
 
         Atomically: the device must be in one of ``expected`` states (else
-        StoreConflict — of 20 racing first enrollments exactly one wins); the
-        certificate is inserted; the device becomes ``active``; with a
-        ``bootstrap_sha256`` (first enrollment) the device remembers which
-        bootstrap certificate enrolled it and when; with ``audit`` the event is
-        chained in the same change. Recording the very same certificate again
-        (a replayed call) returns the device and writes nothing."""
+        StoreConflict — of 20 racing first enrollments exactly one wins); with
+        ``replacement_key`` the device's replacement request must be approved
+        for that key (else StoreConflict) and is consumed; the certificate is
+        inserted; the device becomes ``active``; with a ``bootstrap_sha256``
+        (bootstrap enrollment) the device remembers which bootstrap certificate
+        enrolled it and when; each of ``supersede`` that is still a good
+        certificate of this device is revoked (reason superseded; one
+        certificate feed event for all); with ``audit`` the event is chained in
+        the same change. Recording the very same certificate again (a replayed
+        call) returns the device and writes nothing."""
+
+    # -- replacement requests (a bootstrap replay on an active device) ------------
+    async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
+        """The device's replacement request in any status; None if it has none."""
+
+    async def note_replacement_attempt(
+        self,
+        device_id: str,
+        *,
+        bootstrap_sha256: str,
+        key_sha256: str,
+        source: str,
+        now: dt.datetime,
+        audit: AuditEvent | None = None,
+    ) -> ReplacementRequest:
+        """Open the device's pending replacement request, or count one more attempt
+        on it (the newest key, source and time are kept; ``keys_seen`` grows when
+        the key changed). Atomic: racing attempts make one request and each is
+        counted once. The device must be ``active`` and a request it has must be
+        pending (else StoreConflict: an admin's answer is never reopened here).
+        Raises DeviceNotFound."""
+
+    async def decide_replacement_request(
+        self,
+        device_id: str,
+        status: ReplacementStatus,
+        *,
+        now: dt.datetime,
+        actor: str,
+        revoke: RevocationReason | None = None,
+        audit: AuditEvent | None = None,
+    ) -> tuple[ReplacementRequest, RevocationEvent | None]:
+        """Answer the device's pending replacement request (approved or rejected),
+        atomically with, given ``revoke``, the revocation of every good
+        certificate the device holds for that reason (one certificate feed
+        event; None if it held none). The device's state is not changed.
+        Raises StoreConflict when it has no pending request, DeviceNotFound."""
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         """Raises CertificateNotFound."""

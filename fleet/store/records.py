@@ -75,6 +75,37 @@ class Device:
     state_reason: str = ""
 
 
+class ReplacementStatus(enum.StrEnum):
+    """Where a replacement request stands (see :class:`ReplacementRequest`)."""
+
+    PENDING = "pending"  # waiting for an admin; the device itself stays as it is
+    APPROVED = "approved"  # the key it names is issued at the device's next retry
+    REJECTED = "rejected"  # the replay is refused from then on
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplacementRequest:
+    """A bootstrap certificate used again on an active device: a factory reset or a clone.
+
+    It sits beside the device and never changes the device's state; an admin
+    approves it (the old certificates are superseded and ``key_sha256`` is
+    issued at the next retry) or rejects it (the replay is refused from then
+    on). One per device: the newest attempt's evidence is kept, with counts.
+    """
+
+    device_id: str
+    bootstrap_sha256: str  # the bootstrap certificate that was presented again
+    key_sha256: str  # SHA-256 of the SubjectPublicKeyInfo of the newest attempt's key
+    first_seen: dt.datetime
+    last_seen: dt.datetime
+    attempts: int = 1
+    keys_seen: int = 1  # how often the key changed between attempts, plus one
+    source: str = ""  # the newest attempt's peer address, when known
+    status: ReplacementStatus = ReplacementStatus.PENDING
+    decided_at: dt.datetime | None = None
+    decided_by: str = ""  # the admin ("admin:<name>")
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class CertificateRecord:
     serial: int

@@ -6,6 +6,7 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:devices              zset    every device id, score 0: lexicographic paging
     {ns}:cert:<serial hex>    hash    one certificate
     {ns}:device-certs:<id>    set     serials (hex) of a device's certificates
+    {ns}:replacement:<id>     hash    the device's replacement request (see records.py)
     {ns}:expiry               zset    good certificates, score = notAfter (epoch µs)
     {ns}:revoked              set     revoked serials (the CRL's content)
     {ns}:revoked-devices      set     revoked device ids
@@ -81,6 +82,7 @@ from fleet.kernel.errors import (
     StoreUnavailable,
     TokenInvalid,
 )
+from fleet.store import _redis_replacements as replacements
 from fleet.store._codec import (
     admin_order,
     check_admin_credential,
@@ -96,6 +98,7 @@ from fleet.store._codec import (
     serial_int,
     ts,
 )
+from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.records import (
     AdminCredential,
@@ -110,6 +113,8 @@ from fleet.store.records import (
     EnrollmentToken,
     ManifestEntry,
     ManufacturerCA,
+    ReplacementRequest,
+    ReplacementStatus,
     RevocationEvent,
     RevocationReason,
     RevocationSnapshot,
@@ -152,33 +157,8 @@ end
 return created
 """
 
-# Scripts that take an audit event share this prelude. Their ARGV[1..4] are the
-# event's chain record as Python computed it: the head sha256 it chains after
-# ('' = no event), its seq, its sha256, the record as JSON. Its keys follow the
-# script's own keys, from KEYS[k]: the audit zset, the audit head and, when the
-# event names a device, that device's audit index. A script calls
-# ``audit_moved(k)`` after its own checks and before its first write; Python
-# retries on ``moved``.
-_AUDIT_PRELUDE = (
-    """
-local GENESIS = '"""
-    + GENESIS
-    + """'
-local function audit_moved(k)
-  if ARGV[1] == '' then return false end
-  return (redis.call('HGET', KEYS[k + 1], 'sha256') or GENESIS) ~= ARGV[1]
-end
-local function audit_append(k)
-  if ARGV[1] == '' then return end
-  redis.call('ZADD', KEYS[k], ARGV[2], ARGV[4])
-  redis.call('HSET', KEYS[k + 1], 'seq', ARGV[2], 'sha256', ARGV[3])
-  if KEYS[k + 2] then redis.call('ZADD', KEYS[k + 2], ARGV[2], ARGV[2]) end
-end
-"""
-)
-
 _ADD_DEVICE = (
-    _AUDIT_PRELUDE
+    AUDIT_PRELUDE
     + """
 -- KEYS[1] device hash, KEYS[2] devices zset, KEYS[3..] audit
 -- ARGV[1..4] audit, ARGV[5] id, ARGV[6..] field/value pairs
@@ -192,7 +172,7 @@ return {'ok'}
 )
 
 _SET_STATE = (
-    _AUDIT_PRELUDE
+    AUDIT_PRELUDE
     + """
 -- KEYS[1] device hash, KEYS[2..] audit
 -- ARGV[1..4] audit, ARGV[5] state, ARGV[6] now, ARGV[7] reason, ARGV[8..] expected
@@ -211,14 +191,19 @@ return {'ok', redis.call('HGETALL', KEYS[1])}
 )
 
 _RECORD_CERTIFICATE = (
-    _AUDIT_PRELUDE
+    FEED_APPEND
+    + REVOKE_GOOD
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] device, KEYS[2] cert, KEYS[3] device-certs, KEYS[4] expiry, KEYS[5] revoked,
--- KEYS[6..] audit
+-- KEYS[6] feed, KEYS[7] feed:seq, KEYS[8] replacement request, KEYS[9..] audit
 -- ARGV[1..4] audit, ARGV[5] now, ARGV[6] bootstrap sha ('' = none), ARGV[7] notAfter
 -- score, ARGV[8] m = 2 * number of cert fields, ARGV[9 .. 8+m] cert field/value pairs,
--- ARGV[9+m ..] expected device states
+-- ARGV[9+m] approved replacement key ('' = none), ARGV[10+m] channel, ARGV[11+m] cert key
+-- prefix, ARGV[12+m] n = number of serials to supersede, ARGV[13+m .. 12+m+n] those
+-- serials (hex), ARGV[13+m+n ..] expected device states
 local m = tonumber(ARGV[8])
+local n = tonumber(ARGV[12 + m])
 local cert = {}
 for i = 9, 8 + m, 2 do cert[ARGV[i]] = ARGV[i + 1] end
 local cur = redis.call('HGET', KEYS[1], 'state')
@@ -232,11 +217,17 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'duplicate'}
 end
 local allowed = false
-for i = 9 + m, #ARGV do
+for i = 13 + m + n, #ARGV do
   if ARGV[i] == cur then allowed = true end
 end
 if not allowed then return {'conflict', cur} end
-if audit_moved(6) then return {'moved'} end
+local replacement = ARGV[9 + m]
+if replacement ~= '' then
+  local r = redis.call('HMGET', KEYS[8], 'status', 'key_sha256')
+  if r[1] ~= 'approved' or r[2] ~= replacement then return {'conflict', cur} end
+end
+if audit_moved(9) then return {'moved'} end
+if replacement ~= '' then redis.call('DEL', KEYS[8]) end
 redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + m))
 redis.call('SADD', KEYS[3], cert['serial'])
 if cert['status'] == 'good' then
@@ -248,25 +239,21 @@ redis.call('HSET', KEYS[1], 'state', 'active', 'updated_at', ARGV[5])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'enrolled_bootstrap_sha256', ARGV[6], 'enrolled_at', ARGV[5])
 end
-audit_append(6)
-return {'ok', redis.call('HGETALL', KEYS[1])}
+local supersede = {}
+for i = 13 + m, 12 + m + n do table.insert(supersede, ARGV[i]) end
+local done = revoke_good(ARGV[11 + m], KEYS[4], KEYS[5], cert['device_id'], supersede,
+  'superseded', ARGV[5])
+audit_append(9)
+local device = redis.call('HGETALL', KEYS[1])
+if #done == 0 then return {'ok', device} end
+return {'ok', device, feed_append(KEYS[6], KEYS[7], ARGV[10 + m], 'certificate',
+  cert['device_id'], done, 'superseded', ARGV[5])}
 """
 )
 
-_FEED_APPEND = """
-local function feed_append(feed, feed_seq, channel, kind, device_id, serials, reason, at)
-  local seq = redis.call('INCR', feed_seq)
-  local event = cjson.encode({seq = seq, kind = kind, device_id = device_id,
-    serials = serials, reason = reason, at = at})
-  redis.call('RPUSH', feed, event)
-  redis.call('PUBLISH', channel, event)
-  return event
-end
-"""
-
 _REVOKE_CERTIFICATE = (
-    _FEED_APPEND
-    + _AUDIT_PRELUDE
+    FEED_APPEND
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] cert, KEYS[2] expiry, KEYS[3] revoked, KEYS[4] feed, KEYS[5] feed:seq,
 -- KEYS[6..] audit
@@ -286,8 +273,8 @@ return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[8], 'certificate', cert[2], {AR
 )
 
 _REVOKE_DEVICE = (
-    _FEED_APPEND
-    + _AUDIT_PRELUDE
+    FEED_APPEND
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] device, KEYS[2] device-certs, KEYS[3] expiry, KEYS[4] revoked,
 -- KEYS[5] revoked-devices, KEYS[6] feed, KEYS[7] feed:seq, KEYS[8..] audit
@@ -403,6 +390,9 @@ class _Keys:
 
     def token(self, device_id: str) -> str:
         return f"{self.tag}:token:{device_id}"
+
+    def replacement(self, device_id: str) -> str:
+        return f"{self.tag}:replacement:{device_id}"
 
     def audit_device(self, device_id: str) -> str:
         return f"{self.tag}:audit:device:{device_id}"
@@ -654,6 +644,8 @@ class RedisStore:
         self._audit_of_device = client.register_script(_AUDIT_OF_DEVICE)
         self._good_certificates = client.register_script(_GOOD_CERTIFICATES)
         self._disable_admin = client.register_script(_DISABLE_ADMIN)
+        self._note_replacement = client.register_script(replacements.NOTE_ATTEMPT)
+        self._decide_replacement = client.register_script(replacements.DECIDE)
 
     @classmethod
     async def open(cls, url: str, *, namespace: str = "fleet") -> RedisStore:
@@ -825,16 +817,22 @@ class RedisStore:
         now: dt.datetime,
         bootstrap_sha256: str | None = None,
         audit: AuditEvent | None = None,
+        supersede: Collection[int] = (),
+        replacement_key: str | None = None,
     ) -> Device:
         c = certificate
+        k = self._keys
         fields = _cert_fields(c)
         pairs = [x for pair in fields.items() for x in pair]
         keys = [
-            self._keys.device(c.device_id),
-            self._keys.cert(c.serial),
-            self._keys.device_certs(c.device_id),
-            self._keys.expiry,
-            self._keys.revoked,
+            k.device(c.device_id),
+            k.cert(c.serial),
+            k.device_certs(c.device_id),
+            k.expiry,
+            k.revoked,
+            k.feed,
+            k.feed_seq,
+            k.replacement(c.device_id),
         ]
         args: list[str | int] = [
             ts(now),
@@ -842,10 +840,79 @@ class RedisStore:
             epoch_us(c.not_after),
             len(pairs),
             *pairs,
+            replacement_key or "",
+            k.channel,
+            k.cert_prefix,
+            len(supersede),
+            *(serial_hex(s) for s in supersede),
             *(s.value for s in expected),
         ]
         reply = await self._audited(self._record_certificate, keys, args, audit)
         return self._device_reply(c.device_id, reply)
+
+    # -- replacement requests ----------------------------------------------------
+    async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
+        with _mapped_errors():
+            fields = _fields(await self._redis.hgetall(self._keys.replacement(device_id)))
+        return replacements.request_from_fields(fields) if fields else None
+
+    async def note_replacement_attempt(
+        self,
+        device_id: str,
+        *,
+        bootstrap_sha256: str,
+        key_sha256: str,
+        source: str,
+        now: dt.datetime,
+        audit: AuditEvent | None = None,
+    ) -> ReplacementRequest:
+        keys = [self._keys.device(device_id), self._keys.replacement(device_id)]
+        args = [device_id, bootstrap_sha256, key_sha256, source, ts(now)]
+        status, payload = await self._audited(self._note_replacement, keys, args, audit)
+        if status == "missing":
+            raise DeviceNotFound(f"no device {device_id!r}")
+        if status == "conflict":
+            raise StoreConflict(
+                f"device {device_id!r}: {_text(payload)}; no replacement request is noted"
+            )
+        return replacements.request_from_fields(_fields(payload))
+
+    async def decide_replacement_request(
+        self,
+        device_id: str,
+        status: ReplacementStatus,
+        *,
+        now: dt.datetime,
+        actor: str,
+        revoke: RevocationReason | None = None,
+        audit: AuditEvent | None = None,
+    ) -> tuple[ReplacementRequest, RevocationEvent | None]:
+        if status is ReplacementStatus.PENDING:
+            raise ValueError("a replacement request is answered approved or rejected")
+        k = self._keys
+        keys = [
+            k.device(device_id),
+            k.replacement(device_id),
+            k.device_certs(device_id),
+            k.expiry,
+            k.revoked,
+            k.feed,
+            k.feed_seq,
+        ]
+        args = [
+            device_id, status.value, ts(now), actor,
+            "" if revoke is None else revoke.value, k.channel, k.cert_prefix,
+        ]  # fmt: skip
+        status_, payload = await self._audited(self._decide_replacement, keys, args, audit)
+        if status_ == "missing":
+            raise DeviceNotFound(f"no device {device_id!r}")
+        if status_ == "conflict":
+            raise StoreConflict(
+                f"device {device_id!r} has no pending replacement request ({_text(payload)})"
+            )
+        fields, event = list(payload)
+        request = replacements.request_from_fields(_fields(fields))
+        return request, None if event is None else feed_event_from_json(_text(event))
 
     async def _certificates(self, serials: Sequence[str]) -> list[CertificateRecord]:
         with _mapped_errors():
@@ -1005,7 +1072,7 @@ class RedisStore:
         args: Sequence[str | int],
         audit: AuditEvent | None,
     ) -> tuple[str, Any]:
-        """Run a script of the audit prelude (see ``_AUDIT_PRELUDE``) with ``audit``
+        """Run a script of the audit prelude (see ``AUDIT_PRELUDE``) with ``audit``
         chained in, retrying while other writers move the audit head."""
         if audit is None:
             with _mapped_errors():

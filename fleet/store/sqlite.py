@@ -45,12 +45,12 @@ from typing import Any, TypeVar
 from fleet.kernel.errors import (
     AdminNotFound,
     CertificateNotFound,
-    DeviceNotFound,
     NotFound,
     StoreConflict,
     StoreUnavailable,
     TokenInvalid,
 )
+from fleet.store import _sqlite_replacements as replacements
 from fleet.store._codec import (
     admin_order,
     check_admin_credential,
@@ -58,8 +58,6 @@ from fleet.store._codec import (
     check_manifest,
     check_target_state,
     feed_event_from_json,
-    feed_event_to_json,
-    opt_parse_ts,
     opt_ts,
     parse_ts,
     serial_hex,
@@ -67,7 +65,14 @@ from fleet.store._codec import (
     ts,
 )
 from fleet.store._fsync import FileSyncer
-from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
+from fleet.store._sqlite_rows import (
+    _append_audit,
+    _append_feed,
+    _certificate,
+    _device,
+    _fetch_device,
+)
+from fleet.store.audit_chain import event_from_json
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
@@ -81,6 +86,8 @@ from fleet.store.records import (
     EnrollmentToken,
     ManifestEntry,
     ManufacturerCA,
+    ReplacementRequest,
+    ReplacementStatus,
     RevocationEvent,
     RevocationKind,
     RevocationReason,
@@ -90,8 +97,9 @@ from fleet.store.records import (
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# 2 added admin_credentials and cursors (new tables only: a version 1 file upgrades in place).
-SCHEMA_VERSION = 2
+# 2 added admin_credentials and cursors, 3 replacement_requests (new tables only: older
+# files upgrade in place).
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
 # SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
@@ -170,36 +178,6 @@ CREATE TABLE IF NOT EXISTS cursors (
 """
 
 
-def _device(row: sqlite3.Row) -> Device:
-    return Device(
-        device_id=row["device_id"],
-        state=DeviceState(row["state"]),
-        created_at=parse_ts(row["created_at"]),
-        updated_at=parse_ts(row["updated_at"]),
-        bootstrap_sha256=row["bootstrap_sha256"],
-        model=row["model"],
-        batch=row["batch"],
-        enrolled_bootstrap_sha256=row["enrolled_bootstrap_sha256"],
-        enrolled_at=opt_parse_ts(row["enrolled_at"]),
-        state_reason=row["state_reason"],
-    )
-
-
-def _certificate(row: sqlite3.Row) -> CertificateRecord:
-    reason = row["revocation_reason"]
-    return CertificateRecord(
-        serial=serial_int(row["serial"]),
-        device_id=row["device_id"],
-        not_before=parse_ts(row["not_before"]),
-        not_after=parse_ts(row["not_after"]),
-        issued_at=parse_ts(row["issued_at"]),
-        pem=row["pem"],
-        status=CertificateStatus(row["status"]),
-        revoked_at=opt_parse_ts(row["revoked_at"]),
-        revocation_reason=None if reason is None else RevocationReason(reason),
-    )
-
-
 def _audit(row: sqlite3.Row) -> AuditRecord:
     return AuditRecord(
         seq=row["seq"],
@@ -220,13 +198,6 @@ def _admin(row: sqlite3.Row) -> AdminCredential:
     )
 
 
-def _fetch_device(conn: sqlite3.Connection, device_id: str) -> Device:
-    row = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
-    if row is None:
-        raise DeviceNotFound(f"no device {device_id!r}")
-    return _device(row)
-
-
 def _same_certificate_recorded(conn: sqlite3.Connection, c: CertificateRecord) -> bool:
     """Whether exactly ``c`` is already recorded: a replay (the Redis backend sees
     those after a retry), not a conflict."""
@@ -236,25 +207,6 @@ def _same_certificate_recorded(conn: sqlite3.Connection, c: CertificateRecord) -
     return (
         existing is not None and existing["device_id"] == c.device_id and existing["pem"] == c.pem
     )
-
-
-def _append_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> AuditRecord | None:
-    """Chain ``event`` after the newest record, inside the caller's write transaction."""
-    if event is None:
-        return None
-    row = conn.execute("SELECT seq, sha256 FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    record = chain_after(0, GENESIS, event) if row is None else chain_after(row[0], row[1], event)
-    conn.execute(
-        "INSERT INTO audit (seq, event, prev_sha256, sha256, device_id) VALUES (?, ?, ?, ?, ?)",
-        (
-            record.seq,
-            json.dumps(event_to_json(event), sort_keys=True),
-            record.prev_sha256,
-            record.sha256,
-            event.device_id,
-        ),
-    )
-    return record
 
 
 _GOOD = CertificateStatus.GOOD.value
@@ -293,35 +245,16 @@ def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, 
     return " AND ".join(clauses), params
 
 
-def _append_feed(
-    conn: sqlite3.Connection,
-    kind: RevocationKind,
-    device_id: str,
-    serials: Sequence[int],
-    reason: RevocationReason,
-    now: dt.datetime,
-) -> RevocationEvent:
-    (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
-    event = RevocationEvent(
-        seq=head + 1,
-        kind=kind,
-        device_id=device_id,
-        serials=tuple(sorted(serials)),
-        reason=reason,
-        at=now,
-    )
-    conn.execute(
-        "INSERT INTO revocation_feed (seq, event) VALUES (?, ?)",
-        (event.seq, feed_event_to_json(event)),
-    )
-    return event
-
-
 @dataclasses.dataclass(slots=True)
 class _WriteJob:
     body: Callable[[sqlite3.Connection], Any]
     future: asyncio.Future[Any]
-    feed: bool = False  # a result that is not None is a revocation feed event
+    # Whether the result says a revocation feed event was appended (None: never).
+    feed: Callable[[Any], bool] | None = None
+
+
+def _appended(event: RevocationEvent | None) -> bool:
+    return event is not None
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -438,7 +371,7 @@ class SqliteStore:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";"):
+        for statement in (_SCHEMA + replacements.SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
@@ -566,11 +499,16 @@ class SqliteStore:
     # COMMIT. One fsync runs at a time, and it covers every write committed
     # before it began: group commit, with no thread hop per statement (a hop
     # costs more CPU than the statements: GIL hand-offs, futex wake-ups).
-    async def _write(self, body: Callable[[sqlite3.Connection], T], *, feed: bool = False) -> T:
+    async def _write(
+        self,
+        body: Callable[[sqlite3.Connection], T],
+        *,
+        feed: Callable[[T], bool] | None = None,
+    ) -> T:
         """Run ``body`` in a write transaction; return once it is durable.
 
-        ``feed``: ``body`` returns the revocation feed event it appended (or
-        None); followers in this process are woken when it is durable, by
+        ``feed``: tells from ``body``'s result whether it appended a revocation
+        feed event; followers in this process are woken when it is durable, by
         the write path itself, so a caller that stopped waiting cannot lose it.
         """
         if self._closed:
@@ -731,7 +669,7 @@ class SqliteStore:
             failed = self._failed
         for job, result in batch:
             _settle(job.future, result, failed)
-        if any(job.feed and result is not None for job, result in batch):
+        if any(job.feed is not None and job.feed(result) for job, result in batch):
             self._notify_feed()  # committed (durable unless failed): followers read it
         self._commits_since_checkpoint += len(batch)
         if self._commits_since_checkpoint >= CHECKPOINT_EVERY_COMMITS and not (
@@ -961,19 +899,25 @@ class SqliteStore:
         now: dt.datetime,
         bootstrap_sha256: str | None = None,
         audit: AuditEvent | None = None,
+        supersede: Collection[int] = (),
+        replacement_key: str | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
         c = certificate
 
-        def body(conn: sqlite3.Connection) -> Device:
+        def body(conn: sqlite3.Connection) -> tuple[Device, RevocationEvent | None]:
             current = _fetch_device(conn, c.device_id)
             if current.state.value not in allowed:
                 if _same_certificate_recorded(conn, c):
-                    return current  # a replayed call that already succeeded
+                    return current, None  # a replayed call that already succeeded
                 raise StoreConflict(
                     f"device {c.device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
                 )
+            if replacement_key is not None:
+                if _same_certificate_recorded(conn, c):
+                    return current, None  # consumed by the call being replayed
+                replacements.consume_approval(conn, c.device_id, replacement_key)
             try:
                 conn.execute(
                     "INSERT INTO certificates (serial, device_id, not_before, not_after, "
@@ -993,7 +937,7 @@ class SqliteStore:
                 )
             except sqlite3.IntegrityError:  # the serial is taken (the device exists)
                 if _same_certificate_recorded(conn, c):
-                    return current
+                    return current, None
                 raise StoreConflict(
                     f"a different certificate with serial {serial_hex(c.serial)} is recorded"
                 ) from None
@@ -1008,6 +952,9 @@ class SqliteStore:
                     "enrolled_at = ? WHERE device_id = ?",
                     (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
                 )
+            superseded = replacements.revoke_certificates(
+                conn, c.device_id, supersede, RevocationReason.SUPERSEDED, now
+            )
             _append_audit(conn, audit)
             # What the UPDATE just wrote, without reading the row back.
             return dataclasses.replace(
@@ -1020,9 +967,48 @@ class SqliteStore:
                     else bootstrap_sha256
                 ),
                 enrolled_at=current.enrolled_at if bootstrap_sha256 is None else parse_ts(at),
-            )
+            ), superseded
 
-        return await self._write(body)
+        device, _ = await self._write(body, feed=lambda result: result[1] is not None)
+        return device
+
+    # -- replacement requests ----------------------------------------------------
+    async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
+        return await self._read_here(lambda conn: replacements.fetch_request(conn, device_id))
+
+    async def note_replacement_attempt(
+        self,
+        device_id: str,
+        *,
+        bootstrap_sha256: str,
+        key_sha256: str,
+        source: str,
+        now: dt.datetime,
+        audit: AuditEvent | None = None,
+    ) -> ReplacementRequest:
+        return await self._write(
+            lambda conn: replacements.note_attempt(
+                conn, device_id, bootstrap_sha256=bootstrap_sha256, key_sha256=key_sha256,
+                source=source, now=now, audit=audit,
+            )
+        )  # fmt: skip
+
+    async def decide_replacement_request(
+        self,
+        device_id: str,
+        status: ReplacementStatus,
+        *,
+        now: dt.datetime,
+        actor: str,
+        revoke: RevocationReason | None = None,
+        audit: AuditEvent | None = None,
+    ) -> tuple[ReplacementRequest, RevocationEvent | None]:
+        return await self._write(
+            lambda conn: replacements.decide(
+                conn, device_id, status, now=now, actor=actor, revoke=revoke, audit=audit
+            ),
+            feed=lambda result: result[1] is not None,
+        )
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         def body(conn: sqlite3.Connection) -> CertificateRecord:
@@ -1087,7 +1073,7 @@ class SqliteStore:
                 conn, RevocationKind.CERTIFICATE, row["device_id"], [serial], reason, now
             )
 
-        return await self._write(body, feed=True)
+        return await self._write(body, feed=_appended)
 
     async def revoke_device(
         self,
@@ -1136,7 +1122,7 @@ class SqliteStore:
                 now,
             )
 
-        return await self._write(body, feed=True)
+        return await self._write(body, feed=_appended)
 
     # -- admin credentials -------------------------------------------------------
     async def put_admin_credential(self, cred: AdminCredential) -> None:

@@ -501,3 +501,55 @@ def test_help_lists_reasons_and_examples(env: Env) -> None:
     assert "timeline" in ok(why_help)
     assert "audit log intact" in ok(verify_help)
     usage(env.local("device", "revoke", "x", "--reason", "stolen"), "unknown revocation reason")
+
+
+@pytest.mark.parametrize("mode", ["local", "token", "mtls"])
+def test_replacement_request_approve_replace_and_reject_revoke(env: Env, mode: str) -> None:
+    cli = {"local": env.local, "token": env.remote, "mtls": env.mtls}[mode]
+    fleet = env.fleet
+    replaced, clone = fleet.new_device(), fleet.new_device()
+    for device in (replaced, clone):
+        _, csr = fleet.csr("op")
+        assert fleet.enroll(device, csr).status == 200
+    _, new_csr = fleet.csr("reset")
+    assert fleet.enroll(replaced, new_csr).status == 202  # a factory reset (new key)
+    _, clone_csr = fleet.csr("clone")
+    assert fleet.enroll(clone, clone_csr).status == 202  # a clone (new key)
+
+    shown = ok_json(cli("device", "show", replaced.device_id, "--json"))
+    assert isinstance(shown, dict)
+    assert shown["state"] == "active"
+    assert shown["replacement_request"]["status"] == "pending"
+    text = ok(cli("device", "show", replaced.device_id))
+    assert "Replacement request (pending)" in text
+    assert f"fleet device approve {replaced.device_id} --replace" in text
+    refused(
+        cli("device", "approve", replaced.device_id), "replacement_choice_required", "--replace"
+    )
+    refused(
+        cli("device", "reject", fleet.new_device().device_id, "--revoke"), "no_replacement_request"
+    )
+
+    approved = ok_json(cli("device", "approve", replaced.device_id, "--replace", "--json"))
+    assert isinstance(approved, dict)
+    assert (approved["state"], approved["replacement_request"]["status"]) == ("active", "approved")
+    assert fleet.enroll(replaced, new_csr).status == 200  # the new key, at its retry
+    after = ok_json(cli("device", "show", replaced.device_id, "--json"))
+    assert isinstance(after, dict)
+    assert after["replacement_request"] is None
+    statuses = sorted((c["status"], c["revocation_reason"]) for c in after["certificates"])
+    assert statuses == [("good", None), ("revoked", "superseded")]
+
+    ok(cli("device", "reject", clone.device_id, "--revoke"))
+    again = fleet.enroll(clone, clone_csr)
+    assert (again.status, again.headers["x-fleet-reason"]) == (403, "replacement_rejected")
+    rejected = ok_json(cli("device", "show", clone.device_id, "--json"))
+    assert isinstance(rejected, dict)
+    assert rejected["state"] == "active"
+    assert rejected["replacement_request"]["status"] == "rejected"
+    assert [(c["status"], c["revocation_reason"]) for c in rejected["certificates"]] == [
+        ("revoked", "keyCompromise")
+    ]
+    why = ok(cli("device", "why", clone.device_id))
+    assert "Replacement request (rejected)" in why
+    assert "replacement_rejected" in why

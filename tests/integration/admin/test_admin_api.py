@@ -300,3 +300,53 @@ def test_openapi_describes_exactly_the_routes(admin: Admin) -> None:
     api = AdminApi.__new__(AdminApi)
     routes = {(r.method, r.path) for r in api.routes() if isinstance(r, web.RouteDef)}
     assert documented == routes
+
+
+def test_replacement_request_through_the_api(admin: Admin) -> None:
+    fleet = admin.fleet
+    device = fleet.new_device()
+    key, csr = fleet.csr("r1")
+    cert = fleet.issued(fleet.enroll(device, csr), "r1")
+    _, csr2 = fleet.csr("r2")
+    assert fleet.enroll(device, csr2).status == 202
+    path = f"/api/v1/devices/{device.device_id}"
+    shown = admin.call("GET", path, role="viewer").body
+    assert shown["state"] == "active"
+    request = shown["replacement_request"]
+    assert (request["status"], request["attempts"]) == ("pending", 1)
+    assert admin.call("GET", f"{path}/why", role="viewer").body["device"]["replacement_request"]
+    # Renewal goes on meanwhile.
+    key3, csr3 = fleet.csr("r3")
+    renewed = fleet.issued(fleet.reenroll(cert, key, csr3), "r3")
+
+    undecided = admin.call("POST", f"{path}/approve", role="operator")
+    assert (undecided.status, undecided.body["error"]) == (409, "replacement_choice_required")
+    assert undecided.headers["x-fleet-reason"] == "replacement_choice_required"
+    bad = admin.call("POST", f"{path}/approve", role="operator", body={"replace": "yes"})
+    assert bad.status == 400
+    approved = admin.call("POST", f"{path}/approve", role="operator", body={"replace": True})
+    assert approved.status == 200, approved.body
+    assert approved.body["replacement_request"]["status"] == "approved"
+    assert approved.body["replacement_request"]["decided_by"] == "admin:operator-bot"
+    certs = admin.call("GET", f"{path}/certificates", role="viewer").body["items"]
+    assert {(c["status"], c["revocation_reason"]) for c in certs} == {("revoked", "superseded")}
+    assert fleet.reenroll(renewed, key3, csr3).headers["x-fleet-reason"] == "certificate_revoked"
+    fleet.issued(fleet.enroll(device, csr2), "r2")
+    assert admin.call("GET", path, role="viewer").body["replacement_request"] is None
+    again = admin.call("POST", f"{path}/approve", role="operator", body={"replace": True})
+    assert (again.status, again.body["error"]) == (409, "no_replacement_request")
+
+    clone = fleet.new_device()
+    fleet.issued(fleet.enroll(clone, csr), "c1")
+    assert fleet.enroll(clone, csr3).status == 202
+    clone_path = f"/api/v1/devices/{clone.device_id}"
+    rejected = admin.call("POST", f"{clone_path}/reject", role="operator", body={"revoke": True})
+    assert rejected.status == 200, rejected.body
+    assert (rejected.body["state"], rejected.body["replacement_request"]["status"]) == (
+        "active",
+        "rejected",
+    )
+    (revoked,) = admin.call("GET", f"{clone_path}/certificates", role="viewer").body["items"]
+    assert revoked["revocation_reason"] == "keyCompromise"
+    refused = fleet.enroll(clone, csr3)
+    assert (refused.status, refused.headers["x-fleet-reason"]) == (403, "replacement_rejected")

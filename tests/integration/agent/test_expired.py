@@ -17,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 
+from fleet.authority.admin import approve_device
+from fleet.store.protocol import Store
 from fleet.store.records import DeviceState, EnrollmentToken
 from fleet.tokens import new_token, token_sha256
 from tests.integration.agent.conftest import AgentWorld
@@ -79,11 +81,13 @@ def test_expired_device_rebootstraps_once_the_server_allows_it(
     assert "expired: enrolling again with the bootstrap certificate" in held.stderr
     assert "approv" in held.stderr
 
-    async def approve(store: object) -> None:
-        await store.set_device_state(  # type: ignore[attr-defined]
-            device_id, DeviceState.REGISTERED, expected={DeviceState.PENDING},
-            now=dt.datetime.now(dt.UTC),
-        )  # fmt: skip
+    # The device stayed active; the replay is a replacement request the admin approves.
+    assert world.fleet.server.store(lambda s: s.get_device(device_id)).state is DeviceState.ACTIVE
+
+    async def approve(store: Store) -> None:
+        await approve_device(
+            store, device_id, actor="admin:test", now=dt.datetime.now(dt.UTC), replace=True
+        )
 
     world.fleet.server.store(approve)
     deadline = time.monotonic() + 10

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from device_agent.testhooks import CRASH_STEPS
+from fleet.authority.admin import approve_device
+from fleet.store.protocol import Store
 from fleet.store.records import DeviceState
 from tests.integration.agent.conftest import AgentWorld
 from tests.support.agent import fleet_agent, verify_identity
@@ -133,11 +135,13 @@ def test_lost_key_needs_approval_and_says_so(world: AgentWorld, tmp_path: Path) 
     assert "approv" in renewed.stderr
     device_id = str(report["device_id"])
 
-    async def approve(store: object) -> None:
-        await store.set_device_state(  # type: ignore[attr-defined]
-            device_id, DeviceState.REGISTERED, expected={DeviceState.PENDING},
-            now=dt.datetime.now(dt.UTC),
-        )  # fmt: skip
+    # The device stayed active; the replay is a replacement request the admin approves.
+    assert world.fleet.server.store(lambda s: s.get_device(device_id)).state is DeviceState.ACTIVE
+
+    async def approve(store: Store) -> None:
+        await approve_device(
+            store, device_id, actor="admin:test", now=dt.datetime.now(dt.UTC), replace=True
+        )
 
     world.fleet.server.store(approve)
     # The last attempt set a backoff; --force skips it (as the message said).

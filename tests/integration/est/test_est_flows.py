@@ -182,16 +182,21 @@ def test_unknown_device_is_held_until_approved(fleet: Fleet) -> None:
     assert refused.headers["x-fleet-reason"] == "bootstrap_pin_mismatch"
 
 
-def test_cloned_bootstrap_is_held_and_flagged(fleet: Fleet) -> None:
+def test_cloned_bootstrap_is_a_replacement_request_beside_the_active_device(fleet: Fleet) -> None:
     device = fleet.new_device()
-    _, csr1 = fleet.csr("orig")
-    assert fleet.enroll(device, csr1).status == 200
+    key1, csr1 = fleet.csr("orig")
+    cert1 = fleet.issued(fleet.enroll(device, csr1), "orig")
     # Same bootstrap certificate, a different key: a clone (or a factory reset).
     _, csr2 = fleet.csr("clone")
     result = fleet.enroll(device, csr2)
     assert result.status == 202
     assert "retry-after" in result.headers
-    assert fleet.server.store(lambda s: s.get_device(device.device_id)).state is DeviceState.PENDING
+    assert result.headers["x-fleet-reason"] == "bootstrap_reused_held"
+    # The device is not touched: it stays active and keeps renewing.
+    assert fleet.server.store(lambda s: s.get_device(device.device_id)).state is DeviceState.ACTIVE
+    request = fleet.server.store(lambda s: s.get_replacement_request(device.device_id))
+    assert request is not None
+    assert (request.status.value, request.attempts, request.source) == ("pending", 1, "127.0.0.1")
     audit = fleet.server.store(lambda s: s.audit_records(device_id=device.device_id))
     last = audit[-1].event
     assert (last.outcome, last.reason, last.detail.get("flag")) == (
@@ -199,6 +204,10 @@ def test_cloned_bootstrap_is_held_and_flagged(fleet: Fleet) -> None:
         "bootstrap_reused_held",
         "possible_clone",
     )
+    assert last.detail["replacement"] == "pending"
+    assert last.detail["key_sha256"] == request.key_sha256
+    _, csr3 = fleet.csr("renew")
+    assert fleet.reenroll(cert1, key1, csr3).status == 200
 
 
 def test_lost_reply_retry_returns_the_same_certificate(fleet: Fleet) -> None:
