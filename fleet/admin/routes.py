@@ -245,7 +245,7 @@ class AdminApi:
     # -- changing ------------------------------------------------------------------
     @needs(AdminRole.OPERATOR)
     async def approve(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        body = await _json_body(request, optional=True)
+        body = await read_json_object(request, optional=True)
         device = await admin_cases.approve_device(
             self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
             replace=_flag(body, "replace"),
@@ -254,7 +254,7 @@ class AdminApi:
 
     @needs(AdminRole.OPERATOR)
     async def reject(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        body = await _json_body(request, optional=True)
+        body = await read_json_object(request, optional=True)
         device = await admin_cases.reject_device(
             self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
             revoke=_flag(body, "revoke"),
