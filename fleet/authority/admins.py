@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
 
 from fleet.authority.audit import record_admin_action
-from fleet.kernel.errors import RequestInvalid
+from fleet.kernel.errors import AdminNotFound, RequestInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.keys import KeyType
+from fleet.kernel.reasons import Reason
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.issuance import ValidatedRequest, build_device_certificate, sign_certificate
 from fleet.pki.keys import generate_private_key
@@ -26,6 +28,35 @@ from fleet.tokens import new_token, token_sha256
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 ADMIN_CERT_VALIDITY = dt.timedelta(days=365)
+
+
+MIN_FINGERPRINT_PREFIX = 8  # hex digits: `fleet admin list` shows 16
+
+
+def resolve_admin_fingerprint(text: str, credentials: Sequence[AdminCredential]) -> str:
+    """The full SHA-256 of the one credential whose fingerprint starts with ``text``.
+
+    ``text`` may be the whole fingerprint or a prefix of at least 8 hex digits,
+    in any case, with or without colons (as `fleet admin list` and openssl show
+    them). No match is AdminNotFound; several are refused, naming them.
+    """
+    prefix = "".join(text.split()).replace(":", "").lower()
+    if len(prefix) < MIN_FINGERPRINT_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+        raise RequestInvalid(
+            f"{text[:80]!r} is not a credential fingerprint: give the SHA-256 from "
+            f"`fleet admin list` (at least {MIN_FINGERPRINT_PREFIX} hex digits)",
+            reason=Reason.FINGERPRINT_INVALID,
+        )
+    matches = [c for c in credentials if c.sha256.startswith(prefix)]
+    if not matches:
+        raise AdminNotFound(f"no admin credential has a fingerprint starting with {prefix}")
+    if len(matches) > 1:
+        names = ", ".join(f"{c.name} ({c.sha256[:16]})" for c in matches)
+        raise RequestInvalid(
+            f"{prefix} matches {len(matches)} admin credentials: {names}; give more digits",
+            reason=Reason.FINGERPRINT_INVALID,
+        )
+    return matches[0].sha256
 
 
 def validate_admin_name(name: str) -> str:

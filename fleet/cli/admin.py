@@ -10,6 +10,7 @@ from fleet.authority.admins import (
     certificate_pem,
     create_admin_certificate,
     create_admin_token,
+    resolve_admin_fingerprint,
     validate_admin_name,
 )
 from fleet.cli._context import (
@@ -25,9 +26,9 @@ from fleet.cli._context import (
 )
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
-from fleet.kernel.fingerprint import normalize_fingerprint
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
+from fleet.store.protocol import Store
 from fleet.store.records import AdminRole
 
 _ROLES = click.Choice([r.value for r in AdminRole])
@@ -135,9 +136,19 @@ def list_admins(as_json: bool) -> None:
 @click.argument("sha256")
 @config_option
 def disable(sha256: str) -> None:
-    """Disable the admin credential with this SHA-256 (see `fleet admin list`)."""
-    fingerprint = normalize_fingerprint(sha256)
-    with_store(load(), lambda store: store.disable_admin_credential(fingerprint))
+    """Disable the admin credential whose SHA-256 is or starts with SHA256.
+
+    Give the fingerprint as `fleet admin list` shows it (16 hex digits) or whole;
+    at least 8 hex digits, colons allowed. A prefix that matches several
+    credentials is refused and names them.
+    """
+
+    async def disable_one(store: Store) -> str:
+        fingerprint = resolve_admin_fingerprint(sha256, await store.list_admin_credentials())
+        await store.disable_admin_credential(fingerprint)
+        return fingerprint
+
+    fingerprint = with_store(load(), disable_one)
     click.echo(f"Disabled admin credential {fingerprint}.")
 
 

@@ -387,3 +387,16 @@ def test_admin_commands_on_redis(tmp_path: Path, config: Path, redis_server: Red
     )
     # Nothing of this went to the SQLite database of the same data directory.
     assert "rd-1" not in ok(fleet("device", "list", "--config", config))
+
+
+def test_admin_disable_takes_the_fingerprint_as_listed(config: Path) -> None:
+    ok(fleet("admin", "token", "prefix-bot", "--role", "viewer", "--config", config))
+    listed = json.loads(ok(fleet("admin", "list", "--json", "--config", config)))
+    mine = next(c for c in listed if c["name"] == "prefix-bot")
+    shown = mine["sha256"][:16]  # what the table shows
+    refused(fleet("admin", "disable", shown[:4], "--config", config), "fingerprint_invalid")
+    refused(fleet("admin", "disable", "0" * 16, "--config", config), "admin_not_found")
+    spelled = ":".join(shown[i : i + 2] for i in range(0, 16, 2)).upper()
+    assert mine["sha256"] in ok(fleet("admin", "disable", spelled, "--config", config))
+    listed = json.loads(ok(fleet("admin", "list", "--json", "--config", config)))
+    assert next(c for c in listed if c["name"] == "prefix-bot")["disabled"] is True
