@@ -18,14 +18,6 @@ from typing import Any
 from aiohttp import web
 
 from fleet.admin.auth import AdminAuthenticator
-from fleet.admin.serialize import (
-    audit_json,
-    bulk_json,
-    certificate_json,
-    device_detail_json,
-    device_json,
-    manufacturer_json,
-)
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
 from fleet.http.json_body import read_json_object
@@ -34,6 +26,14 @@ from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import EncodingInvalid, RequestInvalid, RoleInsufficient
 from fleet.manifest import parse_manifest
+from fleet.records_json import (
+    audit_json,
+    bulk_json,
+    certificate_json,
+    device_detail_json,
+    device_json,
+    manufacturer_json,
+)
 from fleet.store.audit_chain import verify_chain
 from fleet.store.protocol import Store
 from fleet.store.records import (

@@ -18,9 +18,6 @@ from fleet.kernel.clock import SystemClock
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 from fleet.store.records import (
-    AuditRecord,
-    CertificateRecord,
-    Device,
     ReplacementRequest,
     ReplacementStatus,
 )
@@ -109,38 +106,6 @@ def when(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
-def device_to_json(device: Device) -> dict[str, Any]:
-    return {
-        "device_id": device.device_id,
-        "state": device.state.value,
-        "state_reason": device.state_reason,
-        "model": device.model,
-        "batch": device.batch,
-        "bootstrap_sha256": device.bootstrap_sha256,
-        "enrolled_bootstrap_sha256": device.enrolled_bootstrap_sha256,
-        "enrolled_at": when(device.enrolled_at) or None,
-        "created_at": when(device.created_at),
-        "updated_at": when(device.updated_at),
-    }
-
-
-def replacement_to_json(request: ReplacementRequest | None) -> dict[str, Any] | None:
-    if request is None:
-        return None
-    return {
-        "status": request.status.value,
-        "bootstrap_sha256": request.bootstrap_sha256,
-        "key_sha256": request.key_sha256,
-        "first_seen": when(request.first_seen),
-        "last_seen": when(request.last_seen),
-        "attempts": request.attempts,
-        "keys_seen": request.keys_seen,
-        "source": request.source,
-        "decided_at": when(request.decided_at) or None,
-        "decided_by": request.decided_by,
-    }
-
-
 def echo_replacement(request: ReplacementRequest | None) -> None:
     """The replacement request as `show` and `why` print it, with what to do about it."""
     if request is None:
@@ -160,36 +125,6 @@ def echo_replacement(request: ReplacementRequest | None) -> None:
         click.echo("  The device keeps working meanwhile. Decide:")
         click.echo(f"    factory reset: fleet device approve {device_id} --replace")
         click.echo(f"    clone:         fleet device reject {device_id} [--revoke]")
-
-
-def cert_to_json(cert: CertificateRecord) -> dict[str, Any]:
-    return {
-        "serial": format(cert.serial, "x"),
-        "device_id": cert.device_id,
-        "status": cert.status.value,
-        "not_before": when(cert.not_before),
-        "not_after": when(cert.not_after),
-        "issued_at": when(cert.issued_at),
-        "revoked_at": when(cert.revoked_at) or None,
-        "revocation_reason": None
-        if cert.revocation_reason is None
-        else cert.revocation_reason.value,
-    }
-
-
-def audit_to_json(record: AuditRecord) -> dict[str, Any]:
-    event = record.event
-    return {
-        "seq": record.seq,
-        "at": when(event.at),
-        "actor": event.actor,
-        "action": event.action,
-        "outcome": event.outcome,
-        "reason": event.reason,
-        "device_id": event.device_id,
-        "detail": dict(sorted(event.detail.items())),
-        "sha256": record.sha256,
-    }
 
 
 def details(detail: dict[str, str], width: int = 72) -> str:

@@ -28,6 +28,7 @@ from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
+from fleet.records_json import admin_credential_json
 from fleet.store.protocol import Store
 from fleet.store.records import AdminRole
 
@@ -109,19 +110,8 @@ def token(name: str, role: str, as_json: bool) -> None:
 def list_admins(as_json: bool) -> None:
     """List admin credentials (never the secrets themselves)."""
     credentials = with_store(load(), lambda store: store.list_admin_credentials())
-    rows: list[dict[str, str | bool]] = [
-        {
-            "name": c.name,
-            "role": c.role.value,
-            "kind": c.kind,
-            "sha256": c.sha256,
-            "created_at": when(c.created_at),
-            "disabled": c.disabled,
-        }
-        for c in credentials
-    ]
     if as_json:
-        echo_json(rows)
+        echo_json([admin_credential_json(c) for c in credentials])
         return
     table(
         ("NAME", "ROLE", "KIND", "SHA256", "CREATED", "DISABLED"),

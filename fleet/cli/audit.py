@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from fleet.cli._context import audit_to_json, details, echo_json, json_option, table, when
+from fleet.cli._context import details, echo_json, json_option, table, when
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import FleetError
+from fleet.records_json import audit_json
 
 
 class AuditChainBroken(FleetError):
@@ -94,7 +95,7 @@ def show(device_id: str | None, after: int, limit: int, as_json: bool) -> None:
         validate_device_id(device_id)
     records = admin_ops().audit(device_id, after, limit)
     if as_json:
-        echo_json([audit_to_json(r) for r in records])
+        echo_json([audit_json(r) for r in records])
         return
     if not records:
         click.echo("No audit records.")

@@ -6,9 +6,10 @@ import datetime as dt
 
 import click
 
-from fleet.cli._context import cert_to_json, echo_json, json_option, now, table, when
+from fleet.cli._context import echo_json, json_option, now, table, when
 from fleet.cli.lifecycle import note_option, reason_option
 from fleet.cli.mode import admin_ops, admin_options
+from fleet.records_json import certificate_json
 from fleet.store.records import RevocationReason
 
 
@@ -41,7 +42,7 @@ def revoke(serial: str, reason: RevocationReason, note: str, as_json: bool) -> N
     number = _serial(serial)
     record, changed = admin_ops().revoke_certificate(number, reason, note)
     if as_json:
-        echo_json({"certificate": cert_to_json(record), "changed": changed})
+        echo_json({"certificate": certificate_json(record), "changed": changed})
     elif changed:
         click.echo(f"Revoked certificate {number:x} of device {record.device_id} ({reason.value}).")
     else:
@@ -76,7 +77,7 @@ def expiring(days: int, limit: int, as_json: bool) -> None:
     """
     records = admin_ops().expiring(days, limit)
     if as_json:
-        echo_json([cert_to_json(r) for r in records])
+        echo_json([certificate_json(r) for r in records])
         return
     if not records:
         click.echo(f"No good certificate expires within {days} day(s).")

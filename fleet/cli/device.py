@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import click
 
-from fleet.cli._context import (
-    cert_to_json,
-    device_to_json,
-    echo_json,
-    echo_replacement,
-    json_option,
-    replacement_to_json,
-    table,
-    when,
-)
+from fleet.cli._context import echo_json, echo_replacement, json_option, table, when
 from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.cli.ops import DeviceQuery
 from fleet.kernel.device_id import validate_device_id
+from fleet.records_json import certificate_json, device_detail_json, device_json
 from fleet.store.records import Device, DeviceState, ReplacementRequest
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime
 
@@ -128,7 +120,7 @@ def reject(device_id: str, revoke: bool, as_json: bool) -> None:
 
 def _report(request: ReplacementRequest | None, changed: Device, verb: str, as_json: bool) -> None:
     if as_json:
-        echo_json({**device_to_json(changed), "replacement_request": replacement_to_json(request)})
+        echo_json(device_detail_json(changed, request))
         return
     report_device(changed, verb, as_json)
     echo_replacement(request)
@@ -146,13 +138,12 @@ def show(device_id: str, as_json: bool) -> None:
     if as_json:
         echo_json(
             {
-                **device_to_json(found),
-                "replacement_request": replacement_to_json(request),
-                "certificates": [cert_to_json(c) for c in certificates],
+                **device_detail_json(found, request),
+                "certificates": [certificate_json(c) for c in certificates],
             }
         )
         return
-    data = device_to_json(found)
+    data = device_json(found)
     for key in (
         "device_id",
         "state",
@@ -216,7 +207,7 @@ def list_(
     )
     devices = admin_ops().list_devices(query)
     if as_json:
-        echo_json([device_to_json(d) for d in devices])
+        echo_json([device_json(d) for d in devices])
         return
     if not devices:
         filtered = any(v is not None for v in (state, batch, model, expiring_within))

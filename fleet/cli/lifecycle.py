@@ -9,19 +9,10 @@ from typing import Any, TypeVar
 import click
 
 from fleet.authority.lifecycle import ADMIN_REASONS, BulkResult, BulkSelection, parse_reason
-from fleet.cli._context import (
-    audit_to_json,
-    details,
-    device_to_json,
-    echo_json,
-    echo_replacement,
-    json_option,
-    replacement_to_json,
-    table,
-    when,
-)
+from fleet.cli._context import details, echo_json, echo_replacement, json_option, table, when
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import RequestInvalid
+from fleet.records_json import audit_json, bulk_json, device_detail_json, device_json
 from fleet.store.records import Device, RevocationReason
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -150,7 +141,7 @@ def revoke(
             raise click.UsageError("--dry-run and --confirm apply to bulk revocation only")
         revoked, changed = ops.revoke_device(device_id, reason, note)
         if as_json:
-            echo_json({"device": device_to_json(revoked), "changed": changed})
+            echo_json({"device": device_json(revoked), "changed": changed})
         elif changed:
             click.echo(f"Revoked device {device_id} ({reason.value}) and all its certificates.")
         else:
@@ -177,8 +168,8 @@ def why(device_id: str, as_json: bool) -> None:
     found, records = ops.why(device_id)
     request = ops.replacement_request(device_id)
     if as_json:
-        device_json = {**device_to_json(found), "replacement_request": replacement_to_json(request)}
-        echo_json({"device": device_json, "trace": [audit_to_json(r) for r in records]})
+        shown = device_detail_json(found, request)
+        echo_json({"device": shown, "trace": [audit_json(r) for r in records]})
         return
     reason = f" ({found.state_reason})" if found.state_reason else ""
     click.echo(f"Device {found.device_id}: {found.state.value}{reason}")
@@ -209,7 +200,7 @@ def why(device_id: str, as_json: bool) -> None:
 
 def report_device(changed: Device, verb: str, as_json: bool) -> None:
     if as_json:
-        echo_json(device_to_json(changed))
+        echo_json(device_json(changed))
     else:
         click.echo(f"{verb} device {changed.device_id}: now {changed.state.value}")
 
@@ -218,16 +209,7 @@ def _report_bulk(
     result: BulkResult, selection: BulkSelection, reason: RevocationReason, as_json: bool
 ) -> None:
     if as_json:
-        echo_json(
-            {
-                "dry_run": result.dry_run,
-                "devices": result.devices,
-                "certificates": result.certificates,
-                "revoked": list(result.revoked),
-                "selection": selection.describe(),
-                "reason": reason.value,
-            }
-        )
+        echo_json({**bulk_json(result), "selection": selection.describe(), "reason": reason.value})
         return
     what = ", ".join(f"{k}={v}" for k, v in selection.describe().items())
     if result.dry_run:

@@ -12,6 +12,8 @@ from fleet.authority.admin import TrustResult
 from fleet.cli._context import echo_json, json_option, table, when
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import ConfigError
+from fleet.records_json import manufacturer_json
+from fleet.records_json import when as json_when
 from fleet.store.records import ManufacturerCA
 
 
@@ -98,10 +100,7 @@ def _not_after(ca: ManufacturerCA) -> dt.datetime:
 def _ca_json(ca: ManufacturerCA) -> dict[str, str]:
     cert = x509.load_pem_x509_certificate(ca.pem.encode("ascii"))
     return {
-        "sha256": ca.sha256,
-        "name": ca.name,
+        **manufacturer_json(ca),
         "subject": cert.subject.rfc4514_string(),
-        "added_at": when(ca.added_at),
-        "not_after": when(cert.not_valid_after_utc),
-        "pem": ca.pem,
+        "not_after": json_when(cert.not_valid_after_utc),
     }

@@ -250,6 +250,12 @@ def test_local_and_remote_output_is_identical(env: Env) -> None:
             assert mine_json == theirs_json, command
         else:
             assert ok(mine) == ok(theirs), command
+    # One codec: the CLI prints a device as the API serves it (same fields, same times).
+    served = env.admin.call("GET", f"/api/v1/devices/{device_id}")
+    assert served.status == 200
+    shown = ok_json(local[0])
+    assert isinstance(shown, dict) and isinstance(served.body, dict)
+    assert {k: shown[k] for k in served.body} == served.body
 
 
 @pytest.mark.parametrize("mode", ["local", "token"])

@@ -1,4 +1,9 @@
-"""Records as JSON for the admin API (pure). The OpenAPI schemas describe these shapes."""
+"""Records as JSON (pure): the one codec of the admin API and the CLI, local or remote.
+
+The OpenAPI schemas describe these shapes; `fleet … --json` prints the same
+ones, so a script reads the same fields, with the same time format (ISO 8601
+in UTC), whichever way it asks.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from typing import Any
 
 from fleet.authority.lifecycle import BulkResult
 from fleet.store.records import (
+    AdminCredential,
     AuditRecord,
     CertificateRecord,
     Device,
@@ -89,7 +95,20 @@ def manufacturer_json(ca: ManufacturerCA) -> dict[str, Any]:
     return {"sha256": ca.sha256, "name": ca.name, "added_at": when(ca.added_at), "pem": ca.pem}
 
 
+def admin_credential_json(credential: AdminCredential) -> dict[str, Any]:
+    """An admin credential, never its secret (only the fingerprint that names it)."""
+    return {
+        "name": credential.name,
+        "role": credential.role.value,
+        "kind": credential.kind,
+        "sha256": credential.sha256,
+        "created_at": when(credential.created_at),
+        "disabled": credential.disabled,
+    }
+
+
 def bulk_json(result: BulkResult) -> dict[str, Any]:
+    """A bulk revocation (or its dry run): counts and the serials revoked."""
     return {
         "dry_run": result.dry_run,
         "devices": result.devices,
