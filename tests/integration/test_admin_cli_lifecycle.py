@@ -254,7 +254,8 @@ def test_local_and_remote_output_is_identical(env: Env) -> None:
     served = env.admin.call("GET", f"/api/v1/devices/{device_id}")
     assert served.status == 200
     shown = ok_json(local[0])
-    assert isinstance(shown, dict) and isinstance(served.body, dict)
+    assert isinstance(shown, dict)
+    assert isinstance(served.body, dict)
     assert {k: shown[k] for k in served.body} == served.body
 
 

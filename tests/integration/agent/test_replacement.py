@@ -13,7 +13,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from cryptography import x509
 from tests.integration.agent.conftest import FAST_SERVER_ENV, AgentWorld
 from tests.integration.est.conftest import Device, running_fleet
 from tests.support.agent import fleet_agent, root_fingerprint, verify_identity
+from tests.support.amqtt_broker import AmqttEnv
 from tests.support.openssl import openssl
 
 pytestmark = pytest.mark.needs_binary("openssl")
@@ -91,6 +94,45 @@ def ocsp(world: AgentWorld, cert: Path) -> str:
     return proc.stdout.decode(errors="replace") + proc.stderr.decode(errors="replace")
 
 
+@pytest.fixture
+def broker(world: AgentWorld, tmp_path: Path) -> Iterator[AmqttEnv]:
+    """The embedded broker, following the server's store (revocations reach it live)."""
+    (tmp_path / "broker").mkdir()
+    env = AmqttEnv(world.fleet, tmp_path / "broker")
+    env.start_broker()
+    try:
+        yield env
+    finally:
+        env.stop_broker()
+
+
+def identity_files(report: dict[str, Any], tmp_path: Path, name: str) -> tuple[Path, Path]:
+    """Copies of the agent's current certificate and key (opN.pem / opN.key)."""
+    cert = Path(report["cert_file"])
+    key = cert.with_suffix(".key")
+    copies = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    copies[0].write_bytes(cert.read_bytes())
+    copies[1].write_bytes(key.read_bytes())
+    copies[1].chmod(0o600)
+    return copies
+
+
+def broker_admits(broker: AmqttEnv, device_id: str, files: tuple[Path, Path]) -> bool:
+    """Whether the embedded broker (following the server's store) lets this pair in now."""
+    session = broker.device(device_id, *files)
+    try:
+        return session.connect() == 0
+    finally:
+        session.close()
+
+
+def refused_within(broker: AmqttEnv, device_id: str, files: tuple[Path, Path]) -> None:
+    deadline = time.monotonic() + 5
+    while broker_admits(broker, device_id, files):
+        assert time.monotonic() < deadline, "the broker still admits a revoked certificate"
+        time.sleep(0.05)
+
+
 def kept(report: dict[str, Any], tmp_path: Path, name: str) -> Path:
     """A copy of the agent's current certificate (the agent deletes old generations)."""
     copy = tmp_path / f"{name}.pem"
@@ -135,12 +177,15 @@ def test_replay_on_an_active_device_is_a_pending_replacement_and_renewal_goes_on
 
 
 def test_approve_replace_supersedes_the_old_certificate_and_issues_the_new_key(
-    world: AgentWorld, tmp_path: Path
+    world: AgentWorld, tmp_path: Path, broker: AmqttEnv
 ) -> None:
     device, real, before = enrolled_pair(world, tmp_path)
     old = kept(before, tmp_path, "old")
+    old_pair = identity_files(before, tmp_path, "old-pair")
     twin = tmp_path / "twin"
     replay(world, device, twin)
+    # The replay changed nothing for the real device: the broker still admits it.
+    assert broker_admits(broker, device.device_id, old_pair)
 
     approved = fleet_cli(world, "device", "approve", device.device_id, "--replace")
     assert approved.returncode == 0, approved
@@ -161,6 +206,9 @@ def test_approve_replace_supersedes_the_old_certificate_and_issues_the_new_key(
     new = verify_identity(twin)
     assert new["device_id"] == device.device_id
     assert good_serials(world, device.device_id) == [new["serial"]]
+    # At the broker: the old certificate is out, the new one is in.
+    refused_within(broker, device.device_id, old_pair)
+    assert broker_admits(broker, device.device_id, identity_files(new, tmp_path, "new-pair"))
     shown = show(world, device.device_id)
     assert (shown["state"], shown["replacement_request"]) == ("active", None)
     trace = json.loads(fleet_cli(world, "device", "why", device.device_id, "--json").stdout)
@@ -178,14 +226,17 @@ def test_approve_replace_supersedes_the_old_certificate_and_issues_the_new_key(
 
 
 def test_reject_revoke_refuses_the_replay_and_revokes_the_current_certificate(
-    world: AgentWorld, tmp_path: Path
+    world: AgentWorld, tmp_path: Path, broker: AmqttEnv
 ) -> None:
     device, real, before = enrolled_pair(world, tmp_path)
+    pair = identity_files(before, tmp_path, "pair")
     clone = tmp_path / "clone"
     replay(world, device, clone)
+    assert broker_admits(broker, device.device_id, pair)
 
     rejected = fleet_cli(world, "device", "reject", device.device_id, "--revoke")
     assert rejected.returncode == 0, rejected
+    refused_within(broker, device.device_id, pair)  # the clone's key material is useless now
     assert "Replacement request (rejected)" in rejected.stdout
 
     refused = world.enroll(device, clone, "--max-wait", "0")
