@@ -11,6 +11,7 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:revoked-devices      set     revoked device ids
     {ns}:token:<id>           hash    the device's one-time enrollment token (hashed)
     {ns}:mfr-cas              hash    fingerprint -> manufacturer CA as JSON
+    {ns}:mfr-intermediates    hash    the intermediate pool (fleet.store.intermediates)
     {ns}:audit                zset    score = seq, member = the chained record as JSON
     {ns}:audit:head           hash    seq and sha256 of the newest audit record
     {ns}:audit:device:<id>    zset    seqs of one device's audit records (an index)
@@ -97,6 +98,7 @@ from fleet.store._codec import (
     ts,
 )
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
+from fleet.store.intermediates import RedisIntermediates
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
@@ -637,7 +639,7 @@ def _ca_from_json(text: str) -> ManufacturerCA:
     )
 
 
-class RedisStore:
+class RedisStore(RedisIntermediates):
     """Store backed by Redis; see the module docstring for the key layout."""
 
     def __init__(self, client: Redis, namespace: str) -> None:

@@ -68,6 +68,8 @@ from fleet.store._codec import (
 )
 from fleet.store._fsync import FileSyncer
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
+from fleet.store.intermediates import SQLITE_SCHEMA as _POOL_SCHEMA
+from fleet.store.intermediates import SqliteIntermediates
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
@@ -351,7 +353,7 @@ def _data_version(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
-class SqliteStore:
+class SqliteStore(SqliteIntermediates):
     """Store backed by one SQLite file; see the module docstring for the threading model.
 
     A store belongs to the event loop that opened it.
@@ -438,7 +440,7 @@ class SqliteStore:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA.split(";"):
+        for statement in (_SCHEMA + _POOL_SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
