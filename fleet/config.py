@@ -35,6 +35,8 @@ SECRET_ENV = frozenset(
 )
 
 _T = TypeVar("_T")
+# A manufacturer chain deeper than this is a mistake, not a hierarchy.
+MAX_CHAIN_DEPTH_LIMIT = 8
 _SECTIONS = ("store", "server", "ca", "policy", "est", "profile", "revocation", "admin", "webhooks")
 
 
@@ -74,6 +76,9 @@ class PolicyConfig:
     bootstrap_reuse: str = "hold"  # hold | reject
     device_id_source: str = "cn"  # cn | serialNumber
     retry_after_seconds: int = 60
+    # Intermediate CAs allowed between a trusted manufacturer root and a
+    # bootstrap certificate (IEEE 802.1AR hierarchies); 0 = signed by the root.
+    max_chain_depth: int = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -211,6 +216,8 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     labels, line_lengths = _labels(_section(raw, "labels"))
     if policy.retry_after_seconds < 1:
         raise ConfigError("[policy] retry_after_seconds must be >= 1")
+    if not 0 <= policy.max_chain_depth <= MAX_CHAIN_DEPTH_LIMIT:
+        raise ConfigError(f"[policy] max_chain_depth must be 0-{MAX_CHAIN_DEPTH_LIMIT}")
     return FleetConfig(
         data_dir=base_dir,
         store_url=store_url,

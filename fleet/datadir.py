@@ -198,6 +198,7 @@ unknown_devices = "hold"      # hold (202, wait for `fleet device approve`) | re
 bootstrap_reuse = "hold"      # a second enrollment with a used bootstrap cert: hold | reject
 device_id_source = "cn"       # cn | serialNumber of the bootstrap certificate subject
 retry_after_seconds = 60
+max_chain_depth = 3           # intermediate CAs allowed below a manufacturer root
 
 [est]
 base64_line_length = 64       # 0 = one line (strongSwan < 5.9.11 needs that; libest

@@ -199,7 +199,8 @@ class EstService:
             if basic is not None:
                 credential = await self.credentials.token(*basic)
             elif peer is not None:
-                credential = await self.credentials.bootstrap(peer)
+                presented = self.peers.intermediates(request)
+                credential = await self.credentials.bootstrap(peer, presented)
             else:
                 raise CredentialsRequired("no client certificate and no HTTP Basic credentials")
         except AuthError as exc:
