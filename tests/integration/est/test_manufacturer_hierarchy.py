@@ -159,6 +159,8 @@ def test_path_length_constraints_are_honoured(direct: Hierarchy) -> None:
     result = direct.enroll(url, device.chain_file(line), device.key)
     assert result.status == 403, result.text
     assert result.headers["x-fleet-reason"] == "unknown_issuer"
+    # The chain was built (the line CA from the handshake) and refused for its length.
+    assert "path length constraint violated" in result.text
 
 
 def test_max_chain_depth_bounds_the_chain(tmp_path: Path) -> None:
