@@ -35,6 +35,8 @@ SECRET_ENV = frozenset(
 )
 
 _T = TypeVar("_T")
+# A manufacturer chain deeper than this is a mistake, not a hierarchy.
+MAX_CHAIN_DEPTH_LIMIT = 8
 _SECTIONS = ("store", "server", "ca", "policy", "est", "profile", "revocation", "admin", "webhooks")
 
 
@@ -77,11 +79,18 @@ class PolicyConfig:
     renewal_overlap: str = "previous"  # previous | none
     device_id_source: str = "cn"  # cn | serialNumber
     retry_after_seconds: int = 60
+    # Intermediate CAs allowed between a trusted manufacturer root and a
+    # bootstrap certificate (IEEE 802.1AR hierarchies); 0 = signed by the root.
+    max_chain_depth: int = 3
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class EstConfig:
     base64_line_length: int = 64
+    # strongSwan's `pki --est` sends simplereenroll whenever it presents a
+    # certificate, its bootstrap certificate included: such a request,
+    # authenticated by a trusted manufacturer certificate, is a first enrollment.
+    bootstrap_on_reenroll: bool = True
     require_pop: bool = False
     serverkeygen: bool = False
 
@@ -126,10 +135,19 @@ class FleetConfig:
     webhooks: WebhookConfig = WebhookConfig()
     # EST labels (/.well-known/est/<label>/...): each selects a profile.
     labels: Mapping[str, DeviceProfile] = dataclasses.field(default_factory=dict)
+    # A label's own [labels.NAME] base64_line_length, where it sets one: EST
+    # clients disagree (strongSwan < 5.9.11 needs one line, libest <= 1 KB).
+    label_line_lengths: Mapping[str, int] = dataclasses.field(default_factory=dict)
 
     def profile_for(self, label: str | None) -> DeviceProfile | None:
         """The profile of an EST label (None: the default); None if unknown."""
         return self.profile if label is None else self.labels.get(label)
+
+    def base64_line_length_for(self, label: str | None) -> int:
+        """How EST responses on ``label`` wrap their base64 (0 = one line)."""
+        if label is None:
+            return self.est.base64_line_length
+        return self.label_line_lengths.get(label, self.est.base64_line_length)
 
 
 _CHOICES = {
@@ -199,8 +217,11 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     _check_proxies(server.trusted_proxies)
     if est.base64_line_length < 0:
         raise ConfigError("[est] base64_line_length must be >= 0 (0 = one line)")
+    labels, line_lengths = _labels(_section(raw, "labels"))
     if policy.retry_after_seconds < 1:
         raise ConfigError("[policy] retry_after_seconds must be >= 1")
+    if not 0 <= policy.max_chain_depth <= MAX_CHAIN_DEPTH_LIMIT:
+        raise ConfigError(f"[policy] max_chain_depth must be 0-{MAX_CHAIN_DEPTH_LIMIT}")
     return FleetConfig(
         data_dir=base_dir,
         store_url=store_url,
@@ -212,7 +233,8 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
         revocation=revocation,
         admin=admin,
         webhooks=webhooks,
-        labels=_labels(_section(raw, "labels")),
+        labels=labels,
+        label_line_lengths=line_lengths,
     )
 
 
@@ -221,8 +243,9 @@ _LABEL = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)
 _EST_OPERATIONS = {"cacerts", "simpleenroll", "simplereenroll", "csrattrs", "serverkeygen"}
 
 
-def _labels(section: Mapping[str, Any]) -> dict[str, DeviceProfile]:
+def _labels(section: Mapping[str, Any]) -> tuple[dict[str, DeviceProfile], dict[str, int]]:
     labels: dict[str, DeviceProfile] = {}
+    line_lengths: dict[str, int] = {}
     for name, table in section.items():
         if not _LABEL.fullmatch(name) or name in _EST_OPERATIONS:
             raise ConfigError(
@@ -230,14 +253,27 @@ def _labels(section: Mapping[str, Any]) -> dict[str, DeviceProfile]:
             )
         if not isinstance(table, Mapping):
             raise ConfigError(f"[labels.{name}] must be a table")
-        labels[name] = _profile(table, name=name)
-    return labels
+        if "base64_line_length" in table:
+            table = dict(table)
+            length = table.pop("base64_line_length")
+            if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+                raise ConfigError(
+                    f"[labels.{name}] base64_line_length must be an integer >= 0 (0 = one line), "
+                    f"got {length!r}"
+                )
+            line_lengths[name] = length
+        labels[name] = _profile(table, name=name, extra={"base64_line_length"})
+    return labels, line_lengths
 
 
-def _profile(section: Mapping[str, Any], name: str = "default") -> DeviceProfile:
+def _profile(
+    section: Mapping[str, Any],
+    name: str = "default",
+    extra: frozenset[str] | set[str] = frozenset(),
+) -> DeviceProfile:
     keys = {"validity_days", "backdate_minutes", "key_types", "organization", "crl_url", "ocsp_url"}
     where = "[profile]" if name == "default" else f"[labels.{name}]"
-    _refuse_unknown(where, section, keys)
+    _refuse_unknown(where, section, keys | extra)
     validity = _typed(section, "profile", "validity_days", int, 30)
     backdate = _typed(section, "profile", "backdate_minutes", int, 5)
     names = section.get("key_types", ["ec-p256", "ec-p384", "ed25519"])

@@ -200,9 +200,23 @@ bootstrap_reuse = "hold"      # bootstrap cert used again on an active device: h
 renewal_overlap = "previous"  # previous (old cert good until the new one is used) | none
 device_id_source = "cn"       # cn | serialNumber of the bootstrap certificate subject
 retry_after_seconds = 60
+max_chain_depth = 3           # intermediate CAs allowed below a manufacturer root
 
 [est]
-base64_line_length = 64       # 0 = one line (strongSwan < 5.9.11 needs that)
+base64_line_length = 64       # 0 = one line (strongSwan < 5.9.11 needs that; libest
+                              # breaks on lines over 1,024: give old strongSwan a label)
 require_pop = false           # tls-unique in challengePassword (TLS 1.2 only)
 serverkeygen = false
+# strongSwan's `pki --est` sends simplereenroll whenever it presents a certificate,
+# its factory certificate included. true: a simplereenroll authenticated by a
+# trusted manufacturer (bootstrap) certificate is a first enrollment, under the
+# same manifest and bootstrap_reuse policy; one with an operational certificate
+# stays a renewal. false: only operational certificates may use simplereenroll.
+bootstrap_on_reenroll = true
+
+# EST labels: /.well-known/est/NAME/... (and NAME/.well-known/est/..., which is
+# what `pki --est --url https://HOST/NAME` asks for), each with its own profile
+# settings (as in [profile]) and optionally its own base64_line_length.
+# [labels.oldswan]
+# base64_line_length = 0      # strongSwan before 5.9.11
 """

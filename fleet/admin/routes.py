@@ -117,6 +117,9 @@ class AdminApi:
             web.get(f"{API}/manufacturers", self.list_manufacturers),
             web.post(f"{API}/manufacturers", self.add_manufacturer),
             web.delete(f"{API}/manufacturers/{{sha256}}", self.remove_manufacturer),
+            web.get(f"{API}/intermediates", self.list_intermediates),
+            web.post(f"{API}/intermediates", self.add_intermediate),
+            web.delete(f"{API}/intermediates/{{sha256}}", self.remove_intermediate),
             web.get(f"{API}/audit", self.audit),
             web.get(f"{API}/audit/verify", self.audit_verify),
         ]
@@ -240,6 +243,13 @@ class AdminApi:
         self, request: web.Request, admin: AdminCredential
     ) -> web.Response:
         cas = await self.store.list_manufacturer_cas()
+        return web.json_response({"items": [manufacturer_json(ca) for ca in cas]})
+
+    @needs(AdminRole.VIEWER)
+    async def list_intermediates(
+        self, request: web.Request, admin: AdminCredential
+    ) -> web.Response:
+        cas = await self.store.list_manufacturer_intermediates()
         return web.json_response({"items": [manufacturer_json(ca) for ca in cas]})
 
     # -- changing ------------------------------------------------------------------
@@ -379,6 +389,31 @@ class AdminApi:
         self, request: web.Request, admin: AdminCredential
     ) -> web.Response:
         sha256 = await admin_cases.distrust_manufacturer(
+            self.store, request.match_info["sha256"], actor=actor_of(admin), now=self.clock.now()
+        )
+        return web.json_response({"sha256": sha256, "removed": True})
+
+    @needs(AdminRole.ADMIN)
+    async def add_intermediate(self, request: web.Request, admin: AdminCredential) -> web.Response:
+        if request.content_type not in (
+            "application/x-pem-file",
+            "application/pem-certificate-chain",
+        ):
+            raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
+        pem = (await _text_body(request)).encode()
+        results = await admin_cases.trust_intermediate(
+            self.store, pem, name=_text(request.query, "name"), fleet=self.fleet,
+            actor=actor_of(admin), now=self.clock.now(),
+        )  # fmt: skip
+        return web.json_response(
+            {"items": [{**manufacturer_json(r.ca), "added": r.added} for r in results]}
+        )
+
+    @needs(AdminRole.ADMIN)
+    async def remove_intermediate(
+        self, request: web.Request, admin: AdminCredential
+    ) -> web.Response:
+        sha256 = await admin_cases.distrust_intermediate(
             self.store, request.match_info["sha256"], actor=actor_of(admin), now=self.clock.now()
         )
         return web.json_response({"sha256": sha256, "removed": True})

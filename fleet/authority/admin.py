@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 from fleet.authority import replacement
 from fleet.authority.audit import record_admin_action
 from fleet.kernel.certs import is_ca
+from fleet.kernel.chain import missing_issuer
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.domains import FleetAuthorities, check_manufacturer_ca
 from fleet.kernel.errors import (
@@ -103,6 +104,84 @@ async def distrust_manufacturer(
     await record_admin_action(
         store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256
     )
+    return sha256
+
+
+async def trust_intermediate(
+    store: Store,
+    pem: bytes,
+    *,
+    name: str | None,
+    fleet: FleetAuthorities,
+    actor: str,
+    now: dt.datetime,
+) -> list[TrustResult]:
+    """Add every CA certificate in ``pem`` to the manufacturer intermediate pool.
+
+    All are checked before any is stored: each must be a CA, valid at
+    ``now``, belong to no fleet trust domain, and chain (by name and
+    signature) to a trusted manufacturer root, through the pool or the other
+    certificates of ``pem``. The pool only helps build paths: a device is
+    still verified up to a trusted root, whose removal distrusts it.
+    """
+    try:
+        certificates = load_certificates_pem(pem)
+    except ConfigError as exc:
+        raise RequestInvalid(exc.message, reason="pem_invalid") from exc
+    roots = [
+        cert
+        for ca in await store.list_manufacturer_cas()
+        for cert in load_certificates_pem(ca.pem.encode())
+    ]
+    pool = [
+        cert
+        for ca in await store.list_manufacturer_intermediates()
+        for cert in load_certificates_pem(ca.pem.encode())
+    ]
+    for cert in certificates:
+        _check_manufacturer_ca(cert, fleet, now)
+        others = [c for c in certificates if c is not cert]
+        missing = missing_issuer(cert, [*others, *pool], roots)
+        if missing is not None:
+            raise PolicyError(
+                f"intermediate CA {cert.subject.rfc4514_string()!r} does not chain to a "
+                f"trusted manufacturer root: its issuer {missing.rfc4514_string()!r} "
+                "was not found",
+                reason="unknown_issuer",
+                hint="Trust the manufacturer's root first (`fleet trust add-manufacturer`), "
+                "or give the intermediates above this one in the same file.",
+            )
+    results = []
+    for cert in certificates:
+        ca = ManufacturerCA(
+            sha256=sha256_fingerprint(cert),
+            name=name or _display_name(cert),
+            pem=certificate_to_pem(cert).decode("ascii"),
+            added_at=now,
+        )
+        added = await store.add_manufacturer_intermediate(ca)
+        if added:
+            await record_admin_action(
+                store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
+                sha256=ca.sha256, name=ca.name,
+            )  # fmt: skip
+        results.append(TrustResult(ca, added))
+    return results
+
+
+async def distrust_intermediate(
+    store: Store, fingerprint: str, *, actor: str, now: dt.datetime
+) -> str:
+    """Drop an intermediate from the pool (any fingerprint spelling); its normalised fingerprint."""
+    try:
+        sha256 = normalize_fingerprint(fingerprint)
+    except ConfigError as exc:
+        raise RequestInvalid(exc.message, reason="fingerprint_invalid") from exc
+    await store.remove_manufacturer_intermediate(sha256)
+    await record_admin_action(
+        store, actor, "trust_remove_intermediate", "manufacturer_intermediate_removed", now,
+        sha256=sha256,
+    )  # fmt: skip
     return sha256
 
 

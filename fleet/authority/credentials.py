@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
+from collections.abc import Sequence
 
 from cryptography import x509
 
@@ -26,6 +27,11 @@ from fleet.tokens import token_sha256
 # Trusting a new manufacturer takes effect within this many seconds on every
 # worker, without a store read on every enrollment.
 MANUFACTURER_CACHE_SECONDS = 2.0
+MISSING_MANUFACTURER_ISSUER = (
+    "if it is an intermediate CA below a trusted manufacturer root, import it with "
+    "`fleet trust add-intermediate CA.pem`; if it is the manufacturer's root, "
+    "`fleet trust add-manufacturer CA.pem`"
+)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -43,16 +49,19 @@ class Credentials:
         clock: Clock,
         device_id_source: str = "cn",
         skew: dt.timedelta = dt.timedelta(minutes=5),
+        max_chain_depth: int = 3,
     ) -> None:
         self._store = store
         self._clock = clock
         self._device_id_source = device_id_source
         self._skew = skew
+        self._max_chain_depth = max_chain_depth
         self._fleet = TrustDomain("fleet", (fleet_issuing_ca,), max_chain_depth=1, skew=skew)
         # Comparing encoded names is much cheaper than building Name objects,
         # and this runs on every enrollment.
         self._fleet_subject_der = fleet_issuing_ca.subject.public_bytes()
         self._manufacturers: TrustDomain | None = None
+        self._intermediates: tuple[x509.Certificate, ...] = ()
         self._manufacturers_at = 0.0
 
     def is_fleet_issued(self, cert: x509.Certificate) -> bool:
@@ -64,10 +73,19 @@ class Credentials:
         verify_client_chain(cert, (), self._fleet, now=self._clock.now())
         return OperationalIdentity(device_id_from_certificate(cert, "cn"), cert)
 
-    async def bootstrap(self, cert: x509.Certificate) -> BootstrapCredential:
-        """A factory certificate, verified against the trusted manufacturer CAs."""
+    async def bootstrap(
+        self, cert: x509.Certificate, presented: Sequence[x509.Certificate] = ()
+    ) -> BootstrapCredential:
+        """A factory certificate, verified against the trusted manufacturer CAs.
+
+        Intermediate CAs come from the certificates the client sent in its
+        TLS handshake (``presented``, where the TLS layer shows them) and
+        from the admin's intermediate pool; either way the path must end at
+        a trusted manufacturer root, within ``max_chain_depth``.
+        """
         domain = await self._manufacturer_domain()
-        verify_client_chain(cert, (), domain, now=self._clock.now())
+        intermediates = (*presented, *self._intermediates)
+        verify_client_chain(cert, intermediates, domain, now=self._clock.now())
         return BootstrapCredential(
             device_id=device_id_from_certificate(cert, self._device_id_source),
             sha256=sha256_fingerprint(cert),
@@ -90,9 +108,18 @@ class Credentials:
         if self._manufacturers is None or not self._manufacturers.anchors or not fresh:
             cas = await self._store.list_manufacturer_cas()
             anchors = tuple(cert for ca in cas for cert in load_certificates_pem(ca.pem.encode()))
+            pool = await self._store.list_manufacturer_intermediates()
+            self._intermediates = tuple(
+                cert for ca in pool for cert in load_certificates_pem(ca.pem.encode())
+            )
             # IDevIDs often carry no EKU; their purpose is fixed by the domain.
             self._manufacturers = TrustDomain(
-                "manufacturer", anchors, skew=self._skew, require_client_auth_eku=False
+                "manufacturer",
+                anchors,
+                max_chain_depth=self._max_chain_depth,
+                skew=self._skew,
+                require_client_auth_eku=False,
+                missing_issuer_hint=MISSING_MANUFACTURER_ISSUER,
             )
             self._manufacturers_at = time.monotonic()
         return self._manufacturers

@@ -190,6 +190,24 @@ class LocalOps:
             lambda s: cases.distrust_manufacturer(s, fingerprint, actor=self.actor, now=now()),
         )
 
+    def list_intermediates(self) -> list[ManufacturerCA]:
+        return with_store(self.config, lambda s: s.list_manufacturer_intermediates())
+
+    def trust_intermediate(self, pem: bytes, name: str | None) -> list[TrustResult]:
+        fleet = load_fleet_authorities(self.config)
+        return with_store(
+            self.config,
+            lambda s: cases.trust_intermediate(
+                s, pem, name=name, fleet=fleet, actor=self.actor, now=now()
+            ),
+        )
+
+    def distrust_intermediate(self, fingerprint: str) -> str:
+        return with_store(
+            self.config,
+            lambda s: cases.distrust_intermediate(s, fingerprint, actor=self.actor, now=now()),
+        )
+
     def import_manifest(self, text: str, entries: Sequence[ManifestEntry]) -> ImportResult:
         return with_store(
             self.config,

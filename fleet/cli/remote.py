@@ -465,6 +465,23 @@ class RemoteOps:
         path = "/manufacturers/" + urllib.parse.quote(fingerprint, safe="")
         return str(self.api.request("DELETE", path)["sha256"])
 
+    def list_intermediates(self) -> list[ManufacturerCA]:
+        return [_manufacturer(m) for m in self.api.request("GET", "/intermediates")["items"]]
+
+    def trust_intermediate(self, pem: bytes, name: str | None) -> list[TrustResult]:
+        data = self.api.request(
+            "POST",
+            "/intermediates",
+            query={"name": name},
+            raw=pem,
+            content_type="application/x-pem-file",
+        )
+        return [TrustResult(_manufacturer(m), bool(m["added"])) for m in data["items"]]
+
+    def distrust_intermediate(self, fingerprint: str) -> str:
+        path = "/intermediates/" + urllib.parse.quote(fingerprint, safe="")
+        return str(self.api.request("DELETE", path)["sha256"])
+
     def import_manifest(self, text: str, entries: Sequence[ManifestEntry]) -> ImportResult:
         data = self.api.request("POST", "/manifest", raw=text.encode(), content_type="text/csv")
         return ImportResult(created=data["created"], updated=data["updated"])

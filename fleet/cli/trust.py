@@ -1,4 +1,9 @@
-"""`fleet trust`: which manufacturer CAs may vouch for devices' bootstrap certificates."""
+"""`fleet trust`: which manufacturer CAs may vouch for devices' bootstrap certificates.
+
+Manufacturer roots are trust anchors. Intermediate CAs below them (IEEE
+802.1AR hierarchies) go to a separate pool: each is checked against a
+trusted root when added, and only helps build a device's path to one.
+"""
 
 from __future__ import annotations
 
@@ -57,20 +62,33 @@ def add_manufacturer(ca_file: Path, name: str | None, as_json: bool) -> None:
 @admin_options
 @json_option
 def list_manufacturers(as_json: bool) -> None:
-    """List the trusted manufacturer CAs, oldest first."""
-    cas = admin_ops().list_manufacturers()
+    """List the trusted manufacturer CAs, then the intermediate pool, oldest first."""
+    ops = admin_ops()
+    cas = ops.list_manufacturers()
+    intermediates = ops.list_intermediates()
     if as_json:
-        echo_json([_ca_json(ca) for ca in cas])
+        echo_json(
+            [_ca_json(ca) for ca in cas]
+            + [{**_ca_json(ca), "kind": "intermediate"} for ca in intermediates]
+        )
         return
-    if not cas:
+    if not cas and not intermediates:
         click.echo(
             "No manufacturer CA is trusted yet: add one with `fleet trust add-manufacturer`."
         )
         return
-    table(
-        ("SHA256", "NAME", "ADDED", "EXPIRES"),
-        [(ca.sha256, ca.name, when(ca.added_at), when(_not_after(ca))) for ca in cas],
-    )
+    rows: list[tuple[str, ...]] = [
+        (ca.sha256, ca.name, when(ca.added_at), when(_not_after(ca))) for ca in cas
+    ]
+    if not intermediates:
+        table(("SHA256", "NAME", "ADDED", "EXPIRES"), rows)
+        return
+    kinds: list[tuple[str, ...]] = [(sha, name, "root", *rest) for sha, name, *rest in rows]
+    kinds += [
+        (ca.sha256, ca.name, "intermediate", when(ca.added_at), when(_not_after(ca)))
+        for ca in intermediates
+    ]
+    table(("SHA256", "NAME", "KIND", "ADDED", "EXPIRES"), kinds)
 
 
 @trust.command("remove")
@@ -85,6 +103,49 @@ def remove(fingerprint: str) -> None:
     """
     sha256 = admin_ops().distrust_manufacturer(fingerprint)
     click.echo(f"Removed manufacturer CA {sha256}")
+
+
+@trust.command("add-intermediate")
+@click.argument("ca_file", metavar="CA.pem", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--name", help="A name for people [default: the certificate's subject CN].")
+@admin_options
+@json_option
+def add_intermediate(ca_file: Path, name: str | None, as_json: bool) -> None:
+    """Add the manufacturer intermediate CA certificate(s) in CA.pem to the pool.
+
+    Devices signed by an intermediate of a trusted manufacturer are accepted
+    without sending it. Each certificate must be a CA, belong to no fleet
+    trust domain and chain to a trusted manufacturer root (through the pool
+    or the other certificates in CA.pem); otherwise nothing is added. It is
+    never a trust anchor: removing the root distrusts what is below it.
+    """
+    try:
+        pem = ca_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {ca_file}: {exc.strerror}") from exc
+    results = admin_ops().trust_intermediate(pem, name)
+    if as_json:
+        echo_json([{**_ca_json(r.ca), "added": r.added} for r in results])
+        return
+    for result in results:
+        if result.added:
+            click.echo(f"Added manufacturer intermediate CA {result.ca.name!r}")
+        else:
+            click.echo(f"Intermediate CA {result.ca.name!r} was already in the pool")
+        click.echo(f"  sha256: {result.ca.sha256}")
+
+
+@trust.command("remove-intermediate")
+@click.argument("fingerprint")
+@admin_options
+def remove_intermediate(fingerprint: str) -> None:
+    """Drop the intermediate CA with this SHA-256 FINGERPRINT from the pool.
+
+    Devices whose certificates it signed are refused from now on, unless they
+    send it in their TLS handshake.
+    """
+    sha256 = admin_ops().distrust_intermediate(fingerprint)
+    click.echo(f"Removed manufacturer intermediate CA {sha256}")
 
 
 def _added_line(result: TrustResult) -> str:

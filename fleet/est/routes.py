@@ -69,6 +69,9 @@ class EstService:
         return [
             web.route("*", EST_PREFIX + "/{operation}", self.dispatch),
             web.route("*", EST_PREFIX + "/{label}/{operation}", self.dispatch),
+            # strongSwan's `pki --est` appends /.well-known/est/OPERATION to the
+            # path of its --url, so https://HOST/LABEL is how it reaches a label.
+            web.route("*", "/{label}" + EST_PREFIX + "/{operation}", self.dispatch),
         ]
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
@@ -84,6 +87,7 @@ class EstService:
         if profile is None:
             raise NotFound(f"no EST label {label!r}", reason="unknown_label")
         request["operation"] = operation
+        request["base64_line_length"] = self.config.base64_line_length_for(label)
         return await handler(request, profile)
 
     @functools.cached_property  # built once: dispatch runs on every request
@@ -100,25 +104,28 @@ class EstService:
     async def cacerts(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         if self._cacerts_der is None:  # the chain never changes while we run
             self._cacerts_der = encode_certs_only(self.ca_chain)
-        return self._base64_response(self._cacerts_der, CT_CACERTS)
+        return _base64_response(request, self._cacerts_der, CT_CACERTS)
 
     async def csrattrs(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         der = encode_csr_attributes(
             profile.preferred_key_type, require_pop=self.config.est.require_pop
         )
-        return self._base64_response(der, CT_CSRATTRS)
+        return _base64_response(request, der, CT_CSRATTRS)
 
     async def simpleenroll(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         self._require_some_credential(request)
         csr = await self._read_csr(request)
         issued = await self._enroll(request, csr, profile)
-        return self._issued_response(issued)
+        return _issued_response(request, issued)
 
     async def simplereenroll(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         self._require_some_credential(request)
         csr = await self._read_csr(request)
-        issued = await self._reenroll(request, csr, profile)
-        return self._issued_response(issued)
+        if self._is_bootstrap_reenroll(request):
+            issued = await self._enroll(request, csr, profile)
+        else:
+            issued = await self._reenroll(request, csr, profile)
+        return _issued_response(request, issued)
 
     async def serverkeygen(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         if not self.config.est.serverkeygen:
@@ -138,9 +145,24 @@ class EstService:
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
-        return self._multipart_keygen(pkcs8, encode_certs_only([issued.certificate]))
+        return _multipart_keygen(request, pkcs8, encode_certs_only([issued.certificate]))
 
     # -- steps -----------------------------------------------------------------
+    def _is_bootstrap_reenroll(self, request: web.Request) -> bool:
+        """A simplereenroll that is really a first enrollment ([est] bootstrap_on_reenroll).
+
+        strongSwan's `pki --est` sends simplereenroll whenever it is given a
+        certificate, so a device enrolling with its factory certificate asks
+        to *re*-enroll. A certificate that does not claim the fleet issuing
+        CA is then handled exactly as on simpleenroll: verified against the
+        manufacturer CAs, under the manifest and bootstrap-reuse policy. An
+        operational certificate stays a renewal.
+        """
+        if not self.config.est.bootstrap_on_reenroll or "Authorization" in request.headers:
+            return False
+        peer = self.peers.leaf(request)
+        return peer is not None and not self.credentials.is_fleet_issued(peer)
+
     def _require_some_credential(self, request: web.Request) -> None:
         """401 before reading the body: libest sends Basic only after a 401."""
         if self.peers.leaf(request) is None and "Authorization" not in request.headers:
@@ -177,7 +199,8 @@ class EstService:
             if basic is not None:
                 credential = await self.credentials.token(*basic)
             elif peer is not None:
-                credential = await self.credentials.bootstrap(peer)
+                presented = self.peers.intermediates(request)
+                credential = await self.credentials.bootstrap(peer, presented)
             else:
                 raise CredentialsRequired("no client certificate and no HTTP Basic credentials")
         except AuthError as exc:
@@ -237,35 +260,38 @@ class EstService:
                 reason="pop_mismatch",
             )
 
-    # -- responses ---------------------------------------------------------------
-    def _base64_response(self, der: bytes, content_type: str) -> web.Response:
-        body = encode_base64_body(der, self.config.est.base64_line_length)
-        return web.Response(
-            body=body,
-            headers={"Content-Type": content_type, "Content-Transfer-Encoding": "base64"},
-        )
 
-    def _issued_response(self, issued: Issued) -> web.Response:
-        return self._base64_response(encode_certs_only([issued.certificate]), CT_CERTS_ONLY)
+# -- responses ---------------------------------------------------------------
+def _base64_response(request: web.Request, der: bytes, content_type: str) -> web.Response:
+    body = encode_base64_body(der, request["base64_line_length"])
+    return web.Response(
+        body=body,
+        headers={"Content-Type": content_type, "Content-Transfer-Encoding": "base64"},
+    )
 
-    def _multipart_keygen(self, pkcs8: bytes, certs_only: bytes) -> web.Response:
-        boundary = "fleet-" + secrets.token_hex(12)
-        line = self.config.est.base64_line_length
-        parts = [
-            (CT_PKCS8, encode_base64_body(pkcs8, line)),
-            (CT_CERTS_ONLY, encode_base64_body(certs_only, line)),
-        ]
-        body = b""
-        for content_type, payload in parts:
-            body += (
-                f"--{boundary}\r\nContent-Type: {content_type}\r\n"
-                "Content-Transfer-Encoding: base64\r\n\r\n"
-            ).encode() + payload
-        body += f"--{boundary}--\r\n".encode()
-        return web.Response(
-            body=body,
-            headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
-        )
+
+def _issued_response(request: web.Request, issued: Issued) -> web.Response:
+    return _base64_response(request, encode_certs_only([issued.certificate]), CT_CERTS_ONLY)
+
+
+def _multipart_keygen(request: web.Request, pkcs8: bytes, certs_only: bytes) -> web.Response:
+    boundary = "fleet-" + secrets.token_hex(12)
+    line = request["base64_line_length"]
+    parts = [
+        (CT_PKCS8, encode_base64_body(pkcs8, line)),
+        (CT_CERTS_ONLY, encode_base64_body(certs_only, line)),
+    ]
+    body = b""
+    for content_type, payload in parts:
+        body += (
+            f"--{boundary}\r\nContent-Type: {content_type}\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+        ).encode() + payload
+    body += f"--{boundary}--\r\n".encode()
+    return web.Response(
+        body=body,
+        headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
+    )
 
 
 def _claimed_id(cert: x509.Certificate | None) -> str | None:

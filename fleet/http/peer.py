@@ -11,6 +11,7 @@ Either way the certificate is the client's input: one that cannot be decoded
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import urllib.parse
 from collections.abc import Sequence
@@ -18,8 +19,9 @@ from collections.abc import Sequence
 from aiohttp import web
 from cryptography import x509
 
+from fleet.http.peer_chain import presented_intermediates
 from fleet.kernel.decoding import load_certificate
-from fleet.kernel.errors import AuthError
+from fleet.kernel.errors import AuthError, FleetError
 from fleet.kernel.reasons import Reason
 
 _CACHE_KEY = "fleet.peer_certificate"
@@ -50,6 +52,18 @@ class PeerCertificates:
             request[_CACHE_KEY] = self._find(request)
         cert: x509.Certificate | None = request[_CACHE_KEY]
         return cert
+
+    def intermediates(self, request: web.Request) -> tuple[x509.Certificate, ...]:
+        """The CA certificates the client sent after its leaf in our own TLS
+        handshake (path hints only). Behind a proxy none: it forwards the leaf."""
+        if self._proxy_mode or request.transport is None:
+            return ()
+        ssl_object = request.transport.get_extra_info("ssl_object")
+        presented = []
+        for der in presented_intermediates(ssl_object):
+            with contextlib.suppress(FleetError):  # an undecodable hint is no hint
+                presented.append(load_certificate(der, pem=False))
+        return tuple(presented)
 
     def _find(self, request: web.Request) -> x509.Certificate | None:
         forwarded = request.headers.get(self._header)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from cryptography import x509
 from cryptography.x509 import verification
 
-from fleet.kernel.certs import client_cert_problem, describe, validity_problem
+from fleet.kernel.certs import client_cert_problem, describe, issued_by, validity_problem
 from fleet.kernel.errors import AuthError, CertificateExpired, UnknownIssuer
 
 
@@ -39,6 +39,9 @@ class TrustDomain:
     max_chain_depth: int = 3
     skew: dt.timedelta = dt.timedelta(minutes=5)
     require_client_auth_eku: bool = True
+    # What to do when a chain stops at an issuer nobody provided (said after
+    # the missing issuer's name), e.g. how to import an intermediate CA.
+    missing_issuer_hint: str = ""
 
 
 def verify_client_chain(
@@ -61,15 +64,43 @@ def verify_client_chain(
         verifier = _verifier(domain, at)
         verified = verifier.verify(leaf, list(intermediates))
     except verification.VerificationError as exc:
-        raise UnknownIssuer(
-            f"{describe(leaf)} does not chain to a trusted {domain.name} CA: {exc}",
-        ) from exc
+        missing = missing_issuer(leaf, intermediates, domain.anchors)
+        if missing is None:
+            raise UnknownIssuer(
+                f"{describe(leaf)} does not chain to a trusted {domain.name} CA: {exc}",
+            ) from exc
+        issuer = missing.rfc4514_string() or "(empty subject)"
+        message = (
+            f"{describe(leaf)} does not chain to a trusted {domain.name} CA: "
+            f"its issuer {issuer!r} was not found"
+        )
+        if domain.missing_issuer_hint:
+            message += f"; {domain.missing_issuer_hint}"
+        raise UnknownIssuer(message, hint=domain.missing_issuer_hint or None) from exc
     if domain.require_client_auth_eku:
         # An operational certificate: the same leaf rule the brokers admit by.
         problem = client_cert_problem(leaf)
         if problem is not None:
             raise AuthError(problem.detail, reason=problem.reason)
     return list(verified.chain)
+
+
+def missing_issuer(
+    cert: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    anchors: Sequence[x509.Certificate],
+) -> x509.Name | None:
+    """The first issuer up from ``cert`` that neither the anchors nor the
+    intermediates hold (by name and signature); None when the path reaches an
+    anchor. Only a diagnosis: the verifier alone decides what is trusted."""
+    pool = list(intermediates)
+    while issued_by(cert, anchors) is None:
+        parent = issued_by(cert, pool)
+        if parent is None:
+            return cert.issuer
+        pool.remove(parent)  # each step uses up one: the walk ends
+        cert = parent
+    return None
 
 
 def _check_validity(leaf: x509.Certificate, domain: TrustDomain, now: dt.datetime) -> None:

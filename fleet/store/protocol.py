@@ -56,6 +56,17 @@ class Store(Protocol):
     async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
         """All trusted manufacturer CAs, oldest first."""
 
+    # -- manufacturer intermediate pool (fleet.store.intermediates) ----------
+    async def add_manufacturer_intermediate(self, ca: ManufacturerCA) -> bool:
+        """Add an intermediate CA to the pool (a path hint, never an anchor);
+        False if one with that fingerprint already was."""
+
+    async def remove_manufacturer_intermediate(self, sha256: str) -> None:
+        """Drop it from the pool. Raises NotFound if it was not there."""
+
+    async def list_manufacturer_intermediates(self) -> list[ManufacturerCA]:
+        """The pool, oldest first."""
+
     # -- devices -------------------------------------------------------------
     async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
         """Create unknown devices as ``registered``; update pin, model and batch of

@@ -12,6 +12,7 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:revoked-devices      set     revoked device ids
     {ns}:token:<id>           hash    the device's one-time enrollment token (hashed)
     {ns}:mfr-cas              hash    fingerprint -> manufacturer CA as JSON
+    {ns}:mfr-intermediates    hash    the intermediate pool (fleet.store.intermediates)
     {ns}:audit                zset    score = seq, member = the chained record as JSON
     {ns}:audit:head           hash    seq and sha256 of the newest audit record
     {ns}:audit:device:<id>    zset    seqs of one device's audit records (an index)
@@ -100,6 +101,7 @@ from fleet.store._codec import (
 )
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
+from fleet.store.intermediates import RedisIntermediates
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
@@ -627,7 +629,7 @@ def _ca_from_json(text: str) -> ManufacturerCA:
     )
 
 
-class RedisStore:
+class RedisStore(RedisIntermediates):
     """Store backed by Redis; see the module docstring for the key layout."""
 
     def __init__(self, client: Redis, namespace: str) -> None:

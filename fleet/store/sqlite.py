@@ -73,6 +73,8 @@ from fleet.store._sqlite_rows import (
     _fetch_device,
 )
 from fleet.store.audit_chain import event_from_json
+from fleet.store.intermediates import SQLITE_SCHEMA as _POOL_SCHEMA
+from fleet.store.intermediates import SqliteIntermediates
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
@@ -284,7 +286,7 @@ def _data_version(conn: sqlite3.Connection) -> int:
     return int(version)
 
 
-class SqliteStore:
+class SqliteStore(SqliteIntermediates):
     """Store backed by one SQLite file; see the module docstring for the threading model.
 
     A store belongs to the event loop that opened it.
@@ -371,7 +373,7 @@ class SqliteStore:
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
-        for statement in (_SCHEMA + replacements.SCHEMA).split(";"):
+        for statement in (_SCHEMA + replacements.SCHEMA + _POOL_SCHEMA).split(";"):
             if statement.strip():
                 conn.execute(statement)
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()

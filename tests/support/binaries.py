@@ -22,6 +22,7 @@ PACKAGES = {
     "mosquitto_sub": "mosquitto-clients",
     "nginx": "nginx",
     "gcc": "gcc",
+    "pki": "strongswan-pki",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")

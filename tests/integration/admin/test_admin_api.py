@@ -56,7 +56,7 @@ def test_role_matrix(admin: Admin, method: str, path: str, needed: str) -> None:
     kwargs: dict[str, Any] = {"body": body}
     if path.endswith("/manifest"):
         kwargs = {"raw": b"device_id,bootstrap_sha256,model,batch\n", "content_type": "text/csv"}
-    if path.endswith("/manufacturers") and method == "POST":
+    if path.endswith(("/manufacturers", "/intermediates")) and method == "POST":
         kwargs = {"raw": b"not pem", "content_type": "application/x-pem-file"}
 
     anonymous = admin.call(method, url + query, role=None, **kwargs)
@@ -350,3 +350,34 @@ def test_replacement_request_through_the_api(admin: Admin) -> None:
     assert revoked["revocation_reason"] == "keyCompromise"
     refused = fleet.enroll(clone, csr3)
     assert (refused.status, refused.headers["x-fleet-reason"]) == (403, "replacement_rejected")
+
+
+def test_intermediate_pool_add_list_remove(admin: Admin) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from fleet.pki.ca import create_issuing_ca
+
+    now = dt.datetime.now(dt.UTC)
+    line = create_issuing_ca(admin.fleet.manufacturer, "Acme Line 3 CA", now=now)
+    pem = line.certificate.public_bytes(Encoding.PEM)
+    added = admin.call(
+        "POST", "/api/v1/intermediates?name=Line3", raw=pem, content_type="application/x-pem-file"
+    )
+    assert added.status == 200, added.body
+    (item,) = added.body["items"]
+    assert (item["name"], item["added"]) == ("Line3", True)
+    listed = admin.call("GET", "/api/v1/intermediates")
+    assert item["sha256"] in {i["sha256"] for i in listed.body["items"]}
+    # The pool is not the trusted list.
+    roots = admin.call("GET", "/api/v1/manufacturers")
+    assert item["sha256"] not in {i["sha256"] for i in roots.body["items"]}
+    removed = admin.call("DELETE", f"/api/v1/intermediates/{item['sha256']}")
+    assert removed.body == {"sha256": item["sha256"], "removed": True}
+    gone = admin.call("DELETE", f"/api/v1/intermediates/{item['sha256']}")
+    assert gone.status == 404
+    # A CA of the fleet's own domains is refused here too.
+    issuing = (admin.fleet.server.data_dir / "ca/issuing.pem").read_bytes()
+    refused = admin.call(
+        "POST", "/api/v1/intermediates", raw=issuing, content_type="application/x-pem-file"
+    )
+    assert (refused.status, refused.body["error"]) == (403, "trust_domains_mixed")

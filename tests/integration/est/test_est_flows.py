@@ -115,12 +115,15 @@ def test_reenroll_with_a_new_key(fleet: Fleet) -> None:
     certs = fleet.server.store(lambda s: s.list_certificates(device.device_id))
     assert len(certs) == 2
 
-    # The renewed certificate renews in turn; the bootstrap certificate cannot re-enroll.
+    # The renewed certificate renews in turn. The bootstrap certificate on
+    # simplereenroll is a first enrollment ([est] bootstrap_on_reenroll), so
+    # for this enrolled device it is a reuse: held, never a renewal.
     _, csr3 = fleet.csr("third")
     assert fleet.reenroll(cert2, key2, csr3).status == 200
-    refused = fleet.reenroll(device.cert, device.key, csr3)
-    assert refused.status == 403
-    assert refused.headers["x-fleet-reason"] == "unknown_issuer"
+    _, csr4 = fleet.csr("fourth")
+    held = fleet.reenroll(device.cert, device.key, csr4)
+    assert held.status == 202
+    assert held.headers["x-fleet-reason"] == "bootstrap_reused_held"
 
 
 def test_enrollment_with_a_one_time_token(fleet: Fleet) -> None:
@@ -240,3 +243,19 @@ def test_response_line_length_follows_the_config(fleet: Fleet) -> None:
     assert result.status == 200
     assert max(len(line) for line in result.body.split(b"\r\n")) == 64
     assert re.fullmatch(rb"([A-Za-z0-9+/=]{1,64}\r\n)+", result.body)
+
+
+def test_simplereenroll_with_a_bootstrap_certificate_is_a_first_enrollment(fleet: Fleet) -> None:
+    # strongSwan's pki sends simplereenroll whenever it has a certificate
+    # ([est] bootstrap_on_reenroll, on by default); the manifest policy applies.
+    device = fleet.new_device()
+    _, csr = fleet.csr("boot-re")
+    result = fleet.reenroll(device.cert, device.key, csr)
+    cert = fleet.issued(result, "boot-re")
+    verify_client_chain(fleet, cert)
+    assert subject_of(cert) == f"subject=CN={device.device_id}"
+    # Its bootstrap certificate is now used: a second time is a possible clone (held).
+    _, csr2 = fleet.csr("boot-re2")
+    again = fleet.reenroll(device.cert, device.key, csr2)
+    assert again.status == 202
+    assert again.headers["x-fleet-reason"] == "bootstrap_reused_held"

@@ -78,3 +78,22 @@ def test_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.toml", environ={})
     assert "fleet init" in info.value.diagnostics()
+
+
+def test_a_label_may_set_its_own_base64_line_length(tmp_path: Path) -> None:
+    text = (
+        "[est]\nbase64_line_length = 76\n"
+        "[labels.oldswan]\nbase64_line_length = 0\n"
+        "[labels.sensors]\nvalidity_days = 7\n"
+    )
+    config = load_config(write(tmp_path, text), environ={})
+    assert config.base64_line_length_for("oldswan") == 0
+    assert config.base64_line_length_for("sensors") == 76  # the [est] default
+    assert config.base64_line_length_for(None) == 76
+    assert config.est.bootstrap_on_reenroll is True
+
+
+@pytest.mark.parametrize("value", ["-1", "true", '"64"'])
+def test_a_bad_label_line_length_is_refused(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match=r"\[labels.oldswan\] base64_line_length"):
+        load_config(write(tmp_path, f"[labels.oldswan]\nbase64_line_length = {value}\n"), {})

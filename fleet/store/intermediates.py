@@ -1,0 +1,146 @@
+"""The manufacturer intermediate pool, for both store backends.
+
+Manufacturers sign device certificates with intermediate CAs below the root
+an admin trusts (IEEE 802.1AR: root → intermediate(s) → IDevID), and a device
+rarely sends its intermediate (a proxy forwards only the leaf; Python 3.11's
+ssl shows only the leaf). The pool holds intermediates an admin imported,
+each checked against a trusted manufacturer root when added.
+
+The pool is kept apart from the trusted manufacturer CAs, in its own table
+(SQLite) or hash (Redis), not as a flag on the trusted CAs' rows: the
+trusted list is what the verifier uses as *anchors*, and a row there is
+trusted by itself. A pool certificate is only a path hint; the verifier
+still needs a trusted root above it, so removing the root distrusts every
+device below it whatever the pool holds, and no query that forgets a flag
+can turn an intermediate into an anchor.
+
+The two classes are mixins of SqliteStore and RedisStore.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from fleet.kernel.errors import NotFound, StoreUnavailable
+from fleet.store._codec import parse_ts, ts
+from fleet.store.records import ManufacturerCA
+
+T = TypeVar("T")
+
+# Appended to the SQLite schema (a new table only: older files gain it in place).
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS manufacturer_intermediates (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    pem TEXT NOT NULL,
+    added_at TEXT NOT NULL
+);
+"""
+
+
+def _missing(sha256: str) -> NotFound:
+    return NotFound(f"no manufacturer intermediate CA with fingerprint {sha256} in the pool")
+
+
+class _Sqlite(Protocol):
+    async def _write(self, body: Callable[[sqlite3.Connection], T], *, feed: bool = ...) -> T: ...
+
+    async def _read_here(self, body: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+class SqliteIntermediates:
+    async def add_manufacturer_intermediate(self: _Sqlite, ca: ManufacturerCA) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO manufacturer_intermediates (sha256, name, pem, added_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                (ca.sha256, ca.name, ca.pem, ts(ca.added_at)),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(body)
+
+    async def remove_manufacturer_intermediate(self: _Sqlite, sha256: str) -> None:
+        def body(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                "DELETE FROM manufacturer_intermediates WHERE sha256 = ?", (sha256,)
+            )
+            if cursor.rowcount == 0:
+                raise _missing(sha256)
+
+        await self._write(body)
+
+    async def list_manufacturer_intermediates(self: _Sqlite) -> list[ManufacturerCA]:
+        def body(conn: sqlite3.Connection) -> list[ManufacturerCA]:
+            rows = conn.execute(
+                "SELECT sha256, name, pem, added_at FROM manufacturer_intermediates "
+                "ORDER BY added_at, sha256"
+            ).fetchall()
+            return [
+                ManufacturerCA(r["sha256"], r["name"], r["pem"], parse_ts(r["added_at"]))
+                for r in rows
+            ]
+
+        return await self._read_here(body)
+
+
+class _RedisKeys(Protocol):
+    @property
+    def tag(self) -> str: ...
+
+
+class _Redis(Protocol):
+    @property
+    def _redis(self) -> Redis: ...
+
+    @property
+    def _keys(self) -> _RedisKeys: ...
+
+
+def _pool_key(store: _Redis) -> str:
+    # {ns}:mfr-intermediates   hash   fingerprint -> intermediate CA as JSON
+    return f"{store._keys.tag}:mfr-intermediates"
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"Redis is unavailable: {exc}")
+
+
+def _to_json(ca: ManufacturerCA) -> str:
+    return json.dumps(
+        {"sha256": ca.sha256, "name": ca.name, "pem": ca.pem, "added_at": ts(ca.added_at)}
+    )
+
+
+def _from_json(text: Any) -> ManufacturerCA:
+    data = json.loads(text)
+    return ManufacturerCA(data["sha256"], data["name"], data["pem"], parse_ts(data["added_at"]))
+
+
+class RedisIntermediates:
+    async def add_manufacturer_intermediate(self: _Redis, ca: ManufacturerCA) -> bool:
+        try:
+            return bool(await self._redis.hsetnx(_pool_key(self), ca.sha256, _to_json(ca)))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+
+    async def remove_manufacturer_intermediate(self: _Redis, sha256: str) -> None:
+        try:
+            removed = await self._redis.hdel(_pool_key(self), sha256)
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        if not removed:
+            raise _missing(sha256)
+
+    async def list_manufacturer_intermediates(self: _Redis) -> list[ManufacturerCA]:
+        try:
+            raw = await self._redis.hvals(_pool_key(self))
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        return sorted((_from_json(v) for v in raw), key=lambda ca: (ca.added_at, ca.sha256))
