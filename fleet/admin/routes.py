@@ -20,6 +20,7 @@ from aiohttp import web
 from fleet.admin.auth import AdminAuthenticator
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
+from fleet.authority.admin import TrustResult
 from fleet.http.json_body import read_json_object
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import validate_device_id
@@ -370,19 +371,12 @@ class AdminApi:
 
     @needs(AdminRole.ADMIN)
     async def add_manufacturer(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        if request.content_type not in (
-            "application/x-pem-file",
-            "application/pem-certificate-chain",
-        ):
-            raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
-        pem = (await _text_body(request)).encode()
+        pem = await _pem_body(request)
         results = await admin_cases.trust_manufacturer(
             self.store, pem, name=_text(request.query, "name"), fleet=self.fleet,
             actor=actor_of(admin), now=self.clock.now(),
         )  # fmt: skip
-        return web.json_response(
-            {"items": [{**manufacturer_json(r.ca), "added": r.added} for r in results]}
-        )
+        return _trust_results(results)
 
     @needs(AdminRole.ADMIN)
     async def remove_manufacturer(
@@ -395,19 +389,12 @@ class AdminApi:
 
     @needs(AdminRole.ADMIN)
     async def add_intermediate(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        if request.content_type not in (
-            "application/x-pem-file",
-            "application/pem-certificate-chain",
-        ):
-            raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
-        pem = (await _text_body(request)).encode()
+        pem = await _pem_body(request)
         results = await admin_cases.trust_intermediate(
             self.store, pem, name=_text(request.query, "name"), fleet=self.fleet,
             actor=actor_of(admin), now=self.clock.now(),
         )  # fmt: skip
-        return web.json_response(
-            {"items": [{**manufacturer_json(r.ca), "added": r.added} for r in results]}
-        )
+        return _trust_results(results)
 
     @needs(AdminRole.ADMIN)
     async def remove_intermediate(
@@ -522,3 +509,16 @@ def openapi_document() -> dict[str, Any]:
         text = resources.files("fleet.admin").joinpath("openapi.json").read_text("utf-8")
         _OPENAPI = json.loads(text)
     return _OPENAPI
+
+
+async def _pem_body(request: web.Request) -> bytes:
+    """CA certificate(s) posted as PEM."""
+    if request.content_type not in ("application/x-pem-file", "application/pem-certificate-chain"):
+        raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
+    return (await _text_body(request)).encode()
+
+
+def _trust_results(results: list[TrustResult]) -> web.Response:
+    return web.json_response(
+        {"items": [{**manufacturer_json(r.ca), "added": r.added} for r in results]}
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -74,32 +74,19 @@ async def trust_manufacturer(
         raise RequestInvalid(exc.message, reason="pem_invalid") from exc
     for cert in certificates:
         _check_manufacturer_ca(cert, fleet, now)
-    results = []
-    for cert in certificates:
-        ca = ManufacturerCA(
-            sha256=sha256_fingerprint(cert),
-            name=name or _display_name(cert),
-            pem=certificate_to_pem(cert).decode("ascii"),
-            added_at=now,
-        )
-        added = await store.add_manufacturer_ca(ca)
-        if added:
-            await record_admin_action(
-                store, actor, "trust_add", "manufacturer_ca_added", now,
-                sha256=ca.sha256, name=ca.name,
-            )  # fmt: skip
-        results.append(TrustResult(ca, added))
-    return results
+    return await _add_all(
+        certificates, name, now, store.add_manufacturer_ca,
+        lambda ca: record_admin_action(
+            store, actor, "trust_add", "manufacturer_ca_added", now, sha256=ca.sha256, name=ca.name
+        ),
+    )  # fmt: skip
 
 
 async def distrust_manufacturer(
     store: Store, fingerprint: str, *, actor: str, now: dt.datetime
 ) -> str:
     """Stop trusting a manufacturer CA (any fingerprint spelling); its normalised fingerprint."""
-    try:
-        sha256 = normalize_fingerprint(fingerprint)
-    except ConfigError as exc:
-        raise RequestInvalid(exc.message, reason="fingerprint_invalid") from exc
+    sha256 = _fingerprint(fingerprint)
     await store.remove_manufacturer_ca(sha256)
     await record_admin_action(
         store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256
@@ -151,32 +138,20 @@ async def trust_intermediate(
                 hint="Trust the manufacturer's root first (`fleet trust add-manufacturer`), "
                 "or give the intermediates above this one in the same file.",
             )
-    results = []
-    for cert in certificates:
-        ca = ManufacturerCA(
-            sha256=sha256_fingerprint(cert),
-            name=name or _display_name(cert),
-            pem=certificate_to_pem(cert).decode("ascii"),
-            added_at=now,
-        )
-        added = await store.add_manufacturer_intermediate(ca)
-        if added:
-            await record_admin_action(
-                store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
-                sha256=ca.sha256, name=ca.name,
-            )  # fmt: skip
-        results.append(TrustResult(ca, added))
-    return results
+    return await _add_all(
+        certificates, name, now, store.add_manufacturer_intermediate,
+        lambda ca: record_admin_action(
+            store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
+            sha256=ca.sha256, name=ca.name,
+        ),
+    )  # fmt: skip
 
 
 async def distrust_intermediate(
     store: Store, fingerprint: str, *, actor: str, now: dt.datetime
 ) -> str:
     """Drop an intermediate from the pool (any fingerprint spelling); its normalised fingerprint."""
-    try:
-        sha256 = normalize_fingerprint(fingerprint)
-    except ConfigError as exc:
-        raise RequestInvalid(exc.message, reason="fingerprint_invalid") from exc
+    sha256 = _fingerprint(fingerprint)
     await store.remove_manufacturer_intermediate(sha256)
     await record_admin_action(
         store, actor, "trust_remove_intermediate", "manufacturer_intermediate_removed", now,
@@ -203,6 +178,37 @@ def _check_manufacturer_ca(
             reason="ca_expired",
             hint="Ask the manufacturer for its current CA certificate.",
         )
+
+
+async def _add_all(
+    certificates: Sequence[x509.Certificate],
+    name: str | None,
+    now: dt.datetime,
+    add: Callable[[ManufacturerCA], Awaitable[bool]],
+    audit: Callable[[ManufacturerCA], Awaitable[object]],
+) -> list[TrustResult]:
+    """Store each (already checked) certificate with ``add``; audit the ones that were new."""
+    results = []
+    for cert in certificates:
+        ca = ManufacturerCA(
+            sha256=sha256_fingerprint(cert),
+            name=name or _display_name(cert),
+            pem=certificate_to_pem(cert).decode("ascii"),
+            added_at=now,
+        )
+        added = await add(ca)
+        if added:
+            await audit(ca)
+        results.append(TrustResult(ca, added))
+    return results
+
+
+def _fingerprint(text: str) -> str:
+    """A CA fingerprint from an admin, in any spelling, normalised; 400 if it is none."""
+    try:
+        return normalize_fingerprint(text)
+    except ConfigError as exc:
+        raise RequestInvalid(exc.message, reason="fingerprint_invalid") from exc
 
 
 def _display_name(cert: x509.Certificate) -> str:
