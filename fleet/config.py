@@ -50,6 +50,9 @@ class ServerConfig:
     mode: str = "tls"
     trusted_proxies: tuple[str, ...] = ()
     client_cert_header: str = "X-SSL-Client-Cert"
+    # Intermediate CAs allowed between a bootstrap certificate and its trusted
+    # manufacturer CA; a front end's ssl_verify_depth / SSLVerifyDepth matches it.
+    max_chain_depth: int = 3
     max_in_flight: int = 256  # per worker; beyond it: 503 + Retry-After
     body_timeout_seconds: int = 10
     handshake_timeout_seconds: int = 10
@@ -197,6 +200,8 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
         if getattr(server, key) < 1:
             raise ConfigError(f"[server] {key} must be >= 1")
     _check_proxies(server.trusted_proxies)
+    if not 0 <= server.max_chain_depth <= 8:
+        raise ConfigError(f"[server] max_chain_depth must be 0..8, got {server.max_chain_depth}")
     if est.base64_line_length < 0:
         raise ConfigError("[est] base64_line_length must be >= 0 (0 = one line)")
     if policy.retry_after_seconds < 1:

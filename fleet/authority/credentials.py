@@ -43,11 +43,13 @@ class Credentials:
         clock: Clock,
         device_id_source: str = "cn",
         skew: dt.timedelta = dt.timedelta(minutes=5),
+        max_chain_depth: int = 3,
     ) -> None:
         self._store = store
         self._clock = clock
         self._device_id_source = device_id_source
         self._skew = skew
+        self._max_chain_depth = max_chain_depth
         self._fleet = TrustDomain("fleet", (fleet_issuing_ca,), max_chain_depth=1, skew=skew)
         # Comparing encoded names is much cheaper than building Name objects,
         # and this runs on every enrollment.
@@ -92,7 +94,11 @@ class Credentials:
             anchors = tuple(cert for ca in cas for cert in load_certificates_pem(ca.pem.encode()))
             # IDevIDs often carry no EKU; their purpose is fixed by the domain.
             self._manufacturers = TrustDomain(
-                "manufacturer", anchors, skew=self._skew, require_client_auth_eku=False
+                "manufacturer",
+                anchors,
+                max_chain_depth=self._max_chain_depth,
+                skew=self._skew,
+                require_client_auth_eku=False,
             )
             self._manufacturers_at = time.monotonic()
         return self._manufacturers

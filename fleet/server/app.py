@@ -89,6 +89,7 @@ def build_app(
         fleet_issuing_ca=issuer.certificate,
         clock=clock,
         device_id_source=config.policy.device_id_source,
+        max_chain_depth=config.server.max_chain_depth,
     )
     peers = PeerCertificates(
         proxy_mode=config.server.mode == "proxy",

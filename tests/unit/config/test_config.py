@@ -78,3 +78,19 @@ def test_missing_file_says_how_to_create_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "nope.toml", environ={})
     assert "fleet init" in info.value.diagnostics()
+
+
+def test_max_chain_depth_matches_the_front_ends_and_is_bounded(tmp_path: Path) -> None:
+    import re
+
+    config = load_config(write(tmp_path, ""), environ={})
+    repo = Path(__file__).resolve().parents[3]
+    nginx = (repo / "docs/nginx/fleet-est.conf").read_text()
+    apache = (repo / "docs/apache/fleet-est.conf").read_text()
+    depth = config.server.max_chain_depth
+    assert re.search(rf"^\s*ssl_verify_depth {depth};", nginx, re.MULTILINE)
+    assert re.search(rf"^\s*SSLVerifyDepth {depth}$", apache, re.MULTILINE)
+    deeper = load_config(write(tmp_path, ""), environ={"FLEET_SERVER_MAX_CHAIN_DEPTH": "5"})
+    assert deeper.server.max_chain_depth == 5
+    with pytest.raises(ConfigError, match="max_chain_depth"):
+        load_config(write(tmp_path, ""), environ={"FLEET_SERVER_MAX_CHAIN_DEPTH": "9"})
