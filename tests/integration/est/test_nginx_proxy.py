@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -9,6 +11,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.integration.est.conftest import Fleet, running_fleet
+from tests.support.binaries import need_binary
 from tests.support.est_client import curl
 from tests.support.nginx import REPO, Nginx
 from tests.support.openssl import openssl
@@ -29,6 +32,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, N
                 "CERT": str(fleet.server.data_dir / "tls/server.pem"),
                 "KEY": str(fleet.server.data_dir / "tls/server.key"),
                 "PROXY_BIND": PROXY,
+                "ROOT": str(fleet.server.root_pem),
             },
         ).start()
         try:
@@ -87,3 +91,22 @@ def test_a_forged_header_from_an_untrusted_address_is_refused(
     )  # fmt: skip
     assert result.status == 403
     assert result.headers["x-fleet-reason"] == "untrusted_proxy_header"
+
+
+def test_nginx_staples_a_good_ocsp_answer_from_fleet(proxied: tuple[Fleet, Nginx]) -> None:
+    fleet, nginx = proxied
+    exe = need_binary("openssl")
+    deadline = time.monotonic() + 30
+    while True:  # nginx fetches the OCSP answer after the first handshake that asks
+        result = subprocess.run(
+            [exe, "s_client", "-connect", f"127.0.0.1:{nginx.port}", "-status",
+             "-CAfile", str(fleet.server.root_pem), "-servername", "localhost"],
+            input=b"", capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        out = result.stdout.decode(errors="replace")
+        if "OCSP Response Status: successful" in out or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "OCSP Response Status: successful" in out, out
+    assert "Cert Status: good" in out, out
+    assert "Verify return code: 0 (ok)" in out, out
