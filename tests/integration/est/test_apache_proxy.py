@@ -124,7 +124,7 @@ def test_the_naive_header_form_without_a_certificate_is_no_certificate(
     proxied: tuple[Fleet, Apache], tmp_path: Path
 ) -> None:
     # "%{SSL_CLIENT_CERT}s" sends "(null)" when the client sent no certificate;
-    # fleet reads that as none (it used to answer 400 encoding_invalid).
+    # fleet reads that as none (it used to answer 400 certificate_invalid).
     fleet, _ = proxied
     shipped = (REPO / "docs/apache/fleet-est.conf").read_text()
     escaped = '"expr=%{escape:%{SSL_CLIENT_CERT}}"'
