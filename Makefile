@@ -1,9 +1,12 @@
 # The two commands: `make demo` and `make test`. Both set themselves up.
+# bash with pipefail: a failing step of a pipeline fails the target.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # Real third-party programs the tests run (Debian package names).
-SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev strongswan-pki
+SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx apache2 openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev strongswan-pki
 
 .PHONY: test demo lint typecheck imports unit system-deps venv clean
 
@@ -11,6 +14,7 @@ test: venv system-deps lint typecheck imports
 	$(BIN)/pytest
 
 demo: venv
+	@echo "== fleet-sim demo: 20 simulated devices (seconds) =="
 	$(BIN)/fleet-sim demo
 
 venv: $(BIN)/.installed
@@ -18,9 +22,13 @@ venv: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "Python >= 3.11 is needed (found $$($(PYTHON) --version))"; exit 1; }
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "== first run: setting up $(VENV) (a few minutes; later runs skip this) =="
+	@test -x $(BIN)/python || { echo "-- creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "-- upgrading pip"
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@echo "-- installing fleet and its dependencies (the longest step)"
+	$(BIN)/python -m pip install --progress-bar off -e '.[test]' | awk '/^(Collecting|Successfully)/'
+	@echo "-- $(VENV) ready"
 	@touch $@
 
 system-deps:

@@ -9,6 +9,7 @@ declare -A PROGRAM=(
   [mosquitto]=mosquitto
   [mosquitto-clients]=mosquitto_pub
   [nginx]=nginx
+  [apache2]=apache2
   [openssl]=openssl
   [curl]=curl
   [gcc]=gcc
@@ -36,7 +37,7 @@ if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
   echo "Installing system packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # Keep Debian from starting daemons (nginx, redis, mosquitto) on their
+  # Keep Debian from starting daemons (nginx, apache2, redis, mosquitto) on their
   # standard ports: tests start their own on free ports.
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d

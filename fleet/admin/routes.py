@@ -126,8 +126,9 @@ class AdminApi:
         ]
 
     # -- reading -----------------------------------------------------------------
-    @needs(AdminRole.VIEWER)
-    async def openapi(self, request: web.Request, admin: AdminCredential) -> web.Response:
+    # Public: the API's description holds no secrets, and a client reads it
+    # before it has (or to learn how to use) a credential.
+    async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())
 
     @needs(AdminRole.VIEWER)

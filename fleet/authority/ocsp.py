@@ -6,6 +6,9 @@ Every answer is a DER OCSPResponse, even for garbage (RFC 6960 section 2.3):
   reason) or ``unknown`` (a serial this CA never recorded);
 * ``malformedRequest`` for anything that does not parse as one request;
 * ``unauthorized`` for a certificate of another issuer;
+* for the fleet root, when its key is online: ``good`` for the server TLS
+  certificates it issued (so a front end can staple an answer for its own
+  certificate), ``unknown`` for any other serial;
 * ``tryLater`` when the store cannot be read.
 """
 
@@ -55,8 +58,16 @@ def try_later_response() -> bytes:
     ).public_bytes(serialization.Encoding.DER)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServerCertificates:
+    """The fleet root (with its key) and the serials of the server certificates it issued."""
+
+    root: CertifiedKey
+    serials: frozenset[int]
+
+
 class OcspResponder:
-    """Answers OCSP requests about the fleet issuing CA's certificates."""
+    """Answers OCSP requests about the fleet issuing CA's certificates (and the servers')."""
 
     def __init__(
         self,
@@ -64,6 +75,7 @@ class OcspResponder:
         issuer: CertifiedKey,
         clock: Clock,
         next_update: dt.timedelta,
+        servers: ServerCertificates | None = None,
     ) -> None:
         if next_update <= dt.timedelta(0):
             raise ConfigError("the OCSP next update interval must be positive")
@@ -71,6 +83,7 @@ class OcspResponder:
         self._issuer = issuer
         self._clock = clock
         self._next_update = next_update
+        self._servers = servers
 
     async def respond(self, der: bytes) -> OcspAnswer:
         try:
@@ -79,6 +92,18 @@ class OcspResponder:
             log.debug("malformed OCSP request: %s", exc.message)
             return OcspAnswer(malformed_response(), "malformed")
         serial = request.serial_number
+        servers = self._servers
+        if servers is not None and request_matches_issuer(request, servers.root.certificate):
+            server_status: CertStatus = Good() if serial in servers.serials else Unknown()
+            response = build_ocsp_response(
+                request,
+                status=server_status,
+                issuer=servers.root,
+                now=self._clock.now(),
+                next_update_in=self._next_update,
+                include_signer=True,
+            )
+            return OcspAnswer(response, "good" if serial in servers.serials else "unknown", serial)
         if not request_matches_issuer(request, self._issuer.certificate):
             return OcspAnswer(unauthorized_response(), "unauthorized", serial)
         try:

@@ -15,6 +15,8 @@ import click
 
 from fleet.config import CONFIG_FILENAME, FleetConfig, load_config
 from fleet.kernel.clock import SystemClock
+from fleet.kernel.errors import ConfigError
+from fleet.kernel.files import write_new_secret
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 from fleet.store.records import (
@@ -80,6 +82,44 @@ def with_store(config: FleetConfig, use: Callable[[Store], Awaitable[_T]]) -> _T
 
 def run_async(coroutine: Coroutine[Any, Any, _T]) -> _T:
     return asyncio.run(coroutine)
+
+
+def secret_out_option(function: _F) -> _F:
+    """``--out FILE``: write the secret there (0600, a new file) instead of printing it."""
+    option = click.option(
+        "--out",
+        "out_file",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Write the secret to this new file (mode 0600; an existing file is refused) "
+        "instead of printing it.",
+    )
+    return option(function)
+
+
+def refuse_existing_secret_file(path: Path | None) -> None:
+    """Refuse an --out that exists before anything is created (the secret would be lost)."""
+    if path is not None and (path.exists() or path.is_symlink()):
+        raise ConfigError(
+            f"--out {path}: the file exists; it may hold the only copy of another secret",
+            hint="Name a new file, or remove the old one if it is no longer needed.",
+        )
+
+
+def save_secret(path: Path, secret: str) -> None:
+    try:
+        write_new_secret(path, f"{secret}\n".encode())
+    except FileExistsError as exc:
+        raise ConfigError(
+            f"--out {path}: the file appeared while the secret was being made; "
+            "the secret was not written",
+            hint="Make a new secret with another --out file (the unwritten one is unusable).",
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {path}: {exc.strerror}; the secret was not written",
+            hint="Make a new secret with a writable --out file.",
+        ) from exc
 
 
 def now() -> dt.datetime:

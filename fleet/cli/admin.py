@@ -20,6 +20,9 @@ from fleet.cli._context import (
     load,
     local_actor,
     now,
+    refuse_existing_secret_file,
+    save_secret,
+    secret_out_option,
     table,
     when,
     with_store,
@@ -85,17 +88,28 @@ def create(name: str, role: str, out: Path, as_json: bool) -> None:
 @admin.command()
 @click.argument("name")
 @click.option("--role", type=_ROLES, required=True, help=_ROLE_HELP)
+@secret_out_option
 @config_option
 @json_option
-def token(name: str, role: str, as_json: bool) -> None:
-    """Create a bearer token for NAME (automation). Printed once; only its hash is kept."""
+def token(name: str, role: str, out_file: Path | None, as_json: bool) -> None:
+    """Create a bearer token for NAME (automation). Printed once, or written to
+    --out FILE (0600); only its hash is kept."""
     validate_admin_name(name)
+    refuse_existing_secret_file(out_file)
     secret = with_store(
         load(),
         lambda store: create_admin_token(
             store, name, AdminRole(role), actor=local_actor(), now=now()
         ),
     )
+    if out_file is not None:
+        save_secret(out_file, secret)
+        if as_json:
+            echo_json({"name": name, "role": role, "token_file": str(out_file)})
+        else:
+            click.echo(f"Bearer token for {name} ({role}) written to {out_file} (0600).")
+            click.echo(f"Use it with: fleet ... --token-file {out_file}")
+        return
     if as_json:
         echo_json({"name": name, "role": role, "token": secret})
         return

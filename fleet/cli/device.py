@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from fleet.cli._context import echo_json, echo_replacement, json_option, table, when
+from fleet.cli._context import (
+    echo_json,
+    echo_replacement,
+    json_option,
+    refuse_existing_secret_file,
+    save_secret,
+    secret_out_option,
+    table,
+    when,
+)
 from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.cli.ops import DeviceQuery
@@ -38,9 +49,10 @@ def device() -> None:
     metavar="DURATION",
     help=f"How long the token is valid: 30m, 12h, 7d, 2w (at most {MAX_TOKEN_LIFETIME.days}d).",
 )
+@secret_out_option
 @admin_options
 @json_option
-def token(device_id: str, expires_in: str, as_json: bool) -> None:
+def token(device_id: str, expires_in: str, out_file: Path | None, as_json: bool) -> None:
     """Create a one-time enrollment token for device ID.
 
     The device enrolls with it instead of a bootstrap certificate, sending it
@@ -51,12 +63,19 @@ def token(device_id: str, expires_in: str, as_json: bool) -> None:
     """
     validate_device_id(device_id)
     lifetime = parse_lifetime(expires_in)
+    refuse_existing_secret_file(out_file)
     issued = admin_ops().issue_token(device_id, lifetime)
+    if out_file is not None:
+        save_secret(out_file, issued.token)
     if as_json:
         echo_json(
             {
                 "device_id": issued.device_id,
-                "token": issued.token,
+                **(
+                    {"token_file": str(out_file)}
+                    if out_file is not None
+                    else {"token": issued.token}
+                ),
                 "expires_at": when(issued.expires_at),
                 "device_created": issued.created_device,
             }
@@ -64,6 +83,13 @@ def token(device_id: str, expires_in: str, as_json: bool) -> None:
         return
     if issued.created_device:
         click.echo(f"Created device {device_id} (pending; this token enrolls it).")
+    if out_file is not None:
+        click.echo(
+            f"One-time enrollment token for device {device_id}, valid until "
+            f"{when(issued.expires_at)}, written to {out_file} (0600)."
+        )
+        click.echo(f"The device reads it with: fleet-agent enroll ... --token-file {out_file}")
+        return
     click.echo(
         f"One-time enrollment token for device {device_id}, valid until {when(issued.expires_at)}:"
     )

@@ -1,7 +1,9 @@
 """The client certificate of a request: from our own TLS, or from a trusted proxy.
 
-In proxy mode nginx terminates TLS (``ssl_verify_client optional_no_ca``) and
-forwards the client certificate URL-escaped in a header. Anyone can send that
+In proxy mode nginx or Apache terminates TLS (``ssl_verify_client
+optional_no_ca`` / ``SSLVerifyClient optional_no_ca``) and forwards the client
+certificate URL-escaped in a header; an empty header, or Apache's ``(null)``
+(mod_headers' rendering of an unset variable), means no certificate. Anyone can send that
 header, so it is believed only from the configured proxy addresses; from any
 other address its presence is an attack and the request is refused.
 
@@ -115,9 +117,13 @@ def _unescape(value: str) -> str:
     return urllib.parse.unquote(value)
 
 
+# Apache's mod_headers writes an unset SSL_CLIENT_CERT as "(null)", escaped or not.
+_NO_CERTIFICATE = ("", "(null)")
+
+
 def _parse_forwarded(value: str) -> x509.Certificate | None:
     text = _unescape(value).strip()
-    if not text:
+    if text in _NO_CERTIFICATE:
         return None  # the proxy saw no client certificate
     return load_certificate(
         text.encode(), pem=True, what="the client certificate the proxy forwarded"

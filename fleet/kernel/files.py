@@ -51,6 +51,30 @@ def write_atomic(path: Path, data: bytes, *, mode: int = SECRET_MODE) -> None:
     fsync_dir(path.parent)
 
 
+def write_new_secret(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path``, mode 0600, durably; never replace one.
+
+    For secrets shown only once (tokens): overwriting a file would destroy the
+    only copy of an earlier secret, so an existing ``path`` is an error
+    (FileExistsError), checked atomically by the kernel (O_EXCL).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+    try:
+        try:
+            os.fchmod(fd, SECRET_MODE)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    fsync_dir(path.parent)
+
+
 def remove_durably(*paths: Path) -> None:
     """Delete ``paths`` (missing ones are fine) and fsync their directories."""
     parents = set()

@@ -122,8 +122,13 @@ def build_ocsp_response(
     issuer: CertifiedKey,
     now: dt.datetime,
     next_update_in: dt.timedelta,
+    include_signer: bool = False,
 ) -> bytes:
     """The DER OCSP response, signed by ``issuer``, giving ``status`` for the requested serial.
+
+    ``include_signer`` puts the issuer's certificate in the response: OpenSSL
+    (nginx's stapling) looks for the signer among the response's certificates
+    and the server's chain, not among its trusted ones.
 
     Refuses (PolicyError ``ocsp_unknown_issuer``) a request about another CA's
     certificate: a signed "good" for it would vouch for something we never saw.
@@ -163,6 +168,8 @@ def build_ocsp_response(
         )
         .responder_id(ocsp.OCSPResponderEncoding.HASH, issuer.certificate)
     )
+    if include_signer:
+        builder = builder.certificates([issuer.certificate])
     nonce = _nonce(request)
     if nonce is not None:
         # Echoing the nonce is what lets the client detect a replayed answer.

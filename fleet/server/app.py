@@ -22,7 +22,7 @@ from fleet.authorities import load_fleet_authorities
 from fleet.authority.credentials import Credentials
 from fleet.authority.crl import CrlPublisher
 from fleet.authority.enrollment import Authority
-from fleet.authority.ocsp import OcspResponder
+from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
 from fleet.http.peer import PeerCertificates
@@ -173,6 +173,7 @@ def _add_revocation(
         issuer,
         clock,
         next_update=dt.timedelta(minutes=config.revocation.ocsp_next_update_minutes),
+        servers=_server_certificates(config),
     )
     app.add_routes(RevocationService(publisher, responder, clock).routes())
     task_key = web.AppKey("crl_publisher_task", asyncio.Task[None])
@@ -188,6 +189,26 @@ def _add_revocation(
 
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
+
+
+def _server_certificates(config: FleetConfig) -> ServerCertificates | None:
+    """The root and the server certificate, for /ocsp, when the root key is online.
+
+    A front end (nginx, Apache) staples fleet's OCSP answer for its own
+    certificate, which the fleet root issued. With the root kept offline (its
+    key not beside root.pem, or encrypted), /ocsp does not answer for it.
+    """
+    root_key_path = config.ca.root_cert.with_suffix(".key")
+    try:
+        root_cert = load_certificates_pem(config.ca.root_cert.read_bytes())[0]
+        root_key = load_private_key_pem(root_key_path.read_bytes(), None)
+        server = load_certificates_pem(config.server.tls_cert.read_bytes())[0]
+    except (OSError, FleetError, ValueError, TypeError) as exc:
+        log.info("/ocsp answers for the issuing CA only (root key not usable: %s)", exc)
+        return None
+    if server.issuer != root_cert.subject:
+        return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset())
+    return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset({server.serial_number}))
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -265,6 +265,33 @@ def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None
     assert get_device(config, "tok-1").state is DeviceState.PENDING
 
 
+def test_secrets_go_to_a_new_0600_file_with_out(config: Path, tmp_path: Path) -> None:
+    device_file = tmp_path / "tok-3.token"
+    out = ok(fleet("device", "token", "tok-3", "--out", device_file, "--config", config))
+    admin_file = tmp_path / "ci.token"
+    out += ok(fleet("admin", "token", "ci-out", "--role", "viewer", "--out", admin_file,
+                    "--config", config))  # fmt: skip
+    for path in (device_file, admin_file):
+        assert path.stat().st_mode & 0o777 == 0o600
+        secret = path.read_text().strip()
+        assert len(secret) == 43
+        assert secret not in out  # written, never printed
+    now = dt.datetime.now(dt.UTC)
+    secret = device_file.read_text().strip()
+    with_store(config, lambda s: s.consume_enrollment_token("tok-3", token_sha256(secret), now))
+
+    # An existing file may hold the only copy of another secret: refused, nothing made.
+    before = admin_file.read_bytes()
+    refused(fleet("admin", "token", "ci-again", "--role", "viewer", "--out", admin_file,
+                  "--config", config), "the file exists")  # fmt: skip
+    refused(fleet("device", "token", "tok-4", "--out", admin_file, "--config", config),
+            "the file exists")  # fmt: skip
+    assert admin_file.read_bytes() == before
+    names = json.loads(ok(fleet("admin", "list", "--json", "--config", config)))
+    assert "ci-again" not in [c["name"] for c in names]
+    refused(fleet("device", "show", "tok-4", "--config", config), "device_not_found")
+
+
 def test_token_for_a_known_device_and_refusals(config: Path) -> None:
     add_pending(config, "tok-2")
     ok(fleet("device", "approve", "tok-2", "--config", config))

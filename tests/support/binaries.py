@@ -21,6 +21,7 @@ PACKAGES = {
     "mosquitto_pub": "mosquitto-clients",
     "mosquitto_sub": "mosquitto-clients",
     "nginx": "nginx",
+    "apache2": "apache2",
     "gcc": "gcc",
     "pki": "strongswan-pki",
 }

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from tests.support.binaries import need_binary
 from tests.support.ports import free_port
@@ -66,3 +68,27 @@ class Nginx:
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         stop_process(proc)  # the nginx master; it stops its workers
+
+
+@contextlib.contextmanager
+def proxied_fleet(base: Path, proxy: str) -> Iterator[tuple[Any, Nginx]]:
+    """A fleet server in proxy mode behind a real nginx running docs/nginx/fleet-est.conf."""
+    from tests.integration.est.conftest import running_fleet
+
+    env = {"FLEET_SERVER_MODE": "proxy", "FLEET_SERVER_TRUSTED_PROXIES": f'["{proxy}"]'}
+    with running_fleet(base, env=env, scheme="http") as fleet:
+        nginx = Nginx(
+            base / "nginx",
+            REPO / "docs/nginx/fleet-est.conf",
+            {
+                "FLEET": f"127.0.0.1:{fleet.server.port}",
+                "CERT": str(fleet.server.data_dir / "tls/server.pem"),
+                "KEY": str(fleet.server.data_dir / "tls/server.key"),
+                "PROXY_BIND": proxy,
+                "ROOT": str(fleet.server.root_pem),
+            },
+        ).start()
+        try:
+            yield fleet, nginx
+        finally:
+            nginx.stop()

@@ -60,6 +60,9 @@ def test_role_matrix(admin: Admin, method: str, path: str, needed: str) -> None:
         kwargs = {"raw": b"not pem", "content_type": "application/x-pem-file"}
 
     anonymous = admin.call(method, url + query, role=None, **kwargs)
+    if needed == "public":
+        assert anonymous.status == 200, anonymous.body
+        return
     assert anonymous.status == 401
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
     forged = admin.call(method, url + query, token="not-a-token", **kwargs)
@@ -288,6 +291,14 @@ def test_audit_query_and_verify(admin: Admin) -> None:
     page = admin.call("GET", "/api/v1/audit?after_seq=0&limit=5", role="viewer").body["items"]
     assert [r["seq"] for r in page] == sorted(r["seq"] for r in page)
     assert all(re.fullmatch(r"[0-9a-f]{64}", r["sha256"]) for r in page)
+
+
+def test_the_api_description_is_served_to_anyone(admin: Admin) -> None:
+    # The README points people at it before they hold a credential; it holds no secrets.
+    served = admin.call("GET", "/api/v1/openapi.json", role=None)
+    assert served.status == 200
+    assert served.body == openapi_document()
+    assert served.body["paths"]["/api/v1/openapi.json"]["get"]["security"] == []
 
 
 def test_openapi_describes_exactly_the_routes(admin: Admin) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from tests.integration.est.conftest import Fleet, running_fleet
+from tests.integration.est.conftest import Fleet
+from tests.support.binaries import need_binary
 from tests.support.est_client import curl
-from tests.support.nginx import REPO, Nginx
+from tests.support.nginx import Nginx, proxied_fleet
 from tests.support.openssl import openssl
 
 PROXY = "127.0.0.2"  # nginx connects from here; fleet trusts only this address
@@ -18,23 +21,8 @@ PROXY = "127.0.0.2"  # nginx connects from here; fleet trusts only this address
 
 @pytest.fixture(scope="module")
 def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fleet, Nginx]]:
-    base = tmp_path_factory.mktemp("proxy")
-    env = {"FLEET_SERVER_MODE": "proxy", "FLEET_SERVER_TRUSTED_PROXIES": f'["{PROXY}"]'}
-    with running_fleet(base, env=env, scheme="http") as fleet:
-        nginx = Nginx(
-            base / "nginx",
-            REPO / "docs/nginx/fleet-est.conf",
-            {
-                "FLEET": f"127.0.0.1:{fleet.server.port}",
-                "CERT": str(fleet.server.data_dir / "tls/server.pem"),
-                "KEY": str(fleet.server.data_dir / "tls/server.key"),
-                "PROXY_BIND": PROXY,
-            },
-        ).start()
-        try:
-            yield fleet, nginx
-        finally:
-            nginx.stop()
+    with proxied_fleet(tmp_path_factory.mktemp("proxy"), PROXY) as running:
+        yield running
 
 
 def est(nginx: Nginx, operation: str) -> str:
@@ -87,3 +75,22 @@ def test_a_forged_header_from_an_untrusted_address_is_refused(
     )  # fmt: skip
     assert result.status == 403
     assert result.headers["x-fleet-reason"] == "untrusted_proxy_header"
+
+
+def test_nginx_staples_a_good_ocsp_answer_from_fleet(proxied: tuple[Fleet, Nginx]) -> None:
+    fleet, nginx = proxied
+    exe = need_binary("openssl")
+    deadline = time.monotonic() + 30
+    while True:  # nginx fetches the OCSP answer after the first handshake that asks
+        result = subprocess.run(
+            [exe, "s_client", "-connect", f"127.0.0.1:{nginx.port}", "-status",
+             "-CAfile", str(fleet.server.root_pem), "-servername", "localhost"],
+            input=b"", capture_output=True, timeout=30, check=False,
+        )  # fmt: skip
+        out = result.stdout.decode(errors="replace")
+        if "OCSP Response Status: successful" in out or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "OCSP Response Status: successful" in out, out
+    assert "Cert Status: good" in out, out
+    assert "Verify return code: 0 (ok)" in out, out

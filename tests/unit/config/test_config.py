@@ -97,3 +97,19 @@ def test_a_label_may_set_its_own_base64_line_length(tmp_path: Path) -> None:
 def test_a_bad_label_line_length_is_refused(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match=r"\[labels.oldswan\] base64_line_length"):
         load_config(write(tmp_path, f"[labels.oldswan]\nbase64_line_length = {value}\n"), {})
+
+
+def test_max_chain_depth_matches_the_front_ends_and_is_bounded(tmp_path: Path) -> None:
+    import re
+
+    config = load_config(write(tmp_path, ""), environ={})
+    repo = Path(__file__).resolve().parents[3]
+    nginx = (repo / "docs/nginx/fleet-est.conf").read_text()
+    apache = (repo / "docs/apache/fleet-est.conf").read_text()
+    depth = config.policy.max_chain_depth
+    assert re.search(rf"^\s*ssl_verify_depth {depth};", nginx, re.MULTILINE)
+    assert re.search(rf"^\s*SSLVerifyDepth {depth}$", apache, re.MULTILINE)
+    deeper = load_config(write(tmp_path, ""), environ={"FLEET_POLICY_MAX_CHAIN_DEPTH": "5"})
+    assert deeper.policy.max_chain_depth == 5
+    with pytest.raises(ConfigError, match="max_chain_depth"):
+        load_config(write(tmp_path, ""), environ={"FLEET_POLICY_MAX_CHAIN_DEPTH": "9"})

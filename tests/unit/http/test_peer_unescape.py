@@ -24,6 +24,12 @@ def test_an_nginx_escaped_certificate_parses() -> None:
     assert _parse_forwarded(escaped) == cert
 
 
+def test_no_certificate_as_nginx_and_apache_say_it() -> None:
+    # nginx: an empty header; Apache's mod_headers: "(null)", plain or escaped.
+    for value in ("", "  ", "(null)", urllib.parse.quote("(null)"), "%28null%29"):
+        assert _parse_forwarded(value) is None, value
+
+
 @given(st.text(alphabet="%0123456789AaBbCcDdEeFf=+/ \n-xyz", max_size=40))
 def test_equals_unquote_on_escape_soup(text: str) -> None:
     assert _unescape(text) == urllib.parse.unquote(text)
