@@ -979,9 +979,7 @@ class SqliteStore:
     async def list_replacement_requests(
         self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
     ) -> list[ReplacementRequest]:
-        return await self._read(
-            lambda conn: replacements.list_requests(conn, status, after, limit)
-        )
+        return await self._read(lambda conn: replacements.list_requests(conn, status, after, limit))
 
     async def note_replacement_attempt(
         self,
