@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # Real third-party programs the tests run (Debian package names).
-SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev
+SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev chromium
 
 .PHONY: test demo lint typecheck imports unit system-deps venv clean
 

@@ -15,6 +15,7 @@ declare -A PROGRAM=(
   [mosquitto-dev]=/usr/include/mosquitto_broker.h
   [libmosquitto-dev]=/usr/include/mosquitto.h
   [libssl-dev]=/usr/include/openssl/ssl.h
+  [chromium]=chromium
 )
 
 present() {

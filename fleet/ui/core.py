@@ -43,7 +43,9 @@ CSP = (
 SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on
+    # our own form posts, and the Origin check below needs the real one.
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
@@ -122,6 +124,7 @@ class Console:
             values.setdefault("admin", None)
             values.setdefault("notice", None)
         values.setdefault("now", self.clock.now())
+        values.setdefault("nav", "")
         body = self.env.get_template(template).render(**values)
         return secure(web.Response(text=body, status=status, content_type="text/html"))
 

@@ -129,7 +129,8 @@ async def pending(console: Console, ctx: Ctx) -> web.Response:
 
 async def bulk(console: Console, ctx: Ctx) -> web.Response:
     return console.render(
-        "bulk.html", ctx=ctx, nav="bulk", form=dict.fromkeys(BULK_FIELDS, ""), preview=None, result=None,
+        "bulk.html", ctx=ctx, nav="bulk", form=dict.fromkeys(BULK_FIELDS, ""), preview=None,
+        result=None,
         reasons=[r.value for r in lifecycle.ADMIN_REASONS],
     )  # fmt: skip
 

@@ -22,6 +22,7 @@ PACKAGES = {
     "mosquitto_sub": "mosquitto-clients",
     "nginx": "nginx",
     "gcc": "gcc",
+    "chromium": "chromium",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
