@@ -299,3 +299,28 @@ def test_a_session_cookie_is_secure_httponly_strict_and_expiring(
     expect(page.get_by_role("status")).to_contain_text("signed out")
     assert "__Host-fleet_session" not in {c["name"] for c in page.context.cookies()}
     page.context.close()
+
+
+def test_sign_in_with_an_admin_client_certificate_binds_the_session_to_it(
+    browser: Browser, console: Console
+) -> None:
+    base = console.base
+    context = browser.new_context(
+        ignore_https_errors=True,
+        client_certificates=[
+            {"origin": base, "certPath": console.admin.cert, "keyPath": console.admin.key}
+        ],
+    )
+    page = context.new_page()
+    page.goto(f"{base}/ui/login")
+    page.get_by_role("button", name="Sign in with my certificate").click()
+    expect(page.locator("h1")).to_have_text("Overview")
+    expect(page.locator(".who")).to_contain_text("olivia")
+    # The cookie alone, in a browser without the certificate, is no session.
+    stolen = browser.new_context(ignore_https_errors=True)
+    stolen.add_cookies(context.cookies())
+    other = stolen.new_page()
+    other.goto(f"{base}/ui/devices")
+    expect(other).to_have_url(re.compile(r"/ui/login"))
+    stolen.close()
+    context.close()
