@@ -6,9 +6,9 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # Real third-party programs the tests run (Debian package names).
-SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx apache2 openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev strongswan-pki
+SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx apache2 openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev strongswan-pki chromium
 
-.PHONY: test demo lint typecheck imports unit system-deps venv clean
+.PHONY: test demo lint typecheck imports unit system-deps venv clean screenshots
 
 test: venv system-deps lint typecheck imports
 	$(BIN)/pytest
@@ -43,6 +43,12 @@ typecheck: venv
 
 imports: venv
 	$(BIN)/lint-imports
+
+# The admin console's screenshots in the README (docs/screenshots/console-*.png),
+# taken by the browser tests in Debian's Chromium.
+screenshots: venv system-deps
+	FLEET_SCREENSHOT_DIR=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider \
+		tests/integration/ui/test_console_browser.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache

@@ -37,7 +37,9 @@ SECRET_ENV = frozenset(
 _T = TypeVar("_T")
 # A manufacturer chain deeper than this is a mistake, not a hierarchy.
 MAX_CHAIN_DEPTH_LIMIT = 8
-_SECTIONS = ("store", "server", "ca", "policy", "est", "profile", "revocation", "admin", "webhooks")
+_SECTIONS = (
+    "store", "server", "ca", "policy", "est", "profile", "revocation", "admin", "webhooks", "ui",
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,6 +116,18 @@ class AdminConfig:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class UiConfig:
+    # The admin console at /ui/ (same credentials and roles as the admin API).
+    enabled: bool = True
+    # A signed-in session lasts this long (then sign in again); a disabled
+    # admin credential ends its sessions at their next request anyway.
+    session_minutes: int = 480
+    # HMAC key of the session cookies, shared by every worker; `fleet serve`
+    # creates it (32 random bytes, mode 0600) when it is missing.
+    session_key_file: Path = Path("ui-session.key")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class WebhookConfig:
     urls: tuple[str, ...] = ()
     # HMAC-SHA256 key for the X-Fleet-Signature header; or FLEET_WEBHOOK_SECRET.
@@ -133,6 +147,7 @@ class FleetConfig:
     revocation: RevocationConfig = RevocationConfig()
     admin: AdminConfig = AdminConfig()
     webhooks: WebhookConfig = WebhookConfig()
+    ui: UiConfig = UiConfig()
     # EST labels (/.well-known/est/<label>/...): each selects a profile.
     labels: Mapping[str, DeviceProfile] = dataclasses.field(default_factory=dict)
     # A label's own [labels.NAME] base64_line_length, where it sets one: EST
@@ -178,7 +193,7 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> FleetCo
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     known = {
         "store", "server", "ca", "policy", "est", "profile", "labels",
-        "revocation", "admin", "webhooks",
+        "revocation", "admin", "webhooks", "ui",
     }  # fmt: skip
     _refuse_unknown("fleet.toml", raw, known)
     store = _section(raw, "store")
@@ -195,6 +210,9 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     revocation = _dataclass_section(raw, "revocation", RevocationConfig, base_dir)
     admin = _dataclass_section(raw, "admin", AdminConfig, base_dir)
     webhooks = _dataclass_section(raw, "webhooks", WebhookConfig, base_dir)
+    ui = _dataclass_section(raw, "ui", UiConfig, base_dir)
+    if not 5 <= ui.session_minutes <= 7 * 24 * 60:
+        raise ConfigError("[ui] session_minutes must be from 5 to 10080 (a week)")
     for name, value in dataclasses.asdict(revocation).items():
         if value < 1:
             raise ConfigError(f"[revocation] {name} must be >= 1")
@@ -233,6 +251,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
         revocation=revocation,
         admin=admin,
         webhooks=webhooks,
+        ui=ui,
         labels=labels,
         label_line_lengths=line_lengths,
     )

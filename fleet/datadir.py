@@ -40,7 +40,9 @@ from fleet.pki.ca import (
 from fleet.pki.keys import private_key_to_pem
 
 # Everything `fleet init` creates, so that --force removes exactly that.
-_MANAGED = ("fleet.toml", "fleet.db", "fleet.db-wal", "fleet.db-shm", "ca", "tls")
+_MANAGED = (
+    "fleet.toml", "fleet.db", "fleet.db-wal", "fleet.db-shm", "ca", "tls", "ui-session.key",
+)  # fmt: skip
 
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
@@ -219,4 +221,12 @@ bootstrap_on_reenroll = true
 # settings (as in [profile]) and optionally its own base64_line_length.
 # [labels.oldswan]
 # base64_line_length = 0      # strongSwan before 5.9.11
+
+[ui]
+# The admin console at https://HOST:PORT/ui/ : sign in with an admin token
+# (`fleet admin token NAME --role ROLE`) or an admin client certificate
+# (`fleet admin create`); roles as in the admin API. false turns it off.
+enabled = true
+session_minutes = 480         # then sign in again; `fleet admin disable` ends sessions at once
+session_key_file = "ui-session.key"  # cookie signing key shared by all workers; made if missing
 """

@@ -17,6 +17,7 @@ declare -A PROGRAM=(
   [libmosquitto-dev]=/usr/include/mosquitto.h
   [libssl-dev]=/usr/include/openssl/ssl.h
   [strongswan-pki]=pki
+  [chromium]=chromium
 )
 
 present() {

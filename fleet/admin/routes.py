@@ -17,15 +17,16 @@ from typing import Any
 
 from aiohttp import web
 
-from fleet.admin.auth import AdminAuthenticator
+from fleet.admin.auth import AdminAuthenticator, actor_of, require_role
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
 from fleet.authority.admin import TrustResult
+from fleet.authority.audit import verify_audit_log
 from fleet.http.json_body import read_json_object
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.domains import FleetAuthorities
-from fleet.kernel.errors import EncodingInvalid, RequestInvalid, RoleInsufficient
+from fleet.kernel.errors import EncodingInvalid, RequestInvalid
 from fleet.manifest import parse_manifest
 from fleet.records_json import (
     audit_json,
@@ -35,12 +36,10 @@ from fleet.records_json import (
     device_json,
     manufacturer_json,
 )
-from fleet.store.audit_chain import verify_chain
 from fleet.store.protocol import Store
 from fleet.store.records import (
     AdminCredential,
     AdminRole,
-    AuditEvent,
     Device,
     DeviceFilter,
     DeviceState,
@@ -60,32 +59,16 @@ def needs(role: AdminRole) -> Callable[[Handler], Callable[[AdminApi, web.Reques
         async def endpoint(self: AdminApi, request: web.Request) -> web.StreamResponse:
             admin = await self.auth.identify(request)
             request["admin"] = admin.name
-            if not admin.role.allows(role):
-                await self.store.append_audit(
-                    AuditEvent(
-                        at=self.clock.now(),
-                        actor=actor_of(admin),
-                        action="denied",
-                        outcome="refused",
-                        reason="role_insufficient",
-                        device_id=request.match_info.get("device_id"),
-                        detail={"method": request.method, "path": request.path[:200],
-                                "role": admin.role.value, "needed": role.value},
-                    )
-                )  # fmt: skip
-                raise RoleInsufficient(
-                    f"{admin.name} has role {admin.role.value}; this needs {role.value}"
-                )
+            await require_role(
+                self.store, self.clock, admin, role, method=request.method, path=request.path,
+                device_id=request.match_info.get("device_id"),
+            )  # fmt: skip
             return await handler(self, request, admin)
 
         endpoint.needed_role = role  # type: ignore[attr-defined]
         return endpoint
 
     return wrap
-
-
-def actor_of(admin: AdminCredential) -> str:
-    return f"admin:{admin.name}"
 
 
 @dataclasses.dataclass
@@ -223,18 +206,10 @@ class AdminApi:
 
     @needs(AdminRole.ADMIN)
     async def audit_verify(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        records = []
-        after = 0
-        while True:
-            page = await self.store.audit_records(after_seq=after, limit=5000)
-            records.extend(page)
-            if len(page) < 5000:
-                break
-            after = page[-1].seq
-        problems = verify_chain(records)
+        count, problems = await verify_audit_log(self.store)
         return web.json_response(
             {
-                "records": len(records),
+                "records": count,
                 "intact": not problems,
                 "problems": [{"seq": p.seq, "problem": p.problem} for p in problems],
             }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from fleet.store.audit_chain import ChainProblem, verify_chain
 from fleet.store.protocol import Store
 from fleet.store.records import AuditEvent
 
@@ -30,3 +31,16 @@ async def record_admin_action(
             detail={key: value for key, value in detail.items() if value},
         )
     )
+
+
+async def verify_audit_log(store: Store) -> tuple[int, list[ChainProblem]]:
+    """Check the whole hash chain: how many records, and every break (empty: intact)."""
+    records = []
+    after = 0
+    while True:
+        page = await store.audit_records(after_seq=after, limit=5000)
+        records.extend(page)
+        if len(page) < 5000:
+            break
+        after = page[-1].seq
+    return len(records), verify_chain(records)

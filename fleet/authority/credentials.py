@@ -89,6 +89,7 @@ class Credentials:
         return BootstrapCredential(
             device_id=device_id_from_certificate(cert, self._device_id_source),
             sha256=sha256_fingerprint(cert),
+            manufacturer=cert.issuer.rfc4514_string()[:200],
         )
 
     async def token(self, device_id: str, token: str) -> TokenCredential:

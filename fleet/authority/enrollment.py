@@ -221,10 +221,14 @@ class Authority:
         device_id = credential.device_id
         flagged = decision.flagged
 
-        def held(replacement: str = "", key_sha256: str = "", source: str = "") -> AuditEvent:
+        def held(replacement: str = "", key_sha256: str = "") -> AuditEvent:
+            # The evidence an admin approves or rejects by (the console's approval queue).
+            bootstrap = credential if isinstance(credential, BootstrapCredential) else None
             return self._event(
                 "enroll", device_id, "held", decision.reason, flagged=flagged,
                 replacement=replacement, key_sha256=key_sha256, source=source,
+                bootstrap_sha256=bootstrap.sha256 if bootstrap else "",
+                manufacturer=bootstrap.manufacturer if bootstrap else "",
             )  # fmt: skip
 
         match decision.action:
@@ -268,7 +272,7 @@ class Authority:
                     key_sha256=facts.key_sha256,
                     source=source,
                     now=now,
-                    audit=held(replacement="pending", key_sha256=facts.key_sha256, source=source),
+                    audit=held(replacement="pending", key_sha256=facts.key_sha256),
                 )
                 raise EnrollmentPending(
                     f"device {device_id} is active; this second use of its bootstrap "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import sys
 from pathlib import Path
 
@@ -12,11 +13,21 @@ import uvloop
 
 from fleet.cli.common import read_secret_file, secret_from_env
 from fleet.config import FleetConfig, load_config
+from fleet.kernel.files import SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.notify.secret import webhook_secret
 from fleet.server.app import parse_listen
 from fleet.server.app import serve as serve_forever
 from fleet.server.logs import configure_logging
 from fleet.server.workers import supervise
+
+
+def console_session_key(config: FleetConfig) -> bytes:
+    """The console's cookie signing key, made on first use; read by every worker."""
+    path = config.ui.session_key_file
+    if not path.exists():
+        ensure_private_dir(path.parent)
+        write_atomic(path, secrets.token_hex(32).encode() + b"\n", mode=SECRET_MODE)
+    return read_secret_file(path)
 
 
 def ca_key_passphrase(config: FleetConfig) -> bytes | None:
@@ -54,8 +65,9 @@ def serve(
 
     Endpoints: /.well-known/est/{cacerts,csrattrs,simpleenroll,simplereenroll,
     serverkeygen} (also under /.well-known/est/LABEL/); the admin API under
-    /api/v1 (described at /api/v1/openapi.json); /crl and /ocsp; /metrics,
-    /healthz, /readyz. Stops cleanly on SIGTERM or SIGINT.
+    /api/v1 (described at /api/v1/openapi.json); the admin console at /ui/
+    ([ui] enabled, session_minutes, session_key_file in fleet.toml); /crl and
+    /ocsp; /metrics, /healthz, /readyz. Stops cleanly on SIGTERM or SIGINT.
     """
     configure_logging(log_level)
     config = load_config(config_path)
@@ -64,6 +76,8 @@ def serve(
     # Read before any worker starts: URLs without a secret refuse to start.
     secret = webhook_secret(config.webhooks, os.environ) if config.webhooks.urls else None
     count = workers or config.server.workers
+    # Made before any worker starts, so that every worker signs with the same key.
+    console_key = console_session_key(config) if config.ui.enabled else None
     if count > 1 and not is_worker:
         argv = ["-m", "fleet", "serve", "--config", str(config_path), "--listen", listen]
         argv += ["--workers", str(count), "--log-level", log_level, "--worker"]
@@ -79,5 +93,6 @@ def serve(
                 passphrase=passphrase,
                 webhook_secret=secret,
                 reuse_port=count > 1,
+                console_key=console_key,
             )
         )

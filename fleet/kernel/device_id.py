@@ -116,3 +116,9 @@ def device_id_from_certificate(cert: x509.Certificate, source: str = "cn") -> st
             f"{source} attributes; exactly one is required"
         )
     return validate_device_id(attributes[0])
+
+
+def is_device_id_prefix(text: str) -> bool:
+    """True if ``text`` can begin a device id (the id alphabet, at most the id length):
+    what a search by id prefix may be given."""
+    return 0 < len(text) <= MAX_DEVICE_ID_LENGTH and all(c in _ALLOWED_CHARS for c in text)

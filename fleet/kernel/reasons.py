@@ -93,6 +93,7 @@ class Reason(enum.StrEnum):
     TOKEN_INVALID = "token_invalid"
     ADMIN_UNKNOWN = "admin_unknown"
     ADMIN_DISABLED = "admin_disabled"
+    CSRF_INVALID = "csrf_invalid"  # a console form without its session's CSRF token
 
     # -- enrollment decisions (policy, audit log) ------------------------------------------
     ENROLLMENT_REFUSED = "enrollment_refused"

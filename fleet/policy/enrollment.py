@@ -77,6 +77,7 @@ class BootstrapCredential:
 
     device_id: str
     sha256: str
+    manufacturer: str = ""  # the issuer (manufacturer CA) name, kept as evidence
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

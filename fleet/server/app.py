@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import secrets
 import signal
 from pathlib import Path
 
@@ -41,6 +42,9 @@ from fleet.server.protocol import FleetRequestHandler
 from fleet.server.tls import AckAfterHandshake, server_context
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
+from fleet.ui.core import Console, ca_status
+from fleet.ui.routes import console_routes
+from fleet.ui.session import SessionSigner
 
 log = logging.getLogger("fleet.server")
 
@@ -69,6 +73,7 @@ def build_app(
     issuer: CertifiedKey,
     clock: Clock,
     webhook_secret: bytes | None = None,
+    console_key: bytes | None = None,
 ) -> web.Application:
     root = load_certificates_pem(_read(config.ca.root_cert))[0]
     metrics = Metrics()
@@ -110,16 +115,33 @@ def build_app(
     app.on_response_prepare.append(name_the_server)
     app.add_routes(est.routes())
     _add_revocation(app, config, store=store, issuer=issuer, clock=clock)
+    admin_ca = _optional_cert(config.admin.ca_cert)
+    admin_auth = AdminAuthenticator(store=store, peers=peers, admin_ca=admin_ca, clock=clock)
     admin_api = AdminApi(
         store=store,
-        auth=AdminAuthenticator(
-            store=store, peers=peers, admin_ca=_optional_cert(config.admin.ca_cert), clock=clock
-        ),
+        auth=admin_auth,
         clock=clock,
         bulk_threshold=config.admin.bulk_confirm_threshold,
         fleet=load_fleet_authorities(config),
     )
     app.add_routes(admin_api.routes())
+    if config.ui.enabled:
+        if console_key is None:
+            log.warning("no console session key given: sessions last until this process ends")
+            console_key = secrets.token_bytes(32)
+        cas = [("root", root), ("issuing", issuer.certificate)]
+        cas += [("admin", admin_ca)] if admin_ca is not None else []
+        console = Console(
+            store=store,
+            auth=admin_auth,
+            clock=clock,
+            signer=SessionSigner(
+                console_key, lifetime=dt.timedelta(minutes=config.ui.session_minutes)
+            ),
+            cas=[ca_status(name, cert) for name, cert in cas],
+            bulk_threshold=config.admin.bulk_confirm_threshold,
+        )
+        app.add_routes(console_routes(console))
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -226,6 +248,7 @@ async def serve(
     passphrase: bytes | None,
     webhook_secret: bytes | None = None,
     reuse_port: bool = False,
+    console_key: bytes | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT."""
     host, port = parse_listen(listen)
@@ -244,8 +267,9 @@ async def serve(
     runner: web.AppRunner | None = None
     try:
         app = build_app(
-            config, store=store, issuer=issuer, clock=SystemClock(), webhook_secret=webhook_secret
-        )
+            config, store=store, issuer=issuer, clock=SystemClock(),
+            webhook_secret=webhook_secret, console_key=console_key,
+        )  # fmt: skip
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         assert runner.server is not None

@@ -66,6 +66,17 @@ def fetch_request(conn: sqlite3.Connection, device_id: str) -> ReplacementReques
     return None if row is None else _request(row)
 
 
+def list_requests(
+    conn: sqlite3.Connection, status: ReplacementStatus, after: str | None, limit: int
+) -> list[ReplacementRequest]:
+    rows = conn.execute(
+        "SELECT * FROM replacement_requests WHERE status = ? AND device_id > ? "
+        "ORDER BY device_id LIMIT ?",
+        (status.value, after or "", limit),
+    )
+    return [_request(row) for row in rows]
+
+
 def note_attempt(
     conn: sqlite3.Connection,
     device_id: str,

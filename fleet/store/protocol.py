@@ -137,6 +137,12 @@ class Store(Protocol):
     async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
         """The device's replacement request in any status; None if it has none."""
 
+    async def list_replacement_requests(
+        self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
+    ) -> list[ReplacementRequest]:
+        """Replacement requests in ``status``, ordered by device id, starting after
+        ``after`` (the admin console's approval queue)."""
+
     async def note_replacement_attempt(
         self,
         device_id: str,

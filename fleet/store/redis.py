@@ -858,6 +858,23 @@ class RedisStore(RedisIntermediates):
             fields = _fields(await self._redis.hgetall(self._keys.replacement(device_id)))
         return replacements.request_from_fields(fields) if fields else None
 
+    async def list_replacement_requests(
+        self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
+    ) -> list[ReplacementRequest]:
+        # No index of requests: a SCAN over their keys. Requests are rare (one per
+        # replayed bootstrap certificate), and this serves an admin page, not devices.
+        prefix = self._keys.replacement("")
+        found: list[ReplacementRequest] = []
+        with _mapped_errors():
+            async for key in self._redis.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000):
+                fields = _fields(await self._redis.hgetall(key))
+                if fields:
+                    request = replacements.request_from_fields(fields)
+                    if request.status is status and (after is None or request.device_id > after):
+                        found.append(request)
+        found.sort(key=lambda r: r.device_id)
+        return found[:limit]
+
     async def note_replacement_attempt(
         self,
         device_id: str,
@@ -1249,3 +1266,8 @@ def _certs_match(
         if not newest.not_after < expiring_before:
             return False
     return True
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -978,6 +978,11 @@ class SqliteStore(SqliteIntermediates):
     async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
         return await self._read_here(lambda conn: replacements.fetch_request(conn, device_id))
 
+    async def list_replacement_requests(
+        self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
+    ) -> list[ReplacementRequest]:
+        return await self._read(lambda conn: replacements.list_requests(conn, status, after, limit))
+
     async def note_replacement_attempt(
         self,
         device_id: str,

@@ -288,3 +288,23 @@ async def test_followers_see_superseded_certificates(store: Store, now: dt.datet
         close = getattr(follower, "aclose", None)
         if close is not None:
             await close()
+
+
+async def test_replacement_requests_are_listed_by_status_in_device_order(
+    store: Store, now: dt.datetime
+) -> None:
+    for device_id in ("d3", "d1", "d2"):
+        await enrolled(store, device_id, int(device_id[1:]), now)
+        await store.note_replacement_attempt(
+            device_id, bootstrap_sha256=BOOT, key_sha256=sha(device_id), source="", now=now
+        )
+    await store.decide_replacement_request(
+        "d2", ReplacementStatus.REJECTED, now=now, actor="admin:a"
+    )
+    pending = await store.list_replacement_requests(ReplacementStatus.PENDING)
+    assert [r.device_id for r in pending] == ["d1", "d3"]
+    assert pending[0] == await store.get_replacement_request("d1")
+    page = await store.list_replacement_requests(ReplacementStatus.PENDING, after="d1", limit=1)
+    assert [r.device_id for r in page] == ["d3"]
+    rejected = await store.list_replacement_requests(ReplacementStatus.REJECTED)
+    assert [r.device_id for r in rejected] == ["d2"]

@@ -24,6 +24,7 @@ PACKAGES = {
     "apache2": "apache2",
     "gcc": "gcc",
     "pki": "strongswan-pki",
+    "chromium": "chromium",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -1,0 +1,219 @@
+"""The console's pages (GET): what an admin reads before acting."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from aiohttp import web
+
+from fleet.authority import lifecycle
+from fleet.authority.audit import verify_audit_log
+from fleet.kernel.device_id import is_device_id_prefix, validate_device_id
+from fleet.kernel.errors import RequestInvalid
+from fleet.store.records import AuditRecord, DeviceFilter, DeviceState, ReplacementStatus
+from fleet.ui import stats
+from fleet.ui.core import Console, Ctx, query_of
+
+PAGE = 50
+AUDIT_PAGE = 100
+AUDIT_SCAN = 5000  # records looked at per audit page when filtering
+
+
+async def overview(console: Console, ctx: Ctx) -> web.Response:
+    store, now = console.store, console.clock.now()
+    activity = await stats.hourly_activity(store, now)
+    by_state = await stats.devices_by_state(store)
+    return console.render(
+        "overview.html", ctx=ctx, nav="overview",
+        by_state=by_state, total=sum(by_state.values()),
+        activity=activity, rects=stats.chart_rects(activity),
+        peak=max([max(b.enrolled, sum(b.refused.values())) for b in activity.bars] + [1]),
+        expiring={d: await stats.devices_expiring(store, now, d) for d in (7, 30)},
+        cas=[(ca, (ca.not_after - now).days) for ca in console.cas],
+        feed_head=await store.feed_head(),
+    )  # fmt: skip
+
+
+def before_prefix(prefix: str) -> str:
+    """A keyset cursor just below every id starting with ``prefix``: the ids are of the
+    device-id alphabet, all below "~", so nothing sorts between this and ``prefix``."""
+    return prefix[:-1] + chr(ord(prefix[-1]) - 1) + "~"
+
+
+async def devices(console: Console, ctx: Ctx) -> web.Response:
+    query = ctx.request.query
+    prefix = text(query, "q")
+    if prefix is not None and not is_device_id_prefix(prefix):
+        raise RequestInvalid("search by the beginning of a device id: letters, digits, . _ -")
+    state = text(query, "state")
+    if state is not None and state not in {s.value for s in DeviceState}:
+        raise RequestInvalid("state must be one of " + ", ".join(s.value for s in DeviceState))
+    model, batch, after = text(query, "model"), text(query, "batch"), text(query, "after")
+    device_filter = DeviceFilter(
+        state=DeviceState(state) if state else None, model=model, batch=batch
+    )
+    start = after or (before_prefix(prefix) if prefix else None)
+    found = await console.store.list_devices(device_filter, after=start, limit=PAGE + 1)
+    if prefix is not None:
+        # Ordered by id: the first id past the prefix ends the search.
+        found = [d for d in found if d.device_id.startswith(prefix)]
+    more = len(found) > PAGE
+    found = found[:PAGE]
+    filters = {"q": prefix, "state": state, "model": model, "batch": batch}
+    next_query = query_of({**filters, "after": found[-1].device_id}) if more else None
+    return console.render(
+        "devices.html", ctx=ctx, nav="devices", devices=found, filters=filters,
+        states=[s.value for s in DeviceState], next_query=next_query,
+        first_query=query_of(filters) if after else None,
+    )  # fmt: skip
+
+
+async def device(console: Console, ctx: Ctx) -> web.Response:
+    device_id = validate_device_id(ctx.request.match_info["device_id"])
+    found, trace = await lifecycle.decision_trace(console.store, device_id)
+    certificates = await console.store.list_certificates(device_id)
+    replacement = await console.store.get_replacement_request(device_id)
+    return console.render(
+        "device.html", ctx=ctx, nav="devices", device=found, certificates=certificates,
+        trace=trace, replacement=replacement,
+        reasons=[r.value for r in lifecycle.ADMIN_REASONS],
+    )  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Evidence:
+    """What a pending device showed when it asked, from its audit records."""
+
+    attempts: int
+    first: dt.datetime | None
+    last: dt.datetime | None
+    manufacturer: str
+    source: str
+    bootstrap_sha256: str
+
+
+async def evidence_of(console: Console, device_id: str) -> Evidence:
+    _, trace = await lifecycle.decision_trace(console.store, device_id)
+    held = [r.event for r in trace if r.event.action == "enroll" and r.event.outcome == "held"]
+    last = held[-1].detail if held else {}
+    return Evidence(
+        attempts=len(held),
+        first=held[0].at if held else None,
+        last=held[-1].at if held else None,
+        manufacturer=last.get("manufacturer", ""),
+        source=last.get("source", ""),
+        bootstrap_sha256=last.get("bootstrap_sha256", ""),
+    )
+
+
+async def pending(console: Console, ctx: Ctx) -> web.Response:
+    after = text(ctx.request.query, "after")
+    waiting = await console.store.list_devices(
+        DeviceFilter(state=DeviceState.PENDING), after=after, limit=PAGE + 1
+    )
+    more = len(waiting) > PAGE
+    waiting = waiting[:PAGE]
+    rows: list[tuple[Any, Evidence]] = [
+        (d, await evidence_of(console, d.device_id)) for d in waiting
+    ]
+    replacements = await console.store.list_replacement_requests(
+        ReplacementStatus.PENDING, limit=PAGE
+    )
+    return console.render(
+        "pending.html", ctx=ctx, nav="pending", rows=rows, replacements=replacements,
+        next_query=query_of({"after": waiting[-1].device_id}) if more else None,
+    )  # fmt: skip
+
+
+async def bulk(console: Console, ctx: Ctx) -> web.Response:
+    return console.render(
+        "bulk.html", ctx=ctx, nav="bulk", form=dict.fromkeys(BULK_FIELDS, ""), preview=None,
+        result=None,
+        reasons=[r.value for r in lifecycle.ADMIN_REASONS],
+    )  # fmt: skip
+
+
+BULK_FIELDS = ("batch", "model", "issued_before", "reason")
+AUDIT_FILTERS = ("device_id", "actor", "action", "outcome", "reason")
+
+
+def _audit_match(record: AuditRecord, filters: dict[str, str | None]) -> bool:
+    event = record.event
+    return all(
+        value is None or getattr(event, name) == value
+        for name, value in filters.items()
+        if name != "device_id"
+    )
+
+
+async def audit(console: Console, ctx: Ctx) -> web.Response:
+    """Newest first, AUDIT_PAGE at a time; ``before`` pages to older records."""
+    query = ctx.request.query
+    filters = {name: text(query, name) for name in AUDIT_FILTERS}
+    device_id = filters["device_id"]
+    if device_id is not None:
+        validate_device_id(device_id)
+    head = await stats.audit_head(console.store)
+    before = min(integer(query, "before") or head + 1, head + 1)
+    shown: list[AuditRecord] = []
+    older: int | None = None  # the `before` of the next (older) page
+    if device_id is not None:
+        # One device's records come whole from its index (a device has few).
+        records = await console.store.audit_records(device_id=device_id, limit=10_000)
+        matching = [r for r in reversed(records) if r.seq < before and _audit_match(r, filters)]
+        shown = matching[:AUDIT_PAGE]
+        if len(matching) > AUDIT_PAGE:
+            older = shown[-1].seq
+    else:
+        upper = before  # records below this are still to look at
+        while upper > 1 and before - upper < AUDIT_SCAN:
+            low = max(0, upper - 1 - 500)
+            window = await console.store.audit_records(after_seq=low, limit=upper - 1 - low)
+            for record in reversed(window):
+                if len(shown) == AUDIT_PAGE:
+                    break
+                upper = record.seq
+                if _audit_match(record, filters):
+                    shown.append(record)
+            if len(shown) == AUDIT_PAGE:
+                break
+            upper = low + 1
+        older = upper if upper > 1 else None
+    older_query = query_of({**filters, "before": str(older)}) if older else None
+    return console.render(
+        "audit.html", ctx=ctx, nav="audit", records=shown, filters=filters, head=head,
+        older_query=older_query, verify=None,
+    )  # fmt: skip
+
+
+async def audit_verify(console: Console, ctx: Ctx) -> web.Response:
+    count, problems = await verify_audit_log(console.store)
+    first = None
+    if problems:
+        page = await console.store.audit_records(after_seq=problems[0].seq - 1, limit=1)
+        first = page[0] if page else None
+    return console.render(
+        "audit.html", ctx=ctx, nav="audit", records=[], filters={}, head=count,
+        older_query=None, verify={"count": count, "problems": problems, "first": first},
+    )  # fmt: skip
+
+
+def text(query: Any, name: str) -> str | None:
+    value = query.get(name)
+    if value is None or value == "":
+        return None
+    value = str(value).strip()
+    if len(value) > 128 or not value.isprintable():
+        raise RequestInvalid(f"{name} must be printable text of at most 128 characters")
+    return value or None
+
+
+def integer(query: Any, name: str) -> int | None:
+    value = query.get(name)
+    if not value:
+        return None
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise RequestInvalid(f"{name} must be a whole number")
+    return int(value)

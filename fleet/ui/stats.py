@@ -1,0 +1,159 @@
+"""What the overview shows, read from the store through its protocol.
+
+The audit log is read by sequence only (the Store offers no time index), so
+the newest record and the first record of the last 24 hours are found by
+searching on the sequence: O(log n) one-record reads instead of a scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import Counter
+
+from fleet.store.protocol import Store
+from fleet.store.records import AuditRecord, DeviceFilter, DeviceState
+
+HOURS = 24
+MAX_SCANNED = 50_000  # audit records read for the chart at most (newest first)
+ENROLL_ACTIONS = frozenset({"enroll", "renew"})
+TOP_REASONS = 5
+
+
+async def audit_head(store: Store) -> int:
+    """Sequence of the newest audit record (0: empty log)."""
+    high = 1
+    while await store.audit_records(after_seq=high - 1, limit=1):
+        high *= 2
+    low = high // 2  # record `low` exists (or low == 0); record `high` does not
+    while high - low > 1:
+        mid = (low + high) // 2
+        if await store.audit_records(after_seq=mid - 1, limit=1):
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+async def first_seq_since(store: Store, since: dt.datetime, head: int) -> int:
+    """The first sequence whose record is at or after ``since`` (head + 1: none).
+    Assumes records are appended in time order, as every writer does."""
+    low, high = 1, head + 1
+    while low < high:
+        mid = (low + high) // 2
+        page = await store.audit_records(after_seq=mid - 1, limit=1)
+        if page and page[0].event.at < since:
+            low = mid + 1
+        else:
+            high = mid
+    return low
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HourBar:
+    start: dt.datetime
+    enrolled: int
+    refused: dict[str, int]  # reason -> count (top reasons, the rest as "other")
+
+    @property
+    def total(self) -> int:
+        return self.enrolled + sum(self.refused.values())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Activity:
+    bars: list[HourBar]
+    reasons: list[str]  # refusal reasons in legend order
+    truncated: bool  # more records than MAX_SCANNED in the window
+
+
+async def hourly_activity(store: Store, now: dt.datetime) -> Activity:
+    """Enrollments and renewals allowed, and refusals by reason, per hour, last 24 hours."""
+    end = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    start = end - dt.timedelta(hours=HOURS)
+    head = await audit_head(store)
+    first = await first_seq_since(store, start, head)
+    truncated = head - first + 1 > MAX_SCANNED
+    after = max(first, head - MAX_SCANNED + 1) - 1
+    records: list[AuditRecord] = []
+    while after < head:
+        page = await store.audit_records(after_seq=after, limit=5000)
+        if not page:
+            break
+        records.extend(page)
+        after = page[-1].seq
+    enrolled: Counter[int] = Counter()
+    refused: dict[int, Counter[str]] = {}
+    reason_totals: Counter[str] = Counter()
+    for record in records:
+        event = record.event
+        hour = int((event.at - start).total_seconds() // 3600)
+        if not 0 <= hour < HOURS:
+            continue
+        if event.outcome == "allowed" and event.action in ENROLL_ACTIONS:
+            enrolled[hour] += 1
+        elif event.outcome == "refused" and event.actor != "admin" and event.action != "denied":
+            refused.setdefault(hour, Counter())[event.reason] += 1
+            reason_totals[event.reason] += 1
+    top = [reason for reason, _ in reason_totals.most_common(TOP_REASONS)]
+    reasons = top + (["other"] if len(reason_totals) > len(top) else [])
+    bars = []
+    for hour in range(HOURS):
+        counts: dict[str, int] = {}
+        for reason, count in refused.get(hour, Counter()).items():
+            key = reason if reason in top else "other"
+            counts[key] = counts.get(key, 0) + count
+        bars.append(HourBar(start + dt.timedelta(hours=hour), enrolled[hour], counts))
+    return Activity(bars, reasons, truncated)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ChartRect:
+    x: float
+    y: float
+    width: float
+    height: float
+    series: int  # 0: enrolled; 1..n: refusal reasons in legend order
+    title: str
+
+
+def chart_rects(activity: Activity, *, width: int = 720, height: int = 180) -> list[ChartRect]:
+    """Bars of the activity chart in SVG user units: per hour, enrolled on the left and
+    refusals stacked on the right; all scaled to the busiest hour."""
+    peak = max([max(b.enrolled, sum(b.refused.values())) for b in activity.bars] + [1])
+    slot = width / HOURS
+    bar = slot * 0.4
+    rects = []
+    for i, b in enumerate(activity.bars):
+        label = b.start.strftime("%H:00")
+        x = i * slot + slot * 0.1
+        if b.enrolled:
+            h = height * b.enrolled / peak
+            rects.append(
+                ChartRect(x, height - h, bar, h, 0, f"{label}: {b.enrolled} enrolled or renewed")
+            )
+        top = float(height)
+        for series, reason in enumerate(activity.reasons, start=1):
+            count = b.refused.get(reason, 0)
+            if count:
+                h = height * count / peak
+                top -= h
+                rects.append(
+                    ChartRect(x + bar, top, bar, h, series, f"{label}: {count} refused ({reason})")
+                )
+    return rects
+
+
+async def devices_by_state(store: Store) -> dict[str, int]:
+    counts = {}
+    for state in DeviceState:
+        devices, _ = await store.count_blast_radius(DeviceFilter(state=state))
+        counts[state.value] = devices
+    return counts
+
+
+async def devices_expiring(store: Store, now: dt.datetime, days: int) -> int:
+    """Devices whose newest good certificate expires within ``days``."""
+    before = now + dt.timedelta(days=days)
+    devices, _ = await store.count_blast_radius(DeviceFilter(expiring_before=before))
+    return devices

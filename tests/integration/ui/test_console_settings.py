@@ -1,0 +1,91 @@
+"""Console settings on a real `fleet serve`, without a browser: [ui] enabled, workers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.cookiejar
+import re
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from fleet.authority.admins import create_admin_token
+from fleet.store.records import AdminRole
+from tests.integration.est.conftest import Fleet, running_fleet
+
+
+def opener(root_pem: Path) -> urllib.request.OpenerDirector:
+    context = ssl.create_default_context(cafile=str(root_pem))
+    return urllib.request.build_opener(
+        urllib.request.HTTPSHandler(context=context),
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+    )
+
+
+def test_the_console_can_be_turned_off(tmp_path: Path) -> None:
+    with running_fleet(tmp_path, env={"FLEET_UI_ENABLED": "false"}) as fleet:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener(fleet.server.root_pem).open(f"{fleet.server.base}/ui/login", timeout=10)
+        assert refused.value.code == 404
+
+
+def signed_in(fleet: Fleet, role: AdminRole) -> urllib.request.OpenerDirector:
+    """A cookie-keeping client signed in through the console's form with a new token."""
+    now = dt.datetime.now(dt.UTC)
+    token = fleet.server.store(
+        lambda s: create_admin_token(s, f"ui-{role.value}", role, actor="test", now=now)
+    )
+    browser = opener(fleet.server.root_pem)
+    base = fleet.server.base
+    form = browser.open(f"{base}/ui/login", timeout=10).read().decode()
+    match = re.search(r'name="csrf" value="([^"]+)"', form)
+    assert match
+    body = urllib.parse.urlencode({"csrf": match.group(1), "token": token}).encode()
+    assert browser.open(f"{base}/ui/login", body, timeout=10).url == f"{base}/ui/"
+    return browser
+
+
+def test_a_session_works_on_every_worker(tmp_path: Path) -> None:
+    """--workers 2: both sign the session cookie with the one key `fleet serve` made."""
+    with running_fleet(tmp_path, workers=2) as fleet:
+        key_file = fleet.server.data_dir / "ui-session.key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        browser = signed_in(fleet, AdminRole.VIEWER)
+        base = fleet.server.base
+        # New connections land on either worker; every one knows the session.
+        for _ in range(20):
+            reply = browser.open(f"{base}/ui/devices", timeout=10)
+            assert reply.url == f"{base}/ui/devices"
+
+
+HOSTILE = [
+    "/ui/devices?q=%00",
+    "/ui/devices?q=a%2Fb",
+    "/ui/devices?q=" + "a" * 65,
+    "/ui/devices?state=gone",
+    "/ui/devices?model=" + "m" * 200,
+    "/ui/devices/a%20b",
+    "/ui/devices/admin",
+    "/ui/devices/no-such-device",
+    "/ui/audit?before=abc",
+    "/ui/audit?before=99999999999999999999999",
+    "/ui/audit?device_id=%2F",
+    "/ui/pending?after=%7F",
+]
+
+
+def test_hostile_queries_get_an_error_page_never_a_500(tmp_path: Path) -> None:
+    with running_fleet(tmp_path) as fleet:
+        browser = signed_in(fleet, AdminRole.ADMIN)
+        for path in HOSTILE:
+            try:
+                reply = browser.open(f"{fleet.server.base}{path}", timeout=10)
+                status, headers = reply.status, reply.headers
+            except urllib.error.HTTPError as error:
+                status, headers = error.code, error.headers
+            assert 200 <= status < 500, (path, status)
+            assert "Content-Security-Policy" in headers, path
