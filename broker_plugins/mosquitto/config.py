@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.errors import ConfigError
+from fleet.kernel.tls_policy import MOSQUITTO_MIN_TLS_VERSION, TLS12_CIPHERS
 
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"
@@ -311,6 +312,10 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         f"keyfile {s.server_key}",
         "require_certificate true",
         "use_identity_as_username false",
+        "# As strict as the EST server (fleet.kernel.tls_policy): TLS 1.2+, and in TLS 1.2",
+        "# forward-secret AEAD suites only (TLS 1.3's suites all are).",
+        f"tls_version {MOSQUITTO_MIN_TLS_VERSION}",
+        f"ciphers {TLS12_CIPHERS}",
     ]
     if s.crl_url:
         lines.append(f"crlfile {s.crlfile}")
