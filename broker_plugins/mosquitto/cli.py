@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from broker_plugins.logs import configure_json_logging
 from broker_plugins.mosquitto.build import build_plugin
 from broker_plugins.mosquitto.config import (
     DEFAULT_SIDECAR_CN,
@@ -28,6 +29,7 @@ from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("fleet.broker.mosquitto")
 
 settings_option = click.option(
     "--config",
@@ -140,12 +142,11 @@ def sidecar_cert(
     show_default=True,
 )
 def sync(config_path: Path, once: bool, log_level: str) -> None:
-    """The sidecar: revocation feed -> plugin ($CONTROL/fleet/v1), crlfile, snapshot."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    """The sidecar: revocation feed -> plugin ($CONTROL/fleet/v1), crlfile, snapshot.
+
+    Logs one JSON object per line on stderr, like `fleet serve` and `fleet-broker amqtt`.
+    """
+    configure_json_logging(logging.getLevelName(log_level.upper()))
     try:
         settings = load_settings(config_path)
         _run(_sync(settings, once=once))
@@ -163,6 +164,8 @@ async def _sync(settings: MosquittoSettings, *, once: bool) -> None:
             await sidecar.run()
     finally:
         await store.close()
+        if not once:
+            log.info("sidecar stopped", extra={"fields": {"event": "stopped"}})
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
