@@ -21,13 +21,16 @@ What it does, and why each piece exists:
   ``written`` time is when the sidecar last heard from the feed, not when the
   file was written: the plugin takes its freshness from it, so a resync while
   the store is unreachable does not make old data look current.
-* **crlfile.** Mosquitto's own check at the TLS handshake (the plugin's runs
-  after it). Fetched from fleet serve's ``/crl``, validated (parses, issued and
-  signed by the issuing CA, nextUpdate far enough ahead, thisUpdate not in the
-  future, CRL number not older than the installed one), written atomically,
-  then the broker is sent SIGHUP (only if the PID file names a ``mosquitto``
-  process). A garbage CRL at reload turns Mosquitto's checking off and an
-  expired one refuses every device, so nothing unvalidated is ever installed.
+* **CRL.** With ``crl_url``, fleet serve's ``/crl`` is fetched, validated
+  (parses, issued and signed by the issuing CA, nextUpdate far enough ahead,
+  thisUpdate not in the future, CRL number not older than the installed one)
+  and written atomically to ``crlfile`` (its age is a metric). Only with
+  ``crl_backstop`` does Mosquitto read it (its TLS layer then refuses listed
+  serials before the plugin, without a reason in the log; see config.py), and
+  only then is the broker sent SIGHUP (only if the PID file names a
+  ``mosquitto`` process). A garbage CRL at reload turns Mosquitto's checking
+  off and an expired one refuses every device, so nothing unvalidated is ever
+  installed.
 * **Heartbeat.** While the feed is reachable and followed to its head, a
   ``heartbeat`` command tells the plugin its data is current; the plugin
   refuses new device connections with ``revocation_state_stale`` once
@@ -268,12 +271,13 @@ class CrlKeeper:
             return False, missing
         write_public(s.crlfile, crl.public_bytes(Encoding.PEM))
         self.installed_at = time.time()
-        hupped = signal_broker(s.pid_file)
+        # Only a crlfile Mosquitto reads needs a reload (and a reload re-checks every session).
+        hupped = signal_broker(s.pid_file) if s.crl_backstop else False
         log.info(
             "installed CRL #%d (%d revoked)%s",
             crl_number(crl),
             len(listed),
-            "; broker reloaded" if hupped else "; broker not running",
+            "; broker reloaded" if hupped else "",
             extra={
                 "fields": {
                     "event": "crl_installed",
