@@ -115,8 +115,8 @@ def init(
     click.echo(
         "Run it (or install the units in systemd/):\n"
         f"  fleet-broker mosquitto sync --config {d / 'broker.toml'} --once\n"
-        f"  mosquitto -c {d / 'mosquitto.conf'} -d\n"
-        f"  fleet-broker mosquitto sync --config {d / 'broker.toml'} &"
+        f"  mosquitto -c {d / 'mosquitto.conf'} 2>> {d / 'mosquitto.log'} &\n"
+        f"  fleet-broker mosquitto sync --config {d / 'broker.toml'} 2>> {d / 'sidecar.log'} &"
     )
 
 

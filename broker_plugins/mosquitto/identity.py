@@ -11,9 +11,10 @@ It is minted with the issuing CA key: ``fleet-broker mosquitto init`` (or
 ``sidecar-cert``) where that key lives, or, on a broker host without it,
 ``init --csr-only`` there and ``fleet broker-cert sign --kind sidecar`` on the
 CA host (the key never leaves the broker host). The profiles of this and of
-the broker's TLS server certificate are in :mod:`fleet.kernel.broker_certs`. It is not recorded in the store and
-cannot be revoked through the feed: rotate it (new certificate, regenerate
-the config so the pin changes, restart the broker) if its key leaks.
+the broker's TLS server certificate are in :mod:`fleet.kernel.broker_certs`.
+It is not recorded in the store and cannot be revoked through the feed:
+rotate it (new certificate, regenerate the config so the pin changes, restart
+the broker) if its key leaks.
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ max_staleness_seconds = 30          # refuse devices when revocation data is old
 
 def sync_unit(broker_dir: Path, fleet_broker: str) -> str:
     config = broker_dir / BROKER_TOML
-    return f"""# The fleet sidecar: revocation feed -> Mosquitto plugin (written by fleet-broker init).
+    return f"""# The fleet sidecar: revocation feed -> Mosquitto plugin (by fleet-broker init).
 # Install: cp {broker_dir / SYNC_UNIT} /etc/systemd/system/
 [Unit]
 Description=fleet revocation sidecar for Mosquitto

@@ -102,7 +102,10 @@ def broker_certificate(
 def check_request(kind: BrokerCertKind, common_name: str, names: Sequence[str]) -> None:
     if kind == "server":
         if not names:
-            raise ConfigError("a broker server certificate needs at least one DNS name or IP")
+            raise ConfigError(
+                "a broker server certificate needs at least one DNS name or IP",
+                hint="Is this the sidecar's CSR? Sign it with --kind sidecar.",
+            )
         split_names(names)
     elif kind == "sidecar":
         if not common_name or is_device_id(common_name) or any(c.isspace() for c in common_name):
@@ -111,7 +114,10 @@ def check_request(kind: BrokerCertKind, common_name: str, names: Sequence[str]) 
                 "alphabet (e.g. 'fleet:sidecar'), so that no device can ever hold it"
             )
         if names:
-            raise ConfigError("a sidecar certificate carries no subject alternative names")
+            raise ConfigError(
+                "a sidecar certificate carries no subject alternative names",
+                hint="Is this the broker's CSR? Sign it with --kind server.",
+            )
     else:  # pragma: no cover - Literal
         raise ConfigError(f"unknown broker certificate kind {kind!r}")
 
