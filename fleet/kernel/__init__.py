@@ -25,6 +25,7 @@ module                 the rule it holds
 ``files``              atomic, durable file writes
 ``clock``              injected time
 ``tls_policy``         the TLS versions and suites every fleet TLS server offers
+``broker_certs``       the broker TLS server and sidecar certificate profiles
 ``cheader``            generates the C plugin's header from the above
 =====================  =============================================================
 """
