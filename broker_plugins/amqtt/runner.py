@@ -7,11 +7,12 @@ import logging
 import signal
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from broker_plugins.amqtt._hardening import HardenedBroker, require_amqtt_version
 from broker_plugins.amqtt.gate import BrokerMetrics, ConnectionGate
 from broker_plugins.amqtt.settings import AmqttSettings
+from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
@@ -40,7 +41,7 @@ class EmbeddedBroker:
         self.gate: ConnectionGate | None = None
         self.broker: HardenedBroker | None = None
         self.port = settings.port
-        self._metrics_server: Any = None
+        self._metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -77,8 +78,8 @@ class EmbeddedBroker:
         await self.broker.start()
         self.port = self.broker.find_port()
         if s.metrics_port is not None:
-            self._metrics_server = start_http_server(
-                s.metrics_port, addr=s.metrics_host or "127.0.0.1", registry=self.metrics.registry
+            self._metrics_server = MetricsServer(
+                s.metrics_host or "127.0.0.1", s.metrics_port, self.metrics.registry
             )
         log.info(
             "broker started",
@@ -101,9 +102,7 @@ class EmbeddedBroker:
         if self.cache is not None:
             await self.cache.close()
         if self._metrics_server is not None:
-            server = self._metrics_server[0] if isinstance(self._metrics_server, tuple) else None
-            if server is not None:
-                server.shutdown()
+            self._metrics_server.close()
             self._metrics_server = None
         if self._owns_store and self._store is not None:
             await self._store.close()
@@ -126,6 +125,7 @@ class EmbeddedBroker:
             await stop.wait()
         finally:
             await self.stop()
+            log.info("broker stopped", extra={"fields": {"event": "stopped"}})
 
 
 def _bind_host(host: str) -> str:

@@ -62,6 +62,7 @@ from cryptography import x509
 from fleet.kernel.acl import DEFAULT_TEMPLATE, AclConfigError, TopicAcl
 from fleet.kernel.admission import TrustPolicy
 from fleet.kernel.errors import ConfigError
+from fleet.kernel.tls_policy import TLS12_CIPHERS
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (Python's ssl has no name for it): the
 # handshake still verifies signatures and the chain; validity is checked by the
@@ -124,6 +125,8 @@ class AmqttSettings:
         """Server context that REQUIRES a client certificate chaining to the fleet CA bundle."""
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(TLS12_CIPHERS)  # as strict as the EST server: forward-secret AEAD only
+        ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:
             ctx.load_cert_chain(self.tls_cert, self.tls_key)

@@ -15,6 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from broker_plugins.logs import configure_json_logging
 from broker_plugins.mosquitto.build import build_plugin
 from broker_plugins.mosquitto.config import (
     DEFAULT_SIDECAR_CN,
@@ -23,11 +24,13 @@ from broker_plugins.mosquitto.config import (
     mosquitto_conf,
 )
 from broker_plugins.mosquitto.identity import issue_sidecar_certificate
+from broker_plugins.mosquitto.init import DEFAULT_LISTEN, init_broker_dir
 from broker_plugins.mosquitto.sync import Sidecar
 from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("fleet.broker.mosquitto")
 
 settings_option = click.option(
     "--config",
@@ -49,6 +52,72 @@ def _fail(exc: FleetError) -> NoReturn:
 @click.group()
 def mosquitto() -> None:
     """Mosquitto 2.0: the fleet plugin, its config and its sync sidecar."""
+
+
+@mosquitto.command()
+@click.option(
+    "--fleet-data", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+    help="The fleet data directory (`fleet init --dir`): its ca/*.pem, and the CA keys to sign "
+    "the broker's certificates (not with --csr-only). An encrypted key reads "
+    "FLEET_CA_KEY_PASSPHRASE.",
+)  # fmt: skip
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+    help="The broker directory to write (broker.toml, mosquitto.conf, certificates, plugin, "
+    "systemd units).",
+)  # fmt: skip
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, help="HOST:PORT for devices.")
+@click.option(
+    "--store-url", help="The fleet store to follow (default: the data directory's [store] url)."
+)
+@click.option(
+    "--server-name", "server_names", multiple=True, metavar="NAME",
+    help="DNS name or IP address devices dial (repeatable; the broker certificate's SANs). "
+    "Default: localhost and 127.0.0.1.",
+)  # fmt: skip
+@click.option(
+    "--csr-only", is_flag=True,
+    help="No CA keys here: write the keys and CSRs; sign them with `fleet broker-cert sign`.",
+)  # fmt: skip
+@click.option("--force", is_flag=True, help="Replace files that exist in --out.")
+def init(
+    fleet_data: Path,
+    out_dir: Path,
+    listen: str,
+    store_url: str | None,
+    server_names: tuple[str, ...],
+    csr_only: bool,
+    force: bool,
+) -> None:
+    """Write an enforcing Mosquitto node: settings, TLS and sidecar certificates, plugin,
+    mosquitto.conf and systemd units. Then start the sidecar and mosquitto (printed)."""
+    passphrase = os.environ.get("FLEET_CA_KEY_PASSPHRASE")
+    try:
+        result = init_broker_dir(
+            fleet_data, out_dir, now=dt.datetime.now(dt.UTC), listen=listen,
+            store_url=store_url, server_names=server_names, csr_only=csr_only, force=force,
+            passphrase=passphrase.encode() if passphrase else None,
+        )  # fmt: skip
+    except FleetError as exc:
+        _fail(exc)
+    d = result.broker_dir
+    click.echo(f"Wrote the Mosquitto node {d} ({len(result.written)} files)")
+    click.echo(f"  user {result.user}: {result.user_note}")
+    click.echo(f"  TLS certificate SANs: {', '.join(result.server_names)}")
+    if result.csr_only:
+        click.echo(
+            "Next, on the CA host (the keys stay here; copy only the .csr files):\n"
+            f"  fleet broker-cert sign --csr broker.csr --kind server --out broker.pem\n"
+            f"  fleet broker-cert sign --csr sidecar.csr --kind sidecar --out sidecar.pem\n"
+            f"then copy them back to {d / 'tls/broker.pem'} and {d / 'sidecar.pem'}, and:\n"
+            f"  fleet-broker mosquitto config --config {d / 'broker.toml'} > {d / 'mosquitto.conf'}"
+        )
+    click.echo(
+        "Run it (or install the units in systemd/):\n"
+        f"  fleet-broker mosquitto sync --config {d / 'broker.toml'} --once\n"
+        f"  mosquitto -c {d / 'mosquitto.conf'} 2>> {d / 'mosquitto.log'} &\n"
+        f"  fleet-broker mosquitto sync --config {d / 'broker.toml'} 2>> {d / 'sidecar.log'} &"
+    )
 
 
 @mosquitto.command()
@@ -140,12 +209,11 @@ def sidecar_cert(
     show_default=True,
 )
 def sync(config_path: Path, once: bool, log_level: str) -> None:
-    """The sidecar: revocation feed -> plugin ($CONTROL/fleet/v1), crlfile, snapshot."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    """The sidecar: revocation feed -> plugin ($CONTROL/fleet/v1), crlfile, snapshot.
+
+    Logs one JSON object per line on stderr, like `fleet serve` and `fleet-broker amqtt`.
+    """
+    configure_json_logging(logging.getLevelName(log_level.upper()))
     try:
         settings = load_settings(config_path)
         _run(_sync(settings, once=once))
@@ -163,6 +231,8 @@ async def _sync(settings: MosquittoSettings, *, once: bool) -> None:
             await sidecar.run()
     finally:
         await store.close()
+        if not once:
+            log.info("sidecar stopped", extra={"fields": {"event": "stopped"}})
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:

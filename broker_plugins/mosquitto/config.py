@@ -20,13 +20,50 @@ are relative to the settings file's directory. Example::
     plugin = "fleet_plugin.so"                    # `fleet-broker mosquitto build --out .`
     state_dir = "state"                           # cafile, crlfile, snapshot (sidecar writes)
     pid_file = "state/mosquitto.pid"              # the sidecar SIGHUPs this PID for new CRLs
-    crl_url = "https://est.example.com:8443/crl"  # fleet serve's CRL ("" = no crlfile)
+    crl_url = "https://est.example.com:8443/crl"  # fleet serve's CRL ("" = none; optional)
+    crl_backstop = false                          # Mosquitto's TLS layer checks it too
+    log_format = "json"                           # the plugin's lines as JSON ("text")
     sidecar_cert = "sidecar.pem"                  # `fleet-broker mosquitto sidecar-cert`
     sidecar_key = "sidecar.key"
     metrics_address = "127.0.0.1:9883"           # sidecar /metrics (plugin counters too)
     max_staleness_seconds = 30                    # fail closed (see below); 0 = never
     heartbeat_seconds = 2.0                       # sidecar -> plugin "the feed is live"
     skew_seconds = 300                            # clock skew forgiven on validity
+
+Who refuses a revoked certificate: **the plugin**, by default. It holds the
+revocation state (snapshot + live feed), refuses a revoked serial or device at
+CONNECT with ``certificate_revoked`` / ``device_revoked`` and logs the refusal
+once, with device id and serial, and it closes live sessions on revocation.
+``crl_backstop = true`` (needs ``crl_url``) also gives Mosquitto the CRL as its
+``crlfile``. The TLS layer runs before the plugin, so a serial listed there is
+refused in the handshake, where only ``Client <unknown> disconnected: Protocol
+error`` is logged: no device id, serial or reason. It adds safety only against
+a plugin whose revocation state is wrong, which the fail-closed staleness
+policy below already bounds; and it adds outage risks (an expired CRL refuses
+every device, a reload re-checks every session). Off by default. With
+``crl_url`` set and no backstop, the sidecar still fetches, validates and keeps
+the CRL (``fleet_mosquitto_crl_age_seconds``), ready to be switched on.
+
+Certificates the TLS layer refuses never reach the plugin, whatever the
+setting: a device's factory (bootstrap) certificate, or any certificate that
+does not chain to the fleet root in ``cafile``. Mosquitto logs them as
+``OpenSSL Error[0]: ... certificate verify failed`` and ``Client <unknown>
+disconnected: Protocol error`` (no subject). Letting them through to the
+plugin would mean putting the manufacturer CAs into ``cafile``, which mixes
+trust domains; so that line is all the broker can say. The device sees a TLS
+alert (``fleet-agent status``: broker reason ``tls_failed``).
+
+``log_format = "json"`` makes the plugin's lines (refusals, kicks) one JSON
+object each, with the fields of fleet's other logs (``ts``, ``level``,
+``logger``, ``msg``, ``event``, ``device_id``, ``serial``, ``reason``) and
+turns Mosquitto's timestamp prefix off; Mosquitto's own lines stay text. The
+sidecar logs JSON always.
+
+``user`` is the account Mosquitto drops to when started as root (it must be
+able to write ``state_dir``, where its ``pid_file`` is). Mosquitto 2.0 started
+as root without it drops to ``mosquitto`` and exits with "Unable to write pid
+file" if that user cannot write there; ``fleet-broker mosquitto init`` picks
+and prepares it.
 
 ``max_staleness_seconds`` (default 30) is the fail-closed policy (DESIGN.md
 section 7): the plugin refuses every new device connection with
@@ -56,10 +93,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.errors import ConfigError
+from fleet.kernel.tls_policy import MOSQUITTO_MIN_TLS_VERSION, TLS12_CIPHERS
 
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"
 DEFAULT_MAX_STALENESS_SECONDS = 30
+LOG_FORMATS = ("text", "json")
 CONTROL_TOPIC = "$CONTROL/fleet/v1"
 # Where the plugin answers `stats`: delivered to the sidecar only (its ACL).
 STATS_TOPIC = "$fleet/v1/stats"
@@ -93,7 +132,10 @@ class MosquittoSettings:
     pid_file: Path
     sidecar_cert: Path
     sidecar_key: Path
-    crl_url: str = ""  # empty: no crlfile (the plugin alone checks revocation)
+    crl_url: str = ""  # fleet serve's /crl: fetched, validated, kept in state_dir
+    # Also make Mosquitto's TLS layer check that CRL (crlfile). Off: the plugin decides
+    # revocation, with the device id, serial and reason in the log (see the docstring).
+    crl_backstop: bool = False
     crl_cafile: Path | None = None  # trust for crl_url's TLS; default root_ca
     broker_cafile: Path | None = None  # trust for the broker's TLS (sidecar); default root_ca
     sidecar_cn: str = DEFAULT_SIDECAR_CN
@@ -108,6 +150,9 @@ class MosquittoSettings:
     broker_host: str = ""  # where the sidecar connects; default: the listen host
     user: str = ""  # mosquitto's `user` (the account it drops to when started as root)
     log_type: tuple[str, ...] = ("error", "warning", "notice", "information")
+    # "text" or "json": the plugin's lines (refusals, kicks) as JSON objects, like the
+    # rest of fleet; Mosquitto's own lines stay text. The sidecar always logs JSON.
+    log_format: str = "text"
     # HOST:PORT where the sidecar serves Prometheus /metrics ("" = none); keep it loopback.
     metrics_address: str = ""
 
@@ -258,8 +303,13 @@ def _check(s: MosquittoSettings) -> None:
     if not isinstance(s.metrics_address, str):
         raise ConfigError("[mosquitto] metrics_address must be HOST:PORT")
     s.metrics_listen  # noqa: B018 - parses, raising ConfigError when malformed
-    if not isinstance(s.pin_sidecar, bool):
-        raise ConfigError("[mosquitto] pin_sidecar must be true or false")
+    for name in ("pin_sidecar", "crl_backstop"):
+        if not isinstance(getattr(s, name), bool):
+            raise ConfigError(f"[mosquitto] {name} must be true or false")
+    if s.crl_backstop and not s.crl_url:
+        raise ConfigError("[mosquitto] crl_backstop needs crl_url (the CRL to check)")
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(f"[mosquitto] log_format must be one of {', '.join(LOG_FORMATS)}")
 
 
 def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -> str:
@@ -277,6 +327,8 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         "persistence false",
         "log_dest stderr",
         *(f"log_type {t}" for t in s.log_type),
+        # JSON lines carry their own "ts"; Mosquitto's prefix would break them.
+        *(["log_timestamp false"] if s.log_format == "json" else []),
         "connection_messages true",
         # TLS 1.3 post-handshake messages otherwise wait on Nagle: ~45 ms per connect.
         "set_tcp_nodelay true",
@@ -298,6 +350,7 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         lines.append(f"plugin_opt_sidecar_sha256 {sidecar_sha256}")
     lines += [
         f"plugin_opt_acl_template {s.acl_template}",
+        *([f"plugin_opt_log_format {s.log_format}"] if s.log_format != "text" else []),
         "# Fail closed: refuse new device connections (reason revocation_state_stale) when",
         "# the revocation state is older than this many seconds - no heartbeat or revocation",
         "# from the sidecar (stopped, or the store unreachable). 0 = never (fails open).",
@@ -311,7 +364,15 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         f"keyfile {s.server_key}",
         "require_certificate true",
         "use_identity_as_username false",
+        "# As strict as the EST server (fleet.kernel.tls_policy): TLS 1.2+, and in TLS 1.2",
+        "# forward-secret AEAD suites only (TLS 1.3's suites all are).",
+        f"tls_version {MOSQUITTO_MIN_TLS_VERSION}",
+        f"ciphers {TLS12_CIPHERS}",
     ]
-    if s.crl_url:
-        lines.append(f"crlfile {s.crlfile}")
+    if s.crl_backstop:
+        lines += [
+            "# crl_backstop: the TLS layer refuses listed serials before the plugin sees",
+            "# them (logged as a protocol error, without device id or reason).",
+            f"crlfile {s.crlfile}",
+        ]
     return "\n".join(lines) + "\n"

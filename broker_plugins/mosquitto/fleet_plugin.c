@@ -52,6 +52,9 @@
  *     max_staleness_seconds  refuse devices when the revocation state is
  *                     older than this (default 30; 0 = never, fails open)
  *     sidecar_cn, sidecar_sha256, acl_template
+ *     log_format      text (default) or json: refusals and kicks as JSON objects
+ *                     ({"ts","level","logger","msg","event","device_id","serial",
+ *                     "reason"}), like fleet's other logs
  *
  * CONTROL ($CONTROL/fleet/v1), accepted only from the sidecar identity (a
  * certificate of the issuing CA whose CN is `sidecar_cn`, a name no device id
@@ -262,6 +265,7 @@ struct fleet {
 	struct table serials;   /* revoked serials */
 	struct table devices;   /* revoked device ids */
 	struct table connected; /* device id -> serial it authenticated with */
+	bool json_log;      /* log_format json: the plugin's lines are JSON objects */
 	unsigned long accepted, refused, kicked;
 	unsigned long refused_by_reason[FLEET_N_REASONS];
 };
@@ -320,18 +324,81 @@ static void log_safe(char *out, size_t outlen, const char *in, size_t inlen)
 	out[n] = '\0';
 }
 
-static void refuse_log(struct fleet *f, const char *device, size_t device_len,
-		const char *serial, enum fleet_reason reason)
+/* Like log_safe, and no '"' or '\\' either: the result can sit in a JSON string. */
+static void json_safe(char *out, size_t outlen, const char *in, size_t inlen)
+{
+	char *p;
+
+	log_safe(out, outlen, in, inlen);
+	for(p = out; *p; p++){
+		if(*p == '"' || *p == '\\') *p = '?';
+	}
+}
+
+static const char *level_name(int level)
+{
+	switch(level){
+	case MOSQ_LOG_ERR: return "error";
+	case MOSQ_LOG_WARNING: return "warning";
+	case MOSQ_LOG_NOTICE: return "notice";
+	default: return "info";
+	}
+}
+
+/*
+ * One event line: text (`fleet: <message>: device=... serial=... reason=...`) or,
+ * with log_format json, one JSON object like fleet's other logs
+ * ({"ts", "level", "logger", "msg", "event", "device_id", "serial", "reason"}).
+ * device is untrusted (a certificate's CN) and cleaned; serial is canonical hex.
+ */
+static void event_log(const struct fleet *f, int level, const char *event, const char *message,
+		const char *device, size_t device_len, const char *serial, const char *reason)
 {
 	char safe[LOG_FIELD];
 
+	if(!f->json_log){
+		log_safe(safe, sizeof(safe), device ? device : "-", device ? device_len : 1);
+		if(reason){
+			mosquitto_log_printf(level, "fleet: %s: device=%s serial=%s reason=%s",
+					message, safe, serial ? serial : "-", reason);
+		}else{
+			mosquitto_log_printf(level, "fleet: %s: device=%s serial=%s",
+					message, safe, serial ? serial : "-");
+		}
+		return;
+	}else{
+		struct timespec now;
+		struct tm tm;
+		char ts[64] = "", device_json[LOG_FIELD + 2] = "null", serial_json[MAX_SERIAL_HEX + 4] = "null";
+		char reason_json[LOG_FIELD] = "null";
+
+		if(clock_gettime(CLOCK_REALTIME, &now) == 0 && gmtime_r(&now.tv_sec, &tm)){
+			char base[32];
+			strftime(base, sizeof(base), "%Y-%m-%dT%H:%M:%S", &tm);
+			snprintf(ts, sizeof(ts), "%.20s.%03u+00:00", base,
+					(unsigned)((unsigned long)now.tv_nsec / 1000000UL % 1000UL));
+		}
+		if(device){
+			json_safe(safe, sizeof(safe), device, device_len);
+			snprintf(device_json, sizeof(device_json), "\"%s\"", safe);
+		}
+		if(serial) snprintf(serial_json, sizeof(serial_json), "\"%s\"", serial);
+		if(reason) snprintf(reason_json, sizeof(reason_json), "\"%s\"", reason);
+		mosquitto_log_printf(level,
+				"{\"ts\":\"%s\",\"level\":\"%s\",\"logger\":\"fleet.broker.mosquitto.plugin\","
+				"\"msg\":\"%s\",\"event\":\"%s\",\"device_id\":%s,\"serial\":%s,\"reason\":%s}",
+				ts, level_name(level), message, event, device_json, serial_json, reason_json);
+	}
+}
+
+static void refuse_log(struct fleet *f, const char *device, size_t device_len,
+		const char *serial, enum fleet_reason reason)
+{
 	if((unsigned)reason >= FLEET_N_REASONS) reason = FLEET_R_INTERNAL_ERROR;
 	f->refused++;
 	f->refused_by_reason[reason]++;
-	log_safe(safe, sizeof(safe), device ? device : "-", device ? device_len : 1);
-	mosquitto_log_printf(MOSQ_LOG_NOTICE,
-			"fleet: refused connection: device=%s serial=%s reason=%s",
-			safe, serial ? serial : "-", fleet_reason_codes[reason]);
+	event_log(f, MOSQ_LOG_NOTICE, "connection_refused", "refused connection",
+			device, device_len, serial, fleet_reason_codes[reason]);
 }
 
 /* The certificate serial as canonical hex; caller frees with OPENSSL_free. */
@@ -558,7 +625,9 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	struct mosquitto_evt_basic_auth *ed = event_data;
 	X509 *cert, *issuer;
 	char *serial = NULL;
-	const char *cn = NULL, *client_id;
+	const char *cn = NULL, *client_id, *username;
+	struct entry *admitted;
+	bool recheck;
 	size_t cn_len = 0;
 	char device[FLEET_MAX_DEVICE_ID + 1];
 	struct timespec now;
@@ -566,9 +635,19 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	int rc = MOSQ_ERR_AUTH;
 
 	(void)event;
+	/*
+	 * Mosquitto also runs BASIC_AUTH for every session it holds when it reloads
+	 * (SIGHUP). A session this plugin admitted (its username is then the device
+	 * id) may be there after a kick with its TLS already gone: it is on its way
+	 * out, not a connection, so it is neither logged nor counted. Live sessions
+	 * are checked again in full, but not counted as accepted twice.
+	 */
+	username = mosquitto_client_username(ed->client);
+	admitted = username ? table_find(&f->connected, username) : NULL;
 	/* The order is fleet.kernel.admission.admit_client's. */
 	cert = mosquitto_client_certificate(ed->client);
 	if(!cert){
+		if(admitted) return MOSQ_ERR_AUTH;
 		refuse_log(f, NULL, 0, NULL, FLEET_R_NO_CERTIFICATE);
 		return MOSQ_ERR_AUTH;
 	}
@@ -577,6 +656,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		refuse_log(f, NULL, 0, NULL, FLEET_R_INTERNAL_ERROR);
 		goto out;
 	}
+	recheck = admitted && admitted->value && !strcmp(admitted->value, serial);
 	if(single_cn(cert, &cn, &cn_len) != 0){
 		refuse_log(f, NULL, 0, serial, FLEET_R_DEVICE_ID_INVALID);
 		goto out;
@@ -607,7 +687,9 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		}else if(mosquitto_set_username(ed->client, f->sidecar_cn) != MOSQ_ERR_SUCCESS){
 			refuse_log(f, cn, cn_len, serial, FLEET_R_INTERNAL_ERROR);
 		}else{
-			mosquitto_log_printf(MOSQ_LOG_INFO, "fleet: sidecar connected (serial=%s)", serial);
+			if(!username || strcmp(username, f->sidecar_cn)){ /* not a reload's re-check */
+				mosquitto_log_printf(MOSQ_LOG_INFO, "fleet: sidecar connected (serial=%s)", serial);
+			}
 			rc = MOSQ_ERR_SUCCESS;
 		}
 		goto out;
@@ -648,7 +730,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		refuse_log(f, device, cn_len, serial, FLEET_R_INTERNAL_ERROR);
 		goto out;
 	}
-	f->accepted++;
+	if(!recheck) f->accepted++;
 	rc = MOSQ_ERR_SUCCESS;
 out:
 	OPENSSL_free(serial);
@@ -878,8 +960,14 @@ static int control_line(struct fleet *f, char *line)
 		if(kick){
 			mosquitto_kick_client_by_username(device, false);
 			f->kicked++;
-			mosquitto_log_printf(MOSQ_LOG_NOTICE, "fleet: revoked device=%s seq=%lld: session closed",
-					device, seq);
+			if(f->json_log){
+				event_log(f, MOSQ_LOG_NOTICE, "session_kicked", "revoked: session closed",
+						device, strlen(device), connected_serial,
+						fleet_reason_codes[is_device ? FLEET_R_DEVICE_REVOKED : FLEET_R_CERTIFICATE_REVOKED]);
+			}else{
+				mosquitto_log_printf(MOSQ_LOG_NOTICE,
+						"fleet: revoked device=%s seq=%lld: session closed", device, seq);
+			}
 		}else{
 			mosquitto_log_printf(MOSQ_LOG_INFO, "fleet: revoked device=%s seq=%lld (%s)",
 					device, seq, is_device ? "device" : "certificate");
@@ -1183,6 +1271,13 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			if(parse_seconds(key, value, &f->max_staleness)) goto fail;
 		}else if(!strcmp(key, "skew_seconds")){
 			if(parse_seconds(key, value, &f->skew)) goto fail;
+		}else if(!strcmp(key, "log_format")){
+			if(!strcmp(value, "json")) f->json_log = true;
+			else if(!strcmp(value, "text")) f->json_log = false;
+			else{
+				mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: log_format must be text or json");
+				goto fail;
+			}
 		}else{
 			mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: unknown plugin option %s", key);
 			goto fail;

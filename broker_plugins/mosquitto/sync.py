@@ -21,13 +21,16 @@ What it does, and why each piece exists:
   ``written`` time is when the sidecar last heard from the feed, not when the
   file was written: the plugin takes its freshness from it, so a resync while
   the store is unreachable does not make old data look current.
-* **crlfile.** Mosquitto's own check at the TLS handshake (the plugin's runs
-  after it). Fetched from fleet serve's ``/crl``, validated (parses, issued and
-  signed by the issuing CA, nextUpdate far enough ahead, thisUpdate not in the
-  future, CRL number not older than the installed one), written atomically,
-  then the broker is sent SIGHUP (only if the PID file names a ``mosquitto``
-  process). A garbage CRL at reload turns Mosquitto's checking off and an
-  expired one refuses every device, so nothing unvalidated is ever installed.
+* **CRL.** With ``crl_url``, fleet serve's ``/crl`` is fetched, validated
+  (parses, issued and signed by the issuing CA, nextUpdate far enough ahead,
+  thisUpdate not in the future, CRL number not older than the installed one)
+  and written atomically to ``crlfile`` (its age is a metric). Only with
+  ``crl_backstop`` does Mosquitto read it (its TLS layer then refuses listed
+  serials before the plugin, without a reason in the log; see config.py), and
+  only then is the broker sent SIGHUP (only if the PID file names a
+  ``mosquitto`` process). A garbage CRL at reload turns Mosquitto's checking
+  off and an expired one refuses every device, so nothing unvalidated is ever
+  installed.
 * **Heartbeat.** While the feed is reachable and followed to its head, a
   ``heartbeat`` command tells the plugin its data is current; the plugin
   refuses new device connections with ``revocation_state_stale`` once
@@ -57,8 +60,9 @@ import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import paho.mqtt.client as mqtt
 from cryptography import x509
@@ -67,10 +71,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.mosquitto.config import CONTROL_TOPIC, STATS_TOPIC, MosquittoSettings
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from broker_plugins.snapshot import RevocationState, read_snapshot_file, serial_hex
@@ -79,6 +84,9 @@ from fleet.kernel.errors import ConfigError, FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
 from fleet.store.protocol import Store
 from fleet.store.records import RevocationEvent
+
+A = TypeVar("A")
+R = TypeVar("R")
 
 log = logging.getLogger("fleet.broker.mosquitto")
 
@@ -89,6 +97,8 @@ MAX_CRL_BYTES = 64 * 1024 * 1024
 CRL_CATCH_UP_SECONDS = 10.0
 CRL_RETRY_SECONDS = 0.25
 RETRY_SECONDS = 1.0
+# How long a stop waits for paho's network thread (it is a daemon thread).
+STOP_SECONDS = 0.2
 # Revocations per control message when replaying many at once.
 MAX_COMMANDS_PER_MESSAGE = 500
 
@@ -234,9 +244,15 @@ class CrlKeeper:
     def __init__(self, settings: MosquittoSettings, issuer: x509.Certificate) -> None:
         self._settings = settings
         self._issuer = issuer
+        # Unix time the installed crlfile was last fetched and validated (0: none).
+        # A CRL of the issuer already in place (`sync --once`, an earlier run) counts
+        # from when it was written, so its age is known before the first fetch.
         self.installed_at = 0.0
+        if installed_crl_number(settings.crlfile, issuer) is not None:
+            with contextlib.suppress(OSError):
+                self.installed_at = settings.crlfile.stat().st_mtime
 
-    def refresh(self, *, want: Iterable[int] = ()) -> tuple[bool, set[int]]:
+    def refresh(self, want: Iterable[int] = ()) -> tuple[bool, set[int]]:
         """Fetch, validate and install the CRL if newer. Returns (installed, missing serials).
 
         ``missing`` are serials of ``want`` the fetched CRL does not list yet
@@ -250,16 +266,26 @@ class CrlKeeper:
         )
         listed = {entry.serial_number for entry in crl}
         missing = set(want) - listed
-        self.installed_at = time.monotonic()
         if installed is not None and crl_number(crl) == installed:
+            self.installed_at = time.time()
             return False, missing
         write_public(s.crlfile, crl.public_bytes(Encoding.PEM))
-        hupped = signal_broker(s.pid_file)
+        self.installed_at = time.time()
+        # Only a crlfile Mosquitto reads needs a reload (and a reload re-checks every session).
+        hupped = signal_broker(s.pid_file) if s.crl_backstop else False
         log.info(
             "installed CRL #%d (%d revoked)%s",
             crl_number(crl),
             len(listed),
-            "; broker reloaded" if hupped else "; broker not running",
+            "; broker reloaded" if hupped else "",
+            extra={
+                "fields": {
+                    "event": "crl_installed",
+                    "crl_number": crl_number(crl),
+                    "revoked": len(listed),
+                    "broker_reloaded": hupped,
+                }
+            },
         )
         return True, missing
 
@@ -301,8 +327,16 @@ class PluginLink:
         self._client.loop_start()
 
     def stop(self) -> None:
+        """Disconnect, and let the network thread go within STOP_SECONDS.
+
+        paho's thread sleeps up to a second at a time in its reconnect back-off
+        (the broker stopped first, as systemd does); it is a daemon thread and
+        holds nothing to flush, so a stop does not wait for it beyond that.
+        """
         self._client.disconnect()
-        self._client.loop_stop()
+        stopper = threading.Thread(target=self._client.loop_stop, name="paho-stop", daemon=True)
+        stopper.start()
+        stopper.join(STOP_SECONDS)
 
     def _on_connect(
         self,
@@ -429,6 +463,38 @@ def _number(value: object) -> float:
 # -- the sidecar -------------------------------------------------------------------
 
 
+async def in_daemon_thread(function: Callable[[A], R], argument: A) -> R:
+    """``function(argument)`` in a daemon thread; cancelling the await abandons it.
+
+    For network calls that may hang up to their timeout (a CRL server that
+    accepts and never answers): ``asyncio.to_thread`` would make the process
+    wait for them at exit, so SIGTERM would take up to that timeout.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[R] = loop.create_future()
+
+    def settle(result: R | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = function(argument)
+        except BaseException as exc:  # handed to the awaiting task
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name=getattr(function, "__name__", "worker"), daemon=True).start()
+    return await future
+
+
 def write_snapshot(settings: MosquittoSettings, state: RevocationState, fresh_at: float) -> None:
     """Write the snapshot file; ``fresh_at`` (unix time) is when the feed last answered."""
     write_public(settings.snapshot_file, state.snapshot_text(int(fresh_at)).encode())
@@ -477,7 +543,7 @@ class Sidecar:
     def _crl_age(self) -> float:
         if self._crl is None or not self._crl.installed_at:
             return math.nan
-        return time.monotonic() - self._crl.installed_at
+        return max(0.0, time.time() - self._crl.installed_at)
 
     async def once(self) -> None:
         """Write cafile, snapshot and CRL, then return (before the broker starts)."""
@@ -486,7 +552,7 @@ class Sidecar:
         await self._load_state()
         self._write_snapshot_now(fresh_at=time.time())  # just read from the store
         if self._crl is not None:
-            await asyncio.to_thread(self._crl.refresh)
+            await in_daemon_thread(self._crl.refresh, set())
 
     async def run(self) -> None:
         write_cafile(self.settings)
@@ -511,16 +577,25 @@ class Sidecar:
                 self._link.start()
                 listen = self.settings.metrics_listen
                 if listen is not None:
-                    metrics_server, _ = start_http_server(
-                        listen[1], addr=listen[0], registry=self.registry
-                    )
+                    metrics_server = MetricsServer(listen[0], listen[1], self.registry)
                     log.info("metrics on http://%s:%d/metrics", *listen)
+                log.info(
+                    "sidecar started",
+                    extra={
+                        "fields": {
+                            "event": "sidecar_started",
+                            "broker": f"{self.settings.connect_host}:{self.settings.listen_port}",
+                            "revocation_seq": self.state.seq,
+                            "crl_url": self.settings.crl_url or None,
+                        }
+                    },
+                )
                 tasks.create_task(self._resync_on_connect(), name="resync")
                 tasks.create_task(self._heartbeat(), name="heartbeat")
                 tasks.create_task(self._snapshot_writer(), name="snapshot")
         finally:
             if metrics_server is not None:
-                metrics_server.shutdown()
+                metrics_server.close()
             if self._link is not None:
                 self._link.stop()
             await self.cache.close()
@@ -655,7 +730,7 @@ class Sidecar:
                 deadline = deadline or time.monotonic() + CRL_CATCH_UP_SECONDS
             want = set(self._crl_pending)
             try:
-                _, missing = await asyncio.to_thread(self._crl.refresh, want=want)
+                _, missing = await in_daemon_thread(self._crl.refresh, want)
             except FleetError as exc:
                 log.warning("%s (%s)", exc.message, exc.hint)
                 await asyncio.sleep(RETRY_SECONDS)

@@ -24,6 +24,8 @@ module                 the rule it holds
 ``fingerprint``        SHA-256 certificate fingerprints and their spellings
 ``files``              atomic, durable file writes
 ``clock``              injected time
+``tls_policy``         the TLS versions and suites every fleet TLS server offers
+``broker_certs``       the broker TLS server and sidecar certificate profiles
 ``cheader``            generates the C plugin's header from the above
 =====================  =============================================================
 """

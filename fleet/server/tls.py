@@ -27,9 +27,7 @@ import ssl
 from pathlib import Path
 
 from fleet.kernel.errors import ConfigError
-
-# TLS 1.2 stays on: libest and strongSwan 5.9 cap themselves at it.
-_TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+from fleet.kernel.tls_policy import TLS12_CIPHERS
 
 _CERT_VERIFY_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -46,7 +44,7 @@ def server_context(cert: Path, key: Path, *, request_client_certificate: bool) -
     """A TLS 1.2/1.3 server context for ``cert``/``key``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(_TLS12_CIPHERS)
+    ctx.set_ciphers(TLS12_CIPHERS)  # forward-secret AEAD only
     # No set_ecdh_curve(): on OpenSSL 3 it also narrows the TLS 1.3 groups,
     # and a client offering X25519 first would pay a HelloRetryRequest.
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_TICKET

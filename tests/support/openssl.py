@@ -22,3 +22,20 @@ def openssl(
             f"{proc.stdout.decode(errors='replace')}\n{proc.stderr.decode(errors='replace')}"
         )
     return proc
+
+
+def tls_handshake(
+    port: int, *, ca: Path, cert: Path, key: Path, args: tuple[str, ...]
+) -> tuple[bool, str]:
+    """One `openssl s_client` handshake to 127.0.0.1:port with a client certificate.
+
+    Returns (handshake completed, s_client's output). ``args`` choose the
+    version and the suites offered (e.g. ``-tls1_2 -cipher ECDHE-ECDSA-AES128-SHA``).
+    """
+    proc = openssl(
+        "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", ca, "-cert", cert, "-key", key,
+        "-brief", *args,
+        input=b"", check=False,
+    )  # fmt: skip
+    output = (proc.stdout + proc.stderr).decode(errors="replace")
+    return proc.returncode == 0 and "CONNECTION ESTABLISHED" in output, output
