@@ -17,7 +17,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -32,6 +31,7 @@ from cryptography import x509
 
 from fleet.store.factory import open_store
 from fleet.store.records import CertificateRecord, DeviceState, ManifestEntry
+from tests.integration.test_readme import sh_blocks
 from tests.support.binaries import need_binary
 from tests.support.mosquitto_broker import Session, load_ca, mint_client_cert
 from tests.support.ports import free_port
@@ -41,15 +41,6 @@ pytestmark = [pytest.mark.needs_binary("mosquitto"), pytest.mark.needs_binary("g
 README = Path(__file__).resolve().parents[3] / "README.md"
 BIN = Path(sys.executable).parent
 KICK_DEADLINE = 2.0
-
-
-def readme_sh_blocks(section: str) -> list[str]:
-    """The ```sh blocks of the README's ``## section`` (up to the next ``## ``)."""
-    text = README.read_text()
-    start = text.index(f"\n## {section}\n")
-    end = text.find("\n## ", start + 1)
-    body = text[start : end if end != -1 else len(text)]
-    return re.findall(r"\n```sh\n(.*?)\n```", body, flags=re.S)
 
 
 def record_device(store_url: str, device_id: str, cert: Path) -> None:
@@ -105,7 +96,7 @@ def _stop_group(pgid: int) -> None:
 
 def test_readme_block_enforces_a_device_from_nothing(workdir: Path) -> None:
     need_binary("mosquitto")
-    blocks = readme_sh_blocks("Enforce it on the broker")
+    blocks = ["\n".join(b.lines) for b in sh_blocks(README.read_text())["Enforce it on the broker"]]
     assert len(blocks) == 1, blocks
     block = blocks[0]
     assert len([line for line in block.splitlines() if line.strip()]) <= 3, block
