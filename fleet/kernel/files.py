@@ -33,16 +33,8 @@ def ensure_private_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes, *, mode: int = SECRET_MODE) -> None:
     """Replace ``path`` with ``data`` atomically and durably, with permissions ``mode``."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    _create(tmp, data, mode)
     try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have narrowed or widened it
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -58,10 +50,16 @@ def write_new_secret(path: Path, data: bytes) -> None:
     only copy of an earlier secret, so an existing ``path`` is an error
     (FileExistsError), checked atomically by the kernel (O_EXCL).
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_MODE)
+    _create(path, data, SECRET_MODE)
+    fsync_dir(path.parent)
+
+
+def _create(path: Path, data: bytes, mode: int) -> None:
+    """A new file (O_EXCL) with ``mode`` whatever the umask, fsynced; removed if cut short."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
-            os.fchmod(fd, SECRET_MODE)
+            os.fchmod(fd, mode)  # the umask may have narrowed or widened it
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -72,7 +70,6 @@ def write_new_secret(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         raise
-    fsync_dir(path.parent)
 
 
 def remove_durably(*paths: Path) -> None:
