@@ -235,7 +235,7 @@ class AdminApi:
         body = await read_json_object(request, optional=True)
         device = await admin_cases.approve_device(
             self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
-            replace=_flag(body, "replace"),
+            replace=_flag(body, "replace"), key=_optional_text(body, "key_sha256"),
         )  # fmt: skip
         return await self._device_detail(device)
 

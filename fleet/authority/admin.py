@@ -326,19 +326,27 @@ _PAST = {"approve": "approved", "reject": "rejected"}
 
 
 async def approve_device(
-    store: Store, device_id: str, *, actor: str, now: dt.datetime, replace: bool = False
+    store: Store,
+    device_id: str,
+    *,
+    actor: str,
+    now: dt.datetime,
+    replace: bool = False,
+    key: str | None = None,
 ) -> Device:
     """pending -> registered: the device may enroll (it keeps its pin, if any).
 
     An active device with a pending replacement request (its bootstrap certificate
-    used again) is approved only with ``replace`` (see fleet.authority.replacement);
-    without it nothing changes and the error explains both choices."""
+    used again) is approved only with ``replace`` (see fleet.authority.replacement),
+    for ``key`` (needed when several keys were presented); without it nothing
+    changes and the error explains both choices."""
     request = await replacement.pending_request(store, device_id)
     if request is not None:
         if not replace:
             raise replacement.choice_required(device_id, request)
+        chosen = replacement.approved_key(request, key)
         await replacement.answer_replacement(
-            store, request, approve=True, revoke=False, actor=actor, now=now
+            store, request, approve=True, revoke=False, actor=actor, now=now, key=chosen
         )
         return await store.get_device(device_id)
     if replace:

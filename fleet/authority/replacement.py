@@ -21,6 +21,7 @@ import datetime as dt
 from fleet.kernel.errors import (
     NoReplacementRequest,
     ReplacementChoiceRequired,
+    ReplacementKeyRequired,
     StoreConflict,
 )
 from fleet.store.protocol import Store
@@ -51,6 +52,30 @@ def no_request(device_id: str, option: str) -> NoReplacementRequest:
     )
 
 
+def approved_key(request: ReplacementRequest, key: str | None) -> str:
+    """The key an approval is for: the one the admin names (a unique prefix of 8+ hex
+    digits is enough), or the request's only key when a single one was ever presented.
+
+    An approval is bound to a key so that a replay between the admin's look and their
+    answer cannot swap in an attacker's key (the store compares and sets it too).
+    """
+    if key is None:
+        if request.keys_seen > 1:
+            raise ReplacementKeyRequired(
+                f"device {request.device_id}'s bootstrap certificate was presented with "
+                f"{request.keys_seen} different keys (the newest is {request.key_sha256[:16]}…); "
+                "say which key to approve; nothing changed"
+            )
+        return request.key_sha256
+    given = "".join(key.split()).replace(":", "").lower()
+    if len(given) < 8 or not request.key_sha256.startswith(given):
+        raise ReplacementKeyRequired(
+            f"the replacement request of device {request.device_id} names key "
+            f"{request.key_sha256[:16]}…, not {key[:64]!r}; nothing changed"
+        )
+    return request.key_sha256
+
+
 async def pending_request(store: Store, device_id: str) -> ReplacementRequest | None:
     request = await store.get_replacement_request(device_id)
     if request is None or request.status is not ReplacementStatus.PENDING:
@@ -66,6 +91,7 @@ async def answer_replacement(
     revoke: bool,
     actor: str,
     now: dt.datetime,
+    key: str | None = None,
 ) -> ReplacementRequest:
     """Approve (revoking the current certificates as superseded) or reject (revoking
     them as keyCompromise when ``revoke``) the pending request, atomically with its
@@ -106,10 +132,11 @@ async def answer_replacement(
     )
     try:
         answered, _ = await store.decide_replacement_request(
-            device_id, status, now=now, actor=actor, revoke=reason, audit=audit
+            device_id, status, now=now, actor=actor, revoke=reason, audit=audit, key_sha256=key
         )
     except StoreConflict as exc:
         raise NoReplacementRequest(
-            f"the replacement request of device {device_id} was answered meanwhile; nothing changed"
+            f"the replacement request of device {device_id} changed meanwhile ({exc.message}); "
+            "nothing changed: look again"
         ) from exc
     return answered

@@ -106,19 +106,26 @@ def token(device_id: str, expires_in: str, out_file: Path | None, as_json: bool)
     help="Answer a replacement request (factory reset): revoke the device's current "
     "certificates (superseded) and issue the new key at the device's next retry.",
 )
+@click.option(
+    "--key",
+    metavar="SHA256",
+    help="With --replace: the new key to approve (its SHA-256 as `fleet device show` prints "
+    "it; 8+ hex digits). Needed when the bootstrap certificate came with several keys.",
+)
 @admin_options
 @json_option
-def approve(device_id: str, replace: bool, as_json: bool) -> None:
+def approve(device_id: str, replace: bool, key: str | None, as_json: bool) -> None:
     """Approve device ID, waiting for approval: it may then enroll (pending -> registered).
 
     
     An active device whose bootstrap certificate was presented again has a
     replacement request (see `fleet device show ID`). Approving it needs a choice:
-        fleet device approve ID --replace   factory reset: the new key replaces the old
+        fleet device approve ID --replace [--key SHA256]
+                                            factory reset: the new key replaces the old
         fleet device reject ID [--revoke]   clone: refuse it (--revoke: old certs too)
     """
     ops = admin_ops()
-    changed = ops.approve(device_id, replace=replace)
+    changed = ops.approve(device_id, replace=replace, key=key)
     _report(ops.replacement_request(device_id), changed, "Approved", as_json)
 
 

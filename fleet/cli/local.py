@@ -69,11 +69,11 @@ class LocalOps:
 
         return with_store(self.config, read)
 
-    def approve(self, device_id: str, *, replace: bool = False) -> Device:
+    def approve(self, device_id: str, *, replace: bool = False, key: str | None = None) -> Device:
         return with_store(
             self.config,
             lambda s: cases.approve_device(
-                s, device_id, actor=self.actor, now=now(), replace=replace
+                s, device_id, actor=self.actor, now=now(), replace=replace, key=key
             ),
         )
 

@@ -369,8 +369,10 @@ class RemoteOps:
         data = self.api.request("GET", _device_path(device_id))
         return _replacement(device_id, data.get("replacement_request"))
 
-    def approve(self, device_id: str, *, replace: bool = False) -> Device:
-        body = {"replace": True} if replace else None
+    def approve(self, device_id: str, *, replace: bool = False, key: str | None = None) -> Device:
+        body: dict[str, object] | None = {"replace": True} if replace else None
+        if body is not None and key is not None:
+            body["key_sha256"] = key
         return _device(self.api.request("POST", _device_path(device_id, "approve"), body=body))
 
     def reject(self, device_id: str, *, revoke: bool = False) -> Device:

@@ -145,6 +145,18 @@ class ReplacementChoiceRequired(StateConflict):
     )
 
 
+class ReplacementKeyRequired(StateConflict):
+    """``approve --replace`` that does not say which key, or names one the request does not."""
+
+    reason = Reason.REPLACEMENT_KEY_REQUIRED
+    hint = (
+        "Confirm with the device's owner which key is the factory-reset device's (the SHA-256 "
+        'of its new public key) and approve that one: --key SHA256 (API: "key_sha256"). '
+        "Several keys presented with one bootstrap certificate is what a clone looks like: "
+        "if in doubt, reject (--revoke)."
+    )
+
+
 class NoReplacementRequest(StateConflict):
     """--replace or --revoke given for a device without a pending replacement request."""
 

@@ -120,6 +120,7 @@ class Reason(enum.StrEnum):
     REPLACEMENT_KEY_MISMATCH = "replacement_key_mismatch"
     REPLACEMENT_CHOICE_REQUIRED = "replacement_choice_required"
     NO_REPLACEMENT_REQUEST = "no_replacement_request"
+    REPLACEMENT_KEY_REQUIRED = "replacement_key_required"
     SUPERSEDED = "superseded"  # older certificates revoked because a newer one replaced them
 
     # -- lookups, store, CRL, operations ----------------------------------------------------

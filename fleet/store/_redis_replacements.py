@@ -47,10 +47,13 @@ DECIDE = (
 -- KEYS[1] device, KEYS[2] replacement request, KEYS[3] device-certs, KEYS[4] expiry,
 -- KEYS[5] revoked, KEYS[6] feed, KEYS[7] feed:seq, KEYS[8..] audit
 -- ARGV[1..4] audit, ARGV[5] device id, ARGV[6] status, ARGV[7] now, ARGV[8] actor,
--- ARGV[9] revocation reason ('' = none), ARGV[10] channel, ARGV[11] cert key prefix
+-- ARGV[9] revocation reason ('' = none), ARGV[10] channel, ARGV[11] cert key prefix,
+-- ARGV[12] the key the request must still name ('' = any)
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'missing'} end
 local status = redis.call('HGET', KEYS[2], 'status')
 if status ~= 'pending' then return {'conflict', status or 'none'} end
+local key = redis.call('HGET', KEYS[2], 'key_sha256')
+if ARGV[12] ~= '' and key ~= ARGV[12] then return {'key_changed', key} end
 if audit_moved(8) then return {'moved'} end
 redis.call('HSET', KEYS[2], 'status', ARGV[6], 'decided_at', ARGV[7], 'decided_by', ARGV[8])
 local event = false

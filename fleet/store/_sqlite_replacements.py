@@ -127,6 +127,7 @@ def decide(
     actor: str,
     revoke: RevocationReason | None,
     audit: AuditEvent | None,
+    key_sha256: str | None = None,
 ) -> tuple[ReplacementRequest, RevocationEvent | None]:
     if status is ReplacementStatus.PENDING:
         raise ValueError("a replacement request is answered approved or rejected")
@@ -135,6 +136,11 @@ def decide(
     if current is None or current.status is not ReplacementStatus.PENDING:
         what = "no" if current is None else f"a {current.status.value}"
         raise StoreConflict(f"device {device_id!r} has {what} replacement request")
+    if key_sha256 is not None and current.key_sha256 != key_sha256:
+        raise StoreConflict(
+            f"the replacement request of device {device_id!r} now names another key "
+            f"({current.key_sha256[:16]}…): a new key was presented meanwhile"
+        )
     conn.execute(
         "UPDATE replacement_requests SET status = ?, decided_at = ?, decided_by = ? "
         "WHERE device_id = ?",

@@ -169,12 +169,16 @@ class Store(Protocol):
         actor: str,
         revoke: RevocationReason | None = None,
         audit: AuditEvent | None = None,
+        key_sha256: str | None = None,
     ) -> tuple[ReplacementRequest, RevocationEvent | None]:
         """Answer the device's pending replacement request (approved or rejected),
         atomically with, given ``revoke``, the revocation of every good
         certificate the device holds for that reason (one certificate feed
         event; None if it held none). The device's state is not changed.
-        Raises StoreConflict when it has no pending request, DeviceNotFound."""
+        With ``key_sha256``, the request must still name that key (compare-and-set:
+        an admin approves the key they were shown, never one a replay put there
+        meanwhile). Raises StoreConflict when it has no pending request or names
+        another key, DeviceNotFound."""
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         """Raises CertificateNotFound."""

@@ -905,6 +905,7 @@ class RedisStore(RedisIntermediates):
         actor: str,
         revoke: RevocationReason | None = None,
         audit: AuditEvent | None = None,
+        key_sha256: str | None = None,
     ) -> tuple[ReplacementRequest, RevocationEvent | None]:
         if status is ReplacementStatus.PENDING:
             raise ValueError("a replacement request is answered approved or rejected")
@@ -920,7 +921,7 @@ class RedisStore(RedisIntermediates):
         ]
         args = [
             device_id, status.value, ts(now), actor,
-            "" if revoke is None else revoke.value, k.channel, k.cert_prefix,
+            "" if revoke is None else revoke.value, k.channel, k.cert_prefix, key_sha256 or "",
         ]  # fmt: skip
         status_, payload = await self._audited(self._decide_replacement, keys, args, audit)
         if status_ == "missing":
@@ -928,6 +929,11 @@ class RedisStore(RedisIntermediates):
         if status_ == "conflict":
             raise StoreConflict(
                 f"device {device_id!r} has no pending replacement request ({_text(payload)})"
+            )
+        if status_ == "key_changed":
+            raise StoreConflict(
+                f"the replacement request of device {device_id!r} now names another key "
+                f"({_text(payload)[:16]}…): a new key was presented meanwhile"
             )
         fields, event = list(payload)
         request = replacements.request_from_fields(_fields(fields))

@@ -1009,10 +1009,18 @@ class SqliteStore(SqliteIntermediates):
         actor: str,
         revoke: RevocationReason | None = None,
         audit: AuditEvent | None = None,
+        key_sha256: str | None = None,
     ) -> tuple[ReplacementRequest, RevocationEvent | None]:
         return await self._write(
             lambda conn: replacements.decide(
-                conn, device_id, status, now=now, actor=actor, revoke=revoke, audit=audit
+                conn,
+                device_id,
+                status,
+                now=now,
+                actor=actor,
+                revoke=revoke,
+                audit=audit,
+                key_sha256=key_sha256,
             ),
             feed=lambda result: result[1] is not None,
         )

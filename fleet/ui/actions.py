@@ -88,7 +88,7 @@ async def approve(console: Console, ctx: Ctx) -> web.Response:
     device_id = _device_id(ctx)
     await admin_cases.approve_device(
         console.store, device_id, actor=ctx.actor, now=console.clock.now(),
-        replace=_checked(ctx, "replace"),
+        replace=_checked(ctx, "replace"), key=field(ctx, "key_sha256") or None,
     )  # fmt: skip
     return console.redirect(_back(ctx, device_id), notice="approved")
 

@@ -308,3 +308,25 @@ async def test_replacement_requests_are_listed_by_status_in_device_order(
     assert [r.device_id for r in page] == ["d3"]
     rejected = await store.list_replacement_requests(ReplacementStatus.REJECTED)
     assert [r.device_id for r in rejected] == ["d2"]
+
+
+async def test_an_answer_bound_to_a_key_fails_when_a_replay_changed_it(
+    store: Store, now: dt.datetime
+) -> None:
+    await enrolled(store, "d1", 1, now)
+    await attempt(store, now)  # the admin is shown k1 ...
+    await attempt(store, now + MINUTE, "k2")  # ... and a replay with k2 lands first
+    with pytest.raises(StoreConflict, match="another key"):
+        await store.decide_replacement_request(
+            "d1", ReplacementStatus.APPROVED, now=now, actor="admin:a",
+            revoke=RevocationReason.SUPERSEDED, key_sha256=sha("k1"),
+        )  # fmt: skip
+    # Nothing changed: still pending, the certificate still good.
+    request = await store.get_replacement_request("d1")
+    assert request is not None
+    assert request.status is ReplacementStatus.PENDING
+    assert [c.status for c in await store.list_certificates("d1")] == [CertificateStatus.GOOD]
+    answered, _ = await store.decide_replacement_request(
+        "d1", ReplacementStatus.APPROVED, now=now, actor="admin:a", key_sha256=sha("k2")
+    )
+    assert answered.status is ReplacementStatus.APPROVED

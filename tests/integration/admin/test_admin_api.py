@@ -392,3 +392,33 @@ def test_intermediate_pool_add_list_remove(admin: Admin) -> None:
         "POST", "/api/v1/intermediates", raw=issuing, content_type="application/x-pem-file"
     )
     assert (refused.status, refused.body["error"]) == (403, "trust_domains_mixed")
+
+
+def test_an_approval_is_for_the_key_the_admin_saw_not_a_later_replay(admin: Admin) -> None:
+    # The factory-reset device replays with K1; before the admin answers, whoever holds
+    # the leaked bootstrap certificate replays with K2. Approving must not hand K2 the
+    # device: without a key it is refused (two keys were seen), with K1 only K1 gets in.
+    fleet = admin.fleet
+    device = fleet.new_device()
+    fleet.issued(fleet.enroll(device, fleet.csr("k0")[1]), "k0")
+    _, csr1 = fleet.csr("k1")
+    assert fleet.enroll(device, csr1).status == 202
+    path = f"/api/v1/devices/{device.device_id}"
+    seen = admin.call("GET", path, role="viewer").body["replacement_request"]["key_sha256"]
+    _, csr2 = fleet.csr("k2")
+    assert fleet.enroll(device, csr2).status == 202  # the attacker's replay
+
+    blind = admin.call("POST", f"{path}/approve", role="operator", body={"replace": True})
+    assert (blind.status, blind.body["error"]) == (409, "replacement_key_required")
+    wrong = admin.call(
+        "POST", f"{path}/approve", role="operator", body={"replace": True, "key_sha256": seen}
+    )
+    # The request now names K2 (the newest key): approving K1 by its fingerprint is refused
+    # as "not the key the request names", so the admin must look again and decide.
+    assert (wrong.status, wrong.body["error"]) == (409, "replacement_key_required")
+    assert admin.call("GET", path, role="viewer").body["replacement_request"]["status"] == (
+        "pending"
+    )
+    rejected = admin.call("POST", f"{path}/reject", role="operator", body={"revoke": True})
+    assert rejected.status == 200
+    assert fleet.enroll(device, csr2).headers["x-fleet-reason"] == "replacement_rejected"
