@@ -553,7 +553,13 @@ static int client_cert_reason(X509 *cert, enum fleet_reason *reason)
 }
 
 /* The one CN of the subject: 0 with out and len set, -1 if none or several. */
-static int single_cn(X509 *cert, const char **out, size_t *len)
+/*
+ * The one CN of the subject, as UTF-8 (whatever its ASN.1 string type: a BMPString
+ * must not be read as raw bytes, or two CNs that differ for the kernel could be one
+ * device here): 0 with *out (free with OPENSSL_free) and *len set; -1 if none or
+ * several, or not convertible.
+ */
+static int single_cn(X509 *cert, unsigned char **out, size_t *len)
 {
 	X509_NAME *name = X509_get_subject_name(cert);
 	int idx = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
@@ -564,9 +570,12 @@ static int single_cn(X509 *cert, const char **out, size_t *len)
 	if(X509_NAME_get_index_by_NID(name, NID_commonName, idx) >= 0) return -1;
 	data = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, idx));
 	if(!data) return -1;
-	n = ASN1_STRING_length(data);
-	if(n <= 0) return -1;
-	*out = (const char *)ASN1_STRING_get0_data(data);
+	n = ASN1_STRING_to_UTF8(out, data);
+	if(n <= 0){
+		OPENSSL_free(*out);
+		*out = NULL;
+		return -1;
+	}
 	*len = (size_t)n;
 	return 0;
 }
@@ -626,6 +635,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	X509 *cert, *issuer;
 	char *serial = NULL;
 	const char *cn = NULL, *client_id, *username;
+	unsigned char *cn_utf8 = NULL;
 	struct entry *admitted;
 	bool recheck;
 	size_t cn_len = 0;
@@ -657,10 +667,11 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		goto out;
 	}
 	recheck = admitted && admitted->value && !strcmp(admitted->value, serial);
-	if(single_cn(cert, &cn, &cn_len) != 0){
+	if(single_cn(cert, &cn_utf8, &cn_len) != 0){
 		refuse_log(f, NULL, 0, serial, FLEET_R_DEVICE_ID_INVALID);
 		goto out;
 	}
+	cn = (const char *)cn_utf8;
 	issuer = fleet_issuer(f, cert);
 	if(!issuer){
 		refuse_log(f, cn, cn_len, serial, FLEET_R_UNKNOWN_ISSUER);
@@ -733,6 +744,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(!recheck) f->accepted++;
 	rc = MOSQ_ERR_SUCCESS;
 out:
+	OPENSSL_free(cn_utf8);
 	OPENSSL_free(serial);
 	X509_free(cert);
 	return rc;

@@ -44,6 +44,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleet.kernel.reasons import BROKER_REFUSALS
@@ -58,6 +59,13 @@ TABLE_VERSION = 1
 ADMISSION_OUTCOMES = frozenset({"allow", *(reason.value for reason in BROKER_REFUSALS)})
 # Codes no client can cause with a certificate and a CONNECT (README: "Not in the table").
 NOT_FROM_OUTSIDE = frozenset({"issuer_expired", "sidecar_pin_mismatch", "internal_error"})
+# The ASN.1 string types a CN is written in: decoders must read the text, not the bytes.
+CN_TYPES = {
+    "utf8": _ASN1Type.UTF8String,
+    "printable": _ASN1Type.PrintableString,
+    "bmp": _ASN1Type.BMPString,
+    "universal": _ASN1Type.UniversalString,
+}
 REVOCATION_STATES = frozenset({"certificate", "device", "stale"})
 ENFORCERS = frozenset({"amqtt", "mosquitto"})
 CA_NAMES = ("root", "issuing", "issuing-2", "admin", "rogue-root", "impostor-issuing")
@@ -98,6 +106,7 @@ class CertSpec:
     not_after: str = "+30d"
     eku: tuple[str, ...] = ("clientAuth",)
     ca: bool = False
+    cn_type: str = "utf8"  # the CN's ASN.1 string type (CN_TYPES)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -151,7 +160,7 @@ class Table:
 
 
 def _cert_spec(raw: dict[str, Any], where: str) -> CertSpec:
-    known = {"issuer", "cn", "cns", "key", "not_before", "not_after", "eku", "ca"}
+    known = {"issuer", "cn", "cns", "key", "not_before", "not_after", "eku", "ca", "cn_type"}
     if set(raw) - known:
         raise TableError(f"{where}: unknown cert fields {sorted(set(raw) - known)}")
     if ("cn" in raw) == ("cns" in raw):
@@ -165,7 +174,10 @@ def _cert_spec(raw: dict[str, Any], where: str) -> CertSpec:
         not_after=raw.get("not_after", "+30d"),
         eku=tuple(raw.get("eku", ("clientAuth",))),
         ca=bool(raw.get("ca", False)),
+        cn_type=raw.get("cn_type", "utf8"),
     )
+    if spec.cn_type not in CN_TYPES:
+        raise TableError(f"{where}: cn_type {spec.cn_type!r} is not one of {sorted(CN_TYPES)}")
     if spec.issuer not in CA_NAMES:
         raise TableError(f"{where}: issuer {spec.issuer!r} is not one of {CA_NAMES}")
     if spec.key not in KEY_TYPES:
@@ -276,10 +288,19 @@ def _new_key(key_type: str) -> PrivateKey:
     return ec.generate_private_key(curve[key_type])
 
 
-def _name(*pairs: tuple[x509.ObjectIdentifier, str]) -> x509.Name:
+def _name(*pairs: tuple[x509.ObjectIdentifier, str], cn_type: str = "utf8") -> x509.Name:
+    string_type = CN_TYPES[cn_type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # over-long and empty CNs are cases
-        return x509.Name([x509.NameAttribute(oid, value, _validate=False) for oid, value in pairs])
+        return x509.Name(
+            [
+                x509.NameAttribute(
+                    oid, value, _validate=False,
+                    _type=string_type if oid == NameOID.COMMON_NAME else _ASN1Type.UTF8String,
+                )
+                for oid, value in pairs
+            ]
+        )  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -335,7 +356,7 @@ class _Minter:
         attrs += [(NameOID.COMMON_NAME, cn) for cn in spec.cns]
         builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(*attrs))
+            .subject_name(_name(*attrs, cn_type=spec.cn_type))
             .issuer_name(issuer.cert.subject)
             .public_key(key.public_key())
             .serial_number(self.serial())
