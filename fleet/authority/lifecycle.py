@@ -44,7 +44,7 @@ def parse_reason(text: str) -> RevocationReason:
 async def suspend_device(
     store: Store, device_id: str, *, actor: str, now: dt.datetime, note: str = ""
 ) -> Device:
-    """active → suspended: refused on every path until resumed."""
+    """active → suspended: refused on every EST path until resumed (brokers: revoke)."""
     return await _transition(
         store, device_id, DeviceState.SUSPENDED, {DeviceState.ACTIVE}, "suspend", actor, now, note
     )

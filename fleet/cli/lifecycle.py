@@ -60,7 +60,7 @@ note_option = click.option("--note", default="", help="A note for the audit log.
 @admin_options
 @json_option
 def suspend(device_id: str, note: str, as_json: bool) -> None:
-    """Suspend active device ID: refused on every path until resumed.
+    """Suspend active device ID: EST refuses it (no renewal) until resumed.
 
     Its certificates stay valid (use revoke to cut it off for good).
     Suspending a suspended device changes nothing.

@@ -100,6 +100,12 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         elif status == 503:
             response.headers["Retry-After"] = str(RETRY_AFTER_UNAVAILABLE)
         return response
+    except web.HTTPRedirection as exc:
+        # A redirect is an answer, not an error: keep its status and Location.
+        request["reason"] = "redirect"
+        return web.Response(
+            status=exc.status, headers={"Location": exc.headers.get("Location", "")}
+        )
     except web.HTTPException as exc:
         # aiohttp's own answers (404 no route, 405, 413 body too large, 408).
         request["reason"] = _slug(exc.reason)

@@ -33,6 +33,23 @@ def test_the_console_can_be_turned_off(tmp_path: Path) -> None:
         assert refused.value.code == 404
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def test_ui_without_the_slash_redirects_to_the_console(tmp_path: Path) -> None:
+    with running_fleet(tmp_path) as fleet:
+        context = ssl.create_default_context(cafile=str(fleet.server.root_pem))
+        browser = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=context), _NoRedirect()
+        )
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            browser.open(f"{fleet.server.base}/ui", timeout=10)
+        assert answer.value.code == 302
+        assert answer.value.headers["Location"] == "/ui/"
+
+
 def signed_in(fleet: Fleet, role: AdminRole) -> urllib.request.OpenerDirector:
     """A cookie-keeping client signed in through the console's form with a new token."""
     now = dt.datetime.now(dt.UTC)
