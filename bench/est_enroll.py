@@ -417,6 +417,7 @@ def nginx_values(config_dir: Path) -> dict[str, str]:
     return {
         "CERT": str(config_dir / "tls/server.pem"),
         "KEY": str(config_dir / "tls/server.key"),
+        "ROOT": str(config_dir / "ca/root.pem"),  # the shipped config staples OCSP
     }
 
 
