@@ -20,9 +20,6 @@ module                 the rule it holds
 ``admission``          client-certificate admission at a broker (ordered checks)
 ``acl``                the topic ACL: SUBSCRIBE, PUBLISH and the Will
 ``wire``               the EST wire codec (base64 bodies, certs-only PKCS#7)
-``decoding``           the one place client bytes are decoded (parse errors -> 4xx)
-``tls_policy``         TLS versions and cipher suites of every fleet TLS server
-``broker_certs``       the profiles of the broker's server and sidecar certificates
 ``decoding``           untrusted X.509/ASN.1 input: every decode failure becomes a 4xx
 ``fingerprint``        SHA-256 certificate fingerprints and their spellings
 ``files``              atomic, durable file writes
