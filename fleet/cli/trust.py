@@ -42,14 +42,11 @@ def add_manufacturer(ca_file: Path, name: str | None, as_json: bool) -> None:
     """Trust the manufacturer CA certificate(s) in CA.pem.
 
     Every certificate in the file must be a CA (basicConstraints cA=TRUE) and
-    none may be the fleet's own root or issuing CA; otherwise nothing is added.
+    none may belong to a fleet trust domain (the fleet's root, issuing or admin
+    CA, a CA under the fleet root or above it); otherwise nothing is added.
     Prints the SHA-256 fingerprint of each.
     """
-    try:
-        pem = ca_file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {ca_file}: {exc.strerror}") from exc
-    results = admin_ops().trust_manufacturer(pem, name)
+    results = admin_ops().trust_manufacturer(_read_pem(ca_file), name)
     if as_json:
         echo_json([{**_ca_json(r.ca), "added": r.added} for r in results])
         return
@@ -119,11 +116,7 @@ def add_intermediate(ca_file: Path, name: str | None, as_json: bool) -> None:
     or the other certificates in CA.pem); otherwise nothing is added. It is
     never a trust anchor: removing the root distrusts what is below it.
     """
-    try:
-        pem = ca_file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {ca_file}: {exc.strerror}") from exc
-    results = admin_ops().trust_intermediate(pem, name)
+    results = admin_ops().trust_intermediate(_read_pem(ca_file), name)
     if as_json:
         echo_json([{**_ca_json(r.ca), "added": r.added} for r in results])
         return
@@ -165,3 +158,10 @@ def _ca_json(ca: ManufacturerCA) -> dict[str, str]:
         "subject": cert.subject.rfc4514_string(),
         "not_after": json_when(cert.not_valid_after_utc),
     }
+
+
+def _read_pem(ca_file: Path) -> bytes:
+    try:
+        return ca_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {ca_file}: {exc.strerror}") from exc

@@ -5,14 +5,12 @@ from __future__ import annotations
 import os
 import pwd
 import re
-import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from tests.support.binaries import need_binary
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_listening
 from tests.support.process import stop_process
 
 MODULES = Path("/usr/lib/apache2/modules")  # Debian's apache2 package
@@ -55,25 +53,10 @@ class Apache:
             stderr=subprocess.PIPE,
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"},
         )
-        deadline = time.monotonic() + 15
-        while not self._listening():
-            if self._proc.poll() is not None:
-                error = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                log = self.rundir / "error.log"
-                error += log.read_text() if log.exists() else ""
-                raise RuntimeError(f"apache2 exited: {error}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("apache2 did not start listening")
-            time.sleep(0.05)
+        wait_listening(
+            self._proc, self.port, "apache2", timeout=15, stop=self.stop, diagnose=self.error_log
+        )
         return self
-
-    def _listening(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def error_log(self) -> str:
         log = self.rundir / "error.log"

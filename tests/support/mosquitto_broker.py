@@ -13,7 +13,6 @@ import datetime as dt
 import getpass
 import ipaddress
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from fleet.pki.ca import (
 from fleet.pki.keys import PrivateKey, load_private_key_pem
 from tests.support.binaries import need_binary
 from tests.support.factory import write_pem
-from tests.support.ports import free_port
+from tests.support.ports import free_port, listening
 from tests.support.process import stop_process
 
 FLEET_BROKER = str(Path(sys.executable).with_name("fleet-broker"))
@@ -108,7 +107,7 @@ class BrokerNode:
                 [exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + 10
-        while not _listening(self.port):
+        while not listening(self.port):
             if self.broker.poll() is not None:
                 raise RuntimeError(f"mosquitto exited early:\n{self.broker_log.read_text()}")
             if time.monotonic() > deadline:
@@ -175,14 +174,6 @@ def _wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"{path.name} never said {text!r}:\n{content}")
         time.sleep(0.02)
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 _stop = stop_process

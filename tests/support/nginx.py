@@ -5,15 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tests.support.binaries import need_binary
-from tests.support.ports import free_port
+from tests.support.ports import free_port, wait_listening
 from tests.support.process import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,23 +45,8 @@ class Nginx:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        deadline = time.monotonic() + 10
-        while not self._listening():
-            if self._proc.poll() is not None:
-                error = self._proc.stderr.read().decode() if self._proc.stderr else ""
-                raise RuntimeError(f"nginx exited: {error}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("nginx did not start listening")
-            time.sleep(0.05)
+        wait_listening(self._proc, self.port, "nginx", timeout=10, stop=self.stop)
         return self
-
-    def _listening(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
