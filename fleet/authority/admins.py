@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fleet.authority.audit import record_admin_action
 from fleet.kernel.errors import AdminNotFound, RequestInvalid
-from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.fingerprint import MIN_PREFIX, fingerprint_prefix, sha256_fingerprint
 from fleet.kernel.keys import KeyType
 from fleet.kernel.reasons import Reason
 from fleet.pki.ca import CertifiedKey
@@ -30,9 +30,6 @@ _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 ADMIN_CERT_VALIDITY = dt.timedelta(days=365)
 
 
-MIN_FINGERPRINT_PREFIX = 8  # hex digits: `fleet admin list` shows 16
-
-
 def resolve_admin_fingerprint(text: str, credentials: Sequence[AdminCredential]) -> str:
     """The full SHA-256 of the one credential whose fingerprint starts with ``text``.
 
@@ -40,11 +37,11 @@ def resolve_admin_fingerprint(text: str, credentials: Sequence[AdminCredential])
     in any case, with or without colons (as `fleet admin list` and openssl show
     them). No match is AdminNotFound; several are refused, naming them.
     """
-    prefix = "".join(text.split()).replace(":", "").lower()
-    if len(prefix) < MIN_FINGERPRINT_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+    prefix = fingerprint_prefix(text)
+    if prefix is None:
         raise RequestInvalid(
             f"{text[:80]!r} is not a credential fingerprint: give the SHA-256 from "
-            f"`fleet admin list` (at least {MIN_FINGERPRINT_PREFIX} hex digits)",
+            f"`fleet admin list` (at least {MIN_PREFIX} hex digits)",
             reason=Reason.FINGERPRINT_INVALID,
         )
     matches = [c for c in credentials if c.sha256.startswith(prefix)]

@@ -24,6 +24,7 @@ from fleet.kernel.errors import (
     ReplacementKeyRequired,
     StoreConflict,
 )
+from fleet.kernel.fingerprint import fingerprint_prefix
 from fleet.store.protocol import Store
 from fleet.store.records import (
     AuditEvent,
@@ -67,8 +68,8 @@ def approved_key(request: ReplacementRequest, key: str | None) -> str:
                 "say which key to approve; nothing changed"
             )
         return request.key_sha256
-    given = "".join(key.split()).replace(":", "").lower()
-    if len(given) < 8 or not request.key_sha256.startswith(given):
+    given = fingerprint_prefix(key)
+    if given is None or not request.key_sha256.startswith(given):
         raise ReplacementKeyRequired(
             f"the replacement request of device {request.device_id} names key "
             f"{request.key_sha256[:16]}…, not {key[:64]!r}; nothing changed"

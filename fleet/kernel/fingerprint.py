@@ -38,3 +38,15 @@ def normalize_fingerprint(text: str) -> str:
         f"{text!r} is not a SHA-256 fingerprint: expected 64 hex digits "
         f"(colons and spaces allowed), but {problem}"
     )
+
+
+MIN_PREFIX = 8  # hex digits: enough to name one of a fleet's credentials or keys
+
+
+def fingerprint_prefix(text: str) -> str | None:
+    """``text`` as a lowercase hex fingerprint prefix (colons and spaces dropped, at
+    least 8 digits, at most 64), or None if it is not one."""
+    cleaned = _SEPARATORS.sub("", text).lower()
+    if not MIN_PREFIX <= len(cleaned) <= 64 or any(c not in "0123456789abcdef" for c in cleaned):
+        return None
+    return cleaned
