@@ -18,6 +18,11 @@ declare -A PROGRAM=(
   [libssl-dev]=/usr/include/openssl/ssl.h
   [strongswan-pki]=pki
   [chromium]=chromium
+  [softhsm2]=softhsm2-util
+  [postgresql]=/usr/lib/postgresql/15/bin/initdb
+  [haproxy]=haproxy
+  [redis-sentinel]=redis-sentinel
+  [iproute2]=ip
 )
 
 present() {
