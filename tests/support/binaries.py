@@ -25,6 +25,9 @@ PACKAGES = {
     "gcc": "gcc",
     "pki": "strongswan-pki",
     "chromium": "chromium",
+    "ip": "iproute2",
+    "haproxy": "haproxy",
+    "redis-sentinel": "redis-sentinel",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
