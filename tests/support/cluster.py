@@ -59,8 +59,9 @@ MQTT_PORT = 8883
 # -- the store role: one start function per engine ------------------------------------
 
 
-def start_redis(host: Host, directory: Path) -> str:
-    """redis-server on the store host, persisting every write (AOF, fsync always)."""
+def start_redis(host: Host, directory: Path, *extra: str) -> str:
+    """redis-server on ``host`` port 6379, persisting every write (AOF, fsync always);
+    ``extra`` arguments are appended (e.g. ``--replicaof``)."""
     exe = need_binary("redis-server")
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "redis.log"
@@ -74,6 +75,7 @@ def start_redis(host: Host, directory: Path) -> str:
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--dir", directory,
+            *extra,
         ],
         log=log,
     )  # fmt: skip
