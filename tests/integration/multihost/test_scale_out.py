@@ -15,7 +15,6 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from cryptography import x509
@@ -23,10 +22,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from fleet.store.protocol import Store
-from fleet.store.records import CertificateRecord, CertificateStatus, RevocationReason
+from fleet.store.records import RevocationReason
 from tests.support.cluster import MQTT_PORT, Cluster, Enrolled, enroll, fetch
 from tests.support.fleet_server import run_store
 from tests.support.mosquitto_broker import Session
+from tests.support.storm import check_storm, run_storm
 
 REVOKED_WITHIN = 1.0  # seconds from the acknowledged revocation to node B's answers
 SEED = int(os.environ.get("FLEET_TEST_SEED", random.randrange(1 << 30)))
@@ -196,82 +196,23 @@ def test_crl_numbers_never_go_back_for_a_client_alternating_nodes(cluster: Clust
 
 # -- kill -9 a fleet node during an enrollment storm -------------------------------------
 
-STORM_DEVICES = int(os.environ.get("FLEET_STORM_DEVICES", "120"))
-STORM_THREADS = 12
+STORM_DEVICES = int(os.environ.get("FLEET_STORM_DEVICES", "120"))  # bench: 1,000
 
 
 def test_kill_a_fleet_node_during_an_enrollment_storm_loses_no_acknowledged_certificate(
     cluster: Cluster,
 ) -> None:
-    from device_agent.errors import Pending, Transient
-
-    rng = random.Random(SEED)
     print(f"seed {SEED} (FLEET_TEST_SEED), {STORM_DEVICES} devices")
     names = [f"storm-{i:04d}" for i in range(STORM_DEVICES)]
-    rng.shuffle(names)
-    boots = cluster.add_devices(names)
-    received: dict[str, Enrolled] = {}
-    retried: set[str] = set()
-    held: set[str] = set()  # reply lost after the record: the retry is a bootstrap reuse
-    lock = threading.Lock()
-    done = threading.Semaphore(0)
-
-    def device(name: str) -> None:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                got = enroll(cluster, name, boots[name])
-            except Transient:
-                assert time.monotonic() < deadline, f"{name} never enrolled"
-                with lock:
-                    retried.add(name)
-                time.sleep(0.1 + rng.random() * 0.2)
-                continue
-            except Pending:
-                with lock:
-                    held.add(name)
-                break
-            with lock:
-                received[name] = got
-            break
-        done.release()
-
-    node_a = cluster.nodes["fleet-a"]
-    with ThreadPoolExecutor(STORM_THREADS) as pool:
-        futures = [pool.submit(device, name) for name in names]
-        for _ in range(STORM_DEVICES // 3):
-            assert done.acquire(timeout=60), "the storm stalled before the kill"
-        node_a.kill()
-        killed_at = len(received)
-        for future in futures:
-            future.result()
+    random.Random(SEED).shuffle(names)
+    boots = cluster.add_devices(names)  # shuffled: the order they storm in
+    storm = run_storm(cluster, boots, kill_after=STORM_DEVICES // 3, threads=12, seed=SEED)
     print(
-        f"{killed_at} enrolled before kill -9 of node A; then {len(received) - killed_at} more "
-        f"through node B; {len(retried)} retried after an error; {len(held)} held for approval"
+        f"{storm.before_kill} enrolled before kill -9 of node A; then "
+        f"{len(storm.received) - storm.before_kill} more through node B; "
+        f"{len(storm.retried)} retried after an error; {len(storm.held)} held for approval"
     )
-    assert len(received) + len(held) == STORM_DEVICES
-    assert retried, "no device saw node A die: the kill came too late to test anything"
-    assert retried & set(received), "no device retried onto node B"
-
-    # Every certificate a device received is in the store, good, and for that device.
-    issuing = x509.load_pem_x509_certificate(cluster.issuing_pem.read_bytes())
-    node_b = cluster.nodes["fleet-b"]
-
-    async def records(store: Store) -> dict[str, list[CertificateRecord]]:
-        out: dict[str, list[CertificateRecord]] = {}
-        for name in names:
-            out[name] = list(await store.list_certificates(name))
-        return out
-
-    stored = node_b.host.call(lambda: run_store(node_b.config, records, node_b.env))
-    for name, got in received.items():
-        cert = x509.load_pem_x509_certificate(got.cert.read_bytes())
-        cert.verify_directly_issued_by(issuing)
-        matching = [r for r in stored[name] if r.serial == got.serial]
-        assert matching, f"{name}'s certificate {got.serial:x} is not in the store"
-        assert matching[0].status is CertificateStatus.GOOD
-        assert x509.load_pem_x509_certificate(matching[0].pem.encode()) == cert
-    # A device held for approval got no certificate: node A recorded one and died
-    # before the reply, so the retry with the same bootstrap is a bootstrap reuse.
-    for name in held:
-        assert stored[name], f"{name} is held but no certificate was ever recorded for it"
+    assert len(storm.received) + len(storm.held) == STORM_DEVICES
+    assert storm.retried, "no device saw node A die: the kill came too late to test anything"
+    assert storm.retried & set(storm.received), "no device retried onto node B"
+    check_storm(cluster, storm, names, via="fleet-b")
