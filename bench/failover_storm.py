@@ -79,4 +79,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import pytest
+
+    try:
+        sys.exit(main())
+    except pytest.skip.Exception as skipped:  # not root, no `ip netns`: say why
+        print(f"cannot run: {skipped.msg}", file=sys.stderr)
+        sys.exit(2)

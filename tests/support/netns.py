@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -62,7 +63,17 @@ def remove_leftovers(ip: str) -> None:
         name = line.split()[0] if line.split() else ""
         match = _OURS.match(name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
-            subprocess.run([ip, "netns", "delete", name], capture_output=True, check=False)
+            _delete(ip, name)
+
+
+def _delete(ip: str, namespace: str) -> None:
+    """Kill what still runs in ``namespace`` (only programs our runs started there, e.g.
+    the workers of a supervisor killed with -9), by PID, then delete it."""
+    pids = subprocess.run([ip, "netns", "pids", namespace], capture_output=True, text=True)
+    for pid in pids.stdout.split():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run([ip, "netns", "delete", namespace], capture_output=True, check=False)
 
 
 def _enter(namespace: str) -> None:
@@ -245,7 +256,7 @@ class Network:
         for host in self.hosts.values():
             host.stop_all()
         for name in reversed(self._namespaces):
-            subprocess.run([self.ip, "netns", "delete", name], capture_output=True, check=False)
+            _delete(self.ip, name)
         self._namespaces.clear()
 
 
