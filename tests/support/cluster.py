@@ -6,6 +6,7 @@
                                          (Mosquitto + fleet plugin + sidecar, `fleet-broker
                                          mosquitto init`)
     store 10.10.0.31: the shared store both fleet nodes and both sidecars use
+                      (PostgreSQL: its synchronous standby at 10.10.0.32)
 
 The store is a role with one start function per engine (``STORE_ENGINES``):
 Redis today; a PostgreSQL primary with a synchronous standby is another entry
@@ -49,14 +50,28 @@ ADDRESSES = {
     "fleet-b": 12,
     "broker-a": 21,
     "broker-b": 22,
-    "store": 31,
     "device": 100,
 }
+STORE_OCTET = 31  # the store's host; a PostgreSQL standby takes the next address
 EST_PORT = 8443
 MQTT_PORT = 8883
 
 
 # -- the store role: one start function per engine ------------------------------------
+
+
+def start_redis_store(net: Network, directory: Path) -> str:
+    """The store role on Redis: one redis-server on the host "store"."""
+    return start_redis(net.add_host("store", STORE_OCTET), directory)
+
+
+def start_postgresql_store(net: Network, directory: Path) -> str:
+    """The store role on PostgreSQL: a primary ("store") and a synchronous standby
+    ("store-standby"); the URL names both (fleet's PostgreSQL backend is on the
+    pgstore branch: until it is merged, fleet cannot open this URL)."""
+    from tests.support.postgres_replication import start_postgres_pair
+
+    return start_postgres_pair(net, STORE_OCTET).url
 
 
 def start_redis(host: Host, directory: Path, *extra: str) -> str:
@@ -83,7 +98,10 @@ def start_redis(host: Host, directory: Path, *extra: str) -> str:
     return f"redis://{host.address}:6379/0"
 
 
-STORE_ENGINES: dict[str, Callable[[Host, Path], str]] = {"redis": start_redis}
+STORE_ENGINES: dict[str, Callable[[Network, Path], str]] = {
+    "redis": start_redis_store,
+    "postgresql": start_postgresql_store,
+}
 
 
 # -- fleet nodes -------------------------------------------------------------------------
@@ -272,7 +290,7 @@ class Cluster:
 def build_cluster(net: Network, work: Path, *, engine: str = "redis", workers: int = 1) -> Cluster:
     """Every host of the picture, started; torn down with ``net``."""
     hosts = {name: net.add_host(name, octet) for name, octet in ADDRESSES.items()}
-    store_url = STORE_ENGINES[engine](hosts["store"], work / "store")
+    store_url = STORE_ENGINES[engine](net, work / "store")
 
     names = [hosts[n].address for n in ("lb", "fleet-a", "fleet-b")]
     seed = init_data_dir(work / "fleet-a", now=dt.datetime.now(dt.UTC), server_names=names)

@@ -211,6 +211,11 @@ class Network:
         self.switch = f"{self.prefix}-switch"
         self.hosts: dict[str, Host] = {}
         self._namespaces: list[str] = []
+        self._cleanups: list[Callable[[], None]] = []
+
+    def on_close(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` at teardown, after every process has been stopped."""
+        self._cleanups.append(cleanup)
 
     def start(self) -> None:
         self._add_namespace(self.switch)
@@ -258,6 +263,8 @@ class Network:
         for name in reversed(self._namespaces):
             _delete(self.ip, name)
         self._namespaces.clear()
+        while self._cleanups:
+            self._cleanups.pop()()
 
 
 @contextlib.contextmanager
