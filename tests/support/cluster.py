@@ -267,6 +267,10 @@ class Cluster:
         return self.nodes["fleet-a"].data_dir / "ca/issuing.pem"
 
     @property
+    def balancer_log(self) -> Path:
+        return self.work / "lb/haproxy.log"
+
+    @property
     def est_url(self) -> str:
         return f"https://{self.lb.address}:{EST_PORT}"
 

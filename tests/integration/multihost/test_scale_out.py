@@ -23,7 +23,7 @@ from cryptography.x509 import ocsp
 
 from fleet.store.protocol import Store
 from fleet.store.records import RevocationReason
-from tests.support.cluster import MQTT_PORT, Cluster, Enrolled, enroll, fetch
+from tests.support.cluster import MQTT_PORT, Cluster, Enrolled, enroll, fetch, wait_log
 from tests.support.fleet_server import run_store
 from tests.support.mosquitto_broker import Session
 from tests.support.storm import check_storm, run_storm
@@ -215,4 +215,6 @@ def test_kill_a_fleet_node_during_an_enrollment_storm_loses_no_acknowledged_cert
     assert len(storm.received) + len(storm.held) == STORM_DEVICES
     assert storm.retried, "no device saw node A die: the kill came too late to test anything"
     assert storm.retried & set(storm.received), "no device retried onto node B"
+    # The balancer's health check took node A out (so new devices stop trying it).
+    wait_log(cluster.balancer_log, "fleet_nodes/fleet-a is DOWN", None, timeout=5)
     check_storm(cluster, storm, names, via="fleet-b")
