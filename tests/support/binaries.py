@@ -28,6 +28,7 @@ PACKAGES = {
     "ip": "iproute2",
     "haproxy": "haproxy",
     "redis-sentinel": "redis-sentinel",
+    "postgres": "postgresql",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")

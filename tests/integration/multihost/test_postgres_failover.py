@@ -20,12 +20,13 @@ from __future__ import annotations
 import threading
 import time
 
+import psycopg
 import pytest
 
 from tests.support.netns import network
 from tests.support.postgres_replication import PostgresPair, start_postgres_pair
 
-psycopg = pytest.importorskip("psycopg")
+pytestmark = [pytest.mark.needs_binary("ip"), pytest.mark.needs_binary("postgres")]
 
 
 class Writer:

@@ -26,11 +26,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
+
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 from fleet.store.records import DeviceState, ManifestEntry, RevocationReason
 from tests.support.netns import Host, network
 from tests.support.redis_sentinel import ReplicatedRedis, start_replicated_redis
+
+pytestmark = [
+    pytest.mark.needs_binary("ip"),
+    pytest.mark.needs_binary("redis-server"),
+    pytest.mark.needs_binary("redis-sentinel"),
+]
 
 T = TypeVar("T")
 REVOCATIONS = 5

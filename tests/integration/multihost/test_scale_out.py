@@ -28,6 +28,14 @@ from tests.support.fleet_server import run_store
 from tests.support.mosquitto_broker import Session
 from tests.support.storm import check_storm, run_storm
 
+pytestmark = [
+    pytest.mark.needs_binary("ip"),
+    pytest.mark.needs_binary("haproxy"),
+    pytest.mark.needs_binary("redis-server"),
+    pytest.mark.needs_binary("mosquitto"),
+    pytest.mark.needs_binary("gcc"),
+]
+
 REVOKED_WITHIN = 1.0  # seconds from the acknowledged revocation to node B's answers
 SEED = int(os.environ.get("FLEET_TEST_SEED", random.randrange(1 << 30)))
 
