@@ -49,8 +49,9 @@ def _wait(condition: Callable[[], bool], within: float, what: str) -> float:
     return time.monotonic() - started
 
 
-def _mqtt(cluster: Cluster, device: Enrolled) -> Session:
-    """An MQTT session of ``device`` through the balancer, from the device host."""
+def _mqtt(cluster: Cluster, device: Enrolled, address: str | None = None) -> Session:
+    """An MQTT session of ``device`` through the balancer (or straight to ``address``),
+    from the device host."""
 
     def connect() -> Session:
         session = Session(
@@ -59,9 +60,9 @@ def _mqtt(cluster: Cluster, device: Enrolled) -> Session:
             cert=device.cert,
             key=device.key,
             client_id=device.device_id,
-            host=cluster.lb.address,
+            host=address or cluster.lb.address,
         )
-        assert session.open(10), f"{device.device_id} was not admitted through the balancer"
+        assert session.open(10), f"{device.device_id} was not admitted at {session.host}"
         return session
 
     return cluster.device.call(connect)
@@ -200,6 +201,28 @@ def test_crl_numbers_never_go_back_for_a_client_alternating_nodes(cluster: Clust
     backwards = [(a, b) for a, b in itertools.pairwise(seen) if b[1] < a[1]]
     print(f"{len(seen)} CRLs fetched, {len(backwards)} steps back, e.g. {backwards[:3]}")
     assert not backwards
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="each Mosquitto node enforces one session per client id only among its own "
+    "clients: a device on node A that connects to node B keeps both sessions (issue 14; "
+    "one session per device across broker nodes is the perf branch's: flip this mark at merge)",
+)
+def test_a_device_connecting_to_broker_b_while_on_broker_a_ends_with_one_session(
+    cluster: Cluster,
+) -> None:
+    boots = cluster.add_devices(["twice-1"])
+    device = enroll(cluster, "twice-1", boots["twice-1"])
+    on_a = _mqtt(cluster, device, cluster.brokers["broker-a"].host.address)
+    on_b = _mqtt(cluster, device, cluster.brokers["broker-b"].host.address)
+    try:
+        # MQTT: a new connection with a client id in use closes the older session.
+        assert on_a.disconnected.wait(3), "the older session on broker A is still open"
+        assert not on_b.disconnected.is_set(), "the newer session on broker B was closed"
+    finally:
+        on_a.close()
+        on_b.close()
 
 
 # -- kill -9 a fleet node during an enrollment storm -------------------------------------
