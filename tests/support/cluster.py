@@ -30,9 +30,14 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from device_agent.est_client import ClientCertificate, EstClient
+from device_agent.keystore import FileKey
 from fleet.datadir import init_data_dir
 from fleet.kernel.fingerprint import sha256_fingerprint
-from fleet.pki.ca import CertifiedKey
+from fleet.pki.ca import CertifiedKey, certificate_to_pem
 from tests.support.binaries import need_binary
 from tests.support.factory import make_bootstrap, make_manufacturer, manifest_csv, write_pem
 from tests.support.netns import Host, Network
@@ -364,13 +369,6 @@ class Enrolled:
 def enroll(cluster: Cluster, device_id: str, bootstrap: tuple[Path, Path]) -> Enrolled:
     """First enrollment of ``device_id`` through the balancer, with the device agent's
     EST client and a fresh P-256 key, from the device host."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    from device_agent.est_client import ClientCertificate, EstClient
-    from device_agent.keystore import FileKey
-    from fleet.pki.ca import certificate_to_pem
-
     root = x509.load_pem_x509_certificate(cluster.root_pem.read_bytes())
     directory = cluster.work / "devices"
     directory.mkdir(exist_ok=True)

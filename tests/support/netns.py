@@ -24,6 +24,7 @@ import ctypes
 import os
 import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -170,7 +171,6 @@ class Host:
 
     def listening(self, port: int) -> bool:
         """Whether something accepts TCP connections on this host's address and ``port``."""
-        import socket
 
         def probe() -> bool:
             try:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from device_agent.errors import Pending, Transient
 from fleet.store.protocol import Store
 from fleet.store.records import CertificateRecord, CertificateStatus
 from tests.support.cluster import Cluster, Enrolled, enroll
@@ -51,8 +52,6 @@ def run_storm(
     """Enroll the devices of ``boots`` (name -> bootstrap cert and key, in the manifest
     already) with ``threads`` at once; kill -9 node ``kill`` once ``kill_after`` devices
     have finished."""
-    from device_agent.errors import Pending, Transient
-
     storm = Storm(len(boots))
     lock = threading.Lock()
     finished = threading.Semaphore(0)

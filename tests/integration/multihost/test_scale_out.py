@@ -2,8 +2,10 @@
 
 The picture is tests/support/cluster.py's (and the README's "Scale out"): devices
 reach everything through the balancer with TLS end to end; the two fleet
-nodes and the two broker sidecars share one store (Redis). The kill -9 test
-runs last: it takes node A down for good.
+nodes and the two broker sidecars share one store (Redis). Two tests prove
+today's gaps as strict xfails (CRL numbers across nodes, one session per
+device across broker nodes): the branches that close them flip the marks.
+The kill -9 test runs last: it takes node A down for good.
 """
 
 from __future__ import annotations
