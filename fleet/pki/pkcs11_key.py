@@ -84,6 +84,19 @@ class TokenSession:
     def token(self) -> Pkcs11Uri:
         return self._token
 
+    def same_pin(self, pin: bytes) -> bool:
+        return secrets.compare_digest(self._pin, pin)
+
+    def make_writable(self) -> None:
+        """Reopen read-write (for generating keys); the next call logs in again."""
+        with self._lock:
+            if self._rw:
+                return
+            self._rw = True
+            if self._session is not None and self._pid == os.getpid():
+                self._session.close()
+            self._session = None
+
     def run(self, what: str, call: Callable[[Any], _T]) -> _T:
         """``call(session)`` under the lock; one fresh login and retry when handles went stale."""
         with self._lock:
@@ -108,6 +121,10 @@ class TokenSession:
         token = _find_token(library, self._token)
         try:
             self._session = token.open(user_pin=_pin_text(self._pin), rw=self._rw)
+        except p11.UserAlreadyLoggedIn:
+            # PKCS#11 logs in a whole process at once; another session of this process
+            # did, with the one PIN open_token lets a process use for this token.
+            self._session = token.open(rw=self._rw)
         except p11.PinIncorrect:
             raise ConfigError(
                 f"the PIN for PKCS#11 token {self._token.token!r} is wrong",
@@ -144,7 +161,9 @@ def _load_module(module: Path) -> Any:
             "/usr/lib/softhsm/libsofthsm2.so (Debian package softhsm2).",
         )
     try:
-        return pkcs11.lib(str(module))
+        # python-pkcs11 loads one module per process, by its path string: always
+        # the real path, so a symlink and its target are the same module.
+        return pkcs11.lib(str(module.resolve()))
     except (p11.PKCS11Error, OSError, RuntimeError) as exc:
         raise ConfigError(
             f"cannot load the PKCS#11 module {module}: {type(exc).__name__}",
@@ -175,12 +194,16 @@ def _find_token(library: Any, uri: Pkcs11Uri) -> Any:
     return found[0]
 
 
-_SESSIONS: dict[tuple[Path, Pkcs11Uri, bytes, bool], TokenSession] = {}
+_SESSIONS: dict[tuple[Path, Pkcs11Uri], TokenSession] = {}
 _SESSIONS_LOCK = threading.Lock()
 
 
 def open_token(module: Path, uri: Pkcs11Uri, pin: bytes, *, rw: bool = False) -> TokenSession:
-    """This process's session with the token ``uri`` names (its key attributes ignored)."""
+    """This process's session with the token ``uri`` names (its key attributes ignored).
+
+    One per process and token: PKCS#11 logs a whole process in, so a second
+    session with another PIN would either fail or ride on the first login.
+    """
     if not pin:
         raise ConfigError(
             "no PIN for the PKCS#11 token",
@@ -190,10 +213,21 @@ def open_token(module: Path, uri: Pkcs11Uri, pin: bytes, *, rw: bool = False) ->
         )
     token = Pkcs11Uri(uri.token, uri.manufacturer, uri.model, uri.serial)
     with _SESSIONS_LOCK:
-        session = _SESSIONS.get((module, token, pin, rw))
+        session = _SESSIONS.get((module, token))
         if session is None:
             session = TokenSession(module, token, pin, rw=rw)
-            _SESSIONS[(module, token, pin, rw)] = session
+            _SESSIONS[(module, token)] = session
+        elif not session.same_pin(pin):
+            # The token has one user PIN and this process is logged in with another:
+            # this one cannot be right, and must not ride on the existing login.
+            raise ConfigError(
+                f"the PIN for PKCS#11 token {token.token!r} is wrong",
+                reason=Reason.PKCS11_PIN_INCORRECT,
+                hint="Give every key in this token the same PIN ([ca] pkcs11_pin_file or "
+                "FLEET_PKCS11_PIN).",
+            )
+        elif rw:
+            session.make_writable()
     session.run("open a session", lambda _: None)  # log in now: a wrong PIN fails here
     return session
 

@@ -25,6 +25,7 @@ PACKAGES = {
     "gcc": "gcc",
     "pki": "strongswan-pki",
     "chromium": "chromium",
+    "softhsm2-util": "softhsm2",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
