@@ -33,7 +33,7 @@ from pkcs11 import Attribute, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from fleet.kernel.errors import ConfigError, FleetError
+from fleet.kernel.errors import ConfigError, FleetError, ServerUnavailable
 from fleet.kernel.keys import KeyType
 from fleet.kernel.reasons import Reason
 from fleet.pki.pkcs11_uri import Pkcs11Uri
@@ -59,7 +59,7 @@ _RECONNECT = (p11.SessionHandleInvalid, p11.SessionClosed, p11.UserNotLoggedIn,
 
 def _refused(what: str, exc: BaseException) -> FleetError:
     # Only the exception class: a PKCS#11 module's text may echo what it was given.
-    return FleetError(
+    return ServerUnavailable(
         f"the PKCS#11 token refused to {what} ({type(exc).__name__})",
         reason=Reason.PKCS11_FAILED,
         hint="Check that the token is present and unlocked (softhsm2-util --show-slots, "
@@ -248,9 +248,14 @@ class _KeyRef:
         return self._handle
 
     def sign(self, data: bytes, mechanism: Mechanism) -> bytes:
-        signature: bytes = self.session.run(
-            "sign", lambda s: self.find(s).sign(data, mechanism=mechanism)
-        )
+        try:
+            signature: bytes = self.session.run(
+                "sign", lambda s: self.find(s).sign(data, mechanism=mechanism)
+            )
+        except ConfigError as exc:
+            # The key was there at startup (it was loaded): while serving, a token
+            # that lost it is the server being unavailable (503), not a request's fault.
+            raise ServerUnavailable(exc.message, reason=exc.reason, hint=exc.hint) from None
         return signature
 
 

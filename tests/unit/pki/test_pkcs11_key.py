@@ -11,6 +11,7 @@ import datetime as dt
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pkcs11
 import pytest
@@ -21,7 +22,7 @@ from cryptography.x509 import ocsp
 from pkcs11 import Attribute, ObjectClass
 
 from fleet.config import parse_config
-from fleet.kernel.errors import ConfigError
+from fleet.kernel.errors import ConfigError, ServerUnavailable
 from fleet.kernel.keys import KeyType
 from fleet.kernel.reasons import Reason
 from fleet.pki.ca import CertifiedKey, certificate_to_pem, create_issuing_ca, create_root_ca
@@ -259,9 +260,10 @@ def test_a_key_named_by_label_alone_is_found_again(
     hsm: SoftHsm, maker: TokenKeyMaker, now: dt.datetime
 ) -> None:
     key = maker.make(KeyRole.ROOT, KeyType.EC_P256)
+    maker.make(KeyRole.ROOT, KeyType.EC_P256)  # a second key labelled fleet-root
     assert isinstance(key, pkcs11_key_types())
     session = open_token(hsm.module, key.uri, hsm.pin)
-    # Several fleet-root keys exist by now: the label alone is ambiguous, label+id is not.
+    # The label alone is ambiguous now, label + id is not.
     again = load_token_key(session, key.uri)
     assert again.public_key() == key.public_key()
     label_only = Pkcs11Uri(token=hsm.token, object="fleet-root")
@@ -270,3 +272,22 @@ def test_a_key_named_by_label_alone_is_found_again(
     assert caught.value.reason == Reason.CA_KEY_AMBIGUOUS
     root = create_root_ca("by label", now=now, key=again)
     assert certificate_to_pem(root.certificate).startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_a_key_that_vanishes_while_serving_makes_signing_unavailable_not_a_500(
+    hsm: SoftHsm, maker: TokenKeyMaker
+) -> None:
+    key = maker.make(KeyRole.ISSUING, KeyType.EC_P256)
+    assert isinstance(key, pkcs11_key_types())
+    sign_data(key, b"before")
+    session = open_token(hsm.module, key.uri, hsm.pin)
+
+    def destroy(s: Any) -> None:
+        for kind in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+            (found,) = s.get_objects({Attribute.CLASS: kind, Attribute.ID: key.uri.id})
+            found.destroy()
+
+    session.run("destroy", destroy)
+    with pytest.raises(ServerUnavailable) as caught:  # the HTTP layer's 503
+        sign_data(key, b"after")
+    assert caught.value.reason in (Reason.CA_KEY_MISSING, Reason.PKCS11_FAILED)
