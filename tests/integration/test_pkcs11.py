@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import pty
+import select
 import subprocess
 import sys
 import tomllib
@@ -26,11 +28,12 @@ from fleet.pki.pkcs11_key import open_token
 from fleet.pki.pkcs11_uri import parse_pkcs11_uri
 from fleet.store.records import RevocationReason
 from tests.integration.est.conftest import Fleet, trust_manufacturer
+from tests.integration.test_readme import README, sh_blocks
 from tests.support.factory import make_manufacturer
 from tests.support.fleet_server import FleetServer, run_store
 from tests.support.openssl import openssl
 from tests.support.ports import free_port
-from tests.support.softhsm import SoftHsm, shared_softhsm
+from tests.support.softhsm import SoftHsm, shared_softhsm, softhsm_module
 
 pytestmark = [
     pytest.mark.needs_binary("softhsm2-util"),
@@ -215,3 +218,86 @@ def test_serve_refuses_a_token_key_that_is_not_the_certificates(
     output = _serve_refused(config_path, {**hsm.env, "FLEET_CA_KEY_STORE": admin_key})
     assert "reason: ca_key_mismatch" in output
     run_store(config_path, lambda store: store.feed_head())  # the store is untouched
+
+
+README_SECTION = "CA keys in an HSM (PKCS#11)"
+
+
+def _run_with_terminal(
+    script: Path, cwd: Path, env: dict[str, str], answers: dict[bytes, bytes]
+) -> tuple[int, str]:
+    """Run ``bash script`` on a pseudo-terminal, answering each prompt that ends a chunk."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        ["bash", str(script)], cwd=cwd, env=env, stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    output = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 60)
+            if not ready:
+                break
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the script ended
+                break
+            if not chunk:
+                break
+            output += chunk
+            last = chunk.rstrip().rsplit(b"\n", 1)[-1]
+            for prompt, answer in answers.items():
+                if prompt in last and last.endswith(b":"):
+                    os.write(master, answer + b"\n")
+                    break
+    finally:
+        os.close(master)
+    return proc.wait(timeout=60), output.decode(errors="replace")
+
+
+def test_the_readme_hsm_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    softhsm_module()
+    (block,) = sh_blocks(README.read_text(), (README_SECTION,))[README_SECTION]
+    serve_lines = [line for line in block.lines if line.startswith("fleet serve")]
+    assert len(serve_lines) == 1
+    # Everything up to `fleet serve`, exactly as written; the server is started
+    # below on a free port instead of the documented one.
+    script = tmp_path / "hsm.sh"
+    script.write_text(
+        "set -e\n" + "\n".join(line for line in block.lines if line not in serve_lines) + "\n"
+    )
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+    }
+    pin = b"readme-pin-4711"
+    code, output = _run_with_terminal(
+        script, tmp_path, env, {b"SO PIN": b"readme-so-pin", b"user PIN": pin}
+    )
+    assert code == 0, output
+    assert pin.decode() not in output
+    assert sorted(p.name for p in (tmp_path / "fleet-hsm/ca").iterdir()) == [
+        "admin.pem", "issuing.pem", "root.pem",
+    ]  # fmt: skip
+    assert (tmp_path / "hsm/user.pin").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "hsm/user.pin").read_bytes() == pin + b"\n"
+
+    documented = serve_lines[0].split("#")[0].split()
+    assert documented[:4] == ["fleet", "serve", "--config", "fleet-hsm/fleet.toml"]
+    server = FleetServer(
+        tmp_path / "fleet-hsm/fleet.toml",
+        env={"SOFTHSM2_CONF": str(tmp_path / "hsm/softhsm2.conf")},
+    ).start()
+    try:
+        crl = subprocess.run(
+            ["curl", "-sS", "--fail", "--cacert", str(server.root_pem), f"{server.base}/crl"],
+            capture_output=True, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        verified = openssl(
+            "crl", "-inform", "DER", "-CAfile", server.issuing_pem, "-noout", input=crl
+        )
+        assert "verify OK" in (verified.stdout + verified.stderr).decode()
+    finally:
+        server.stop()
