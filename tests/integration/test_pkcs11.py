@@ -176,6 +176,49 @@ def test_enroll_renew_revoke_crl_and_ocsp_signed_in_the_token(fleet: Fleet) -> N
     assert f"{renewed}: revoked" in output
 
 
+def test_admin_crl_and_broker_commands_sign_with_the_token(
+    hsm: SoftHsm, config_path: Path, tmp_path: Path
+) -> None:
+    data = config_path.parent
+    env = {**hsm.env, "FLEET_CONFIG": str(config_path)}
+    created = _fleet_cli("admin", "create", "ops", "--role", "admin", "--out", tmp_path, env=env)
+    assert created.returncode == 0, created.stderr
+    openssl("verify", "-CAfile", data / "ca/root.pem", "-untrusted", data / "ca/admin.pem",
+            tmp_path / "ops.pem")  # fmt: skip
+
+    crl = _fleet_cli("crl", "--out", tmp_path / "broker.crl", env=env)
+    assert crl.returncode == 0, crl.stderr
+    openssl("crl", "-in", tmp_path / "broker.crl", "-CAfile", data / "ca/issuing.pem", "-noout")
+
+    openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", tmp_path / "broker.key", "-subj", "/CN=broker.example",
+        "-addext", "subjectAltName=DNS:broker.example", "-out", tmp_path / "broker.csr",
+    )  # fmt: skip
+    signed = _fleet_cli(
+        "broker-cert", "sign", "--csr", tmp_path / "broker.csr", "--out", tmp_path / "broker.pem",
+        env=env,
+    )  # fmt: skip
+    assert signed.returncode == 0, signed.stderr
+    # The broker's server certificate is signed by the root, whose key is in the token too.
+    openssl("verify", "-CAfile", data / "ca/root.pem", tmp_path / "broker.pem")
+
+
+def test_every_worker_logs_in_to_the_token(fleet: Fleet, hsm: SoftHsm) -> None:
+    server = FleetServer(fleet.server.config_path, env=hsm.env, workers=2).start()
+    try:
+        chain = fleet.work / "chain-workers.pem"
+        chain.write_bytes(server.root_pem.read_bytes() + server.issuing_pem.read_bytes())
+        workers = Fleet(server, fleet.manufacturer, fleet.work)
+        for n in range(4):  # spread over both workers by SO_REUSEPORT
+            device = workers.new_device()
+            _key, csr = workers.csr(f"worker-{n}")
+            cert = workers.issued(workers.enroll(device, csr), f"worker-{n}")
+            openssl("verify", "-CAfile", chain, cert)
+    finally:
+        server.stop()
+
+
 def _serve_refused(config_path: Path, env: dict[str, str]) -> str:
     """Run `fleet serve` expecting a refusal: exit code 1, the reason, no traceback."""
     proc = _fleet_cli(
