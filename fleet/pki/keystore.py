@@ -33,8 +33,8 @@ from fleet.pki.pkcs11_key import (
     TokenRsaPrivateKey,
     generate_token_key,
     load_token_key,
-    open_token,
 )
+from fleet.pki.pkcs11_session import open_token
 from fleet.pki.pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 
 FILE_STORE = "file"

@@ -4,22 +4,14 @@ A token key is a subclass of cryptography's ``ec.EllipticCurvePrivateKey`` /
 ``rsa.RSAPrivateKey`` whose ``sign()`` sends the digest to the token (C_Sign
 with CKM_ECDSA or CKM_RSA_PKCS), so certificates, CRLs and OCSP responses are
 built and signed by cryptography's builders unchanged; the key's bytes never
-leave the token (CKA_SENSITIVE, not CKA_EXTRACTABLE).
-
-One logged-in session per process and token: PKCS#11 handles do not survive a
-fork (the child must C_Initialize again), and a session is not safe for
-concurrent use, so every call goes through one lock and a process that finds
-itself forked reinitialises the module and logs in again before signing.
+leave the token (CKA_SENSITIVE, not CKA_EXTRACTABLE). Sessions, locking and
+fork handling are ``fleet.pki.pkcs11_session``'s.
 """
 
 from __future__ import annotations
 
-import os
 import secrets
-import threading
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NoReturn, TypeAlias, TypeVar
+from typing import Any, NoReturn, TypeAlias
 
 import pkcs11
 from cryptography.hazmat.primitives import hashes, serialization
@@ -30,15 +22,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 from pkcs11 import Attribute, Mechanism, ObjectClass
-from pkcs11 import exceptions as p11
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from fleet.kernel.errors import ConfigError, FleetError, ServerUnavailable
+from fleet.kernel.errors import ConfigError, ServerUnavailable
 from fleet.kernel.keys import KeyType
 from fleet.kernel.reasons import Reason
+from fleet.pki.pkcs11_session import TokenSession, refused
 from fleet.pki.pkcs11_uri import Pkcs11Uri
 
-_T = TypeVar("_T")
 _Data: TypeAlias = bytes | bytearray | memoryview
 _CURVES: dict[KeyType, tuple[str, ec.EllipticCurve]] = {
     KeyType.EC_P256: ("1.2.840.10045.3.1.7", ec.SECP256R1()),
@@ -52,184 +43,6 @@ _DIGEST_INFO = {
     "sha384": bytes.fromhex("3041300d060960864801650304020205000430"),
     "sha512": bytes.fromhex("3051300d060960864801650304020305000440"),
 }
-# Errors after which a fresh login may succeed (token re-inserted, handles lost).
-_RECONNECT = (p11.SessionHandleInvalid, p11.SessionClosed, p11.UserNotLoggedIn,
-              p11.ObjectHandleInvalid, p11.KeyHandleInvalid, p11.DeviceRemoved)  # fmt: skip
-
-
-def _refused(what: str, exc: BaseException) -> FleetError:
-    # Only the exception class: a PKCS#11 module's text may echo what it was given.
-    return ServerUnavailable(
-        f"the PKCS#11 token refused to {what} ({type(exc).__name__})",
-        reason=Reason.PKCS11_FAILED,
-        hint="Check that the token is present and unlocked (softhsm2-util --show-slots, "
-        "or the HSM's own tools), then restart fleet.",
-    )
-
-
-class TokenSession:
-    """A logged-in session with one token, shared by the keys in it and serialised."""
-
-    def __init__(self, module: Path, token: Pkcs11Uri, pin: bytes, *, rw: bool) -> None:
-        self._module = module
-        self._token = token
-        self._pin = pin
-        self._rw = rw
-        self._lock = threading.RLock()
-        self._session: Any = None
-        self._pid = 0
-        self.generation = 0  # bumps on every (re)login: object handles from before are stale
-
-    @property
-    def token(self) -> Pkcs11Uri:
-        return self._token
-
-    def same_pin(self, pin: bytes) -> bool:
-        return secrets.compare_digest(self._pin, pin)
-
-    def make_writable(self) -> None:
-        """Reopen read-write (for generating keys); the next call logs in again."""
-        with self._lock:
-            if self._rw:
-                return
-            self._rw = True
-            if self._session is not None and self._pid == os.getpid():
-                self._session.close()
-            self._session = None
-
-    def run(self, what: str, call: Callable[[Any], _T]) -> _T:
-        """``call(session)`` under the lock; one fresh login and retry when handles went stale."""
-        with self._lock:
-            try:
-                return call(self._current())
-            except _RECONNECT:
-                self._session = None
-            except p11.PKCS11Error as exc:
-                raise _refused(what, exc) from None
-            try:
-                return call(self._current())
-            except p11.PKCS11Error as exc:
-                raise _refused(what, exc) from None
-
-    def _current(self) -> Any:
-        if self._session is not None and self._pid == os.getpid():
-            return self._session
-        library = _load_module(self._module)
-        if self._pid not in (0, os.getpid()):
-            # A forked child: the parent's C_Initialize and handles mean nothing here.
-            library.reinitialize()
-        token = _find_token(library, self._token)
-        try:
-            self._session = token.open(user_pin=_pin_text(self._pin), rw=self._rw)
-        except p11.UserAlreadyLoggedIn:
-            # PKCS#11 logs in a whole process at once; another session of this process
-            # did, with the one PIN open_token lets a process use for this token.
-            self._session = token.open(rw=self._rw)
-        except p11.PinIncorrect:
-            raise ConfigError(
-                f"the PIN for PKCS#11 token {self._token.token!r} is wrong",
-                reason=Reason.PKCS11_PIN_INCORRECT,
-                hint="Put the user PIN in [ca] pkcs11_pin_file (mode 0600) or FLEET_PKCS11_PIN. "
-                "Too many wrong PINs lock the token.",
-            ) from None
-        except p11.PKCS11Error as exc:
-            raise ConfigError(
-                f"cannot log in to PKCS#11 token {self._token.token!r} ({type(exc).__name__})",
-                reason=Reason.PKCS11_FAILED,
-                hint="The PIN may be locked or not initialised; check with the token's tools.",
-            ) from None
-        self._pid = os.getpid()
-        self.generation += 1
-        return self._session
-
-
-def _pin_text(pin: bytes) -> str:
-    try:
-        return pin.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(
-            "the PKCS#11 PIN is not UTF-8 text", reason=Reason.PKCS11_PIN_INCORRECT
-        ) from None
-
-
-def _load_module(module: Path) -> Any:
-    if not module.is_file():
-        raise ConfigError(
-            f"the PKCS#11 module {module} does not exist",
-            reason=Reason.PKCS11_MODULE_UNAVAILABLE,
-            hint="Set [ca] pkcs11_module to the token's library, e.g. "
-            "/usr/lib/softhsm/libsofthsm2.so (Debian package softhsm2).",
-        )
-    try:
-        # python-pkcs11 loads one module per process, by its path string: always
-        # the real path, so a symlink and its target are the same module.
-        return pkcs11.lib(str(module.resolve()))
-    except (p11.PKCS11Error, OSError, RuntimeError) as exc:
-        raise ConfigError(
-            f"cannot load the PKCS#11 module {module}: {type(exc).__name__}",
-            reason=Reason.PKCS11_MODULE_UNAVAILABLE,
-            hint="Check that it is a PKCS#11 library for this machine (and its own config, "
-            "e.g. SOFTHSM2_CONF, is readable). One process uses one PKCS#11 module.",
-        ) from None
-
-
-def _find_token(library: Any, uri: Pkcs11Uri) -> Any:
-    serial = uri.serial.encode() if uri.serial is not None else None
-    try:
-        found = [
-            token
-            for token in library.get_tokens(token_label=uri.token, token_serial=serial)
-            if (uri.manufacturer is None or token.manufacturer_id == uri.manufacturer)
-            and (uri.model is None or token.model == uri.model)
-        ]
-    except p11.PKCS11Error as exc:
-        raise _refused("list its tokens", exc) from None
-    if len(found) != 1:
-        raise ConfigError(
-            f"{'no' if not found else len(found)} PKCS#11 token(s) match {uri}",
-            reason=Reason.PKCS11_TOKEN_NOT_FOUND,
-            hint="List the tokens (softhsm2-util --show-slots, or p11tool --list-tokens) and "
-            "name exactly one by its label (and serial when labels repeat).",
-        )
-    return found[0]
-
-
-_SESSIONS: dict[tuple[Path, Pkcs11Uri], TokenSession] = {}
-_SESSIONS_LOCK = threading.Lock()
-
-
-def open_token(module: Path, uri: Pkcs11Uri, pin: bytes, *, rw: bool = False) -> TokenSession:
-    """This process's session with the token ``uri`` names (its key attributes ignored).
-
-    One per process and token: PKCS#11 logs a whole process in, so a second
-    session with another PIN would either fail or ride on the first login.
-    """
-    if not pin:
-        raise ConfigError(
-            "no PIN for the PKCS#11 token",
-            reason=Reason.PKCS11_PIN_MISSING,
-            hint="Put the user PIN in [ca] pkcs11_pin_file (mode 0600) or FLEET_PKCS11_PIN; "
-            "never on a command line.",
-        )
-    token = Pkcs11Uri(uri.token, uri.manufacturer, uri.model, uri.serial)
-    with _SESSIONS_LOCK:
-        session = _SESSIONS.get((module, token))
-        if session is None:
-            session = TokenSession(module, token, pin, rw=rw)
-            _SESSIONS[(module, token)] = session
-        elif not session.same_pin(pin):
-            # The token has one user PIN and this process is logged in with another:
-            # this one cannot be right, and must not ride on the existing login.
-            raise ConfigError(
-                f"the PIN for PKCS#11 token {token.token!r} is wrong",
-                reason=Reason.PKCS11_PIN_INCORRECT,
-                hint="Give every key in this token the same PIN ([ca] pkcs11_pin_file or "
-                "FLEET_PKCS11_PIN).",
-            )
-        elif rw:
-            session.make_writable()
-    session.run("open a session", lambda _: None)  # log in now: a wrong PIN fails here
-    return session
 
 
 class _KeyRef:
@@ -321,7 +134,7 @@ class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
         raw = self._ref.sign(digest, Mechanism.ECDSA)
         size = (self.curve.key_size + 7) // 8
         if len(raw) != 2 * size:
-            raise _refused("sign", ValueError("signature of unexpected length"))
+            raise refused("sign", ValueError("signature of unexpected length"))
         return encode_dss_signature(
             int.from_bytes(raw[:size], "big"), int.from_bytes(raw[size:], "big")
         )

@@ -24,7 +24,7 @@ import pytest
 from cryptography import x509
 from pkcs11 import Attribute, ObjectClass
 
-from fleet.pki.pkcs11_key import open_token
+from fleet.pki.pkcs11_session import open_token
 from fleet.pki.pkcs11_uri import parse_pkcs11_uri
 from fleet.store.records import RevocationReason
 from tests.integration.est.conftest import Fleet, trust_manufacturer

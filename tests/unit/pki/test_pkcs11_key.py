@@ -31,7 +31,8 @@ from fleet.pki.issuance import issue_device_certificate
 from fleet.pki.keys import PrivateKey, sign_data
 from fleet.pki.keystore import CaKeySecrets, KeyRole, TokenKeyMaker, load_ca_key
 from fleet.pki.ocsp import Good, build_ocsp_response
-from fleet.pki.pkcs11_key import TokenPrivateKey, load_token_key, open_token
+from fleet.pki.pkcs11_key import TokenPrivateKey, load_token_key
+from fleet.pki.pkcs11_session import open_token
 from fleet.pki.pkcs11_uri import Pkcs11Uri, parse_pkcs11_uri
 from fleet.pki.profile import DeviceProfile
 from tests.support.openssl import openssl
