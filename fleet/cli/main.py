@@ -142,6 +142,9 @@ def init(
     click.echo(f"Created fleet data directory {result.data_dir}")
     click.echo(f"  config:        {result.config_path}")
     click.echo(f"  server names:  {', '.join(result.server_names)}")
+    if token is not None:
+        # Only the token's name: the keys' URIs (label and id) are in fleet.toml.
+        click.echo(f"  CA keys:       in PKCS#11 token {pkcs11_uri} (URIs in fleet.toml)")
     click.echo("Devices pin the fleet root by this SHA-256 fingerprint:")
     click.echo(f"  {result.root_fingerprint}")
     click.echo(f"Next: fleet serve --config {result.config_path}")

@@ -65,6 +65,7 @@ def config_path(hsm: SoftHsm, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--pkcs11-pin-file", hsm.pin_file, env=hsm.env,
     )  # fmt: skip
     assert init.returncode == 0, init.stderr
+    assert f"CA keys:       in PKCS#11 token {hsm.uri}" in init.stdout
     assert hsm.pin.decode() not in init.stdout + init.stderr
     return data / "fleet.toml"
 
@@ -174,6 +175,16 @@ def test_enroll_renew_revoke_crl_and_ocsp_signed_in_the_token(fleet: Fleet) -> N
     output = (answer.stdout + answer.stderr).decode()
     assert "Response verify OK" in output
     assert f"{renewed}: revoked" in output
+
+    # The server's own TLS certificate: answered for and signed by the root, in the token.
+    tls_cert = server.data_dir / "tls/server.pem"
+    answer = openssl(
+        "ocsp", "-issuer", server.root_pem, "-cert", tls_cert, "-url", f"{server.base}/ocsp",
+        "-CAfile", server.root_pem, check=False,
+    )  # fmt: skip
+    output = (answer.stdout + answer.stderr).decode()
+    assert "Response verify OK" in output
+    assert f"{tls_cert}: good" in output
 
 
 def test_admin_crl_and_broker_commands_sign_with_the_token(
