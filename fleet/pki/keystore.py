@@ -83,9 +83,9 @@ class KeySettings(Protocol):
 class KeyLocation:
     """Where one CA key lives: a file path, or a PKCS#11 URI (never with a PIN)."""
 
-    name: str
-    store: Literal["file", "pkcs11"]
+    name: str  # root, issuing, admin
     where: str
+    store: Literal["file", "pkcs11"]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -136,9 +136,9 @@ def key_locations(config: KeySettings) -> list[KeyLocation]:
     for role in KeyRole:
         uri = key_uri(config, role)
         if uri is None:
-            locations.append(KeyLocation(role.value, "file", str(_where(config, role)[2])))
+            locations.append(KeyLocation(role.value, str(_where(config, role)[2]), "file"))
         else:
-            locations.append(KeyLocation(role.value, "pkcs11", str(uri)))
+            locations.append(KeyLocation(role.value, str(uri), "pkcs11"))
     return locations
 
 
