@@ -12,6 +12,12 @@ Layout (directories 0700, private keys 0600)::
     DIR/ca/admin.key
     DIR/tls/server.pem      server TLS certificate (signed by the root, no CRL DP)
     DIR/tls/server.key
+
+With ``--pkcs11-uri`` the root, issuing and admin keys are generated inside the
+token instead (labels ``fleet-root``, ``fleet-issuing``, ``fleet-admin``, each
+with a random CKA_ID) and no ``ca/*.key`` file is written: fleet.toml records
+their URIs. The server TLS key stays a file, because the server must start
+unattended and its TLS stack signs handshakes in-process.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import datetime as dt
 import ipaddress
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fleet.config import CONFIG_FILENAME
@@ -37,7 +43,8 @@ from fleet.pki.ca import (
     create_root_ca,
     create_server_certificate,
 )
-from fleet.pki.keys import private_key_to_pem
+from fleet.pki.keys import PrivateKey, private_key_to_pem
+from fleet.pki.keystore import KeyRole, token_uri_of
 
 # Everything `fleet init` creates, so that --force removes exactly that.
 _MANAGED = (
@@ -46,6 +53,15 @@ _MANAGED = (
 
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenInit:
+    """`fleet init --pkcs11-uri`: make the CA keys with ``make`` and record where they are."""
+
+    make: Callable[[KeyRole, KeyType], PrivateKey]
+    module: Path
+    pin_file: Path | None  # None: the PIN comes from FLEET_PKCS11_PIN
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +80,7 @@ def init_data_dir(
     key_type: KeyType = KeyType.EC_P256,
     force: bool = False,
     passphrase: bytes | None = None,
+    token: TokenInit | None = None,
 ) -> InitResult:
     """Create CA material, server TLS certificate and fleet.toml in ``data_dir``.
 
@@ -89,8 +106,13 @@ def init_data_dir(
         else:
             target.unlink()
 
-    root = create_root_ca("fleet root CA", now=now, key_type=key_type)
-    issuing = create_issuing_ca(root, "fleet device issuing CA", now=now, key_type=key_type)
+    def key(role: KeyRole) -> PrivateKey | None:
+        return token.make(role, key_type) if token is not None else None
+
+    root = create_root_ca("fleet root CA", now=now, key_type=key_type, key=key(KeyRole.ROOT))
+    issuing = create_issuing_ca(
+        root, "fleet device issuing CA", now=now, key_type=key_type, key=key(KeyRole.ISSUING)
+    )
     server = create_server_certificate(
         root,
         common_name=names[0],
@@ -99,7 +121,9 @@ def init_data_dir(
         now=now,
         key_type=key_type,
     )
-    admin_ca = create_issuing_ca(root, "fleet admin CA", now=now, key_type=key_type)
+    admin_ca = create_issuing_ca(
+        root, "fleet admin CA", now=now, key_type=key_type, key=key(KeyRole.ADMIN)
+    )
     # The kernel's trust-domain rule, checked before anything is written.
     FleetAuthorities(
         roots=(root.certificate,), issuing=(issuing.certificate,), admin=(admin_ca.certificate,)
@@ -109,7 +133,10 @@ def init_data_dir(
     _write_pair(data_dir / "ca", "admin", admin_ca, passphrase)
     _write_pair(data_dir / "tls", "server", server, None)  # the server must start unattended
     config_path = data_dir / CONFIG_FILENAME
-    write_atomic(config_path, _config_text(names).encode(), mode=0o640)
+    text = _config_text(names)
+    if token is not None:
+        text = _with_token_keys(text, token, root=root, issuing=issuing, admin=admin_ca)
+    write_atomic(config_path, text.encode(), mode=0o640)
     return InitResult(
         data_dir=data_dir,
         config_path=config_path,
@@ -120,12 +147,48 @@ def init_data_dir(
 
 def _write_pair(directory: Path, stem: str, pair: CertifiedKey, passphrase: bytes | None) -> None:
     ensure_private_dir(directory)
-    write_atomic(
-        directory / f"{stem}.key",
-        private_key_to_pem(pair.private_key, passphrase),
-        mode=SECRET_MODE,
-    )
+    if token_uri_of(pair.private_key) is None:  # a token key stays in the token
+        write_atomic(
+            directory / f"{stem}.key",
+            private_key_to_pem(pair.private_key, passphrase),
+            mode=SECRET_MODE,
+        )
     write_atomic(directory / f"{stem}.pem", certificate_to_pem(pair.certificate), mode=PUBLIC_MODE)
+
+
+def _with_token_keys(
+    text: str, token: TokenInit, *, root: CertifiedKey, issuing: CertifiedKey, admin: CertifiedKey
+) -> str:
+    """fleet.toml with the token keys' URIs, the module and where the PIN comes from."""
+
+    def uri(pair: CertifiedKey) -> str:
+        return _toml_string(str(token_uri_of(pair.private_key)))
+
+    pin = (
+        f"pkcs11_pin_file = {_toml_string(str(token.pin_file.resolve()))}"
+        if token.pin_file is not None
+        else '# pkcs11_pin_file = "..."      # the PIN comes from FLEET_PKCS11_PIN'
+    )
+    ca_lines = f"""\
+# The CA keys are in a PKCS#11 token (RFC 7512 URIs; never extractable).
+key_store = {uri(issuing)}
+root_key_store = {uri(root)}
+pkcs11_module = {_toml_string(str(token.module.absolute()))}
+{pin}
+"""
+    text = text.replace('issuing_key = "ca/issuing.key"\n', ca_lines, 1)
+    return (
+        text
+        + f"""
+[admin]
+key_store = {uri(admin)}
+"""
+    )
+
+
+def _toml_string(value: str) -> str:
+    # Basic TOML string: URIs and paths here are printable; escape what TOML needs.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _dedupe(names: Sequence[str]) -> list[str]:

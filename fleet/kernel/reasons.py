@@ -138,6 +138,17 @@ class Reason(enum.StrEnum):
     DATA_DIR_EXISTS = "data_dir_exists"
     LISTEN_FAILED = "listen_failed"
 
+    # -- CA keys in a PKCS#11 token ----------------------------------------------------------
+    PKCS11_URI_INVALID = "pkcs11_uri_invalid"
+    PKCS11_MODULE_UNAVAILABLE = "pkcs11_module_unavailable"
+    PKCS11_TOKEN_NOT_FOUND = "pkcs11_token_not_found"
+    PKCS11_PIN_MISSING = "pkcs11_pin_missing"
+    PKCS11_PIN_INCORRECT = "pkcs11_pin_incorrect"
+    PKCS11_FAILED = "pkcs11_failed"  # the token refused an operation (locked, removed, ...)
+    CA_KEY_MISSING = "ca_key_missing"
+    CA_KEY_AMBIGUOUS = "ca_key_ambiguous"
+    CA_KEY_MISMATCH = "ca_key_mismatch"  # the key is not the one the CA certificate certifies
+
 
 # The codes a broker may give for refusing a connection, in the order the C
 # plugin counts them (its refusal table is generated from this tuple; the last

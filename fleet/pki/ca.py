@@ -107,11 +107,16 @@ def create_root_ca(
     key_type: KeyType = KeyType.EC_P256,
     validity: dt.timedelta = dt.timedelta(days=3650),
     organization: str | None = None,
+    key: PrivateKey | None = None,
 ) -> CertifiedKey:
-    """A self-signed root that may sign exactly one level of CA below it (pathlen 1)."""
+    """A self-signed root that may sign exactly one level of CA below it (pathlen 1).
+
+    ``key``: the root's key when it is made elsewhere (in a PKCS#11 token);
+    a fresh ``key_type`` key otherwise.
+    """
     require_utc(now)
     _check_validity(validity)
-    key = generate_private_key(key_type)
+    key = key if key is not None else generate_private_key(key_type)
     name = _name(common_name, organization)
     builder = (
         x509.CertificateBuilder()
@@ -152,11 +157,15 @@ def create_issuing_ca(
     key_type: KeyType = KeyType.EC_P256,
     validity: dt.timedelta = dt.timedelta(days=5 * 365),
     organization: str | None = None,
+    key: PrivateKey | None = None,
 ) -> CertifiedKey:
-    """The device issuing CA: signs end-entity device certificates only (pathlen 0)."""
+    """The device issuing CA: signs end-entity device certificates only (pathlen 0).
+
+    ``key`` as for :func:`create_root_ca`.
+    """
     require_utc(now)
     _check_validity(validity)
-    key = generate_private_key(key_type)
+    key = key if key is not None else generate_private_key(key_type)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(common_name, organization))

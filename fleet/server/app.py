@@ -32,6 +32,7 @@ from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
+from fleet.pki.keystore import CaKeySecrets, KeyRole, key_uri, load_ca_key
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
 from fleet.policy.renewal import RenewalOverlap
 from fleet.revocation.routes import RevocationService
@@ -53,10 +54,21 @@ log = logging.getLogger("fleet.server")
 MAX_BODY_BYTES = 64 * 1024
 
 
-def load_issuer(config: FleetConfig, passphrase: bytes | None) -> CertifiedKey:
-    certs = load_certificates_pem(_read(config.ca.issuing_cert))
-    key = load_private_key_pem(_read(config.ca.issuing_key), passphrase)
-    return CertifiedKey(certificate=certs[0], private_key=key)
+def load_issuer(
+    config: FleetConfig, passphrase: bytes | None, *, pkcs11_pin: bytes | None = None
+) -> CertifiedKey:
+    """The issuing CA with its key (a file or a PKCS#11 token), checked to belong together."""
+    certificate = load_certificates_pem(_read(config.ca.issuing_cert))[0]
+    secrets = CaKeySecrets(passphrase=passphrase, pkcs11_pin=pkcs11_pin)
+    return load_ca_key(config, KeyRole.ISSUING, certificate, secrets)
+
+
+def load_token_root(config: FleetConfig, pkcs11_pin: bytes | None) -> CertifiedKey | None:
+    """The root with its key when [ca] root_key_store puts it in a token; None otherwise."""
+    if key_uri(config, KeyRole.ROOT) is None:
+        return None
+    certificate = load_certificates_pem(_read(config.ca.root_cert))[0]
+    return load_ca_key(config, KeyRole.ROOT, certificate, CaKeySecrets(pkcs11_pin=pkcs11_pin))
 
 
 def _read(path: Path) -> bytes:
@@ -74,7 +86,9 @@ def build_app(
     clock: Clock,
     webhook_secret: bytes | None = None,
     console_key: bytes | None = None,
+    token_root: CertifiedKey | None = None,
 ) -> web.Application:
+    """The application; ``token_root``: the root and its token key, for /ocsp (see below)."""
     root = load_certificates_pem(_read(config.ca.root_cert))[0]
     metrics = Metrics()
     policy = EnrollmentPolicy(
@@ -114,7 +128,8 @@ def build_app(
     )
     app.on_response_prepare.append(name_the_server)
     app.add_routes(est.routes())
-    _add_revocation(app, config, store=store, issuer=issuer, clock=clock)
+    servers = _server_certificates(config, token_root)
+    _add_revocation(app, config, store=store, issuer=issuer, clock=clock, servers=servers)
     admin_ca = _optional_cert(config.admin.ca_cert)
     admin_auth = AdminAuthenticator(store=store, peers=peers, admin_ca=admin_ca, clock=clock)
     admin_api = AdminApi(
@@ -180,7 +195,13 @@ def _optional_cert(path: Path) -> x509.Certificate | None:
 
 
 def _add_revocation(
-    app: web.Application, config: FleetConfig, *, store: Store, issuer: CertifiedKey, clock: Clock
+    app: web.Application,
+    config: FleetConfig,
+    *,
+    store: Store,
+    issuer: CertifiedKey,
+    clock: Clock,
+    servers: ServerCertificates | None,
 ) -> None:
     """GET /crl, /ocsp; the CRL is re-signed in the background while the app runs."""
     publisher = CrlPublisher(
@@ -195,7 +216,7 @@ def _add_revocation(
         issuer,
         clock,
         next_update=dt.timedelta(minutes=config.revocation.ocsp_next_update_minutes),
-        servers=_server_certificates(config),
+        servers=servers,
     )
     app.add_routes(RevocationService(publisher, responder, clock).routes())
     task_key = web.AppKey("crl_publisher_task", asyncio.Task[None])
@@ -213,7 +234,9 @@ def _add_revocation(
     app.on_cleanup.append(stop)
 
 
-def _server_certificates(config: FleetConfig) -> ServerCertificates | None:
+def _server_certificates(
+    config: FleetConfig, token_root: CertifiedKey | None
+) -> ServerCertificates | None:
     """The root and the server certificate, for /ocsp, when the root key is online.
 
     A front end (nginx, Apache) staples fleet's OCSP answer for its own
@@ -222,8 +245,11 @@ def _server_certificates(config: FleetConfig) -> ServerCertificates | None:
     """
     root_key_path = config.ca.root_cert.with_suffix(".key")
     try:
-        root_cert = load_certificates_pem(config.ca.root_cert.read_bytes())[0]
-        root_key = load_private_key_pem(root_key_path.read_bytes(), None)
+        if token_root is not None:
+            root_cert, root_key = token_root.certificate, token_root.private_key
+        else:
+            root_cert = load_certificates_pem(config.ca.root_cert.read_bytes())[0]
+            root_key = load_private_key_pem(root_key_path.read_bytes(), None)
         server = load_certificates_pem(config.server.tls_cert.read_bytes())[0]
     except (OSError, FleetError, ValueError, TypeError) as exc:
         log.info("/ocsp answers for the issuing CA only (root key not usable: %s)", exc)
@@ -246,6 +272,7 @@ async def serve(
     *,
     listen: str,
     passphrase: bytes | None,
+    pkcs11_pin: bytes | None = None,
     webhook_secret: bytes | None = None,
     reuse_port: bool = False,
     console_key: bytes | None = None,
@@ -262,13 +289,14 @@ async def serve(
             "[est] require_pop cannot work in proxy mode: the TLS session (tls-unique) "
             "ends at the proxy"
         )
-    issuer = load_issuer(config, passphrase)
+    issuer = load_issuer(config, passphrase, pkcs11_pin=pkcs11_pin)
+    token_root = load_token_root(config, pkcs11_pin)
     store = await open_store(config.store_url)
     runner: web.AppRunner | None = None
     try:
         app = build_app(
             config, store=store, issuer=issuer, clock=SystemClock(),
-            webhook_secret=webhook_secret, console_key=console_key,
+            webhook_secret=webhook_secret, console_key=console_key, token_root=token_root,
         )  # fmt: skip
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()

@@ -29,6 +29,7 @@ PACKAGES = {
     "haproxy": "haproxy",
     "redis-sentinel": "redis-sentinel",
     "postgres": "postgresql",
+    "softhsm2-util": "softhsm2",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")
