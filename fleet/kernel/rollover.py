@@ -1,4 +1,4 @@
-"""Root rollover (RFC 7030 section 4.1.3, RFC 4210 section 4.4): when a relying party may trust a new root.
+"""Root rollover (RFC 7030 section 4.1.3, RFC 4210 section 4.4): when to trust a new root.
 
 A device pins one fleet root. When the fleet rolls its root over, the server
 publishes the new root together with two *link certificates*:

@@ -66,7 +66,9 @@ def test_a_new_root_with_its_link_is_accepted_and_becomes_the_pin() -> None:
 
 def test_nothing_new_offered_leaves_the_pin_alone() -> None:
     result = _follow(OLD)
-    assert result.accepted == () and result.refused == () and result.pin == OLD
+    assert result.accepted == ()
+    assert result.refused == ()
+    assert result.pin == OLD
 
 
 def test_a_self_signed_new_root_without_a_link_is_refused() -> None:
@@ -152,5 +154,5 @@ def test_a_broken_second_link_stops_the_walk_at_the_first_rollover() -> None:
 
 
 def test_a_trust_set_is_required() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="at least one trusted root"):
         follow_rollover((), (NEW,), now=NOW, skew=SKEW)
