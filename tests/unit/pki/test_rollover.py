@@ -51,7 +51,8 @@ def test_openssl_reaches_a_device_under_the_new_root_from_the_old_root_alone(
     # The old root is the only trust anchor; OldWithNew and the issuing CA are untrusted.
     out = openssl_verify(
         tmp_path, roots=[old_root.certificate],
-        untrusted=[rolled.old_with_new, issuing.certificate], leaf=leaf, now=PKI_NOW + dt.timedelta(days=1), extra=["-x509_strict"],
+        untrusted=[rolled.old_with_new, issuing.certificate], leaf=leaf,
+        now=PKI_NOW + dt.timedelta(days=1), extra=["-x509_strict"],
     )  # fmt: skip
     assert "OK" in out
     # Without the link the same chain does not verify: the link is what carries trust.
