@@ -27,6 +27,24 @@ def load_fleet_authorities(config: FleetConfig) -> FleetAuthorities:
     )
 
 
+def root_links_path(config: FleetConfig) -> Path:
+    """``ca/links.pem`` beside the root bundle: the link certificates of a root rollover."""
+    return config.ca.root_cert.parent / "links.pem"
+
+
+def load_root_links(config: FleetConfig) -> tuple[x509.Certificate, ...]:
+    """OldWithNew / NewWithOld while a root rollover is in progress; () otherwise.
+
+    They are not trust anchors for anyone who already trusts both roots (the
+    server, the brokers); /cacerts serves them so that devices pinning one root
+    can check the other (``fleet.kernel.rollover``).
+    """
+    path = root_links_path(config)
+    if not path.exists() or not path.read_bytes().strip():
+        return ()
+    return _read_certificates(path, "ca/links.pem (written by `fleet ca rotate-root`)")
+
+
 def _read_certificates(path: Path, setting: str) -> tuple[x509.Certificate, ...]:
     try:
         data = path.read_bytes()
