@@ -19,7 +19,7 @@ from cryptography import x509
 
 from fleet.admin.auth import AdminAuthenticator
 from fleet.admin.routes import AdminApi
-from fleet.authorities import load_fleet_authorities, load_root_links
+from fleet.authorities import PublishedCas, load_fleet_authorities
 from fleet.authority.credentials import Credentials
 from fleet.authority.crl import CrlPublisher
 from fleet.authority.enrollment import Authority
@@ -75,8 +75,7 @@ def build_app(
     webhook_secret: bytes | None = None,
     console_key: bytes | None = None,
 ) -> web.Application:
-    roots = load_certificates_pem(_read(config.ca.root_cert))
-    root = roots[0]  # the signing root; during a rollover the old one follows it
+    root = load_certificates_pem(_read(config.ca.root_cert))[0]  # the signing root
     metrics = Metrics()
     policy = EnrollmentPolicy(
         unknown_devices=UnknownDevices(config.policy.unknown_devices),
@@ -107,8 +106,7 @@ def build_app(
         authority=authority,
         credentials=credentials,
         peers=peers,
-        # RFC 7030 section 4.1.3: the roots and, during a rollover, the link certificates.
-        ca_chain=(issuer.certificate, *roots, *load_root_links(config)),
+        ca_chain=PublishedCas(config, issuer.certificate).chain,
     )
     app = web.Application(
         middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
