@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.kernel.admission import Allow, TrustPolicy, admit_client
 from fleet.kernel.errors import PolicyError
 from fleet.kernel.rollover import follow_rollover, is_link_for
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
@@ -97,3 +98,56 @@ def test_a_link_never_outlives_the_old_root(old_root: CertifiedKey) -> None:
 def test_an_expired_root_cannot_be_rolled_over(old_root: CertifiedKey) -> None:
     with pytest.raises(PolicyError, match="expired"):
         roll_root(old_root, now=old_root.certificate.not_valid_after_utc + dt.timedelta(days=1))
+
+
+class _NothingRevoked:
+    def is_revoked(self, serial: int) -> bool:
+        return False
+
+    def is_device_revoked(self, device_id: str) -> bool:
+        return False
+
+    def usable(self) -> bool:
+        return True
+
+
+def test_brokers_admit_devices_under_either_root_during_the_overlap(
+    old_root: CertifiedKey, tmp_path: Path
+) -> None:
+    """The brokers' cafile is the issuing CAs + ca/root.pem (both roots during the overlap).
+
+    Mosquitto verifies with OpenSSL against that file; the embedded broker and
+    the Mosquitto plugin decide with the kernel's TrustPolicy built from it.
+    """
+    rolled = roll_root(old_root, now=PKI_NOW)
+    under_old = create_issuing_ca(old_root, "issuing under R1", now=PKI_NOW)
+    under_new = create_issuing_ca(rolled.new_root, "issuing under R2", now=PKI_NOW)
+    bundle = [
+        under_old.certificate, under_new.certificate,
+        rolled.new_root.certificate, old_root.certificate,
+    ]  # fmt: skip
+    policy = TrustPolicy.from_bundle(bundle, skew=SKEW)
+    for issuing in (under_old, under_new):
+        leaf = issue_device_certificate(
+            make_csr(generate_private_key()), device_id="dev-1", issuer=issuing,
+            profile=DeviceProfile(), now=PKI_NOW,
+        )  # fmt: skip
+        decision = admit_client(
+            leaf, "dev-1", revocations=_NothingRevoked(), policy=policy, now=PKI_NOW
+        )
+        assert isinstance(decision, Allow), decision
+        out = openssl_verify(
+            tmp_path, roots=bundle, leaf=leaf, now=PKI_NOW + dt.timedelta(hours=1),
+            extra=["-x509_strict"],
+        )  # fmt: skip
+        assert "OK" in out
+    # After retire-root (only the new root and its issuing CA), the old root's devices are out.
+    retired = TrustPolicy.from_bundle([under_new.certificate, rolled.new_root.certificate])
+    leaf = issue_device_certificate(
+        make_csr(generate_private_key()), device_id="dev-1", issuer=under_old,
+        profile=DeviceProfile(), now=PKI_NOW,
+    )  # fmt: skip
+    decision = admit_client(
+        leaf, "dev-1", revocations=_NothingRevoked(), policy=retired, now=PKI_NOW
+    )
+    assert not isinstance(decision, Allow)
