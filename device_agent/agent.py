@@ -110,13 +110,17 @@ class Agent:
         """/cacerts again before a renewal: this is where a root rollover reaches the device.
 
         Anonymous (RFC 7030 allows it), so an expired certificate does not stop
-        it; a failure leaves the stored trust as it was (the renewal says why).
+        it. A server that cannot be reached fails the renewal right here (one
+        attempt, one connection); any other failure leaves the stored trust as
+        it was and the renewal goes ahead.
         """
         try:
             fresh = client.cacerts(
                 config.ca_fingerprint, kept=cacerts.roots, now=self.clock.now(),
                 skew=self.policy.skew,
             )  # fmt: skip
+        except Transient:
+            raise
         except AgentError as exc:
             log.warning("could not refresh /cacerts before renewing: %s", exc.message)
             return cacerts
