@@ -132,8 +132,8 @@ def retire_root(root_dir: Path | None) -> None:
             reason=Reason.ROOT_STILL_IN_USE,
             hint="Rotate the issuing CA under the new root (`fleet ca rotate-issuing`, "
             "`promote`, `retire`) and let devices renew (or `fleet device renew --all "
-            "--before DATE`); then retry. Counted: certificates not revoked and not expired "
-            "whose issuing CA is signed by the old root and not by the new one.",
+            "--before DATE`); then retry. Counted: device certificates not revoked and not "
+            "expired whose issuing CA is not one signed by the new root.",
         )
     key_dir = root_dir if root_dir is not None else config.ca.root_cert.parent
     passphrase = ca_key_passphrase(config)
@@ -157,17 +157,19 @@ async def _good_under_old(
     signing: x509.Certificate,
     moment: dt.datetime,
 ) -> int:
-    """Good, unexpired device certificates whose issuing CA only the old root signed."""
-    under_old = [c for c in issuing if issued_by(c, [signing]) is None]
-    if not under_old:
-        return 0
+    """Good (not revoked), unexpired device certificates that do not chain to the new root.
+
+    Their issuer is an issuing CA the old root signed, or one no longer in
+    ca/issuing.pem at all: either way, dropping the old root strands them.
+    """
+    under_new = [c for c in issuing if issued_by(c, [signing]) is not None]
     far = moment + dt.timedelta(days=365 * 100)
     count = 0
     for record in await store.list_expiring(far, limit=10**9):
         if record.not_after <= moment:
             continue
         cert = x509.load_pem_x509_certificate(record.pem.encode())
-        count += issued_by(cert, under_old) is not None
+        count += issued_by(cert, under_new) is None
     return count
 
 

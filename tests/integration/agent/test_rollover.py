@@ -13,8 +13,10 @@ import pytest
 from cryptography import x509
 
 from fleet.kernel.clock import SystemClock
+from fleet.kernel.files import write_atomic
 from fleet.kernel.fingerprint import sha256_fingerprint
-from fleet.pki.ca import certificate_to_pem, create_root_ca
+from fleet.pki.ca import CertifiedKey, certificate_to_pem, create_issuing_ca, create_root_ca
+from fleet.pki.keys import load_private_key_pem, private_key_to_pem
 from tests.integration.agent.conftest import FAST_SERVER_ENV, AgentWorld
 from tests.integration.est.conftest import running_fleet
 from tests.support.agent import fleet_agent, root_fingerprint, verify_identity
@@ -119,3 +121,29 @@ def test_retire_root_is_refused_while_the_issuing_ca_is_under_the_old_root(
     assert "root_still_in_use" in refused.stderr
     assert "1 issuing CA" in refused.stderr
     assert len(x509.load_pem_x509_certificates(world.fleet.server.root_pem.read_bytes())) == 2
+
+
+def test_retire_root_moves_the_admin_ca_and_server_certificate_to_the_new_root(
+    tmp_path: Path,
+) -> None:
+    with running_fleet(tmp_path, env=FAST_SERVER_ENV) as fleet:  # no device enrolled
+        world = AgentWorld(fleet, root_fingerprint(fleet.server.root_pem))
+        assert _fleet(world, "ca", "rotate-root").returncode == 0
+        ca = fleet.server.data_dir / "ca"
+        new_root = CertifiedKey(
+            x509.load_pem_x509_certificates((ca / "root.pem").read_bytes())[0],
+            load_private_key_pem((ca / "root.key").read_bytes()),
+        )
+        # What `fleet ca rotate-issuing` + `promote` leave: an issuing CA under the new root.
+        issuing = create_issuing_ca(new_root, "issuing under R2", now=SystemClock().now())
+        write_atomic(ca / "issuing.key", private_key_to_pem(issuing.private_key), mode=0o600)
+        write_atomic(ca / "issuing.pem", certificate_to_pem(issuing.certificate), mode=0o644)
+        retired = _fleet(world, "ca", "retire-root")
+        assert retired.returncode == 0, retired.stderr
+        assert x509.load_pem_x509_certificates((ca / "root.pem").read_bytes()) == [
+            new_root.certificate
+        ]
+        assert not (ca / "links.pem").exists()
+        for name in ("ca/admin.pem", "tls/server.pem"):
+            cert = x509.load_pem_x509_certificate((fleet.server.data_dir / name).read_bytes())
+            cert.verify_directly_issued_by(new_root.certificate)
