@@ -107,22 +107,19 @@ class Agent:
         return self._adopt(config, None, fresh)
 
     def _refresh_cacerts(self, client: EstClient, config: AgentConfig, cacerts: CaCerts) -> CaCerts:
-        """/cacerts again before a renewal: this is where a root rollover reaches the device.
+        """/cacerts again, anonymously (RFC 7030 allows it), following a root rollover.
 
-        Anonymous (RFC 7030 allows it), so an expired certificate does not stop
-        it. A server that cannot be reached fails the renewal right here (one
-        attempt, one connection); any other failure leaves the stored trust as
-        it was and the renewal goes ahead.
+        Used when the server issued a certificate from a CA this device does not
+        know yet: an issuing CA under a new root the device has not moved to
+        (it slept through the rollover). A failure leaves the stored trust.
         """
         try:
             fresh = client.cacerts(
                 config.ca_fingerprint, kept=cacerts.roots, now=self.clock.now(),
                 skew=self.policy.skew,
             )  # fmt: skip
-        except Transient:
-            raise
         except AgentError as exc:
-            log.warning("could not refresh /cacerts before renewing: %s", exc.message)
+            log.warning("could not refresh /cacerts: %s", exc.message)
             return cacerts
         return self._adopt(config, cacerts, fresh)
 
@@ -338,9 +335,6 @@ class Agent:
                 return RenewResult(
                     identity, False, f"not due: renewal scheduled at {next_renewal.isoformat()}"
                 )
-        cacerts = self._refresh_cacerts(client, config, cacerts)
-        config = self.config()
-        client = EstClient(config.server, cacerts.roots, timeout=self.timeout)
         pending = self.state.begin_renewal(identity)
         current = ClientCertificate(identity.cert_path, identity.key)
         try:
@@ -433,6 +427,10 @@ class Agent:
         cert: x509.Certificate,
         expected_device_id: str | None,
     ) -> Identity:
+        if cacerts.issuer_of(cert) is None:
+            # Issued by a CA this device does not know: /cacerts may carry a root
+            # rollover that certifies it (only through a link from a trusted root).
+            cacerts = self._refresh_cacerts(client, config, cacerts)
         try:
             check_issued(
                 cert, cacerts, expected_device_id=expected_device_id, now=self.clock.now(),

@@ -371,7 +371,9 @@ def fetch_cacerts(
     unverified = request(
         host, port, f"{prefix}/cacerts", method="GET", context=client_context(None), timeout=timeout
     )
-    candidate = _expect_cacerts(unverified, pinned_root_sha256)
-    return EstClient(server, candidate.root, timeout=timeout).cacerts(
-        pinned_root_sha256, now=now, skew=skew
+    # A root rollover in the unverified answer is followed by the same rule (a
+    # link signed by the pinned key), so no root can be slipped in here either.
+    candidate = _expect_cacerts(unverified, pinned_root_sha256, now=now, skew=skew)
+    return EstClient(server, candidate.roots, timeout=timeout).cacerts(
+        pinned_root_sha256, kept=candidate.roots, now=now, skew=skew
     )

@@ -147,3 +147,33 @@ def test_retire_root_moves_the_admin_ca_and_server_certificate_to_the_new_root(
         for name in ("ca/admin.pem", "tls/server.pem"):
             cert = x509.load_pem_x509_certificate((fleet.server.data_dir / name).read_bytes())
             cert.verify_directly_issued_by(new_root.certificate)
+
+
+def test_a_device_made_with_the_old_fingerprint_enrolls_under_the_new_root(
+    rolling: AgentWorld, tmp_path: Path
+) -> None:
+    """Factory-provisioned before the rollover, first boot after the new issuing CA took over."""
+    world = rolling
+    old_fp = world.fingerprint
+    assert _fleet(world, "ca", "rotate-root").returncode == 0
+    ca = world.fleet.server.data_dir / "ca"
+    new_root = CertifiedKey(
+        x509.load_pem_x509_certificates((ca / "root.pem").read_bytes())[0],
+        load_private_key_pem((ca / "root.key").read_bytes()),
+    )
+    # What `fleet ca rotate-issuing` + `promote` leave: the server issues under the new root.
+    issuing = create_issuing_ca(new_root, "issuing under R2", now=SystemClock().now())
+    write_atomic(ca / "issuing.key", private_key_to_pem(issuing.private_key), mode=0o600)
+    write_atomic(ca / "issuing.pem", certificate_to_pem(issuing.certificate), mode=0o644)
+    world.fleet.server.stop()
+    world.fleet.server.start()
+    state = tmp_path / "late"
+    _enrolled(world, state)  # --ca-fingerprint is still the OLD root's
+    assert _pin(state) == sha256_fingerprint(new_root.certificate)
+    assert {sha256_fingerprint(r) for r in _roots(state)} == {
+        old_fp,
+        sha256_fingerprint(new_root.certificate),
+    }
+    identity = verify_identity(state)
+    cert = x509.load_pem_x509_certificate(Path(str(identity["cert_file"])).read_bytes())
+    cert.verify_directly_issued_by(issuing.certificate)
