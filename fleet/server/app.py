@@ -27,6 +27,7 @@ from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
 from fleet.http.peer import PeerCertificates
+from fleet.kernel.certs import issued_by
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
@@ -228,7 +229,9 @@ def _server_certificates(config: FleetConfig) -> ServerCertificates | None:
     except (OSError, FleetError, ValueError, TypeError) as exc:
         log.info("/ocsp answers for the issuing CA only (root key not usable: %s)", exc)
         return None
-    if server.issuer != root_cert.subject:
+    # By signature, not by name: after a root rollover both roots have the same
+    # subject, and the server certificate may still be the old root's.
+    if issued_by(server, [root_cert]) is None:
         return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset())
     return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset({server.serial_number}))
 
