@@ -6,7 +6,7 @@ Order of operations (README, "Root rollover"):
    certificates. ``ca/root.pem`` becomes [new, old]: the new root signs from
    now on (the next ``fleet ca rotate-issuing`` makes an issuing CA under it),
    the old one stays trusted. ``ca/links.pem`` holds OldWithNew and NewWithOld;
-   ``/cacerts`` serves both roots and the links after a server restart.
+   ``/cacerts`` of a running server serves both roots and the links at once.
 2. Devices move their pin at their next /cacerts fetch (every renewal).
 3. ``fleet ca rotate-issuing`` / ``promote`` / ``retire`` move the devices to an
    issuing CA under the new root.
@@ -80,7 +80,9 @@ def rotate_root(root_dir: Path | None, overlap_days: int | None) -> None:
     # The new key first, under its own name: root.pem below is the commit point.
     write_atomic(key_dir / _key_name(new.certificate), new_key_pem, mode=SECRET_MODE)
     write_atomic(
-        key_dir / _key_name(roots[0]), (key_dir / "root.key").read_bytes(), mode=SECRET_MODE
+        key_dir / _key_name(roots[0]),
+        private_key_to_pem(old.private_key, passphrase),  # kept: it signed what is still out there
+        mode=SECRET_MODE,
     )
     links = b"".join(certificate_to_pem(c) for c in rolled.links)
     write_atomic(root_links_path(config), links, mode=PUBLIC_MODE)
@@ -95,9 +97,10 @@ def rotate_root(root_dir: Path | None, overlap_days: int | None) -> None:
         f"Old fleet root (trusted until retire-root): SHA-256 {sha256_fingerprint(roots[0])}"
     )
     click.echo(f"Link certificates (OldWithNew, NewWithOld) valid until {end.isoformat()}")
-    click.echo(f"  written to {root_links_path(config)}; /cacerts serves them after a restart.")
-    click.echo("Next: restart `fleet serve`; `fleet ca rotate-issuing` makes an issuing CA under")
-    click.echo("the new root; devices move their pin at their next renewal.")
+    click.echo(f"  written to {root_links_path(config)}; a running `fleet serve` publishes")
+    click.echo("  them in /cacerts at once. Devices move their pin at their next renewal.")
+    click.echo("Next: give the brokers the new ca/root.pem (README, Root rollover), then")
+    click.echo("`fleet ca rotate-issuing` makes an issuing CA under the new root.")
 
 
 @click.command("retire-root")
@@ -230,7 +233,9 @@ def _root_key(key_dir: Path, root: x509.Certificate, passphrase: bytes | None) -
             Encoding.DER, PublicFormat.SubjectPublicKeyInfo
         ):
             if path.name != "root.key":  # finish what an interrupted rotate-root began
-                write_atomic(key_dir / "root.key", path.read_bytes(), mode=SECRET_MODE)
+                write_atomic(
+                    key_dir / "root.key", private_key_to_pem(key, passphrase), mode=SECRET_MODE
+                )
             return key
     raise ConfigError(
         f"no key for the signing root (SHA-256 {sha256_fingerprint(root)[:16]}…) in {key_dir}",
