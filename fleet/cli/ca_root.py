@@ -66,13 +66,14 @@ def rotate_root(root_dir: Path | None, overlap_days: int | None) -> None:
     passphrase = ca_key_passphrase(config)
     roots = _roots(config)
     key_dir = root_dir if root_dir is not None else config.ca.root_cert.parent
+    # First: this also finishes a rotate-root cut short between root.pem and root.key.
+    old = CertifiedKey(roots[0], _root_key(key_dir, roots[0], passphrase))
     if load_root_links(config):
         raise StateConflict(
             "a root rollover is already in progress (ca/links.pem holds its link certificates)",
             hint="Finish it first: move devices to an issuing CA under the new root, then "
             "`fleet ca retire-root`.",
         )
-    old = CertifiedKey(roots[0], _root_key(key_dir, roots[0], passphrase))
     overlap = dt.timedelta(days=overlap_days) if overlap_days is not None else None
     rolled = roll_root(old, now=now(), overlap=overlap)
     new = rolled.new_root

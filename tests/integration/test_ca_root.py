@@ -11,6 +11,7 @@ from pathlib import Path
 from cryptography import x509
 
 from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.pki.keys import load_private_key_pem
 from tests.support.fleet_server import make_data_dir
 
 
@@ -44,9 +45,14 @@ def test_offline_root_stays_off_the_data_directory(tmp_path: Path) -> None:
     assert kept.exists()  # the old key is archived, not destroyed
     assert (offline / "root.pem").read_bytes() == (ca / "root.pem").read_bytes()
 
+    # A power cut after root.pem named the new root but before root.key followed:
+    # the next run finishes the key swap (and still refuses a second rollover).
+    (offline / "root.key").write_bytes(kept.read_bytes())
     again = _fleet(config, "rotate-root", "--root-dir", str(offline))
     assert again.returncode == 1
     assert "already in progress" in again.stderr
+    repaired = load_private_key_pem((offline / "root.key").read_bytes())
+    assert repaired.public_key() == new.public_key()
 
 
 def test_retire_root_without_a_rollover_is_refused(tmp_path: Path) -> None:
