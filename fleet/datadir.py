@@ -4,8 +4,11 @@ Layout (directories 0700, private keys 0600)::
 
     DIR/fleet.toml          settings (no secrets)
     DIR/fleet.db            SQLite store (the embedded default)
-    DIR/ca/root.pem         fleet root CA — devices pin its SHA-256 fingerprint
+    DIR/ca/root.pem         fleet root CA(s) — devices pin the SHA-256 of the first (the
+                            signing root); during a root rollover the old root follows it
     DIR/ca/root.key         keep offline in production; only needed to re-issue below
+    DIR/ca/links.pem        during a root rollover only: OldWithNew, NewWithOld (`fleet ca
+                            rotate-root`), served by /cacerts
     DIR/ca/issuing.pem      issuing CA (pathlen 0): signs device certificates
     DIR/ca/issuing.key
     DIR/ca/admin.pem        admin CA (pathlen 0): signs admin client certificates only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -14,6 +15,7 @@ from broker_plugins.amqtt.gate import BrokerMetrics, ConnectionGate
 from broker_plugins.amqtt.settings import AmqttSettings
 from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
+from fleet.kernel.errors import ConfigError
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 
@@ -40,12 +42,13 @@ class EmbeddedBroker:
         self.cache: RevocationCache | None = None
         self.gate: ConnectionGate | None = None
         self.broker: HardenedBroker | None = None
+        self._ssl_context: ssl.SSLContext | None = None
         self.port = settings.port
         self._metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
         s = self.settings
-        ssl_context = s.ssl_context()
+        ssl_context = self._ssl_context = s.ssl_context()
         policy = s.trust_policy()
         if self._store is None:
             self._store = await open_store(s.store_url)
@@ -115,11 +118,48 @@ class EmbeddedBroker:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    async def reload_trust(self) -> None:
+        """Re-read the fleet CA bundle (``fleet_ca``) without a restart: a root rollover.
+
+        The kernel policy of the gate is replaced whole, so a CA dropped from the
+        bundle (after ``fleet ca retire-root``) stops admitting devices at once.
+        The TLS layer can only learn CAs (OpenSSL never forgets one), which is
+        what a rollover needs; the gate has the last word either way. A bundle
+        that does not load keeps the trust in force (ConfigError, logged by callers).
+        """
+        if self.gate is None or self._ssl_context is None:
+            raise RuntimeError("the broker is not running")
+        policy = self.settings.trust_policy()
+        try:
+            self._ssl_context.load_verify_locations(cafile=str(self.settings.fleet_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the fleet CA bundle: {exc}") from exc
+        self.gate.policy = policy
+        log.info(
+            "fleet CA bundle reloaded",
+            extra={"fields": {"event": "trust_reloaded", "anchors": len(policy.anchors),
+                              "issuers": len(policy.issuers)}},
+        )  # fmt: skip
+
+    async def _reload_on_signal(self) -> None:
+        try:
+            await self.reload_trust()
+        except ConfigError as exc:
+            log.error("SIGHUP: keeping the fleet CAs in force: %s", exc.message)
+
     async def serve_until_signalled(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def reload() -> None:
+            task = asyncio.create_task(self._reload_on_signal())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, reload)  # e.g. after `fleet ca rotate-root`
         await self.start()
         try:
             await stop.wait()

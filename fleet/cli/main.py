@@ -11,6 +11,7 @@ from fleet import __version__
 from fleet.cli.admin import admin
 from fleet.cli.audit import audit
 from fleet.cli.broker_cert import broker_cert
+from fleet.cli.ca import ca
 from fleet.cli.cert import cert
 from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
 from fleet.cli.crl import crl
@@ -181,6 +182,7 @@ cli.add_command(admin)
 cli.add_command(cert)
 cli.add_command(audit)
 cli.add_command(broker_cert)
+cli.add_command(ca)
 
 
 def main() -> None:

@@ -62,8 +62,9 @@ class EstService:
     authority: Authority
     credentials: Credentials
     peers: PeerCertificates
-    ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
-    _cacerts_der: bytes | None = None
+    # Issuing CA, roots, root-rollover links (fleet.authorities.PublishedCas.chain).
+    ca_chain: Callable[[], tuple[x509.Certificate, ...]]
+    _cacerts: tuple[tuple[x509.Certificate, ...], bytes] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -102,9 +103,10 @@ class EstService:
 
     # -- operations ------------------------------------------------------------
     async def cacerts(self, request: web.Request, profile: DeviceProfile) -> web.Response:
-        if self._cacerts_der is None:  # the chain never changes while we run
-            self._cacerts_der = encode_certs_only(self.ca_chain)
-        return _base64_response(request, self._cacerts_der, CT_CACERTS)
+        chain = self.ca_chain()
+        if self._cacerts is None or self._cacerts[0] is not chain:  # encoded once per change
+            self._cacerts = (chain, encode_certs_only(chain))
+        return _base64_response(request, self._cacerts[1], CT_CACERTS)
 
     async def csrattrs(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         der = encode_csr_attributes(

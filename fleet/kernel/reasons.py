@@ -50,6 +50,9 @@ class Reason(enum.StrEnum):
     TRUST_DOMAINS_MIXED = "trust_domains_mixed"
     NOT_A_CA = "not_a_ca"
     CA_EXPIRED = "ca_expired"
+    # -- root rollover (RFC 7030 section 4.1.3) ----------------------------------------------
+    ROOT_NOT_CERTIFIED = "root_not_certified"  # a new root no link from a trusted root certifies
+    ROOT_STILL_IN_USE = "root_still_in_use"  # retire-root while something chains only to it
 
     # -- requests and encodings -------------------------------------------------------
     ENCODING_INVALID = "encoding_invalid"

@@ -108,16 +108,20 @@ def create_root_ca(
     validity: dt.timedelta = dt.timedelta(days=3650),
     organization: str | None = None,
     key: PrivateKey | None = None,
+    subject: x509.Name | None = None,
 ) -> CertifiedKey:
     """A self-signed root that may sign exactly one level of CA below it (pathlen 1).
 
     ``key``: the root's key when it is made elsewhere (in a PKCS#11 token);
-    a fresh ``key_type`` key otherwise.
+    a fresh ``key_type`` key otherwise. ``subject`` (instead of
+    ``common_name``/``organization``) keeps an old root's name on a rollover:
+    the link certificates are then self-issued and do not count against path
+    lengths (RFC 5280 section 4.2.1.9).
     """
     require_utc(now)
     _check_validity(validity)
     key = key if key is not None else generate_private_key(key_type)
-    name = _name(common_name, organization)
+    name = subject if subject is not None else _name(common_name, organization)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from fleet.admin.auth import AdminAuthenticator
 from fleet.admin.routes import AdminApi
-from fleet.authorities import load_fleet_authorities
+from fleet.authorities import PublishedCas, load_fleet_authorities
 from fleet.authority.credentials import Credentials
 from fleet.authority.crl import CrlPublisher
 from fleet.authority.enrollment import Authority
@@ -27,6 +27,7 @@ from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
 from fleet.http.peer import PeerCertificates
+from fleet.kernel.certs import issued_by
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
@@ -89,7 +90,7 @@ def build_app(
     token_root: CertifiedKey | None = None,
 ) -> web.Application:
     """The application; ``token_root``: the root and its token key, for /ocsp (see below)."""
-    root = load_certificates_pem(_read(config.ca.root_cert))[0]
+    root = load_certificates_pem(_read(config.ca.root_cert))[0]  # the signing root
     metrics = Metrics()
     policy = EnrollmentPolicy(
         unknown_devices=UnknownDevices(config.policy.unknown_devices),
@@ -120,7 +121,7 @@ def build_app(
         authority=authority,
         credentials=credentials,
         peers=peers,
-        ca_chain=(issuer.certificate, root),
+        ca_chain=PublishedCas(config, issuer.certificate).chain,
     )
     app = web.Application(
         middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
@@ -254,7 +255,9 @@ def _server_certificates(
     except (OSError, FleetError, ValueError, TypeError) as exc:
         log.info("/ocsp answers for the issuing CA only (root key not usable: %s)", exc)
         return None
-    if server.issuer != root_cert.subject:
+    # By signature, not by name: after a root rollover both roots have the same
+    # subject, and the server certificate may still be the old root's.
+    if issued_by(server, [root_cert]) is None:
         return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset())
     return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset({server.serial_number}))
 
