@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from fleet.ca_registry import list_issuers
 from fleet.config import FleetConfig
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import ConfigError
@@ -18,11 +19,18 @@ from fleet.pki.ca import load_certificates_pem
 
 
 def load_fleet_authorities(config: FleetConfig) -> FleetAuthorities:
-    """Root, issuing and (when the data directory has one) admin CA certificates."""
+    """Root, issuing and (when the data directory has one) admin CA certificates.
+
+    ``issuing`` is every issuing CA of the registry (``fleet.ca_registry``):
+    current first, then next and retiring, all trusted during a rotation.
+    """
     admin = config.admin.ca_cert
+    # Read through the config path first so that a missing current issuer
+    # gives the setting's name.
+    _read_certificates(config.ca.issuing_cert, "[ca] issuing_cert")
     return FleetAuthorities(
         roots=_read_certificates(config.ca.root_cert, "[ca] root_cert"),
-        issuing=_read_certificates(config.ca.issuing_cert, "[ca] issuing_cert"),
+        issuing=tuple(issuer.certificate for issuer in list_issuers(config)),
         admin=_read_certificates(admin, "[admin] ca_cert") if admin.exists() else (),
     )
 

@@ -5,7 +5,8 @@ Layout (directories 0700, private keys 0600)::
     DIR/fleet.toml          settings (no secrets)
     DIR/fleet.db            SQLite store (the embedded default)
     DIR/ca/root.pem         fleet root CA — devices pin its SHA-256 fingerprint
-    DIR/ca/root.key         keep offline in production; only needed to re-issue below
+    DIR/ca/root.key         absent with --offline-root DIR (then DIR/root.key, on removable
+                            media); needed only to sign a new issuing CA
     DIR/ca/issuing.pem      issuing CA (pathlen 0): signs device certificates
     DIR/ca/issuing.key
     DIR/ca/admin.pem        admin CA (pathlen 0): signs admin client certificates only
@@ -37,6 +38,7 @@ from fleet.pki.ca import (
     create_root_ca,
     create_server_certificate,
 )
+from fleet.pki.ceremony import ISSUING_VALIDITY
 from fleet.pki.keys import private_key_to_pem
 
 # Everything `fleet init` creates, so that --force removes exactly that.
@@ -45,6 +47,9 @@ _MANAGED = (
 )  # fmt: skip
 
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
+# README "CA lifetime": a root outlives any device (10-15 years in the field)
+# with room for one planned rollover; issuing CAs rotate within a device's life.
+ROOT_VALIDITY = dt.timedelta(days=20 * 365)
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
 
 
@@ -64,6 +69,7 @@ def init_data_dir(
     key_type: KeyType = KeyType.EC_P256,
     force: bool = False,
     passphrase: bytes | None = None,
+    offline_root: Path | None = None,
 ) -> InitResult:
     """Create CA material, server TLS certificate and fleet.toml in ``data_dir``.
 
@@ -89,8 +95,23 @@ def init_data_dir(
         else:
             target.unlink()
 
-    root = create_root_ca("fleet root CA", now=now, key_type=key_type)
-    issuing = create_issuing_ca(root, "fleet device issuing CA", now=now, key_type=key_type)
+    if offline_root is not None:
+        offline_root = offline_root.resolve()
+        if offline_root == data_dir or data_dir in offline_root.parents:
+            raise ConfigError(
+                f"--offline-root {offline_root} is inside the data directory",
+                hint="Give a directory on removable media, outside the data directory.",
+            )
+        if (offline_root / "root.key").exists() and not force:
+            raise ConfigError(
+                f"{offline_root} already holds a root key",
+                reason="data_dir_exists",
+                hint="Use other media, or pass --force to replace that root.",
+            )
+    root = create_root_ca("fleet root CA", now=now, key_type=key_type, validity=ROOT_VALIDITY)
+    issuing = create_issuing_ca(
+        root, "fleet device issuing CA", now=now, key_type=key_type, validity=ISSUING_VALIDITY
+    )
     server = create_server_certificate(
         root,
         common_name=names[0],
@@ -104,7 +125,16 @@ def init_data_dir(
     FleetAuthorities(
         roots=(root.certificate,), issuing=(issuing.certificate,), admin=(admin_ca.certificate,)
     )
-    _write_pair(data_dir / "ca", "root", root, passphrase)
+    if offline_root is None:
+        _write_pair(data_dir / "ca", "root", root, passphrase)
+    else:
+        # The root key goes only to the offline directory; the data directory
+        # gets the certificate, which is all the online server needs.
+        _write_pair(offline_root, "root", root, passphrase)
+        ensure_private_dir(data_dir / "ca")
+        write_atomic(
+            data_dir / "ca" / "root.pem", certificate_to_pem(root.certificate), mode=PUBLIC_MODE
+        )
     _write_pair(data_dir / "ca", "issuing", issuing, passphrase)
     _write_pair(data_dir / "ca", "admin", admin_ca, passphrase)
     _write_pair(data_dir / "tls", "server", server, None)  # the server must start unattended

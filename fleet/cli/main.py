@@ -11,6 +11,7 @@ from fleet import __version__
 from fleet.cli.admin import admin
 from fleet.cli.audit import audit
 from fleet.cli.broker_cert import broker_cert
+from fleet.cli.ca import ca
 from fleet.cli.cert import cert
 from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
 from fleet.cli.crl import crl
@@ -85,12 +86,20 @@ def cli() -> None:
     is_flag=True,
     help="Overwrite an existing data directory (DESTROYS its CA and database).",
 )
+@click.option(
+    "--offline-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the root key (and a copy of root.pem) only to this directory, e.g. removable "
+    "media, never into the data directory; new issuing CAs are then signed in a ceremony "
+    "(fleet ca sign-issuing).",
+)
 def init(
     data_dir: Path,
     server_names: tuple[str, ...],
     key_type: str,
     passphrase_file: Path | None,
     force: bool,
+    offline_root: Path | None,
 ) -> None:
     """Create a working data directory.
 
@@ -110,11 +119,14 @@ def init(
         key_type=parse_key_type(key_type),
         force=force,
         passphrase=passphrase,
+        offline_root=offline_root,
     )
     asyncio.run(_create_database(f"sqlite:///{result.data_dir / 'fleet.db'}"))
     click.echo(f"Created fleet data directory {result.data_dir}")
     click.echo(f"  config:        {result.config_path}")
     click.echo(f"  server names:  {', '.join(result.server_names)}")
+    if offline_root is not None:
+        click.echo(f"  root key:      {offline_root}/root.key (offline; not in the data directory)")
     click.echo("Devices pin the fleet root by this SHA-256 fingerprint:")
     click.echo(f"  {result.root_fingerprint}")
     click.echo(f"Next: fleet serve --config {result.config_path}")
@@ -133,6 +145,7 @@ cli.add_command(admin)
 cli.add_command(cert)
 cli.add_command(audit)
 cli.add_command(broker_cert)
+cli.add_command(ca)
 
 
 def main() -> None:

@@ -50,6 +50,9 @@ class Reason(enum.StrEnum):
     TRUST_DOMAINS_MIXED = "trust_domains_mixed"
     NOT_A_CA = "not_a_ca"
     CA_EXPIRED = "ca_expired"
+    CERTIFICATE_OUTLIVES_ISSUER = "certificate_outlives_issuer"
+    CA_ROTATION_REFUSED = "ca_rotation_refused"  # promote/retire/install not possible now
+    ISSUING_CSR_INVALID = "issuing_csr_invalid"  # a signing-ceremony CSR that is not acceptable
 
     # -- requests and encodings -------------------------------------------------------
     ENCODING_INVALID = "encoding_invalid"

@@ -21,8 +21,8 @@ from fleet.pki._time import require_utc
 from fleet.pki.ca import (
     CertifiedKey,
     authority_key_identifier,
-    capped_not_after,
     end_entity_usage,
+    refuse_outliving_issuer,
 )
 from fleet.pki.csr import csr_public_key, verify_csr_signature
 from fleet.pki.keys import PublicKey, signing_hash
@@ -106,7 +106,7 @@ def build_device_certificate(
 ) -> x509.CertificateBuilder:
     """The unsigned device certificate for ``request`` under ``profile``."""
     require_utc(now)
-    not_after = capped_not_after(issuer.certificate, now, profile.validity)
+    not_after = refuse_outliving_issuer(issuer.certificate, now, profile.validity)
     not_before = now - profile.backdate
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, request.device_id)]
     if profile.organization:
