@@ -5,7 +5,7 @@ Layout, beside ``[ca] issuing_cert`` (default ``ca/``)::
     issuing.pem / issuing.key            current: signs every new certificate
     issuing-next.pem / issuing-next.key  next: trusted and published, signs nothing yet
                                          (the key alone: a signing ceremony is under way)
-    retiring/<sha256-16>.pem / .key      retiring: still trusted; its key signs only its
+    retiring/<issuer_id>.pem / .key       retiring: still trusted; its key signs only its
                                          CRL and OCSP answers, until ``fleet ca retire``
     issuing-generation                   a counter bumped by every change of the set
     renew-before                         ``fleet device renew --all --before DATE``
@@ -33,14 +33,13 @@ from fleet.kernel.errors import ConfigError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.reasons import Reason
-from fleet.pki.ca import CertifiedKey, certificate_to_pem, load_certificates_pem
+from fleet.pki.ca import CertifiedKey, certificate_to_pem, issuer_id, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
 
 _NEXT = "issuing-next"
 _RETIRING = "retiring"
 _GENERATION = "issuing-generation"
 _RENEW_BEFORE = "renew-before"
-_PREFIX = 16  # hex digits of the SHA-256 that name a retiring issuer (and its /crl/ URL)
 
 
 class IssuerState(enum.StrEnum):
@@ -68,11 +67,7 @@ class RegisteredIssuer:
     @property
     def short_id(self) -> str:
         """The issuer's name in URLs (``/crl/<short_id>``) and file names."""
-        return self.sha256[:_PREFIX]
-
-
-def issuer_short_id(cert: x509.Certificate) -> str:
-    return sha256_fingerprint(cert)[:_PREFIX]
+        return issuer_id(self.certificate)
 
 
 def _ca_dir(config: FleetConfig) -> Path:
@@ -125,8 +120,19 @@ def load_signing_issuers(
 ) -> list[tuple[RegisteredIssuer, CertifiedKey]]:
     """Each registered issuer with its key (the server signs CRLs and OCSP with each)."""
     loaded = []
+    seen: set[str] = set()
     for issuer in list_issuers(config):
+        if issuer.sha256 in seen:  # mid-promote: the new CA is both next and current
+            continue
+        seen.add(issuer.sha256)
         key = load_private_key_pem(_read(issuer.key_path), passphrase)
+        if key.public_key() != issuer.certificate.public_key():
+            # A promote is being written (or the files were mixed up by hand).
+            raise ConfigError(
+                f"{issuer.key_path} is not the key of {issuer.cert_path}",
+                hint="If a `fleet ca promote` is running, this clears when it ends; "
+                "otherwise restore the matching key.",
+            )
         loaded.append((issuer, CertifiedKey(issuer.certificate, key)))
     return loaded
 

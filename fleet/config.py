@@ -70,6 +70,13 @@ class CaConfig:
     # A file holding the issuing key's passphrase; empty = key not encrypted
     # (or FLEET_CA_KEY_PASSPHRASE set).
     key_passphrase_file: Path | None = None
+    # How often a running server checks the issuing-CA set (fleet ca promote,
+    # rotate-issuing, retire) for a change; SIGHUP checks at once.
+    reload_seconds: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.reload_seconds <= 3600:
+            raise ConfigError(f"[ca] reload_seconds must be 1..3600, got {self.reload_seconds}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -215,6 +215,7 @@ workers = 1
 root_cert = "ca/root.pem"
 issuing_cert = "ca/issuing.pem"
 issuing_key = "ca/issuing.key"
+reload_seconds = 2            # running servers pick up `fleet ca promote` within this (or SIGHUP)
 
 [profile]
 # Operational device certificates.

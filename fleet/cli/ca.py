@@ -33,6 +33,7 @@ from fleet.config import FleetConfig
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.keys import key_type_of
+from fleet.kernel.reasons import Reason
 from fleet.pki.ca import CertifiedKey, certificate_to_pem, load_certificates_pem
 from fleet.pki.ceremony import (
     ISSUING_VALIDITY,
@@ -83,7 +84,7 @@ def _load_root(
     except FileNotFoundError:
         raise ConfigError(
             f"no root key at {key_path}",
-            reason="root_key_missing",
+            reason=Reason.ROOT_KEY_MISSING,
             hint="The root is offline: run the ceremony (fleet ca rotate-issuing --csr-out FILE, "
             "then fleet ca sign-issuing on the offline machine), or give --root-dir DIR.",
         ) from None

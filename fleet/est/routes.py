@@ -24,6 +24,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 
 from fleet.authority.credentials import Credentials
 from fleet.authority.enrollment import Authority, Issued
+from fleet.authority.issuers import LiveIssuers
 from fleet.config import FleetConfig
 from fleet.http.peer import PeerCertificates
 from fleet.kernel.errors import (
@@ -62,8 +63,9 @@ class EstService:
     authority: Authority
     credentials: Credentials
     peers: PeerCertificates
-    ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
-    _cacerts_der: bytes | None = None
+    issuers: LiveIssuers  # current, next, retiring: devices and brokers learn a next CA here
+    roots: tuple[x509.Certificate, ...]
+    _cacerts: tuple[int, bytes] | None = None  # (issuing-set generation, DER)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -102,9 +104,14 @@ class EstService:
 
     # -- operations ------------------------------------------------------------
     async def cacerts(self, request: web.Request, profile: DeviceProfile) -> web.Response:
-        if self._cacerts_der is None:  # the chain never changes while we run
-            self._cacerts_der = encode_certs_only(self.ca_chain)
-        return _base64_response(request, self._cacerts_der, CT_CACERTS)
+        issuers = self.issuers.now
+        if self._cacerts is None or self._cacerts[0] != issuers.generation:
+            # Current issuer first (what signs now), then next and retiring, then roots.
+            self._cacerts = (
+                issuers.generation,
+                encode_certs_only((*issuers.trusted, *self.roots)),
+            )
+        return _base64_response(request, self._cacerts[1], CT_CACERTS)
 
     async def csrattrs(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         der = encode_csr_attributes(

@@ -53,6 +53,7 @@ class Reason(enum.StrEnum):
     CERTIFICATE_OUTLIVES_ISSUER = "certificate_outlives_issuer"
     CA_ROTATION_REFUSED = "ca_rotation_refused"  # promote/retire/install not possible now
     ISSUING_CSR_INVALID = "issuing_csr_invalid"  # a signing-ceremony CSR that is not acceptable
+    ROOT_KEY_MISSING = "root_key_missing"  # the root is offline: sign in a ceremony
 
     # -- requests and encodings -------------------------------------------------------
     ENCODING_INVALID = "encoding_invalid"

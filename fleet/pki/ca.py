@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleet.kernel.decoding import decode_certificate_fields, decoding
 from fleet.kernel.errors import ConfigError, PolicyError
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.keys import KeyType, key_type_of
 from fleet.kernel.reasons import Reason
 from fleet.pki._time import require_utc
@@ -89,6 +90,11 @@ def refuse_outliving_issuer(
             hint="Rotate the issuing CA: fleet ca rotate-issuing, then fleet ca promote.",
         )
     return not_after
+
+
+def issuer_id(cert: x509.Certificate) -> str:
+    """A CA's short name in URLs (``/crl/<id>``) and file names: 16 hex digits of its SHA-256."""
+    return sha256_fingerprint(cert)[:16]
 
 
 def _ca_usage() -> x509.KeyUsage:

@@ -22,6 +22,7 @@ from fleet.pki.ca import (
     CertifiedKey,
     authority_key_identifier,
     end_entity_usage,
+    issuer_id,
     refuse_outliving_issuer,
 )
 from fleet.pki.csr import csr_public_key, verify_csr_signature
@@ -96,6 +97,16 @@ def validate_request(
     return ValidatedRequest(device_id=device_id, public_key=public_key, key_type=key_type)
 
 
+def crl_url_for(template: str, issuer: CertifiedKey) -> str:
+    """``[profile] crl_url`` with ``{issuer}`` replaced by the issuer's id.
+
+    After a rotation, ``/crl`` is the current issuer's CRL; a certificate of
+    the retiring issuer must point at its own (``/crl/<issuer_id>``), or a
+    relying party fetches a CRL by another CA and cannot check it.
+    """
+    return template.replace("{issuer}", issuer_id(issuer.certificate))
+
+
 def build_device_certificate(
     request: ValidatedRequest,
     *,
@@ -129,7 +140,7 @@ def build_device_certificate(
     )
     if profile.crl_url:
         point = x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(profile.crl_url)],
+            full_name=[x509.UniformResourceIdentifier(crl_url_for(profile.crl_url, issuer))],
             relative_name=None,
             reasons=None,
             crl_issuer=None,
