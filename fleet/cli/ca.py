@@ -43,10 +43,20 @@ from fleet.pki.ceremony import (
 )
 from fleet.pki.csr import load_csr
 from fleet.pki.expiry import days_left, expiry_warning
-from fleet.pki.keys import generate_private_key, load_private_key_pem, private_key_to_pem
+from fleet.pki.keys import (
+    PrivateKey,
+    generate_private_key,
+    load_private_key_pem,
+    private_key_to_pem,
+)
 from fleet.store.factory import open_store
 
-_NEW_ISSUER_NAME = "fleet device issuing CA"
+
+def _new_issuer_name(key: PrivateKey, at: dt.datetime) -> str:
+    """A name of its own for each issuing CA: same-named CAs make relying parties
+    (OpenSSL's chain and CRL lookups, people reading logs) pick by key id alone."""
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key()).digest.hex()
+    return f"fleet device issuing CA {at:%Y-%m-%d} {ski[:8]}"
 
 
 @click.group(cls=FleetGroup)
@@ -147,7 +157,7 @@ def rotate_issuing(root_dir: Path | None, csr_out: Path | None, days: int) -> No
     key_pem = private_key_to_pem(key, passphrase)
     if csr_out is not None:
         begin_ceremony(config, key_pem)
-        csr = create_issuing_csr(key, _NEW_ISSUER_NAME)
+        csr = create_issuing_csr(key, _new_issuer_name(key, now()))
         csr_out.write_bytes(csr.public_bytes(Encoding.PEM))
         click.echo(f"New issuing key kept in {next_key_path(config)}; request written to {csr_out}")
         click.echo("On the offline machine:")
@@ -158,7 +168,7 @@ def rotate_issuing(root_dir: Path | None, csr_out: Path | None, days: int) -> No
         root = _offline_root(root_dir, passphrase)
     else:
         root = _load_root(roots[0], config.ca.root_cert.with_suffix(".key"), passphrase)
-    csr = create_issuing_csr(key, _NEW_ISSUER_NAME)
+    csr = create_issuing_csr(key, _new_issuer_name(key, now()))
     cert = sign_issuing_csr(root, csr, now=now(), validity=dt.timedelta(days=days))
     _install(config, cert, key_pem, roots)
 
