@@ -18,12 +18,12 @@ WARNING_DAYS: tuple[int, ...] = (180, 90, 30)
 @dataclass(frozen=True, slots=True)
 class ExpiryWarning:
     days_left: int
-    threshold: int  # the smallest of WARNING_DAYS not below days_left
+    threshold: int  # the smallest of WARNING_DAYS at or above days_left
 
     def __str__(self) -> str:
         if self.days_left <= 0:
             return "EXPIRED"
-        return f"expires in {self.days_left} days (under {self.threshold})"
+        return f"expires in {self.days_left} days (warned from {self.threshold})"
 
 
 def days_left(cert: x509.Certificate, now: dt.datetime) -> int:
@@ -34,7 +34,7 @@ def days_left(cert: x509.Certificate, now: dt.datetime) -> int:
 def expiry_warning(cert: x509.Certificate, now: dt.datetime) -> ExpiryWarning | None:
     """None while the CA has more than 180 days; else the tightest threshold crossed."""
     left = days_left(cert, now)
-    crossed = [days for days in WARNING_DAYS if left < days]
+    crossed = [days for days in WARNING_DAYS if left <= days]
     if not crossed:
         return None
     return ExpiryWarning(days_left=left, threshold=min(crossed))
