@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import signal
+import ssl
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -12,8 +15,10 @@ from prometheus_client import CollectorRegistry
 from broker_plugins.amqtt._hardening import HardenedBroker, require_amqtt_version
 from broker_plugins.amqtt.gate import BrokerMetrics, ConnectionGate
 from broker_plugins.amqtt.settings import AmqttSettings
+from broker_plugins.ca_refresh import refresh_bundle
 from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
+from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 
@@ -42,10 +47,14 @@ class EmbeddedBroker:
         self.broker: HardenedBroker | None = None
         self.port = settings.port
         self._metrics_server: MetricsServer | None = None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._ca_task: asyncio.Task[None] | None = None
+        self._ca_pem = b""
 
     async def start(self) -> None:
         s = self.settings
-        ssl_context = s.ssl_context()
+        ssl_context = self._ssl_context = s.ssl_context()
+        self._ca_pem = s.fleet_ca.read_bytes()
         policy = s.trust_policy()
         if self._store is None:
             self._store = await open_store(s.store_url)
@@ -77,6 +86,7 @@ class EmbeddedBroker:
         self.cache.on_revoked(self.broker.forget_revoked)
         await self.broker.start()
         self.port = self.broker.find_port()
+        self._ca_task = asyncio.create_task(self._follow_fleet_ca(), name="fleet-ca")
         if s.metrics_port is not None:
             self._metrics_server = MetricsServer(
                 s.metrics_host or "127.0.0.1", s.metrics_port, self.metrics.registry
@@ -95,7 +105,45 @@ class EmbeddedBroker:
             },
         )
 
+    async def _follow_fleet_ca(self) -> None:
+        """Trust what fleet_ca holds now: refreshed from /cacerts, or edited by hand."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.ca_refresh_seconds)
+            try:
+                if s.cacerts_url:
+                    context = ssl.create_default_context(cafile=str(s.fleet_ca))
+                    await asyncio.to_thread(
+                        refresh_bundle, s.fleet_ca, s.cacerts_url, context, dt.datetime.now(dt.UTC)
+                    )
+                self.reload_fleet_ca()
+            except (OSError, FleetError) as exc:
+                log.warning("fleet CA bundle not refreshed, keeping it: %s", exc)
+
+    def reload_fleet_ca(self) -> bool:
+        """Swap the trust policy when fleet_ca changed; True when it did.
+
+        The gate's policy decides (issuer, chain, validity); the TLS layer only
+        needs to know every CA that might: OpenSSL can add CAs to a live
+        context but not remove them, so a retired CA still passes the
+        handshake and is refused by the policy with ``unknown_issuer``.
+        """
+        pem = self.settings.fleet_ca.read_bytes()
+        if pem == self._ca_pem or self.gate is None or self._ssl_context is None:
+            return False
+        policy = self.settings.trust_policy()
+        self._ssl_context.load_verify_locations(cadata=pem.decode())
+        self.gate.policy = policy
+        self._ca_pem = pem
+        log.info("fleet CA bundle reloaded", extra={"fields": {"event": "fleet_ca_reloaded"}})
+        return True
+
     async def stop(self) -> None:
+        if self._ca_task is not None:
+            self._ca_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ca_task
+            self._ca_task = None
         if self.broker is not None:
             await self.broker.shutdown()
             self.broker = None

@@ -27,6 +27,13 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 
 from fleet.kernel.fingerprint import sha256_fingerprint
 from tests.integration.est.conftest import Fleet, running_fleet
+from tests.support.amqtt_broker import (
+    BrokerThread,
+    Device,
+    broker_settings,
+    client_context,
+    running_broker,
+)
 from tests.support.openssl import openssl
 
 CRL_TEMPLATE = "http://pki.fleet.test/crl/{issuer}"
@@ -116,7 +123,28 @@ def _ocsp(fleet: Fleet, cert: Path, issuer: Path, chain: Path) -> str:
     return proc.stdout.decode() + proc.stderr.decode()
 
 
-def test_rotate_promote_renew_retire(fleet: Fleet) -> None:
+def _connects(broker: BrokerThread, fleet: Fleet, device_id: str, cert: Path, key: Path) -> bool:
+    client = Device(broker.port, device_id, client_context(fleet.server.root_pem, cert, key))
+    try:
+        return client.connect() == 0
+    finally:
+        client.client.disconnect()
+        client.client.loop_stop()
+
+
+def test_rotate_promote_renew_retire(fleet: Fleet, tmp_path: Path) -> None:
+    # The embedded broker follows /cacerts (only CAs under the root it already has).
+    settings = broker_settings(
+        fleet.server,
+        tmp_path,
+        cacerts_url=fleet.server.est("cacerts"),
+        ca_refresh_seconds=0.2,
+    )
+    with running_broker(settings) as broker:
+        _rotate_promote_renew_retire(fleet, broker)
+
+
+def _rotate_promote_renew_retire(fleet: Fleet, broker: BrokerThread) -> None:
     old = _issuing(fleet)
     old_id = sha256_fingerprint(old)[:16]
     old_pem = fleet.work / "old-issuing.pem"
@@ -149,8 +177,15 @@ def test_rotate_promote_renew_retire(fleet: Fleet) -> None:
         "every worker signs with the promoted CA",
     )
     other = fleet.new_device()
-    _other_key, other_csr = fleet.csr("b")
-    _cert(fleet.issued(fleet.enroll(other, other_csr), "b")).verify_directly_issued_by(nxt)
+    other_key, other_csr = fleet.csr("b")
+    other_cert = fleet.issued(fleet.enroll(other, other_csr), "b")
+    _cert(other_cert).verify_directly_issued_by(nxt)
+    # Both brokers' worth of trust, without a restart: the new CA's device and the old one's.
+    _until(
+        lambda: _connects(broker, fleet, other.device_id, other_cert, other_key),
+        "the embedded broker admits a device of the new CA",
+    )
+    assert _connects(broker, fleet, device.device_id, cert, key)
 
     # The old CA's device is still admitted, its CRL and OCSP still answered by the old key.
     status, der = _get(fleet, f"/crl/{old_id}")
