@@ -156,6 +156,7 @@ def _bump(config: FleetConfig) -> int:
 def begin_ceremony(config: FleetConfig, key_pem: bytes) -> None:
     """Keep the new issuing key (only the key) until the ceremony's certificate comes back."""
     _refuse_if_next(config)
+    _refuse_if_ceremony(config)
     write_atomic(next_key_path(config), key_pem, mode=SECRET_MODE)
 
 
@@ -163,6 +164,7 @@ def install_next(config: FleetConfig, certificate: x509.Certificate, key_pem: by
     """Make ``certificate`` the next issuer; ``key_pem`` None = the key a ceremony left."""
     _refuse_if_next(config)
     if key_pem is not None:
+        _refuse_if_ceremony(config)
         write_atomic(next_key_path(config), key_pem, mode=SECRET_MODE)
     elif not next_key_path(config).exists():
         raise RotationRefused(
@@ -178,6 +180,16 @@ def _refuse_if_next(config: FleetConfig) -> None:
         raise RotationRefused(
             "a next issuing CA is already installed",
             hint="Promote it first (fleet ca promote), or look at fleet ca status.",
+        )
+
+
+def _refuse_if_ceremony(config: FleetConfig) -> None:
+    # Overwriting the key would make the certificate the ceremony brings back useless.
+    if next_key_path(config).exists():
+        raise RotationRefused(
+            f"a signing ceremony is under way: {next_key_path(config)} waits for its certificate",
+            hint="Finish it with fleet ca install-issuing --cert FILE; to abandon it, delete "
+            "that key file.",
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import os
+import signal
 import ssl
 import subprocess
 import sys
@@ -214,6 +215,27 @@ def _rotate_promote_renew_retire(fleet: Fleet, broker: BrokerThread) -> None:
         "the retired CA leaves /cacerts",
     )
     _until(_every_worker(lambda: _get(fleet, f"/crl/{old_id}")[0] == 404), "its CRL is gone")
+
+
+def test_sighup_reloads_every_worker_at_once(tmp_path: Path) -> None:
+    # Polling practically off: only the signal (to the supervisor, forwarded) can do it.
+    env = {"FLEET_CA_RELOAD_SECONDS": "3600"}
+    with running_fleet(tmp_path, env=env, workers=2) as fleet:
+        status, metrics = _get(fleet, "/metrics")
+        assert status == 200
+        assert b"fleet_ca_days_to_expiry{" in metrics
+        rotated = _fleet_cli(fleet, "ca", "rotate-issuing")
+        assert rotated.returncode == 0, rotated.stderr
+        nxt = sha256_fingerprint(
+            x509.load_pem_x509_certificate(
+                (fleet.server.data_dir / "ca/issuing-next.pem").read_bytes()
+            )
+        )
+        assert nxt not in _cacerts(fleet)
+        assert fleet.server.proc is not None
+        fleet.server.proc.send_signal(signal.SIGHUP)
+        _until(_every_worker(lambda: nxt in _cacerts(fleet)), "SIGHUP reloaded every worker")
+        assert fleet.server.proc.poll() is None
 
 
 def test_renew_all_before_shortens_the_next_renewal_answer(fleet: Fleet) -> None:

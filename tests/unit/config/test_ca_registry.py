@@ -93,6 +93,11 @@ def test_ceremony_key_waits_for_its_certificate(tmp_path: Path) -> None:
         install_next(config, nxt.certificate, None)
     begin_ceremony(config, private_key_to_pem(nxt.private_key))
     assert [i.state for i in list_issuers(config)] == [IssuerState.CURRENT]  # key alone: not yet
+    # Neither a second ceremony nor an online rotation may overwrite the waiting key.
+    with pytest.raises(RotationRefused, match="ceremony is under way"):
+        begin_ceremony(config, private_key_to_pem(nxt.private_key))
+    with pytest.raises(RotationRefused, match="ceremony is under way"):
+        install_next(config, nxt.certificate, private_key_to_pem(nxt.private_key))
     install_next(config, nxt.certificate, None)
     assert list_issuers(config)[1].state is IssuerState.NEXT
 
