@@ -8,6 +8,8 @@ Layout, beside ``[ca] issuing_cert`` (default ``ca/``)::
     retiring/<issuer_id>.pem / .key       retiring: still trusted; its key signs only its
                                          CRL and OCSP answers, until ``fleet ca retire``
     issuing-generation                   a counter bumped by every change of the set
+    issuing-set.pem                      every trusted issuing CA, current first: for a
+                                         broker beside the server (Mosquitto's issuing_ca)
     renew-before                         ``fleet device renew --all --before DATE``
 
 The current issuer keeps the path every existing reader uses (the brokers'
@@ -39,6 +41,7 @@ from fleet.pki.keys import load_private_key_pem
 _NEXT = "issuing-next"
 _RETIRING = "retiring"
 _GENERATION = "issuing-generation"
+ISSUING_SET = "issuing-set.pem"
 _RENEW_BEFORE = "renew-before"
 
 
@@ -147,7 +150,16 @@ def generation(config: FleetConfig) -> int:
         raise ConfigError(f"cannot read {_ca_dir(config) / _GENERATION}: {exc}") from exc
 
 
+def write_issuing_set(config: FleetConfig) -> Path:
+    """ca/issuing-set.pem: the trusted issuing CAs as one PEM bundle, current first."""
+    path = _ca_dir(config) / ISSUING_SET
+    certs = list_issuers(config)
+    write_atomic(path, b"".join(certificate_to_pem(i.certificate) for i in certs), mode=PUBLIC_MODE)
+    return path
+
+
 def _bump(config: FleetConfig) -> int:
+    write_issuing_set(config)
     value = generation(config) + 1
     write_atomic(_ca_dir(config) / _GENERATION, f"{value}\n".encode(), mode=PUBLIC_MODE)
     return value

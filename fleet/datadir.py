@@ -9,6 +9,7 @@ Layout (directories 0700, private keys 0600)::
                             media); needed only to sign a new issuing CA
     DIR/ca/issuing.pem      issuing CA (pathlen 0): signs device certificates
     DIR/ca/issuing.key
+    DIR/ca/issuing-set.pem  every trusted issuing CA (fleet.ca_registry keeps it current)
     DIR/ca/admin.pem        admin CA (pathlen 0): signs admin client certificates only
     DIR/ca/admin.key
     DIR/tls/server.pem      server TLS certificate (signed by the root, no CRL DP)
@@ -25,6 +26,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from fleet.ca_registry import ISSUING_SET
 from fleet.config import CONFIG_FILENAME
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import ConfigError
@@ -137,6 +139,9 @@ def init_data_dir(
         )
     _write_pair(data_dir / "ca", "issuing", issuing, passphrase)
     _write_pair(data_dir / "ca", "admin", admin_ca, passphrase)
+    write_atomic(
+        data_dir / "ca" / ISSUING_SET, certificate_to_pem(issuing.certificate), mode=PUBLIC_MODE
+    )
     _write_pair(data_dir / "tls", "server", server, None)  # the server must start unattended
     config_path = data_dir / CONFIG_FILENAME
     write_atomic(config_path, _config_text(names).encode(), mode=0o640)

@@ -42,6 +42,9 @@ def test_install_promote_retire(tmp_path: Path) -> None:
     config = load_config(result.config_path, environ={})
     first = list_issuers(config)
     assert [i.state for i in first] == [IssuerState.CURRENT]
+    assert (result.data_dir / "ca/issuing-set.pem").read_bytes() == (
+        result.data_dir / "ca/issuing.pem"
+    ).read_bytes()
     assert generation(config) == 0
     with pytest.raises(RotationRefused, match="no next issuing CA"):
         promote(config)
@@ -62,6 +65,8 @@ def test_install_promote_retire(tmp_path: Path) -> None:
     ]
     assert issuers[1].key_path.stat().st_mode & 0o777 == 0o600
     assert generation(config) == 2
+    bundle = load_certificates_pem((result.data_dir / "ca/issuing-set.pem").read_bytes())
+    assert bundle == [nxt.certificate, old.certificate]
     # The server can load it all, each certificate with its own key.
     assert [ca.certificate for _, ca in load_signing_issuers(config, None)] == [
         nxt.certificate,
@@ -71,6 +76,8 @@ def test_install_promote_retire(tmp_path: Path) -> None:
         remove_retiring(config, issuers[0])
     remove_retiring(config, issuers[1])
     assert [i.state for i in list_issuers(config)] == [IssuerState.CURRENT]
+    bundle = load_certificates_pem((result.data_dir / "ca/issuing-set.pem").read_bytes())
+    assert bundle == [nxt.certificate]
     assert generation(config) == 3
 
 
