@@ -228,7 +228,8 @@ validity_days = 30
 backdate_minutes = 5          # tolerate device clocks a little behind
 key_types = ["ec-p256", "ec-p384", "ed25519"]
 organization = ""
-crl_url = ""                  # public URL of /crl, put in issued certificates when set
+crl_url = ""                  # public URL of /crl, put in issued certificates when set;
+                              # ".../crl/{{issuer}}": each certificate names its own issuer's CRL
 ocsp_url = ""                 # public URL of /ocsp, put in issued certificates when set
 
 [policy]

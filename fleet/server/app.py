@@ -132,6 +132,13 @@ def build_app(
         fleet=load_fleet_authorities(config),
     )
     app.add_routes(admin_api.routes())
+
+    def follow_rotation(_: object) -> None:
+        # A next issuing CA is a fleet CA from the moment it is trusted: never a manufacturer.
+        with contextlib.suppress(FleetError):
+            admin_api.fleet = load_fleet_authorities(config)
+
+    issuers.subscribe(follow_rotation)
     if config.ui.enabled:
         if console_key is None:
             log.warning("no console session key given: sessions last until this process ends")
