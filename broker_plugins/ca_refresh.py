@@ -68,6 +68,14 @@ def _pathlen(cert: x509.Certificate) -> int | None:
     return -1 if bc.path_length is None else bc.path_length
 
 
+def _signed_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(root)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def accepted_bundle(
     current: Sequence[x509.Certificate],
     offered: Sequence[x509.Certificate],
@@ -81,23 +89,18 @@ def accepted_bundle(
     for cert in offered:
         if _is_root(cert) or cert in issuing:
             continue
-        issuer = next((r for r in roots if r.subject == cert.issuer), None)
-        reason = ""
-        if issuer is None:
-            reason = "not signed by a root this broker trusts"
+        named = [r for r in roots if r.subject == cert.issuer]
+        why = ""
+        if not named:
+            why = "not signed by a root this broker trusts"
         elif _pathlen(cert) != 0:
-            reason = "not a pathlen-0 CA"
+            why = "not a pathlen-0 CA"
         elif cert.not_valid_after_utc <= now:
-            reason = "expired"
-        else:
-            try:
-                cert.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, InvalidSignature):
-                reason = "signature does not verify under the root"
-        if reason:
-            log.warning(
-                "ignored a /cacerts certificate %s: %s", cert.subject.rfc4514_string(), reason
-            )
+            why = "expired"
+        elif not any(_signed_by(cert, root) for root in named):  # roots may share a name
+            why = "signature does not verify under the root"
+        if why:
+            log.warning("ignored a /cacerts certificate %s: %s", cert.subject.rfc4514_string(), why)
             continue
         issuing.append(cert)
     if not issuing:
