@@ -21,11 +21,13 @@ from fleet.ca_registry import (
     RegisteredIssuer,
     RotationRefused,
     begin_ceremony,
+    generation,
     install_next,
     list_issuers,
     next_key_path,
     promote,
     remove_retiring,
+    renew_before,
 )
 from fleet.cli._context import config_option, echo_json, json_option, load, now, table, when
 from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
@@ -311,8 +313,16 @@ def status(as_json: bool) -> None:
     if config.admin.ca_cert.exists():
         admin = load_certificates_pem(config.admin.ca_cert.read_bytes())[0]
         rows.append(_row("admin", "current", admin, at, str(config.admin.ca_key), None))
+    deadline = renew_before(config)
     if as_json:
-        echo_json({"now": when(at), "cas": rows})
+        echo_json(
+            {
+                "now": when(at),
+                "generation": generation(config),
+                "renew_before": when(deadline) if deadline else None,
+                "cas": rows,
+            }
+        )
         return
     table(
         ("ROLE", "STATE", "SHA256", "EXPIRES", "DAYS", "GOOD", "EXPIRED", "REVOKED", "KEY"),
@@ -325,6 +335,8 @@ def status(as_json: bool) -> None:
             for r in rows
         ],
     )  # fmt: skip
+    if deadline is not None and deadline > at:
+        click.echo(f"renew-before: every device renews before {when(deadline)}")
     for r in rows:
         if r["warning"]:
             click.echo(f"warning: {r['role']} CA {r['sha256'][:16]} {r['warning']}")

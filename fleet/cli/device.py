@@ -21,7 +21,7 @@ from fleet.cli._context import (
     when,
 )
 from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
-from fleet.cli.mode import admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options, require_local
 from fleet.cli.ops import DeviceQuery
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import ConfigError
@@ -290,6 +290,7 @@ def renew(all_devices: bool, deadline: str | None, clear: bool) -> None:
     [ca] reload_seconds. Devices renew more often until DATE: pick DATE a few
     renewal periods ahead when the fleet is large.
     """
+    require_local("fleet device renew")
     config = load()
     if clear:
         set_renew_before(config, None)
