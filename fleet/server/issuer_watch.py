@@ -39,6 +39,7 @@ log = logging.getLogger("fleet.ca")
 # Counting certificates per issuer reads every good and revoked certificate:
 # done this often, not per scrape.
 COUNT_INTERVAL_SECONDS = 300.0
+WARN_EVERY_SECONDS = 86400.0
 
 
 def load_issuing_set(config: FleetConfig, passphrase: bytes | None) -> IssuingSet:
@@ -72,6 +73,9 @@ class IssuerWatch:
         self._metrics = metrics
         self._wake = asyncio.Event()
         self._counted_at = float("-inf")
+        # CA id -> (threshold, monotonic time) of its last expiry log line: a warning
+        # is logged when it tightens and then once a day, not at every pass.
+        self._warned: dict[str, tuple[int, float]] = {}
 
     def reload_now(self) -> None:
         """SIGHUP: re-read the set at once, whatever its generation says."""
@@ -119,11 +123,19 @@ class IssuerWatch:
             self._metrics.ca_days_left.labels(*labels).set(days_left(cert, now))
             warning = expiry_warning(cert, now)
             self._metrics.ca_expiry_warning.labels(*labels).set(warning.threshold if warning else 0)
-            if warning is not None:
+            if warning is not None and self._due(labels[2], warning.threshold):
                 log.warning(
                     "%s CA %s (%s) %s: rotate it (README, CA lifetime)",
                     role, issuer_id(cert), cert.subject.rfc4514_string(), warning,
                 )  # fmt: skip
+
+    def _due(self, ca: str, threshold: int) -> bool:
+        last = self._warned.get(ca)
+        now = time.monotonic()
+        if last is not None and last[0] <= threshold and now - last[1] < WARN_EVERY_SECONDS:
+            return False
+        self._warned[ca] = (threshold, now)
+        return True
 
     async def count_certificates(self) -> None:
         issuers = self._issuers.now
