@@ -1,11 +1,12 @@
 """Mosquitto (plugin + sidecar) through an issuing-CA rotation, with a real `fleet serve`.
 
-The node's plugin_opt_issuing_ca is the data directory's ca/issuing-set.pem,
-which `fleet ca` keeps equal to the trusted issuing set. Mosquitto reads its
-CA store and the plugin its issuers only at start (Mosquitto 2.0's SIGHUP
-reloads the server certificate, not the CA store), so the node is restarted
-between rotate-issuing and promote: from then on it admits devices of both
-CAs, and a device of the new CA after promote.
+With ``cacerts_url`` the sidecar follows /cacerts: it rewrites the plugin's
+issuing set and a capath directory (Mosquitto reads cafile only at start, but
+looks capath up at each handshake) and SIGHUPs the broker, whose plugin then
+re-reads its issuers: a device of the new CA is admitted without a restart.
+Without it, the node's issuing_ca can be the data directory's
+ca/issuing-set.pem (kept by `fleet ca`) and the node is restarted between
+rotate-issuing and promote.
 """
 
 from __future__ import annotations
@@ -65,16 +66,69 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(fleet_broker("mosquitto", "build", "--out", out).stdout.strip())
 
 
+def _sidecar_cert(data: Path, tmp_path: Path) -> tuple[Path, Path]:
+    sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
+    fleet_broker(
+        "mosquitto", "sidecar-cert",
+        "--issuing-cert", data / "ca/issuing.pem", "--issuing-key", data / "ca/issuing.key",
+        "--out-cert", sidecar_cert, "--out-key", sidecar_key,
+    )  # fmt: skip
+    return sidecar_cert, sidecar_key
+
+
+def _enroll_from_new_ca(fleet: Fleet, old_issuer: x509.Name) -> tuple[str, Path, Path]:
+    """The server follows promote within [ca] reload_seconds: enroll until it did."""
+    deadline = time.monotonic() + 20
+    device = _enroll(fleet, "new")
+    while _issuer(device) == old_issuer:
+        assert time.monotonic() < deadline, "the server never signed with the new CA"
+        time.sleep(0.2)
+        device = _enroll(fleet, "new")
+    return device
+
+
+def test_mosquitto_follows_cacerts_without_a_restart(tmp_path: Path, plugin: Path) -> None:
+    need_binary("mosquitto")
+    with running_fleet(tmp_path) as fleet:
+        data = fleet.server.data_dir
+        sidecar_cert, sidecar_key = _sidecar_cert(data, tmp_path)
+        node = write_settings(
+            tmp_path / "node",
+            data_dir=data,
+            store_url=f"sqlite:///{data / 'fleet.db'}",
+            plugin=plugin,
+            sidecar_cert=sidecar_cert,
+            sidecar_key=sidecar_key,
+            extra=f'cacerts_url = "{fleet.server.est("cacerts")}"\nca_refresh_seconds = 0.2',
+        )
+        assert f"capath {node.directory / 'state/cadir'}" in node.conf.read_text()
+        try:
+            fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
+            node.start_broker()
+            node.start_sidecar()
+            old_device = _enroll(fleet, "old")
+            assert _admitted(fleet, node, old_device)
+            broker_pid = node.broker.pid if node.broker else None
+
+            mark = node.log_mark()
+            _fleet_ca(fleet, "rotate-issuing")
+            node.wait_broker_log(r"fleet: trust reloaded \(2 issuing CA", after=mark, timeout=20)
+            _fleet_ca(fleet, "promote")
+            new_device = _enroll_from_new_ca(fleet, _issuer(old_device))
+            assert _admitted(fleet, node, new_device)
+            assert _admitted(fleet, node, old_device)
+            assert node.broker is not None
+            assert node.broker.pid == broker_pid
+            assert node.broker.poll() is None  # the same broker process throughout
+        finally:
+            node.stop()
+
+
 def test_mosquitto_admits_both_cas_across_a_rotation(tmp_path: Path, plugin: Path) -> None:
     need_binary("mosquitto")
     with running_fleet(tmp_path) as fleet:
         data = fleet.server.data_dir
-        sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
-        fleet_broker(
-            "mosquitto", "sidecar-cert",
-            "--issuing-cert", data / "ca/issuing.pem", "--issuing-key", data / "ca/issuing.key",
-            "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-        )  # fmt: skip
+        sidecar_cert, sidecar_key = _sidecar_cert(data, tmp_path)
         node = write_settings(
             tmp_path / "node",
             data_dir=data,
@@ -98,14 +152,7 @@ def test_mosquitto_admits_both_cas_across_a_rotation(tmp_path: Path, plugin: Pat
             )
             assert len(cafile) == 3  # current, next, root
             _fleet_ca(fleet, "promote")
-            # The server follows promote within [ca] reload_seconds; the broker needs nothing.
-            old_issuer = _issuer(old_device)
-            deadline = time.monotonic() + 20
-            new_device = _enroll(fleet, "new")
-            while _issuer(new_device) == old_issuer:
-                assert time.monotonic() < deadline, "the server never signed with the new CA"
-                time.sleep(0.2)
-                new_device = _enroll(fleet, "new")
+            new_device = _enroll_from_new_ca(fleet, _issuer(old_device))
             assert _admitted(fleet, node, new_device)
             assert _admitted(fleet, node, old_device)
         finally:
