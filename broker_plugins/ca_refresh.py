@@ -26,6 +26,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from fleet.kernel.errors import ConfigError
@@ -100,12 +101,25 @@ def accepted_bundle(
         elif not any(_signed_by(cert, root) for root in named):  # roots may share a name
             why = "signature does not verify under the root"
         if why:
-            log.warning("ignored a /cacerts certificate %s: %s", cert.subject.rfc4514_string(), why)
+            _warn_once(cert, why)
             continue
         issuing.append(cert)
     if not issuing:
         raise ConfigError("/cacerts offered no issuing CA under a trusted root; bundle kept")
     return [*issuing, *roots]
+
+
+_warned: set[bytes] = set()
+
+
+def _warn_once(cert: x509.Certificate, why: str) -> None:
+    # /cacerts is read every few seconds: say it once per certificate, not each time.
+    # Root-rollover link certificates (pathlen 1) land here too; they are not issuing CAs.
+    fingerprint = cert.fingerprint(hashes.SHA256())
+    if fingerprint in _warned:
+        return
+    _warned.add(fingerprint)
+    log.warning("ignored a /cacerts certificate %s: %s", cert.subject.rfc4514_string(), why)
 
 
 def bundle_pem(certs: Sequence[x509.Certificate]) -> bytes:
