@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from fleet.ca_registry import list_issuers
 from fleet.config import FleetConfig
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import ConfigError, FleetError
@@ -22,11 +23,18 @@ log = logging.getLogger("fleet.authorities")
 
 
 def load_fleet_authorities(config: FleetConfig) -> FleetAuthorities:
-    """Root, issuing and (when the data directory has one) admin CA certificates."""
+    """Root, issuing and (when the data directory has one) admin CA certificates.
+
+    ``issuing`` is every issuing CA of the registry (``fleet.ca_registry``):
+    current first, then next and retiring, all trusted during a rotation.
+    """
     admin = config.admin.ca_cert
+    # Read through the config path first so that a missing current issuer
+    # gives the setting's name.
+    _read_certificates(config.ca.issuing_cert, "[ca] issuing_cert")
     return FleetAuthorities(
         roots=_read_certificates(config.ca.root_cert, "[ca] root_cert"),
-        issuing=_read_certificates(config.ca.issuing_cert, "[ca] issuing_cert"),
+        issuing=tuple(issuer.certificate for issuer in list_issuers(config)),
         admin=_read_certificates(admin, "[admin] ca_cert") if admin.exists() else (),
     )
 
@@ -50,17 +58,17 @@ def load_root_links(config: FleetConfig) -> tuple[x509.Certificate, ...]:
 
 
 class PublishedCas:
-    """What /cacerts serves: the issuing CA, every trusted root (signing root first) and,
-    during a root rollover, the link certificates (RFC 7030 section 4.1.3).
+    """The roots part of /cacerts: every trusted root (signing root first) and, during a
+    root rollover, the link certificates (RFC 7030 section 4.1.3); the issuing CAs in
+    front of them come from the live issuing set (fleet.authority.issuers).
 
     Re-read when ``fleet ca rotate-root``/``retire-root`` replaced the files (a
     new inode, size or mtime), so a running server publishes a rollover
     without a restart; a damaged file keeps the last good answer (logged).
     """
 
-    def __init__(self, config: FleetConfig, issuing: x509.Certificate) -> None:
+    def __init__(self, config: FleetConfig) -> None:
         self._config = config
-        self._issuing = issuing
         self._paths = (config.ca.root_cert, root_links_path(config))
         self._stamp: tuple[tuple[int, int, int] | None, ...] = ()
         self._chain: tuple[x509.Certificate, ...] = ()
@@ -79,7 +87,7 @@ class PublishedCas:
                 if not self._chain:
                     raise
                 return self._chain
-            self._chain, self._stamp = (self._issuing, *roots, *links), stamp
+            self._chain, self._stamp = (*roots, *links), stamp
         return self._chain
 
 

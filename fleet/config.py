@@ -82,6 +82,13 @@ class CaConfig:
     # (mode 0600 or 0400) or FLEET_PKCS11_PIN, never from fleet.toml.
     pkcs11_module: Path | None = None
     pkcs11_pin_file: Path | None = None
+    # How often a running server checks the issuing-CA set (fleet ca promote,
+    # rotate-issuing, retire) for a change; SIGHUP checks at once.
+    reload_seconds: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.reload_seconds <= 3600:
+            raise ConfigError(f"[ca] reload_seconds must be 1..3600, got {self.reload_seconds}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

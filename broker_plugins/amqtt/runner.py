@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import signal
 import ssl
@@ -13,9 +15,10 @@ from prometheus_client import CollectorRegistry
 from broker_plugins.amqtt._hardening import HardenedBroker, require_amqtt_version
 from broker_plugins.amqtt.gate import BrokerMetrics, ConnectionGate
 from broker_plugins.amqtt.settings import AmqttSettings
+from broker_plugins.ca_refresh import refresh_bundle
 from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
-from fleet.kernel.errors import ConfigError
+from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 
@@ -42,13 +45,16 @@ class EmbeddedBroker:
         self.cache: RevocationCache | None = None
         self.gate: ConnectionGate | None = None
         self.broker: HardenedBroker | None = None
-        self._ssl_context: ssl.SSLContext | None = None
         self.port = settings.port
         self._metrics_server: MetricsServer | None = None
+        self._ssl_context: ssl.SSLContext | None = None
+        self._ca_task: asyncio.Task[None] | None = None
+        self._ca_pem = b""
 
     async def start(self) -> None:
         s = self.settings
         ssl_context = self._ssl_context = s.ssl_context()
+        self._ca_pem = s.fleet_ca.read_bytes()
         policy = s.trust_policy()
         if self._store is None:
             self._store = await open_store(s.store_url)
@@ -80,6 +86,7 @@ class EmbeddedBroker:
         self.cache.on_revoked(self.broker.forget_revoked)
         await self.broker.start()
         self.port = self.broker.find_port()
+        self._ca_task = asyncio.create_task(self._follow_fleet_ca(), name="fleet-ca")
         if s.metrics_port is not None:
             self._metrics_server = MetricsServer(
                 s.metrics_host or "127.0.0.1", s.metrics_port, self.metrics.registry
@@ -98,7 +105,54 @@ class EmbeddedBroker:
             },
         )
 
+    async def _follow_fleet_ca(self) -> None:
+        """Trust what fleet_ca holds now: refreshed from /cacerts, or edited by hand."""
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.ca_refresh_seconds)
+            try:
+                if s.cacerts_url:
+                    context = ssl.create_default_context(cafile=str(s.fleet_ca))
+                    await asyncio.to_thread(
+                        refresh_bundle, s.fleet_ca, s.cacerts_url, context, dt.datetime.now(dt.UTC)
+                    )
+                self.reload_fleet_ca()
+            except (OSError, FleetError) as exc:
+                log.warning("fleet CA bundle not refreshed, keeping it: %s", exc)
+
+    def reload_fleet_ca(self, *, force: bool = False) -> bool:
+        """Swap the trust policy when fleet_ca changed (or ``force``); True when it did.
+
+        The rotation refresh (``_follow_fleet_ca``), a root rollover and SIGHUP all
+        come here. The gate's kernel policy is replaced whole, so a CA dropped from
+        the bundle (``fleet ca retire``/``retire-root``) stops admitting devices at
+        once. OpenSSL can add CAs to a live context but not remove them, so a
+        retired CA still passes the handshake and is refused by the policy with
+        ``unknown_issuer``. A bundle that does not load keeps the trust in force
+        (FleetError/OSError, logged by callers).
+        """
+        pem = self.settings.fleet_ca.read_bytes()
+        if self.gate is None or self._ssl_context is None:
+            raise RuntimeError("the broker is not running")
+        if pem == self._ca_pem and not force:
+            return False
+        policy = self.settings.trust_policy()
+        self._ssl_context.load_verify_locations(cadata=pem.decode())
+        self.gate.policy = policy
+        self._ca_pem = pem
+        log.info(
+            "fleet CA bundle reloaded",
+            extra={"fields": {"event": "fleet_ca_reloaded", "anchors": len(policy.anchors),
+                              "issuers": len(policy.issuers)}},
+        )  # fmt: skip
+        return True
+
     async def stop(self) -> None:
+        if self._ca_task is not None:
+            self._ca_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ca_task
+            self._ca_task = None
         if self.broker is not None:
             await self.broker.shutdown()
             self.broker = None
@@ -119,33 +173,16 @@ class EmbeddedBroker:
         await self.stop()
 
     async def reload_trust(self) -> None:
-        """Re-read the fleet CA bundle (``fleet_ca``) without a restart: a root rollover.
-
-        The kernel policy of the gate is replaced whole, so a CA dropped from the
-        bundle (after ``fleet ca retire-root``) stops admitting devices at once.
-        The TLS layer can only learn CAs (OpenSSL never forgets one), which is
-        what a rollover needs; the gate has the last word either way. A bundle
-        that does not load keeps the trust in force (ConfigError, logged by callers).
-        """
-        if self.gate is None or self._ssl_context is None:
-            raise RuntimeError("the broker is not running")
-        policy = self.settings.trust_policy()
-        try:
-            self._ssl_context.load_verify_locations(cafile=str(self.settings.fleet_ca))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load the fleet CA bundle: {exc}") from exc
-        self.gate.policy = policy
-        log.info(
-            "fleet CA bundle reloaded",
-            extra={"fields": {"event": "trust_reloaded", "anchors": len(policy.anchors),
-                              "issuers": len(policy.issuers)}},
-        )  # fmt: skip
+        """Re-read the fleet CA bundle now, changed or not (SIGHUP, a root rollover)."""
+        self.reload_fleet_ca(force=True)
 
     async def _reload_on_signal(self) -> None:
         try:
             await self.reload_trust()
-        except ConfigError as exc:
+        except FleetError as exc:
             log.error("SIGHUP: keeping the fleet CAs in force: %s", exc.message)
+        except OSError as exc:  # ssl.SSLError included: a bundle OpenSSL cannot load
+            log.error("SIGHUP: keeping the fleet CAs in force: %s", exc)
 
     async def serve_until_signalled(self) -> None:
         stop = asyncio.Event()

@@ -7,6 +7,9 @@ Example ``broker.toml`` (paths are relative to the file)::
     tls_cert = "tls/broker.pem"     # server certificate (+ chain)
     tls_key = "tls/broker.key"
     fleet_ca = "ca/fleet-ca.pem"    # fleet issuing CA(s) + root: who may sign devices
+    # Optional: follow issuing-CA rotations from the fleet server (re-read every
+    # ca_refresh_seconds; only CAs signed by a root already in fleet_ca are taken).
+    # cacerts_url = "https://fleet.example:8443/.well-known/est/cacerts"
 
     [store]
     url = "sqlite:///var/lib/fleet/fleet.db"   # or redis://host:6379/0
@@ -88,12 +91,18 @@ class AmqttSettings:
     metrics_port: int | None = None
     # None: DEFAULT_SNAPSHOT_NAME beside fleet_ca (load_settings puts it beside broker.toml).
     snapshot_file: Path | None = None
+    # The fleet server's EST /cacerts: fleet_ca follows issuing-CA rotations
+    # (broker_plugins.ca_refresh); None = fleet_ca is only re-read when it changes.
+    cacerts_url: str | None = None
+    ca_refresh_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"listener port {self.port} is out of range")
         if self.max_staleness <= 0:
             raise ConfigError("revocation.max_staleness must be positive")
+        if not 0.1 <= self.ca_refresh_seconds <= 86400:
+            raise ConfigError("listener.ca_refresh_seconds must be between 0.1 and 86400")
         if self.skew_seconds < 0 or self.session_expiry_seconds < 0:
             raise ConfigError("session.skew_seconds and expiry_seconds must not be negative")
         for path in (self.tls_cert, self.tls_key, self.fleet_ca):
@@ -196,6 +205,8 @@ _TOML_KEYS = {
     ("listener", "tls_cert"): "tls_cert",
     ("listener", "tls_key"): "tls_key",
     ("listener", "fleet_ca"): "fleet_ca",
+    ("listener", "cacerts_url"): "cacerts_url",
+    ("listener", "ca_refresh_seconds"): "ca_refresh_seconds",
     ("store", "url"): "store_url",
     ("revocation", "max_staleness"): "max_staleness",
     ("revocation", "fail_open"): "fail_open",

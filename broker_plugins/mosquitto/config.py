@@ -22,6 +22,9 @@ are relative to the settings file's directory. Example::
     pid_file = "state/mosquitto.pid"              # the sidecar SIGHUPs this PID for new CRLs
     crl_url = "https://est.example.com:8443/crl"  # fleet serve's CRL ("" = none; optional)
     crl_backstop = false                          # Mosquitto's TLS layer checks it too
+    cacerts_url = "https://est.example.com:8443/.well-known/est/cacerts"  # follow issuing-
+                                                  # CA rotations without a restart ("" = no)
+    ca_refresh_seconds = 5.0                      # how often the sidecar reads cacerts_url
     log_format = "json"                           # the plugin's lines as JSON ("text")
     sidecar_cert = "sidecar.pem"                  # `fleet-broker mosquitto sidecar-cert`
     sidecar_key = "sidecar.key"
@@ -155,6 +158,12 @@ class MosquittoSettings:
     log_format: str = "text"
     # HOST:PORT where the sidecar serves Prometheus /metrics ("" = none); keep it loopback.
     metrics_address: str = ""
+    # fleet serve's EST /cacerts: the sidecar keeps the plugin's issuing CAs
+    # (state_dir/issuing-set.pem) and a capath directory for Mosquitto's TLS
+    # layer equal to it, and SIGHUPs the broker when it changes. Mosquitto
+    # reads cafile only at start; capath is looked up at each handshake.
+    cacerts_url: str = ""
+    ca_refresh_seconds: float = 5.0
 
     @property
     def metrics_listen(self) -> tuple[str, int] | None:
@@ -166,6 +175,20 @@ class MosquittoSettings:
     def cafile(self) -> Path:
         """Root + issuing CA: Mosquitto needs the chain up to the root."""
         return self.state_dir / "cafile.pem"
+
+    @property
+    def issuing_set(self) -> Path:
+        """With cacerts_url: the issuing CAs (and roots) the plugin trusts, kept by the sidecar."""
+        return self.state_dir / "issuing-set.pem"
+
+    @property
+    def cadir(self) -> Path:
+        """With cacerts_url: Mosquitto's capath (``<subject hash>.<n>`` files)."""
+        return self.state_dir / "cadir"
+
+    @property
+    def plugin_issuing_ca(self) -> Path:
+        return self.issuing_set if self.cacerts_url else self.issuing_ca
 
     @property
     def crlfile(self) -> Path:
@@ -269,7 +292,7 @@ def _parse_listen(listen: object, key: str = "listen") -> tuple[str, int]:
 
 
 def _check(s: MosquittoSettings) -> None:
-    for name in ("crl_url", "sidecar_cn", "acl_template", "broker_host", "user"):
+    for name in ("crl_url", "sidecar_cn", "acl_template", "broker_host", "user", "cacerts_url"):
         if not isinstance(getattr(s, name), str):
             raise ConfigError(f"[mosquitto] {name} must be a string")
     if not s.sidecar_cn or all(c.isalnum() or c in "._-" for c in s.sidecar_cn):
@@ -292,7 +315,9 @@ def _check(s: MosquittoSettings) -> None:
         value = getattr(s, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"[mosquitto] {name} must be a whole number >= 0")
-    for name in ("heartbeat_seconds", "crl_refresh_seconds"):
+    if s.cacerts_url and not s.cacerts_url.startswith("https://"):
+        raise ConfigError(f"[mosquitto] cacerts_url {s.cacerts_url!r} is not an https URL")
+    for name in ("heartbeat_seconds", "crl_refresh_seconds", "ca_refresh_seconds"):
         value = getattr(s, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"[mosquitto] {name} must be a positive number")
@@ -340,7 +365,7 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         "# The fleet plugin: issuer, validity, EKU, key, device id, client id, revocation,",
         "# topic ACL, live kick (the checks of fleet.kernel.admission, in its order).",
         f"plugin {s.plugin}",
-        f"plugin_opt_issuing_ca {s.issuing_ca}",
+        f"plugin_opt_issuing_ca {s.plugin_issuing_ca}",
         f"plugin_opt_root_ca {s.root_ca}",
         f"plugin_opt_skew_seconds {s.skew_seconds}",
         f"plugin_opt_snapshot_file {s.snapshot_file}",
@@ -360,6 +385,7 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         f"listener {s.listen_port} {s.listen_host}",
         "protocol mqtt",
         f"cafile {s.cafile}",
+        *([f"capath {s.cadir}"] if s.cacerts_url else []),
         f"certfile {s.server_cert}",
         f"keyfile {s.server_key}",
         "require_certificate true",

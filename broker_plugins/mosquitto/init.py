@@ -157,6 +157,8 @@ max_staleness_seconds = 30          # refuse devices when revocation data is old
 # crl_url = "https://est.example.com:8443/crl"  # keep fleet serve's CRL here too (optional)
 # crl_backstop = false              # true: Mosquitto's TLS layer checks that CRL as well; its
 #                                   # refusals carry no device id or reason (see config.py)
+# cacerts_url = "https://est.example.com:8443/.well-known/est/cacerts"  # follow issuing-CA
+#                                   # rotations without a restart (README, CA lifetime)
 '''
 
 

@@ -106,6 +106,13 @@ def cli() -> None:
     help="File holding the token's user PIN (mode 0600 or 0400), recorded in fleet.toml "
     "for `fleet serve`. FLEET_PKCS11_PIN works too. Never pass the PIN on the command line.",
 )
+@click.option(
+    "--offline-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the root key (and a copy of root.pem) only to this directory, e.g. removable "
+    "media, never into the data directory; new issuing CAs are then signed in a ceremony "
+    "(fleet ca sign-issuing).",
+)
 def init(
     data_dir: Path,
     server_names: tuple[str, ...],
@@ -115,6 +122,7 @@ def init(
     pkcs11_uri: str | None,
     pkcs11_module: Path | None,
     pkcs11_pin_file: Path | None,
+    offline_root: Path | None,
 ) -> None:
     """Create a working data directory.
 
@@ -138,6 +146,7 @@ def init(
         force=force,
         passphrase=None if token is not None else passphrase,
         token=token,
+        offline_root=offline_root,
     )
     asyncio.run(_create_database(f"sqlite:///{result.data_dir / 'fleet.db'}"))
     click.echo(f"Created fleet data directory {result.data_dir}")
@@ -146,6 +155,8 @@ def init(
     if token is not None:
         # Only the token's name: the keys' URIs (label and id) are in fleet.toml.
         click.echo(f"  CA keys:       in PKCS#11 token {pkcs11_uri} (URIs in fleet.toml)")
+    if offline_root is not None:
+        click.echo(f"  root key:      {offline_root}/root.key (offline; not in the data directory)")
     click.echo("Devices pin the fleet root by this SHA-256 fingerprint:")
     click.echo(f"  {result.root_fingerprint}")
     click.echo(f"Next: fleet serve --config {result.config_path}")

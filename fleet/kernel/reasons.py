@@ -53,6 +53,10 @@ class Reason(enum.StrEnum):
     # -- root rollover (RFC 7030 section 4.1.3) ----------------------------------------------
     ROOT_NOT_CERTIFIED = "root_not_certified"  # a new root no link from a trusted root certifies
     ROOT_STILL_IN_USE = "root_still_in_use"  # retire-root while something chains only to it
+    CERTIFICATE_OUTLIVES_ISSUER = "certificate_outlives_issuer"
+    CA_ROTATION_REFUSED = "ca_rotation_refused"  # promote/retire/install not possible now
+    ISSUING_CSR_INVALID = "issuing_csr_invalid"  # a signing-ceremony CSR that is not acceptable
+    ROOT_KEY_MISSING = "root_key_missing"  # the root is offline: sign in a ceremony
 
     # -- requests and encodings -------------------------------------------------------
     ENCODING_INVALID = "encoding_invalid"

@@ -21,8 +21,9 @@ from fleet.admin.auth import AdminAuthenticator
 from fleet.admin.routes import AdminApi
 from fleet.authorities import PublishedCas, load_fleet_authorities
 from fleet.authority.credentials import Credentials
-from fleet.authority.crl import CrlPublisher
 from fleet.authority.enrollment import Authority
+from fleet.authority.issuer_crls import IssuerCrls
+from fleet.authority.issuers import LiveIssuers
 from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
@@ -38,6 +39,7 @@ from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDev
 from fleet.policy.renewal import RenewalOverlap
 from fleet.revocation.routes import RevocationService
 from fleet.server.answers import name_the_server
+from fleet.server.issuer_watch import IssuerWatch, load_issuing_set
 from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
 from fleet.server.protocol import FleetRequestHandler
@@ -83,22 +85,26 @@ def build_app(
     config: FleetConfig,
     *,
     store: Store,
-    issuer: CertifiedKey,
+    issuer: CertifiedKey | LiveIssuers,
     clock: Clock,
     webhook_secret: bytes | None = None,
     console_key: bytes | None = None,
+    metrics: Metrics | None = None,
     token_root: CertifiedKey | None = None,
 ) -> web.Application:
-    """The application; ``token_root``: the root and its token key, for /ocsp (see below)."""
-    root = load_certificates_pem(_read(config.ca.root_cert))[0]  # the signing root
-    metrics = Metrics()
+    """``issuer``: the issuing CA, or the live set a rotation swaps (``serve`` passes that);
+    ``token_root``: the root and its token key, for /ocsp (see below)."""
+    roots = tuple(load_certificates_pem(_read(config.ca.root_cert)))
+    root = roots[0]  # the signing root
+    issuers = issuer if isinstance(issuer, LiveIssuers) else LiveIssuers.of(issuer)
+    metrics = metrics or Metrics()
     policy = EnrollmentPolicy(
         unknown_devices=UnknownDevices(config.policy.unknown_devices),
         bootstrap_reuse=BootstrapReuse(config.policy.bootstrap_reuse),
     )
     authority = Authority(
         store=store,
-        issuer=issuer,
+        issuer=issuers,
         policy=policy,
         clock=clock,
         retry_after=config.policy.retry_after_seconds,
@@ -106,7 +112,7 @@ def build_app(
     )
     credentials = Credentials(
         store=store,
-        fleet_issuing_ca=issuer.certificate,
+        fleet_issuing_ca=issuers,
         clock=clock,
         device_id_source=config.policy.device_id_source,
         max_chain_depth=config.policy.max_chain_depth,
@@ -121,7 +127,8 @@ def build_app(
         authority=authority,
         credentials=credentials,
         peers=peers,
-        ca_chain=PublishedCas(config, issuer.certificate).chain,
+        issuers=issuers,
+        roots_and_links=PublishedCas(config).chain,
     )
     app = web.Application(
         middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
@@ -130,7 +137,7 @@ def build_app(
     app.on_response_prepare.append(name_the_server)
     app.add_routes(est.routes())
     servers = _server_certificates(config, token_root)
-    _add_revocation(app, config, store=store, issuer=issuer, clock=clock, servers=servers)
+    _add_revocation(app, config, store=store, issuers=issuers, clock=clock, servers=servers)
     admin_ca = _optional_cert(config.admin.ca_cert)
     admin_auth = AdminAuthenticator(store=store, peers=peers, admin_ca=admin_ca, clock=clock)
     admin_api = AdminApi(
@@ -141,11 +148,18 @@ def build_app(
         fleet=load_fleet_authorities(config),
     )
     app.add_routes(admin_api.routes())
+
+    def follow_rotation(_: object) -> None:
+        # A next issuing CA is a fleet CA from the moment it is trusted: never a manufacturer.
+        with contextlib.suppress(FleetError):
+            admin_api.fleet = load_fleet_authorities(config)
+
+    issuers.subscribe(follow_rotation)
     if config.ui.enabled:
         if console_key is None:
             log.warning("no console session key given: sessions last until this process ends")
             console_key = secrets.token_bytes(32)
-        cas = [("root", root), ("issuing", issuer.certificate)]
+        cas = [("root", root), ("issuing", issuers.now.current.certificate)]
         cas += [("admin", admin_ca)] if admin_ca is not None else []
         console = Console(
             store=store,
@@ -200,21 +214,21 @@ def _add_revocation(
     config: FleetConfig,
     *,
     store: Store,
-    issuer: CertifiedKey,
+    issuers: LiveIssuers,
     clock: Clock,
     servers: ServerCertificates | None,
 ) -> None:
-    """GET /crl, /ocsp; the CRL is re-signed in the background while the app runs."""
-    publisher = CrlPublisher(
+    """GET /crl, /crl/<issuer_id>, /ocsp; CRLs are re-signed in the background."""
+    publisher = IssuerCrls(
         store,
-        issuer,
+        issuers,
         clock,
         next_update=dt.timedelta(hours=config.revocation.crl_next_update_hours),
         refresh=dt.timedelta(minutes=config.revocation.crl_refresh_minutes),
     )
     responder = OcspResponder(
         store,
-        issuer,
+        issuers,
         clock,
         next_update=dt.timedelta(minutes=config.revocation.ocsp_next_update_minutes),
         servers=servers,
@@ -223,7 +237,7 @@ def _add_revocation(
     task_key = web.AppKey("crl_publisher_task", asyncio.Task[None])
 
     async def start(app: web.Application) -> None:
-        app[task_key] = asyncio.create_task(publisher.run(), name="crl-publisher")
+        app[task_key] = asyncio.create_task(publisher.run(), name="crl-publishers")
 
     async def stop(app: web.Application) -> None:
         task = app[task_key]
@@ -292,15 +306,24 @@ async def serve(
             "[est] require_pop cannot work in proxy mode: the TLS session (tls-unique) "
             "ends at the proxy"
         )
-    issuer = load_issuer(config, passphrase, pkcs11_pin=pkcs11_pin)
+    issuers = LiveIssuers(load_issuing_set(config, passphrase, pkcs11_pin=pkcs11_pin))
     token_root = load_token_root(config, pkcs11_pin)
+    clock = SystemClock()
     store = await open_store(config.store_url)
     runner: web.AppRunner | None = None
+    watch: asyncio.Task[None] | None = None
     try:
+        metrics = Metrics()
         app = build_app(
-            config, store=store, issuer=issuer, clock=SystemClock(),
-            webhook_secret=webhook_secret, console_key=console_key, token_root=token_root,
+            config, store=store, issuer=issuers, clock=clock,
+            webhook_secret=webhook_secret, console_key=console_key, metrics=metrics,
+            token_root=token_root,
         )  # fmt: skip
+        watcher = IssuerWatch(
+            config, issuers, passphrase=passphrase, pkcs11_pin=pkcs11_pin,
+            store=store, clock=clock, metrics=metrics,
+        )  # fmt: skip
+        watch = asyncio.create_task(watcher.run(), name="issuer-watch")
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         assert runner.server is not None
@@ -343,6 +366,10 @@ async def serve(
             hint="Pick a free port with --listen, or stop what is using it.",
         ) from exc
     finally:
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         if runner is not None:
             await runner.cleanup()
         await store.close()

@@ -41,6 +41,7 @@ SECTIONS = (
     "Administer the fleet",
     "Run a device",
     "Enforce it on the broker",
+    "CA lifetime",
 )
 DOCUMENTED_PORTS = (8443, 8883)
 RUN_TIMEOUT = 300
