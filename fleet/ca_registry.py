@@ -135,7 +135,9 @@ def load_signing_issuers(
         seen.add(issuer.sha256)
         if issuer.state is IssuerState.CURRENT and key_uri(config, KeyRole.ISSUING) is not None:
             secrets = CaKeySecrets(passphrase=passphrase, pkcs11_pin=pkcs11_pin)
-            loaded.append((issuer, load_ca_key(config, KeyRole.ISSUING, issuer.certificate, secrets)))
+            loaded.append(
+                (issuer, load_ca_key(config, KeyRole.ISSUING, issuer.certificate, secrets))
+            )
             continue
         key = load_private_key_pem(_read(issuer.key_path), passphrase)
         if key.public_key() != issuer.certificate.public_key():

@@ -55,6 +55,7 @@ from fleet.pki.keys import (
     load_private_key_pem,
     private_key_to_pem,
 )
+from fleet.pki.keystore import KeyRole, key_locations, key_uri
 from fleet.store.factory import open_store
 
 
@@ -157,6 +158,14 @@ def rotate_issuing(root_dir: Path | None, csr_out: Path | None, days: int) -> No
     if root_dir is not None and csr_out is not None:
         raise click.UsageError("--root-dir and --csr-out exclude each other")
     config = load()
+    if key_uri(config, KeyRole.ISSUING) is not None:
+        raise ConfigError(
+            "the issuing CA key is in a PKCS#11 token ([ca] key_store); rotate-issuing "
+            "makes file keys only, so it refuses rather than move the fleet's signing key "
+            "out of the token",
+            reason=Reason.CA_ROTATION_REFUSED,
+            hint="Not supported yet for token fleets: see README, CA keys in an HSM.",
+        )
     passphrase = _passphrase(config)
     roots = _roots(config)
     key = generate_private_key(key_type_of(roots[0].public_key()))
@@ -306,17 +315,22 @@ def status(as_json: bool) -> None:
     issuers = list_issuers(config)
     counts = _counts(config, [i.certificate for i in issuers])
     rows: list[dict[str, Any]] = []
+    # Token keys by their URI (fleet.pki.keystore: never a PIN); file keys by path.
+    token = {loc.name: loc.where for loc in key_locations(config) if loc.store == "pkcs11"}
     root_key = config.ca.root_cert.with_suffix(".key")
     for index, root in enumerate(_roots(config)):
         where = str(root_key) if index == 0 and root_key.exists() else "offline"
+        where = token.get("root", where) if index == 0 else where
         rows.append(_row("root", "trusted", root, at, where, None))
     for issuer, count in zip(issuers, counts, strict=True):
-        rows.append(
-            _row("issuing", issuer.state.value, issuer.certificate, at, _key(issuer), count)
-        )
+        where = _key(issuer)
+        if issuer.state is IssuerState.CURRENT:
+            where = token.get("issuing", where)
+        rows.append(_row("issuing", issuer.state.value, issuer.certificate, at, where, count))
     if config.admin.ca_cert.exists():
         admin = load_certificates_pem(config.admin.ca_cert.read_bytes())[0]
-        rows.append(_row("admin", "current", admin, at, str(config.admin.ca_key), None))
+        where = token.get("admin", str(config.admin.ca_key))
+        rows.append(_row("admin", "current", admin, at, where, None))
     deadline = renew_before(config)
     if as_json:
         echo_json(

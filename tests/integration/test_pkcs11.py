@@ -9,6 +9,7 @@ token cannot give it the configured key, with the reason and no traceback.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import pty
 import select
@@ -97,6 +98,7 @@ def test_init_keeps_the_ca_keys_in_the_token_not_extractable(
     data = config_path.parent
     assert sorted(p.name for p in (data / "ca").iterdir()) == [
         "admin.pem",
+        "issuing-set.pem",
         "issuing.pem",
         "root.pem",
     ]
@@ -128,6 +130,29 @@ def test_init_keeps_the_ca_keys_in_the_token_not_extractable(
                 private[Attribute.VALUE]
 
         session.run("check", check)
+
+
+def test_ca_status_names_the_token_keys_and_rotation_keeps_the_key_in_the_token(
+    hsm: SoftHsm, config_path: Path
+) -> None:
+    status = _fleet_cli("ca", "status", "--json", "--config", config_path, env=hsm.env)
+    assert status.returncode == 0, status.stderr
+    keys = {(row["role"], row["state"]): row["key"] for row in json.loads(status.stdout)["cas"]}
+    settings = _settings(config_path)
+
+    def uri(text: str) -> str:
+        return str(parse_pkcs11_uri(text, setting="t", key_required=True))
+
+    assert keys[("root", "trusted")] == uri(settings["ca"]["root_key_store"])
+    assert keys[("issuing", "current")] == uri(settings["ca"]["key_store"])
+    assert keys[("admin", "current")] == uri(settings["admin"]["key_store"])
+    assert hsm.pin.decode() not in status.stdout
+    # rotate-issuing makes file keys: with the issuing key in a token it refuses
+    # instead of moving the fleet's signing key out of the token.
+    rotate = _fleet_cli("ca", "rotate-issuing", "--config", config_path, env=hsm.env)
+    assert rotate.returncode == 1
+    assert "PKCS#11 token" in rotate.stderr
+    assert not (config_path.parent / "ca" / "issuing-next.pem").exists()
 
 
 def test_enroll_renew_revoke_crl_and_ocsp_signed_in_the_token(fleet: Fleet) -> None:
@@ -333,7 +358,7 @@ def test_the_readme_hsm_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert code == 0, output
     assert pin.decode() not in output
     assert sorted(p.name for p in (tmp_path / "fleet-hsm/ca").iterdir()) == [
-        "admin.pem", "issuing.pem", "root.pem",
+        "admin.pem", "issuing-set.pem", "issuing.pem", "root.pem",
     ]  # fmt: skip
     assert (tmp_path / "hsm/user.pin").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "hsm/user.pin").read_bytes() == pin + b"\n"
