@@ -33,6 +33,7 @@ from fleet.store.records import (
     DeviceState,
     EnrollmentToken,
     ManifestEntry,
+    Manufacturer,
     ManufacturerCA,
     ReplacementRequest,
     ReplacementStatus,
@@ -118,6 +119,7 @@ class Store(Protocol):
         audit: AuditEvent | None = None,
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
+        manufacturer: Manufacturer | None = None,
     ) -> Device:
         """Record an issued certificate BEFORE it is returned to the device.
 
@@ -127,7 +129,8 @@ class Store(Protocol):
         for that key (else StoreConflict) and is consumed; the certificate is
         inserted; the device becomes ``active``; with a ``bootstrap_sha256``
         (bootstrap enrollment) the device remembers which bootstrap certificate
-        enrolled it and when; each of ``supersede`` that is still a good
+        enrolled it and when; with a ``manufacturer`` (the trust anchor of a
+        verified bootstrap chain) the device records it; each of ``supersede`` that is still a good
         certificate of this device is revoked (reason superseded; one
         certificate feed event for all); with ``audit`` the event is chained in
         the same change. Recording the very same certificate again (a replayed

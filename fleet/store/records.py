@@ -73,6 +73,18 @@ class Device:
     enrolled_bootstrap_sha256: str | None = None
     enrolled_at: dt.datetime | None = None
     state_reason: str = ""
+    # The trust anchor the device's bootstrap certificate chains to (the trusted
+    # manufacturer CA), as learned from its verified chain; None = not known yet.
+    manufacturer: Manufacturer | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Manufacturer:
+    """Which trusted manufacturer CA made a device: its fingerprint and the name it was
+    trusted under (``fleet trust add-manufacturer``), kept as they were when learned."""
+
+    sha256: str  # fingerprint of the DER manufacturer CA certificate, lowercase hex
+    name: str = ""
 
 
 class ReplacementStatus(enum.StrEnum):
@@ -191,6 +203,8 @@ class DeviceFilter:
     state: DeviceState | None = None
     batch: str | None = None
     model: str | None = None
+    # Devices whose bootstrap certificate chains to this manufacturer CA (its sha256).
+    manufacturer_sha256: str | None = None
     # Devices holding at least one GOOD certificate issued (``issued_at``) before this.
     issued_before: dt.datetime | None = None
     # Devices whose newest good certificate (latest ``issued_at``, then highest

@@ -114,6 +114,7 @@ from fleet.store.records import (
     DeviceState,
     EnrollmentToken,
     ManifestEntry,
+    Manufacturer,
     ManufacturerCA,
     ReplacementRequest,
     ReplacementStatus,
@@ -203,7 +204,8 @@ _RECORD_CERTIFICATE = (
 -- score, ARGV[8] m = 2 * number of cert fields, ARGV[9 .. 8+m] cert field/value pairs,
 -- ARGV[9+m] approved replacement key ('' = none), ARGV[10+m] channel, ARGV[11+m] cert key
 -- prefix, ARGV[12+m] n = number of serials to supersede, ARGV[13+m .. 12+m+n] those
--- serials (hex), ARGV[13+m+n ..] expected device states
+-- serials (hex), ARGV[13+m+n] manufacturer sha ('' = unchanged), ARGV[14+m+n] its name,
+-- ARGV[15+m+n ..] expected device states
 local m = tonumber(ARGV[8])
 local n = tonumber(ARGV[12 + m])
 local cert = {}
@@ -219,7 +221,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'duplicate'}
 end
 local allowed = false
-for i = 13 + m + n, #ARGV do
+for i = 15 + m + n, #ARGV do
   if ARGV[i] == cur then allowed = true end
 end
 if not allowed then return {'conflict', cur} end
@@ -240,6 +242,10 @@ end
 redis.call('HSET', KEYS[1], 'state', 'active', 'updated_at', ARGV[5])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'enrolled_bootstrap_sha256', ARGV[6], 'enrolled_at', ARGV[5])
+end
+if ARGV[13 + m + n] ~= '' then
+  redis.call('HSET', KEYS[1], 'manufacturer_sha256', ARGV[13 + m + n],
+    'manufacturer_name', ARGV[14 + m + n])
 end
 local supersede = {}
 for i = 13 + m, 12 + m + n do table.insert(supersede, ARGV[i]) end
@@ -495,8 +501,11 @@ def _device_fields(device: Device) -> dict[str, str]:
         "bootstrap_sha256": device.bootstrap_sha256,
         "enrolled_bootstrap_sha256": device.enrolled_bootstrap_sha256,
         "enrolled_at": opt_ts(device.enrolled_at),
+        "manufacturer_sha256": device.manufacturer.sha256 if device.manufacturer else None,
     }
     fields.update({k: v for k, v in optional.items() if v is not None})
+    if device.manufacturer is not None:
+        fields["manufacturer_name"] = device.manufacturer.name
     return fields
 
 
@@ -512,6 +521,11 @@ def _device(fields: Mapping[str, str]) -> Device:
         enrolled_bootstrap_sha256=fields.get("enrolled_bootstrap_sha256"),
         enrolled_at=opt_parse_ts(fields.get("enrolled_at")),
         state_reason=fields.get("state_reason", ""),
+        manufacturer=(
+            Manufacturer(fields["manufacturer_sha256"], fields.get("manufacturer_name", ""))
+            if "manufacturer_sha256" in fields
+            else None
+        ),
     )
 
 
@@ -821,6 +835,7 @@ class RedisStore(RedisIntermediates):
         audit: AuditEvent | None = None,
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
+        manufacturer: Manufacturer | None = None,
     ) -> Device:
         c = certificate
         k = self._keys
@@ -847,6 +862,8 @@ class RedisStore(RedisIntermediates):
             k.cert_prefix,
             len(supersede),
             *(serial_hex(s) for s in supersede),
+            manufacturer.sha256 if manufacturer else "",
+            manufacturer.name if manufacturer else "",
             *(s.value for s in expected),
         ]
         reply = await self._audited(self._record_certificate, keys, args, audit)
@@ -1255,6 +1272,13 @@ def _matches(device: Device, device_filter: DeviceFilter) -> bool:
         (device_filter.state is None or device.state is device_filter.state)
         and (device_filter.batch is None or device.batch == device_filter.batch)
         and (device_filter.model is None or device.model == device_filter.model)
+        and (
+            device_filter.manufacturer_sha256 is None
+            or (
+                device.manufacturer is not None
+                and device.manufacturer.sha256 == device_filter.manufacturer_sha256
+            )
+        )
     )
 
 

@@ -87,6 +87,7 @@ from fleet.store.records import (
     DeviceState,
     EnrollmentToken,
     ManifestEntry,
+    Manufacturer,
     ManufacturerCA,
     ReplacementRequest,
     ReplacementStatus,
@@ -100,8 +101,8 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # 2 added admin_credentials and cursors, 3 replacement_requests (new tables only: older
-# files upgrade in place).
-SCHEMA_VERSION = 3
+# files upgrade in place), 4 the devices' manufacturer columns (added by _migrate).
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
 # SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
@@ -124,7 +125,9 @@ CREATE TABLE IF NOT EXISTS devices (
     batch TEXT NOT NULL DEFAULT '',
     enrolled_bootstrap_sha256 TEXT,
     enrolled_at TEXT,
-    state_reason TEXT NOT NULL DEFAULT ''
+    state_reason TEXT NOT NULL DEFAULT '',
+    manufacturer_sha256 TEXT,
+    manufacturer_name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS devices_state ON devices(state);
 CREATE TABLE IF NOT EXISTS certificates (
@@ -234,6 +237,9 @@ def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, 
     if device_filter.model is not None:
         clauses.append("model = ?")
         params.append(device_filter.model)
+    if device_filter.manufacturer_sha256 is not None:
+        clauses.append("manufacturer_sha256 = ?")
+        params.append(device_filter.manufacturer_sha256)
     if device_filter.issued_before is not None:
         clauses.append(
             "EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = devices.device_id "
@@ -378,10 +384,21 @@ class SqliteStore(SqliteIntermediates):
                 conn.execute(statement)
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
         version = row[0]
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(devices)")}
+        if "manufacturer_sha256" not in columns:  # a file of schema 3 or older
+            conn.execute("ALTER TABLE devices ADD COLUMN manufacturer_sha256 TEXT")
+            conn.execute(
+                "ALTER TABLE devices ADD COLUMN manufacturer_name TEXT NOT NULL DEFAULT ''"
+            )
+        # After the columns exist: on an old file the statements above ran before them.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS devices_manufacturer "
+            "ON devices(manufacturer_sha256, device_id)"
+        )
         if version is None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:
-            # Every change so far only added tables, which the statements above created.
+            # Up to 3 only tables were added (created above); 4 added the columns above.
             conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         elif version > SCHEMA_VERSION:
             raise StoreUnavailable(
@@ -815,8 +832,9 @@ class SqliteStore(SqliteIntermediates):
         def body(conn: sqlite3.Connection) -> Device:
             cursor = conn.execute(
                 "INSERT INTO devices (device_id, state, created_at, updated_at, bootstrap_sha256, "
-                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason, "
+                "manufacturer_sha256, manufacturer_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id) DO NOTHING",
                 (
                     device.device_id,
@@ -829,6 +847,8 @@ class SqliteStore(SqliteIntermediates):
                     device.enrolled_bootstrap_sha256,
                     opt_ts(device.enrolled_at),
                     device.state_reason,
+                    device.manufacturer.sha256 if device.manufacturer else None,
+                    device.manufacturer.name if device.manufacturer else "",
                 ),
             )
             if cursor.rowcount == 0:
@@ -903,6 +923,7 @@ class SqliteStore(SqliteIntermediates):
         audit: AuditEvent | None = None,
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
+        manufacturer: Manufacturer | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
@@ -954,6 +975,12 @@ class SqliteStore(SqliteIntermediates):
                     "enrolled_at = ? WHERE device_id = ?",
                     (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
                 )
+            if manufacturer is not None:
+                conn.execute(
+                    "UPDATE devices SET manufacturer_sha256 = ?, manufacturer_name = ? "
+                    "WHERE device_id = ?",
+                    (manufacturer.sha256, manufacturer.name, c.device_id),
+                )
             superseded = replacements.revoke_certificates(
                 conn, c.device_id, supersede, RevocationReason.SUPERSEDED, now
             )
@@ -969,6 +996,7 @@ class SqliteStore(SqliteIntermediates):
                     else bootstrap_sha256
                 ),
                 enrolled_at=current.enrolled_at if bootstrap_sha256 is None else parse_ts(at),
+                manufacturer=current.manufacturer if manufacturer is None else manufacturer,
             ), superseded
 
         device, _ = await self._write(body, feed=lambda result: result[1] is not None)
