@@ -51,9 +51,11 @@ async def devices(console: Console, ctx: Ctx) -> web.Response:
     if state is not None and state not in {s.value for s in DeviceState}:
         raise RequestInvalid("state must be one of " + ", ".join(s.value for s in DeviceState))
     model, batch, after = text(query, "model"), text(query, "batch"), text(query, "after")
+    manufacturer = lifecycle.parse_manufacturer(text(query, "manufacturer"))
     device_filter = DeviceFilter(
-        state=DeviceState(state) if state else None, model=model, batch=batch
-    )
+        state=DeviceState(state) if state else None, model=model, batch=batch,
+        manufacturer_sha256=manufacturer,
+    )  # fmt: skip
     start = after or (before_prefix(prefix) if prefix else None)
     found = await console.store.list_devices(device_filter, after=start, limit=PAGE + 1)
     if prefix is not None:
@@ -61,11 +63,14 @@ async def devices(console: Console, ctx: Ctx) -> web.Response:
         found = [d for d in found if d.device_id.startswith(prefix)]
     more = len(found) > PAGE
     found = found[:PAGE]
-    filters = {"q": prefix, "state": state, "model": model, "batch": batch}
+    filters = {
+        "q": prefix, "state": state, "model": model, "batch": batch, "manufacturer": manufacturer,
+    }  # fmt: skip
     next_query = query_of({**filters, "after": found[-1].device_id}) if more else None
     return console.render(
         "devices.html", ctx=ctx, nav="devices", devices=found, filters=filters,
         states=[s.value for s in DeviceState], next_query=next_query,
+        manufacturers=await console.store.list_manufacturer_cas(),
         first_query=query_of(filters) if after else None,
     )  # fmt: skip
 
@@ -130,12 +135,12 @@ async def pending(console: Console, ctx: Ctx) -> web.Response:
 async def bulk(console: Console, ctx: Ctx) -> web.Response:
     return console.render(
         "bulk.html", ctx=ctx, nav="bulk", form=dict.fromkeys(BULK_FIELDS, ""), preview=None,
-        result=None,
+        result=None, manufacturers=await console.store.list_manufacturer_cas(),
         reasons=[r.value for r in lifecycle.ADMIN_REASONS],
     )  # fmt: skip
 
 
-BULK_FIELDS = ("batch", "model", "issued_before", "reason")
+BULK_FIELDS = ("batch", "model", "manufacturer", "issued_before", "reason")
 AUDIT_FILTERS = ("device_id", "actor", "action", "outcome", "reason")
 
 
