@@ -57,6 +57,9 @@ class ManifestEntry:
     bootstrap_sha256: str  # lowercase hex of the DER bootstrap certificate
     model: str = ""
     batch: str = ""
+    # The manufacturer CA the manifest says made it (None: not named; a known
+    # device keeps what it had).
+    manufacturer: Manufacturer | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -131,7 +131,8 @@ _FOLLOW_MAX_BACKOFF_SECONDS = 2.0
 
 _IMPORT_MANIFEST = """
 -- KEYS[1] devices zset, KEYS[2..] device hashes
--- ARGV[1] now, then per device: id, bootstrap_sha256, model, batch
+-- ARGV[1] now, then per device: id, bootstrap_sha256, model, batch, manufacturer sha
+-- ('' = unchanged), manufacturer name
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'none' and t ~= 'zset' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is ' .. t)
@@ -145,7 +146,7 @@ end
 local now = ARGV[1]
 local created = 0
 for i = 2, #KEYS do
-  local a = 2 + (i - 2) * 4
+  local a = 2 + (i - 2) * 6
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('HSET', KEYS[i], 'bootstrap_sha256', ARGV[a + 1], 'model', ARGV[a + 2],
       'batch', ARGV[a + 3], 'updated_at', now)
@@ -155,6 +156,10 @@ for i = 2, #KEYS do
       'model', ARGV[a + 2], 'batch', ARGV[a + 3], 'state_reason', '')
     redis.call('ZADD', KEYS[1], 0, ARGV[a])
     created = created + 1
+  end
+  if ARGV[a + 4] ~= '' then
+    redis.call('HSET', KEYS[i], 'manufacturer_sha256', ARGV[a + 4],
+      'manufacturer_name', ARGV[a + 5])
   end
 end
 return created
@@ -715,7 +720,9 @@ class RedisStore(RedisIntermediates):
         keys = [self._keys.devices, *(self._keys.device(e.device_id) for e in entries)]
         args: list[str] = [ts(now)]
         for e in entries:
+            maker = e.manufacturer
             args += [e.device_id, e.bootstrap_sha256, e.model, e.batch]
+            args += [maker.sha256, maker.name] if maker else ["", ""]
         with _mapped_errors():
             return int(await self._import_manifest(keys=keys, args=args))
 

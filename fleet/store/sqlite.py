@@ -819,6 +819,12 @@ class SqliteStore(SqliteIntermediates):
                         ),
                     )
                     created += 1
+                if e.manufacturer is not None:
+                    conn.execute(
+                        "UPDATE devices SET manufacturer_sha256 = ?, manufacturer_name = ? "
+                        "WHERE device_id = ?",
+                        (e.manufacturer.sha256, e.manufacturer.name, e.device_id),
+                    )
             return created
 
         return await self._write(body)

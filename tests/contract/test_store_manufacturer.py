@@ -7,9 +7,20 @@ import datetime as dt
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from fleet.authority.admin import import_manifest
+from fleet.kernel.errors import DeviceNotFound, ManifestInvalid
+from fleet.manifest import HEADER_WITH_MANUFACTURER, parse_manifest
 from fleet.store import sqlite as sqlite_backend
 from fleet.store.protocol import Store
-from fleet.store.records import Device, DeviceFilter, DeviceState, Manufacturer
+from fleet.store.records import (
+    Device,
+    DeviceFilter,
+    DeviceState,
+    Manufacturer,
+    ManufacturerCA,
+)
 from fleet.store.sqlite import SqliteStore
 from tests.contract.test_store_contract import certificate, entry, ids, sha
 
@@ -88,3 +99,28 @@ async def test_sqlite_version_3_file_gains_the_manufacturer_columns(
         ]
     finally:
         conn.close()
+
+
+async def test_a_manifest_naming_a_trusted_manufacturer_records_it(
+    store: Store, now: dt.datetime
+) -> None:
+    await store.add_manufacturer_ca(ManufacturerCA(ACME.sha256, "Acme Devices", "pem", now))
+    text = (
+        f"{','.join(HEADER_WITH_MANUFACTURER)}\n"
+        f"m1,{sha('boot:m1')},,,{ACME.sha256.upper()}\n"
+        f"m2,{sha('boot:m2')},,,\n"
+    )
+    await import_manifest(store, parse_manifest(text), actor="admin:test", now=now)
+    assert (await store.get_device("m1")).manufacturer == ACME  # the trusted name
+    assert (await store.get_device("m2")).manufacturer is None
+    acme = DeviceFilter(manufacturer_sha256=ACME.sha256)
+    assert ids(await store.list_devices(acme)) == ["m1"]
+
+    # A re-import without the column keeps it; one naming an untrusted CA imports nothing.
+    await store.import_manifest([entry("m1")], now)
+    assert (await store.get_device("m1")).manufacturer == ACME
+    untrusted = f"{','.join(HEADER_WITH_MANUFACTURER)}\nm3,{sha('boot:m3')},,,{OTHER.sha256}\n"
+    with pytest.raises(ManifestInvalid, match="not trusted"):
+        await import_manifest(store, parse_manifest(untrusted), actor="admin:test", now=now)
+    with pytest.raises(DeviceNotFound):
+        await store.get_device("m3")
