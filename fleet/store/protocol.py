@@ -26,6 +26,8 @@ from typing import Protocol
 from fleet.store.records import (
     AdminCredential,
     AuditEvent,
+    AuditPage,
+    AuditQuery,
     AuditRecord,
     CertificateRecord,
     Device,
@@ -254,6 +256,12 @@ class Store(Protocol):
         self, *, device_id: str | None = None, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditRecord]:
         """Audit records in sequence order, optionally of one device."""
+
+    async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
+        """Records matching ``query``, newest first, at most ``limit``. A backend examines
+        a bounded number of records per call (an index, or a budgeted walk), so a
+        page may be short while ``next_before`` is not 0: the caller searches on
+        from there. Nothing is read into memory beyond the page."""
 
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:

@@ -173,6 +173,30 @@ class AuditRecord:
     sha256: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which audit records a search returns: every given field must match, and the
+    sequence must lie strictly between ``after_seq`` and ``before_seq`` (None: no
+    upper bound). A time range is a sequence range: records are appended in time order."""
+
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    device_id: str | None = None
+    after_seq: int = 0
+    before_seq: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditPage:
+    """Matches of a search, newest first. ``next_before`` is the ``before_seq`` to search
+    on from (older records remain to be examined), 0 when none remain."""
+
+    records: list[AuditRecord]
+    next_before: int
+
+
 class RevocationKind(enum.StrEnum):
     DEVICE = "device"  # the device and every certificate it holds
     CERTIFICATE = "certificate"  # one certificate

@@ -106,6 +106,8 @@ from fleet.store.records import (
     AdminCredential,
     AdminRole,
     AuditEvent,
+    AuditPage,
+    AuditQuery,
     AuditRecord,
     CertificateRecord,
     CertificateStatus,
@@ -378,6 +380,44 @@ for _, seq in ipairs(seqs) do
 end
 return out
 """
+
+
+# A budgeted walk, newest first, of the audit zset (or of one device's index): at
+# most ARGV[4] records are looked at per call, so a search never blocks Redis long.
+_SEARCH_AUDIT = """
+-- KEYS[1] audit zset, KEYS[2] (optional) a device's audit index
+-- ARGV[1] after seq, ARGV[2] before bound ('+inf' or '(N'), ARGV[3] limit, ARGV[4] budget,
+-- ARGV[5..8] actor, action, outcome, reason ('' = any)
+local src = KEYS[2] or KEYS[1]
+local walk = redis.call('ZREVRANGEBYSCORE', src, ARGV[2], '(' .. ARGV[1],
+  'WITHSCORES', 'LIMIT', 0, ARGV[4])
+local want = {actor = ARGV[5], action = ARGV[6], outcome = ARGV[7], reason = ARGV[8]}
+local limit = tonumber(ARGV[3])
+local out = {0}
+local last = 0
+for i = 1, #walk, 2 do
+  last = tonumber(walk[i + 1])
+  local record = walk[i]
+  if KEYS[2] then record = redis.call('ZRANGEBYSCORE', KEYS[1], last, last)[1] end
+  if record then
+    local event = cjson.decode(record)['event']
+    local ok = true
+    for field, value in pairs(want) do
+      if value ~= '' and event[field] ~= value then ok = false end
+    end
+    if ok then
+      table.insert(out, record)
+      if #out - 1 == limit then
+        out[1] = last
+        return out
+      end
+    end
+  end
+end
+if #walk / 2 == tonumber(ARGV[4]) then out[1] = last end
+return out
+"""
+AUDIT_SEARCH_BUDGET = 2000  # records a search looks at per call
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -655,6 +695,7 @@ class RedisStore(RedisIntermediates):
         self._redis = client
         self._keys = _Keys(namespace)
         self._import_manifest = client.register_script(_IMPORT_MANIFEST)
+        self._search_audit = client.register_script(_SEARCH_AUDIT)
         self._add_device = client.register_script(_ADD_DEVICE)
         self._set_state = client.register_script(_SET_STATE)
         self._record_certificate = client.register_script(_RECORD_CERTIFICATE)
@@ -1175,6 +1216,18 @@ class RedisStore(RedisIntermediates):
                     args=[after_seq, limit],
                 )
         return [_audit_from_json(text) for text in _texts(raw)]
+
+    async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
+        keys = [self._keys.audit]
+        if query.device_id is not None:
+            keys.append(self._keys.audit_device(query.device_id))
+        before = "+inf" if query.before_seq is None else f"({query.before_seq}"
+        wanted = (query.actor, query.action, query.outcome, query.reason)
+        args: list[str | int] = [query.after_seq, before, limit, AUDIT_SEARCH_BUDGET]
+        args += [value or "" for value in wanted]
+        with _mapped_errors():
+            reply = await self._search_audit(keys=keys, args=args)
+        return AuditPage([_audit_from_json(_text(r)) for r in reply[1:]], int(reply[0]))
 
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:
