@@ -12,13 +12,18 @@ from fleet.authority import lifecycle
 from fleet.authority.audit import verify_audit_log
 from fleet.kernel.device_id import is_device_id_prefix, validate_device_id
 from fleet.kernel.errors import RequestInvalid
-from fleet.store.records import AuditRecord, DeviceFilter, DeviceState, ReplacementStatus
+from fleet.store.records import (
+    AuditQuery,
+    AuditRecord,
+    DeviceFilter,
+    DeviceState,
+    ReplacementStatus,
+)
 from fleet.ui import stats
 from fleet.ui.core import Console, Ctx, query_of
 
 PAGE = 50
 AUDIT_PAGE = 100
-AUDIT_SCAN = 5000  # records looked at per audit page when filtering
 
 
 async def overview(console: Console, ctx: Ctx) -> web.Response:
@@ -144,53 +149,56 @@ BULK_FIELDS = ("batch", "model", "manufacturer", "issued_before", "reason")
 AUDIT_FILTERS = ("device_id", "actor", "action", "outcome", "reason")
 
 
-def _audit_match(record: AuditRecord, filters: dict[str, str | None]) -> bool:
-    event = record.event
-    return all(
-        value is None or getattr(event, name) == value
-        for name, value in filters.items()
-        if name != "device_id"
-    )
-
-
 async def audit(console: Console, ctx: Ctx) -> web.Response:
-    """Newest first, AUDIT_PAGE at a time; ``before`` pages to older records."""
+    """Newest first, AUDIT_PAGE at a time; ``before`` pages to older records. The store
+    filters (AuditQuery): nothing beyond the page is read, however long the log."""
     query = ctx.request.query
     filters = {name: text(query, name) for name in AUDIT_FILTERS}
     device_id = filters["device_id"]
     if device_id is not None:
         validate_device_id(device_id)
-    head = await stats.audit_head(console.store)
-    before = min(integer(query, "before") or head + 1, head + 1)
+    since, until = day(query, "since"), day(query, "until")
+    store = console.store
+    head = await stats.audit_head(store)
+    # A time range is a sequence range (records are appended in time order).
+    after = await stats.first_seq_since(store, since, head) - 1 if since else 0
+    upper = head + 1
+    if until is not None:
+        upper = await stats.first_seq_since(store, until + dt.timedelta(days=1), head)
+    before = min(integer(query, "before") or upper, upper)
+    search = AuditQuery(
+        actor=filters["actor"], action=filters["action"], outcome=filters["outcome"],
+        reason=filters["reason"], device_id=device_id, after_seq=after, before_seq=before,
+    )  # fmt: skip
     shown: list[AuditRecord] = []
     older: int | None = None  # the `before` of the next (older) page
-    if device_id is not None:
-        # One device's records come whole from its index (a device has few).
-        records = await console.store.audit_records(device_id=device_id, limit=10_000)
-        matching = [r for r in reversed(records) if r.seq < before and _audit_match(r, filters)]
-        shown = matching[:AUDIT_PAGE]
-        if len(matching) > AUDIT_PAGE:
-            older = shown[-1].seq
-    else:
-        upper = before  # records below this are still to look at
-        while upper > 1 and before - upper < AUDIT_SCAN:
-            low = max(0, upper - 1 - 500)
-            window = await console.store.audit_records(after_seq=low, limit=upper - 1 - low)
-            for record in reversed(window):
-                if len(shown) == AUDIT_PAGE:
-                    break
-                upper = record.seq
-                if _audit_match(record, filters):
-                    shown.append(record)
-            if len(shown) == AUDIT_PAGE:
-                break
-            upper = low + 1
-        older = upper if upper > 1 else None
-    older_query = query_of({**filters, "before": str(older)}) if older else None
+    while True:
+        page = await store.search_audit(search, limit=AUDIT_PAGE - len(shown))
+        shown += page.records
+        if not page.next_before or len(shown) == AUDIT_PAGE:
+            older = page.next_before or None
+            break
+        search = dataclasses.replace(search, before_seq=page.next_before)
+    dates = {
+        "since": query.get("since") if since else None,
+        "until": query.get("until") if until else None,
+    }
+    older_query = query_of({**filters, **dates, "before": str(older)}) if older else None
     return console.render(
-        "audit.html", ctx=ctx, nav="audit", records=shown, filters=filters, head=head,
-        older_query=older_query, verify=None,
+        "audit.html", ctx=ctx, nav="audit", records=shown, filters={**filters, **dates},
+        head=head, older_query=older_query, verify=None,
     )  # fmt: skip
+
+
+def day(query: Any, name: str) -> dt.datetime | None:
+    """A date of a query (YYYY-MM-DD) as the start of that day, UTC."""
+    value = text(query, name)
+    if value is None:
+        return None
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
+    except ValueError:
+        raise RequestInvalid(f"{name} must be a date (YYYY-MM-DD)") from None
 
 
 async def audit_verify(console: Console, ctx: Ctx) -> web.Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import http.cookiejar
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from fleet.authority.admins import create_admin_token
-from fleet.store.records import AdminRole, AuditRecord
+from fleet.store.protocol import Store
+from fleet.store.records import AdminRole, AuditEvent, AuditRecord
 from fleet.tokens import token_sha256
 from fleet.ui.session import SESSION_COOKIE, SessionSigner
 from tests.integration.est.conftest import Fleet, running_fleet
@@ -200,3 +202,30 @@ def test_sign_ins_sign_outs_and_ended_sessions_are_audited_with_the_admin(
 def _sha_of(fleet: Fleet) -> str:
     credentials = fleet.server.store(lambda s: s.list_admin_credentials())
     return next(c.sha256 for c in credentials if c.name == "ui-admin")
+
+
+def test_audit_filters_reach_the_whole_log(tmp_path: Path) -> None:
+    """A record older than thousands of others is found by its filter (the page once
+    looked at the newest 5,000 only), and a date range narrows the log."""
+
+    async def fill(store: Store) -> None:
+        at = dt.datetime.now(dt.UTC)
+        rare = AuditEvent(at, "admin:rare", "trust_add", "done", "manifest_imported")
+        await store.append_audit(rare)
+        noise = AuditEvent(at, "system", "renew", "allowed", "renewal", device_id="d1")
+        for _ in range(12):  # 6,000 records, appended 500 at a time (group commit)
+            await asyncio.gather(*(store.append_audit(noise) for _ in range(500)))
+
+    with running_fleet(tmp_path) as fleet:
+        fleet.server.store(fill)
+        browser = signed_in(fleet, AdminRole.ADMIN)
+        base = fleet.server.base
+        html = browser.open(f"{base}/ui/audit?actor=admin:rare", timeout=30).read().decode()
+        assert "trust_add" in html
+        assert "No record matches" not in html
+        today = dt.datetime.now(dt.UTC).date()
+        yesterday = today - dt.timedelta(days=1)
+        past = browser.open(f"{base}/ui/audit?actor=admin:rare&until={yesterday}", timeout=30)
+        assert "No record matches" in past.read().decode()
+        since = browser.open(f"{base}/ui/audit?actor=admin:rare&since={today}", timeout=30)
+        assert "trust_add" in since.read().decode()
