@@ -270,6 +270,10 @@ class Store(Protocol):
     async def set_cursor(self, name: str, value: int) -> None:
         """Set the named integer (signed 64-bit; last write wins)."""
 
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        """Every named integer whose name starts with ``prefix`` (e.g. the brokers'
+        feed positions, fleet.store.broker_positions)."""
+
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:
         """Sequence of the newest feed event (0 when empty)."""

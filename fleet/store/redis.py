@@ -1240,6 +1240,12 @@ class RedisStore(RedisIntermediates):
         with _mapped_errors():
             await self._redis.hset(self._keys.cursors, name, str(value))
 
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        # The hash holds a few cursors per broker and notifier: read whole.
+        with _mapped_errors():
+            raw = _fields(await self._redis.hgetall(self._keys.cursors))
+        return {name: int(value) for name, value in raw.items() if name.startswith(prefix)}
+
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:
         with _mapped_errors():

@@ -1325,6 +1325,16 @@ class SqliteStore(SqliteIntermediates):
 
         await self._write(body)
 
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        def body(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT name, value FROM cursors WHERE substr(name, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+            return {str(name): int(value) for name, value in rows}
+
+        return await self._read_here(body)
+
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:
         def body(conn: sqlite3.Connection) -> int:
