@@ -12,6 +12,7 @@ from fleet.authority import lifecycle
 from fleet.authority.audit import verify_audit_log
 from fleet.kernel.device_id import is_device_id_prefix, validate_device_id
 from fleet.kernel.errors import RequestInvalid
+from fleet.store.broker_positions import read_positions
 from fleet.store.records import (
     AuditQuery,
     AuditRecord,
@@ -30,6 +31,7 @@ async def overview(console: Console, ctx: Ctx) -> web.Response:
     store, now = console.store, console.clock.now()
     activity = await stats.hourly_activity(store, now)
     by_state = await stats.devices_by_state(store)
+    head = await store.feed_head()
     return console.render(
         "overview.html", ctx=ctx, nav="overview",
         by_state=by_state, total=sum(by_state.values()),
@@ -37,7 +39,8 @@ async def overview(console: Console, ctx: Ctx) -> web.Response:
         peak=max([max(b.enrolled, sum(b.refused.values())) for b in activity.bars] + [1]),
         expiring={d: await stats.devices_expiring(store, now, d) for d in (7, 30)},
         cas=[(ca, (ca.not_after - now).days) for ca in console.cas],
-        feed_head=await store.feed_head(),
+        feed_head=head,
+        brokers=stats.broker_lags(await read_positions(store), head, now),
     )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 from collections import Counter
 
+from fleet.store.broker_positions import BrokerPosition
 from fleet.store.protocol import Store
 from fleet.store.records import AuditRecord, DeviceFilter, DeviceState
 
@@ -142,6 +143,37 @@ def chart_rects(activity: Activity, *, width: int = 720, height: int = 180) -> l
                     ChartRect(x + bar, top, bar, h, series, f"{label}: {count} refused ({reason})")
                 )
     return rects
+
+
+# A broker reports at least every 10 s while alive (CacheSettings.report_every).
+BROKER_STALE_AFTER = dt.timedelta(seconds=60)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerLag:
+    name: str
+    lag: int  # feed head - the broker's position (events it has not applied)
+    age: dt.timedelta  # since its last report
+    stale: bool  # no report for BROKER_STALE_AFTER: whatever it said may be old
+
+    @property
+    def age_text(self) -> str:
+        seconds = max(0, int(self.age.total_seconds()))
+        if seconds < 120:
+            return f"{seconds} s"
+        if seconds < 7200:
+            return f"{seconds // 60} min"
+        return f"{seconds // 3600} h"
+
+
+def broker_lags(positions: list[BrokerPosition], head: int, now: dt.datetime) -> list[BrokerLag]:
+    """Each broker's lag behind the feed head and the age of its report; stale first."""
+    lags = [
+        BrokerLag(p.name, max(0, head - p.seq), now - p.reported_at,
+                  now - p.reported_at > BROKER_STALE_AFTER)
+        for p in positions
+    ]  # fmt: skip
+    return sorted(lags, key=lambda b: (not b.stale, b.name))
 
 
 async def devices_by_state(store: Store) -> dict[str, int]:
