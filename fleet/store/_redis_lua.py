@@ -58,3 +58,21 @@ local function revoke_good(cert_prefix, expiry, revoked, device_id, serials, rea
   return done
 end
 """
+
+
+# Index sets kept in the same script as the change they index, so listing pending
+# devices or counting devices by state never walks the keyspace:
+#   {ns}:devices:state:<state>      zset  device ids in that state (score 0: lex paging)
+#   {ns}:replacements:<status>      zset  device ids whose replacement request has it
+# Their keys are built from the namespace tag of KEYS[1] (every key shares it, so they
+# are in the script's slot).
+INDEX = """
+local function index_key(kind, value)
+  return string.match(KEYS[1], '^%b{}') .. ':' .. kind .. ':' .. value
+end
+local function index_move(kind, id, from, to)
+  if from == to then return end
+  if from then redis.call('ZREM', index_key(kind, from), id) end
+  if to then redis.call('ZADD', index_key(kind, to), 0, id) end
+end
+"""

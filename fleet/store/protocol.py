@@ -105,6 +105,10 @@ class Store(Protocol):
     ) -> list[Device]:
         """Devices matching the filter, ordered by id, starting after ``after``."""
 
+    async def count_devices_by_state(self) -> dict[DeviceState, int]:
+        """How many devices are in each state (every state named, 0 included), from an
+        index: the Overview asks on every view."""
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         """``(devices, good certificates)``: how many devices ``list_devices`` lists
         for this filter (over all pages) and how many good certificates those

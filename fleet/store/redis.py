@@ -21,6 +21,9 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:feed:events          channel every feed event is PUBLISHed here as well
     {ns}:admins               hash    sha256 -> admin credential as JSON
     {ns}:cursors              hash    name -> integer (named cursors)
+    {ns}:devices:state:<s>    zset    device ids in state s (index; _redis_indexes)
+    {ns}:replacements:<s>     zset    device ids whose replacement request is in status s
+    {ns}:indexes              string  version of the index sets (built once if missing)
 
 Why one hash tag: every key starts with ``{ns}``, so in Redis Cluster all of a
 namespace lives in one hash slot. Each change is one Lua script (atomic on the
@@ -99,7 +102,8 @@ from fleet.store._codec import (
     serial_int,
     ts,
 )
-from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, REVOKE_GOOD
+from fleet.store._redis_indexes import ensure_indexes
+from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.intermediates import RedisIntermediates
 from fleet.store.records import (
@@ -131,7 +135,9 @@ _AUDIT_CAS_ATTEMPTS = 50
 _FOLLOW_IDLE_CHECK_SECONDS = 1.0
 _FOLLOW_MAX_BACKOFF_SECONDS = 2.0
 
-_IMPORT_MANIFEST = """
+_IMPORT_MANIFEST = (
+    INDEX
+    + """
 -- KEYS[1] devices zset, KEYS[2..] device hashes
 -- ARGV[1] now, then per device: id, bootstrap_sha256, model, batch, manufacturer sha
 -- ('' = unchanged), manufacturer name
@@ -157,6 +163,7 @@ for i = 2, #KEYS do
       'created_at', now, 'updated_at', now, 'bootstrap_sha256', ARGV[a + 1],
       'model', ARGV[a + 2], 'batch', ARGV[a + 3], 'state_reason', '')
     redis.call('ZADD', KEYS[1], 0, ARGV[a])
+    index_move('devices:state', ARGV[a], false, 'registered')
     created = created + 1
   end
   if ARGV[a + 4] ~= '' then
@@ -166,9 +173,11 @@ for i = 2, #KEYS do
 end
 return created
 """
+)
 
 _ADD_DEVICE = (
-    AUDIT_PRELUDE
+    INDEX
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] device hash, KEYS[2] devices zset, KEYS[3..] audit
 -- ARGV[1..4] audit, ARGV[5] id, ARGV[6..] field/value pairs
@@ -176,13 +185,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 if audit_moved(3) then return {'moved'} end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], 0, ARGV[5])
+index_move('devices:state', ARGV[5], false, redis.call('HGET', KEYS[1], 'state'))
 audit_append(3)
 return {'ok'}
 """
 )
 
 _SET_STATE = (
-    AUDIT_PRELUDE
+    INDEX
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] device hash, KEYS[2..] audit
 -- ARGV[1..4] audit, ARGV[5] state, ARGV[6] now, ARGV[7] reason, ARGV[8..] expected
@@ -195,13 +206,15 @@ end
 if not allowed then return {'conflict', cur} end
 if audit_moved(2) then return {'moved'} end
 redis.call('HSET', KEYS[1], 'state', ARGV[5], 'updated_at', ARGV[6], 'state_reason', ARGV[7])
+index_move('devices:state', redis.call('HGET', KEYS[1], 'device_id'), cur, ARGV[5])
 audit_append(2)
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 )
 
 _RECORD_CERTIFICATE = (
-    FEED_APPEND
+    INDEX
+    + FEED_APPEND
     + REVOKE_GOOD
     + AUDIT_PRELUDE
     + """
@@ -238,7 +251,10 @@ if replacement ~= '' then
   if r[1] ~= 'approved' or r[2] ~= replacement then return {'conflict', cur} end
 end
 if audit_moved(9) then return {'moved'} end
-if replacement ~= '' then redis.call('DEL', KEYS[8]) end
+if replacement ~= '' then
+  redis.call('DEL', KEYS[8])
+  index_move('replacements', cert['device_id'], 'approved', false)
+end
 redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + m))
 redis.call('SADD', KEYS[3], cert['serial'])
 if cert['status'] == 'good' then
@@ -247,6 +263,7 @@ else
   redis.call('SADD', KEYS[5], cert['serial'])
 end
 redis.call('HSET', KEYS[1], 'state', 'active', 'updated_at', ARGV[5])
+index_move('devices:state', cert['device_id'], cur, 'active')
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'enrolled_bootstrap_sha256', ARGV[6], 'enrolled_at', ARGV[5])
 end
@@ -288,7 +305,8 @@ return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[8], 'certificate', cert[2], {AR
 )
 
 _REVOKE_DEVICE = (
-    FEED_APPEND
+    INDEX
+    + FEED_APPEND
     + AUDIT_PRELUDE
     + """
 -- KEYS[1] device, KEYS[2] device-certs, KEYS[3] expiry, KEYS[4] revoked,
@@ -312,6 +330,7 @@ for _, serial in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('HSET', KEYS[1], 'state', 'revoked', 'updated_at', ARGV[7], 'state_reason', ARGV[6])
+index_move('devices:state', ARGV[5], state, 'revoked')
 redis.call('SADD', KEYS[5], ARGV[5])
 audit_append(8)
 return {'ok', feed_append(KEYS[6], KEYS[7], ARGV[8], 'device', ARGV[5], serials, ARGV[6],
@@ -453,6 +472,16 @@ class _Keys:
     @property
     def devices(self) -> str:
         return f"{self.tag}:devices"
+
+    def state_index(self, state: DeviceState) -> str:
+        return f"{self.tag}:devices:state:{state.value}"
+
+    def replacement_index(self, status: ReplacementStatus) -> str:
+        return f"{self.tag}:replacements:{status.value}"
+
+    @property
+    def indexes(self) -> str:
+        return f"{self.tag}:indexes"
 
     @property
     def expiry(self) -> str:
@@ -729,6 +758,7 @@ class RedisStore(RedisIntermediates):
         try:
             with _mapped_errors():
                 await client.ping()
+                await ensure_indexes(client, store._keys.devices, store._keys.indexes)
         except BaseException:
             await store.close()
             raise
@@ -825,6 +855,14 @@ class RedisStore(RedisIntermediates):
             found += (device for device, _ in page)
         return found[:limit]
 
+    async def count_devices_by_state(self) -> dict[DeviceState, int]:
+        with _mapped_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for state in DeviceState:
+                    pipe.zcard(self._keys.state_index(state))
+                counts = await pipe.execute()
+        return {state: int(n) for state, n in zip(DeviceState, counts, strict=True)}
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         devices = certificates = 0
         cursor: str | None = "-"
@@ -844,9 +882,11 @@ class RedisStore(RedisIntermediates):
         expiring_before = opt_ts(device_filter.expiring_before)
         need_certs = with_certs or issued_before is not None or expiring_before is not None
         k = self._keys
+        # A state names its index: only the devices in that state are walked.
+        source = k.devices if device_filter.state is None else k.state_index(device_filter.state)
         with _mapped_errors():
             ids = _texts(
-                await self._redis.zrangebylex(k.devices, cursor, "+", start=0, num=_SCAN_PAGE)
+                await self._redis.zrangebylex(source, cursor, "+", start=0, num=_SCAN_PAGE)
             )
             if not ids:
                 return [], None
@@ -926,19 +966,17 @@ class RedisStore(RedisIntermediates):
     async def list_replacement_requests(
         self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
     ) -> list[ReplacementRequest]:
-        # No index of requests: a SCAN over their keys. Requests are rare (one per
-        # replayed bootstrap certificate), and this serves an admin page, not devices.
-        prefix = self._keys.replacement("")
-        found: list[ReplacementRequest] = []
+        start = "-" if after is None else f"({after}"
+        index = self._keys.replacement_index(status)
         with _mapped_errors():
-            async for key in self._redis.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000):
-                fields = _fields(await self._redis.hgetall(key))
-                if fields:
-                    request = replacements.request_from_fields(fields)
-                    if request.status is status and (after is None or request.device_id > after):
-                        found.append(request)
-        found.sort(key=lambda r: r.device_id)
-        return found[:limit]
+            ids = _texts(await self._redis.zrangebylex(index, start, "+", start=0, num=limit))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for device_id in ids:
+                    pipe.hgetall(self._keys.replacement(device_id))
+                hashes = await pipe.execute()
+        found = [replacements.request_from_fields(f) for f in map(_fields, hashes) if f]
+        # A request decided between the two reads has left this status: not listed.
+        return [r for r in found if r.status is status]
 
     async def note_replacement_attempt(
         self,
@@ -1362,8 +1400,3 @@ def _certs_match(
         if not newest.not_after < expiring_before:
             return False
     return True
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal in a Redis MATCH pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -913,6 +913,15 @@ class SqliteStore(SqliteIntermediates):
         sql = f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?"  # noqa: S608
         return await self._read(lambda conn: [_device(r) for r in conn.execute(sql, params)])
 
+    async def count_devices_by_state(self) -> dict[DeviceState, int]:
+        def body(conn: sqlite3.Connection) -> dict[DeviceState, int]:
+            rows = conn.execute("SELECT state, COUNT(*) FROM devices GROUP BY state")
+            counts = dict.fromkeys(DeviceState, 0)
+            counts.update({DeviceState(state): int(n) for state, n in rows})
+            return counts
+
+        return await self._read(body)
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         where, params = _device_where(device_filter, None)
         # Only fixed clause strings are joined in; every value is a parameter.
