@@ -13,7 +13,7 @@ from collections import Counter
 
 from fleet.store.broker_positions import BrokerPosition
 from fleet.store.protocol import Store
-from fleet.store.records import AuditRecord, DeviceFilter, DeviceState
+from fleet.store.records import AuditRecord, DeviceFilter
 
 HOURS = 24
 MAX_SCANNED = 50_000  # audit records read for the chart at most (newest first)
@@ -177,11 +177,7 @@ def broker_lags(positions: list[BrokerPosition], head: int, now: dt.datetime) ->
 
 
 async def devices_by_state(store: Store) -> dict[str, int]:
-    counts = {}
-    for state in DeviceState:
-        devices, _ = await store.count_blast_radius(DeviceFilter(state=state))
-        counts[state.value] = devices
-    return counts
+    return {state.value: n for state, n in (await store.count_devices_by_state()).items()}
 
 
 async def devices_expiring(store: Store, now: dt.datetime, days: int) -> int:
