@@ -1,10 +1,11 @@
 """Redis: the index sets of device states and replacement request statuses.
 
-Every script that changes a device's state or a request's status moves the id
-between these sets in the same script (``INDEX`` in _redis_lua), so the
-console's Pending page and the Overview's counts read a set instead of walking
-every device. A namespace written before the sets existed gets them built once,
-when a store first opens it (``ensure_indexes``): a batch of devices at a time,
+Every script that changes a device's state, a request's status or a device's
+good certificates updates these sets in the same script (``INDEX`` in
+_redis_lua), so the console's Pending page and the Overview's counts (by state,
+expiring within N days) read a set instead of walking every device. A
+namespace written before the sets existed gets them built once, when a store
+first opens it (``ensure_indexes``): a batch of devices at a time,
 each batch one script that reads every state and status it indexes, so a
 change racing the build is indexed either by the build or by its own script.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from fleet.store._redis_lua import INDEX
 from fleet.store.records import DeviceState, ReplacementStatus
 
 VERSION = "1"
@@ -21,7 +23,9 @@ _BATCH = 500
 _STATES = ", ".join(f"'{s.value}'" for s in DeviceState)
 _STATUSES = ", ".join(f"'{s.value}'" for s in ReplacementStatus)
 
-REINDEX = f"""
+REINDEX = (
+    INDEX
+    + f"""
 -- KEYS[1] devices zset (its tag names every key), ARGV the device ids of one batch
 local tag = string.match(KEYS[1], '^%b{{}}')
 local function place(kind, values, id, current)
@@ -34,9 +38,11 @@ for _, id in ipairs(ARGV) do
   place('devices:state', {{{_STATES}}}, id, redis.call('HGET', tag .. ':device:' .. id, 'state'))
   place('replacements', {{{_STATUSES}}}, id,
     redis.call('HGET', tag .. ':replacement:' .. id, 'status'))
+  refresh_newest(id)
 end
 return #ARGV
 """
+)
 
 
 async def ensure_indexes(client: Redis, devices_key: str, marker_key: str) -> None:

@@ -64,6 +64,7 @@ local event = false
 if ARGV[9] ~= '' then
   local done = revoke_good(ARGV[11], KEYS[4], KEYS[5], ARGV[5], redis.call('SMEMBERS', KEYS[3]),
     ARGV[9], ARGV[7])
+  refresh_newest(ARGV[5])
   if #done > 0 then
     event = feed_append(KEYS[6], KEYS[7], ARGV[10], 'certificate', ARGV[5], done, ARGV[9],
       ARGV[7])

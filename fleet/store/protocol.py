@@ -109,6 +109,10 @@ class Store(Protocol):
         """How many devices are in each state (every state named, 0 included), from an
         index: the Overview asks on every view."""
 
+    async def count_expiring_devices(self, before: dt.datetime) -> int:
+        """How many devices ``list_devices(DeviceFilter(expiring_before=before))`` lists:
+        those whose newest good certificate expires before ``before`` (an index)."""
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         """``(devices, good certificates)``: how many devices ``list_devices`` lists
         for this filter (over all pages) and how many good certificates those

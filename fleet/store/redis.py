@@ -275,6 +275,7 @@ local supersede = {}
 for i = 13 + m, 12 + m + n do table.insert(supersede, ARGV[i]) end
 local done = revoke_good(ARGV[11 + m], KEYS[4], KEYS[5], cert['device_id'], supersede,
   'superseded', ARGV[5])
+refresh_newest(cert['device_id'])
 audit_append(9)
 local device = redis.call('HGETALL', KEYS[1])
 if #done == 0 then return {'ok', device} end
@@ -284,7 +285,8 @@ return {'ok', device, feed_append(KEYS[6], KEYS[7], ARGV[10 + m], 'certificate',
 )
 
 _REVOKE_CERTIFICATE = (
-    FEED_APPEND
+    INDEX
+    + FEED_APPEND
     + AUDIT_PRELUDE
     + """
 -- KEYS[1] cert, KEYS[2] expiry, KEYS[3] revoked, KEYS[4] feed, KEYS[5] feed:seq,
@@ -298,6 +300,7 @@ redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_at', ARGV[7],
   'revocation_reason', ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[5])
+refresh_newest(cert[2])
 audit_append(6)
 return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[8], 'certificate', cert[2], {ARGV[5]},
   ARGV[6], ARGV[7])}
@@ -331,6 +334,7 @@ for _, serial in ipairs(redis.call('SMEMBERS', KEYS[2])) do
 end
 redis.call('HSET', KEYS[1], 'state', 'revoked', 'updated_at', ARGV[7], 'state_reason', ARGV[6])
 index_move('devices:state', ARGV[5], state, 'revoked')
+refresh_newest(ARGV[5])
 redis.call('SADD', KEYS[5], ARGV[5])
 audit_append(8)
 return {'ok', feed_append(KEYS[6], KEYS[7], ARGV[8], 'device', ARGV[5], serials, ARGV[6],
@@ -478,6 +482,10 @@ class _Keys:
 
     def replacement_index(self, status: ReplacementStatus) -> str:
         return f"{self.tag}:replacements:{status.value}"
+
+    @property
+    def newest_expiry(self) -> str:
+        return f"{self.tag}:devices:newest-expiry"
 
     @property
     def indexes(self) -> str:
@@ -862,6 +870,12 @@ class RedisStore(RedisIntermediates):
                     pipe.zcard(self._keys.state_index(state))
                 counts = await pipe.execute()
         return {state: int(n) for state, n in zip(DeviceState, counts, strict=True)}
+
+    async def count_expiring_devices(self, before: dt.datetime) -> int:
+        with _mapped_errors():
+            return int(
+                await self._redis.zcount(self._keys.newest_expiry, "-inf", f"({epoch_us(before)}")
+            )
 
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         devices = certificates = 0

@@ -922,6 +922,10 @@ class SqliteStore(SqliteIntermediates):
 
         return await self._read(body)
 
+    async def count_expiring_devices(self, before: dt.datetime) -> int:
+        devices, _ = await self.count_blast_radius(DeviceFilter(expiring_before=before))
+        return devices
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         where, params = _device_where(device_filter, None)
         # Only fixed clause strings are joined in; every value is a parameter.

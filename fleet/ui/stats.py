@@ -13,7 +13,7 @@ from collections import Counter
 
 from fleet.store.broker_positions import BrokerPosition
 from fleet.store.protocol import Store
-from fleet.store.records import AuditRecord, DeviceFilter
+from fleet.store.records import AuditRecord
 
 HOURS = 24
 MAX_SCANNED = 50_000  # audit records read for the chart at most (newest first)
@@ -182,6 +182,4 @@ async def devices_by_state(store: Store) -> dict[str, int]:
 
 async def devices_expiring(store: Store, now: dt.datetime, days: int) -> int:
     """Devices whose newest good certificate expires within ``days``."""
-    before = now + dt.timedelta(days=days)
-    devices, _ = await store.count_blast_radius(DeviceFilter(expiring_before=before))
-    return devices
+    return await store.count_expiring_devices(now + dt.timedelta(days=days))

@@ -18,6 +18,14 @@ from tests.contract.conftest import Backend
 from tests.contract.test_store_contract import certificate, entry, ids, sha
 
 
+async def expiring_agree(store: Store, now: dt.datetime) -> None:
+    """The expiring count (an index in Redis) is what the listing says, at every bound."""
+    for days in (-1, 0, 1, 5, 10, 20, 29, 30, 31, 60):
+        before = now + dt.timedelta(days=days)
+        listed = await store.list_devices(DeviceFilter(expiring_before=before), limit=1000)
+        assert await store.count_expiring_devices(before) == len(listed), days
+
+
 async def agree(store: Store, expected: dict[DeviceState, list[str]]) -> None:
     """Counts, listings and a page past the first all say ``expected``."""
     counts = await store.count_devices_by_state()
@@ -47,6 +55,18 @@ async def populate(store: Store, now: dt.datetime) -> None:
         "p2", DeviceState.REJECTED, expected={DeviceState.PENDING}, now=now
     )
     await store.revoke_device("d3", RevocationReason.KEY_COMPROMISE, now)
+    # d1 renews (a newer certificate expiring later), then loses that newer one: its
+    # older good certificate is its newest good again. d4 holds two, the newer revoked.
+    await store.record_certificate(
+        certificate(11, "d1", now + dt.timedelta(hours=1), days=60),
+        expected={DeviceState.ACTIVE}, now=now,
+    )  # fmt: skip
+    await expiring_agree(store, now)
+    await store.revoke_certificate(11, RevocationReason.SUPERSEDED, now)
+    await store.record_certificate(
+        certificate(12, "d1", now + dt.timedelta(hours=2), days=5),
+        expected={DeviceState.ACTIVE}, now=now, supersede=[1],
+    )  # fmt: skip
     for device_id in ("d1",):
         await store.note_replacement_attempt(
             device_id, bootstrap_sha256=sha(f"bootstrap:{device_id}"), key_sha256=sha("k"),
@@ -68,6 +88,7 @@ async def test_devices_by_state_follow_every_change(store: Store, now: dt.dateti
     await agree(store, {})
     await populate(store, now)
     await agree(store, EXPECTED)
+    await expiring_agree(store, now)
     pending = await store.list_replacement_requests(ReplacementStatus.PENDING)
     assert [r.device_id for r in pending] == ["d1"]
     await store.decide_replacement_request(
@@ -94,11 +115,13 @@ async def test_a_namespace_without_the_index_sets_gets_them(
         async with backend.raw() as client:  # as a store of the previous version left it
             stale = [k async for k in client.scan_iter(match=f"{backend.tag}:devices:state:*")]
             stale += [k async for k in client.scan_iter(match=f"{backend.tag}:replacements:*")]
+            stale += [f"{backend.tag}:devices:newest-expiry"]
             assert stale
             await client.delete(*stale, f"{backend.tag}:indexes")
     store = await backend.open()
     try:
         await agree(store, EXPECTED)
+        await expiring_agree(store, now)
         pending = await store.list_replacement_requests(ReplacementStatus.PENDING)
         assert [r.device_id for r in pending] == ["d1"]
     finally:
