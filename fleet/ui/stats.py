@@ -93,7 +93,8 @@ async def hourly_activity(store: Store, now: dt.datetime) -> Activity:
             continue
         if event.outcome == "allowed" and event.action in ENROLL_ACTIONS:
             enrolled[hour] += 1
-        elif event.outcome == "refused" and event.actor != "admin" and event.action != "denied":
+        elif event.outcome == "refused" and event.action in ENROLL_ACTIONS:
+            # Devices' refusals only: an admin's refused sign-in or role is no enrollment.
             refused.setdefault(hour, Counter())[event.reason] += 1
             reason_totals[event.reason] += 1
     top = [reason for reason, _ in reason_totals.most_common(TOP_REASONS)]
