@@ -858,8 +858,14 @@ class RedisStore(RedisIntermediates):
     ) -> list[Device]:
         found: list[Device] = []
         cursor: str | None = "-" if after is None else f"({after}"
+        # When the index walked answers the whole filter (none, or a state), every id read
+        # is listed: read no more than asked (each hash costs a reply to parse).
+        indexed = dataclasses.replace(device_filter, state=None) == DeviceFilter()
+        size = min(_SCAN_PAGE, limit) if indexed else _SCAN_PAGE
         while cursor is not None and len(found) < limit:
-            page, cursor = await self._device_page(device_filter, cursor, with_certs=False)
+            page, cursor = await self._device_page(
+                device_filter, cursor, with_certs=False, size=size
+            )
             found += (device for device, _ in page)
         return found[:limit]
 
@@ -887,7 +893,7 @@ class RedisStore(RedisIntermediates):
         return devices, certificates
 
     async def _device_page(
-        self, device_filter: DeviceFilter, cursor: str, *, with_certs: bool
+        self, device_filter: DeviceFilter, cursor: str, *, with_certs: bool, size: int = _SCAN_PAGE
     ) -> tuple[list[tuple[Device, list[_GoodCert]]], str | None]:
         """One page of the device index from ``cursor`` (a ZRANGEBYLEX bound): the
         matching devices with their good certificates (read only when the filter
@@ -899,9 +905,7 @@ class RedisStore(RedisIntermediates):
         # A state names its index: only the devices in that state are walked.
         source = k.devices if device_filter.state is None else k.state_index(device_filter.state)
         with _mapped_errors():
-            ids = _texts(
-                await self._redis.zrangebylex(source, cursor, "+", start=0, num=_SCAN_PAGE)
-            )
+            ids = _texts(await self._redis.zrangebylex(source, cursor, "+", start=0, num=size))
             if not ids:
                 return [], None
             async with self._redis.pipeline(transaction=False) as pipe:
