@@ -108,7 +108,7 @@ def main() -> int:
             )
             server.start()
             try:
-                return measure(server, token, args.devices, args.audit, args.requests)
+                return measure(server, token, args.devices, args.audit, args.requests, args.backend)
             finally:
                 server.stop()
         finally:
@@ -116,7 +116,9 @@ def main() -> int:
                 redis.stop()
 
 
-def measure(server: FleetServer, token: str, devices: int, audit: int, requests: int) -> int:
+def measure(
+    server: FleetServer, token: str, devices: int, audit: int, requests: int, backend: str
+) -> int:
     context = ssl.create_default_context(cafile=str(server.root_pem))
     browser = urllib.request.build_opener(
         urllib.request.HTTPSHandler(context=context),
@@ -139,6 +141,10 @@ def measure(server: FleetServer, token: str, devices: int, audit: int, requests:
         "batch=b42 deep (after=dev-090000)": "batch=b42&after=dev-090000",
         "batch nothing matches (full scan)": "batch=none",
     }
+    if backend == "redis":
+        # Redis has no index of model or batch: a filter nothing matches walks every
+        # device hash (about a minute at 100,000), so it is left out there.
+        del cases["batch nothing matches (full scan)"]
     today = dt.datetime.now(dt.UTC).date()
     pages = {f"devices: {name}": f"devices?{query}" for name, query in cases.items()}
     pages |= {
