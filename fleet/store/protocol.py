@@ -271,6 +271,13 @@ class Store(Protocol):
         page may be short while ``next_before`` is not 0: the caller searches on
         from there. Nothing is read into memory beyond the page."""
 
+    async def count_audit(
+        self, query: AuditQuery, *, by: tuple[str, ...]
+    ) -> dict[tuple[str, ...], int]:
+        """How many records match ``query``, grouped by the event fields named in ``by``
+        (of actor, action, outcome, reason); counted where the records are, none read
+        into memory (the Overview's chart)."""
+
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:
         """A named integer (e.g. a notifier's position in the audit log); 0 when unset."""

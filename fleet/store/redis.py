@@ -442,6 +442,37 @@ return out
 """
 AUDIT_SEARCH_BUDGET = 2000  # records a search looks at per call
 
+# Counts by group over a sequence range, AUDIT_SEARCH_BUDGET records per call.
+_COUNT_AUDIT = """
+-- KEYS[1] audit zset; ARGV[1] after seq, ARGV[2] before bound ('+inf' or '(N'),
+-- ARGV[3] budget, ARGV[4..7] actor, action, outcome, reason ('' = any), ARGV[8..] group by
+local walk = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], ARGV[2],
+  'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local want = {actor = ARGV[4], action = ARGV[5], outcome = ARGV[6], reason = ARGV[7]}
+local counts = {}
+local last = 0
+for i = 1, #walk, 2 do
+  last = tonumber(walk[i + 1])
+  local event = cjson.decode(walk[i])['event']
+  local ok = true
+  for field, value in pairs(want) do
+    if value ~= '' and event[field] ~= value then ok = false end
+  end
+  if ok then
+    local parts = {}
+    for j = 8, #ARGV do table.insert(parts, tostring(event[ARGV[j]])) end
+    local key = table.concat(parts, '\\n')
+    counts[key] = (counts[key] or 0) + 1
+  end
+end
+local out = {#walk / 2 == tonumber(ARGV[3]) and last or 0}
+for key, n in pairs(counts) do
+  table.insert(out, key)
+  table.insert(out, n)
+end
+return out
+"""
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Keys:
@@ -733,6 +764,7 @@ class RedisStore(RedisIntermediates):
         self._keys = _Keys(namespace)
         self._import_manifest = client.register_script(_IMPORT_MANIFEST)
         self._search_audit = client.register_script(_SEARCH_AUDIT)
+        self._count_audit = client.register_script(_COUNT_AUDIT)
         self._add_device = client.register_script(_ADD_DEVICE)
         self._set_state = client.register_script(_SET_STATE)
         self._record_certificate = client.register_script(_RECORD_CERTIFICATE)
@@ -1284,6 +1316,30 @@ class RedisStore(RedisIntermediates):
         with _mapped_errors():
             reply = await self._search_audit(keys=keys, args=args)
         return AuditPage([_audit_from_json(_text(r)) for r in reply[1:]], int(reply[0]))
+
+    async def count_audit(
+        self, query: AuditQuery, *, by: tuple[str, ...]
+    ) -> dict[tuple[str, ...], int]:
+        if not by or any(f not in ("actor", "action", "outcome", "reason") for f in by):
+            raise ValueError(f"count_audit groups by actor, action, outcome or reason, not {by}")
+        if query.device_id is not None:
+            raise ValueError("count_audit counts the whole log, not one device's")
+        before = "+inf" if query.before_seq is None else f"({query.before_seq}"
+        wanted = (query.actor, query.action, query.outcome, query.reason)
+        counts: dict[tuple[str, ...], int] = {}
+        after = query.after_seq
+        while True:
+            args: list[str | int] = [after, before, AUDIT_SEARCH_BUDGET]
+            args += [value or "" for value in wanted]
+            args += list(by)
+            with _mapped_errors():
+                reply = await self._count_audit(keys=[self._keys.audit], args=args)
+            for i in range(1, len(reply), 2):
+                key = tuple(_text(reply[i]).split("\n"))
+                counts[key] = counts.get(key, 0) + int(reply[i + 1])
+            if not int(reply[0]):
+                return counts
+            after = int(reply[0])
 
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:

@@ -257,6 +257,25 @@ def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, 
     return " AND ".join(clauses), params
 
 
+def _audit_where(query: AuditQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause (fixed strings only; every value a parameter) of an audit query."""
+    clauses: list[str] = ["seq > ?"]
+    params: list[Any] = [query.after_seq]
+    if query.before_seq is not None:
+        clauses.append("seq < ?")
+        params.append(query.before_seq)
+    if query.device_id is not None:
+        clauses.append("device_id = ?")
+        params.append(query.device_id)
+    for field in AUDIT_INDEXED:
+        value = getattr(query, field)
+        if value is not None:
+            # The very expression of the index, so the planner uses it.
+            clauses.append(f"json_extract(event, '$.{field}') = ?")
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
 @dataclasses.dataclass(slots=True)
 class _WriteJob:
     body: Callable[[sqlite3.Connection], Any]
@@ -1295,28 +1314,28 @@ class SqliteStore(SqliteIntermediates):
         return await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
 
     async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
-        clauses: list[str] = ["seq > ?"]
-        params: list[Any] = [query.after_seq]
-        if query.before_seq is not None:
-            clauses.append("seq < ?")
-            params.append(query.before_seq)
-        if query.device_id is not None:
-            clauses.append("device_id = ?")
-            params.append(query.device_id)
-        for field in AUDIT_INDEXED:
-            value = getattr(query, field)
-            if value is not None:
-                # The very expression of the index, so the planner uses it.
-                clauses.append(f"json_extract(event, '$.{field}') = ?")
-                params.append(value)
-        sql = (
-            f"SELECT * FROM audit WHERE {' AND '.join(clauses)} "  # noqa: S608 -- fixed strings
-            "ORDER BY seq DESC LIMIT ?"
-        )
+        where, params = _audit_where(query)
+        sql = f"SELECT * FROM audit WHERE {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
         params.append(limit)
         records = await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
         # An index answers the whole query: a short page is the end.
         return AuditPage(records, records[-1].seq if len(records) == limit else 0)
+
+    async def count_audit(
+        self, query: AuditQuery, *, by: tuple[str, ...]
+    ) -> dict[tuple[str, ...], int]:
+        if not by or any(field not in AUDIT_INDEXED for field in by):
+            raise ValueError(f"count_audit groups by some of {AUDIT_INDEXED}, not {by}")
+        where, params = _audit_where(query)
+        groups = ", ".join(f"json_extract(event, '$.{field}')" for field in by)
+        sql = f"SELECT {groups}, COUNT(*) FROM audit WHERE {where} GROUP BY {groups}"  # noqa: S608
+
+        def body(conn: sqlite3.Connection) -> dict[tuple[str, ...], int]:
+            return {
+                tuple(str(v) for v in row[:-1]): int(row[-1]) for row in conn.execute(sql, params)
+            }
+
+        return await self._read(body)
 
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:

@@ -70,3 +70,33 @@ async def test_every_filter_pages_through_the_whole_log(store: Store, now: dt.da
         ]  # fmt: skip
         for limit in (1, 10, 500):
             assert await search_all(store, query, limit) == expected, (query, limit)
+
+
+@pytest.mark.usefixtures("small_budget")
+async def test_counts_by_group_over_a_sequence_range(store: Store, now: dt.datetime) -> None:
+    seed = random.randrange(2**32)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    for n in range(120):
+        await store.append_audit(
+            AuditEvent(
+                at=now + dt.timedelta(seconds=n), actor=rng.choice(ACTORS),
+                action=rng.choice(ACTIONS), outcome=rng.choice(OUTCOMES),
+                reason=rng.choice(REASONS),
+            )
+        )  # fmt: skip
+    everything = await store.audit_records(limit=1000)
+    for query, by in [
+        (AuditQuery(), ("action", "outcome", "reason")),
+        (AuditQuery(after_seq=10, before_seq=100), ("reason",)),
+        (AuditQuery(action="renew"), ("actor", "outcome")),
+        (AuditQuery(after_seq=200), ("reason",)),
+    ]:
+        expected: dict[tuple[str, ...], int] = {}
+        for r in everything:
+            if query.after_seq < r.seq < (query.before_seq or 10**9) and query.action in (
+                None, r.event.action,
+            ):  # fmt: skip
+                key = tuple(getattr(r.event, f) for f in by)
+                expected[key] = expected.get(key, 0) + 1
+        assert await store.count_audit(query, by=by) == expected, (query, by)
