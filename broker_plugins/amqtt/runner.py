@@ -64,6 +64,7 @@ class EmbeddedBroker:
                 max_staleness=s.max_staleness,
                 fail_open=s.fail_open,
                 snapshot_file=s.revocation_snapshot_file,
+                report_as=s.reported_name,
             ),
             registry=self.metrics.registry,
         )

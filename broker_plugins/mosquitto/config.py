@@ -32,6 +32,7 @@ are relative to the settings file's directory. Example::
     max_staleness_seconds = 30                    # fail closed (see below); 0 = never
     heartbeat_seconds = 2.0                       # sidecar -> plugin "the feed is live"
     skew_seconds = 300                            # clock skew forgiven on validity
+    broker_name = "mqtt-1"                        # feed position reported as (console)
 
 Who refuses a revoked certificate: **the plugin**, by default. It holds the
 revocation state (snapshot + live feed), refuses a revoked serial or device at
@@ -86,6 +87,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -97,6 +99,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.tls_policy import MOSQUITTO_MIN_TLS_VERSION, TLS12_CIPHERS
+from fleet.store.broker_positions import check_broker_name
 
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"
@@ -164,6 +167,13 @@ class MosquittoSettings:
     # reads cafile only at start; capath is looked up at each handshake.
     cacerts_url: str = ""
     ca_refresh_seconds: float = 5.0
+    # The name the sidecar reports this broker's feed position under (the admin
+    # console's Overview); "" = "mosquitto@<hostname>:<listen port>".
+    broker_name: str = ""
+
+    @property
+    def reported_name(self) -> str:
+        return self.broker_name or f"mosquitto@{socket.gethostname()}:{self.listen_port}"
 
     @property
     def metrics_listen(self) -> tuple[str, int] | None:
@@ -292,9 +302,16 @@ def _parse_listen(listen: object, key: str = "listen") -> tuple[str, int]:
 
 
 def _check(s: MosquittoSettings) -> None:
-    for name in ("crl_url", "sidecar_cn", "acl_template", "broker_host", "user", "cacerts_url"):
+    for name in (
+        "crl_url", "sidecar_cn", "acl_template", "broker_host", "user", "cacerts_url",
+        "broker_name",
+    ):  # fmt: skip
         if not isinstance(getattr(s, name), str):
             raise ConfigError(f"[mosquitto] {name} must be a string")
+    try:
+        check_broker_name(s.reported_name)
+    except ValueError as exc:
+        raise ConfigError(f"[mosquitto] broker_name: {exc}") from None
     if not s.sidecar_cn or all(c.isalnum() or c in "._-" for c in s.sidecar_cn):
         # A sidecar CN inside the device id alphabet could be enrolled by a device.
         raise ConfigError(

@@ -566,6 +566,7 @@ class Sidecar:
             CacheSettings(
                 max_staleness=max(settings.max_staleness_seconds, 2 * settings.heartbeat_seconds),
                 probe_interval=settings.heartbeat_seconds,
+                report_as=settings.reported_name,
             ),
             registry=self.registry,
         )

@@ -23,6 +23,7 @@ from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import load_certificates_pem
 from fleet.policy.enrollment import BootstrapCredential, TokenCredential
 from fleet.store.protocol import Store
+from fleet.store.records import Manufacturer
 from fleet.tokens import token_sha256
 
 # Trusting a new manufacturer takes effect within this many seconds on every
@@ -66,6 +67,7 @@ class Credentials:
         self._manufacturers: TrustDomain | None = None
         self._intermediates: tuple[x509.Certificate, ...] = ()
         self._manufacturers_at = 0.0
+        self._anchor_names: dict[str, str] = {}  # manufacturer CA fingerprint -> trusted name
 
     def _fleet_domain(self) -> TrustDomain:
         """Every trusted issuing CA (current, next, retiring) as one trust domain."""
@@ -103,11 +105,13 @@ class Credentials:
         """
         domain = await self._manufacturer_domain()
         intermediates = (*presented, *self._intermediates)
-        verify_client_chain(cert, intermediates, domain, now=self._clock.now())
+        chain = verify_client_chain(cert, intermediates, domain, now=self._clock.now())
+        anchor = sha256_fingerprint(chain[-1])
         return BootstrapCredential(
             device_id=device_id_from_certificate(cert, self._device_id_source),
             sha256=sha256_fingerprint(cert),
             manufacturer=cert.issuer.rfc4514_string()[:200],
+            anchor=Manufacturer(anchor, self._anchor_names.get(anchor, "")),
         )
 
     async def token(self, device_id: str, token: str) -> TokenCredential:
@@ -127,6 +131,11 @@ class Credentials:
         if self._manufacturers is None or not self._manufacturers.anchors or not fresh:
             cas = await self._store.list_manufacturer_cas()
             anchors = tuple(cert for ca in cas for cert in load_certificates_pem(ca.pem.encode()))
+            self._anchor_names = {
+                sha256_fingerprint(cert): ca.name
+                for ca in cas
+                for cert in load_certificates_pem(ca.pem.encode())
+            }
             pool = await self._store.list_manufacturer_intermediates()
             self._intermediates = tuple(
                 cert for ca in pool for cert in load_certificates_pem(ca.pem.encode())

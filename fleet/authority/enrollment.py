@@ -247,6 +247,9 @@ class Authority:
                     bootstrap_sha256=bootstrap,
                     supersede=decision.supersede,
                     replacement_key=decision.replacement_key,
+                    manufacturer=(
+                        credential.anchor if isinstance(credential, BootstrapCredential) else None
+                    ),
                     audit=self._event(
                         "enroll",
                         device_id,
@@ -294,6 +297,7 @@ class Authority:
                         updated_at=now,
                         bootstrap_sha256=credential.sha256,  # approval pins what asked
                         state_reason=decision.reason,
+                        manufacturer=credential.anchor,
                     ),
                     audit=held(),
                 )

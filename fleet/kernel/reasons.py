@@ -101,6 +101,9 @@ class Reason(enum.StrEnum):
     ADMIN_UNKNOWN = "admin_unknown"
     ADMIN_DISABLED = "admin_disabled"
     CSRF_INVALID = "csrf_invalid"  # a console form without its session's CSRF token
+    SIGNED_IN = "signed_in"  # a console session began
+    SIGNED_OUT = "signed_out"  # the admin ended a console session
+    SESSION_EXPIRED = "session_expired"  # a console session outlived its lifetime
 
     # -- enrollment decisions (policy, audit log) ------------------------------------------
     ENROLLMENT_REFUSED = "enrollment_refused"

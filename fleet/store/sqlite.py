@@ -79,6 +79,8 @@ from fleet.store.records import (
     AdminCredential,
     AdminRole,
     AuditEvent,
+    AuditPage,
+    AuditQuery,
     AuditRecord,
     CertificateRecord,
     CertificateStatus,
@@ -87,6 +89,7 @@ from fleet.store.records import (
     DeviceState,
     EnrollmentToken,
     ManifestEntry,
+    Manufacturer,
     ManufacturerCA,
     ReplacementRequest,
     ReplacementStatus,
@@ -97,11 +100,13 @@ from fleet.store.records import (
 )
 
 T = TypeVar("T")
+# AuditQuery fields kept in the event JSON, each with an index (created by _migrate).
+AUDIT_INDEXED = ("actor", "action", "outcome", "reason")
 log = logging.getLogger(__name__)
 
 # 2 added admin_credentials and cursors, 3 replacement_requests (new tables only: older
-# files upgrade in place).
-SCHEMA_VERSION = 3
+# files upgrade in place), 4 the devices' manufacturer columns (added by _migrate).
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
 # SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
@@ -124,7 +129,9 @@ CREATE TABLE IF NOT EXISTS devices (
     batch TEXT NOT NULL DEFAULT '',
     enrolled_bootstrap_sha256 TEXT,
     enrolled_at TEXT,
-    state_reason TEXT NOT NULL DEFAULT ''
+    state_reason TEXT NOT NULL DEFAULT '',
+    manufacturer_sha256 TEXT,
+    manufacturer_name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS devices_state ON devices(state);
 CREATE TABLE IF NOT EXISTS certificates (
@@ -234,6 +241,9 @@ def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, 
     if device_filter.model is not None:
         clauses.append("model = ?")
         params.append(device_filter.model)
+    if device_filter.manufacturer_sha256 is not None:
+        clauses.append("manufacturer_sha256 = ?")
+        params.append(device_filter.manufacturer_sha256)
     if device_filter.issued_before is not None:
         clauses.append(
             "EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = devices.device_id "
@@ -244,6 +254,25 @@ def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, 
         # NULL (no good certificate) < ? is NULL: such devices do not match.
         clauses.append(f"{_NEWEST_GOOD_NOT_AFTER} < ?")
         params += [_GOOD, ts(device_filter.expiring_before)]
+    return " AND ".join(clauses), params
+
+
+def _audit_where(query: AuditQuery) -> tuple[str, list[Any]]:
+    """The WHERE clause (fixed strings only; every value a parameter) of an audit query."""
+    clauses: list[str] = ["seq > ?"]
+    params: list[Any] = [query.after_seq]
+    if query.before_seq is not None:
+        clauses.append("seq < ?")
+        params.append(query.before_seq)
+    if query.device_id is not None:
+        clauses.append("device_id = ?")
+        params.append(query.device_id)
+    for field in AUDIT_INDEXED:
+        value = getattr(query, field)
+        if value is not None:
+            # The very expression of the index, so the planner uses it.
+            clauses.append(f"json_extract(event, '$.{field}') = ?")
+            params.append(value)
     return " AND ".join(clauses), params
 
 
@@ -378,10 +407,27 @@ class SqliteStore(SqliteIntermediates):
                 conn.execute(statement)
         row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
         version = row[0]
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(devices)")}
+        if "manufacturer_sha256" not in columns:  # a file of schema 3 or older
+            conn.execute("ALTER TABLE devices ADD COLUMN manufacturer_sha256 TEXT")
+            conn.execute(
+                "ALTER TABLE devices ADD COLUMN manufacturer_name TEXT NOT NULL DEFAULT ''"
+            )
+        # The audit page's filters, on the event's own fields (no data is rewritten).
+        for field in AUDIT_INDEXED:
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS audit_{field} "
+                f"ON audit(json_extract(event, '$.{field}'), seq)"
+            )
+        # After the columns exist: on an old file the statements above ran before them.
+        conn.execute(
+            "CREATE INDEX IF NOT EXISTS devices_manufacturer "
+            "ON devices(manufacturer_sha256, device_id)"
+        )
         if version is None:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version < SCHEMA_VERSION:
-            # Every change so far only added tables, which the statements above created.
+            # Up to 3 only tables were added (created above); 4 added the columns above.
             conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
         elif version > SCHEMA_VERSION:
             raise StoreUnavailable(
@@ -802,6 +848,12 @@ class SqliteStore(SqliteIntermediates):
                         ),
                     )
                     created += 1
+                if e.manufacturer is not None:
+                    conn.execute(
+                        "UPDATE devices SET manufacturer_sha256 = ?, manufacturer_name = ? "
+                        "WHERE device_id = ?",
+                        (e.manufacturer.sha256, e.manufacturer.name, e.device_id),
+                    )
             return created
 
         return await self._write(body)
@@ -815,8 +867,9 @@ class SqliteStore(SqliteIntermediates):
         def body(conn: sqlite3.Connection) -> Device:
             cursor = conn.execute(
                 "INSERT INTO devices (device_id, state, created_at, updated_at, bootstrap_sha256, "
-                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason, "
+                "manufacturer_sha256, manufacturer_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id) DO NOTHING",
                 (
                     device.device_id,
@@ -829,6 +882,8 @@ class SqliteStore(SqliteIntermediates):
                     device.enrolled_bootstrap_sha256,
                     opt_ts(device.enrolled_at),
                     device.state_reason,
+                    device.manufacturer.sha256 if device.manufacturer else None,
+                    device.manufacturer.name if device.manufacturer else "",
                 ),
             )
             if cursor.rowcount == 0:
@@ -877,6 +932,19 @@ class SqliteStore(SqliteIntermediates):
         sql = f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?"  # noqa: S608
         return await self._read(lambda conn: [_device(r) for r in conn.execute(sql, params)])
 
+    async def count_devices_by_state(self) -> dict[DeviceState, int]:
+        def body(conn: sqlite3.Connection) -> dict[DeviceState, int]:
+            rows = conn.execute("SELECT state, COUNT(*) FROM devices GROUP BY state")
+            counts = dict.fromkeys(DeviceState, 0)
+            counts.update({DeviceState(state): int(n) for state, n in rows})
+            return counts
+
+        return await self._read(body)
+
+    async def count_expiring_devices(self, before: dt.datetime) -> int:
+        devices, _ = await self.count_blast_radius(DeviceFilter(expiring_before=before))
+        return devices
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         where, params = _device_where(device_filter, None)
         # Only fixed clause strings are joined in; every value is a parameter.
@@ -903,6 +971,7 @@ class SqliteStore(SqliteIntermediates):
         audit: AuditEvent | None = None,
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
+        manufacturer: Manufacturer | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
@@ -954,6 +1023,12 @@ class SqliteStore(SqliteIntermediates):
                     "enrolled_at = ? WHERE device_id = ?",
                     (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
                 )
+            if manufacturer is not None:
+                conn.execute(
+                    "UPDATE devices SET manufacturer_sha256 = ?, manufacturer_name = ? "
+                    "WHERE device_id = ?",
+                    (manufacturer.sha256, manufacturer.name, c.device_id),
+                )
             superseded = replacements.revoke_certificates(
                 conn, c.device_id, supersede, RevocationReason.SUPERSEDED, now
             )
@@ -969,6 +1044,7 @@ class SqliteStore(SqliteIntermediates):
                     else bootstrap_sha256
                 ),
                 enrolled_at=current.enrolled_at if bootstrap_sha256 is None else parse_ts(at),
+                manufacturer=current.manufacturer if manufacturer is None else manufacturer,
             ), superseded
 
         device, _ = await self._write(body, feed=lambda result: result[1] is not None)
@@ -1237,6 +1313,30 @@ class SqliteStore(SqliteIntermediates):
             params = (device_id, after_seq, limit)
         return await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
 
+    async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
+        where, params = _audit_where(query)
+        sql = f"SELECT * FROM audit WHERE {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
+        params.append(limit)
+        records = await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
+        # An index answers the whole query: a short page is the end.
+        return AuditPage(records, records[-1].seq if len(records) == limit else 0)
+
+    async def count_audit(
+        self, query: AuditQuery, *, by: tuple[str, ...]
+    ) -> dict[tuple[str, ...], int]:
+        if not by or any(field not in AUDIT_INDEXED for field in by):
+            raise ValueError(f"count_audit groups by some of {AUDIT_INDEXED}, not {by}")
+        where, params = _audit_where(query)
+        groups = ", ".join(f"json_extract(event, '$.{field}')" for field in by)
+        sql = f"SELECT {groups}, COUNT(*) FROM audit WHERE {where} GROUP BY {groups}"  # noqa: S608
+
+        def body(conn: sqlite3.Connection) -> dict[tuple[str, ...], int]:
+            return {
+                tuple(str(v) for v in row[:-1]): int(row[-1]) for row in conn.execute(sql, params)
+            }
+
+        return await self._read(body)
+
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:
         def body(conn: sqlite3.Connection) -> int:
@@ -1256,6 +1356,16 @@ class SqliteStore(SqliteIntermediates):
             )
 
         await self._write(body)
+
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        def body(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT name, value FROM cursors WHERE substr(name, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+            return {str(name): int(value) for name, value in rows}
+
+        return await self._read_here(body)
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:
