@@ -27,7 +27,7 @@ from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
 from fleet.http.peer import PeerCertificates
-from fleet.kernel.clock import Clock, SystemClock
+from fleet.kernel.clock import Clock, SimulatedClock, SystemClock
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
@@ -249,8 +249,17 @@ async def serve(
     webhook_secret: bytes | None = None,
     reuse_port: bool = False,
     console_key: bytes | None = None,
+    clock: Clock | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM or SIGINT (on ``clock``, the system clock by default)."""
+    if clock is None:
+        clock = SystemClock()
+    elif isinstance(clock, SimulatedClock):
+        log.warning(
+            "SIMULATED CLOCK from %s: now is %s (%+.0f s from the wall clock); "
+            "for the simulator only, never in production",
+            clock.path, clock.now().isoformat(timespec="seconds"), clock.offset.total_seconds(),
+        )  # fmt: skip
     host, port = parse_listen(listen)
     ssl_context = None
     if config.server.mode == "tls":
@@ -267,7 +276,7 @@ async def serve(
     runner: web.AppRunner | None = None
     try:
         app = build_app(
-            config, store=store, issuer=issuer, clock=SystemClock(),
+            config, store=store, issuer=issuer, clock=clock,
             webhook_secret=webhook_secret, console_key=console_key,
         )  # fmt: skip
         runner = web.AppRunner(app, handle_signals=False)
