@@ -95,7 +95,9 @@ class Agent:
         cacerts = self.state.load_cacerts(config.ca_fingerprint)
         if cacerts is None:
             log.info("fetching /cacerts from %s (root pinned by fingerprint)", config.server)
-            cacerts = fetch_cacerts(config.server, config.ca_fingerprint, timeout=self.timeout)
+            cacerts = fetch_cacerts(
+                config.server, config.ca_fingerprint, timeout=self.timeout, clock=self.clock
+            )
             self.state.save_cacerts(cacerts)
         return cacerts
 
@@ -213,10 +215,12 @@ class Agent:
     def _enroll_once(self, config: AgentConfig, auth: Auth) -> Identity:
         cacerts = self.state.load_cacerts(config.ca_fingerprint)
         if cacerts is None:
-            cacerts = fetch_cacerts(config.server, config.ca_fingerprint, timeout=self.timeout)
+            cacerts = fetch_cacerts(
+                config.server, config.ca_fingerprint, timeout=self.timeout, clock=self.clock
+            )
             self.state.save_cacerts(cacerts)
         self.state.save_config(config)
-        client = EstClient(config.server, cacerts.root, timeout=self.timeout)
+        client = EstClient(config.server, cacerts.root, timeout=self.timeout, clock=self.clock)
         current = self.state.load(cacerts)
         pending = self.state.begin_renewal(current)
         expected = auth.device_id if isinstance(auth, TokenAuth) else config.device_id
@@ -270,7 +274,7 @@ class Agent:
     def _renew(self, *, force: bool) -> RenewResult:
         config = self.config()
         cacerts = self.cacerts(config)
-        client = EstClient(config.server, cacerts.root, timeout=self.timeout)
+        client = EstClient(config.server, cacerts.root, timeout=self.timeout, clock=self.clock)
         identity = self.state.load(cacerts)
         now = self.clock.now()
         if identity is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import http.client
 import logging
 import socket
@@ -37,7 +38,10 @@ from device_agent.errors import (
 )
 from device_agent.keystore import KeyHandle, KeyStoreError
 from device_agent.trust import CaCerts, chain_from
+from fleet.kernel.certs import peer_certificate_problem
+from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import EncodingInvalid
+from fleet.kernel.tls_policy import check_time_in_kernel
 from fleet.kernel.wire import CT_PKCS10, csr_body, decode_certs_only
 
 log = logging.getLogger("device_agent.est")
@@ -45,6 +49,9 @@ log = logging.getLogger("device_agent.est")
 EST_PATH = "/.well-known/est"
 MAX_BODY = 1 << 20
 DEFAULT_PENDING_RETRY = 60.0
+# The server's certificate may look a little early or late to a device's clock.
+SERVER_CERT_SKEW = dt.timedelta(minutes=15)
+_WALL_CLOCK = SystemClock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +84,7 @@ def client_context(
         context.verify_mode = ssl.CERT_NONE
     else:
         context.load_verify_locations(cadata=root.public_bytes(serialization.Encoding.PEM).decode())
+        check_time_in_kernel(context)  # request() judges the dates with the agent's clock
     if credential is not None:
         try:
             credential.key.load_into(context, credential.cert_file)
@@ -108,10 +116,18 @@ class _Response:
 class EstClient:
     """One EST server, trusted through ``root`` (the pinned fleet root)."""
 
-    def __init__(self, server: str, root: x509.Certificate, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        root: x509.Certificate,
+        *,
+        timeout: float = 30.0,
+        clock: Clock | None = None,
+    ) -> None:
         self.server = server
         self.root = root
         self.timeout = timeout
+        self.clock: Clock = clock or SystemClock()  # judges the server certificate's dates
         self.host, self.port, self.prefix = est_base(server)
 
     # -- operations ------------------------------------------------------------
@@ -183,6 +199,7 @@ class EstClient:
             body=body,
             headers=headers,
             on_sent=on_sent,
+            now=self.clock.now,
         )
 
 
@@ -197,10 +214,15 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     on_sent: Callable[[], None] | None = None,
+    now: Callable[[], dt.datetime] = _WALL_CLOCK.now,
 ) -> _Response:
+    """One request; a verifying ``context`` leaves dates to the kernel, judged with ``now``."""
     where = f"https://{host}:{port}{path}"
     conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
     try:
+        conn.connect()
+        if context.verify_mode != ssl.CERT_NONE:
+            _check_server_dates(conn, where, now())
         conn.request(method, path, body=body, headers=headers or {})
         if on_sent is not None:
             on_sent()
@@ -221,6 +243,17 @@ def request(
         raise Transient(f"{where}: {_describe(exc)}") from exc
     finally:
         conn.close()
+
+
+def _check_server_dates(conn: http.client.HTTPSConnection, where: str, now: dt.datetime) -> None:
+    """The server's certificate, by this device's clock (OpenSSL was told not to look)."""
+    sock = conn.sock
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    problem = peer_certificate_problem(der, now, SERVER_CERT_SKEW)
+    if problem is not None:
+        # Either clock may be wrong, or the operator must renew the server's certificate:
+        # nothing was sent; retrying later is right.
+        raise Transient(f"{where}: the server's TLS certificate is refused: {problem.detail}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -320,7 +353,9 @@ _REFUSAL_HINTS = {
 }
 
 
-def fetch_cacerts(server: str, pinned_root_sha256: str, *, timeout: float = 30.0) -> CaCerts:
+def fetch_cacerts(
+    server: str, pinned_root_sha256: str, *, timeout: float = 30.0, clock: Clock | None = None
+) -> CaCerts:
     """RFC 7030 §4.1.1 bootstrap: learn the fleet CA chain with only a root fingerprint.
 
     1. Connect WITHOUT verifying the server, GET /cacerts, and find the
@@ -334,4 +369,5 @@ def fetch_cacerts(server: str, pinned_root_sha256: str, *, timeout: float = 30.0
         host, port, f"{prefix}/cacerts", method="GET", context=client_context(None), timeout=timeout
     )
     candidate = _expect_cacerts(unverified, pinned_root_sha256)
-    return EstClient(server, candidate.root, timeout=timeout).cacerts(pinned_root_sha256)
+    verified = EstClient(server, candidate.root, timeout=timeout, clock=clock)
+    return verified.cacerts(pinned_root_sha256)

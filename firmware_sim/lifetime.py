@@ -169,7 +169,7 @@ class ClockDriver:
         self.path = path
         self.start = start
         self.day = 0
-        write_atomic(path, sim_clock_text(dt.timedelta(0)).encode())
+        write_atomic(path, sim_clock_text(start - dt.datetime.now(dt.UTC)).encode())
         self.clock = SimulatedClock(path)
 
     def at(self, day: int) -> dt.datetime:

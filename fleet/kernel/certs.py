@@ -104,3 +104,20 @@ def issued_by(
             continue
         return issuer
     return None
+
+
+def peer_certificate_problem(
+    der: bytes | None, now: dt.datetime, skew: dt.timedelta = DEFAULT_SKEW
+) -> Problem | None:
+    """A TLS peer's certificate (from ``getpeercert(binary_form=True)``), judged for time.
+
+    For contexts that leave dates to the kernel (``tls_policy.check_time_in_kernel``):
+    the chain was verified in the handshake, its validity window is checked here.
+    """
+    if not der:
+        return Problem(Reason.NO_CERTIFICATE, "the peer presented no certificate")
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return Problem(Reason.NO_CERTIFICATE, "the peer's certificate does not parse")
+    return validity_problem(cert, now, skew)
