@@ -38,7 +38,7 @@ from device_agent.errors import (
 )
 from device_agent.keystore import KeyHandle, KeyStoreError
 from device_agent.trust import CaCerts, chain_from
-from fleet.kernel.certs import peer_certificate_problem
+from fleet.kernel.certs import server_certificate_problem
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import EncodingInvalid
 from fleet.kernel.tls_policy import check_time_in_kernel
@@ -249,7 +249,7 @@ def _check_server_dates(conn: http.client.HTTPSConnection, where: str, now: dt.d
     """The server's certificate, by this device's clock (OpenSSL was told not to look)."""
     sock = conn.sock
     der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-    problem = peer_certificate_problem(der, now, SERVER_CERT_SKEW)
+    problem = server_certificate_problem(der, now, SERVER_CERT_SKEW)
     if problem is not None:
         # Either clock may be wrong, or the operator must renew the server's certificate:
         # nothing was sent; retrying later is right.

@@ -51,7 +51,7 @@ from device_agent.health import (
     suspect_revoked,
 )
 from device_agent.keystore import KeyHandle
-from fleet.kernel.certs import Problem, peer_certificate_problem
+from fleet.kernel.certs import Problem, server_certificate_problem
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.reasons import Reason
 from fleet.kernel.tls_policy import check_time_in_kernel
@@ -135,7 +135,7 @@ def broker_dates_problem(client: paho.Client, now: dt.datetime) -> Problem | Non
     """The broker's certificate on ``client``'s TLS socket, judged for time by the kernel."""
     sock = client.socket()
     der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-    return peer_certificate_problem(der, now, BROKER_CERT_SKEW)
+    return server_certificate_problem(der, now, BROKER_CERT_SKEW)
 
 
 def certificate_serial(cert: Path) -> str:

@@ -29,6 +29,8 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from device_agent.errors import AgentError
@@ -189,18 +191,64 @@ class ClockDriver:
 class CaOperator:
     """The one place the scenario acts on the CAs: `fleet ca …` as an operator types it.
 
-    After each command the server and the broker are restarted, as an operator would
-    after changing what they trust (harmless if they also reload by themselves).
+    The operator also renews the TLS certificate the server and the broker present
+    (`fleet init` makes it for 397 days; devices judge its dates by their clock) with
+    `fleet broker-cert sign --kind server`, from a CSR of the same key, when it has less
+    than ``TLS_RENEW_BEFORE`` left. After each change the server and the broker are
+    restarted, as an operator would (harmless if they also reload by themselves).
     """
+
+    TLS_RENEW_BEFORE = dt.timedelta(days=60)
+    TLS_DAYS = 365
 
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
         self.done: list[tuple[int, CaAction, str]] = []
+        self.tls_renewals = 0
+        self._tls_due: dt.datetime | None = None
 
     def apply(self, day: int, action: CaAction) -> None:
-        world = self.bench.world
-        output = world.fleet("ca", action.value)
+        output = self.bench.world.fleet("ca", action.value)
         self.done.append((day, action, output.strip().splitlines()[-1] if output.strip() else ""))
+        self._restart()
+
+    def tls_due(self) -> dt.datetime:
+        """When the server's TLS certificate is due for renewal (read once per certificate)."""
+        if self._tls_due is None:
+            cert_path = self.bench.world.data_dir / "tls/server.pem"
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            self._tls_due = cert.not_valid_after_utc - self.TLS_RENEW_BEFORE
+        return self._tls_due
+
+    def renew_tls(self) -> None:
+        """A new server certificate for the same key and names, from the fleet root, now."""
+        world = self.bench.world
+        cert_path = world.data_dir / "tls/server.pem"
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(
+            (world.data_dir / "tls/server.key").read_bytes(), None
+        )
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise TypeError(f"unexpected server key type {type(key).__name__}")
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(cert.subject)
+            .add_extension(names.value, critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        csr_path = world.work_dir / "server-tls.csr"
+        write_atomic(csr_path, csr.public_bytes(serialization.Encoding.PEM))
+        world.fleet(
+            "broker-cert", "sign", "--kind", "server", "--csr", csr_path,
+            "--out", cert_path, "--days", str(self.TLS_DAYS),
+        )  # fmt: skip
+        self.tls_renewals += 1
+        self._tls_due = None
+        self._restart()
+
+    def _restart(self) -> None:
+        world = self.bench.world
         world.server.stop()
         world.server.start()
         if world.broker is not None:
@@ -370,6 +418,9 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
         if action is not None:
             driver.move_to(day)
             operator.apply(day, action)
+        if driver.at(day) >= operator.tls_due():
+            driver.move_to(day)
+            operator.renew_tls()
         due = [
             life
             for life in lives
@@ -496,6 +547,7 @@ def _final_checks(
         f"{rotations} issuing rotation(s), {rollovers} root rollover(s) "
         f"of {expected[CaAction.ROTATE_ISSUING]} and {expected[CaAction.ROTATE_ROOT]} planned",
     )
+    report.figures["server_tls_renewals"] = operator.tls_renewals
     report.figures["renewals_per_device_max"] = max((x.renewals for x in lives), default=0)
     report.figures["skewed_devices"] = sum(1 for x in lives if x.clock.offset)
     report.figures["outage_devices"] = sum(1 for x in lives if plan.outage in x.away)

@@ -78,7 +78,7 @@ def test_a_file_that_becomes_writable_stops_the_clock(tmp_path: Path) -> None:
     path = clock_file(tmp_path)
     clock = SimulatedClock(path)
     path.write_text(sim_clock_text(FIVE_YEARS * 3))  # new content, then opened up
-    os.chmod(path, 0o666)
+    os.chmod(path, 0o660)
     with pytest.raises(ConfigError, match="writable by nobody else"):
         clock.now()
 
