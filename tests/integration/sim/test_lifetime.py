@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from firmware_sim.scenarios import Bench, LifetimeOptions, Progress, run_scenari
 from fleet.kernel.reasons import Reason
 
 FIVE_YEARS = dt.timedelta(days=5 * 365)
+FLEET_SIM = [sys.executable, "-c", "from firmware_sim.cli import main; main()"]
 
 
 def test_a_world_five_years_ahead_enrolls_renews_connects_and_refuses_expired(
@@ -110,3 +113,17 @@ def test_fifteen_years_with_rotations_and_a_root_rollover(tmp_path: Path) -> Non
     assert report.devices >= 200
     assert len([k for k in report.figures if k.startswith("year ")]) == 15
     assert len(write_plots(report, tmp_path / "plots")) == 1
+
+
+def test_run_cli_prints_the_years_and_draws_certificates_by_issuer(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*FLEET_SIM, "run", "--scenario", "fifteen-years", "--no-rotation", "--years", "1",
+         "--devices", "3", "--plots", str(tmp_path / "plots")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fifteen-years: OK" in proc.stdout
+    assert "year 01" in proc.stdout
+    assert "certificates by issuer: fleet device issuing CA" in proc.stdout
+    png = tmp_path / "plots" / "fifteen-years-certificates-by-issuer.png"
+    assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
