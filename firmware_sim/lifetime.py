@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import enum
-import importlib.util
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -29,34 +27,20 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from device_agent.errors import AgentError
+from firmware_sim.ca_operator import CaAction, CaOperator, ca_commands_available
 from firmware_sim.device import SimDevice
 from firmware_sim.scenarios import Bench, Progress, Report, parallel
-from fleet.authorities import load_fleet_authorities
-from fleet.config import load_config
-from fleet.kernel.clock import ShiftedClock, SimulatedClock, sim_clock_text
-from fleet.kernel.files import write_atomic
+from firmware_sim.simclock import ClockDriver
+from fleet.kernel.clock import ShiftedClock
 from fleet.store.protocol import Store
 
-DAY = dt.timedelta(days=1)
 YEAR_DAYS = 365
 SEED = 15  # device skews and who is offline: the same fleet on every run (printed)
 FULL_MIN_DEVICES = 200
 # Renewals the agent scheduled while its device was unreachable happen on the day it returns.
-
-
-class CaAction(enum.StrEnum):
-    """The `fleet ca` commands of the issue-13 contract the operator runs."""
-
-    ROTATE_ISSUING = "rotate-issuing"
-    PROMOTE = "promote"
-    RETIRE = "retire"
-    ROTATE_ROOT = "rotate-root"
-    RETIRE_ROOT = "retire-root"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -154,112 +138,6 @@ def quiet_plan(years: int) -> LifetimePlan:
         outage=Absence("outage", 0.3, 220, 30),  # across the first renewal wave
         powered_off=Absence("powered off", 0.1, 30, 300),
     )
-
-
-def ca_commands_available() -> bool:
-    """Whether this fleet has the `fleet ca` commands (issue 13: branches rotation, rollover)."""
-    return importlib.util.find_spec("fleet.cli.ca") is not None
-
-
-# -- the simulator's clock -------------------------------------------------------------------
-
-
-class ClockDriver:
-    """Writes the clock file so that simulated time is ``start + day`` (for every process)."""
-
-    def __init__(self, path: Path, start: dt.datetime) -> None:
-        self.path = path
-        self.start = start
-        self.day = 0
-        write_atomic(path, sim_clock_text(start - dt.datetime.now(dt.UTC)).encode())
-        self.clock = SimulatedClock(path)
-
-    def at(self, day: int) -> dt.datetime:
-        return self.start + day * DAY
-
-    def move_to(self, day: int) -> None:
-        if day == self.day:
-            return
-        offset = self.at(day) - dt.datetime.now(dt.UTC)
-        write_atomic(self.path, sim_clock_text(offset).encode())
-        self.day = day
-
-
-# -- the CA operator -------------------------------------------------------------------------
-
-
-class CaOperator:
-    """The one place the scenario acts on the CAs: `fleet ca …` as an operator types it.
-
-    The operator also renews the TLS certificate the server and the broker present
-    (`fleet init` makes it for 397 days; devices judge its dates by their clock) with
-    `fleet broker-cert sign --kind server`, from a CSR of the same key, when it has less
-    than ``TLS_RENEW_BEFORE`` left. After each change the server and the broker are
-    restarted, as an operator would (harmless if they also reload by themselves).
-    """
-
-    TLS_RENEW_BEFORE = dt.timedelta(days=60)
-    TLS_DAYS = 365
-
-    def __init__(self, bench: Bench) -> None:
-        self.bench = bench
-        self.done: list[tuple[int, CaAction, str]] = []
-        self.tls_renewals = 0
-        self._tls_due: dt.datetime | None = None
-
-    def apply(self, day: int, action: CaAction) -> None:
-        output = self.bench.world.fleet("ca", action.value)
-        self.done.append((day, action, output.strip().splitlines()[-1] if output.strip() else ""))
-        self._restart()
-
-    def tls_due(self) -> dt.datetime:
-        """When the server's TLS certificate is due for renewal (read once per certificate)."""
-        if self._tls_due is None:
-            cert_path = self.bench.world.data_dir / "tls/server.pem"
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            self._tls_due = cert.not_valid_after_utc - self.TLS_RENEW_BEFORE
-        return self._tls_due
-
-    def renew_tls(self) -> None:
-        """A new server certificate for the same key and names, from the fleet root, now."""
-        world = self.bench.world
-        cert_path = world.data_dir / "tls/server.pem"
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = serialization.load_pem_private_key(
-            (world.data_dir / "tls/server.key").read_bytes(), None
-        )
-        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-            raise TypeError(f"unexpected server key type {type(key).__name__}")
-        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        csr = (
-            x509.CertificateSigningRequestBuilder()
-            .subject_name(cert.subject)
-            .add_extension(names.value, critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        csr_path = world.work_dir / "server-tls.csr"
-        write_atomic(csr_path, csr.public_bytes(serialization.Encoding.PEM))
-        world.fleet(
-            "broker-cert", "sign", "--kind", "server", "--csr", csr_path,
-            "--out", cert_path, "--days", str(self.TLS_DAYS),
-        )  # fmt: skip
-        self.tls_renewals += 1
-        self._tls_due = None
-        self._restart()
-
-    def _restart(self) -> None:
-        world = self.bench.world
-        world.server.stop()
-        world.server.start()
-        if world.broker is not None:
-            world.broker.stop()
-            world.start_broker()
-
-    def newest_issuing(self) -> x509.Certificate:
-        """The issuing CA new certificates come from: the most recent of the trusted ones."""
-        config = load_config(self.bench.world.config_path, environ={})
-        issuing = load_fleet_authorities(config).issuing
-        return max(issuing, key=lambda c: c.not_valid_before_utc)
 
 
 # -- devices -----------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ Strings only (OpenSSL cipher-list syntax), so that Python servers
 
 from __future__ import annotations
 
-import ssl
-
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 # Mosquitto's `tls_version` names the minimum version of a listener.
 MOSQUITTO_MIN_TLS_VERSION = "tlsv1.2"
@@ -24,9 +22,5 @@ MOSQUITTO_MIN_TLS_VERSION = "tlsv1.2"
 # (``fleet.kernel.certs.validity_problem``) with the process's clock and a skew allowance —
 # so a wrong device clock gets a reason instead of an alert, and the simulator's clock
 # (``fleet.kernel.clock.SimulatedClock``) moves every enforcer, which OpenSSL's cannot.
+# Set it with ``context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME``.
 X509_V_FLAG_NO_CHECK_TIME = 0x200000
-
-
-def check_time_in_kernel(context: ssl.SSLContext) -> None:
-    """Tell ``context`` to leave certificate validity dates to the kernel (see above)."""
-    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from device_agent.errors import AgentError
-from firmware_sim.lifetime import SEED, ClockDriver, ca_commands_available
+from firmware_sim.ca_operator import ca_commands_available
+from firmware_sim.lifetime import SEED
 from firmware_sim.scenarios import Bench, LifetimeOptions, Progress, run_scenario, write_plots
+from firmware_sim.simclock import ClockDriver
 from fleet.kernel.reasons import Reason
 
 FIVE_YEARS = dt.timedelta(days=5 * 365)

@@ -1,0 +1,108 @@
+"""The CA operator of the simulated fleet: `fleet ca …` (issue 13's contract) as typed.
+
+The one place the simulator acts on the fleet's CAs and on the server's TLS certificate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import importlib.util
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from firmware_sim.scenarios import Bench
+from fleet.authorities import load_fleet_authorities
+from fleet.config import load_config
+from fleet.kernel.files import write_atomic
+
+
+class CaAction(enum.StrEnum):
+    """The `fleet ca` commands of the issue-13 contract the operator runs."""
+
+    ROTATE_ISSUING = "rotate-issuing"
+    PROMOTE = "promote"
+    RETIRE = "retire"
+    ROTATE_ROOT = "rotate-root"
+    RETIRE_ROOT = "retire-root"
+
+
+def ca_commands_available() -> bool:
+    """Whether this fleet has the `fleet ca` commands (issue 13: branches rotation, rollover)."""
+    return importlib.util.find_spec("fleet.cli.ca") is not None
+
+
+class CaOperator:
+    """The one place the scenario acts on the CAs: `fleet ca …` as an operator types it.
+
+    The operator also renews the TLS certificate the server and the broker present
+    (`fleet init` makes it for 397 days; devices judge its dates by their clock) with
+    `fleet broker-cert sign --kind server`, from a CSR of the same key, when it has less
+    than ``TLS_RENEW_BEFORE`` left. After each change the server and the broker are
+    restarted, as an operator would (harmless if they also reload by themselves).
+    """
+
+    TLS_RENEW_BEFORE = dt.timedelta(days=60)
+    TLS_DAYS = 365
+
+    def __init__(self, bench: Bench) -> None:
+        self.bench = bench
+        self.done: list[tuple[int, CaAction, str]] = []
+        self.tls_renewals = 0
+        self._tls_due: dt.datetime | None = None
+
+    def apply(self, day: int, action: CaAction) -> None:
+        output = self.bench.world.fleet("ca", action.value)
+        self.done.append((day, action, output.strip().splitlines()[-1] if output.strip() else ""))
+        self._restart()
+
+    def tls_due(self) -> dt.datetime:
+        """When the server's TLS certificate is due for renewal (read once per certificate)."""
+        if self._tls_due is None:
+            cert_path = self.bench.world.data_dir / "tls/server.pem"
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            self._tls_due = cert.not_valid_after_utc - self.TLS_RENEW_BEFORE
+        return self._tls_due
+
+    def renew_tls(self) -> None:
+        """A new server certificate for the same key and names, from the fleet root, now."""
+        world = self.bench.world
+        cert_path = world.data_dir / "tls/server.pem"
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(
+            (world.data_dir / "tls/server.key").read_bytes(), None
+        )
+        if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+            raise TypeError(f"unexpected server key type {type(key).__name__}")
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(cert.subject)
+            .add_extension(names.value, critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        csr_path = world.work_dir / "server-tls.csr"
+        write_atomic(csr_path, csr.public_bytes(serialization.Encoding.PEM))
+        world.fleet(
+            "broker-cert", "sign", "--kind", "server", "--csr", csr_path,
+            "--out", cert_path, "--days", str(self.TLS_DAYS),
+        )  # fmt: skip
+        self.tls_renewals += 1
+        self._tls_due = None
+        self._restart()
+
+    def _restart(self) -> None:
+        world = self.bench.world
+        world.server.stop()
+        world.server.start()
+        if world.broker is not None:
+            world.broker.stop()
+            world.start_broker()
+
+    def newest_issuing(self) -> x509.Certificate:
+        """The issuing CA new certificates come from: the most recent of the trusted ones."""
+        config = load_config(self.bench.world.config_path, environ={})
+        issuing = load_fleet_authorities(config).issuing
+        return max(issuing, key=lambda c: c.not_valid_before_utc)
