@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from firmware_sim.scenarios import Bench
+from firmware_sim.world import WorldError
 from fleet.authorities import load_fleet_authorities
 from fleet.config import load_config
 from fleet.kernel.files import write_atomic
@@ -50,13 +51,27 @@ class CaOperator:
     def __init__(self, bench: Bench) -> None:
         self.bench = bench
         self.done: list[tuple[int, CaAction, str]] = []
+        self.postponed: list[tuple[int, CaAction, str]] = []
         self.tls_renewals = 0
         self._tls_due: dt.datetime | None = None
 
-    def apply(self, day: int, action: CaAction) -> None:
-        output = self.bench.world.fleet("ca", action.value)
+    # Refused while good certificates still chain to the CA (issue 13): the operator
+    # looks again a month later instead of forcing it.
+    RETRY_LATER = frozenset({CaAction.RETIRE, CaAction.RETIRE_ROOT})
+    RETRY_DAYS = 30
+
+    def apply(self, day: int, action: CaAction) -> int | None:
+        """Run ``fleet ca ACTION``; the day to try again when a retirement was refused."""
+        try:
+            output = self.bench.world.fleet("ca", action.value)
+        except WorldError as exc:
+            if action not in self.RETRY_LATER:
+                raise
+            self.postponed.append((day, action, str(exc)))
+            return day + self.RETRY_DAYS
         self.done.append((day, action, output.strip().splitlines()[-1] if output.strip() else ""))
         self._restart()
+        return None
 
     def tls_due(self) -> dt.datetime:
         """When the server's TLS certificate is due for renewal (read once per certificate)."""

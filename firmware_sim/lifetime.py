@@ -289,13 +289,16 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
             years[0].enrollments += 1
             life.wake = life.device.agent.next_wakeup(life.device.identity)
     issuer_series: dict[str, list[tuple[float, float]]] = {}
-    events = {e.day: e.action for e in plan.ca_events}
+    events: dict[int, list[CaAction]] = {}
+    for event in plan.ca_events:
+        events.setdefault(event.day, []).append(event.action)
     for day in range(1, plan.days + 1):
         year = years[min((day - 1) // YEAR_DAYS, plan.years - 1)]
-        action = events.get(day)
-        if action is not None:
+        for action in events.pop(day, []):
             driver.move_to(day)
-            operator.apply(day, action)
+            again = operator.apply(day, action)
+            if again is not None:
+                events.setdefault(again, []).append(action)
         if driver.at(day) >= operator.tls_due():
             driver.move_to(day)
             operator.renew_tls()
@@ -319,6 +322,7 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
         report.series[f"certificates_by_issuer|{label}"] = points
     for day, action, said in operator.done:
         report.figures[f"ca day {day}"] = f"{action.value}: {said}"[:120]
+    report.figures["ca_retirements_postponed"] = len(operator.postponed)
     _final_checks(bench, plan, operator, lives, report, years)
 
 
