@@ -122,7 +122,12 @@ class Backoff:
 
 
 def tls_context(identity: TlsIdentity, trust: bytes) -> ssl.SSLContext:
-    """A client context presenting ``identity`` and verifying the broker against ``trust``."""
+    """A client context presenting ``identity`` and verifying the broker against ``trust``.
+
+    The chain is verified in the handshake; the broker certificate's dates are not (they
+    are the kernel's, by the device's clock): call ``broker_dates_problem`` once connected,
+    as ``MqttSession`` does before anything is published.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its hostname
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cadata=trust.decode("ascii"))
