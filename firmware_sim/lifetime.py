@@ -40,7 +40,6 @@ from fleet.store.protocol import Store
 YEAR_DAYS = 365
 SEED = 15  # device skews and who is offline: the same fleet on every run (printed)
 FULL_MIN_DEVICES = 200
-# Renewals the agent scheduled while its device was unreachable happen on the day it returns.
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -302,6 +301,7 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
         if driver.at(day) >= operator.tls_due():
             driver.move_to(day)
             operator.renew_tls()
+        # By each device's own clock; one that was unreachable acts on the day it returns.
         due = [
             life
             for life in lives
