@@ -60,10 +60,10 @@ class CaOperator:
     RETRY_LATER = frozenset({CaAction.RETIRE, CaAction.RETIRE_ROOT})
     RETRY_DAYS = 30
 
-    def apply(self, day: int, action: CaAction) -> int | None:
-        """Run ``fleet ca ACTION``; the day to try again when a retirement was refused."""
+    def apply(self, day: int, action: CaAction, args: tuple[str, ...] = ()) -> int | None:
+        """Run ``fleet ca ACTION [ARGS]``; the day to try again when a retirement was refused."""
         try:
-            output = self.bench.world.fleet("ca", action.value)
+            output = self.bench.world.fleet("ca", action.value, *args)
         except WorldError as exc:
             if action not in self.RETRY_LATER:
                 raise

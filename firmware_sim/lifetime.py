@@ -46,6 +46,7 @@ FULL_MIN_DEVICES = 200
 class CaEvent:
     day: int
     action: CaAction
+    args: tuple[str, ...] = ()  # options of the command, e.g. ("--days", "3650")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -96,35 +97,36 @@ class LifetimePlan:
 
 
 def full_plan() -> LifetimePlan:
-    """15 years: three issuing-CA rotations and one root rollover (see the README).
+    """15 years: two issuing-CA rotations and one root rollover (see the README).
 
-    Issuing CAs live 5 years (`fleet init`), so 15 years need three successors: each
-    is created 18 months before its predecessor expires, promoted 3 months later, and
-    the old one retired just after it expired (device certificates never outlive their
-    issuer, so none is good then). The root is rolled over at 6.5 years, before the
-    second rotation, whose issuing CA the new root signs; the old root is retired once
-    nothing chains to it.
+    The server refuses a device certificate that would outlive its issuer (issue 13), so
+    an issuing CA signs 800-day certificates only until 800 days before its end: the
+    first one (5 years from `fleet init`) until day 1026, so its successor is created on
+    day 900 and promoted on day 990. Successors live 10 years (``--days``), so one more
+    rotation covers the rest. Each old issuing CA is retired once it has expired (no good
+    certificate can chain to it then). The root is rolled over on day 2500, before the
+    second rotation, whose issuing CA the new root signs; the old root is retired after
+    the last issuing CA it signed.
     """
     y = YEAR_DAYS
+    ten_years = ("--days", str(10 * y))
     events = [
-        CaEvent(int(3.5 * y), CaAction.ROTATE_ISSUING),
-        CaEvent(int(3.75 * y), CaAction.PROMOTE),
+        CaEvent(900, CaAction.ROTATE_ISSUING, ten_years),
+        CaEvent(990, CaAction.PROMOTE),
         CaEvent(5 * y + 15, CaAction.RETIRE),
-        CaEvent(int(6.5 * y), CaAction.ROTATE_ROOT),
-        CaEvent(int(7.5 * y), CaAction.ROTATE_ISSUING),
-        CaEvent(int(7.75 * y), CaAction.PROMOTE),
-        CaEvent(int(8.5 * y) + 15, CaAction.RETIRE),
-        CaEvent(int(8.75 * y), CaAction.RETIRE_ROOT),
-        CaEvent(int(11.5 * y), CaAction.ROTATE_ISSUING),
-        CaEvent(int(11.75 * y), CaAction.PROMOTE),
-        CaEvent(int(12.5 * y) + 15, CaAction.RETIRE),
+        CaEvent(2500, CaAction.ROTATE_ROOT),
+        CaEvent(3500, CaAction.ROTATE_ISSUING, ten_years),
+        CaEvent(3590, CaAction.PROMOTE),
+        CaEvent(900 + 10 * y + 15, CaAction.RETIRE),
+        CaEvent(900 + 10 * y + 45, CaAction.RETIRE_ROOT),
     ]
     return LifetimePlan(
         years=15,
-        device_validity=dt.timedelta(days=1200),
+        device_validity=dt.timedelta(days=800),
         ca_events=tuple(events),
-        outage=Absence("outage", 0.3, int(3.75 * y) - 15, 30),  # spans the first promotion
-        powered_off=Absence("powered off", 0.1, y, 2 * y),
+        outage=Absence("outage", 0.3, 975, 30),  # spans the first promotion
+        # Shipped, enrolled, then on a shelf for 2 years: back with 40 days of certificate.
+        powered_off=Absence("powered off", 0.1, 30, 2 * y),
     )
 
 
@@ -288,16 +290,16 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
             years[0].enrollments += 1
             life.wake = life.device.agent.next_wakeup(life.device.identity)
     issuer_series: dict[str, list[tuple[float, float]]] = {}
-    events: dict[int, list[CaAction]] = {}
+    events: dict[int, list[CaEvent]] = {}
     for event in plan.ca_events:
-        events.setdefault(event.day, []).append(event.action)
+        events.setdefault(event.day, []).append(event)
     for day in range(1, plan.days + 1):
         year = years[min((day - 1) // YEAR_DAYS, plan.years - 1)]
-        for action in events.pop(day, []):
+        for event in events.pop(day, []):
             driver.move_to(day)
-            again = operator.apply(day, action)
+            again = operator.apply(day, event.action, event.args)
             if again is not None:
-                events.setdefault(again, []).append(action)
+                events.setdefault(again, []).append(event)
         if driver.at(day) >= operator.tls_due():
             driver.move_to(day)
             operator.renew_tls()
