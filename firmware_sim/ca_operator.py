@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import importlib.util
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -17,7 +18,7 @@ from firmware_sim.scenarios import Bench
 from firmware_sim.world import WorldError
 from fleet.authorities import load_fleet_authorities
 from fleet.config import load_config
-from fleet.kernel.files import write_atomic
+from fleet.kernel.files import PUBLIC_MODE, write_atomic
 
 
 class CaAction(enum.StrEnum):
@@ -70,6 +71,7 @@ class CaOperator:
             self.postponed.append((day, action, str(exc)))
             return day + self.RETRY_DAYS
         self.done.append((day, action, output.strip().splitlines()[-1] if output.strip() else ""))
+        self._tls_due = None  # retire-root re-issues the server certificate
         self._restart()
         return None
 
@@ -104,9 +106,33 @@ class CaOperator:
             "broker-cert", "sign", "--kind", "server", "--csr", csr_path,
             "--out", cert_path, "--days", str(self.TLS_DAYS),
         )  # fmt: skip
+        self._append_link(cert_path)
         self.tls_renewals += 1
         self._tls_due = None
         self._restart()
+
+    def _append_link(self, cert_path: Path) -> None:
+        """During a root rollover, serve the OldWithNew link after the new root's certificate.
+
+        `fleet broker-cert sign` signs with the current (new) root; a device that has not
+        moved its pin yet reaches that root only through the link (the new root's key
+        signed by the old root, ca/links.pem), so the server presents it in its chain.
+        """
+        links_path = self.bench.world.data_dir / "ca/links.pem"
+        if not links_path.exists():
+            return
+        signing_root = x509.load_pem_x509_certificate(
+            (self.bench.world.data_dir / "ca/root.pem").read_bytes()
+        )
+        links = [
+            link
+            for link in x509.load_pem_x509_certificates(links_path.read_bytes())
+            if link.public_key() == signing_root.public_key()
+        ]
+        chain = cert_path.read_bytes() + b"".join(
+            link.public_bytes(serialization.Encoding.PEM) for link in links
+        )
+        write_atomic(cert_path, chain, mode=PUBLIC_MODE)
 
     def _restart(self) -> None:
         world = self.bench.world
