@@ -40,6 +40,9 @@ from fleet.store.protocol import Store
 YEAR_DAYS = 365
 SEED = 15  # device skews and who is offline: the same fleet on every run (printed)
 FULL_MIN_DEVICES = 200
+# A device whose renewals have failed this long is stranded (the final checks say so); its
+# agent would retry every few seconds for ever, which only makes a failing run slow.
+GIVE_UP_DAYS = 60
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,9 +158,15 @@ class Life:
     renewals: int = 0
     failures: int = 0
     last_error: str = ""
+    failing_since: int | None = None  # the day its renewals began to fail, if they still do
+    first_error: str = ""  # what failed on that day: the cause, where last_error is a symptom
 
     def reachable(self, day: int) -> bool:
         return not any(a.start <= day < a.end for a in self.away)
+
+    def given_up(self, day: int) -> bool:
+        """Failing for GIVE_UP_DAYS: stranded; the simulator stops stepping it (time only)."""
+        return self.failing_since is not None and day - self.failing_since > GIVE_UP_DAYS
 
 
 def issuer_label(cert: x509.Certificate) -> str:
@@ -307,11 +316,13 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
         due = [
             life
             for life in lives
-            if life.reachable(day) and driver.at(day) + life.clock.offset >= life.wake
+            if life.reachable(day)
+            and not life.given_up(day)
+            and driver.at(day) + life.clock.offset >= life.wake
         ]
         if due:
             driver.move_to(day)
-            _renew(bench, due, year)
+            _renew(bench, due, year, day)
         if day % 30 == 0 or day == plan.days:
             _sample_issuers(lives, day, issuer_series)
         if day % YEAR_DAYS == 0:
@@ -328,7 +339,7 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
     _final_checks(bench, plan, operator, lives, report, years)
 
 
-def _renew(bench: Bench, due: list[Life], year: Year) -> None:
+def _renew(bench: Bench, due: list[Life], year: Year, day: int) -> None:
     def act(life: Life) -> bool:
         return life.device.renew().renewed
 
@@ -338,9 +349,14 @@ def _renew(bench: Bench, due: list[Life], year: Year) -> None:
             life.failures += 1
             year.failures += 1
             life.last_error = outcome.message if isinstance(outcome, AgentError) else f"{outcome!r}"
-        elif outcome:
-            life.renewals += 1
-            year.renewals += 1
+            if life.failing_since is None:
+                life.failing_since = day
+                life.first_error = f"day {day}: {life.last_error}"
+        else:
+            life.failing_since = None
+            if outcome:
+                life.renewals += 1
+                year.renewals += 1
         identity = life.device.identity or life.device.agent.identity()
         if identity is not None:
             life.device.identity = identity
@@ -408,7 +424,12 @@ def _final_checks(
         "0 devices stranded",
         not stranded,
         f"{len(stranded)}"
-        + (f"; e.g. {stranded[0].device.device_id}: {stranded[0].last_error}" if stranded else ""),
+        + (
+            f"; e.g. {stranded[0].device.device_id}: "
+            f"{stranded[0].first_error or stranded[0].last_error}"
+            if stranded
+            else ""
+        ),
     )
     admin = bench.store(admin_actions_per_device)
     report.check(
