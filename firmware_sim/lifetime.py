@@ -194,7 +194,7 @@ class Year:
         issuers = ", ".join(f"{k}: {v}" for k, v in sorted(self.per_issuer.items()))
         return (
             f"enrolled {self.enrollments}, renewed {self.renewals}, failed {self.failures}, "
-            f"connected {self.connected}/{self.reachable}; certificates by issuer: {issuers}"
+            f"connected {self.connected}/{self.reachable}; good certificates by issuer: {issuers}"
         )
 
 
@@ -324,10 +324,10 @@ def _live(bench: Bench, plan: LifetimePlan, driver: ClockDriver, report: Report)
             driver.move_to(day)
             _renew(bench, due, year, day)
         if day % 30 == 0 or day == plan.days:
-            _sample_issuers(lives, day, issuer_series)
+            _sample_issuers(lives, day, driver.at(day), issuer_series)
         if day % YEAR_DAYS == 0:
             driver.move_to(day)
-            _year_end(bench, lives, day, year)
+            _year_end(bench, lives, day, driver.at(day), year)
             bench.progress.update("years", day // YEAR_DAYS, plan.years)
     for number, y in enumerate(years, start=1):
         report.figures[f"year {number:02d}"] = y.row()
@@ -363,19 +363,24 @@ def _renew(bench: Bench, due: list[Life], year: Year, day: int) -> None:
             life.wake = life.device.agent.next_wakeup(identity)
 
 
-def _sample_issuers(
-    lives: list[Life], day: int, series: dict[str, list[tuple[float, float]]]
-) -> None:
-    counts = Counter(
+def good_by_issuer(lives: list[Life], now: dt.datetime) -> Counter[str]:
+    """Unexpired device certificates held, by issuer (an expired one counts for nobody)."""
+    return Counter(
         issuer_label(life.device.identity.certificate)
         for life in lives
-        if life.device.identity is not None
+        if life.device.identity is not None and life.device.identity.not_after > now
     )
+
+
+def _sample_issuers(
+    lives: list[Life], day: int, now: dt.datetime, series: dict[str, list[tuple[float, float]]]
+) -> None:
+    counts = good_by_issuer(lives, now)
     for label in set(series) | set(counts):
         series.setdefault(label, []).append((day / YEAR_DAYS, float(counts.get(label, 0))))
 
 
-def _year_end(bench: Bench, lives: list[Life], day: int, year: Year) -> None:
+def _year_end(bench: Bench, lives: list[Life], day: int, now: dt.datetime, year: Year) -> None:
     """Every reachable device connects to the broker with what it holds; count and record."""
     reachable = [life for life in lives if life.reachable(day) and life.device.identity]
     scratch = Report("connect", len(reachable))
@@ -383,11 +388,7 @@ def _year_end(bench: Bench, lives: list[Life], day: int, year: Year) -> None:
     year.reachable = len(reachable)
     year.connected = len(reachable) - len(missing)
     year.failures += len(missing)
-    year.per_issuer = Counter(
-        issuer_label(life.device.identity.certificate)
-        for life in lives
-        if life.device.identity is not None
-    )
+    year.per_issuer = good_by_issuer(lives, now)
 
 
 def _final_checks(

@@ -148,7 +148,7 @@ PLOTS: dict[str, PlotSpec] = {
         "revoked device (in revocation order)", "revoke → disconnect (ms)", "bars",
     ),
     "certificates_by_issuer": PlotSpec(
-        "certificates-by-issuer", "Device certificates held, by issuing CA",
+        "certificates-by-issuer", "Good (unexpired) device certificates held, by issuing CA",
         "simulated years", "devices holding one", "lines",
     ),
     "renew_latency_s": PlotSpec(

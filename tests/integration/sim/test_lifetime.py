@@ -126,6 +126,6 @@ def test_run_cli_prints_the_years_and_draws_certificates_by_issuer(tmp_path: Pat
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "fifteen-years: OK" in proc.stdout
     assert "year 01" in proc.stdout
-    assert "certificates by issuer: fleet device issuing CA" in proc.stdout
+    assert "good certificates by issuer: fleet device issuing CA" in proc.stdout
     png = tmp_path / "plots" / "fifteen-years-certificates-by-issuer.png"
     assert png.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
