@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
 import click
 
+from fleet.kernel.clock import clock_from_environ
 from fleet.kernel.errors import FleetError
 
 EXIT_CONFIG = 2
@@ -87,7 +89,9 @@ def amqtt_command(
                 "snapshot_file": snapshot_file,
             },
         )
-        asyncio.run(EmbeddedBroker(settings).serve_until_signalled())
+        asyncio.run(
+            EmbeddedBroker(settings, clock=clock_from_environ(os.environ)).serve_until_signalled()
+        )
     except FleetError as exc:
         click.echo(exc.diagnostics(), err=True)
         sys.exit(EXIT_CONFIG)

@@ -102,7 +102,7 @@ class Agent:
     def _fetch_cacerts(self, config: AgentConfig) -> CaCerts:
         fresh = fetch_cacerts(
             config.server, config.ca_fingerprint, timeout=self.timeout, now=self.clock.now(),
-            skew=self.policy.skew,
+            skew=self.policy.skew, clock=self.clock,
         )  # fmt: skip
         return self._adopt(config, None, fresh)
 
@@ -263,7 +263,7 @@ class Agent:
         if cacerts is None:
             cacerts = self._fetch_cacerts(config)
             config = self.config()  # the pin may have moved
-        client = EstClient(config.server, cacerts.roots, timeout=self.timeout)
+        client = EstClient(config.server, cacerts.roots, timeout=self.timeout, clock=self.clock)
         current = self.state.load(cacerts)
         pending = self.state.begin_renewal(current)
         expected = auth.device_id if isinstance(auth, TokenAuth) else config.device_id
@@ -318,7 +318,7 @@ class Agent:
         config = self.config()
         cacerts = self.cacerts(config)
         config = self.config()  # the pin may have moved
-        client = EstClient(config.server, cacerts.roots, timeout=self.timeout)
+        client = EstClient(config.server, cacerts.roots, timeout=self.timeout, clock=self.clock)
         identity = self.state.load(cacerts)
         now = self.clock.now()
         if identity is None:

@@ -38,7 +38,10 @@ from device_agent.errors import (
 )
 from device_agent.keystore import KeyHandle, KeyStoreError
 from device_agent.trust import CaCerts, chain_from
+from fleet.kernel.certs import server_certificate_problem
+from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import EncodingInvalid
+from fleet.kernel.tls_policy import X509_V_FLAG_NO_CHECK_TIME
 from fleet.kernel.wire import CT_PKCS10, csr_body, decode_certs_only
 
 log = logging.getLogger("device_agent.est")
@@ -46,6 +49,9 @@ log = logging.getLogger("device_agent.est")
 EST_PATH = "/.well-known/est"
 MAX_BODY = 1 << 20
 DEFAULT_PENDING_RETRY = 60.0
+# The server's certificate may look a little early or late to a device's clock.
+SERVER_CERT_SKEW = dt.timedelta(minutes=15)
+_WALL_CLOCK = SystemClock()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +91,8 @@ def client_context(
         roots = [root] if isinstance(root, x509.Certificate) else list(root)
         pem = b"".join(r.public_bytes(serialization.Encoding.PEM) for r in roots)
         context.load_verify_locations(cadata=pem.decode())
+        # request() judges the dates, with the agent's clock.
+        context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     if credential is not None:
         try:
             credential.key.load_into(context, credential.cert_file)
@@ -122,10 +130,12 @@ class EstClient:
         root: x509.Certificate | Sequence[x509.Certificate],
         *,
         timeout: float = 30.0,
+        clock: Clock | None = None,
     ) -> None:
         self.server = server
         self.root = root
         self.timeout = timeout
+        self.clock: Clock = clock or SystemClock()  # judges the server certificate's dates
         self.host, self.port, self.prefix = est_base(server)
 
     # -- operations ------------------------------------------------------------
@@ -206,6 +216,7 @@ class EstClient:
             body=body,
             headers=headers,
             on_sent=on_sent,
+            now=self.clock.now,
         )
 
 
@@ -220,10 +231,15 @@ def request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     on_sent: Callable[[], None] | None = None,
+    now: Callable[[], dt.datetime] = _WALL_CLOCK.now,
 ) -> _Response:
+    """One request; a verifying ``context`` leaves dates to the kernel, judged with ``now``."""
     where = f"https://{host}:{port}{path}"
     conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
     try:
+        conn.connect()
+        if context.verify_mode != ssl.CERT_NONE:
+            _check_server_dates(conn, where, now())
         conn.request(method, path, body=body, headers=headers or {})
         if on_sent is not None:
             on_sent()
@@ -244,6 +260,17 @@ def request(
         raise Transient(f"{where}: {_describe(exc)}") from exc
     finally:
         conn.close()
+
+
+def _check_server_dates(conn: http.client.HTTPSConnection, where: str, now: dt.datetime) -> None:
+    """The server's certificate, by this device's clock (OpenSSL was told not to look)."""
+    sock = conn.sock
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    problem = server_certificate_problem(der, now, SERVER_CERT_SKEW)
+    if problem is not None:
+        # Either clock may be wrong, or the operator must renew the server's certificate:
+        # nothing was sent; retrying later is right.
+        raise Transient(f"{where}: the server's TLS certificate is refused: {problem.detail}")
 
 
 def _describe(exc: BaseException) -> str:
@@ -357,6 +384,7 @@ def fetch_cacerts(
     timeout: float = 30.0,
     now: dt.datetime | None = None,
     skew: dt.timedelta = dt.timedelta(minutes=15),
+    clock: Clock | None = None,
 ) -> CaCerts:
     """RFC 7030 §4.1.1 bootstrap: learn the fleet CA chain with only a root fingerprint.
 
@@ -374,6 +402,6 @@ def fetch_cacerts(
     # A root rollover in the unverified answer is followed by the same rule (a
     # link signed by the pinned key), so no root can be slipped in here either.
     candidate = _expect_cacerts(unverified, pinned_root_sha256, now=now, skew=skew)
-    return EstClient(server, candidate.roots, timeout=timeout).cacerts(
+    return EstClient(server, candidate.roots, timeout=timeout, clock=clock).cacerts(
         pinned_root_sha256, kept=candidate.roots, now=now, skew=skew
     )

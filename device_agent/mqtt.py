@@ -51,7 +51,10 @@ from device_agent.health import (
     suspect_revoked,
 )
 from device_agent.keystore import KeyHandle
+from fleet.kernel.certs import Problem, server_certificate_problem
+from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.reasons import Reason
+from fleet.kernel.tls_policy import X509_V_FLAG_NO_CHECK_TIME
 
 log = logging.getLogger("device_agent.mqtt")
 
@@ -77,6 +80,10 @@ class TlsIdentity:
     key: KeyHandle
 
 
+# The broker's certificate may look a little early or late to a device's clock.
+BROKER_CERT_SKEW = dt.timedelta(minutes=15)
+
+
 @dataclasses.dataclass(frozen=True)
 class SessionSettings:
     host: str
@@ -90,6 +97,8 @@ class SessionSettings:
     connect_timeout: float = 10.0
     max_queued: int = 1000  # outgoing messages kept while offline; beyond, publish is refused
     flush_timeout: float = 5.0  # on stop: how long to wait for QoS 1 acknowledgements
+    # Judges the broker certificate's dates (the agent's clock; OpenSSL leaves them to it).
+    clock: Clock = dataclasses.field(default_factory=SystemClock)
 
 
 class Backoff:
@@ -113,12 +122,26 @@ class Backoff:
 
 
 def tls_context(identity: TlsIdentity, trust: bytes) -> ssl.SSLContext:
-    """A client context presenting ``identity`` and verifying the broker against ``trust``."""
+    """A client context presenting ``identity`` and verifying the broker against ``trust``.
+
+    The chain is verified in the handshake; the broker certificate's dates are not (they
+    are the kernel's, by the device's clock): call ``broker_dates_problem`` once connected,
+    as ``MqttSession`` does before anything is published.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its hostname
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cadata=trust.decode("ascii"))
+    # The session judges the dates, with its clock.
+    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
     identity.key.load_into(context, identity.cert)
     return context
+
+
+def broker_dates_problem(client: paho.Client, now: dt.datetime) -> Problem | None:
+    """The broker's certificate on ``client``'s TLS socket, judged for time by the kernel."""
+    sock = client.socket()
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    return server_certificate_problem(der, now, BROKER_CERT_SKEW)
 
 
 def certificate_serial(cert: Path) -> str:
@@ -516,6 +539,12 @@ class MqttSession:
         if reason.is_failure:
             self._last_failure = f"broker refused the connection: {reason}"
             self._failure_kind = (BrokerLink.REFUSED, classify_connack(reason.value, str(reason)))
+            return
+        problem = broker_dates_problem(client, self.settings.clock.now())
+        if problem is not None:  # before anything is published: hang up and retry later
+            self._last_failure = f"the broker's TLS certificate is refused: {problem.detail}"
+            self._failure_kind = (BrokerLink.REFUSED, problem.reason)
+            client.disconnect()
             return
         self.connections += 1
         self._connected_at = time.monotonic()

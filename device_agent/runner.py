@@ -149,6 +149,7 @@ class Runner:
                 keepalive=self.settings.keepalive,
                 reconnect_min=self.settings.reconnect_min,
                 reconnect_max=self.settings.reconnect_max,
+                clock=self.agent.clock,
             ),
             _tls(identity),
             status=lambda: self._status,

@@ -8,6 +8,11 @@ Test hooks, documented so that nobody mistakes them for features:
     (expiry, renewal schedule, local certificate checks); it cannot move
     OpenSSL's own clock in the TLS handshake.
 
+``FLEET_SIM_CLOCK_FILE=PATH``
+    The simulator's clock (``fleet.kernel.clock.SimulatedClock``, with its
+    guards): "now" is the wall clock plus the offset in that file, shared with
+    the server and the broker; ``FLEET_AGENT_CLOCK_OFFSET`` shifts it further.
+
 ``FLEET_AGENT_CRASH_AT=STEP``
     ``os._exit(137)`` (as if killed with SIGKILL) right after the named step of
     an enrollment or renewal completes. Steps, in order: see ``CRASH_STEPS``.
@@ -19,7 +24,7 @@ import datetime as dt
 import os
 from collections.abc import Callable, Mapping
 
-from fleet.kernel.clock import SystemClock
+from fleet.kernel.clock import Clock, ShiftedClock, SystemClock, clock_from_environ
 
 CLOCK_OFFSET_ENV = "FLEET_AGENT_CLOCK_OFFSET"
 CRASH_AT_ENV = "FLEET_AGENT_CRASH_AT"
@@ -35,16 +40,18 @@ CRASH_STEPS = (
 )
 
 
-def clock_from_env(environ: Mapping[str, str] | None = None) -> SystemClock:
-    """The system clock, shifted by ``FLEET_AGENT_CLOCK_OFFSET`` seconds when set."""
+def clock_from_env(environ: Mapping[str, str] | None = None) -> Clock:
+    """The system (or simulator's) clock, shifted by ``FLEET_AGENT_CLOCK_OFFSET`` seconds."""
     env = os.environ if environ is None else environ
+    base = clock_from_environ(env)
     raw = env.get(CLOCK_OFFSET_ENV, "").strip()
     if not raw:
-        return SystemClock()
+        return base
     try:
-        return SystemClock(dt.timedelta(seconds=float(raw)))
+        offset = dt.timedelta(seconds=float(raw))
     except ValueError:
         raise ValueError(f"{CLOCK_OFFSET_ENV}={raw!r} is not a number of seconds") from None
+    return SystemClock(offset) if isinstance(base, SystemClock) else ShiftedClock(base, offset)
 
 
 CrashHook = Callable[[str], None]

@@ -111,9 +111,10 @@ def demo(devices: int, broker: str, keep: bool, work_dir: Path | None) -> None:
     "names",
     multiple=True,
     required=True,
-    help="Scenario to run (repeatable; 'all' for every one): "
+    help="Scenario to run (repeatable; 'all' for every one but fifteen-years): "
     "first-boot-storm, revoke-while-connected, cloned-bootstrap, power-loss-during-renewal, "
-    "server-outage-and-recovery, broker-outage-and-recovery, manual-approval-queue, renewal-wave.",
+    "server-outage-and-recovery, broker-outage-and-recovery, manual-approval-queue, renewal-wave, "
+    "fifteen-years (at least 200 devices; needs `fleet ca`, or --no-rotation).",
 )
 @click.option("--devices", type=click.IntRange(1, 100_000), default=20, show_default=True)
 @click.option(
@@ -141,9 +142,19 @@ def demo(devices: int, broker: str, keep: bool, work_dir: Path | None) -> None:
     help="Fault: every simulated device's clock is this many seconds ahead (negative: behind); "
     "the server's clock is not moved.",
 )  # fmt: skip
+@click.option(
+    "--years", type=click.IntRange(1, 30), default=None,
+    help="fifteen-years only: simulated years [default: 15; 3 with --no-rotation].",
+)  # fmt: skip
+@click.option(
+    "--no-rotation", is_flag=True,
+    help="fifteen-years only: no CA events (one issuing CA and root for the whole run; "
+    "they must outlive it) and --devices as given.",
+)  # fmt: skip
 def run(
     names: tuple[str, ...], devices: int, json_path: Path | None, plots_dir: Path | None,
-    keep: bool, mqtt: str, latency_ms: int, clock_skew: float,
+    keep: bool, mqtt: str, latency_ms: int, clock_skew: float, years: int | None,
+    no_rotation: bool,
 ) -> None:  # fmt: skip
     """Run fleet scenarios against a fresh local server and broker; a report at the end."""
     import json
@@ -153,13 +164,16 @@ def run(
 
     from firmware_sim.scenarios import (
         SCENARIOS,
+        LifetimeOptions,
         Progress,
         plots_unavailable,
         run_scenario,
         write_plots,
     )
 
-    wanted = list(SCENARIOS) if "all" in names else list(dict.fromkeys(names))
+    # 'all': the short ones; fifteen-years (minutes, 200 devices) runs only when named.
+    short = [n for n, s in SCENARIOS.items() if s.own_bench is None]
+    wanted = short if "all" in names else list(dict.fromkeys(names))
     unknown = [n for n in wanted if n not in SCENARIOS]
     if unknown:
         raise click.UsageError(
@@ -175,7 +189,7 @@ def run(
         click.echo(f"running {name} with {devices} device(s) in {work}", err=True)
         report = run_scenario(
             name, devices, work, Progress(), mqtt=mqtt, latency_ms=latency_ms,
-            clock_skew=clock_skew,
+            clock_skew=clock_skew, lifetime=LifetimeOptions(years, not no_rotation),
         )  # fmt: skip
         logging.shutdown()
         reports.append(report)

@@ -116,6 +116,7 @@ class SimDevice:
             reconnect_max=reconnect_max,
             connect_timeout=5.0,
             flush_timeout=1.0,
+            clock=self.agent.clock,
         )
         self.session = MqttSession(settings, self._tls_identity(), rng=self.rng)
         self.session.start()

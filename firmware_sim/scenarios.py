@@ -40,7 +40,7 @@ from firmware_sim.netfault import LatencyProxy
 from firmware_sim.world import LOOPBACK, BrokerThread, World
 from fleet.authority.admin import approve_device
 from fleet.authority.lifecycle import revoke_device
-from fleet.kernel.clock import SystemClock
+from fleet.kernel.clock import SimulatedClock, SystemClock
 from fleet.store.protocol import Store
 from fleet.store.records import DeviceState, RevocationReason
 
@@ -147,6 +147,10 @@ PLOTS: dict[str, PlotSpec] = {
         "revoke-to-disconnect", "Revoke → disconnect latency (live session kicked)",
         "revoked device (in revocation order)", "revoke → disconnect (ms)", "bars",
     ),
+    "certificates_by_issuer": PlotSpec(
+        "certificates-by-issuer", "Good (unexpired) device certificates held, by issuing CA",
+        "simulated years", "devices holding one", "lines",
+    ),
     "renew_latency_s": PlotSpec(
         "renewal-latency", "Renewal latency (EST simplereenroll)",
         "renewal latency (ms)", "devices", "histogram",
@@ -176,8 +180,15 @@ def write_plots(report: Report, directory: Path) -> list[Path]:
     integer_ticks = importlib.import_module("matplotlib.ticker").MaxNLocator
     directory.mkdir(parents=True, exist_ok=True)
     written = []
+    groups: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for name, points in report.series.items():  # "GROUP|LINE": one figure, a line each
+        group, sep, line = name.partition("|")
+        if sep and points:
+            groups.setdefault(group, {})[line] = points
+    for group, lines in groups.items():
+        written.append(_write_lines(pyplot, report, group, lines, directory))
     for name, points in report.series.items():
-        if not points:
+        if not points or "|" in name:
             continue
         spec = PLOTS.get(name) or PlotSpec(
             name.replace("_", "-"), name.replace("_", " "), "x", "y", "steps"
@@ -216,6 +227,32 @@ def write_plots(report: Report, directory: Path) -> list[Path]:
         pyplot.close(figure)
         written.append(path)
     return written
+
+
+def _write_lines(
+    pyplot: Any,
+    report: Report,
+    group: str,
+    lines: dict[str, list[tuple[float, float]]],
+    directory: Path,
+) -> Path:
+    """One figure with a step line per member of ``group`` (e.g. certificates per issuer)."""
+    spec = PLOTS.get(group) or PlotSpec(group.replace("_", "-"), group, "x", "y", "lines")
+    figure = pyplot.figure(figsize=(8, 4.5), dpi=100)
+    axes = figure.add_subplot(1, 1, 1)
+    for label, points in sorted(lines.items()):
+        axes.step([p[0] for p in points], [p[1] for p in points], where="post", label=label)
+    axes.set_ylim(bottom=0)
+    axes.set_xlabel(spec.xlabel)
+    axes.set_ylabel(spec.ylabel)
+    axes.set_title(f"{spec.title}\n{report.scenario}, {report.devices} devices", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    path = directory / f"{report.scenario}-{spec.stem}.png"
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+    pyplot.close(figure)
+    return path
 
 
 # -- progress ----------------------------------------------------------------------------------
@@ -326,6 +363,7 @@ class Bench:
         latency_ms: int = 0,
         broker_proxy: bool = False,
         clock_skew: float = 0.0,
+        sim_clock: SimulatedClock | None = None,
     ) -> None:
         self.latency_ms = latency_ms
         self.proxy: LatencyProxy | None = None
@@ -336,7 +374,7 @@ class Bench:
         self.light = mqtt == "light" or (mqtt == "auto" and count > LIGHT_MQTT_ABOVE)
         self.work_dir = work_dir
         self.progress = progress
-        self.world = World(work_dir, server_env=server_env)
+        self.world = World(work_dir, server_env=server_env, sim_clock=sim_clock)
         self.count = count
         self.registered = count if registered is None else registered
         self.clock = clock
@@ -939,6 +977,19 @@ async def _flagged(store: Store, ids: list[str]) -> int:
     return count
 
 
+# A scenario that builds its own bench (e.g. on the simulator's clock): (count, work dir,
+# progress, options) -> its report.
+OwnBench = Callable[[int, Path, Progress, "LifetimeOptions"], Report]
+
+
+@dataclasses.dataclass(frozen=True)
+class LifetimeOptions:
+    """`fleet-sim run` options only the lifetime scenario reads."""
+
+    years: int | None = None  # None: the scenario's own
+    ca_events: bool = True  # False: one issuing CA and one root for the whole run
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
@@ -947,6 +998,20 @@ class Scenario:
     registered_fraction: float = 1.0
     clock: bool = False
     broker_proxy: bool = False
+    own_bench: OwnBench | None = None
+
+
+def _unused(bench: Bench, report: Report) -> None:
+    raise AssertionError("a scenario with its own bench is run by own_bench")
+
+
+def _fifteen_years(
+    count: int, work_dir: Path, progress: Progress, options: LifetimeOptions
+) -> Report:
+    from firmware_sim.lifetime import run_lifetime  # it builds on this module
+
+    return run_lifetime(count, work_dir, progress, years=options.years,
+                        ca_events=options.ca_events)  # fmt: skip
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -960,6 +1025,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("broker-outage-and-recovery", broker_outage_and_recovery, broker_proxy=True),
         Scenario("manual-approval-queue", manual_approval_queue, 2, registered_fraction=0.5),
         Scenario("renewal-wave", renewal_wave, clock=True),
+        Scenario("fifteen-years", _unused, min_devices=200, own_bench=_fifteen_years),
     )
 }
 
@@ -983,10 +1049,16 @@ def run_scenario(
     mqtt: str = "auto",
     latency_ms: int = 0,
     clock_skew: float = 0.0,
+    lifetime: LifetimeOptions = LifetimeOptions(),
 ) -> Report:
     scenario = SCENARIOS[name]
-    count = max(devices, scenario.min_devices)
     progress = progress or Progress()
+    if scenario.own_bench is not None:
+        started = time.monotonic()
+        report = scenario.own_bench(devices, work_dir, progress, lifetime)
+        report.figures["wall_s"] = time.monotonic() - started
+        return report
+    count = max(devices, scenario.min_devices)
     report = Report(name, count)
     bench = Bench(
         work_dir,

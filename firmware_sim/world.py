@@ -29,13 +29,17 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from broker_plugins.amqtt.runner import EmbeddedBroker
 from broker_plugins.amqtt.settings import AmqttSettings
+from fleet.authorities import load_fleet_authorities
 from fleet.config import load_config
 from fleet.kernel.acl import TopicAcl, filter_contained, is_valid_filter, topic_matches
+from fleet.kernel.clock import SIM_CLOCK_ENV, Clock, SimulatedClock
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.reasons import REVOKED
+from fleet.kernel.tls_policy import X509_V_FLAG_NO_CHECK_TIME
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
 
@@ -138,6 +142,8 @@ class ServerProcess:
 
     def healthy(self) -> bool:
         context = ssl.create_default_context(cafile=str(self.data_dir / "ca/root.pem"))
+        # A liveness probe: on a simulated clock, the dates may be ahead of the wall clock.
+        context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
         # No proxy: the server is on loopback, whatever HTTPS_PROXY says.
         opener = urllib.request.build_opener(
             urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
@@ -198,11 +204,11 @@ class ObserverAcl(TopicAcl):
 class BrokerThread:
     """An EmbeddedBroker served by a private event loop in a daemon thread."""
 
-    def __init__(self, settings: AmqttSettings) -> None:
+    def __init__(self, settings: AmqttSettings, *, clock: Clock | None = None) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="broker", daemon=True)
-        self.broker = EmbeddedBroker(settings)
+        self.broker = EmbeddedBroker(settings, clock=clock)
 
     def start(self) -> BrokerThread:
         self.thread.start()
@@ -308,11 +314,22 @@ async def _wrap(fn: Callable[[], Awaitable[T]]) -> T:
 class World:
     """A fleet data directory with its server and broker under ``work_dir``."""
 
-    def __init__(self, work_dir: Path, *, server_env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        *,
+        server_env: Mapping[str, str] | None = None,
+        sim_clock: SimulatedClock | None = None,
+    ) -> None:
         self.work_dir = work_dir.resolve()
         self.data_dir = self.work_dir / "fleet-data"
         self.config_path = self.data_dir / "fleet.toml"
         self.env = {"FLEET_CONFIG": str(self.config_path)}
+        # On the simulator's clock, `fleet` commands, `fleet serve` and the broker all follow it.
+        self.sim_clock = sim_clock
+        if sim_clock is not None:
+            self.env[SIM_CLOCK_ENV] = str(sim_clock.path)
+            server_env = {**(server_env or {}), SIM_CLOCK_ENV: str(sim_clock.path)}
         self.server = ServerProcess(self.config_path, env=server_env)
         self.broker: BrokerThread | None = None
 
@@ -349,9 +366,8 @@ class World:
 
         return asyncio.run(body())
 
-    @staticmethod
-    def now() -> dt.datetime:
-        return dt.datetime.now(dt.UTC)
+    def now(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) if self.sim_clock is None else self.sim_clock.now()
 
     # -- processes -----------------------------------------------------------------
     def start_server(self) -> ServerProcess:
@@ -360,8 +376,14 @@ class World:
     def broker_settings(self, **overrides: object) -> AmqttSettings:
         bundle = self.work_dir / "broker" / "fleet-ca.pem"
         bundle.parent.mkdir(parents=True, exist_ok=True)
-        ca = self.data_dir / "ca"
-        bundle.write_bytes((ca / "issuing.pem").read_bytes() + (ca / "root.pem").read_bytes())
+        # Every trusted issuing CA and root (several during a rotation or a rollover).
+        authorities = load_fleet_authorities(load_config(self.config_path, environ={}))
+        bundle.write_bytes(
+            b"".join(
+                c.public_bytes(serialization.Encoding.PEM)
+                for c in (*authorities.issuing, *authorities.roots)
+            )
+        )
         values: dict[str, object] = {
             "host": LOOPBACK,
             "port": free_port(),
@@ -375,7 +397,7 @@ class World:
         return AmqttSettings(**values)  # type: ignore[arg-type]
 
     def start_broker(self, **overrides: object) -> BrokerThread:
-        self.broker = BrokerThread(self.broker_settings(**overrides)).start()
+        self.broker = BrokerThread(self.broker_settings(**overrides), clock=self.sim_clock).start()
         return self.broker
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ from broker_plugins.amqtt.settings import AmqttSettings
 from broker_plugins.ca_refresh import refresh_bundle
 from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
+from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
@@ -36,9 +37,14 @@ class EmbeddedBroker:
         *,
         store: Store | None = None,
         registry: CollectorRegistry | None = None,
+        clock: Clock | None = None,
     ) -> None:
         require_amqtt_version()
         self.settings = settings
+        # Admission judges validity with this clock (OpenSSL's handshake does not check
+        # time: settings.ssl_context sets X509_V_FLAG_NO_CHECK_TIME), so the simulator can
+        # move the broker through the years with the server and the devices.
+        self.clock: Clock = clock or SystemClock()
         self._store = store
         self._owns_store = store is None
         self.metrics = BrokerMetrics(registry)
@@ -70,7 +76,11 @@ class EmbeddedBroker:
         )
         await self.cache.start(initial_timeout=INITIAL_SNAPSHOT_SECONDS)
         self.gate = ConnectionGate(
-            policy=policy, acl=s.acl(), revocations=self.cache, metrics=self.metrics
+            policy=policy,
+            acl=s.acl(),
+            revocations=self.cache,
+            metrics=self.metrics,
+            now=self.clock.now,
         )
         self.cache.on_revoked(self.gate.on_revoked)
         config: dict[str, Any] = {

@@ -67,13 +67,9 @@ from cryptography import x509
 from fleet.kernel.acl import DEFAULT_TEMPLATE, AclConfigError, TopicAcl
 from fleet.kernel.admission import TrustPolicy
 from fleet.kernel.errors import ConfigError
-from fleet.kernel.tls_policy import TLS12_CIPHERS
+from fleet.kernel.tls_policy import TLS12_CIPHERS, X509_V_FLAG_NO_CHECK_TIME
 from fleet.store.broker_positions import check_broker_name
 
-# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (Python's ssl has no name for it): the
-# handshake still verifies signatures and the chain; validity is checked by the
-# decision core, with the skew allowance and a logged reason (certificate_expired).
-_X509_V_FLAG_NO_CHECK_TIME = 0x200000
 DEFAULT_SNAPSHOT_NAME = "revocations.snapshot"
 
 
@@ -156,7 +152,8 @@ class AmqttSettings:
             ctx.load_verify_locations(cafile=str(self.fleet_ca))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot load the broker TLS files: {exc}") from exc
-        ctx.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
+        # Validity is judged at admission, with the broker's clock and a logged reason.
+        ctx.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
         return ctx
 
 

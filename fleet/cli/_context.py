@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from fleet.config import CONFIG_FILENAME, FleetConfig, load_config
-from fleet.kernel.clock import SystemClock
+from fleet.kernel.clock import Clock, clock_from_environ
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import write_new_secret
 from fleet.store.factory import open_store
@@ -122,8 +122,13 @@ def save_secret(path: Path, secret: str) -> None:
         ) from exc
 
 
+def clock() -> Clock:
+    """The CLI's clock: the system clock, or the simulator's when FLEET_SIM_CLOCK_FILE names one."""
+    return clock_from_environ(os.environ)
+
+
 def now() -> dt.datetime:
-    return SystemClock().now()
+    return clock().now()
 
 
 def local_actor() -> str:

@@ -10,8 +10,7 @@ import click
 from cryptography import x509
 
 from fleet.authority.crl import CrlPublisher, SignedCrl, validate_crl
-from fleet.cli._context import config_option, load, now, when, with_store
-from fleet.kernel.clock import SystemClock
+from fleet.cli._context import clock, config_option, load, now, when, with_store
 from fleet.kernel.errors import FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
 
@@ -58,7 +57,7 @@ def crl(out: Path | None, as_pem: bool) -> None:
         lambda store: CrlPublisher(
             store,
             issuer,
-            SystemClock(),
+            clock(),
             next_update=dt.timedelta(hours=config.revocation.crl_next_update_hours),
             refresh=dt.timedelta(minutes=config.revocation.crl_refresh_minutes),
         ).regenerate(),

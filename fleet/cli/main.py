@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import click
@@ -19,7 +20,7 @@ from fleet.cli.device import device
 from fleet.cli.manifest import manifest
 from fleet.cli.trust import trust
 from fleet.datadir import TokenInit, init_data_dir
-from fleet.kernel.clock import SystemClock
+from fleet.kernel.clock import clock_from_environ
 from fleet.kernel.keys import KeyType, parse_key_type
 from fleet.pki.keystore import TokenKeyMaker
 from fleet.pki.pkcs11_uri import parse_pkcs11_uri
@@ -140,7 +141,7 @@ def init(
     )
     result = init_data_dir(
         data_dir,
-        now=SystemClock().now(),
+        now=clock_from_environ(os.environ).now(),
         server_names=server_names,
         key_type=parse_key_type(key_type),
         force=force,

@@ -13,6 +13,7 @@ import uvloop
 
 from fleet.cli.common import read_secret_file, secret_from_env
 from fleet.config import FleetConfig, load_config
+from fleet.kernel.clock import clock_from_environ
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.notify.secret import webhook_secret
@@ -122,6 +123,7 @@ def serve(
         argv += ["--workers", str(count), "--log-level", log_level, "--worker"]
         sys.exit(supervise(argv, count))
     passphrase = ca_key_passphrase(config)
+    clock = clock_from_environ(os.environ)  # the simulator's, when FLEET_SIM_CLOCK_FILE says so
     # uvloop's TLS and socket layers are compiled; asyncio's are Python and
     # cost a large share of every handshake.
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -134,5 +136,6 @@ def serve(
                 webhook_secret=secret,
                 reuse_port=count > 1,
                 console_key=console_key,
+                clock=clock,
             )
         )

@@ -104,3 +104,25 @@ def issued_by(
             continue
         return issuer
     return None
+
+
+def server_certificate_problem(
+    der: bytes | None, now: dt.datetime, skew: dt.timedelta = DEFAULT_SKEW
+) -> Problem | None:
+    """The certificate a server or broker presented to a device, judged for time.
+
+    For device contexts that leave dates to the kernel (``tls_policy.check_time_in_kernel``):
+    the handshake verified the chain to the pinned root; here an EXPIRED certificate is
+    refused (its key may be long retired). notBefore is not held against the server: a
+    device whose clock is slow must still reach the server that will tell it so, and a
+    certificate the fleet root signed is authentic whenever it starts.
+    """
+    if not der:
+        return Problem(Reason.NO_CERTIFICATE, "the server presented no certificate")
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return Problem(Reason.NO_CERTIFICATE, "the server's certificate does not parse")
+    if now > cert.not_valid_after_utc + skew:
+        return validity_problem(cert, now, skew)
+    return None

@@ -15,3 +15,12 @@ from __future__ import annotations
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 # Mosquitto's `tls_version` names the minimum version of a listener.
 MOSQUITTO_MIN_TLS_VERSION = "tlsv1.2"
+
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (Python's ssl has no name for it). Every fleet TLS
+# endpoint that verifies a peer sets it: the handshake still verifies signatures and the
+# chain, and the peer certificate's validity is judged after it by the kernel
+# (``fleet.kernel.certs.validity_problem``) with the process's clock and a skew allowance —
+# so a wrong device clock gets a reason instead of an alert, and the simulator's clock
+# (``fleet.kernel.clock.SimulatedClock``) moves every enforcer, which OpenSSL's cannot.
+# Set it with ``context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME``.
+X509_V_FLAG_NO_CHECK_TIME = 0x200000

@@ -29,7 +29,7 @@ from fleet.config import FleetConfig
 from fleet.est.routes import EstService
 from fleet.http.peer import PeerCertificates
 from fleet.kernel.certs import issued_by
-from fleet.kernel.clock import Clock, SystemClock
+from fleet.kernel.clock import Clock, SimulatedClock, SystemClock
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
@@ -293,8 +293,17 @@ async def serve(
     webhook_secret: bytes | None = None,
     reuse_port: bool = False,
     console_key: bytes | None = None,
+    clock: Clock | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM or SIGINT (on ``clock``, the system clock by default)."""
+    if clock is None:
+        clock = SystemClock()
+    elif isinstance(clock, SimulatedClock):
+        log.warning(
+            "SIMULATED CLOCK from %s: now is %s (%+.0f s from the wall clock); "
+            "for the simulator only, never in production",
+            clock.path, clock.now().isoformat(timespec="seconds"), clock.offset.total_seconds(),
+        )  # fmt: skip
     host, port = parse_listen(listen)
     ssl_context = None
     if config.server.mode == "tls":
@@ -308,7 +317,6 @@ async def serve(
         )
     issuers = LiveIssuers(load_issuing_set(config, passphrase, pkcs11_pin=pkcs11_pin))
     token_root = load_token_root(config, pkcs11_pin)
-    clock = SystemClock()
     store = await open_store(config.store_url)
     runner: web.AppRunner | None = None
     watch: asyncio.Task[None] | None = None

@@ -16,7 +16,10 @@ from firmware_sim.scenarios import SCENARIOS, Bench, Progress, Report, _revoke, 
 FLEET_SIM = [sys.executable, "-c", "from firmware_sim.cli import main; main()"]
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize(
+    "name",
+    [n for n, s in SCENARIOS.items() if s.own_bench is None],  # those: tests/.../test_lifetime.py
+)
 def test_scenario_passes_every_check(name: str, tmp_path: Path) -> None:
     progress = io.StringIO()
     report = run_scenario(name, 4, tmp_path, Progress(progress))
