@@ -392,6 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--connects", type=int, default=1000, help="connects per broker")
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--plugin",
+        type=Path,
+        help="a prebuilt fleet_plugin.so instead of building this checkout's (a baseline)",
+    )
     args = parser.parse_args(argv)
     sizes = sorted(args.devices)
     revocations = min(args.revocations, sizes[0])
@@ -418,7 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device.context = context
 
             plugin_dir = base / "plugin"
-            plugin = Path(fleet_broker("mosquitto", "build", "--out", plugin_dir).stdout.strip())
+            plugin = args.plugin or Path(
+                fleet_broker("mosquitto", "build", "--out", plugin_dir).stdout.strip()
+            )
             sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
             fleet_broker(
                 "mosquitto", "sidecar-cert",
