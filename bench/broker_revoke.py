@@ -252,6 +252,7 @@ class LatencyRound:
     failed: int
     bystanders_dropped: int
     gc_pause_ms: float  # the client's own full collections during the timed revocations
+    broker_cpu_ms: float  # the broker process's CPU over the timed revocations, per revocation
 
 
 class GcPauses:
@@ -328,6 +329,8 @@ async def revoke_latency(
             latencies: list[float] = []
             failed = 0
             pauses_before = gc_pauses.total
+            assert node.broker is not None
+            broker_before = cpu_seconds(node.broker.pid)
             victims, live = live[:revocations], live[revocations:]
             for device in victims:
                 await asyncio.sleep(0.1)  # let the CRL refresh of the previous one settle
@@ -345,7 +348,8 @@ async def revoke_latency(
             if dropped:
                 print(f"  WARNING: {dropped} bystanders were dropped")
             gc_ms = 1000 * (gc_pauses.total - pauses_before)
-            rounds.append(LatencyRound(size, latencies, failed, dropped, gc_ms))
+            broker_ms = 1000 * (cpu_seconds(node.broker.pid) - broker_before) / len(victims)
+            rounds.append(LatencyRound(size, latencies, failed, dropped, gc_ms, broker_ms))
     finally:
         await store.close()
         for task in watchers:
@@ -519,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"  {r.connected:6d} connected: p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
             f"max {max(r.latencies):6.1f} ms   mean {statistics.fmean(r.latencies):6.1f} ms"
             f"   (target p99 <= {P99_TARGET_MS:.0f} ms: {verdict})"
+            f"   broker CPU {r.broker_cpu_ms:.2f} ms/revocation"
             f"   client full GCs {r.gc_pause_ms:.0f} ms"
         )
     if len(rounds) > 1 and rounds[0].latencies and rounds[-1].latencies:
