@@ -52,6 +52,8 @@
  *     max_staleness_seconds  refuse devices when the revocation state is
  *                     older than this (default 30; 0 = never, fails open)
  *     sidecar_cn, sidecar_sha256, acl_template
+ *     announce_sessions  true: announce every device admission to the sidecar
+ *                     (peer nodes; see "One session per device" below)
  *     log_format      text (default) or json: refusals and kicks as JSON objects
  *                     ({"ts","level","logger","msg","event","device_id","serial",
  *                     "reason"}), like fleet's other logs
