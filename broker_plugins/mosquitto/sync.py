@@ -448,6 +448,12 @@ class PluginStatsCollector(Collector):
         )
         kicked.add_metric([], _number(stats.get("kicked")))
         yield kicked
+        taken_over = CounterMetricFamily(
+            "fleet_mosquitto_sessions_taken_over",
+            "Sessions the plugin closed because the device connected to a peer node since",
+        )
+        taken_over.add_metric([], _number(stats.get("taken_over")))
+        yield taken_over
         seq = GaugeMetricFamily(
             "fleet_mosquitto_plugin_seq", "Highest revocation feed sequence the plugin applied"
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ class Pair:
     b: BrokerNode
     sidecar_cert: Path
     sidecar_key: Path
+    metrics_a: str  # node a's sidecar /metrics
 
     def enroll(self) -> Device:
         device = self.fleet.new_device()
@@ -95,8 +97,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             sidecar_cert=sidecar_cert,
             sidecar_key=sidecar_key,
         )
-        port_a, port_b = free_port(), free_port()
-        a = node(base / "a", port=port_a, extra=f'node_name = "a"\npeers = ["127.0.0.1:{port_b}"]')
+        port_a, port_b, metrics = free_port(), free_port(), free_port()
+        a = node(
+            base / "a",
+            port=port_a,
+            extra=f'node_name = "a"\npeers = ["127.0.0.1:{port_b}"]\n'
+            f'metrics_address = "127.0.0.1:{metrics}"',
+        )
         b = node(base / "b", port=port_b, extra=f'node_name = "b"\npeers = ["127.0.0.1:{port_a}"]')
         try:
             for each in (a, b):
@@ -106,7 +113,9 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
                 each.start_sidecar()
             for each in (a, b):
                 each.wait_sidecar_log("session link to peer broker")
-            yield Pair(fleet, a, b, sidecar_cert, sidecar_key)
+            yield Pair(
+                fleet, a, b, sidecar_cert, sidecar_key, f"http://127.0.0.1:{metrics}/metrics"
+            )
         finally:
             for each in (a, b):
                 each.stop()
@@ -133,6 +142,18 @@ def _still_serves(pair: Pair, session: Session, device: Device) -> None:
     assert not session.disconnected.is_set()
 
 
+def _wait_metric(url: str, name: str) -> None:
+    """Until the sidecar's /metrics shows ``name`` above zero (it asks every heartbeat)."""
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+            for line in response.read().decode().splitlines():
+                if line.startswith(f"{name} ") and float(line.split()[1]) > 0:
+                    return
+        assert time.monotonic() < deadline, f"{name} stayed at zero"
+        time.sleep(0.1)
+
+
 def test_connecting_to_another_node_closes_the_older_session(pair: Pair) -> None:
     device = pair.enroll()
     on_a = pair.connect(pair.a, device)
@@ -147,6 +168,7 @@ def test_connecting_to_another_node_closes_the_older_session(pair: Pair) -> None
         assert took <= TAKEOVER_DEADLINE
         pair.a.wait_broker_log(f"older session closed: device={device.device_id} ")
         _still_serves(pair, on_b, device)
+        _wait_metric(pair.metrics_a, "fleet_mosquitto_sessions_taken_over_total")
 
         # And back: the newest wins whichever node it is on.
         back_on_a = pair.connect(pair.a, device)
