@@ -44,12 +44,18 @@ from tests.support.ports import free_port
 TIMEOUT = 5.0
 
 
-async def closed(reader: asyncio.StreamReader) -> float:
-    """When the broker closed this connection (perf_counter)."""
+async def closed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    """When the broker closed this connection (perf_counter).
+
+    Holds the writer too: a StreamWriter that is garbage-collected closes its
+    connection, which would read here as the broker closing it.
+    """
     with contextlib.suppress(OSError, ssl.SSLError):
         while await reader.read(4096):
             pass
-    return time.perf_counter()
+    at = time.perf_counter()
+    writer.close()
+    return at
 
 
 async def measure(
@@ -62,7 +68,7 @@ async def measure(
             streams = await mqtt_connect(node.port, device)
         if streams is None:
             raise RuntimeError(f"{device.device_id} could not connect to {node.directory.name}")
-        return asyncio.get_running_loop().create_task(closed(streams[0]))
+        return asyncio.get_running_loop().create_task(closed(*streams))
 
     watchers = list(await asyncio.gather(*(hold(a, d) for d in bystanders)))
     print(f"  {len(bystanders)} devices connected to node a; {len(movers)} takeovers a -> b")
