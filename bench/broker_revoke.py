@@ -16,14 +16,20 @@ One run, all on this machine:
   latency    N devices connected to the plugin broker; ``--revocations`` of them
              revoked one by one through the store (as `fleet` does), timed from
              just before the store call to the moment the device's TCP
-             connection is closed by the broker. p50/p99/max.
+             connection is closed by the broker. p50/p99/max, and the broker's
+             CPU per revocation. Several sizes (``--devices 1000,5000,10000``)
+             are measured one after the other with the same broker, sidecar and
+             client: the rows differ only in how many devices are connected.
 
     .venv/bin/python bench/broker_revoke.py                 # 200 devices
     .venv/bin/python bench/broker_revoke.py --devices 1000
+    .venv/bin/python bench/broker_revoke.py --devices 1000,5000,10000 --connects 0
 
 Targets (issue 6): revoke -> disconnect p99 <= 100 ms; plugin connect overhead
-<= 10 % (broker CPU per connect, and connects/s). Prints figures and ratios;
-asserts no timing; exits 1 if a connect or a revocation failed.
+<= 10 % (broker CPU per connect, and connects/s). Issue 14: a kick's cost must
+not depend on how many devices are connected (compare the rows; ``--plugin``
+runs a baseline build). Prints figures and ratios; asserts no timing; exits 1
+if a connect or a revocation failed.
 """
 
 # ruff: noqa: E402 -- the repository root goes on sys.path before the project imports
