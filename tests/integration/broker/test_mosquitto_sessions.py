@@ -231,3 +231,28 @@ def test_a_sidecar_certificate_needs_its_own_or_a_peer_client_id(
     finally:
         link.close()
     pair.a.wait_broker_log("reason=client_id_mismatch", after=mark)
+
+
+def test_a_peer_that_is_down_locks_nobody_out_and_takeover_resumes(pair: Pair) -> None:
+    device = pair.enroll()
+    pair.b.stop_broker()
+    try:
+        # Node a's announcement of this admission has nowhere to go: it is not needed.
+        on_a = pair.connect(pair.a, device)
+        _still_serves(pair, on_a, device)
+    finally:
+        mark_a = pair.a.sidecar_log.stat().st_size
+        mark_b = pair.b.sidecar_log.stat().st_size
+        pair.b.start_broker()
+    on_b: Session | None = None
+    try:
+        # Both sidecars reconnect by themselves: a's peer link, and b's link to its broker.
+        pair.a.wait_sidecar_log("session link to peer broker", after=mark_a, timeout=20)
+        pair.b.wait_sidecar_log("resynced the plugin", after=mark_b, timeout=20)
+        on_b = pair.connect(pair.b, device)
+        assert on_a.disconnected.wait(TAKEOVER_DEADLINE + 3), "no takeover after" + _tails(pair)
+        _still_serves(pair, on_b, device)
+    finally:
+        on_a.close()
+        if on_b is not None:
+            on_b.close()
