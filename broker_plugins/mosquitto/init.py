@@ -157,6 +157,9 @@ max_staleness_seconds = 30          # refuse devices when revocation data is old
 # crl_url = "https://est.example.com:8443/crl"  # keep fleet serve's CRL here too (optional)
 # crl_backstop = false              # true: Mosquitto's TLS layer checks that CRL as well; its
 #                                   # refusals carry no device id or reason (see config.py)
+# Several broker nodes: one session per device (the newest connection wins).
+# node_name = "mqtt-a"              # unique among the nodes
+# peers = ["10.0.0.12:8883"]        # the other nodes' listeners
 '''
 
 
