@@ -16,14 +16,20 @@ One run, all on this machine:
   latency    N devices connected to the plugin broker; ``--revocations`` of them
              revoked one by one through the store (as `fleet` does), timed from
              just before the store call to the moment the device's TCP
-             connection is closed by the broker. p50/p99/max.
+             connection is closed by the broker. p50/p99/max, and the broker's
+             CPU per revocation. Several sizes (``--devices 1000,5000,10000``)
+             are measured one after the other with the same broker, sidecar and
+             client: the rows differ only in how many devices are connected.
 
     .venv/bin/python bench/broker_revoke.py                 # 200 devices
     .venv/bin/python bench/broker_revoke.py --devices 1000
+    .venv/bin/python bench/broker_revoke.py --devices 1000,5000,10000 --connects 0
 
 Targets (issue 6): revoke -> disconnect p99 <= 100 ms; plugin connect overhead
-<= 10 % (broker CPU per connect, and connects/s). Prints figures and ratios;
-asserts no timing; exits 1 if a connect or a revocation failed.
+<= 10 % (broker CPU per connect, and connects/s). Issue 14: a kick's cost must
+not depend on how many devices are connected (compare the rows; ``--plugin``
+runs a baseline build). Prints figures and ratios; asserts no timing; exits 1
+if a connect or a revocation failed.
 """
 
 # ruff: noqa: E402 -- the repository root goes on sys.path before the project imports
@@ -36,6 +42,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import http.client
 import os
 import platform
@@ -242,14 +249,55 @@ async def connect_round(
     result.failed += len(outcomes) - sum(outcomes)
 
 
+@dataclasses.dataclass
+class LatencyRound:
+    """Revoke -> disconnect figures with ``connected`` devices holding a session."""
+
+    connected: int
+    latencies: list[float]
+    failed: int
+    bystanders_dropped: int
+    gc_pause_ms: float  # the client's own full collections during the timed revocations
+    broker_cpu_ms: float  # the broker process's CPU over the timed revocations, per revocation
+
+
+class GcPauses:
+    """Time this (client) process spent in generation-2 collections: its own latency."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.total += time.perf_counter() - self._started
+
+
 async def revoke_latency(
-    node: BrokerNode, devices: Sequence[Device], store_url: str, revocations: int
-) -> tuple[list[float], int]:
-    """Connect every device, revoke ``revocations`` of them one by one; latencies in ms."""
+    node: BrokerNode,
+    devices: Sequence[Device],
+    store_url: str,
+    sizes: Sequence[int],
+    revocations: int,
+) -> list[LatencyRound]:
+    """For each size (ascending): top up to ``size`` live sessions, revoke ``revocations``.
+
+    One broker and one client process for all sizes, so the rounds differ only in
+    how many devices are connected. Revoked devices are not reconnected; every
+    round takes fresh devices, so ``devices`` must hold max(sizes) + revocations
+    per extra round.
+    """
     semaphore = asyncio.Semaphore(50)
     closed: dict[str, float] = {}
     events = {d.device_id: asyncio.Event() for d in devices}
     watchers: list[asyncio.Task[None]] = []
+    live: list[Device] = []
+    pool = iter(devices)
 
     async def hold(device: Device) -> bool:
         async with semaphore:
@@ -271,35 +319,49 @@ async def revoke_latency(
         watchers.append(asyncio.get_running_loop().create_task(watch()))
         return True
 
-    held = await asyncio.gather(*(hold(d) for d in devices))
-    if not all(held):
-        raise RuntimeError(f"{held.count(False)} devices could not connect to the plugin broker")
-    print(f"  {len(devices)} devices connected; revoking {revocations} one by one", flush=True)
     store = await open_store(store_url)
-    latencies: list[float] = []
-    failed = 0
+    rounds: list[LatencyRound] = []
+    gc_pauses = GcPauses()
     try:
-        for device in devices[:revocations]:
-            await asyncio.sleep(0.1)  # let the CRL refresh of the previous one settle
-            started = time.perf_counter()
-            await store.revoke_device(
-                device.device_id, RevocationReason.KEY_COMPROMISE, dt.datetime.now(dt.UTC)
-            )
-            try:
-                await asyncio.wait_for(events[device.device_id].wait(), 5)
-            except TimeoutError:
-                failed += 1
-                continue
-            latencies.append(1000 * (closed[device.device_id] - started))
-        survivors = sum(not events[d.device_id].is_set() for d in devices[revocations:])
-        if survivors != len(devices) - revocations:
-            print(f"  WARNING: {len(devices) - revocations - survivors} bystanders were dropped")
+        for size in sorted(sizes):
+            fresh = [next(pool) for _ in range(size - len(live))]
+            held = await asyncio.gather(*(hold(d) for d in fresh))
+            if not all(held):
+                raise RuntimeError(
+                    f"{held.count(False)} devices could not connect to the plugin broker"
+                )
+            live.extend(fresh)
+            print(f"  {len(live)} devices connected; revoking {revocations} one by one", flush=True)
+            latencies: list[float] = []
+            failed = 0
+            pauses_before = gc_pauses.total
+            assert node.broker is not None
+            broker_before = cpu_seconds(node.broker.pid)
+            victims, live = live[:revocations], live[revocations:]
+            for device in victims:
+                await asyncio.sleep(0.1)  # let the CRL refresh of the previous one settle
+                started = time.perf_counter()
+                await store.revoke_device(
+                    device.device_id, RevocationReason.KEY_COMPROMISE, dt.datetime.now(dt.UTC)
+                )
+                try:
+                    await asyncio.wait_for(events[device.device_id].wait(), 5)
+                except TimeoutError:
+                    failed += 1
+                    continue
+                latencies.append(1000 * (closed[device.device_id] - started))
+            dropped = sum(events[d.device_id].is_set() for d in live)
+            if dropped:
+                print(f"  WARNING: {dropped} bystanders were dropped")
+            gc_ms = 1000 * (gc_pauses.total - pauses_before)
+            broker_ms = 1000 * (cpu_seconds(node.broker.pid) - broker_before) / len(victims)
+            rounds.append(LatencyRound(size, latencies, failed, dropped, gc_ms, broker_ms))
     finally:
         await store.close()
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
-    return latencies, failed
+    return rounds
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -329,13 +391,26 @@ def bare_conf(plugin_conf: str, port_from: int, port_to: int, pid_file: Path) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=200, help="devices connected (default 200)")
+    parser.add_argument(
+        "--devices",
+        type=_sizes,
+        default=[200],
+        help="devices connected; several (comma-separated, e.g. 1000,5000,10000) are"
+        " measured one after the other in the same run (default 200)",
+    )
     parser.add_argument("--revocations", type=int, default=100, help="revocations timed")
     parser.add_argument("--connects", type=int, default=1000, help="connects per broker")
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds (default 10)")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--plugin",
+        type=Path,
+        help="a prebuilt fleet_plugin.so instead of building this checkout's (a baseline)",
+    )
     args = parser.parse_args(argv)
-    revocations = min(args.revocations, args.devices)
+    sizes = sorted(args.devices)
+    revocations = min(args.revocations, sizes[0])
+    enrolled = sizes[-1] + revocations * (len(sizes) - 1)
 
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         base = Path(tmp)
@@ -347,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             t0 = time.perf_counter()
             work = base / "devices"
             work.mkdir()
-            devices = enroll_devices(server, work, args.devices)
+            devices = enroll_devices(server, work, enrolled)
             print(
                 f"setup: {len(devices)} devices enrolled over EST "
                 f"in {time.perf_counter() - t0:.1f}s"
@@ -358,7 +433,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 device.context = context
 
             plugin_dir = base / "plugin"
-            plugin = Path(fleet_broker("mosquitto", "build", "--out", plugin_dir).stdout.strip())
+            plugin = args.plugin or Path(
+                fleet_broker("mosquitto", "build", "--out", plugin_dir).stdout.strip()
+            )
             sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
             fleet_broker(
                 "mosquitto", "sidecar-cert",
@@ -405,11 +482,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             target, devices, per_round, args.concurrency, results[name]
                         )
 
-            asyncio.run(connects())
+            if args.connects:
+                asyncio.run(connects())
             bare.stop_broker()
-            latencies, revoke_failed = asyncio.run(
-                revoke_latency(node, devices, store_url, revocations)
-            )
+            rounds = asyncio.run(revoke_latency(node, devices, store_url, sizes, revocations))
+            revoke_failed = sum(r.failed for r in rounds)
             if revoke_failed:
                 for log in (node.sidecar_log, node.broker_log):
                     tail = log.read_text(errors="replace").splitlines()[-25:]
@@ -427,35 +504,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), {platform.python_version()}, "
         f"{_mosquitto_version()}; client and brokers share the machine"
     )
-    print(f"mTLS connects ({args.concurrency} concurrent, {args.rounds} alternating rounds):")
-    for r in (plugin_r, bare_r):
+    if args.connects:
+        print(f"mTLS connects ({args.concurrency} concurrent, {args.rounds} alternating rounds):")
+        for r in (plugin_r, bare_r):
+            print(
+                f"  {r.name:6s} {r.connects:6d} ok {r.failed:3d} failed  {r.rate:8.1f} connects/s"
+                f" (median of rounds)"
+                f"  broker CPU {r.cpu_us:7.0f} us/connect"
+            )
+        verdict = "ok" if max(cpu_overhead, rate_overhead) <= OVERHEAD_TARGET else "OVER TARGET"
         print(
-            f"  {r.name:6s} {r.connects:6d} ok {r.failed:3d} failed  {r.rate:8.1f} connects/s"
-            f" (median of rounds)"
-            f"  broker CPU {r.cpu_us:7.0f} us/connect"
+            f"  plugin overhead: broker CPU/connect {cpu_overhead:+.1%}, "
+            f"connects/s {rate_overhead:+.1%}"
+            f"  (target <= {OVERHEAD_TARGET:.0%}: {verdict})"
         )
-    verdict = "ok" if max(cpu_overhead, rate_overhead) <= OVERHEAD_TARGET else "OVER TARGET"
-    print(
-        f"  plugin overhead: broker CPU/connect {cpu_overhead:+.1%}, "
-        f"connects/s {rate_overhead:+.1%}"
-        f"  (target <= {OVERHEAD_TARGET:.0%}: {verdict})"
-    )
-    print(f"revoke -> disconnect with {args.devices} devices connected ({len(latencies)} timed):")
-    if latencies:
-        p50, p99 = percentile(latencies, 0.50), percentile(latencies, 0.99)
+    print(f"revoke -> disconnect, {revocations} revocations timed per size, one run:")
+    for r in rounds:
+        if not r.latencies:
+            print(f"  {r.connected:6d} connected: no revocation completed")
+            continue
+        p50, p99 = percentile(r.latencies, 0.50), percentile(r.latencies, 0.99)
         verdict = "ok" if p99 <= P99_TARGET_MS else "OVER TARGET"
         print(
-            f"  p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   max {max(latencies):6.1f} ms   "
-            f"mean {statistics.fmean(latencies):6.1f} ms"
+            f"  {r.connected:6d} connected: p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
+            f"max {max(r.latencies):6.1f} ms   mean {statistics.fmean(r.latencies):6.1f} ms"
+            f"   (target p99 <= {P99_TARGET_MS:.0f} ms: {verdict})"
+            f"   broker CPU {r.broker_cpu_ms:.2f} ms/revocation"
+            f"   client full GCs {r.gc_pause_ms:.0f} ms"
         )
+    if len(rounds) > 1 and rounds[0].latencies and rounds[-1].latencies:
+        growth = percentile(rounds[-1].latencies, 0.99) / percentile(rounds[0].latencies, 0.99)
         print(
-            f"  p99 / target {p99 / P99_TARGET_MS:.2f} "
-            f"(target p99 <= {P99_TARGET_MS:.0f} ms: {verdict})"
+            f"  p99 at {rounds[-1].connected} / p99 at {rounds[0].connected} connected: "
+            f"{growth:.2f}x (1.0x = a kick's cost does not depend on how many are connected)"
         )
     failed = plugin_r.failed + bare_r.failed + revoke_failed
     if failed:
         print(f"FAILED: {failed} connect(s) or revocation(s) did not complete")
     return 1 if failed else 0
+
+
+def _sizes(text: str) -> list[int]:
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("positive device counts, comma-separated")
+    return sizes
 
 
 def _mosquitto_version() -> str:

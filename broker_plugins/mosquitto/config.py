@@ -32,7 +32,19 @@ are relative to the settings file's directory. Example::
     max_staleness_seconds = 30                    # fail closed (see below); 0 = never
     heartbeat_seconds = 2.0                       # sidecar -> plugin "the feed is live"
     skew_seconds = 300                            # clock skew forgiven on validity
-    broker_name = "mqtt-1"                        # feed position reported as (console)
+    broker_name = "mqtt-1"                        # feed position reported as (console; default node_name)
+    node_name = "mqtt-a"                          # this node, among its peers (below)
+    peers = ["10.0.0.12:8883", "10.0.0.13:8883"]  # the other broker nodes' listeners
+
+``peers`` (with ``node_name``) keeps one session per device across broker
+nodes, as MQTT requires for one client id: the plugin announces every device
+it admits, and the sidecar passes the announcement to each peer's listener
+(with the sidecar certificate, client id ``<sidecar_cn>@<node_name>``, trusting
+``broker_cafile`` or ``root_ca`` for the peer's TLS), whose plugin closes an
+older session of that device. The newest connection wins; a lost announcement
+leaves the older session up until it ends by itself, it never refuses a
+device. Announcement times are the nodes' clocks (keep them in NTP sync).
+Every node lists every other node; there is no shared file between nodes.
 
 Who refuses a revoked certificate: **the plugin**, by default. It holds the
 revocation state (snapshot + live feed), refuses a revoked serial or device at
@@ -97,6 +109,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.kernel.certs import DEFAULT_SKEW
+from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.tls_policy import MOSQUITTO_MIN_TLS_VERSION, TLS12_CIPHERS
 from fleet.store.broker_positions import check_broker_name
@@ -108,6 +121,9 @@ LOG_FORMATS = ("text", "json")
 CONTROL_TOPIC = "$CONTROL/fleet/v1"
 # Where the plugin answers `stats`: delivered to the sidecar only (its ACL).
 STATS_TOPIC = "$fleet/v1/stats"
+# Where the plugin announces each device it admits ("<device_id> <unix ms>"), to the
+# sidecar only, which passes it on to the peer nodes (one session per device).
+SESSIONS_TOPIC = "$fleet/v1/sessions"
 
 _PATHS = (
     "server_cert",
@@ -168,12 +184,30 @@ class MosquittoSettings:
     cacerts_url: str = ""
     ca_refresh_seconds: float = 5.0
     # The name the sidecar reports this broker's feed position under (the admin
-    # console's Overview); "" = "mosquitto@<hostname>:<listen port>".
+    # console's Overview); "" = node_name, else "mosquitto@<hostname>:<listen port>".
     broker_name: str = ""
 
     @property
     def reported_name(self) -> str:
-        return self.broker_name or f"mosquitto@{socket.gethostname()}:{self.listen_port}"
+        return (
+            self.broker_name
+            or self.node_name
+            or f"mosquitto@{socket.gethostname()}:{self.listen_port}"
+        )
+
+    # The other broker nodes' listeners (HOST:PORT): announce sessions there, so that a
+    # device connected to two nodes keeps only its newest session. Needs node_name.
+    peers: tuple[str, ...] = ()
+    node_name: str = ""  # this node among its peers (device id alphabet): the peer client id
+
+    @property
+    def peer_addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(_parse_listen(peer, "peers") for peer in self.peers)
+
+    @property
+    def peer_client_id(self) -> str:
+        """The client id this node's sidecar uses on its peers' listeners."""
+        return f"{self.sidecar_cn}@{self.node_name}"
 
     @property
     def metrics_listen(self) -> tuple[str, int] | None:
@@ -265,9 +299,9 @@ def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> Mosquitt
                 raise ConfigError(f"[mosquitto] {name} must be a non-empty path")
             candidate = Path(value)
             values[name] = candidate if candidate.is_absolute() else base_dir / candidate
-        elif name == "log_type":
+        elif name in ("log_type", "peers"):
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError("[mosquitto] log_type must be a list of strings")
+                raise ConfigError(f"[mosquitto] {name} must be a list of strings")
             values[name] = tuple(value)
         else:
             values[name] = value
@@ -350,6 +384,20 @@ def _check(s: MosquittoSettings) -> None:
             raise ConfigError(f"[mosquitto] {name} must be true or false")
     if s.crl_backstop and not s.crl_url:
         raise ConfigError("[mosquitto] crl_backstop needs crl_url (the CRL to check)")
+    if not isinstance(s.node_name, str):
+        raise ConfigError("[mosquitto] node_name must be a string")
+    if s.peers:
+        s.peer_addresses  # noqa: B018 - parses, raising ConfigError when malformed
+        if not s.node_name:
+            raise ConfigError(
+                "[mosquitto] peers needs node_name (this node's name among its peers, unique)"
+            )
+    if s.node_name and not is_device_id(s.node_name):
+        # The plugin checks the peer client id's node part with the device id rule.
+        raise ConfigError(
+            f"[mosquitto] node_name {s.node_name!r} must follow the device id rule "
+            "(1-64 of A-Z a-z 0-9 . _ -)"
+        )
     if s.log_format not in LOG_FORMATS:
         raise ConfigError(f"[mosquitto] log_format must be one of {', '.join(LOG_FORMATS)}")
 
@@ -393,6 +441,15 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
     lines += [
         f"plugin_opt_acl_template {s.acl_template}",
         *([f"plugin_opt_log_format {s.log_format}"] if s.log_format != "text" else []),
+        *(
+            [
+                "# peers: announce every admitted device to the sidecar, which tells the peer",
+                "# nodes; their plugins close an older session of it (one session per device).",
+                "plugin_opt_announce_sessions true",
+            ]
+            if s.peers
+            else []
+        ),
         "# Fail closed: refuse new device connections (reason revocation_state_stale) when",
         "# the revocation state is older than this many seconds - no heartbeat or revocation",
         "# from the sidecar (stopped, or the store unreachable). 0 = never (fails open).",

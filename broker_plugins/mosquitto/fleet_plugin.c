@@ -55,6 +55,8 @@
  *     max_staleness_seconds  refuse devices when the revocation state is
  *                     older than this (default 30; 0 = never, fails open)
  *     sidecar_cn, sidecar_sha256, acl_template
+ *     announce_sessions  true: announce every device admission to the sidecar
+ *                     (peer nodes; see "One session per device" below)
  *     log_format      text (default) or json: refusals and kicks as JSON objects
  *                     ({"ts","level","logger","msg","event","device_id","serial",
  *                     "reason"}), like fleet's other logs
@@ -69,6 +71,18 @@
  *     heartbeat <seq>     the sidecar's feed is live (staleness policy)
  *     stats               publish the counters (JSON) to $fleet/v1/stats, to
  *                         the sidecar only (it alone may subscribe there)
+ *     session <device_id> <ms>
+ *                         the device was admitted on another broker node at
+ *                         <ms> (Unix milliseconds): close its session here if
+ *                         it is older (MQTT: one session per client id; the
+ *                         newest wins). The only command a peer link may send.
+ *
+ * One session per device across broker nodes: with plugin_opt_announce_sessions
+ * true, every device admission is announced as "<device_id> <ms>" on
+ * $fleet/v1/sessions to the sidecar only, which sends it as a `session` command
+ * to the peer nodes over their own listeners (client id <sidecar_cn>@<node>, the
+ * sidecar certificate). A lost announcement leaves the older session up, as a
+ * single broker without this would; it never refuses a connection.
  *
  * Snapshot file (written atomically by the sidecar, read at start, on
  * `reload` and on SIGHUP; entries are only ever added - revocation is
@@ -115,6 +129,8 @@
 
 #define CONTROL_TOPIC "$CONTROL/fleet/v1"
 #define STATS_TOPIC "$fleet/v1/stats"
+#define SESSIONS_TOPIC "$fleet/v1/sessions"
+#define PEER_SEPARATOR '@' /* <sidecar_cn>@<node>: a peer node's sidecar */
 #define STATS_PAYLOAD 2048
 #define DEFAULT_SIDECAR_CN "fleet:sidecar"
 #define DEFAULT_ACL_TEMPLATE "devices/%u/#"
@@ -275,8 +291,10 @@ struct fleet {
 	struct table serials;   /* revoked serials */
 	struct table devices;   /* revoked device ids */
 	struct table connected; /* device id -> serial it authenticated with */
+	struct table since;     /* device id -> when it was admitted here (Unix ms, decimal) */
+	bool announce_sessions; /* tell the sidecar of every admission (peer nodes) */
 	bool json_log;      /* log_format json: the plugin's lines are JSON objects */
-	unsigned long accepted, refused, kicked;
+	unsigned long accepted, refused, kicked, taken_over;
 	unsigned long refused_by_reason[FLEET_N_REASONS];
 };
 
@@ -605,6 +623,49 @@ static bool is_sidecar(const struct fleet *f, const char *username)
 	return username != NULL && !strcmp(username, f->sidecar_cn);
 }
 
+/*
+ * A peer node's sidecar: the sidecar certificate with client id
+ * <sidecar_cn>@<node name in the device id alphabet>. A client id of its own,
+ * so that it never takes over this node's sidecar session.
+ */
+static bool is_peer_client_id(const struct fleet *f, const char *client_id)
+{
+	size_t n = strlen(f->sidecar_cn);
+
+	return client_id != NULL && !strncmp(client_id, f->sidecar_cn, n)
+		&& client_id[n] == PEER_SEPARATOR && valid_device_id(client_id + n + 1, strlen(client_id + n + 1));
+}
+
+static long long now_ms(void)
+{
+	struct timespec ts;
+
+	if(clock_gettime(CLOCK_REALTIME, &ts) != 0) return -1;
+	return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/*
+ * Remember when the device was admitted here and, for the peer nodes, tell
+ * the sidecar. Best effort: a lost announcement only leaves an older session up.
+ */
+static void note_admission(struct fleet *f, const char *device)
+{
+	char text[FLEET_MAX_DEVICE_ID + 32];
+	long long ms = now_ms();
+	int n;
+
+	if(ms < 0) return;
+	n = snprintf(text, sizeof(text), "%lld", ms);
+	if(n < 0 || (size_t)n >= sizeof(text) || table_put(&f->since, device, text)) return;
+	if(!f->announce_sessions) return;
+	n = snprintf(text, sizeof(text), "%s %lld", device, ms);
+	if(n < 0 || (size_t)n >= sizeof(text)) return;
+	if(mosquitto_broker_publish_copy(f->sidecar_cn, SESSIONS_TOPIC, n, text, 0, false, NULL)
+			!= MOSQ_ERR_SUCCESS){
+		mosquitto_log_printf(MOSQ_LOG_WARNING, "fleet: session announcement of %s not sent", device);
+	}
+}
+
 static long long revocation_age(const struct fleet *f)
 {
 	return (long long)(time(NULL) - f->fresh_at);
@@ -703,7 +764,7 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 	if(cn_len == strlen(f->sidecar_cn) && !memcmp(cn, f->sidecar_cn, cn_len)){
 		if(!matches_pin(f, cert)){
 			refuse_log(f, cn, cn_len, serial, FLEET_R_SIDECAR_PIN_MISMATCH);
-		}else if(!client_id || strcmp(client_id, f->sidecar_cn)){
+		}else if(!client_id || (strcmp(client_id, f->sidecar_cn) && !is_peer_client_id(f, client_id))){
 			refuse_log(f, cn, cn_len, serial, FLEET_R_CLIENT_ID_MISMATCH);
 		}else if(mosquitto_set_username(ed->client, f->sidecar_cn) != MOSQ_ERR_SUCCESS){
 			refuse_log(f, cn, cn_len, serial, FLEET_R_INTERNAL_ERROR);
@@ -751,7 +812,10 @@ static int on_basic_auth(int event, void *event_data, void *userdata)
 		refuse_log(f, device, cn_len, serial, FLEET_R_INTERNAL_ERROR);
 		goto out;
 	}
-	if(!recheck) f->accepted++;
+	if(!recheck){
+		f->accepted++;
+		note_admission(f, device);
+	}
 	rc = MOSQ_ERR_SUCCESS;
 out:
 	OPENSSL_free(cn_utf8);
@@ -785,12 +849,26 @@ static int on_acl_check(int event, void *event_data, void *userdata)
 			return !strcmp(ed->topic, CONTROL_TOPIC) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		}
 		if(ed->access == MOSQ_ACL_READ || ed->access == MOSQ_ACL_SUBSCRIBE){
-			return !strcmp(ed->topic, STATS_TOPIC) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+			return !strcmp(ed->topic, STATS_TOPIC) || !strcmp(ed->topic, SESSIONS_TOPIC)
+				? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
 		}
 		return MOSQ_ERR_ACL_DENIED;
 	}
 	if(!valid_device_id(username, strlen(username))) return MOSQ_ERR_ACL_DENIED;
 	return in_device_tree(f, username, ed->topic) ? MOSQ_ERR_SUCCESS : MOSQ_ERR_ACL_DENIED;
+}
+
+/*
+ * Close the live session of one device. By client id, not by username: the
+ * two are equal for every admitted device (step 7 above), and Mosquitto 2.0's
+ * mosquitto_kick_client_by_username walks every connected client (HASH_ITER
+ * over contexts_by_sock), while mosquitto_kick_client_by_clientid is one hash
+ * lookup - a kick's cost must not grow with the number of devices connected.
+ * The Will is never sent: a revoked device's last words are not trusted.
+ */
+static void kick_session(struct fleet *f, const char *device)
+{
+	if(mosquitto_kick_client_by_clientid(device, false) == MOSQ_ERR_SUCCESS) f->kicked++;
 }
 
 /* Kick every recorded session whose device or serial is revoked. */
@@ -802,8 +880,7 @@ static void kick_revoked_sessions(struct fleet *f)
 	for(i = 0; i < f->connected.nbuckets; i++){
 		for(e = f->connected.buckets[i]; e; e = e->next){
 			if(table_find(&f->devices, e->key) || (e->value && table_find(&f->serials, e->value))){
-				mosquitto_kick_client_by_username(e->key, false);
-				f->kicked++;
+				kick_session(f, e->key);
 			}
 		}
 	}
@@ -904,10 +981,10 @@ static int publish_stats(struct fleet *f)
 
 	note_staleness(f);
 	n = snprintf(buf, sizeof(buf),
-			"{\"accepted\":%lu,\"refused\":%lu,\"kicked\":%lu,\"seq\":%lld,"
+			"{\"accepted\":%lu,\"refused\":%lu,\"kicked\":%lu,\"taken_over\":%lu,\"seq\":%lld,"
 			"\"loaded\":%s,\"stale\":%s,\"fresh_age\":%lld,\"max_staleness\":%ld,"
 			"\"refused_by_reason\":{",
-			f->accepted, f->refused, f->kicked, f->seq,
+			f->accepted, f->refused, f->kicked, f->taken_over, f->seq,
 			f->loaded ? "true" : "false", stale(f) ? "true" : "false",
 			revocation_age(f), f->max_staleness);
 	if(n < 0 || (size_t)n >= sizeof(buf)) return -1;
@@ -925,14 +1002,41 @@ static int publish_stats(struct fleet *f)
 		== MOSQ_ERR_SUCCESS ? 0 : -1;
 }
 
-/* One control line, NUL-terminated and modifiable. 0 on success. */
-static int control_line(struct fleet *f, char *line)
+/* `session <device> <ms>` from a peer node: close an older session here. 0 on success. */
+static int session_elsewhere(struct fleet *f, char **save)
+{
+	const char *device = strtok_r(NULL, " ", save);
+	long long theirs, ours;
+	struct entry *e;
+
+	if(!device || !valid_device_id(device, strlen(device))
+			|| parse_seq(strtok_r(NULL, " ", save), &theirs) || strtok_r(NULL, " ", save)){
+		return -1;
+	}
+	e = table_find(&f->since, device);
+	/* Only an older session goes: an announcement that arrives late (a device
+	 * that came back here since) must not close the newest one. */
+	if(!e || parse_seq(e->value, &ours) || ours >= theirs) return 0;
+	if(mosquitto_kick_client_by_clientid(device, false) == MOSQ_ERR_SUCCESS){
+		const struct entry *c = table_find(&f->connected, device);
+		f->taken_over++;
+		event_log(f, MOSQ_LOG_NOTICE, "session_taken_over",
+				"connected on another broker node: older session closed",
+				device, strlen(device), c ? c->value : NULL, NULL);
+	}
+	return 0;
+}
+
+/* One control line, NUL-terminated and modifiable; a peer may only send `session`. 0 on success. */
+static int control_line(struct fleet *f, char *line, bool peer)
 {
 	char *save = NULL;
 	char *cmd = strtok_r(line, " ", &save);
 	long long seq;
 
 	if(!cmd) return 0; /* blank line */
+	if(!strcmp(cmd, "session")) return session_elsewhere(f, &save);
+	if(peer) return -1;
 	if(!strcmp(cmd, "reload")){
 		if(strtok_r(NULL, " ", &save)) return -1;
 		/* Freshness is the snapshot's `written` (when the sidecar last heard from
@@ -980,8 +1084,7 @@ static int control_line(struct fleet *f, char *line)
 		if(seq > f->seq) f->seq = seq;
 		f->fresh_at = time(NULL);
 		if(kick){
-			mosquitto_kick_client_by_username(device, false);
-			f->kicked++;
+			kick_session(f, device);
 			if(f->json_log){
 				event_log(f, MOSQ_LOG_NOTICE, "session_kicked", "revoked: session closed",
 						device, strlen(device), connected_serial,
@@ -1004,6 +1107,8 @@ static int on_control(int event, void *event_data, void *userdata)
 	struct fleet *f = userdata;
 	struct mosquitto_evt_control *ed = event_data;
 	const char *username = mosquitto_client_username(ed->client);
+	const char *client_id = mosquitto_client_id(ed->client);
+	bool peer = !client_id || strcmp(client_id, f->sidecar_cn) != 0;
 	char *text, *line, *save = NULL;
 	unsigned long n = 0, bad = 0;
 
@@ -1028,7 +1133,7 @@ static int on_control(int event, void *event_data, void *userdata)
 	text[ed->payloadlen] = '\0';
 	for(line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)){
 		n++;
-		if(control_line(f, line)){
+		if(control_line(f, line, peer)){
 			bad++;
 		}
 	}
@@ -1284,6 +1389,7 @@ static void fleet_free(struct fleet *f)
 	table_free(&f->serials);
 	table_free(&f->devices);
 	table_free(&f->connected);
+	table_free(&f->since);
 	free(f);
 }
 
@@ -1323,7 +1429,8 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 	f->id = identifier;
 	f->skew = FLEET_DEFAULT_SKEW_SECONDS;
 	f->max_staleness = DEFAULT_MAX_STALENESS_SECONDS;
-	if(table_init(&f->serials, 1024) || table_init(&f->devices, 256) || table_init(&f->connected, 1024)){
+	if(table_init(&f->serials, 1024) || table_init(&f->devices, 256) || table_init(&f->connected, 1024)
+			|| table_init(&f->since, 1024)){
 		fleet_free(f);
 		return MOSQ_ERR_NOMEM;
 	}
@@ -1354,6 +1461,13 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 			if(parse_seconds(key, value, &f->max_staleness)) goto fail;
 		}else if(!strcmp(key, "skew_seconds")){
 			if(parse_seconds(key, value, &f->skew)) goto fail;
+		}else if(!strcmp(key, "announce_sessions")){
+			if(!strcmp(value, "true")) f->announce_sessions = true;
+			else if(!strcmp(value, "false")) f->announce_sessions = false;
+			else{
+				mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: announce_sessions must be true or false");
+				goto fail;
+			}
 		}else if(!strcmp(key, "log_format")){
 			if(!strcmp(value, "json")) f->json_log = true;
 			else if(!strcmp(value, "text")) f->json_log = false;

@@ -161,6 +161,9 @@ max_staleness_seconds = 30          # refuse devices when revocation data is old
 #                                   # refusals carry no device id or reason (see config.py)
 # cacerts_url = "https://est.example.com:8443/.well-known/est/cacerts"  # follow issuing-CA
 #                                   # rotations without a restart (README, CA lifetime)
+# Several broker nodes: one session per device (the newest connection wins).
+# node_name = "mqtt-a"              # unique among the nodes
+# peers = ["10.0.0.12:8883"]        # the other nodes' listeners
 '''
 
 

@@ -77,7 +77,13 @@ from prometheus_client.registry import Collector
 
 from broker_plugins.ca_refresh import refresh_bundle
 from broker_plugins.metrics_http import MetricsServer
-from broker_plugins.mosquitto.config import CONTROL_TOPIC, STATS_TOPIC, MosquittoSettings
+from broker_plugins.mosquitto.config import (
+    CONTROL_TOPIC,
+    SESSIONS_TOPIC,
+    STATS_TOPIC,
+    MosquittoSettings,
+)
+from broker_plugins.mosquitto.peers import PeerLinks, session_command
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from broker_plugins.snapshot import RevocationState, read_snapshot_file, serial_hex
 from broker_plugins.subject_hash import subject_hash
@@ -344,8 +350,15 @@ class CrlKeeper:
 class PluginLink:
     """The sidecar's MQTT connection to the broker (paho's network thread)."""
 
-    def __init__(self, settings: MosquittoSettings, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        settings: MosquittoSettings,
+        loop: asyncio.AbstractEventLoop,
+        on_session: Callable[[bytes], None] | None = None,
+    ) -> None:
         self._loop = loop
+        # Called in paho's thread with each session announcement of the plugin (peers).
+        self._on_session = on_session
         self.connected = asyncio.Event()
         self.on_connected: asyncio.Queue[None] = asyncio.Queue()
         client = mqtt.Client(
@@ -398,9 +411,14 @@ class PluginLink:
             log.error("the broker refused the sidecar: %s", reason_code)
             return
         client.subscribe(STATS_TOPIC, qos=0)
+        if self._on_session is not None:
+            client.subscribe(SESSIONS_TOPIC, qos=0)
         self._loop.call_soon_threadsafe(self._connected)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == SESSIONS_TOPIC and self._on_session is not None:
+            self._on_session(bytes(msg.payload))  # straight on, from this thread: latency
+            return
         if msg.topic != STATS_TOPIC:
             return
         try:
@@ -478,6 +496,12 @@ class PluginStatsCollector(Collector):
         )
         kicked.add_metric([], _number(stats.get("kicked")))
         yield kicked
+        taken_over = CounterMetricFamily(
+            "fleet_mosquitto_sessions_taken_over",
+            "Sessions the plugin closed because the device connected to a peer node since",
+        )
+        taken_over.add_metric([], _number(stats.get("taken_over")))
+        yield taken_over
         seq = GaugeMetricFamily(
             "fleet_mosquitto_plugin_seq", "Highest revocation feed sequence the plugin applied"
         )
@@ -577,6 +601,7 @@ class Sidecar:
         self._crl_pending: set[int] = set()
         self._crl = CrlKeeper(settings, load_issuing_ca(settings)) if settings.crl_url else None
         self._link: PluginLink | None = None
+        self._peers = PeerLinks(settings) if settings.peers else None
         crl_age = Gauge(
             "fleet_mosquitto_crl_age_seconds",
             "Seconds since the CRL was last fetched and validated (NaN: never or no crl_url)",
@@ -651,7 +676,11 @@ class Sidecar:
                         await self._load_state()
                 if self.state_loaded:
                     self._write_snapshot_now()
-                self._link = PluginLink(self.settings, asyncio.get_running_loop())
+                on_session = None
+                if self._peers is not None:
+                    self._peers.start()
+                    on_session = self._pass_session_on
+                self._link = PluginLink(self.settings, asyncio.get_running_loop(), on_session)
                 self._link.start()
                 listen = self.settings.metrics_listen
                 if listen is not None:
@@ -676,6 +705,8 @@ class Sidecar:
                 metrics_server.close()
             if self._link is not None:
                 self._link.stop()
+            if self._peers is not None:
+                self._peers.stop()
             await self.cache.close()
             # Revocations learnt since the last coalesced write must not die with us:
             # after a stop, the store may be emptied and Mosquitto restarted. (A write
@@ -685,6 +716,15 @@ class Sidecar:
                     self._write_snapshot_now()
                 except OSError as exc:
                     log.error("cannot write the snapshot %s: %s", self.settings.snapshot_file, exc)
+
+    def _pass_session_on(self, payload: bytes) -> None:
+        """The plugin admitted a device: tell the peer nodes (paho's thread)."""
+        assert self._peers is not None
+        command = session_command(payload)
+        if command is None:
+            log.warning("unreadable session announcement from the plugin")
+            return
+        self._peers.announce(command)
 
     def _fresh_at(self) -> float:
         """Unix time the feed last answered (0 if never): the snapshot's ``written``."""

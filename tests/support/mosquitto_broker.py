@@ -190,11 +190,12 @@ def write_settings(
     crl_url: str = "",
     extra: str = "",
     issuing_ca: Path | None = None,
+    port: int | None = None,
 ) -> BrokerNode:
-    """A settings file for a node on a free loopback port, and its mosquitto.conf."""
+    """A settings file for a node on a loopback port (free unless given), and its mosquitto.conf."""
     directory.mkdir(parents=True, exist_ok=True)
     server_cert, server_key = broker_server_cert(data_dir, directory / "broker")
-    port = free_port()
+    port = port or free_port()
     settings = directory / "broker.toml"
     settings.write_text(
         f"""[store]
@@ -252,6 +253,9 @@ class Session:
             client_id=client_id,
             protocol=mqtt.MQTTv311,
             clean_session=True,
+            # Tests reconnect explicitly: a kicked session that came back by itself
+            # would be a second connection the test never made.
+            reconnect_on_failure=False,
         )
         context = ssl.create_default_context(cafile=str(ca))
         if cert is not None and key is not None:

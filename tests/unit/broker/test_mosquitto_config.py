@@ -71,3 +71,33 @@ def test_the_sidecar_reports_under_a_stable_broker_name(tmp_path: Path) -> None:
     assert named.reported_name == "edge-7"
     with pytest.raises(ConfigError, match="broker_name"):
         settings_from_mapping(_settings(broker_name="edge 7/x"), base_dir=tmp_path)
+
+
+def test_peers_make_the_plugin_announce_sessions(tmp_path: Path) -> None:
+    alone = settings_from_mapping(_settings(), base_dir=tmp_path)
+    assert "announce_sessions" not in mosquitto_conf(alone)
+    clustered = settings_from_mapping(
+        _settings(node_name="mqtt-a", peers=["10.0.0.12:8883", "[fd00::13]:8883"]),
+        base_dir=tmp_path,
+    )
+    assert "\nplugin_opt_announce_sessions true\n" in mosquitto_conf(clustered)
+    assert clustered.peer_addresses == (("10.0.0.12", 8883), ("fd00::13", 8883))
+    assert clustered.peer_client_id == "fleet:sidecar@mqtt-a"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"peers": ["10.0.0.12:8883"]}, "peers needs node_name"),
+        ({"peers": "10.0.0.12:8883", "node_name": "a"}, "peers must be a list"),
+        ({"peers": ["10.0.0.12"], "node_name": "a"}, "must be HOST:PORT"),
+        ({"peers": ["10.0.0.12:8883"], "node_name": "a/b"}, "device id rule"),
+        ({"node_name": "x" * 65}, "device id rule"),
+        ({"node_name": 7}, "node_name must be a string"),
+    ],
+)
+def test_bad_peers_or_node_name_are_refused(
+    tmp_path: Path, extra: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        settings_from_mapping(_settings(**extra), base_dir=tmp_path)
