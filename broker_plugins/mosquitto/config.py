@@ -342,10 +342,6 @@ def _check(s: MosquittoSettings) -> None:
     ):  # fmt: skip
         if not isinstance(getattr(s, name), str):
             raise ConfigError(f"[mosquitto] {name} must be a string")
-    try:
-        check_broker_name(s.reported_name)
-    except ValueError as exc:
-        raise ConfigError(f"[mosquitto] broker_name: {exc}") from None
     if not s.sidecar_cn or all(c.isalnum() or c in "._-" for c in s.sidecar_cn):
         # A sidecar CN inside the device id alphabet could be enrolled by a device.
         raise ConfigError(
@@ -398,6 +394,11 @@ def _check(s: MosquittoSettings) -> None:
             f"[mosquitto] node_name {s.node_name!r} must follow the device id rule "
             "(1-64 of A-Z a-z 0-9 . _ -)"
         )
+    # After node_name: the reported name defaults to it.
+    try:
+        check_broker_name(s.reported_name)
+    except ValueError as exc:
+        raise ConfigError(f"[mosquitto] broker_name: {exc}") from None
     if s.log_format not in LOG_FORMATS:
         raise ConfigError(f"[mosquitto] log_format must be one of {', '.join(LOG_FORMATS)}")
 
