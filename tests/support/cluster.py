@@ -327,6 +327,31 @@ def build_cluster(net: Network, work: Path, *, engine: str = "redis", workers: i
             capture_output=True,
             timeout=120,
         )  # fmt: skip
+        # One session per device across the broker nodes: each names itself and
+        # its peer, in the lines `mosquitto init` leaves commented for that.
+        peer = hosts["broker-b" if name == "broker-a" else "broker-a"].address
+        settings = directory / "broker.toml"
+        text = settings.read_text()
+        for commented, line in (
+            ('# node_name = "mqtt-a"', f'node_name = "{name}"'),
+            ('# peers = ["10.0.0.12:8883"]', f'peers = ["{peer}:{MQTT_PORT}"]'),
+        ):
+            assert commented in text, f"`mosquitto init` no longer writes {commented!r}"
+            text = text.replace(commented, line, 1)
+        settings.write_text(text)
+    # The plugin pins the sidecar certificate, and a peer link presents the other
+    # node's: every node shares the first node's sidecar certificate. Then each
+    # node's mosquitto.conf is written again from broker.toml (the pin, and the
+    # plugin's session announcements that `peers` turns on), as the README says
+    # ("Several broker nodes").
+    for file in ("sidecar.pem", "sidecar.key"):
+        shutil.copy2(work / "broker-a" / file, work / "broker-b" / file)
+    for name in ("broker-a", "broker-b"):
+        conf = subprocess.run(
+            [FLEET_BROKER, "mosquitto", "config", "--config", work / name / "broker.toml"],
+            check=True, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        (work / name / "mosquitto.conf").write_text(conf.stdout)
 
     for node in nodes.values():
         node.start()

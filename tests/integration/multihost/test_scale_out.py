@@ -205,12 +205,6 @@ def test_crl_numbers_never_go_back_for_a_client_alternating_nodes(cluster: Clust
     assert not backwards
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each Mosquitto node enforces one session per client id only among its own "
-    "clients: a device on node A that connects to node B keeps both sessions (issue 14; "
-    "one session per device across broker nodes is the perf branch's: flip this mark at merge)",
-)
 def test_a_device_connecting_to_broker_b_while_on_broker_a_ends_with_one_session(
     cluster: Cluster,
 ) -> None:
