@@ -447,11 +447,19 @@ def _final_checks(
     rotations = sum(1 for _, a, _ in operator.done if a is CaAction.ROTATE_ISSUING)
     rollovers = sum(1 for _, a, _ in operator.done if a is CaAction.ROTATE_ROOT)
     expected = Counter(e.action for e in plan.ca_events)
+    undone = [
+        e.action.value for e in plan.ca_events if e.action not in {a for _, a, _ in operator.done}
+    ]
+    refused = f"; not done: {', '.join(undone)}" if undone else ""
+    if undone and operator.postponed:
+        day, action, why = operator.postponed[-1]
+        refused += f" (last refusal, day {day}, {action.value}: {why.strip()[-240:]})"
     report.check(
         "CA events done",
         len(operator.done) == len(plan.ca_events),
         f"{rotations} issuing rotation(s), {rollovers} root rollover(s) "
-        f"of {expected[CaAction.ROTATE_ISSUING]} and {expected[CaAction.ROTATE_ROOT]} planned",
+        f"of {expected[CaAction.ROTATE_ISSUING]} and {expected[CaAction.ROTATE_ROOT]} planned"
+        + refused,
     )
     report.figures["server_tls_renewals"] = operator.tls_renewals
     report.figures["renewals_per_device_max"] = max((x.renewals for x in lives), default=0)
