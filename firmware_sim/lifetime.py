@@ -178,7 +178,8 @@ def issuer_label(cert: x509.Certificate) -> str:
         key_id = (aki.key_identifier or b"").hex()[:8]
     except x509.ExtensionNotFound:
         key_id = "?"
-    return f"{cn} {key_id}"
+    # Rotated issuing CAs carry the key id in their CN already (fleet ca rotate-issuing).
+    return cn if cn.endswith(key_id) else f"{cn} {key_id}"
 
 
 @dataclasses.dataclass

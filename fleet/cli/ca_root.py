@@ -187,6 +187,13 @@ def _move_admin_ca(
     admin = x509.load_pem_x509_certificates(path.read_bytes())[0]
     if issued_by(admin, old) is None:
         return
+    if admin.not_valid_after_utc <= moment:
+        # Nothing to keep working: an expired admin CA admits no admin either way.
+        click.echo(
+            f"warning: the admin CA {path} expired at {admin.not_valid_after_utc:%Y-%m-%d}; "
+            "left as it is (admin credentials under it were already refused)"
+        )
+        return
     moved = link_certificate(admin, root, now=moment, not_after=admin.not_valid_after_utc)
     write_atomic(path, certificate_to_pem(moved), mode=PUBLIC_MODE)
     click.echo(f"Admin CA re-certified by the new root (same key): {path}")
