@@ -1,0 +1,721 @@
+"""The store's records as SQL, written once for both SQL backends.
+
+Every method is one transaction body (a function of one connection) handed to
+the engine underneath: ``_write`` (one write transaction, acknowledged once
+durable), ``_read`` (a read of any size, one snapshot) or ``_read_here`` (one
+short statement). SQLite (fleet.store.sqlite) and PostgreSQL
+(fleet.store.postgres) differ only in those engines, so a rule of the store
+cannot differ between them. The SQL is the common dialect of both (``?``
+placeholders, ``ON CONFLICT``, text timestamps and hex serials from _codec).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
+
+from fleet.kernel.errors import (
+    AdminNotFound,
+    CertificateNotFound,
+    NotFound,
+    StoreConflict,
+    TokenInvalid,
+)
+from fleet.store import _sqlite_replacements as replacements
+from fleet.store._codec import (
+    admin_order,
+    check_admin_credential,
+    check_cursor,
+    check_manifest,
+    check_target_state,
+    feed_event_from_json,
+    opt_ts,
+    parse_ts,
+    serial_hex,
+    serial_int,
+    ts,
+)
+from fleet.store._sql import SqlConnection
+from fleet.store._sqlite_rows import (
+    _append_audit,
+    _append_feed,
+    _certificate,
+    _device,
+    _fetch_device,
+)
+from fleet.store.audit_chain import event_from_json
+from fleet.store.intermediates import SqlIntermediates
+from fleet.store.records import (
+    AdminCredential,
+    AdminRole,
+    AuditEvent,
+    AuditRecord,
+    CertificateRecord,
+    CertificateStatus,
+    Device,
+    DeviceFilter,
+    DeviceState,
+    EnrollmentToken,
+    ManifestEntry,
+    ManufacturerCA,
+    ReplacementRequest,
+    ReplacementStatus,
+    RevocationEvent,
+    RevocationKind,
+    RevocationReason,
+    RevocationSnapshot,
+)
+
+T = TypeVar("T")
+
+
+def _audit(row: Any) -> AuditRecord:
+    return AuditRecord(
+        seq=row["seq"],
+        event=event_from_json(json.loads(row["event"])),
+        prev_sha256=row["prev_sha256"],
+        sha256=row["sha256"],
+    )
+
+
+def _admin(row: Any) -> AdminCredential:
+    return AdminCredential(
+        name=row["name"],
+        role=AdminRole(row["role"]),
+        kind=row["kind"],
+        sha256=row["sha256"],
+        created_at=parse_ts(row["created_at"]),
+        disabled=bool(row["disabled"]),
+    )
+
+
+def _same_certificate_recorded(conn: SqlConnection, c: CertificateRecord) -> bool:
+    """Whether exactly ``c`` is already recorded: a replay (the Redis backend sees
+    those after a retry), not a conflict."""
+    existing = conn.execute(
+        "SELECT device_id, pem FROM certificates WHERE serial = ?", (serial_hex(c.serial),)
+    ).fetchone()
+    return (
+        existing is not None and existing["device_id"] == c.device_id and existing["pem"] == c.pem
+    )
+
+
+_GOOD = CertificateStatus.GOOD.value
+# The newest good certificate of the device in the enclosing query: latest
+# issued_at, then the highest serial (length first: hex serials as numbers).
+_NEWEST_GOOD_NOT_AFTER = (
+    "(SELECT c.not_after FROM certificates c "
+    "WHERE c.device_id = devices.device_id AND c.status = ? "
+    "ORDER BY c.issued_at DESC, length(c.serial) DESC, c.serial DESC LIMIT 1)"
+)
+
+
+def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (fixed strings only; every value a parameter) of a device filter."""
+    clauses = ["device_id > ?"]
+    params: list[Any] = ["" if after is None else after]
+    if device_filter.state is not None:
+        clauses.append("state = ?")
+        params.append(device_filter.state.value)
+    if device_filter.batch is not None:
+        clauses.append("batch = ?")
+        params.append(device_filter.batch)
+    if device_filter.model is not None:
+        clauses.append("model = ?")
+        params.append(device_filter.model)
+    if device_filter.issued_before is not None:
+        clauses.append(
+            "EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = devices.device_id "
+            "AND c.status = ? AND c.issued_at < ?)"
+        )
+        params += [_GOOD, ts(device_filter.issued_before)]
+    if device_filter.expiring_before is not None:
+        # NULL (no good certificate) < ? is NULL: such devices do not match.
+        clauses.append(f"{_NEWEST_GOOD_NOT_AFTER} < ?")
+        params += [_GOOD, ts(device_filter.expiring_before)]
+    return " AND ".join(clauses), params
+
+
+def _appended(event: RevocationEvent | None) -> bool:
+    return event is not None
+
+
+class SqlRecords(SqlIntermediates):
+    """Every Store method but the engine's own (open, close, follow_feed)."""
+
+    async def _write(
+        self, body: Callable[[SqlConnection], T], *, feed: Callable[[T], bool] | None = None
+    ) -> T:
+        """Run ``body`` in one write transaction; return once it is durable. ``feed``
+        tells from the result whether a revocation feed event was appended."""
+        raise NotImplementedError
+
+    async def _read(self, body: Callable[[SqlConnection], T]) -> T:
+        """A read of any size, in one snapshot."""
+        raise NotImplementedError
+
+    async def _read_here(self, body: Callable[[SqlConnection], T]) -> T:
+        """A short read of one statement by key."""
+        raise NotImplementedError
+
+    # -- manufacturer trust ------------------------------------------------
+    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
+        def body(conn: SqlConnection) -> bool:
+            cursor = conn.execute(
+                "INSERT INTO manufacturer_cas (sha256, name, pem, added_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (sha256) DO NOTHING",
+                (ca.sha256, ca.name, ca.pem, ts(ca.added_at)),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(body)
+
+    async def remove_manufacturer_ca(self, sha256: str) -> None:
+        def body(conn: SqlConnection) -> None:
+            cursor = conn.execute("DELETE FROM manufacturer_cas WHERE sha256 = ?", (sha256,))
+            if cursor.rowcount == 0:
+                raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
+
+        await self._write(body)
+
+    async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
+        def body(conn: SqlConnection) -> list[ManufacturerCA]:
+            rows = conn.execute(
+                "SELECT sha256, name, pem, added_at FROM manufacturer_cas ORDER BY added_at, sha256"
+            ).fetchall()
+            return [
+                ManufacturerCA(
+                    sha256=r["sha256"],
+                    name=r["name"],
+                    pem=r["pem"],
+                    added_at=parse_ts(r["added_at"]),
+                )
+                for r in rows
+            ]
+
+        return await self._read_here(body)
+
+    # -- devices -------------------------------------------------------------
+    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+        check_manifest(entries)
+        at = ts(now)
+
+        def body(conn: SqlConnection) -> int:
+            created = 0
+            for e in entries:
+                cursor = conn.execute(
+                    "UPDATE devices SET bootstrap_sha256 = ?, model = ?, batch = ?, updated_at = ? "
+                    "WHERE device_id = ?",
+                    (e.bootstrap_sha256, e.model, e.batch, at, e.device_id),
+                )
+                if cursor.rowcount == 0:
+                    conn.execute(
+                        "INSERT INTO devices (device_id, state, created_at, updated_at, "
+                        "bootstrap_sha256, model, batch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            e.device_id,
+                            DeviceState.REGISTERED.value,
+                            at,
+                            at,
+                            e.bootstrap_sha256,
+                            e.model,
+                            e.batch,
+                        ),
+                    )
+                    created += 1
+            return created
+
+        return await self._write(body)
+
+    async def get_device(self, device_id: str) -> Device:
+        return await self._read_here(lambda conn: _fetch_device(conn, device_id))
+
+    async def add_pending_device(
+        self, device: Device, *, audit: AuditEvent | None = None
+    ) -> Device:
+        def body(conn: SqlConnection) -> Device:
+            cursor = conn.execute(
+                "INSERT INTO devices (device_id, state, created_at, updated_at, bootstrap_sha256, "
+                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (device_id) DO NOTHING",
+                (
+                    device.device_id,
+                    device.state.value,
+                    ts(device.created_at),
+                    ts(device.updated_at),
+                    device.bootstrap_sha256,
+                    device.model,
+                    device.batch,
+                    device.enrolled_bootstrap_sha256,
+                    opt_ts(device.enrolled_at),
+                    device.state_reason,
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise StoreConflict(f"device {device.device_id!r} already exists")
+            _append_audit(conn, audit)
+            return _fetch_device(conn, device.device_id)
+
+        return await self._write(body)
+
+    async def set_device_state(
+        self,
+        device_id: str,
+        state: DeviceState,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        reason: str = "",
+        audit: AuditEvent | None = None,
+    ) -> Device:
+        check_target_state(state)
+        allowed = {s.value for s in expected}
+        at = ts(now)
+
+        def body(conn: SqlConnection) -> Device:
+            current = _fetch_device(conn, device_id)
+            if current.state.value not in allowed:
+                raise StoreConflict(
+                    f"device {device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
+                )
+            conn.execute(
+                "UPDATE devices SET state = ?, updated_at = ?, state_reason = ? "
+                "WHERE device_id = ?",
+                (state.value, at, reason, device_id),
+            )
+            _append_audit(conn, audit)
+            return _fetch_device(conn, device_id)
+
+        return await self._write(body)
+
+    async def list_devices(
+        self, device_filter: DeviceFilter, *, after: str | None = None, limit: int = 100
+    ) -> list[Device]:
+        where, params = _device_where(device_filter, after)
+        params.append(limit)
+        # Only fixed clause strings are joined in; every value is a parameter.
+        sql = f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?"  # noqa: S608
+        return await self._read(lambda conn: [_device(r) for r in conn.execute(sql, params)])
+
+    async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
+        where, params = _device_where(device_filter, None)
+        # Only fixed clause strings are joined in; every value is a parameter.
+        sql = (
+            "SELECT COUNT(*), COALESCE(SUM((SELECT COUNT(*) FROM certificates c "  # noqa: S608
+            "WHERE c.device_id = devices.device_id AND c.status = ?)), 0) "
+            f"FROM devices WHERE {where}"
+        )
+
+        def body(conn: SqlConnection) -> tuple[int, int]:
+            devices, certificates = conn.execute(sql, [_GOOD, *params]).fetchone()
+            return int(devices), int(certificates)
+
+        return await self._read(body)
+
+    # -- certificates --------------------------------------------------------
+    async def record_certificate(
+        self,
+        certificate: CertificateRecord,
+        *,
+        expected: Collection[DeviceState],
+        now: dt.datetime,
+        bootstrap_sha256: str | None = None,
+        audit: AuditEvent | None = None,
+        supersede: Collection[int] = (),
+        replacement_key: str | None = None,
+    ) -> Device:
+        allowed = {s.value for s in expected}
+        at = ts(now)
+        c = certificate
+
+        def body(conn: SqlConnection) -> tuple[Device, RevocationEvent | None]:
+            current = _fetch_device(conn, c.device_id)
+            if current.state.value not in allowed:
+                if _same_certificate_recorded(conn, c):
+                    return current, None  # a replayed call that already succeeded
+                raise StoreConflict(
+                    f"device {c.device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
+                )
+            if replacement_key is not None:
+                if _same_certificate_recorded(conn, c):
+                    return current, None  # consumed by the call being replayed
+                replacements.consume_approval(conn, c.device_id, replacement_key)
+            inserted = conn.execute(
+                "INSERT INTO certificates (serial, device_id, not_before, not_after, "
+                "issued_at, pem, status, revoked_at, revocation_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING",
+                (
+                    serial_hex(c.serial),
+                    c.device_id,
+                    ts(c.not_before),
+                    ts(c.not_after),
+                    ts(c.issued_at),
+                    c.pem,
+                    c.status.value,
+                    opt_ts(c.revoked_at),
+                    None if c.revocation_reason is None else c.revocation_reason.value,
+                ),
+            )
+            # ON CONFLICT, not a caught IntegrityError: PostgreSQL aborts the whole
+            # transaction on a failed statement.
+            if inserted.rowcount == 0:  # the serial is taken (the device exists)
+                if _same_certificate_recorded(conn, c):
+                    return current, None
+                raise StoreConflict(
+                    f"a different certificate with serial {serial_hex(c.serial)} is recorded"
+                )
+            if bootstrap_sha256 is None:
+                conn.execute(
+                    "UPDATE devices SET state = ?, updated_at = ? WHERE device_id = ?",
+                    (DeviceState.ACTIVE.value, at, c.device_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE devices SET state = ?, updated_at = ?, enrolled_bootstrap_sha256 = ?, "
+                    "enrolled_at = ? WHERE device_id = ?",
+                    (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
+                )
+            superseded = replacements.revoke_certificates(
+                conn, c.device_id, supersede, RevocationReason.SUPERSEDED, now
+            )
+            _append_audit(conn, audit)
+            # What the UPDATE just wrote, without reading the row back.
+            return dataclasses.replace(
+                current,
+                state=DeviceState.ACTIVE,
+                updated_at=parse_ts(at),
+                enrolled_bootstrap_sha256=(
+                    current.enrolled_bootstrap_sha256
+                    if bootstrap_sha256 is None
+                    else bootstrap_sha256
+                ),
+                enrolled_at=current.enrolled_at if bootstrap_sha256 is None else parse_ts(at),
+            ), superseded
+
+        device, _ = await self._write(body, feed=lambda result: result[1] is not None)
+        return device
+
+    # -- replacement requests ----------------------------------------------------
+    async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
+        return await self._read_here(lambda conn: replacements.fetch_request(conn, device_id))
+
+    async def list_replacement_requests(
+        self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
+    ) -> list[ReplacementRequest]:
+        return await self._read(lambda conn: replacements.list_requests(conn, status, after, limit))
+
+    async def note_replacement_attempt(
+        self,
+        device_id: str,
+        *,
+        bootstrap_sha256: str,
+        key_sha256: str,
+        source: str,
+        now: dt.datetime,
+        audit: AuditEvent | None = None,
+    ) -> ReplacementRequest:
+        return await self._write(
+            lambda conn: replacements.note_attempt(
+                conn, device_id, bootstrap_sha256=bootstrap_sha256, key_sha256=key_sha256,
+                source=source, now=now, audit=audit,
+            )
+        )  # fmt: skip
+
+    async def decide_replacement_request(
+        self,
+        device_id: str,
+        status: ReplacementStatus,
+        *,
+        now: dt.datetime,
+        actor: str,
+        revoke: RevocationReason | None = None,
+        audit: AuditEvent | None = None,
+        key_sha256: str | None = None,
+    ) -> tuple[ReplacementRequest, RevocationEvent | None]:
+        return await self._write(
+            lambda conn: replacements.decide(
+                conn,
+                device_id,
+                status,
+                now=now,
+                actor=actor,
+                revoke=revoke,
+                audit=audit,
+                key_sha256=key_sha256,
+            ),
+            feed=lambda result: result[1] is not None,
+        )
+
+    async def get_certificate(self, serial: int) -> CertificateRecord:
+        def body(conn: SqlConnection) -> CertificateRecord:
+            row = conn.execute(
+                "SELECT * FROM certificates WHERE serial = ?", (serial_hex(serial),)
+            ).fetchone()
+            if row is None:
+                raise CertificateNotFound(f"no certificate with serial {serial:x}")
+            return _certificate(row)
+
+        return await self._read_here(body)
+
+    async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
+        def body(conn: SqlConnection) -> list[CertificateRecord]:
+            rows = conn.execute("SELECT * FROM certificates WHERE device_id = ?", (device_id,))
+            certs = [_certificate(r) for r in rows]
+            return sorted(certs, key=lambda c: (c.issued_at, c.serial), reverse=True)
+
+        return await self._read_here(body)
+
+    async def list_expiring(
+        self, before: dt.datetime, *, limit: int = 1000
+    ) -> list[CertificateRecord]:
+        # Hex serials of different lengths do not sort as text; length first makes them numeric.
+        sql = (
+            "SELECT * FROM certificates WHERE not_after < ? AND status = ? "
+            "ORDER BY not_after, length(serial), serial LIMIT ?"
+        )
+        params = (ts(before), CertificateStatus.GOOD.value, limit)
+        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+
+    async def list_revoked(self) -> list[CertificateRecord]:
+        sql = "SELECT * FROM certificates WHERE status = ? ORDER BY length(serial), serial"
+        params = (CertificateStatus.REVOKED.value,)
+        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+
+    async def revoke_certificate(
+        self,
+        serial: int,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> RevocationEvent | None:
+        at = ts(now)
+
+        def body(conn: SqlConnection) -> RevocationEvent | None:
+            row = conn.execute(
+                "SELECT device_id, status FROM certificates WHERE serial = ?", (serial_hex(serial),)
+            ).fetchone()
+            if row is None:
+                raise CertificateNotFound(f"no certificate with serial {serial:x}")
+            if row["status"] == CertificateStatus.REVOKED.value:
+                return None
+            conn.execute(
+                "UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
+                "WHERE serial = ?",
+                (CertificateStatus.REVOKED.value, at, reason.value, serial_hex(serial)),
+            )
+            _append_audit(conn, audit)
+            return _append_feed(
+                conn, RevocationKind.CERTIFICATE, row["device_id"], [serial], reason, now
+            )
+
+        return await self._write(body, feed=_appended)
+
+    async def revoke_device(
+        self,
+        device_id: str,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> RevocationEvent | None:
+        at = ts(now)
+
+        def body(conn: SqlConnection) -> RevocationEvent | None:
+            current = _fetch_device(conn, device_id)
+            if current.state is DeviceState.REVOKED:
+                return None
+            good = [
+                r["serial"]
+                for r in conn.execute(
+                    "SELECT serial FROM certificates WHERE device_id = ? AND status = ?",
+                    (device_id, CertificateStatus.GOOD.value),
+                )
+            ]
+            conn.execute(
+                "UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
+                "WHERE device_id = ? AND status = ?",
+                (
+                    CertificateStatus.REVOKED.value,
+                    at,
+                    reason.value,
+                    device_id,
+                    CertificateStatus.GOOD.value,
+                ),
+            )
+            conn.execute(
+                "UPDATE devices SET state = ?, updated_at = ?, state_reason = ? "
+                "WHERE device_id = ?",
+                (DeviceState.REVOKED.value, at, reason.value, device_id),
+            )
+            _append_audit(conn, audit)
+            return _append_feed(
+                conn,
+                RevocationKind.DEVICE,
+                device_id,
+                [serial_int(s) for s in good],
+                reason,
+                now,
+            )
+
+        return await self._write(body, feed=_appended)
+
+    # -- admin credentials -------------------------------------------------------
+    async def put_admin_credential(self, cred: AdminCredential) -> None:
+        check_admin_credential(cred)
+
+        def body(conn: SqlConnection) -> None:
+            cursor = conn.execute(
+                "INSERT INTO admin_credentials (sha256, name, role, kind, created_at, disabled) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
+                (
+                    cred.sha256,
+                    cred.name,
+                    cred.role.value,
+                    cred.kind,
+                    ts(cred.created_at),
+                    int(cred.disabled),
+                ),
+            )
+            if cursor.rowcount == 0:
+                raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
+
+        await self._write(body)
+
+    async def find_admin_credential(self, sha256: str) -> AdminCredential:
+        def body(conn: SqlConnection) -> AdminCredential:
+            row = conn.execute(
+                "SELECT * FROM admin_credentials WHERE sha256 = ?", (sha256,)
+            ).fetchone()
+            if row is None:
+                raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+            return _admin(row)
+
+        return await self._read_here(body)
+
+    async def list_admin_credentials(self) -> list[AdminCredential]:
+        def body(conn: SqlConnection) -> list[AdminCredential]:
+            rows = conn.execute("SELECT * FROM admin_credentials").fetchall()
+            return sorted(map(_admin, rows), key=admin_order)
+
+        return await self._read(body)
+
+    async def disable_admin_credential(self, sha256: str) -> None:
+        def body(conn: SqlConnection) -> None:
+            cursor = conn.execute(
+                "UPDATE admin_credentials SET disabled = 1 WHERE sha256 = ?", (sha256,)
+            )
+            if cursor.rowcount == 0:
+                raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+
+        await self._write(body)
+
+    # -- one-time enrollment tokens -----------------------------------------
+    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
+        def body(conn: SqlConnection) -> None:
+            conn.execute(
+                "INSERT INTO enrollment_tokens (device_id, token_sha256, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (device_id) DO UPDATE SET "
+                "token_sha256 = excluded.token_sha256, created_at = excluded.created_at, "
+                "expires_at = excluded.expires_at",
+                (token.device_id, token.token_sha256, ts(token.created_at), ts(token.expires_at)),
+            )
+
+        await self._write(body)
+
+    async def consume_enrollment_token(
+        self, device_id: str, token_sha256: str, now: dt.datetime
+    ) -> None:
+        at = ts(now)
+
+        def body(conn: SqlConnection) -> None:
+            row = conn.execute(
+                "SELECT token_sha256, expires_at FROM enrollment_tokens WHERE device_id = ?",
+                (device_id,),
+            ).fetchone()
+            # One message for every cause, so a caller cannot probe which it was.
+            if row is None or row["token_sha256"] != token_sha256 or row["expires_at"] <= at:
+                raise TokenInvalid(f"no valid enrollment token for device {device_id!r}")
+            conn.execute("DELETE FROM enrollment_tokens WHERE device_id = ?", (device_id,))
+
+        await self._write(body)
+
+    # -- audit log -------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent) -> AuditRecord:
+        def body(conn: SqlConnection) -> AuditRecord:
+            record = _append_audit(conn, event)
+            assert record is not None
+            return record
+
+        return await self._write(body)
+
+    async def audit_records(
+        self, *, device_id: str | None = None, after_seq: int = 0, limit: int = 1000
+    ) -> list[AuditRecord]:
+        if device_id is None:
+            sql = "SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?"
+            params: tuple[Any, ...] = (after_seq, limit)
+        else:
+            sql = "SELECT * FROM audit WHERE device_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+            params = (device_id, after_seq, limit)
+        return await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
+
+    # -- cursors -----------------------------------------------------------------
+    async def get_cursor(self, name: str) -> int:
+        def body(conn: SqlConnection) -> int:
+            row = conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read_here(body)
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        check_cursor(name, value)
+
+        def body(conn: SqlConnection) -> None:
+            conn.execute(
+                "INSERT INTO cursors (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+
+        await self._write(body)
+
+    # -- revocation feed -------------------------------------------------------
+    async def feed_head(self) -> int:
+        def body(conn: SqlConnection) -> int:
+            (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
+            return int(head)
+
+        return await self._read_here(body)
+
+    async def feed_since(self, seq: int, *, limit: int = 1000) -> list[RevocationEvent]:
+        def body(conn: SqlConnection) -> list[RevocationEvent]:
+            rows = conn.execute(
+                "SELECT seq, event FROM revocation_feed WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            )
+            return [feed_event_from_json(r["event"]) for r in rows]
+
+        return await self._read_here(body)
+
+    async def revocation_snapshot(self) -> RevocationSnapshot:
+        def body(conn: SqlConnection) -> RevocationSnapshot:
+            (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
+            serials = conn.execute(
+                "SELECT serial FROM certificates WHERE status = ?",
+                (CertificateStatus.REVOKED.value,),
+            )
+            devices = conn.execute(
+                "SELECT device_id FROM devices WHERE state = ?", (DeviceState.REVOKED.value,)
+            )
+            return RevocationSnapshot(
+                seq=int(head),
+                serials=frozenset(serial_int(r[0]) for r in serials),
+                device_ids=frozenset(r[0] for r in devices),
+            )
+
+        return await self._read(body)
