@@ -9,7 +9,7 @@ from fleet.store.protocol import Store
 
 ACCEPTED_FORMS = (
     "sqlite:///absolute/path/fleet.db, sqlite:relative/path/fleet.db, "
-    "redis://host:port/db or rediss://host:port/db"
+    "redis://host:port/db, rediss://host:port/db or postgresql://user@host:port/dbname"
 )
 
 
@@ -23,6 +23,10 @@ async def open_store(url: str) -> Store:
         from fleet.store.redis import RedisStore
 
         return await RedisStore.open(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from fleet.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
     raise ConfigError(
         f"unsupported store URL {url!r}",
         hint=f"Use one of: {ACCEPTED_FORMS}.",
