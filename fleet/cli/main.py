@@ -14,6 +14,7 @@ from fleet.cli.broker_cert import broker_cert
 from fleet.cli.cert import cert
 from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
 from fleet.cli.crl import crl
+from fleet.cli.db import db
 from fleet.cli.device import device
 from fleet.cli.manifest import manifest
 from fleet.cli.trust import trust
@@ -133,6 +134,7 @@ cli.add_command(admin)
 cli.add_command(cert)
 cli.add_command(audit)
 cli.add_command(broker_cert)
+cli.add_command(db)
 
 
 def main() -> None:

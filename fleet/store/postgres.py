@@ -100,7 +100,7 @@ class _Connection:
 
     def execute(self, statement: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[_Row]:
         cursor = self._conn.cursor(row_factory=_row_factory)
-        return cursor.execute(_placeholders(statement), tuple(parameters))  # type: ignore[arg-type]
+        return cursor.execute(_placeholders(statement), tuple(parameters))
 
 
 def _channel(schema: str) -> str:
