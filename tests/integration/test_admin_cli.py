@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import psycopg
-from psycopg import sql
 import pytest
+from psycopg import sql
 from redis.asyncio import Redis
 
 from fleet.config import load_config
