@@ -16,6 +16,7 @@ from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
+from fleet.store.redis_durability import FEED_READER
 
 log = logging.getLogger("fleet.broker")
 
@@ -48,7 +49,7 @@ class EmbeddedBroker:
         ssl_context = s.ssl_context()
         policy = s.trust_policy()
         if self._store is None:
-            self._store = await open_store(s.store_url)
+            self._store = await open_store(s.store_url, redis=FEED_READER)
         self.cache = RevocationCache(
             self._store,
             CacheSettings(

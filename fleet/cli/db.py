@@ -36,7 +36,7 @@ def upgrade() -> None:
     from fleet.store.factory import open_store
 
     async def check() -> None:
-        store = await open_store(url)
+        store = await open_store(url, redis=config.store_redis)
         await store.close()
 
     run_async(check())

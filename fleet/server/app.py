@@ -263,7 +263,7 @@ async def serve(
             "ends at the proxy"
         )
     issuer = load_issuer(config, passphrase)
-    store = await open_store(config.store_url)
+    store = await open_store(config.store_url, redis=config.store_redis)
     runner: web.AppRunner | None = None
     try:
         app = build_app(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fleet.kernel.errors import ConfigError
 from fleet.store.protocol import Store
+from fleet.store.redis_durability import RedisDurability
 
 ACCEPTED_FORMS = (
     "sqlite:///absolute/path/fleet.db, sqlite:relative/path/fleet.db, "
@@ -13,8 +14,12 @@ ACCEPTED_FORMS = (
 )
 
 
-async def open_store(url: str) -> Store:
-    """Open the store ``url`` names; anything unrecognised is a ConfigError."""
+async def open_store(url: str, *, redis: RedisDurability | None = None) -> Store:
+    """Open the store ``url`` names; anything unrecognised is a ConfigError.
+
+    ``redis``: what a Redis store must guarantee (fleet.store.redis_durability);
+    by default it must be durable.
+    """
     if url.startswith("sqlite:"):
         from fleet.store.sqlite import SqliteStore
 
@@ -22,7 +27,7 @@ async def open_store(url: str) -> Store:
     if url.startswith(("redis://", "rediss://")):
         from fleet.store.redis import RedisStore
 
-        return await RedisStore.open(url)
+        return await RedisStore.open(url, durability=redis or RedisDurability())
     if url.startswith(("postgresql://", "postgres://")):
         from fleet.store.postgres import PostgresStore
 

@@ -53,6 +53,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
+import logging
 import random
 from collections.abc import (
     AsyncGenerator,
@@ -70,7 +71,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT
 
 from fleet.kernel.errors import (
@@ -121,6 +122,13 @@ from fleet.store.records import (
     RevocationReason,
     RevocationSnapshot,
 )
+from fleet.store.redis_durability import (
+    WAIT_TIMEOUT_MS,
+    RedisDurability,
+    durability_problem,
+)
+
+log = logging.getLogger(__name__)
 
 _FEED_PAGE = 1000
 _SCAN_PAGE = 500
@@ -473,6 +481,78 @@ def _reply(value: Any) -> tuple[str, Any]:
     return _text(items[0]), items[1] if len(items) > 1 else None
 
 
+async def _check_durability(client: Redis, wanted: RedisDurability) -> None:
+    if wanted.reader_only:
+        return
+    if wanted.allow_volatile:
+        log.warning(
+            "store.redis.allow_volatile = true: Redis may lose acknowledged certificates "
+            "and revocations (a lost revocation re-admits a device). Tests and demos only."
+        )
+        return
+    settings: dict[str, str] | None
+    try:
+        settings = {
+            **_fields(await client.config_get("appendonly")),
+            **_fields(await client.config_get("appendfsync")),
+        }
+    except ResponseError:  # CONFIG renamed or disabled (managed Redis)
+        settings = None
+    info = await client.info("replication")
+    problem = durability_problem(settings, int(info.get("connected_slaves", 0)), wanted)
+    if problem is not None:
+        what, hint = problem
+        raise ConfigError(f"refusing Redis as the system of record: {what}", hint=hint)
+
+
+class _WaitingRedis(Redis):
+    """A client that, with ``min_replicas`` N > 0, follows every write with ``WAIT N``
+    on the same connection and fails the write unless N replicas acknowledged it."""
+
+    min_replicas = 0
+
+    async def _send_command_parse_response(
+        self, conn: Any, command_name: str, *args: Any, **options: Any
+    ) -> Any:
+        result = await super()._send_command_parse_response(  # type: ignore[no-untyped-call]
+            conn, command_name, *args, **options
+        )
+        if self.min_replicas and str(command_name).upper() in _WRITES:
+            await conn.send_command("WAIT", self.min_replicas, WAIT_TIMEOUT_MS)
+            acked = int(await self.parse_response(conn, "WAIT"))
+            if acked < self.min_replicas:
+                raise StoreUnavailable(
+                    f"only {acked} of {self.min_replicas} Redis replicas acknowledged the "
+                    f"write within {WAIT_TIMEOUT_MS} ms; it is not acknowledged",
+                    hint="Check the replicas (INFO replication); retry the operation.",
+                )
+        return result
+
+
+# Commands that may write (scripts included): each is followed by WAIT.
+_WRITES = frozenset(
+    [
+        "EVAL",
+        "EVALSHA",
+        "SET",
+        "DEL",
+        "HSET",
+        "HSETNX",
+        "HDEL",
+        "HINCRBY",
+        "INCR",
+        "ZADD",
+        "ZREM",
+        "ZREMRANGEBYSCORE",
+        "SADD",
+        "SREM",
+        "RPUSH",
+        "LPUSH",
+        "EXPIRE",
+    ]
+)
+
+
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
     try:
@@ -650,11 +730,18 @@ class RedisStore(RedisIntermediates):
         self._decide_replacement = client.register_script(replacements.DECIDE)
 
     @classmethod
-    async def open(cls, url: str, *, namespace: str = "fleet") -> RedisStore:
+    async def open(
+        cls,
+        url: str,
+        *,
+        namespace: str = "fleet",
+        durability: RedisDurability = RedisDurability(),  # noqa: B008 (frozen)
+    ) -> RedisStore:
+        """Connect; refuse a Redis that may lose acknowledged writes (see redis_durability)."""
         if not namespace or "{" in namespace or "}" in namespace:
             raise ConfigError(f"Redis namespace {namespace!r} must be non-empty without braces")
         try:
-            client = Redis.from_url(
+            client = _WaitingRedis.from_url(
                 url,
                 decode_responses=True,
                 # One retry recovers a pooled connection Redis closed (restart,
@@ -669,9 +756,12 @@ class RedisStore(RedisIntermediates):
         try:
             with _mapped_errors():
                 await client.ping()
+                await _check_durability(client, durability)
         except BaseException:
             await store.close()
             raise
+        if not durability.reader_only and isinstance(client, _WaitingRedis):
+            client.min_replicas = durability.min_replicas
         return store
 
     async def close(self) -> None:
