@@ -59,7 +59,7 @@ from broker_plugins.snapshot import (
 )
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.kernel.files import ensure_private_dir
-from fleet.store.protocol import Store
+from fleet.store.protocol import RevocationFeed
 from fleet.store.records import (
     RevocationEvent,
     RevocationKind,
@@ -158,7 +158,7 @@ class RevocationCache:
 
     def __init__(
         self,
-        store: Store,
+        store: RevocationFeed,
         settings: CacheSettings | None = None,
         *,
         registry: CollectorRegistry | None = None,

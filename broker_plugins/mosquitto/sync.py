@@ -82,7 +82,7 @@ from broker_plugins.snapshot import RevocationState, read_snapshot_file, serial_
 from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import ConfigError, FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
-from fleet.store.protocol import Store
+from fleet.store.protocol import RevocationFeed
 from fleet.store.records import RevocationEvent
 
 A = TypeVar("A")
@@ -503,7 +503,7 @@ def write_snapshot(settings: MosquittoSettings, state: RevocationState, fresh_at
 class Sidecar:
     """Feed (through :class:`RevocationCache`) -> plugin, snapshot file and crlfile."""
 
-    def __init__(self, settings: MosquittoSettings, store: Store) -> None:
+    def __init__(self, settings: MosquittoSettings, store: RevocationFeed) -> None:
         self.settings = settings
         self.store = store
         # The full sets the snapshot file needs. The cache answers "is X revoked"
