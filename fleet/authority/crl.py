@@ -5,10 +5,12 @@ and an expired CRL makes them refuse the whole fleet, so the publisher
 re-signs it whenever the revocation feed moves and, independently, whenever
 it is older than ``refresh`` — far ahead of its nextUpdate.
 
-CRL numbers are the signing time in microseconds since the epoch, never going
-backwards within a process. Restarts and server replicas therefore publish
-increasing numbers without sharing a counter (as long as their clocks agree to
-within the time between two revocations).
+CRL numbers come from the store's one counter (fleet.store.crl_numbers), shared
+by every node and worker: each CRL is built from the revocation state at one
+feed sequence, and the store numbers it only if no CRL of newer content has a
+number yet, so a higher number never has older content. Numbers stay at or
+above the signing time in microseconds since the epoch (how they were chosen
+before), so they continue above every CRL already published.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from fleet.kernel.clock import Clock
-from fleet.kernel.errors import ConfigError, PolicyError, StoreError
+from fleet.kernel.errors import ConfigError, PolicyError, StoreConflict, StoreError
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
-from fleet.store.protocol import Store
+from fleet.store.protocol import CertificateLedger, CrlNumbers, RevocationFeed
 from fleet.store.records import CertificateRecord, RevocationReason
 
 log = logging.getLogger("fleet.crl")
@@ -37,6 +40,12 @@ RETRY_SECONDS = 5.0
 # The background loop re-checks the CRL's age at least this often, so a clock
 # jump (suspend, NTP step) cannot leave it sleeping past the refresh time.
 MAX_SLEEP_SECONDS = 60.0
+# Re-reads of the content when CRLs of newer content were numbered meanwhile.
+NUMBERING_ATTEMPTS = 10
+
+
+class CrlSource(CertificateLedger, RevocationFeed, CrlNumbers, Protocol):
+    """What the publisher reads and allocates in the store."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,7 +123,7 @@ class CrlPublisher:
 
     def __init__(
         self,
-        store: Store,
+        store: CrlSource,
         issuer: CertifiedKey,
         clock: Clock,
         next_update: dt.timedelta,
@@ -135,7 +144,6 @@ class CrlPublisher:
         self._max_sleep = max_sleep
         self._retry = retry
         self._current: SignedCrl | None = None
-        self._last_number = -1
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         # serial -> whether the fleet issuing CA issued it. Revoked certificates
@@ -175,9 +183,21 @@ class CrlPublisher:
             return await self._sign_now()
 
     async def _sign_now(self) -> SignedCrl:
-        records = await self._store.list_revoked()
-        now = self._clock.now()
-        number = max(crl_number_at(now), self._last_number + 1)
+        for _ in range(NUMBERING_ATTEMPTS):
+            # The content is exactly the snapshot's revoked serials (one feed
+            # sequence); revoked records never change, so reading them after
+            # the snapshot and keeping those serials gives that content.
+            snapshot = await self._store.revocation_snapshot()
+            records = [r for r in await self._store.list_revoked() if r.serial in snapshot.serials]
+            now = self._clock.now()
+            number = await self._store.allocate_crl_number(snapshot.seq, crl_number_at(now))
+            if number is not None:
+                break
+        else:
+            raise StoreConflict(
+                f"no CRL number after {NUMBERING_ATTEMPTS} attempts: newer revocations kept "
+                "being numbered by other workers first"
+            )
         # An expired certificate fails validation anyway. RFC 5280 5.3 lets its
         # entry go once one scheduled CRL issued after the expiry listed it;
         # kept until a whole nextUpdate period has passed, it was on several.
@@ -188,8 +208,9 @@ class CrlPublisher:
         ]
         # Signing a large CRL takes a while; keep the event loop serving.
         signed = await asyncio.to_thread(self._sign, entries, now, number)
-        self._last_number = number
-        self._current = signed
+        current = self._current
+        if current is None or current.number < number:  # a slower signing never wins
+            self._current = signed
         log.info(
             "signed CRL #%d listing %d revoked certificate(s), next update %s",
             number,

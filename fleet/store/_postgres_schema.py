@@ -107,6 +107,16 @@ CREATE TABLE manufacturer_intermediates (
 );
 """,
     ),
+    (
+        2,
+        """
+CREATE TABLE crl_numbers (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    number BIGINT NOT NULL,
+    content_seq BIGINT NOT NULL
+);
+""",
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -47,6 +47,7 @@ from fleet.store._sqlite_rows import (
     _fetch_device,
 )
 from fleet.store.audit_chain import event_from_json
+from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.intermediates import SqlIntermediates
 from fleet.store.records import (
     AdminCredential,
@@ -683,6 +684,26 @@ class SqlRecords(SqlIntermediates):
             )
 
         await self._write(body)
+
+    # -- CRL numbers -------------------------------------------------------------
+    async def allocate_crl_number(self, content_seq: int, floor: int) -> int | None:
+        def body(conn: SqlConnection) -> int | None:
+            row = conn.execute(
+                "SELECT number, content_seq FROM crl_numbers WHERE name = 'crl'"
+            ).fetchone()
+            last = None if row is None else CrlCounter(int(row[0]), int(row[1]))
+            counter = next_crl_number(last, content_seq, floor)
+            if counter is None:
+                return None
+            conn.execute(
+                "INSERT INTO crl_numbers (name, number, content_seq) VALUES ('crl', ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET number = excluded.number, "
+                "content_seq = excluded.content_seq",
+                (counter.number, counter.content_seq),
+            )
+            return counter.number
+
+        return await self._write(body)
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:

@@ -311,6 +311,16 @@ class RevocationFeed(Protocol):
         ``feed_since``, so no event is skipped or repeated."""
 
 
+class CrlNumbers(Protocol):
+    """The one CRL number counter of every node and worker (fleet.store.crl_numbers)."""
+
+    async def allocate_crl_number(self, content_seq: int, floor: int) -> int | None:
+        """A number for a CRL whose content is the revocation state at feed sequence
+        ``content_seq``: above every number allocated before and at least ``floor``.
+        None (nothing changed) when a CRL of newer content already has a number:
+        re-read the content and ask again. Atomic across every store instance."""
+
+
 class Store(
     ManufacturerTrust,
     DeviceRegistry,
@@ -321,6 +331,7 @@ class Store(
     AuditLog,
     Cursors,
     RevocationFeed,
+    CrlNumbers,
     Protocol,
 ):
     """Every role: what a backend implements and the wiring opens."""

@@ -21,6 +21,7 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:feed:events          channel every feed event is PUBLISHed here as well
     {ns}:admins               hash    sha256 -> admin credential as JSON
     {ns}:cursors              hash    name -> integer (named cursors)
+    {ns}:crl                  hash    the CRL number counter (fleet.store.crl_numbers)
 
 Why one hash tag: every key starts with ``{ns}``, so in Redis Cluster all of a
 namespace lives in one hash slot. Each change is one Lua script (atomic on the
@@ -102,6 +103,7 @@ from fleet.store._codec import (
 )
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
+from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.intermediates import RedisIntermediates
 from fleet.store.records import (
     AdminCredential,
@@ -364,6 +366,15 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(cred))
 return 1
 """
 
+_SET_CRL_COUNTER = """
+-- KEYS[1] crl hash; ARGV: expected number, expected seq ('' = none), new number, new seq.
+-- A compare-and-set: Python decided the new counter (fleet.store.crl_numbers).
+local cur = redis.call('HMGET', KEYS[1], 'number', 'content_seq')
+if (cur[1] or '') ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'number', ARGV[3], 'content_seq', ARGV[4])
+return 1
+"""
+
 _AUDIT_OF_DEVICE = """
 -- KEYS[1] audit zset, KEYS[2] device index; ARGV[1] after seq, ARGV[2] limit
 local out = {}
@@ -418,6 +429,10 @@ class _Keys:
     @property
     def revoked(self) -> str:
         return f"{self.tag}:revoked"
+
+    @property
+    def crl(self) -> str:
+        return f"{self.tag}:crl"
 
     @property
     def revoked_devices(self) -> str:
@@ -726,6 +741,7 @@ class RedisStore(RedisIntermediates):
         self._audit_of_device = client.register_script(_AUDIT_OF_DEVICE)
         self._good_certificates = client.register_script(_GOOD_CERTIFICATES)
         self._disable_admin = client.register_script(_DISABLE_ADMIN)
+        self._set_crl_counter = client.register_script(_SET_CRL_COUNTER)
         self._note_replacement = client.register_script(replacements.NOTE_ATTEMPT)
         self._decide_replacement = client.register_script(replacements.DECIDE)
 
@@ -1252,6 +1268,22 @@ class RedisStore(RedisIntermediates):
         check_cursor(name, value)
         with _mapped_errors():
             await self._redis.hset(self._keys.cursors, name, str(value))
+
+    # -- CRL numbers -------------------------------------------------------------
+    async def allocate_crl_number(self, content_seq: int, floor: int) -> int | None:
+        for _ in range(_AUDIT_CAS_ATTEMPTS):
+            with _mapped_errors():
+                number, seq = await self._redis.hmget(self._keys.crl, ["number", "content_seq"])
+            last = None if number is None else CrlCounter(int(number), int(seq or 0))
+            counter = next_crl_number(last, content_seq, floor)
+            if counter is None:
+                return None
+            expected = ("", "") if last is None else (str(last.number), str(last.content_seq))
+            args = [*expected, str(counter.number), str(counter.content_seq)]
+            with _mapped_errors():
+                if await self._set_crl_counter(keys=[self._keys.crl], args=args):
+                    return counter.number
+        raise StoreUnavailable("the CRL number counter kept moving; retry")
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:

@@ -54,9 +54,9 @@ from fleet.store.records import (
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# 2 added admin_credentials and cursors, 3 replacement_requests (new tables only: older
-# files upgrade in place).
-SCHEMA_VERSION = 3
+# 2 added admin_credentials and cursors, 3 replacement_requests, 4 crl_numbers (new
+# tables only: older files upgrade in place).
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
 # SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
@@ -131,6 +131,11 @@ CREATE TABLE IF NOT EXISTS admin_credentials (
 CREATE TABLE IF NOT EXISTS cursors (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crl_numbers (
+    name TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    content_seq INTEGER NOT NULL
 );
 """
 
