@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 
 POOL_SIZE = 8
 POOL_TIMEOUT_SECONDS = 5.0
+# psycopg_pool retries a lost connection with exponential backoff (1, 2, 4 s…)
+# until this long, then starts over at 1 s on the next request: so a server
+# back after a long outage is found again within seconds, not minutes.
+RECONNECT_TIMEOUT_SECONDS = 10.0
 CONNECT_TIMEOUT_SECONDS = 5
 FEED_POLL_SECONDS = 1.0  # the catch-up read when no notification came
 _FEED_PAGE = 1000
@@ -199,6 +203,7 @@ class PostgresStore(SqlRecords):
             timeout=POOL_TIMEOUT_SECONDS,
             kwargs=_connect_kwargs(schema),
             check=ConnectionPool.check_connection,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
             open=False,
             name="fleet-store",
         )

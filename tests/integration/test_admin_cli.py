@@ -95,7 +95,8 @@ def with_store(config: Path, use: Callable[[Store], Awaitable[_T]], **env: str) 
     """Run ``use`` on the store the config names (FLEET_* overrides in ``env``)."""
 
     async def run() -> _T:
-        store = await open_store(load_config(config, environ=env).store_url)
+        loaded = load_config(config, environ=env)
+        store = await open_store(loaded.store_url, redis=loaded.store_redis)
         try:
             return await use(store)
         finally:

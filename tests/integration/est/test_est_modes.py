@@ -176,10 +176,12 @@ def test_overload_answers_503_with_retry_after(tmp_path: Path) -> None:
 
 
 def test_store_outage_is_503_and_recovers(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis")
+    redis = RedisServer(tmp_path / "redis", durable=False)  # comes back empty
     redis.start()
     try:
-        with running_fleet(tmp_path, env={"FLEET_STORE_URL": redis.url}) as fleet:
+        with running_fleet(
+            tmp_path, env={"FLEET_STORE_URL": redis.url, "FLEET_STORE_REDIS_ALLOW_VOLATILE": "true"}
+        ) as fleet:
             device = fleet.new_device()
             _, csr = fleet.csr("outage")
             port = redis.port
