@@ -43,10 +43,9 @@ from typing import Any, TypeVar
 from fleet.kernel.errors import (
     StoreUnavailable,
 )
-from fleet.store import _sqlite_replacements as replacements
 from fleet.store._fsync import FileSyncer
 from fleet.store._sql_records import SqlRecords
-from fleet.store.intermediates import SQLITE_SCHEMA as _POOL_SCHEMA
+from fleet.store._sqlite_schema import migrate, rewrite_schema_version
 from fleet.store.records import (
     RevocationEvent,
 )
@@ -54,9 +53,6 @@ from fleet.store.records import (
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# 2 added admin_credentials and cursors, 3 replacement_requests, 4 crl_numbers (new
-# tables only: older files upgrade in place).
-SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000
 FEED_POLL_SECONDS = 0.02
 # SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
@@ -66,78 +62,6 @@ CHECKPOINT_EVERY_COMMITS = 100
 LOCK_RETRY_DELAY = 0.001
 LOCK_RETRY_SECONDS = 0.05
 _FEED_PAGE = 1000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS devices (
-    device_id TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    bootstrap_sha256 TEXT,
-    model TEXT NOT NULL DEFAULT '',
-    batch TEXT NOT NULL DEFAULT '',
-    enrolled_bootstrap_sha256 TEXT,
-    enrolled_at TEXT,
-    state_reason TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS devices_state ON devices(state);
-CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY,
-    device_id TEXT NOT NULL REFERENCES devices(device_id),
-    not_before TEXT NOT NULL,
-    not_after TEXT NOT NULL,
-    issued_at TEXT NOT NULL,
-    pem TEXT NOT NULL,
-    status TEXT NOT NULL,
-    revoked_at TEXT,
-    revocation_reason TEXT
-);
-CREATE INDEX IF NOT EXISTS certificates_device ON certificates(device_id);
-CREATE INDEX IF NOT EXISTS certificates_not_after ON certificates(not_after);
-CREATE INDEX IF NOT EXISTS certificates_status ON certificates(status);
-CREATE TABLE IF NOT EXISTS manufacturer_cas (
-    sha256 TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    pem TEXT NOT NULL,
-    added_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS enrollment_tokens (
-    device_id TEXT PRIMARY KEY,
-    token_sha256 TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    expires_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS audit (
-    seq INTEGER PRIMARY KEY,
-    event TEXT NOT NULL,
-    prev_sha256 TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    device_id TEXT
-);
-CREATE INDEX IF NOT EXISTS audit_device ON audit(device_id, seq);
-CREATE TABLE IF NOT EXISTS revocation_feed (
-    seq INTEGER PRIMARY KEY,
-    event TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS admin_credentials (
-    sha256 TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    role TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    disabled INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS cursors (
-    name TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS crl_numbers (
-    name TEXT PRIMARY KEY,
-    number INTEGER NOT NULL,
-    content_seq INTEGER NOT NULL
-);
-"""
 
 
 @dataclasses.dataclass(slots=True)
@@ -165,13 +89,6 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     """Another connection holds a lock this statement needs (SQLITE_BUSY or SQLITE_LOCKED)."""
     code = getattr(exc, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-
-
-def _rewrite_schema_version(conn: sqlite3.Connection) -> None:
-    # SQLite skips an UPDATE that leaves a cell as it was (no page, no WAL
-    # frame); changed and changed back, the page is written, content intact.
-    conn.execute("UPDATE schema_version SET version = -version")
-    conn.execute("UPDATE schema_version SET version = -version")
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
@@ -246,7 +163,7 @@ class SqliteStore(SqlRecords):
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA wal_autocheckpoint = 0")
         conn.execute("PRAGMA foreign_keys = ON")
-        self._transaction(True, self._migrate)
+        self._transaction(True, migrate)
         # At rest the writer never waits: that is how it is used on the loop.
         # Worker tasks wait up to BUSY_TIMEOUT_MS (_patiently).
         conn.execute("PRAGMA busy_timeout = 0")
@@ -263,25 +180,6 @@ class SqliteStore(SqlRecords):
             self._reader.execute("PRAGMA query_only = ON")
         except sqlite3.Error as exc:
             raise self._unavailable(exc) from exc
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        for statement in (_SCHEMA + replacements.SCHEMA + _POOL_SCHEMA).split(";"):
-            if statement.strip():
-                conn.execute(statement)
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        version = row[0]
-        if version is None:
-            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-        elif version < SCHEMA_VERSION:
-            # Every change so far only added tables, which the statements above created.
-            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-        elif version > SCHEMA_VERSION:
-            raise StoreUnavailable(
-                f"the database has schema version {version}; this fleet knows up to "
-                f"{SCHEMA_VERSION}",
-                hint="Upgrade fleet, or open a database written by this version.",
-            )
 
     def _transaction(self, write: bool, body: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
@@ -590,7 +488,7 @@ class SqliteStore(SqlRecords):
             # All copied: the next write starts the WAL over, and SQLite
             # syncs the new WAL header inside that COMMIT. Do that write here,
             # not on the loop (the one-row schema table, rewritten unchanged).
-            self._transaction(True, _rewrite_schema_version)
+            self._transaction(True, rewrite_schema_version)
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
         self._checkpoint = None

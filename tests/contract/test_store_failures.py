@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+import fleet.store._sqlite_schema as sqlite_schema
 import fleet.store.sqlite as sqlite_backend
 from fleet.kernel.errors import StoreUnavailable
 from fleet.store.audit_chain import verify_chain
@@ -231,7 +232,7 @@ async def test_sqlite_version_1_file_upgrades_in_place(tmp_path: Path, now: dt.d
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [
-            (sqlite_backend.SCHEMA_VERSION,)
+            (sqlite_schema.SCHEMA_VERSION,)
         ]
     finally:
         conn.close()
