@@ -41,8 +41,9 @@ def need_postgres() -> Path:
 class PostgresServer:
     """One cluster; ``url`` names its ``fleet`` database (superuser ``fleet``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str = "primary") -> None:
         self.bin = need_postgres()
+        self.name = name  # cluster_name: a standby's application_name on its primary
         self.port = 0
         # Not pytest's tmp_path: that is root-only (0700) and the server runs as postgres.
         self.directory = Path(tempfile.mkdtemp(prefix="fleet-pg-"))
@@ -75,15 +76,41 @@ class PostgresServer:
         self.port = self.port or free_port()
         options = (
             f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-            "-c fsync=on -c synchronous_commit=on -c max_connections=200"
+            "-c fsync=on -c synchronous_commit=on -c max_connections=200 "
+            f"-c cluster_name={self.name}"
         )
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l",
             str(self.directory / "server.log"), "-w", "-t", "30", "-o", options, "start",
         )  # fmt: skip
+        if (self.data / "standby.signal").exists():
+            return  # read-only until promoted; its data came from the primary
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = 'fleet'").fetchone() is None:
                 conn.execute("CREATE DATABASE fleet")
+
+    def start_standby(self, name: str = "standby1") -> PostgresServer:
+        """A streaming standby of this (running) server, made with pg_basebackup -R."""
+        standby = PostgresServer(name=name)
+        standby._run(
+            str(self.bin / "pg_basebackup"), "-h", "127.0.0.1", "-p", str(self.port),
+            "-U", "fleet", "-D", str(standby.data), "-R", "-X", "stream", "-c", "fast",
+        )  # fmt: skip
+        standby.start()
+        return standby
+
+    def make_standby_synchronous(self, name: str) -> None:
+        """COMMIT on this primary waits until standby ``name`` has flushed the WAL."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
+            conn.execute("SELECT pg_reload_conf()")
+
+    def promote(self) -> None:
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-w", "promote")
+
+    @property
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     @property
     def admin_url(self) -> str:
