@@ -9,7 +9,7 @@ Example ``broker.toml`` (paths are relative to the file)::
     fleet_ca = "ca/fleet-ca.pem"    # fleet issuing CA(s) + root: who may sign devices
 
     [store]
-    url = "sqlite:///var/lib/fleet/fleet.db"   # or redis://host:6379/0
+    url = "sqlite:///var/lib/fleet/fleet.db"   # or postgresql://fleet@db/fleet, redis://host:6379/0
 
     [revocation]
     max_staleness = 30    # seconds without contact with the feed ...
