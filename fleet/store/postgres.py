@@ -11,8 +11,8 @@ transaction bodies SQLite runs; this module is only the engine under them:
 - a write is acknowledged when COMMIT returns, which is when the server's
   ``synchronous_commit`` says it is durable: ``on`` (local WAL flushed), and
   with ``synchronous_standby_names`` set, on the synchronous standby too
-  (``remote_apply`` also makes it visible to reads there). Never run fleet
-  with ``synchronous_commit = off`` (acknowledged writes may vanish on a crash);
+  (``remote_apply`` also makes it visible to reads there). A server with
+  ``synchronous_commit = off`` (acknowledged writes may vanish) is refused;
 - the revocation feed is the ``revocation_feed`` table (a durable sequence);
   a write that appends an event also ``NOTIFY``s (delivered at COMMIT) so
   followers wake at once; a follower re-reads from its last sequence after
@@ -43,7 +43,7 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from fleet.kernel.errors import StoreUnavailable
+from fleet.kernel.errors import ConfigError, StoreUnavailable
 from fleet.store._postgres_schema import VERSION_TABLE, check_version, pending
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_records import SqlRecords
@@ -245,8 +245,18 @@ class PostgresStore(SqlRecords):
             raise StoreUnavailable("the PostgreSQL store is closed") from exc
 
     def _probe(self) -> tuple[int, str]:
-        """The schema version and the schema (search_path) this store works in."""
+        """The schema version and the schema (search_path) this store works in;
+        refuses a server that would acknowledge commits before they are durable."""
         with psycopg.connect(self._url, **_connect_kwargs(self._search_path)) as conn:
+            durable = conn.execute("SHOW synchronous_commit").fetchone()
+            if durable is not None and durable[0] == "off":
+                raise ConfigError(
+                    "PostgreSQL runs with synchronous_commit = off: a COMMIT fleet "
+                    "acknowledges (a certificate, a revocation) could vanish in a crash",
+                    hint="Set synchronous_commit = on (or remote_write / remote_apply with a "
+                    "synchronous standby) for fleet's role or database: "
+                    "ALTER ROLE fleet SET synchronous_commit = on.",
+                )
             row = conn.execute("SELECT current_schema()").fetchone()
             if row is None or row[0] is None:
                 raise StoreUnavailable(

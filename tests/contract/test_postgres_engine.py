@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from fleet.kernel.errors import StoreUnavailable
+from fleet.kernel.errors import ConfigError, StoreUnavailable
 from fleet.store._codec import feed_event_to_json
 from fleet.store._postgres_schema import SCHEMA_VERSION, UPGRADE_COMMAND
 from fleet.store.postgres import FEED_POLL_SECONDS, PostgresStore, upgrade_schema
@@ -70,6 +70,15 @@ async def test_a_newer_schema_is_refused_by_open_and_by_upgrade(
             await attempt()
     with raw(postgres_server, schema) as conn:  # upgrade left it untouched
         assert conn.execute("SELECT version FROM fleet_schema").fetchone() == (SCHEMA_VERSION + 1,)
+
+
+async def test_synchronous_commit_off_is_refused(postgres_server: PostgresServer) -> None:
+    schema = fresh_schema()
+    upgrade_schema(postgres_server.url, schema=schema)
+    options = f"-csearch_path%3D{schema}%20-csynchronous_commit%3Doff"
+    with pytest.raises(ConfigError) as caught:
+        await PostgresStore.open(f"{postgres_server.url}?options={options}")
+    assert "synchronous_commit = on" in caught.value.diagnostics()
 
 
 async def next_event(feed: AsyncIterator[RevocationEvent], within: float) -> RevocationEvent:
