@@ -54,7 +54,6 @@ import contextlib
 import dataclasses
 import datetime as dt
 import json
-import logging
 import random
 from collections.abc import (
     AsyncGenerator,
@@ -72,7 +71,7 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
 from fleet.kernel.errors import (
@@ -101,6 +100,7 @@ from fleet.store._codec import (
     serial_int,
     ts,
 )
+from fleet.store._redis_durable import WaitingRedis, check_durability
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.crl_numbers import CrlCounter, next_crl_number
@@ -125,12 +125,8 @@ from fleet.store.records import (
     RevocationSnapshot,
 )
 from fleet.store.redis_durability import (
-    WAIT_TIMEOUT_MS,
     RedisDurability,
-    durability_problem,
 )
-
-log = logging.getLogger(__name__)
 
 _FEED_PAGE = 1000
 _SCAN_PAGE = 500
@@ -496,78 +492,6 @@ def _reply(value: Any) -> tuple[str, Any]:
     return _text(items[0]), items[1] if len(items) > 1 else None
 
 
-async def _check_durability(client: Redis, wanted: RedisDurability) -> None:
-    if wanted.reader_only:
-        return
-    if wanted.allow_volatile:
-        log.warning(
-            "store.redis.allow_volatile = true: Redis may lose acknowledged certificates "
-            "and revocations (a lost revocation re-admits a device). Tests and demos only."
-        )
-        return
-    settings: dict[str, str] | None
-    try:
-        settings = {
-            **_fields(await client.config_get("appendonly")),
-            **_fields(await client.config_get("appendfsync")),
-        }
-    except ResponseError:  # CONFIG renamed or disabled (managed Redis)
-        settings = None
-    info = await client.info("replication")
-    problem = durability_problem(settings, int(info.get("connected_slaves", 0)), wanted)
-    if problem is not None:
-        what, hint = problem
-        raise ConfigError(f"refusing Redis as the system of record: {what}", hint=hint)
-
-
-class _WaitingRedis(Redis):
-    """A client that, with ``min_replicas`` N > 0, follows every write with ``WAIT N``
-    on the same connection and fails the write unless N replicas acknowledged it."""
-
-    min_replicas = 0
-
-    async def _send_command_parse_response(
-        self, conn: Any, command_name: str, *args: Any, **options: Any
-    ) -> Any:
-        result = await super()._send_command_parse_response(  # type: ignore[no-untyped-call]
-            conn, command_name, *args, **options
-        )
-        if self.min_replicas and str(command_name).upper() in _WRITES:
-            await conn.send_command("WAIT", self.min_replicas, WAIT_TIMEOUT_MS)
-            acked = int(await self.parse_response(conn, "WAIT"))
-            if acked < self.min_replicas:
-                raise StoreUnavailable(
-                    f"only {acked} of {self.min_replicas} Redis replicas acknowledged the "
-                    f"write within {WAIT_TIMEOUT_MS} ms; it is not acknowledged",
-                    hint="Check the replicas (INFO replication); retry the operation.",
-                )
-        return result
-
-
-# Commands that may write (scripts included): each is followed by WAIT.
-_WRITES = frozenset(
-    [
-        "EVAL",
-        "EVALSHA",
-        "SET",
-        "DEL",
-        "HSET",
-        "HSETNX",
-        "HDEL",
-        "HINCRBY",
-        "INCR",
-        "ZADD",
-        "ZREM",
-        "ZREMRANGEBYSCORE",
-        "SADD",
-        "SREM",
-        "RPUSH",
-        "LPUSH",
-        "EXPIRE",
-    ]
-)
-
-
 @contextlib.contextmanager
 def _mapped_errors() -> Iterator[None]:
     try:
@@ -757,7 +681,7 @@ class RedisStore(RedisIntermediates):
         if not namespace or "{" in namespace or "}" in namespace:
             raise ConfigError(f"Redis namespace {namespace!r} must be non-empty without braces")
         try:
-            client = _WaitingRedis.from_url(
+            client = WaitingRedis.from_url(
                 url,
                 decode_responses=True,
                 # One retry recovers a pooled connection Redis closed (restart,
@@ -772,11 +696,11 @@ class RedisStore(RedisIntermediates):
         try:
             with _mapped_errors():
                 await client.ping()
-                await _check_durability(client, durability)
+                await check_durability(client, durability)
         except BaseException:
             await store.close()
             raise
-        if not durability.reader_only and isinstance(client, _WaitingRedis):
+        if not durability.reader_only and isinstance(client, WaitingRedis):
             client.min_replicas = durability.min_replicas
         return store
 

@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 
 from fleet.config import parse_config
 from fleet.kernel.errors import ConfigError, StoreUnavailable
-from fleet.store import redis as redis_store
+from fleet.store import _redis_durable
 from fleet.store.redis import RedisStore
 from fleet.store.redis_durability import FEED_READER, RedisDurability, durability_problem
 from tests.contract.test_store_contract import entry
@@ -93,7 +93,7 @@ def _wait_for_replica(primary: RedisServer, within: float = 10) -> None:
 async def test_min_replicas_waits_for_the_replica_and_fails_a_write_it_lacks(
     tmp_path: Path, now: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(redis_store, "WAIT_TIMEOUT_MS", 200)
+    monkeypatch.setattr(_redis_durable, "WAIT_TIMEOUT_MS", 200)
     primary = RedisServer(tmp_path / "primary", durable=False)
     primary.start()
     replica: RedisServer | None = None
