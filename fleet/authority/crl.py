@@ -144,6 +144,8 @@ class CrlPublisher:
         self._max_sleep = max_sleep
         self._retry = retry
         self._current: SignedCrl | None = None
+        # One sequence of CRL numbers per issuing key, shared by every node and worker.
+        self._scope = crl_scope(issuer.certificate)
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         # serial -> whether the fleet issuing CA issued it. Revoked certificates
@@ -163,12 +165,12 @@ class CrlPublisher:
         returned while it is still valid.
         """
         crl = self._current
-        if crl is not None and not self._stale(crl):
-            return crl
         try:
+            if crl is not None and not await self._outdated(crl):
+                return crl
             async with self._lock:
                 latest = self._current
-                if latest is not None and not self._stale(latest):
+                if latest is not None and not await self._outdated(latest):
                     return latest  # signed by someone else while we waited
                 return await self._sign_now()
         except StoreError:
@@ -176,6 +178,13 @@ class CrlPublisher:
                 raise
             log.warning("CRL refresh failed; serving CRL #%d until it can be rebuilt", crl.number)
             return crl
+
+    async def _outdated(self, crl: SignedCrl) -> bool:
+        """Too old to serve: past ``refresh``, or another node or worker has numbered a
+        newer CRL (a client alternating nodes must never see the number go back)."""
+        if self._stale(crl):
+            return True
+        return crl.number < await self._store.latest_crl_number(self._scope)
 
     async def regenerate(self) -> SignedCrl:
         """Build and sign a CRL from the store now, and make it the current one."""
@@ -190,7 +199,9 @@ class CrlPublisher:
             snapshot = await self._store.revocation_snapshot()
             records = [r for r in await self._store.list_revoked() if r.serial in snapshot.serials]
             now = self._clock.now()
-            number = await self._store.allocate_crl_number(snapshot.seq, crl_number_at(now))
+            number = await self._store.allocate_crl_number(
+                self._scope, snapshot.seq, crl_number_at(now)
+            )
             if number is not None:
                 break
         else:
@@ -303,6 +314,16 @@ class CrlPublisher:
                 log.warning("revocation feed unavailable, retrying in %.0fs: %s", self._retry, exc)
                 self._changed.set()
                 await asyncio.sleep(self._retry)
+
+
+def crl_scope(issuer: x509.Certificate) -> str:
+    """The store's CRL number sequence of ``issuer``: its key (a re-certified CA
+    keeps its sequence; another CA has its own)."""
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return "ski:" + ski.digest.hex()
+    except x509.ExtensionNotFound:
+        return "subject:" + issuer.subject.rfc4514_string()
 
 
 def issued_by(record: CertificateRecord, issuer: x509.Certificate) -> bool:

@@ -243,20 +243,27 @@ class SqlDirectory(SqlIntermediates):
         await self._write(body)
 
     # -- CRL numbers -------------------------------------------------------------
-    async def allocate_crl_number(self, content_seq: int, floor: int) -> int | None:
+    async def latest_crl_number(self, scope: str) -> int:
+        def body(conn: SqlConnection) -> int:
+            row = conn.execute("SELECT number FROM crl_numbers WHERE name = ?", (scope,)).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return await self._read_here(body)
+
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
         def body(conn: SqlConnection) -> int | None:
             row = conn.execute(
-                "SELECT number, content_seq FROM crl_numbers WHERE name = 'crl'"
+                "SELECT number, content_seq FROM crl_numbers WHERE name = ?", (scope,)
             ).fetchone()
             last = None if row is None else CrlCounter(int(row[0]), int(row[1]))
             counter = next_crl_number(last, content_seq, floor)
             if counter is None:
                 return None
             conn.execute(
-                "INSERT INTO crl_numbers (name, number, content_seq) VALUES ('crl', ?, ?) "
+                "INSERT INTO crl_numbers (name, number, content_seq) VALUES (?, ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET number = excluded.number, "
                 "content_seq = excluded.content_seq",
-                (counter.number, counter.content_seq),
+                (scope, counter.number, counter.content_seq),
             )
             return counter.number
 

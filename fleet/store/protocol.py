@@ -314,11 +314,15 @@ class RevocationFeed(Protocol):
 class CrlNumbers(Protocol):
     """The one CRL number counter of every node and worker (fleet.store.crl_numbers)."""
 
-    async def allocate_crl_number(self, content_seq: int, floor: int) -> int | None:
-        """A number for a CRL whose content is the revocation state at feed sequence
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
+        """In ``scope`` (one CRL issuer: one sequence of numbers), a number for a CRL
+        whose content is the revocation state at feed sequence
         ``content_seq``: above every number allocated before and at least ``floor``.
         None (nothing changed) when a CRL of newer content already has a number:
         re-read the content and ask again. Atomic across every store instance."""
+
+    async def latest_crl_number(self, scope: str) -> int:
+        """The highest number allocated in ``scope`` so far, by any node (0 when none)."""
 
 
 class Store(

@@ -21,7 +21,7 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:feed:events          channel every feed event is PUBLISHed here as well
     {ns}:admins               hash    sha256 -> admin credential as JSON
     {ns}:cursors              hash    name -> integer (named cursors)
-    {ns}:crl                  hash    the CRL number counter (fleet.store.crl_numbers)
+    {ns}:crl:<scope>          hash    a CRL issuer's number counter (fleet.store.crl_numbers)
 
 Why one hash tag: every key starts with ``{ns}``, so in Redis Cluster all of a
 namespace lives in one hash slot. Each change is one Lua script (atomic on the
@@ -426,9 +426,8 @@ class _Keys:
     def revoked(self) -> str:
         return f"{self.tag}:revoked"
 
-    @property
-    def crl(self) -> str:
-        return f"{self.tag}:crl"
+    def crl(self, scope: str) -> str:
+        return f"{self.tag}:crl:{scope}"
 
     @property
     def revoked_devices(self) -> str:
@@ -1194,10 +1193,17 @@ class RedisStore(RedisIntermediates):
             await self._redis.hset(self._keys.cursors, name, str(value))
 
     # -- CRL numbers -------------------------------------------------------------
-    async def allocate_crl_number(self, content_seq: int, floor: int) -> int | None:
+    async def latest_crl_number(self, scope: str) -> int:
+        with _mapped_errors():
+            number = await self._redis.hget(self._keys.crl(scope), "number")
+        return 0 if number is None else int(number)
+
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
         for _ in range(_AUDIT_CAS_ATTEMPTS):
             with _mapped_errors():
-                number, seq = await self._redis.hmget(self._keys.crl, ["number", "content_seq"])
+                number, seq = await self._redis.hmget(
+                    self._keys.crl(scope), ["number", "content_seq"]
+                )
             last = None if number is None else CrlCounter(int(number), int(seq or 0))
             counter = next_crl_number(last, content_seq, floor)
             if counter is None:
@@ -1205,7 +1211,7 @@ class RedisStore(RedisIntermediates):
             expected = ("", "") if last is None else (str(last.number), str(last.content_seq))
             args = [*expected, str(counter.number), str(counter.content_seq)]
             with _mapped_errors():
-                if await self._set_crl_counter(keys=[self._keys.crl], args=args):
+                if await self._set_crl_counter(keys=[self._keys.crl(scope)], args=args):
                     return counter.number
         raise StoreUnavailable("the CRL number counter kept moving; retry")
 

@@ -9,22 +9,23 @@ from fleet.store.protocol import Store
 from tests.contract.conftest import Backend
 
 FLOOR = 1_780_000_000_000_000  # microseconds since the epoch, as CRL numbers were
+SCOPE = "issuer-1"
 
 
 async def test_numbers_increase_and_respect_the_floor(store: Store) -> None:
-    first = await store.allocate_crl_number(0, FLOOR)
+    first = await store.allocate_crl_number(SCOPE, 0, FLOOR)
     assert first == FLOOR
-    second = await store.allocate_crl_number(0, FLOOR - 5)  # a clock behind: still higher
+    second = await store.allocate_crl_number(SCOPE, 0, FLOOR - 5)  # a clock behind: still higher
     assert second == FLOOR + 1
-    third = await store.allocate_crl_number(2, FLOOR + 100)
+    third = await store.allocate_crl_number(SCOPE, 2, FLOOR + 100)
     assert third == FLOOR + 100
 
 
 async def test_older_content_gets_no_number_and_changes_nothing(store: Store) -> None:
-    newer = await store.allocate_crl_number(5, FLOOR)
+    newer = await store.allocate_crl_number(SCOPE, 5, FLOOR)
     assert newer is not None
-    assert await store.allocate_crl_number(4, FLOOR + 10**6) is None
-    after = await store.allocate_crl_number(5, 0)
+    assert await store.allocate_crl_number(SCOPE, 4, FLOOR + 10**6) is None
+    after = await store.allocate_crl_number(SCOPE, 5, 0)
     assert after == newer + 1  # the refused call did not move the counter
 
 
@@ -38,7 +39,7 @@ async def test_racing_workers_on_two_connections_never_number_older_content_high
     try:
         calls = [(stores[n % 2], rng.randrange(20), FLOOR + rng.randrange(50)) for n in range(40)]
         numbers = await asyncio.gather(
-            *(store.allocate_crl_number(seq, floor) for store, seq, floor in calls)
+            *(store.allocate_crl_number(SCOPE, seq, floor) for store, seq, floor in calls)
         )
     finally:
         for store in stores:
@@ -50,3 +51,13 @@ async def test_racing_workers_on_two_connections_never_number_older_content_high
     assert len({n for n, _ in granted}) == len(granted), f"seed {seed}: a number repeated"
     seqs = [seq for _, seq in granted]
     assert seqs == sorted(seqs), f"seed {seed}: a higher number has older content: {granted}"
+
+
+async def test_scopes_count_apart_and_the_latest_is_readable(store: Store) -> None:
+    assert await store.latest_crl_number(SCOPE) == 0
+    first = await store.allocate_crl_number(SCOPE, 3, FLOOR)
+    assert await store.latest_crl_number(SCOPE) == first
+    # Another issuer: its own sequence, not refused by the first one's newer content.
+    assert await store.allocate_crl_number("issuer-2", 1, 5) == 5
+    assert await store.latest_crl_number("issuer-2") == 5
+    assert await store.latest_crl_number(SCOPE) == first

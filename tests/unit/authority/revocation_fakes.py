@@ -46,7 +46,7 @@ class FakeStore:
         self.appended = asyncio.Event()
         self.down = False
         self.list_calls = 0
-        self.crl_counter: CrlCounter | None = None
+        self.crl_counters: dict[str, CrlCounter] = {}
 
     def add(self, issuer: CertifiedKey, serial: int, now: dt.datetime) -> x509.Certificate:
         cert = device_certificate(issuer, serial, now)
@@ -100,12 +100,17 @@ class FakeStore:
             device_ids=frozenset(),
         )
 
-    async def allocate_crl_number(self, content_seq: int, floor: int) -> int | None:
+    async def latest_crl_number(self, scope: str) -> int:
         self._check()
-        counter = next_crl_number(self.crl_counter, content_seq, floor)
+        counter = self.crl_counters.get(scope)
+        return 0 if counter is None else counter.number
+
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
+        self._check()
+        counter = next_crl_number(self.crl_counters.get(scope), content_seq, floor)
         if counter is None:
             return None
-        self.crl_counter = counter
+        self.crl_counters[scope] = counter
         return counter.number
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
