@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 # Real third-party programs the tests run (Debian package names).
-SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx apache2 openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev strongswan-pki chromium \
+SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx apache2 openssl curl gcc mosquitto-dev libmosquitto-dev libssl-dev strongswan-pki libstrongswan-standard-plugins chromium \
 	softhsm2 postgresql haproxy redis-sentinel iproute2
 
 .PHONY: test demo lint typecheck imports unit system-deps venv clean screenshots

@@ -59,7 +59,8 @@ from broker_plugins.snapshot import (
 )
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.kernel.files import ensure_private_dir
-from fleet.store.protocol import RevocationFeed
+from fleet.store.broker_positions import check_broker_name, report_position
+from fleet.store.protocol import BrokerFeed
 from fleet.store.records import (
     RevocationEvent,
     RevocationKind,
@@ -83,6 +84,10 @@ class CacheSettings:
     # Where the revocation state survives restarts (None: memory only).
     snapshot_file: Path | None = None
     snapshot_coalesce: float = 0.2  # seconds; bounds how late a revocation reaches the disk
+    # The stable name this broker reports its feed position under (the admin console
+    # shows each broker's lag; fleet.store.broker_positions); None: no reports.
+    report_as: str | None = None
+    report_every: float = 10.0  # seconds between reports while the position holds still
 
     def __post_init__(self) -> None:
         if not self.max_staleness > 0:
@@ -91,6 +96,8 @@ class CacheSettings:
             raise ValueError("snapshot_coalesce must not be negative")
         if self.probe_interval is not None and not self.probe_interval > 0:
             raise ValueError("probe_interval must be positive")
+        if self.report_as is not None:
+            check_broker_name(self.report_as)
 
     @property
     def effective_probe_interval(self) -> float:
@@ -158,7 +165,7 @@ class RevocationCache:
 
     def __init__(
         self,
-        store: RevocationFeed,
+        store: BrokerFeed,
         settings: CacheSettings | None = None,
         *,
         registry: CollectorRegistry | None = None,
@@ -186,6 +193,7 @@ class RevocationCache:
         self._changes = 0  # counts changes; the file holds those up to _changes_on_disk
         self._changes_on_disk = 0
         self._advanced = asyncio.Event()
+        self._reported: tuple[int, float] | None = None  # (seq, monotonic) of the last report
         self.metrics = CacheMetrics(registry or CollectorRegistry(), self)
 
     # -- RevocationView ---------------------------------------------------------
@@ -523,12 +531,26 @@ class RevocationCache:
                     self.metrics.resyncs.labels(cause="probe").inc()
                     await self._catch_up()
                 await self._advance_anchor()
+                await self._report_position()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self.metrics.errors.inc()
                 log.warning("revocation feed probe failed: %s", exc)
             await asyncio.sleep(interval)
+
+    async def _report_position(self) -> None:
+        """Tell the store where this broker is in the feed: at once when the position
+        moved, else every ``report_every`` seconds (the age shows a broker alive)."""
+        name = self.settings.report_as
+        if name is None or not self._loaded:
+            return
+        now = self._monotonic()
+        last = self._reported
+        if last is not None and last[0] == self._seq and now - last[1] < self.settings.report_every:
+            return
+        await report_position(self._store, name, self._seq, dt.datetime.now(dt.UTC))
+        self._reported = (self._seq, now)
 
 
 def _write_snapshot_file(path: Path, state: RevocationState) -> None:

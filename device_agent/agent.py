@@ -43,6 +43,7 @@ from device_agent.state import AgentConfig, Identity, PendingRenewal, StateDir
 from device_agent.testhooks import crash_point
 from device_agent.trust import CaCerts, CertificateUnusable, check_issued
 from fleet.kernel.clock import Clock, SystemClock
+from fleet.kernel.reasons import Reason
 
 log = logging.getLogger("device_agent")
 
@@ -95,9 +96,55 @@ class Agent:
         cacerts = self.state.load_cacerts(config.ca_fingerprint)
         if cacerts is None:
             log.info("fetching /cacerts from %s (root pinned by fingerprint)", config.server)
-            cacerts = fetch_cacerts(config.server, config.ca_fingerprint, timeout=self.timeout)
-            self.state.save_cacerts(cacerts)
+            cacerts = self._fetch_cacerts(config)
         return cacerts
+
+    def _fetch_cacerts(self, config: AgentConfig) -> CaCerts:
+        fresh = fetch_cacerts(
+            config.server, config.ca_fingerprint, timeout=self.timeout, now=self.clock.now(),
+            skew=self.policy.skew,
+        )  # fmt: skip
+        return self._adopt(config, None, fresh)
+
+    def _refresh_cacerts(self, client: EstClient, config: AgentConfig, cacerts: CaCerts) -> CaCerts:
+        """/cacerts again, anonymously (RFC 7030 allows it), following a root rollover.
+
+        Used when the server issued a certificate from a CA this device does not
+        know yet: an issuing CA under a new root the device has not moved to
+        (it slept through the rollover). A failure leaves the stored trust.
+        """
+        try:
+            fresh = client.cacerts(
+                config.ca_fingerprint, kept=cacerts.roots, now=self.clock.now(),
+                skew=self.policy.skew,
+            )  # fmt: skip
+        except AgentError as exc:
+            log.warning("could not refresh /cacerts: %s", exc.message)
+            return cacerts
+        return self._adopt(config, cacerts, fresh)
+
+    def _adopt(self, config: AgentConfig, before: CaCerts | None, fresh: CaCerts) -> CaCerts:
+        """Keep what /cacerts taught: new issuing CAs, and a new root only if a link certified it.
+
+        The bundle (new root beside the old) is written atomically before the
+        pin moves in agent.json, so a power cut in between leaves the old pin
+        with both roots stored, and the next /cacerts finishes the move.
+        """
+        for why in fresh.refused:
+            log.warning(
+                "/cacerts offers a root this device does not trust (%s): %s; keeping the pin %s…",
+                Reason.ROOT_NOT_CERTIFIED, why, fresh.pinned_sha256[:16],
+            )  # fmt: skip
+        if fresh != before:
+            self.state.save_cacerts(fresh)
+        if fresh.pinned_sha256 != config.ca_fingerprint:
+            self.state.save_config(dataclasses.replace(config, ca_fingerprint=fresh.pinned_sha256))
+            log.warning(
+                "root rollover: pin moved from %s… to %s… (certified by a link certificate "
+                "from the pinned root); the old root is kept while it is valid",
+                config.ca_fingerprint[:16], fresh.pinned_sha256[:16],
+            )  # fmt: skip
+        return fresh
 
     def identity(self) -> Identity | None:
         config = self.config()
@@ -211,12 +258,12 @@ class Agent:
             return identity
 
     def _enroll_once(self, config: AgentConfig, auth: Auth) -> Identity:
+        self.state.save_config(config)
         cacerts = self.state.load_cacerts(config.ca_fingerprint)
         if cacerts is None:
-            cacerts = fetch_cacerts(config.server, config.ca_fingerprint, timeout=self.timeout)
-            self.state.save_cacerts(cacerts)
-        self.state.save_config(config)
-        client = EstClient(config.server, cacerts.root, timeout=self.timeout)
+            cacerts = self._fetch_cacerts(config)
+            config = self.config()  # the pin may have moved
+        client = EstClient(config.server, cacerts.roots, timeout=self.timeout)
         current = self.state.load(cacerts)
         pending = self.state.begin_renewal(current)
         expected = auth.device_id if isinstance(auth, TokenAuth) else config.device_id
@@ -270,7 +317,8 @@ class Agent:
     def _renew(self, *, force: bool) -> RenewResult:
         config = self.config()
         cacerts = self.cacerts(config)
-        client = EstClient(config.server, cacerts.root, timeout=self.timeout)
+        config = self.config()  # the pin may have moved
+        client = EstClient(config.server, cacerts.roots, timeout=self.timeout)
         identity = self.state.load(cacerts)
         now = self.clock.now()
         if identity is None:
@@ -379,6 +427,10 @@ class Agent:
         cert: x509.Certificate,
         expected_device_id: str | None,
     ) -> Identity:
+        if cacerts.issuer_of(cert) is None:
+            # Issued by a CA this device does not know: /cacerts may carry a root
+            # rollover that certifies it (only through a link from a trusted root).
+            cacerts = self._refresh_cacerts(client, config, cacerts)
         try:
             check_issued(
                 cert, cacerts, expected_device_id=expected_device_id, now=self.clock.now(),
@@ -395,10 +447,10 @@ class Agent:
     ) -> Identity:
         assert pending.certificate is not None
         fresh = client.cacerts(
-            config.ca_fingerprint, ClientCertificate(pending.cert_path, pending.key)
-        )
-        if fresh != cacerts:
-            self.state.save_cacerts(fresh)
+            config.ca_fingerprint, ClientCertificate(pending.cert_path, pending.key),
+            kept=cacerts.roots, now=self.clock.now(), skew=self.policy.skew,
+        )  # fmt: skip
+        self._adopt(self.config(), cacerts, fresh)
         identity = self.state.commit_renewal(pending)
         self.state.record_success(
             next_renewal=renewal_time(

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import http.client
 import logging
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -67,16 +68,23 @@ Auth = ClientCertificate | TokenAuth
 
 
 def client_context(
-    root: x509.Certificate | None, credential: ClientCertificate | None = None
+    root: x509.Certificate | Sequence[x509.Certificate] | None,
+    credential: ClientCertificate | None = None,
 ) -> ssl.SSLContext:
-    """TLS 1.2+ client context; verifies the server against ``root`` (None: no verification)."""
+    """TLS 1.2+ client context; verifies the server against ``root`` (None: no verification).
+
+    Several roots during a root rollover: the server's certificate may still
+    come from the old root after the agent pinned the new one.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if root is None:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     else:
-        context.load_verify_locations(cadata=root.public_bytes(serialization.Encoding.PEM).decode())
+        roots = [root] if isinstance(root, x509.Certificate) else list(root)
+        pem = b"".join(r.public_bytes(serialization.Encoding.PEM) for r in roots)
+        context.load_verify_locations(cadata=pem.decode())
     if credential is not None:
         try:
             credential.key.load_into(context, credential.cert_file)
@@ -106,20 +114,35 @@ class _Response:
 
 
 class EstClient:
-    """One EST server, trusted through ``root`` (the pinned fleet root)."""
+    """One EST server, trusted through ``root`` (the pinned fleet root, or all trusted roots)."""
 
-    def __init__(self, server: str, root: x509.Certificate, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        server: str,
+        root: x509.Certificate | Sequence[x509.Certificate],
+        *,
+        timeout: float = 30.0,
+    ) -> None:
         self.server = server
         self.root = root
         self.timeout = timeout
         self.host, self.port, self.prefix = est_base(server)
 
     # -- operations ------------------------------------------------------------
-    def cacerts(self, pinned_sha256: str, credential: ClientCertificate | None = None) -> CaCerts:
+    def cacerts(
+        self,
+        pinned_sha256: str,
+        credential: ClientCertificate | None = None,
+        *,
+        kept: Sequence[x509.Certificate] = (),
+        now: dt.datetime | None = None,
+        skew: dt.timedelta = dt.timedelta(minutes=15),
+    ) -> CaCerts:
         """/cacerts over a verified connection. With ``credential`` this doubles as the
-        proof that a new key and certificate work in a TLS handshake with the server."""
+        proof that a new key and certificate work in a TLS handshake with the server.
+        With ``now`` a root rollover in the answer is followed (``trust.chain_from``)."""
         response = self._request("GET", "cacerts", context=client_context(self.root, credential))
-        return _expect_cacerts(response, pinned_sha256)
+        return _expect_cacerts(response, pinned_sha256, kept=kept, now=now, skew=skew)
 
     def simpleenroll(
         self,
@@ -257,7 +280,14 @@ def _expect_certificate(response: _Response, operation: str) -> x509.Certificate
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _expect_cacerts(response: _Response, pinned_sha256: str) -> CaCerts:
+def _expect_cacerts(
+    response: _Response,
+    pinned_sha256: str,
+    *,
+    kept: Sequence[x509.Certificate] = (),
+    now: dt.datetime | None = None,
+    skew: dt.timedelta = dt.timedelta(minutes=15),
+) -> CaCerts:
     if response.status != 200:
         _raise_for_status(response, "cacerts")
     try:
@@ -265,7 +295,7 @@ def _expect_cacerts(response: _Response, pinned_sha256: str) -> CaCerts:
     except EncodingInvalid as exc:
         raise Transient(f"cacerts: the server's answer is malformed: {exc}") from exc
     try:
-        return chain_from(certs, pinned_sha256)
+        return chain_from(certs, pinned_sha256, kept=kept, now=now, skew=skew)
     except ValueError as exc:
         raise PinMismatch(
             f"/cacerts does not contain the pinned fleet root: {exc}",
@@ -320,7 +350,14 @@ _REFUSAL_HINTS = {
 }
 
 
-def fetch_cacerts(server: str, pinned_root_sha256: str, *, timeout: float = 30.0) -> CaCerts:
+def fetch_cacerts(
+    server: str,
+    pinned_root_sha256: str,
+    *,
+    timeout: float = 30.0,
+    now: dt.datetime | None = None,
+    skew: dt.timedelta = dt.timedelta(minutes=15),
+) -> CaCerts:
     """RFC 7030 §4.1.1 bootstrap: learn the fleet CA chain with only a root fingerprint.
 
     1. Connect WITHOUT verifying the server, GET /cacerts, and find the
@@ -328,10 +365,15 @@ def fetch_cacerts(server: str, pinned_root_sha256: str, *, timeout: float = 30.0
     2. Reconnect verifying the server's TLS certificate (and its name) against
        that root, and GET /cacerts again: only this second answer is used, so
        everything the agent keeps came over a channel authenticated by the pin.
+       With ``now``, a root rollover in that answer is followed (``trust.chain_from``).
     """
     host, port, prefix = est_base(server)
     unverified = request(
         host, port, f"{prefix}/cacerts", method="GET", context=client_context(None), timeout=timeout
     )
-    candidate = _expect_cacerts(unverified, pinned_root_sha256)
-    return EstClient(server, candidate.root, timeout=timeout).cacerts(pinned_root_sha256)
+    # A root rollover in the unverified answer is followed by the same rule (a
+    # link signed by the pinned key), so no root can be slipped in here either.
+    candidate = _expect_cacerts(unverified, pinned_root_sha256, now=now, skew=skew)
+    return EstClient(server, candidate.roots, timeout=timeout).cacerts(
+        pinned_root_sha256, kept=candidate.roots, now=now, skew=skew
+    )

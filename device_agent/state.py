@@ -3,7 +3,8 @@
 Layout (directory 0700, every file written atomically and durably)::
 
     agent.json, agent.json.bak   server URL, pinned root fingerprint, device id, bootstrap files
-    cacerts.pem                  the chain from /cacerts (issuing CA(s) and the pinned root)
+    cacerts.pem                  the CAs from /cacerts the agent trusts: issuing CA(s), the
+                                 pinned root, then older roots kept during a root rollover
     current                      the generation number of the identity in use
     op<N>.key / op<N>.pem        key and certificate of generation N
     status.json                  last error and its reason code, consecutive failures,
@@ -45,6 +46,7 @@ from fleet.kernel.files import (
     remove_stale_temporaries,
     write_atomic,
 )
+from fleet.kernel.rollover import is_self_signed
 
 log = logging.getLogger("device_agent.state")
 
@@ -219,7 +221,8 @@ class StateDir:
             self._warn(f"{path} is corrupted; it will be fetched again from the server")
             return None
         try:
-            return chain_from(certs, pinned_sha256)
+            # Every root in the file was trusted when the agent wrote it (pin first).
+            return chain_from(certs, pinned_sha256, kept=[c for c in certs if is_self_signed(c)])
         except ValueError as exc:
             self._warn(f"{path}: {exc}; it will be fetched again from the server")
             return None

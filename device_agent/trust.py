@@ -1,15 +1,18 @@
 """Trust anchors on the device: the pinned fleet root and the CAs below it.
 
-The agent trusts exactly one root, the one whose SHA-256 it was given at
-enrollment (RFC 7030 §4.1.1 bootstrap distribution of CA certificates). It
-checks what the server hands it against that root, with a clock-skew allowance
-because device clocks are often wrong.
+The agent pins one root, the one whose SHA-256 it was given at enrollment
+(RFC 7030 §4.1.1 bootstrap distribution of CA certificates). It checks what
+the server hands it against its roots, with a clock-skew allowance because
+device clocks are often wrong. On a root rollover it moves its pin only to a
+root that a link certificate from a root it already trusts certifies (the
+kernel's rule, ``fleet.kernel.rollover``), and keeps the old root while valid.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -19,6 +22,7 @@ from fleet.kernel.certs import client_cert_problem, is_ca, issued_by, validity_p
 from fleet.kernel.device_id import device_id_from_certificate, subject_attributes
 from fleet.kernel.errors import DeviceIdInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.kernel.rollover import follow_rollover, is_self_signed
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -28,40 +32,86 @@ def common_name(cert: x509.Certificate) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class CaCerts:
-    """The issuing chain from /cacerts; ``root`` is the certificate the pin matched."""
+    """The fleet CAs the agent trusts: its roots and the issuing CAs directly below them.
 
-    root: x509.Certificate
-    issuers: tuple[x509.Certificate, ...]  # CAs directly below the root
+    ``roots[0]`` is the pinned root. During a root rollover (RFC 7030 section
+    4.1.3) the older roots follow it for as long as they are valid, so that
+    what they signed (the server's TLS certificate, issuing CAs not yet
+    rotated) still verifies. ``refused`` says why roots the server offered
+    were not trusted (never part of the comparison: it is a report).
+    """
+
+    roots: tuple[x509.Certificate, ...]
+    issuers: tuple[x509.Certificate, ...]  # CAs directly below one of the roots
+    refused: tuple[str, ...] = dataclasses.field(default=(), compare=False)
+
+    @property
+    def root(self) -> x509.Certificate:
+        return self.roots[0]
+
+    @property
+    def pinned_sha256(self) -> str:
+        return sha256_fingerprint(self.root)
 
     @property
     def all(self) -> tuple[x509.Certificate, ...]:
-        return (*self.issuers, self.root)
+        return (*self.issuers, *self.roots)
 
     def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
         """The CA of this chain that signed ``cert``, or None."""
         return issued_by(cert, self.issuers)
 
     def root_pem(self) -> bytes:
-        return self.root.public_bytes(serialization.Encoding.PEM)
+        """The trust anchors for TLS (server, broker): every root the agent trusts."""
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.roots)
 
     def pem(self) -> bytes:
         return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.all)
 
 
-def chain_from(certs: list[x509.Certificate], pinned_sha256: str) -> CaCerts:
-    """The pinned root among ``certs`` and the CAs it signed directly; ValueError if absent."""
-    roots = [c for c in certs if sha256_fingerprint(c) == pinned_sha256]
-    if not roots:
+def chain_from(
+    certs: list[x509.Certificate],
+    pinned_sha256: str,
+    *,
+    kept: Sequence[x509.Certificate] = (),
+    now: dt.datetime | None = None,
+    skew: dt.timedelta = dt.timedelta(minutes=15),
+) -> CaCerts:
+    """The roots the agent trusts and the CAs they signed directly; ValueError without the pin.
+
+    ``kept`` are roots the agent trusted before (its stored bundle). With
+    ``now`` (a fresh /cacerts answer) the kernel's rollover rule decides whether
+    a new root among ``certs`` is certified by a link from a trusted one; the
+    pin moves to the newest trusted root, and older roots stay while valid.
+    Without ``now`` (the agent's own stored bundle) nothing new is learnt.
+    """
+    pinned = [c for c in (*certs, *kept) if sha256_fingerprint(c) == pinned_sha256]
+    if not pinned:
         raise ValueError(
             "no certificate has the pinned SHA-256 fingerprint "
             f"{pinned_sha256[:16]}… (got "
             f"{', '.join(sha256_fingerprint(c)[:16] + '…' for c in certs)})"
         )
-    root = roots[0]
-    issuers = [c for c in certs if c != root and is_ca(c) and issued_by(c, [root]) is not None]
+    trusted = [pinned[0], *(r for r in kept if r != pinned[0] and is_self_signed(r))]
+    pin, refused = pinned[0], tuple[str, ...]()
+    if now is not None:
+        rollover = follow_rollover(trusted, certs, now=now, skew=skew)
+        pin = rollover.pin
+        refused = tuple(p.detail for p in rollover.refused)
+        trusted = [
+            r for r in rollover.trusted
+            if r == pin or validity_problem(r, now, skew) is None
+        ]  # fmt: skip
+    roots = (pin, *(r for r in trusted if r != pin))
+    # Link certificates are self-issued (a root's name): never an issuing CA.
+    issuers = [
+        c for c in certs
+        if c not in roots and is_ca(c) and c.subject != c.issuer
+        and issued_by(c, roots) is not None
+    ]  # fmt: skip
     if not issuers:
         raise ValueError("the chain has no CA certificate issued by the pinned root")
-    return CaCerts(root, tuple(issuers))
+    return CaCerts(roots, tuple(issuers), refused)
 
 
 class CertificateUnusable(ValueError):
@@ -84,7 +134,7 @@ def check_issued(
     minutes behind must not throw away a certificate the server just issued).
     """
     if issued_by(cert, cacerts.issuers) is None:
-        raise CertificateUnusable("the certificate was not issued by a CA of the pinned fleet root")
+        raise CertificateUnusable("the certificate was not issued by a CA of a trusted fleet root")
     try:
         device_id = device_id_from_certificate(cert)
     except DeviceIdInvalid as exc:

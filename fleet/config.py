@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.keys import KeyType, parse_key_type
+from fleet.kernel.reasons import Reason
+from fleet.pki.pkcs11_uri import parse_pkcs11_uri
 from fleet.pki.profile import DeviceProfile
 from fleet.store.redis_durability import RedisDurability
 
@@ -32,6 +34,7 @@ SECRET_ENV = frozenset(
         "FLEET_ADMIN_TOKEN",
         "FLEET_WEBHOOK_SECRET",
         "FLEET_ADMIN_TOKEN_FILE",
+        "FLEET_PKCS11_PIN",
     }
 )
 
@@ -71,6 +74,22 @@ class CaConfig:
     # A file holding the issuing key's passphrase; empty = key not encrypted
     # (or FLEET_CA_KEY_PASSPHRASE set).
     key_passphrase_file: Path | None = None
+    # Where the CA keys live: "file" (issuing_key; the root key beside root_cert)
+    # or an RFC 7512 URI naming a key in a PKCS#11 token. key_store is the issuing
+    # CA key, which also signs the CRL and OCSP answers.
+    key_store: str = "file"
+    root_key_store: str = "file"
+    # The token's PKCS#11 library; its user PIN comes from pkcs11_pin_file
+    # (mode 0600 or 0400) or FLEET_PKCS11_PIN, never from fleet.toml.
+    pkcs11_module: Path | None = None
+    pkcs11_pin_file: Path | None = None
+    # How often a running server checks the issuing-CA set (fleet ca promote,
+    # rotate-issuing, retire) for a change; SIGHUP checks at once.
+    reload_seconds: int = 2
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.reload_seconds <= 3600:
+            raise ConfigError(f"[ca] reload_seconds must be 1..3600, got {self.reload_seconds}")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,6 +131,7 @@ class AdminConfig:
     # Admin client certificates come from their own CA (a fourth trust domain).
     ca_cert: Path = Path("ca/admin.pem")
     ca_key: Path = Path("ca/admin.key")
+    key_store: str = "file"  # or a PKCS#11 URI, as [ca] key_store (same module and PIN)
     # Bulk operations touching more devices than this need --confirm.
     bulk_confirm_threshold: int = 100
 
@@ -237,6 +257,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
         if getattr(server, key) < 1:
             raise ConfigError(f"[server] {key} must be >= 1")
     _check_proxies(server.trusted_proxies)
+    _check_key_stores(ca, admin)
     if est.base64_line_length < 0:
         raise ConfigError("[est] base64_line_length must be >= 0 (0 = one line)")
     labels, line_lengths = _labels(_section(raw, "labels"))
@@ -342,7 +363,7 @@ def _dataclass_section(raw: Mapping[str, Any], name: str, cls: type[_T], base_di
     values: dict[str, Any] = {}
     for key, value in section.items():
         default = fields[key].default
-        if isinstance(default, Path) or key.endswith(("_file", "_cert", "_key")):
+        if isinstance(default, Path) or key.endswith(("_file", "_cert", "_key", "_module")):
             if not isinstance(value, str):
                 raise ConfigError(f"[{name}] {key} must be a path string, got {value!r}")
             values[key] = (base_dir / value).resolve() if value else None
@@ -359,6 +380,24 @@ def _dataclass_section(raw: Mapping[str, Any], name: str, cls: type[_T], base_di
         if key not in values and isinstance(field.default, Path):
             values[key] = (base_dir / field.default).resolve()
     return cls(**values)
+
+
+def _check_key_stores(ca: CaConfig, admin: AdminConfig) -> None:
+    stores = {
+        "[ca] key_store": ca.key_store,
+        "[ca] root_key_store": ca.root_key_store,
+        "[admin] key_store": admin.key_store,
+    }
+    in_token = [name for name, value in stores.items() if value != "file"]
+    for name in in_token:
+        parse_pkcs11_uri(stores[name], setting=name, key_required=True)
+    if in_token and ca.pkcs11_module is None:
+        raise ConfigError(
+            f"{in_token[0]} names a PKCS#11 key but [ca] pkcs11_module is not set",
+            reason=Reason.PKCS11_MODULE_UNAVAILABLE,
+            hint="Set [ca] pkcs11_module to the token's library, e.g. "
+            '"/usr/lib/softhsm/libsofthsm2.so".',
+        )
 
 
 def _check_proxies(proxies: tuple[str, ...]) -> None:

@@ -4,14 +4,25 @@ Layout (directories 0700, private keys 0600)::
 
     DIR/fleet.toml          settings (no secrets)
     DIR/fleet.db            SQLite store (the embedded default)
-    DIR/ca/root.pem         fleet root CA — devices pin its SHA-256 fingerprint
-    DIR/ca/root.key         keep offline in production; only needed to re-issue below
+    DIR/ca/root.pem         fleet root CA(s) — devices pin the SHA-256 of the first (the
+                            signing root); during a root rollover the old root follows it
+    DIR/ca/root.key         absent with --offline-root DIR (then DIR/root.key, on removable
+                            media) or with a PKCS#11 token; needed only to sign a new CA
+    DIR/ca/links.pem        during a root rollover only: OldWithNew, NewWithOld (`fleet ca
+                            rotate-root`), served by /cacerts
     DIR/ca/issuing.pem      issuing CA (pathlen 0): signs device certificates
     DIR/ca/issuing.key
+    DIR/ca/issuing-set.pem  every trusted issuing CA (fleet.ca_registry keeps it current)
     DIR/ca/admin.pem        admin CA (pathlen 0): signs admin client certificates only
     DIR/ca/admin.key
     DIR/tls/server.pem      server TLS certificate (signed by the root, no CRL DP)
     DIR/tls/server.key
+
+With ``--pkcs11-uri`` the root, issuing and admin keys are generated inside the
+token instead (labels ``fleet-root``, ``fleet-issuing``, ``fleet-admin``, each
+with a random CKA_ID) and no ``ca/*.key`` file is written: fleet.toml records
+their URIs. The server TLS key stays a file, because the server must start
+unattended and its TLS stack signs handshakes in-process.
 """
 
 from __future__ import annotations
@@ -21,9 +32,10 @@ import datetime as dt
 import ipaddress
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from fleet.ca_registry import ISSUING_SET
 from fleet.config import CONFIG_FILENAME
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import ConfigError
@@ -37,7 +49,9 @@ from fleet.pki.ca import (
     create_root_ca,
     create_server_certificate,
 )
-from fleet.pki.keys import private_key_to_pem
+from fleet.pki.ceremony import ISSUING_VALIDITY
+from fleet.pki.keys import PrivateKey, private_key_to_pem
+from fleet.pki.keystore import KeyRole, token_uri_of
 
 # Everything `fleet init` creates, so that --force removes exactly that.
 _MANAGED = (
@@ -45,7 +59,19 @@ _MANAGED = (
 )  # fmt: skip
 
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1")
+# README "CA lifetime": a root outlives any device (10-15 years in the field)
+# with room for one planned rollover; issuing CAs rotate within a device's life.
+ROOT_VALIDITY = dt.timedelta(days=20 * 365)
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)", re.ASCII)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TokenInit:
+    """`fleet init --pkcs11-uri`: make the CA keys with ``make`` and record where they are."""
+
+    make: Callable[[KeyRole, KeyType], PrivateKey]
+    module: Path
+    pin_file: Path | None  # None: the PIN comes from FLEET_PKCS11_PIN
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +90,8 @@ def init_data_dir(
     key_type: KeyType = KeyType.EC_P256,
     force: bool = False,
     passphrase: bytes | None = None,
+    token: TokenInit | None = None,
+    offline_root: Path | None = None,
 ) -> InitResult:
     """Create CA material, server TLS certificate and fleet.toml in ``data_dir``.
 
@@ -89,8 +117,39 @@ def init_data_dir(
         else:
             target.unlink()
 
-    root = create_root_ca("fleet root CA", now=now, key_type=key_type)
-    issuing = create_issuing_ca(root, "fleet device issuing CA", now=now, key_type=key_type)
+    if offline_root is not None:
+        if token is not None:
+            raise ConfigError(
+                "--offline-root and --pkcs11-uri both name a place for the root key",
+                hint="Keep the root offline (removable media) or in the token, not both.",
+            )
+        offline_root = offline_root.resolve()
+        if offline_root == data_dir or data_dir in offline_root.parents:
+            raise ConfigError(
+                f"--offline-root {offline_root} is inside the data directory",
+                hint="Give a directory on removable media, outside the data directory.",
+            )
+        if (offline_root / "root.key").exists() and not force:
+            raise ConfigError(
+                f"{offline_root} already holds a root key",
+                reason="data_dir_exists",
+                hint="Use other media, or pass --force to replace that root.",
+            )
+
+    def key(role: KeyRole) -> PrivateKey | None:
+        return token.make(role, key_type) if token is not None else None
+
+    root = create_root_ca(
+        "fleet root CA", now=now, key_type=key_type, validity=ROOT_VALIDITY, key=key(KeyRole.ROOT)
+    )
+    issuing = create_issuing_ca(
+        root,
+        "fleet device issuing CA",
+        now=now,
+        key_type=key_type,
+        validity=ISSUING_VALIDITY,
+        key=key(KeyRole.ISSUING),
+    )
     server = create_server_certificate(
         root,
         common_name=names[0],
@@ -99,17 +158,34 @@ def init_data_dir(
         now=now,
         key_type=key_type,
     )
-    admin_ca = create_issuing_ca(root, "fleet admin CA", now=now, key_type=key_type)
+    admin_ca = create_issuing_ca(
+        root, "fleet admin CA", now=now, key_type=key_type, key=key(KeyRole.ADMIN)
+    )
     # The kernel's trust-domain rule, checked before anything is written.
     FleetAuthorities(
         roots=(root.certificate,), issuing=(issuing.certificate,), admin=(admin_ca.certificate,)
     )
-    _write_pair(data_dir / "ca", "root", root, passphrase)
+    if offline_root is None:
+        _write_pair(data_dir / "ca", "root", root, passphrase)
+    else:
+        # The root key goes only to the offline directory; the data directory
+        # gets the certificate, which is all the online server needs.
+        _write_pair(offline_root, "root", root, passphrase)
+        ensure_private_dir(data_dir / "ca")
+        write_atomic(
+            data_dir / "ca" / "root.pem", certificate_to_pem(root.certificate), mode=PUBLIC_MODE
+        )
     _write_pair(data_dir / "ca", "issuing", issuing, passphrase)
     _write_pair(data_dir / "ca", "admin", admin_ca, passphrase)
+    write_atomic(
+        data_dir / "ca" / ISSUING_SET, certificate_to_pem(issuing.certificate), mode=PUBLIC_MODE
+    )
     _write_pair(data_dir / "tls", "server", server, None)  # the server must start unattended
     config_path = data_dir / CONFIG_FILENAME
-    write_atomic(config_path, _config_text(names).encode(), mode=0o640)
+    text = _config_text(names)
+    if token is not None:
+        text = _with_token_keys(text, token, root=root, issuing=issuing, admin=admin_ca)
+    write_atomic(config_path, text.encode(), mode=0o640)
     return InitResult(
         data_dir=data_dir,
         config_path=config_path,
@@ -120,12 +196,48 @@ def init_data_dir(
 
 def _write_pair(directory: Path, stem: str, pair: CertifiedKey, passphrase: bytes | None) -> None:
     ensure_private_dir(directory)
-    write_atomic(
-        directory / f"{stem}.key",
-        private_key_to_pem(pair.private_key, passphrase),
-        mode=SECRET_MODE,
-    )
+    if token_uri_of(pair.private_key) is None:  # a token key stays in the token
+        write_atomic(
+            directory / f"{stem}.key",
+            private_key_to_pem(pair.private_key, passphrase),
+            mode=SECRET_MODE,
+        )
     write_atomic(directory / f"{stem}.pem", certificate_to_pem(pair.certificate), mode=PUBLIC_MODE)
+
+
+def _with_token_keys(
+    text: str, token: TokenInit, *, root: CertifiedKey, issuing: CertifiedKey, admin: CertifiedKey
+) -> str:
+    """fleet.toml with the token keys' URIs, the module and where the PIN comes from."""
+
+    def uri(pair: CertifiedKey) -> str:
+        return _toml_string(str(token_uri_of(pair.private_key)))
+
+    pin = (
+        f"pkcs11_pin_file = {_toml_string(str(token.pin_file.resolve()))}"
+        if token.pin_file is not None
+        else '# pkcs11_pin_file = "..."      # the PIN comes from FLEET_PKCS11_PIN'
+    )
+    ca_lines = f"""\
+# The CA keys are in a PKCS#11 token (RFC 7512 URIs; never extractable).
+key_store = {uri(issuing)}
+root_key_store = {uri(root)}
+pkcs11_module = {_toml_string(str(token.module.absolute()))}
+{pin}
+"""
+    text = text.replace('issuing_key = "ca/issuing.key"\n', ca_lines, 1)
+    return (
+        text
+        + f"""
+[admin]
+key_store = {uri(admin)}
+"""
+    )
+
+
+def _toml_string(value: str) -> str:
+    # Basic TOML string: URIs and paths here are printable; escape what TOML needs.
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _dedupe(names: Sequence[str]) -> list[str]:
@@ -188,6 +300,7 @@ workers = 1
 root_cert = "ca/root.pem"
 issuing_cert = "ca/issuing.pem"
 issuing_key = "ca/issuing.key"
+reload_seconds = 2            # running servers pick up `fleet ca promote` within this (or SIGHUP)
 
 [profile]
 # Operational device certificates.
@@ -195,7 +308,8 @@ validity_days = 30
 backdate_minutes = 5          # tolerate device clocks a little behind
 key_types = ["ec-p256", "ec-p384", "ed25519"]
 organization = ""
-crl_url = ""                  # public URL of /crl, put in issued certificates when set
+crl_url = ""                  # public URL of /crl, put in issued certificates when set;
+                              # ".../crl/{{issuer}}": each certificate names its own issuer's CRL
 ocsp_url = ""                 # public URL of /ocsp, put in issued certificates when set
 
 [policy]

@@ -6,7 +6,10 @@
     # comment lines and blank lines are skipped
     sensor-0001,3f9c...64 hex...,TH-200,2026-W22
 
-The header is required. ``model`` and ``batch`` may be empty or left out;
+The header is required. A fifth column, ``manufacturer_sha256``, may name the
+manufacturer CA the device's bootstrap certificate chains to (the device then
+shows it before its first enrollment; the import refuses a CA that is not
+trusted). ``model``, ``batch`` and ``manufacturer_sha256`` may be empty or left out;
 cells are trimmed; a UTF-8 byte order mark (Excel) is tolerated; fingerprints
 may be written the way openssl prints them (``AB:CD:...``). Any wrong line
 refuses the whole file, naming the line: a manifest is imported all or nothing.
@@ -22,9 +25,10 @@ from collections.abc import Sequence
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import ConfigError, DeviceIdInvalid, ManifestInvalid
 from fleet.kernel.fingerprint import normalize_fingerprint
-from fleet.store.records import ManifestEntry
+from fleet.store.records import ManifestEntry, Manufacturer
 
 HEADER = ("device_id", "bootstrap_sha256", "model", "batch")
+HEADER_WITH_MANUFACTURER = (*HEADER, "manufacturer_sha256")
 MAX_LINES = 100_000
 MAX_TEXT_LENGTH = 128  # model and batch
 
@@ -52,10 +56,10 @@ def parse_manifest(text: str) -> list[ManifestEntry]:
             continue
         cells = _cells(line, number)
         if not header_seen:
-            _check_header(cells, number)
+            columns = _check_header(cells, number)
             header_seen = True
             continue
-        entry = _entry(cells, number)
+        entry = _entry(cells, number, columns)
         if entry.device_id in line_of_device:
             raise ManifestInvalid(
                 f"device {entry.device_id!r} is listed twice (first on line "
@@ -89,9 +93,11 @@ def _cells(line: str, number: int) -> list[str]:
     return [cell.strip() for cell in row]
 
 
-def _check_header(cells: Sequence[str], number: int) -> None:
-    if tuple(cell.lower() for cell in cells) == HEADER:
-        return
+def _check_header(cells: Sequence[str], number: int) -> tuple[str, ...]:
+    """The columns the header names: HEADER, or HEADER_WITH_MANUFACTURER."""
+    named = tuple(cell.lower() for cell in cells)
+    if named in (HEADER, HEADER_WITH_MANUFACTURER):
+        return named
     found = ",".join(cells)
     if len(found) > 80:
         found = found[:77] + "..."
@@ -102,10 +108,10 @@ def _check_header(cells: Sequence[str], number: int) -> None:
     )
 
 
-def _entry(cells: Sequence[str], number: int) -> ManifestEntry:
-    if len(cells) > len(HEADER):
+def _entry(cells: Sequence[str], number: int, columns: tuple[str, ...]) -> ManifestEntry:
+    if len(cells) > len(columns):
         raise ManifestInvalid(
-            f"{len(cells)} columns; at most {len(HEADER)} are allowed ({','.join(HEADER)}). "
+            f"{len(cells)} columns; at most {len(columns)} are allowed ({','.join(columns)}). "
             "Quote a model or batch that contains a comma",
             line=number,
         )
@@ -130,12 +136,21 @@ def _entry(cells: Sequence[str], number: int) -> ManifestEntry:
         raise ManifestInvalid(
             f"bootstrap_sha256 of device {device_id!r}: {exc.message}", line=number
         ) from None
-    model, batch = (*rest, "", "")[:2]
+    model, batch, manufacturer = (*rest, "", "", "")[:3]
+    maker = None
+    if manufacturer:
+        try:
+            maker = Manufacturer(normalize_fingerprint(manufacturer))
+        except ConfigError as exc:
+            raise ManifestInvalid(
+                f"manufacturer_sha256 of device {device_id!r}: {exc.message}", line=number
+            ) from None
     return ManifestEntry(
         device_id=device_id,
         bootstrap_sha256=sha256,
         model=_text("model", model, number),
         batch=_text("batch", batch, number),
+        manufacturer=maker,
     )
 
 

@@ -35,6 +35,11 @@ def device_json(device: Device) -> dict[str, Any]:
         "bootstrap_sha256": device.bootstrap_sha256,
         "enrolled_bootstrap_sha256": device.enrolled_bootstrap_sha256,
         "enrolled_at": when(device.enrolled_at),
+        "manufacturer": (
+            None
+            if device.manufacturer is None
+            else {"sha256": device.manufacturer.sha256, "name": device.manufacturer.name}
+        ),
         "created_at": when(device.created_at),
         "updated_at": when(device.updated_at),
     }

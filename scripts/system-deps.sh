@@ -17,6 +17,8 @@ declare -A PROGRAM=(
   [libmosquitto-dev]=/usr/include/mosquitto.h
   [libssl-dev]=/usr/include/openssl/ssl.h
   [strongswan-pki]=pki
+  # pki needs the openssl plugin for EC keys; apt installs without recommends
+  [libstrongswan-standard-plugins]=/usr/lib/ipsec/plugins/libstrongswan-openssl.so
   [chromium]=chromium
   [softhsm2]=softhsm2-util
   [postgresql]=/usr/lib/postgresql/15/bin/initdb

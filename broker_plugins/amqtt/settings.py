@@ -7,6 +7,9 @@ Example ``broker.toml`` (paths are relative to the file)::
     tls_cert = "tls/broker.pem"     # server certificate (+ chain)
     tls_key = "tls/broker.key"
     fleet_ca = "ca/fleet-ca.pem"    # fleet issuing CA(s) + root: who may sign devices
+    # Optional: follow issuing-CA rotations from the fleet server (re-read every
+    # ca_refresh_seconds; only CAs signed by a root already in fleet_ca are taken).
+    # cacerts_url = "https://fleet.example:8443/.well-known/est/cacerts"
 
     [store]
     url = "sqlite:///var/lib/fleet/fleet.db"   # or postgresql://fleet@db/fleet, redis://host:6379/0
@@ -15,6 +18,7 @@ Example ``broker.toml`` (paths are relative to the file)::
     max_staleness = 30    # seconds without contact with the feed ...
     fail_open = false     # ... then refuse every connect (false) or keep deciding (true)
     snapshot_file = "revocations.snapshot"   # the default: beside broker.toml
+    broker_name = "mqtt-1"   # its feed position, as the admin console shows it
 
     [acl]
     templates = ["devices/{device_id}/#"]
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import socket
 import ssl
 import tomllib
 from pathlib import Path
@@ -63,6 +68,7 @@ from fleet.kernel.acl import DEFAULT_TEMPLATE, AclConfigError, TopicAcl
 from fleet.kernel.admission import TrustPolicy
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.tls_policy import TLS12_CIPHERS
+from fleet.store.broker_positions import check_broker_name
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (Python's ssl has no name for it): the
 # handshake still verifies signatures and the chain; validity is checked by the
@@ -88,12 +94,25 @@ class AmqttSettings:
     metrics_port: int | None = None
     # None: DEFAULT_SNAPSHOT_NAME beside fleet_ca (load_settings puts it beside broker.toml).
     snapshot_file: Path | None = None
+    # The fleet server's EST /cacerts: fleet_ca follows issuing-CA rotations
+    # (broker_plugins.ca_refresh); None = fleet_ca is only re-read when it changes.
+    cacerts_url: str | None = None
+    ca_refresh_seconds: float = 5.0
+    # The name this broker reports its feed position under (the admin console's
+    # Overview); None: "amqtt@<hostname>:<port>".
+    broker_name: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"listener port {self.port} is out of range")
+        try:
+            check_broker_name(self.reported_name)
+        except ValueError as exc:
+            raise ConfigError(f"revocation.broker_name: {exc}") from None
         if self.max_staleness <= 0:
             raise ConfigError("revocation.max_staleness must be positive")
+        if not 0.1 <= self.ca_refresh_seconds <= 86400:
+            raise ConfigError("listener.ca_refresh_seconds must be between 0.1 and 86400")
         if self.skew_seconds < 0 or self.session_expiry_seconds < 0:
             raise ConfigError("session.skew_seconds and expiry_seconds must not be negative")
         for path in (self.tls_cert, self.tls_key, self.fleet_ca):
@@ -106,6 +125,10 @@ class AmqttSettings:
 
     def acl(self) -> TopicAcl:
         return TopicAcl(self.topic_templates)
+
+    @property
+    def reported_name(self) -> str:
+        return self.broker_name or f"amqtt@{socket.gethostname()}:{self.port}"
 
     @property
     def revocation_snapshot_file(self) -> Path:
@@ -196,10 +219,13 @@ _TOML_KEYS = {
     ("listener", "tls_cert"): "tls_cert",
     ("listener", "tls_key"): "tls_key",
     ("listener", "fleet_ca"): "fleet_ca",
+    ("listener", "cacerts_url"): "cacerts_url",
+    ("listener", "ca_refresh_seconds"): "ca_refresh_seconds",
     ("store", "url"): "store_url",
     ("revocation", "max_staleness"): "max_staleness",
     ("revocation", "fail_open"): "fail_open",
     ("revocation", "snapshot_file"): "snapshot_file",
+    ("revocation", "broker_name"): "broker_name",
     ("acl", "templates"): "topic_templates",
     ("session", "expiry_seconds"): "session_expiry_seconds",
     ("session", "skew_seconds"): "skew_seconds",

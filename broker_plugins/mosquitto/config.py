@@ -22,6 +22,9 @@ are relative to the settings file's directory. Example::
     pid_file = "state/mosquitto.pid"              # the sidecar SIGHUPs this PID for new CRLs
     crl_url = "https://est.example.com:8443/crl"  # fleet serve's CRL ("" = none; optional)
     crl_backstop = false                          # Mosquitto's TLS layer checks it too
+    cacerts_url = "https://est.example.com:8443/.well-known/est/cacerts"  # follow issuing-
+                                                  # CA rotations without a restart ("" = no)
+    ca_refresh_seconds = 5.0                      # how often the sidecar reads cacerts_url
     log_format = "json"                           # the plugin's lines as JSON ("text")
     sidecar_cert = "sidecar.pem"                  # `fleet-broker mosquitto sidecar-cert`
     sidecar_key = "sidecar.key"
@@ -29,6 +32,7 @@ are relative to the settings file's directory. Example::
     max_staleness_seconds = 30                    # fail closed (see below); 0 = never
     heartbeat_seconds = 2.0                       # sidecar -> plugin "the feed is live"
     skew_seconds = 300                            # clock skew forgiven on validity
+    broker_name = "mqtt-1"                        # feed position reported as (console)
 
 Who refuses a revoked certificate: **the plugin**, by default. It holds the
 revocation state (snapshot + live feed), refuses a revoked serial or device at
@@ -83,6 +87,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -94,6 +99,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.tls_policy import MOSQUITTO_MIN_TLS_VERSION, TLS12_CIPHERS
+from fleet.store.broker_positions import check_broker_name
 
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"
@@ -155,6 +161,19 @@ class MosquittoSettings:
     log_format: str = "text"
     # HOST:PORT where the sidecar serves Prometheus /metrics ("" = none); keep it loopback.
     metrics_address: str = ""
+    # fleet serve's EST /cacerts: the sidecar keeps the plugin's issuing CAs
+    # (state_dir/issuing-set.pem) and a capath directory for Mosquitto's TLS
+    # layer equal to it, and SIGHUPs the broker when it changes. Mosquitto
+    # reads cafile only at start; capath is looked up at each handshake.
+    cacerts_url: str = ""
+    ca_refresh_seconds: float = 5.0
+    # The name the sidecar reports this broker's feed position under (the admin
+    # console's Overview); "" = "mosquitto@<hostname>:<listen port>".
+    broker_name: str = ""
+
+    @property
+    def reported_name(self) -> str:
+        return self.broker_name or f"mosquitto@{socket.gethostname()}:{self.listen_port}"
 
     @property
     def metrics_listen(self) -> tuple[str, int] | None:
@@ -166,6 +185,20 @@ class MosquittoSettings:
     def cafile(self) -> Path:
         """Root + issuing CA: Mosquitto needs the chain up to the root."""
         return self.state_dir / "cafile.pem"
+
+    @property
+    def issuing_set(self) -> Path:
+        """With cacerts_url: the issuing CAs (and roots) the plugin trusts, kept by the sidecar."""
+        return self.state_dir / "issuing-set.pem"
+
+    @property
+    def cadir(self) -> Path:
+        """With cacerts_url: Mosquitto's capath (``<subject hash>.<n>`` files)."""
+        return self.state_dir / "cadir"
+
+    @property
+    def plugin_issuing_ca(self) -> Path:
+        return self.issuing_set if self.cacerts_url else self.issuing_ca
 
     @property
     def crlfile(self) -> Path:
@@ -269,9 +302,16 @@ def _parse_listen(listen: object, key: str = "listen") -> tuple[str, int]:
 
 
 def _check(s: MosquittoSettings) -> None:
-    for name in ("crl_url", "sidecar_cn", "acl_template", "broker_host", "user"):
+    for name in (
+        "crl_url", "sidecar_cn", "acl_template", "broker_host", "user", "cacerts_url",
+        "broker_name",
+    ):  # fmt: skip
         if not isinstance(getattr(s, name), str):
             raise ConfigError(f"[mosquitto] {name} must be a string")
+    try:
+        check_broker_name(s.reported_name)
+    except ValueError as exc:
+        raise ConfigError(f"[mosquitto] broker_name: {exc}") from None
     if not s.sidecar_cn or all(c.isalnum() or c in "._-" for c in s.sidecar_cn):
         # A sidecar CN inside the device id alphabet could be enrolled by a device.
         raise ConfigError(
@@ -292,7 +332,9 @@ def _check(s: MosquittoSettings) -> None:
         value = getattr(s, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"[mosquitto] {name} must be a whole number >= 0")
-    for name in ("heartbeat_seconds", "crl_refresh_seconds"):
+    if s.cacerts_url and not s.cacerts_url.startswith("https://"):
+        raise ConfigError(f"[mosquitto] cacerts_url {s.cacerts_url!r} is not an https URL")
+    for name in ("heartbeat_seconds", "crl_refresh_seconds", "ca_refresh_seconds"):
         value = getattr(s, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise ConfigError(f"[mosquitto] {name} must be a positive number")
@@ -340,7 +382,7 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         "# The fleet plugin: issuer, validity, EKU, key, device id, client id, revocation,",
         "# topic ACL, live kick (the checks of fleet.kernel.admission, in its order).",
         f"plugin {s.plugin}",
-        f"plugin_opt_issuing_ca {s.issuing_ca}",
+        f"plugin_opt_issuing_ca {s.plugin_issuing_ca}",
         f"plugin_opt_root_ca {s.root_ca}",
         f"plugin_opt_skew_seconds {s.skew_seconds}",
         f"plugin_opt_snapshot_file {s.snapshot_file}",
@@ -360,6 +402,7 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         f"listener {s.listen_port} {s.listen_host}",
         "protocol mqtt",
         f"cafile {s.cafile}",
+        *([f"capath {s.cadir}"] if s.cacerts_url else []),
         f"certfile {s.server_cert}",
         f"keyfile {s.server_key}",
         "require_certificate true",

@@ -45,6 +45,9 @@
  *                     may hold several (rotation) and may be repeated.
  *                     Self-issued certificates in it are roots (anchors),
  *                     unless it holds only roots (a single-level PKI).
+ *                     Re-read with root_ca on SIGHUP (an issuing-CA rotation:
+ *                     the sidecar rewrites the file); a file that does not
+ *                     load keeps the previous set.
  *     root_ca         optional, repeatable: roots above the issuing CAs
  *                     (their validity is checked, they never admit a leaf)
  *     snapshot_file   the revocation snapshot (below)
@@ -246,10 +249,17 @@ struct certs {
 	size_t count;
 };
 
+#define MAX_CA_FILES 8
+
 struct fleet {
 	mosquitto_plugin_id_t *id;
 	struct certs issuers; /* CAs whose leaves may connect (several during a rotation) */
 	struct certs anchors; /* roots above them: only their validity is checked */
+	/* The files they came from, read again on every reload (SIGHUP): the sidecar
+	 * rewrites them when the fleet's issuing CAs change (fleet ca rotate-issuing). */
+	char *issuing_paths[MAX_CA_FILES];
+	char *root_paths[MAX_CA_FILES];
+	size_t n_issuing_paths, n_root_paths;
 	long skew;            /* seconds forgiven on validity */
 	char *snapshot_path;
 	char *sidecar_cn;
@@ -1030,12 +1040,15 @@ static int on_control(int event, void *event_data, void *userdata)
 	return MOSQ_ERR_SUCCESS;
 }
 
+static void reload_trust(struct fleet *f);
+
 static int on_reload(int event, void *event_data, void *userdata)
 {
 	struct fleet *f = userdata;
 
 	(void)event;
 	(void)event_data;
+	reload_trust(f);
 	if(load_snapshot(f) == 0) kick_revoked_sessions(f);
 	note_staleness(f);
 	return MOSQ_ERR_PLUGIN_DEFER; /* let other plugins see the reload too */
@@ -1121,27 +1134,79 @@ static int load_ca_file(struct certs *issuers, struct certs *anchors, const char
  * CAs issued by another CA are the issuers, self-issued ones anchors; with only
  * self-issued CAs there, they are the issuers (a single-level fleet PKI).
  */
-static int settle_trust(struct fleet *f, struct certs *issuing_roots)
+static int settle(struct certs *issuers, struct certs *anchors, struct certs *issuing_roots)
 {
 	size_t i;
 
-	if(f->issuers.count == 0){
-		struct certs swap = f->issuers;
-		f->issuers = *issuing_roots;
+	if(issuers->count == 0){
+		struct certs swap = *issuers;
+		*issuers = *issuing_roots;
 		*issuing_roots = swap;
 	}
 	for(i = 0; i < issuing_roots->count; i++){
-		if(certs_add(&f->anchors, issuing_roots->items[i])) return -1;
+		if(certs_add(anchors, issuing_roots->items[i])) return -1;
 		issuing_roots->items[i] = NULL;
 	}
 	free(issuing_roots->items);
 	issuing_roots->items = NULL;
 	issuing_roots->count = 0;
-	if(f->issuers.count == 0){
+	if(issuers->count == 0){
 		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: plugin_opt_issuing_ca holds no CA certificate");
 		return -1;
 	}
 	return 0;
+}
+
+static int settle_trust(struct fleet *f, struct certs *issuing_roots)
+{
+	return settle(&f->issuers, &f->anchors, issuing_roots);
+}
+
+static int remember_path(char **paths, size_t *n, const char *option, const char *value)
+{
+	if(*n >= MAX_CA_FILES){
+		mosquitto_log_printf(MOSQ_LOG_ERR, "fleet: at most %d %s files", MAX_CA_FILES, option);
+		return -1;
+	}
+	paths[*n] = strdup(value);
+	if(!paths[*n]) return -1;
+	(*n)++;
+	return 0;
+}
+
+/*
+ * Read the issuing_ca and root_ca files again; on any error keep the set in
+ * use (a half-written file must not leave the broker trusting nothing, or
+ * anything). Called on every reload (SIGHUP).
+ */
+static void reload_trust(struct fleet *f)
+{
+	struct certs issuers = {NULL, 0}, anchors = {NULL, 0}, issuing_roots = {NULL, 0};
+	size_t i;
+	int bad = 0;
+
+	for(i = 0; i < f->n_issuing_paths && !bad; i++){
+		bad = load_ca_file(&issuers, &issuing_roots, "issuing_ca", f->issuing_paths[i]);
+	}
+	for(i = 0; i < f->n_root_paths && !bad; i++){
+		bad = load_ca_file(NULL, &anchors, "root_ca", f->root_paths[i]);
+	}
+	if(!bad) bad = settle(&issuers, &anchors, &issuing_roots);
+	if(bad){
+		certs_free(&issuers);
+		certs_free(&anchors);
+		certs_free(&issuing_roots);
+		mosquitto_log_printf(MOSQ_LOG_ERR,
+				"fleet: issuing_ca/root_ca not reloaded; keeping the %lu issuing CA(s) in use",
+				(unsigned long)f->issuers.count);
+		return;
+	}
+	certs_free(&f->issuers);
+	certs_free(&f->anchors);
+	f->issuers = issuers;
+	f->anchors = anchors;
+	mosquitto_log_printf(MOSQ_LOG_INFO, "fleet: trust reloaded (%lu issuing CA(s), %lu root(s))",
+			(unsigned long)f->issuers.count, (unsigned long)f->anchors.count);
 }
 
 /*
@@ -1207,7 +1272,11 @@ static int parse_template(struct fleet *f, const char *tpl)
 
 static void fleet_free(struct fleet *f)
 {
+	size_t i;
+
 	if(!f) return;
+	for(i = 0; i < f->n_issuing_paths; i++) free(f->issuing_paths[i]);
+	for(i = 0; i < f->n_root_paths; i++) free(f->root_paths[i]);
 	certs_free(&f->issuers);
 	certs_free(&f->anchors);
 	free(f->snapshot_path);
@@ -1264,9 +1333,11 @@ int mosquitto_plugin_init(mosquitto_plugin_id_t *identifier, void **userdata,
 		if(!strcmp(key, "issuing_ca")){
 			/* Repeatable, and each file may hold several CAs (an issuing-CA rotation). */
 			if(load_ca_file(&f->issuers, &issuing_roots, "issuing_ca", value)) goto fail;
+			if(remember_path(f->issuing_paths, &f->n_issuing_paths, key, value)) goto fail;
 			has_issuing_ca = true;
 		}else if(!strcmp(key, "root_ca")){
 			if(load_ca_file(NULL, &f->anchors, "root_ca", value)) goto fail;
+			if(remember_path(f->root_paths, &f->n_root_paths, key, value)) goto fail;
 		}else if(!strcmp(key, "snapshot_file")){
 			free(f->snapshot_path);
 			f->snapshot_path = strdup(value);

@@ -153,10 +153,14 @@ sidecar_key = "{SIDECAR_KEY}"
 user = "{user}"                     # mosquitto drops to it when started as root
 log_format = "json"                 # the plugin's refusals and kicks as JSON lines
 max_staleness_seconds = 30          # refuse devices when revocation data is older (fail closed)
+# broker_name = "mosquitto-1"       # its feed position, as the admin console shows it
+#                                   # (default mosquitto@<hostname>:<listen port>)
 # metrics_address = "127.0.0.1:9883" # sidecar /metrics (plugin counters too); keep it loopback
 # crl_url = "https://est.example.com:8443/crl"  # keep fleet serve's CRL here too (optional)
 # crl_backstop = false              # true: Mosquitto's TLS layer checks that CRL as well; its
 #                                   # refusals carry no device id or reason (see config.py)
+# cacerts_url = "https://est.example.com:8443/.well-known/est/cacerts"  # follow issuing-CA
+#                                   # rotations without a restart (README, CA lifetime)
 '''
 
 

@@ -75,14 +75,16 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from broker_plugins.ca_refresh import refresh_bundle
 from broker_plugins.metrics_http import MetricsServer
 from broker_plugins.mosquitto.config import CONTROL_TOPIC, STATS_TOPIC, MosquittoSettings
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from broker_plugins.snapshot import RevocationState, read_snapshot_file, serial_hex
+from broker_plugins.subject_hash import subject_hash
 from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import ConfigError, FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
-from fleet.store.protocol import RevocationFeed
+from fleet.store.protocol import BrokerFeed
 from fleet.store.records import RevocationEvent
 
 A = TypeVar("A")
@@ -128,6 +130,52 @@ def write_cafile(settings: MosquittoSettings) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot read the fleet CA certificates: {exc}") from exc
     write_public(settings.cafile, data)
+
+
+def write_cadir(settings: MosquittoSettings) -> None:
+    """Mosquitto's capath: every CA of the issuing set under ``<subject hash>.<n>``.
+
+    Each file is written atomically before a stale one is removed, so a
+    handshake never finds the directory without a CA it needs.
+    """
+    certs = x509.load_pem_x509_certificates(settings.issuing_set.read_bytes())
+    directory = settings.cadir
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted: dict[str, bytes] = {}
+    for cert in certs:
+        stem = subject_hash(cert.subject)
+        n = 0
+        while f"{stem}.{n}" in wanted:
+            n += 1
+        wanted[f"{stem}.{n}"] = cert.public_bytes(Encoding.PEM)
+    for name, data in wanted.items():
+        if not (directory / name).exists() or (directory / name).read_bytes() != data:
+            write_public(directory / name, data)
+    for stale in directory.iterdir():
+        if stale.name not in wanted:
+            stale.unlink()
+
+
+def seed_issuing_set(settings: MosquittoSettings) -> None:
+    """First start with cacerts_url: the configured issuing CAs and root, until /cacerts works."""
+    if settings.issuing_set.exists():
+        return
+    try:
+        data = settings.issuing_ca.read_bytes().rstrip() + b"\n" + settings.root_ca.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the fleet CA certificates: {exc}") from exc
+    write_public(settings.issuing_set, data)
+
+
+def refresh_issuing_set(settings: MosquittoSettings) -> bool:
+    """Follow /cacerts (only CAs under the roots already trusted); True when it changed."""
+    context = ssl.create_default_context(cafile=str(settings.crl_cafile or settings.root_ca))
+    changed = refresh_bundle(
+        settings.issuing_set, settings.cacerts_url, context, dt.datetime.now(dt.UTC)
+    )
+    if changed or not settings.cadir.exists():
+        write_cadir(settings)
+    return changed
 
 
 def load_issuing_ca(settings: MosquittoSettings) -> x509.Certificate:
@@ -503,7 +551,7 @@ def write_snapshot(settings: MosquittoSettings, state: RevocationState, fresh_at
 class Sidecar:
     """Feed (through :class:`RevocationCache`) -> plugin, snapshot file and crlfile."""
 
-    def __init__(self, settings: MosquittoSettings, store: RevocationFeed) -> None:
+    def __init__(self, settings: MosquittoSettings, store: BrokerFeed) -> None:
         self.settings = settings
         self.store = store
         # The full sets the snapshot file needs. The cache answers "is X revoked"
@@ -518,6 +566,7 @@ class Sidecar:
             CacheSettings(
                 max_staleness=max(settings.max_staleness_seconds, 2 * settings.heartbeat_seconds),
                 probe_interval=settings.heartbeat_seconds,
+                report_as=settings.reported_name,
             ),
             registry=self.registry,
         )
@@ -548,18 +597,47 @@ class Sidecar:
     async def once(self) -> None:
         """Write cafile, snapshot and CRL, then return (before the broker starts)."""
         write_cafile(self.settings)
+        await self._follow_cacerts_once()
         self._merge_snapshot_file()
         await self._load_state()
         self._write_snapshot_now(fresh_at=time.time())  # just read from the store
         if self._crl is not None:
             await in_daemon_thread(self._crl.refresh, set())
 
+    async def _follow_cacerts_once(self) -> bool:
+        """With cacerts_url: the issuing set and capath from /cacerts; True when changed."""
+        s = self.settings
+        if not s.cacerts_url:
+            return False
+        seed_issuing_set(s)
+        try:
+            return await in_daemon_thread(refresh_issuing_set, s)
+        except (OSError, FleetError) as exc:
+            log.warning("issuing CAs not refreshed from %s, keeping them: %s", s.cacerts_url, exc)
+            if not s.cadir.exists():
+                write_cadir(s)
+            return False
+
+    async def _cacerts_loop(self) -> None:
+        """Follow issuing-CA rotations: the plugin re-reads the set on the SIGHUP."""
+        while True:
+            await asyncio.sleep(self.settings.ca_refresh_seconds)
+            if await self._follow_cacerts_once():
+                hupped = signal_broker(self.settings.pid_file)
+                log.info(
+                    "issuing CAs changed",
+                    extra={"fields": {"event": "issuing_cas_changed", "broker_hupped": hupped}},
+                )
+
     async def run(self) -> None:
         write_cafile(self.settings)
+        await self._follow_cacerts_once()
         self._merge_snapshot_file()
         metrics_server = None
         try:
             async with asyncio.TaskGroup() as tasks:
+                if self.settings.cacerts_url:
+                    tasks.create_task(self._cacerts_loop(), name="cacerts")
                 if self._crl is not None:
                     # At once, beside the store snapshot: revocations made while the
                     # sidecar was away reach crlfile without waiting a refresh period.

@@ -56,7 +56,7 @@ class AdminAuthenticator:
 
     async def identify_certificate(self, request: web.Request) -> AdminCredential:
         """The enabled credential of the admin client certificate the request came with."""
-        cert = self._peers.leaf(request)
+        cert = self.presented_certificate(request)
         if cert is None or self._domain is None:
             raise CredentialsRequired(
                 "the admin API needs an admin client certificate or a bearer token",
@@ -65,6 +65,10 @@ class AdminAuthenticator:
             )
         verify_client_chain(cert, (), self._domain, now=self._clock.now())
         return await self.credential(sha256_fingerprint(cert), "certificate")
+
+    def presented_certificate(self, request: web.Request) -> x509.Certificate | None:
+        """The client certificate the request came with (not yet verified), if any."""
+        return self._peers.leaf(request)
 
     async def credential(self, sha256: str, kind: str) -> AdminCredential:
         """The credential with this fingerprint and kind, refused unless it is enabled now

@@ -125,6 +125,7 @@ class AdminApi:
             batch=_text(query, "batch"),
             model=_text(query, "model"),
             expiring_before=expiring,
+            manufacturer_sha256=lifecycle.parse_manufacturer(_text(query, "manufacturer")),
         )
         limit = _int(query, "limit", 1, MAX_PAGE) or 100
         after = _text(query, "after")
@@ -323,6 +324,7 @@ class AdminApi:
             batch=_optional_text(body, "batch"),
             model=_optional_text(body, "model"),
             issued_before=issued_before,
+            manufacturer=lifecycle.parse_manufacturer(_optional_text(body, "manufacturer")),
         )
         reason = lifecycle.parse_reason(_required_text(body, "reason"))
         result = await lifecycle.bulk_revoke(

@@ -24,6 +24,7 @@ from fleet.kernel.domains import FleetAuthorities, check_manufacturer_ca
 from fleet.kernel.errors import (
     ConfigError,
     DeviceNotFound,
+    ManifestInvalid,
     PolicyError,
     RequestInvalid,
     StateConflict,
@@ -228,7 +229,26 @@ class ImportResult:
 async def import_manifest(
     store: Store, entries: Sequence[ManifestEntry], *, actor: str, now: dt.datetime
 ) -> ImportResult:
-    """Import parsed manifest entries, all or nothing (see Store.import_manifest)."""
+    """Import parsed manifest entries, all or nothing (see Store.import_manifest).
+    A manufacturer an entry names must be a trusted manufacturer CA; the entry
+    takes the name it is trusted under."""
+    trusted = {ca.sha256: ca.name for ca in await store.list_manufacturer_cas()}
+    named = []
+    for entry in entries:
+        maker = entry.manufacturer
+        if maker is not None:
+            if maker.sha256 not in trusted:
+                raise ManifestInvalid(
+                    f"device {entry.device_id!r} names manufacturer CA {maker.sha256[:16]}…, "
+                    "which is not trusted",
+                    hint="Trust it first (`fleet trust add-manufacturer CA.pem`), or leave "
+                    "manufacturer_sha256 empty; nothing was imported.",
+                )
+            entry = dataclasses.replace(
+                entry, manufacturer=dataclasses.replace(maker, name=trusted[maker.sha256])
+            )
+        named.append(entry)
+    entries = named
     created = await store.import_manifest(entries, now)
     result = ImportResult(created=created, updated=len(entries) - created)
     await record_admin_action(

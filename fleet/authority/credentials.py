@@ -2,7 +2,7 @@
 
 Each credential is checked against its own trust domain only (DESIGN.md §2):
 bootstrap certificates against the trusted manufacturer CAs, operational
-certificates against the fleet issuing CA, tokens against their stored hash.
+certificates against the fleet issuing CAs (all of a rotation), tokens against their stored hash.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from fleet.authority.issuers import LiveIssuers
 from fleet.kernel.chain import TrustDomain, verify_client_chain
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import device_id_from_certificate, validate_device_id
@@ -22,6 +23,7 @@ from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import load_certificates_pem
 from fleet.policy.enrollment import BootstrapCredential, TokenCredential
 from fleet.store.protocol import Store
+from fleet.store.records import Manufacturer
 from fleet.tokens import token_sha256
 
 # Trusting a new manufacturer takes effect within this many seconds on every
@@ -45,7 +47,7 @@ class Credentials:
         self,
         *,
         store: Store,
-        fleet_issuing_ca: x509.Certificate,
+        fleet_issuing_ca: x509.Certificate | LiveIssuers,
         clock: Clock,
         device_id_source: str = "cn",
         skew: dt.timedelta = dt.timedelta(minutes=5),
@@ -56,21 +58,39 @@ class Credentials:
         self._device_id_source = device_id_source
         self._skew = skew
         self._max_chain_depth = max_chain_depth
-        self._fleet = TrustDomain("fleet", (fleet_issuing_ca,), max_chain_depth=1, skew=skew)
-        # Comparing encoded names is much cheaper than building Name objects,
-        # and this runs on every enrollment.
-        self._fleet_subject_der = fleet_issuing_ca.subject.public_bytes()
+        # A fixed CA (tests, tools) or the server's live set, which rotations swap.
+        self._issuers = fleet_issuing_ca
+        self._fleet_generation = -1
+        self._fleet = TrustDomain("fleet", (), max_chain_depth=1, skew=skew)
+        self._fleet_subjects: frozenset[bytes] = frozenset()
+        self._fleet_domain()
         self._manufacturers: TrustDomain | None = None
         self._intermediates: tuple[x509.Certificate, ...] = ()
         self._manufacturers_at = 0.0
+        self._anchor_names: dict[str, str] = {}  # manufacturer CA fingerprint -> trusted name
+
+    def _fleet_domain(self) -> TrustDomain:
+        """Every trusted issuing CA (current, next, retiring) as one trust domain."""
+        if isinstance(self._issuers, LiveIssuers):
+            generation, trusted = self._issuers.now.generation, self._issuers.now.trusted
+        else:
+            generation, trusted = 0, (self._issuers,)
+        if generation != self._fleet_generation:
+            self._fleet = TrustDomain("fleet", trusted, max_chain_depth=1, skew=self._skew)
+            # Comparing encoded names is much cheaper than building Name objects,
+            # and this runs on every enrollment.
+            self._fleet_subjects = frozenset(ca.subject.public_bytes() for ca in trusted)
+            self._fleet_generation = generation
+        return self._fleet
 
     def is_fleet_issued(self, cert: x509.Certificate) -> bool:
-        """Whether ``cert`` claims the fleet issuing CA as issuer (verified later)."""
-        return cert.issuer.public_bytes() == self._fleet_subject_der
+        """Whether ``cert`` claims a fleet issuing CA as issuer (verified later)."""
+        self._fleet_domain()
+        return cert.issuer.public_bytes() in self._fleet_subjects
 
     def operational(self, cert: x509.Certificate) -> OperationalIdentity:
-        """A current operational certificate, verified against the fleet issuing CA."""
-        verify_client_chain(cert, (), self._fleet, now=self._clock.now())
+        """A current operational certificate, verified against the fleet issuing CAs."""
+        verify_client_chain(cert, (), self._fleet_domain(), now=self._clock.now())
         return OperationalIdentity(device_id_from_certificate(cert, "cn"), cert)
 
     async def bootstrap(
@@ -85,11 +105,13 @@ class Credentials:
         """
         domain = await self._manufacturer_domain()
         intermediates = (*presented, *self._intermediates)
-        verify_client_chain(cert, intermediates, domain, now=self._clock.now())
+        chain = verify_client_chain(cert, intermediates, domain, now=self._clock.now())
+        anchor = sha256_fingerprint(chain[-1])
         return BootstrapCredential(
             device_id=device_id_from_certificate(cert, self._device_id_source),
             sha256=sha256_fingerprint(cert),
             manufacturer=cert.issuer.rfc4514_string()[:200],
+            anchor=Manufacturer(anchor, self._anchor_names.get(anchor, "")),
         )
 
     async def token(self, device_id: str, token: str) -> TokenCredential:
@@ -109,6 +131,11 @@ class Credentials:
         if self._manufacturers is None or not self._manufacturers.anchors or not fresh:
             cas = await self._store.list_manufacturer_cas()
             anchors = tuple(cert for ca in cas for cert in load_certificates_pem(ca.pem.encode()))
+            self._anchor_names = {
+                sha256_fingerprint(cert): ca.name
+                for ca in cas
+                for cert in load_certificates_pem(ca.pem.encode())
+            }
             pool = await self._store.list_manufacturer_intermediates()
             self._intermediates = tuple(
                 cert for ca in pool for cert in load_certificates_pem(ca.pem.encode())

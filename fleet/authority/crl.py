@@ -333,6 +333,12 @@ def issued_by(record: CertificateRecord, issuer: x509.Certificate) -> bool:
     except ValueError:
         log.error("stored certificate %x does not parse; treated as not ours", record.serial)
         return False
+    return certificate_issued_by(cert, issuer)
+
+
+def certificate_issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """``issued_by`` for a parsed certificate: the issuer's name, and its key id when both
+    carry one (issuing CAs of a rotation may share a name; their keys differ)."""
     if cert.issuer != issuer.subject:
         return False
     try:

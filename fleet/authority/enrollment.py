@@ -17,6 +17,7 @@ import logging
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from fleet.authority.issuers import LiveIssuers
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import (
@@ -70,14 +71,15 @@ class Authority:
         self,
         *,
         store: Store,
-        issuer: CertifiedKey,
+        issuer: CertifiedKey | LiveIssuers,
         policy: EnrollmentPolicy,
         clock: Clock,
         retry_after: int,
         renewal_overlap: RenewalOverlap = RenewalOverlap.PREVIOUS,
     ) -> None:
         self._store = store
-        self._issuer = issuer
+        # The current issuer signs; a rotation swaps it under a running server.
+        self._issuers = issuer if isinstance(issuer, LiveIssuers) else LiveIssuers.of(issuer)
         self._policy = policy
         self._clock = clock
         self._retry_after = retry_after
@@ -245,6 +247,9 @@ class Authority:
                     bootstrap_sha256=bootstrap,
                     supersede=decision.supersede,
                     replacement_key=decision.replacement_key,
+                    manufacturer=(
+                        credential.anchor if isinstance(credential, BootstrapCredential) else None
+                    ),
                     audit=self._event(
                         "enroll",
                         device_id,
@@ -292,6 +297,7 @@ class Authority:
                         updated_at=now,
                         bootstrap_sha256=credential.sha256,  # approval pins what asked
                         state_reason=decision.reason,
+                        manufacturer=credential.anchor,
                     ),
                     audit=held(),
                 )
@@ -316,8 +322,14 @@ class Authority:
     def _sign(
         self, request: ValidatedRequest, profile: DeviceProfile, now: dt.datetime
     ) -> x509.Certificate:
-        builder = build_device_certificate(request, issuer=self._issuer, profile=profile, now=now)
-        return sign_certificate(builder, self._issuer)
+        issuers = self._issuers.now
+        validity = issuers.validity_for(profile.validity, now)
+        if validity != profile.validity:  # `fleet device renew --all --before` is in force
+            profile = dataclasses.replace(profile, validity=validity)
+        builder = build_device_certificate(
+            request, issuer=issuers.current, profile=profile, now=now
+        )
+        return sign_certificate(builder, issuers.current)
 
     async def _find_device(self, device_id: str) -> Device | None:
         try:

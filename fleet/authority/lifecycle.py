@@ -13,7 +13,15 @@ import dataclasses
 import datetime as dt
 
 from fleet.authority.audit import record_admin_action
-from fleet.kernel.errors import ConfirmationRequired, RequestInvalid, StateConflict, StoreConflict
+from fleet.kernel.errors import (
+    ConfigError,
+    ConfirmationRequired,
+    RequestInvalid,
+    StateConflict,
+    StoreConflict,
+)
+from fleet.kernel.fingerprint import normalize_fingerprint
+from fleet.kernel.reasons import Reason
 from fleet.store.protocol import Store
 from fleet.store.records import (
     AuditRecord,
@@ -134,23 +142,42 @@ async def revoke_certificate(
     return Revocation(record.device_id, event)
 
 
+def parse_manufacturer(text: str | None) -> str | None:
+    """A manufacturer CA named by its SHA-256 fingerprint, as a filter or bulk selector
+    (any spelling `fleet trust` takes); None when not given."""
+    if text is None or not text.strip():
+        return None
+    try:
+        return normalize_fingerprint(text)
+    except ConfigError as exc:
+        raise RequestInvalid(
+            f"manufacturer: {exc.message}", reason=Reason.FINGERPRINT_INVALID,
+            hint="Name the manufacturer CA by its SHA-256 (see `fleet trust list`).",
+        ) from None  # fmt: skip
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class BulkSelection:
     batch: str | None = None
     model: str | None = None
     issued_before: dt.datetime | None = None
+    manufacturer: str | None = None  # the manufacturer CA's sha256 (normalised by the caller)
 
     def device_filter(self) -> DeviceFilter:
-        if self.batch is None and self.model is None and self.issued_before is None:
+        if not self.describe():
             raise RequestInvalid(
-                "a bulk revocation needs at least one of batch, model or issued_before",
+                "a bulk revocation needs at least one of batch, model, manufacturer or "
+                "issued_before",
                 reason="selection_empty",
                 hint="Revoking the whole fleet is not a bulk operation; name what to revoke.",
             )
-        return DeviceFilter(batch=self.batch, model=self.model, issued_before=self.issued_before)
+        return DeviceFilter(
+            batch=self.batch, model=self.model, issued_before=self.issued_before,
+            manufacturer_sha256=self.manufacturer,
+        )  # fmt: skip
 
     def describe(self) -> dict[str, str]:
-        parts = {"batch": self.batch, "model": self.model}
+        parts = {"batch": self.batch, "model": self.model, "manufacturer": self.manufacturer}
         if self.issued_before is not None:
             parts["issued_before"] = self.issued_before.isoformat()
         return {k: v for k, v in parts.items() if v is not None}

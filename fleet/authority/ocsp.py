@@ -2,7 +2,8 @@
 
 Every answer is a DER OCSPResponse, even for garbage (RFC 6960 section 2.3):
 
-* ``successful``, signed by the issuing CA: ``good``, ``revoked`` (time and
+* ``successful``, signed by the issuing CA that issued the certificate (any
+  trusted one: current, next or retiring during a rotation): ``good``, ``revoked`` (time and
   reason) or ``unknown`` (a serial this CA never recorded);
 * ``malformedRequest`` for anything that does not parse as one request;
 * ``unauthorized`` for a certificate of another issuer;
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import ocsp
 
 from fleet.authority.crl import issued_by, reason_flag
+from fleet.authority.issuers import LiveIssuers
 from fleet.kernel.clock import Clock
 from fleet.kernel.errors import CertificateNotFound, ConfigError, PolicyError, StoreError
 from fleet.pki.ca import CertifiedKey
@@ -72,7 +74,7 @@ class OcspResponder:
     def __init__(
         self,
         store: CertificateLedger,
-        issuer: CertifiedKey,
+        issuer: CertifiedKey | LiveIssuers,
         clock: Clock,
         next_update: dt.timedelta,
         servers: ServerCertificates | None = None,
@@ -80,7 +82,9 @@ class OcspResponder:
         if next_update <= dt.timedelta(0):
             raise ConfigError("the OCSP next update interval must be positive")
         self._store = store
-        self._issuer = issuer
+        # Every trusted issuing CA (current, next, retiring) answers for its own
+        # certificates, signed with its own key.
+        self._issuers = issuer if isinstance(issuer, LiveIssuers) else LiveIssuers.of(issuer)
         self._clock = clock
         self._next_update = next_update
         self._servers = servers
@@ -104,30 +108,35 @@ class OcspResponder:
                 include_signer=True,
             )
             return OcspAnswer(response, "good" if serial in servers.serials else "unknown", serial)
-        if not request_matches_issuer(request, self._issuer.certificate):
+        issuer = next(
+            (ca for ca in self._issuers.now.all if request_matches_issuer(request, ca.certificate)),
+            None,
+        )
+        if issuer is None:
             return OcspAnswer(unauthorized_response(), "unauthorized", serial)
         try:
-            status = await self.status(serial)
+            status = await self.status(serial, issuer)
         except StoreError as exc:
             log.error("OCSP status lookup failed: %s", exc.diagnostics())
             return OcspAnswer(try_later_response(), "try_later", serial)
         response = build_ocsp_response(
             request,
             status=status,
-            issuer=self._issuer,
+            issuer=issuer,
             now=self._clock.now(),
             next_update_in=self._next_update,
         )
         outcome = {Good: "good", Revoked: "revoked", Unknown: "unknown"}[type(status)]
         return OcspAnswer(response, outcome, serial)
 
-    async def status(self, serial: int) -> CertStatus:
-        """The status of ``serial`` as this CA's responder states it."""
+    async def status(self, serial: int, issuer: CertifiedKey | None = None) -> CertStatus:
+        """``serial``'s status as ``issuer``'s (default: the current CA's) responder states it."""
+        issuer = issuer or self._issuers.now.current
         try:
             record = await self._store.get_certificate(serial)
         except CertificateNotFound:
             return Unknown()
-        if not issued_by(record, self._issuer.certificate):
+        if not issued_by(record, issuer.certificate):
             return Unknown()  # the same serial from another CA (e.g. before a rotation)
         if record.status is CertificateStatus.REVOKED:
             return Revoked(

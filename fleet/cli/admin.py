@@ -27,10 +27,11 @@ from fleet.cli._context import (
     when,
     with_store,
 )
+from fleet.config import FleetConfig
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
-from fleet.pki.keys import load_private_key_pem
+from fleet.pki.keystore import CaKeySecrets, KeyRole, key_uri, load_ca_key
 from fleet.records_json import admin_credential_json
 from fleet.store.protocol import Store
 from fleet.store.records import AdminRole
@@ -63,11 +64,12 @@ def create(name: str, role: str, out: Path, as_json: bool) -> None:
     The key is generated here and written with the certificate to --out;
     the store keeps only the certificate's SHA-256 and the role.
     """
-    from fleet.cli.serve import ca_key_passphrase  # imports the server: only when needed
+    from fleet.cli.serve import ca_key_passphrase, pkcs11_pin  # imports the server: when needed
 
     validate_admin_name(name)
     config = load()
-    admin_ca = _admin_ca(config.admin.ca_cert, config.admin.ca_key, ca_key_passphrase(config))
+    secrets = CaKeySecrets(passphrase=ca_key_passphrase(config), pkcs11_pin=pkcs11_pin(config))
+    admin_ca = _admin_ca(config, secrets)
     pair = with_store(
         config,
         lambda store: create_admin_certificate(
@@ -156,14 +158,14 @@ def disable(sha256: str) -> None:
     click.echo(f"Disabled admin credential {fingerprint}.")
 
 
-def _admin_ca(cert: Path, key: Path, passphrase: bytes | None) -> CertifiedKey:
-    if not cert.exists() or not key.exists():
+def _admin_ca(config: FleetConfig, secrets: CaKeySecrets) -> CertifiedKey:
+    cert = config.admin.ca_cert
+    in_file = key_uri(config, KeyRole.ADMIN) is None
+    if not cert.exists() or (in_file and not config.admin.ca_key.exists()):
         raise ConfigError(
             f"no admin CA at {cert}",
             hint="Data directories made by `fleet init` have one (ca/admin.pem); "
             "re-run `fleet init` for a new directory or set [admin] ca_cert and ca_key.",
         )
-    return CertifiedKey(
-        load_certificates_pem(cert.read_bytes())[0],
-        load_private_key_pem(key.read_bytes(), passphrase),
-    )
+    certificate = load_certificates_pem(cert.read_bytes())[0]
+    return load_ca_key(config, KeyRole.ADMIN, certificate, secrets)

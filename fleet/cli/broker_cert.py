@@ -15,12 +15,14 @@ from pathlib import Path
 
 import click
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from fleet.cli._context import config_option, load, now
+from fleet.config import FleetConfig
 from fleet.kernel.broker_certs import KINDS, SigningKey, broker_certificate, request_contents
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
+from fleet.pki.keystore import CaKeySecrets, KeyRole, certificate_path, load_ca_key
 
 
 @click.group(name="broker-cert")
@@ -49,7 +51,7 @@ def sign(csr_path: Path, out: Path, kind: str, days: int) -> None:
     """
     import datetime as dt
 
-    from fleet.cli.serve import ca_key_passphrase
+    from fleet.cli.serve import ca_key_passphrase, pkcs11_pin
 
     try:
         config = load()
@@ -58,12 +60,9 @@ def sign(csr_path: Path, out: Path, kind: str, days: int) -> None:
         except ValueError as exc:
             raise ConfigError(f"{csr_path} is not a PEM certificate request: {exc}") from exc
         public_key, common_name, names = request_contents(csr)
-        if kind == "server":
-            ca_cert_path = config.ca.root_cert
-            ca_key_path = config.ca.root_cert.with_suffix(".key")
-        else:
-            ca_cert_path, ca_key_path = config.ca.issuing_cert, config.ca.issuing_key
-        ca_cert, ca_key = _load_ca(ca_cert_path, ca_key_path, ca_key_passphrase(config))
+        role = KeyRole.ROOT if kind == "server" else KeyRole.ISSUING
+        secrets = CaKeySecrets(ca_key_passphrase(config), pkcs11_pin(config))
+        ca_cert, ca_key = _load_ca(config, role, secrets)
         cert = broker_certificate(
             "server" if kind == "server" else "sidecar",
             public_key=public_key, common_name=common_name, names=names,
@@ -82,16 +81,15 @@ def sign(csr_path: Path, out: Path, kind: str, days: int) -> None:
 
 
 def _load_ca(
-    cert_path: Path, key_path: Path, passphrase: bytes | None
+    config: FleetConfig, role: KeyRole, secrets: CaKeySecrets
 ) -> tuple[x509.Certificate, SigningKey]:
+    cert_path = certificate_path(config, role)
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-        key = load_pem_private_key(key_path.read_bytes(), passphrase)
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(
-            f"cannot load the CA {cert_path} / {key_path}: {exc}",
+            f"cannot load the CA certificate {cert_path}: {exc}",
             hint="Run it on the CA host, with FLEET_CONFIG naming its fleet.toml.",
         ) from exc
-    if not isinstance(key, SigningKey):
-        raise ConfigError(f"the CA key type {type(key).__name__} is not supported")
-    return cert, key
+    pair = load_ca_key(config, role, cert, secrets)  # a file or a PKCS#11 token key
+    return pair.certificate, pair.private_key

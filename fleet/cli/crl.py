@@ -48,11 +48,11 @@ def crl(out: Path | None, as_pem: bool) -> None:
     Run it from cron well within [revocation] crl_next_update_hours, then
     reload the broker (SIGHUP).
     """
-    from fleet.cli.serve import ca_key_passphrase  # these import the server: only when needed
+    from fleet.cli.serve import ca_key_passphrase, pkcs11_pin  # import the server: when needed
     from fleet.server.app import load_issuer
 
     config = load()
-    issuer = load_issuer(config, ca_key_passphrase(config))
+    issuer = load_issuer(config, ca_key_passphrase(config), pkcs11_pin=pkcs11_pin(config))
     signed = with_store(
         config,
         lambda store: CrlPublisher(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import click
 
+from fleet.ca_registry import set_renew_before
 from fleet.cli._context import (
     echo_json,
     echo_replacement,
     json_option,
+    load,
+    now,
     refuse_existing_secret_file,
     save_secret,
     secret_out_option,
@@ -17,9 +21,10 @@ from fleet.cli._context import (
     when,
 )
 from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
-from fleet.cli.mode import admin_ops, admin_options
+from fleet.cli.mode import admin_ops, admin_options, require_local
 from fleet.cli.ops import DeviceQuery
 from fleet.kernel.device_id import validate_device_id
+from fleet.kernel.errors import ConfigError
 from fleet.records_json import certificate_json, device_detail_json, device_json
 from fleet.store.records import Device, DeviceState, ReplacementRequest
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime
@@ -260,6 +265,54 @@ def list_(
             for d in devices
         ],
     )
+
+
+@device.command("renew")
+@click.option(
+    "--all", "all_devices", is_flag=True, help="Every device (the only selection for now)."
+)
+@click.option(
+    "--before",
+    "deadline",
+    metavar="DATE",
+    help="ISO 8601 date or time (UTC unless an offset is given), e.g. 2027-03-01.",
+)
+@click.option("--clear", is_flag=True, help="Remove the deadline; certificates get full validity.")
+@admin_options
+def renew(all_devices: bool, deadline: str | None, clear: bool) -> None:
+    """Make every device renew before DATE, through its own renewal (never a push).
+
+    Until DATE, each certificate the server issues is short enough that the
+    device's agent, renewing at 2/3 of a lifetime, comes back before DATE
+    (validity at most 1.5 x the time left, at least an hour). After
+    `fleet ca promote` that moves every device to the new issuing CA by DATE.
+    Local (fleet.toml's data directory); running servers follow within
+    [ca] reload_seconds. Devices renew more often until DATE: pick DATE a few
+    renewal periods ahead when the fleet is large.
+    """
+    require_local("fleet device renew")
+    config = load()
+    if clear:
+        set_renew_before(config, None)
+        click.echo("Renewal deadline removed.")
+        return
+    if not all_devices or deadline is None:
+        raise click.UsageError("give --all --before DATE (or --clear)")
+    try:
+        when_ = dt.datetime.fromisoformat(deadline)
+    except ValueError:
+        raise click.BadParameter(
+            f"{deadline!r} is not an ISO 8601 date", param_hint="--before"
+        ) from None
+    if when_.tzinfo is None:
+        when_ = when_.replace(tzinfo=dt.UTC)
+    if when_ <= now():
+        raise ConfigError(
+            f"--before {deadline} is not in the future",
+            hint="Give a date after now; devices need time to come back.",
+        )
+    generation = set_renew_before(config, when_)
+    click.echo(f"Every device renews before {when(when_)} (generation {generation}).")
 
 
 for _command in (suspend, resume, revoke, why):

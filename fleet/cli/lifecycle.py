@@ -8,7 +8,13 @@ from typing import Any, TypeVar
 
 import click
 
-from fleet.authority.lifecycle import ADMIN_REASONS, BulkResult, BulkSelection, parse_reason
+from fleet.authority.lifecycle import (
+    ADMIN_REASONS,
+    BulkResult,
+    BulkSelection,
+    parse_manufacturer,
+    parse_reason,
+)
 from fleet.cli._context import details, echo_json, echo_replacement, json_option, table, when
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import RequestInvalid
@@ -89,6 +95,12 @@ def resume(device_id: str, note: str, as_json: bool) -> None:
 @click.option("--batch", help="Bulk: every device of this manufacturing batch.")
 @click.option("--model", help="Bulk: every device of this model.")
 @click.option(
+    "--manufacturer",
+    metavar="SHA256",
+    help="Bulk: every device whose bootstrap certificate chains to this manufacturer CA "
+    "(its fingerprint, as `fleet trust list` shows it).",
+)
+@click.option(
     "--issued-before",
     callback=_iso_time,
     metavar="ISO8601",
@@ -109,6 +121,7 @@ def revoke(
     note: str,
     batch: str | None,
     model: str | None,
+    manufacturer: str | None,
     issued_before: dt.datetime | None,
     dry_run: bool,
     confirm: bool,
@@ -118,7 +131,8 @@ def revoke(
 
     Revocation is permanent: brokers close the device's sessions at once and
     the CRL and OCSP answers change with it. Give exactly one of ID or a
-    selector (--batch, --model, --issued-before; combined, all must match).
+    selector (--batch, --model, --manufacturer, --issued-before; combined,
+    all must match).
     A bulk revocation above [admin] bulk_confirm_threshold devices is refused
     unless --confirm is given; check the blast radius first with --dry-run.
 
@@ -129,11 +143,14 @@ def revoke(
         fleet device revoke --batch w22 --reason superseded --confirm
         fleet device revoke --issued-before 2026-01-01 --reason cACompromise --dry-run
     """
-    selection = BulkSelection(batch=batch, model=model, issued_before=issued_before)
+    selection = BulkSelection(
+        batch=batch, model=model, issued_before=issued_before,
+        manufacturer=parse_manufacturer(manufacturer),
+    )  # fmt: skip
     bulk = bool(selection.describe())
     if (device_id is None) == (not bulk):
         raise click.UsageError(
-            "give exactly one of ID or a selector (--batch/--model/--issued-before)"
+            "give exactly one of ID or a selector (--batch/--model/--manufacturer/--issued-before)"
         )
     ops = admin_ops()
     if device_id is not None:

@@ -57,6 +57,15 @@ def _given(name: str) -> Any:
     return click.get_current_context().meta.get(_META + name)
 
 
+def require_local(command: str) -> None:
+    """Refuse remote mode for a command that acts on the data directory itself."""
+    if _given("server") or os.environ.get("FLEET_SERVER"):
+        raise click.UsageError(
+            f"{command} works on the local data directory (fleet.toml) only; "
+            "run it on the server without --server / FLEET_SERVER"
+        )
+
+
 def admin_ops() -> AdminOps:
     """Remote operations if a server is named, otherwise the local store."""
     server: str | None = _given("server") or os.environ.get("FLEET_SERVER") or None

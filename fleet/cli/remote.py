@@ -43,6 +43,7 @@ from fleet.store.records import (
     Device,
     DeviceState,
     ManifestEntry,
+    Manufacturer,
     ManufacturerCA,
     ReplacementRequest,
     ReplacementStatus,
@@ -279,7 +280,14 @@ def _device(data: Mapping[str, Any]) -> Device:
         enrolled_bootstrap_sha256=data.get("enrolled_bootstrap_sha256"),
         enrolled_at=_maybe_time(data.get("enrolled_at")),
         state_reason=data.get("state_reason") or "",
+        manufacturer=_device_manufacturer(data.get("manufacturer")),
     )
+
+
+def _device_manufacturer(data: Any) -> Manufacturer | None:
+    if not isinstance(data, Mapping):
+        return None
+    return Manufacturer(str(data["sha256"]), str(data.get("name") or ""))
 
 
 def _replacement(device_id: str, data: Mapping[str, Any] | None) -> ReplacementRequest | None:

@@ -13,8 +13,18 @@ import uvloop
 
 from fleet.cli.common import read_secret_file, secret_from_env
 from fleet.config import FleetConfig, load_config
+from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.notify.secret import webhook_secret
+from fleet.pki.ca import load_certificates_pem
+from fleet.pki.keystore import (
+    CaKeySecrets,
+    KeyRole,
+    certificate_path,
+    key_locations,
+    key_uri,
+    load_ca_key,
+)
 from fleet.server.app import parse_listen
 from fleet.server.app import serve as serve_forever
 from fleet.server.logs import configure_logging
@@ -34,6 +44,30 @@ def ca_key_passphrase(config: FleetConfig) -> bytes | None:
     if config.ca.key_passphrase_file is not None:
         return read_secret_file(config.ca.key_passphrase_file)
     return secret_from_env("FLEET_CA_KEY_PASSPHRASE")
+
+
+def pkcs11_pin(config: FleetConfig) -> bytes | None:
+    """The token's user PIN: [ca] pkcs11_pin_file (0600/0400) or FLEET_PKCS11_PIN; None if no
+    CA key is in a token (so a file-only fleet never reads either)."""
+    if all(location.store == "file" for location in key_locations(config)):
+        return None
+    if config.ca.pkcs11_pin_file is not None:
+        return read_secret_file(config.ca.pkcs11_pin_file)
+    return secret_from_env("FLEET_PKCS11_PIN")
+
+
+def check_token_keys(config: FleetConfig, pin: bytes | None) -> None:
+    """Refuse to start unless every CA key configured in a token is there, unlocked by
+    the PIN, and the key its certificate certifies (ConfigError with the reason)."""
+    for role in KeyRole:
+        if key_uri(config, role) is None:
+            continue
+        path = certificate_path(config, role)
+        try:
+            certificate = load_certificates_pem(path.read_bytes())[0]
+        except OSError as exc:
+            raise ConfigError(f"cannot read the {role.value} CA certificate {path}") from exc
+        load_ca_key(config, role, certificate, CaKeySecrets(pkcs11_pin=pin))
 
 
 @click.command()
@@ -78,6 +112,11 @@ def serve(
     count = workers or config.server.workers
     # Made before any worker starts, so that every worker signs with the same key.
     console_key = console_session_key(config) if config.ui.enabled else None
+    pin = pkcs11_pin(config)
+    if not is_worker:
+        # Once, before any worker starts: a missing token key or a wrong PIN is one
+        # clear refusal, not workers dying one after another.
+        check_token_keys(config, pin)
     if count > 1 and not is_worker:
         argv = ["-m", "fleet", "serve", "--config", str(config_path), "--listen", listen]
         argv += ["--workers", str(count), "--log-level", log_level, "--worker"]
@@ -91,6 +130,7 @@ def serve(
                 config,
                 listen=listen,
                 passphrase=passphrase,
+                pkcs11_pin=pin,
                 webhook_secret=secret,
                 reuse_port=count > 1,
                 console_key=console_key,

@@ -24,6 +24,7 @@ from cryptography.x509.oid import AttributeOID, NameOID
 
 from fleet.authority.credentials import Credentials
 from fleet.authority.enrollment import Authority, Issued
+from fleet.authority.issuers import LiveIssuers
 from fleet.config import FleetConfig
 from fleet.http.peer import PeerCertificates
 from fleet.kernel.errors import (
@@ -62,8 +63,11 @@ class EstService:
     authority: Authority
     credentials: Credentials
     peers: PeerCertificates
-    ca_chain: tuple[x509.Certificate, ...]  # issuing CA, root
-    _cacerts_der: bytes | None = None
+    issuers: LiveIssuers  # current, next, retiring: devices and brokers learn a next CA here
+    # Trusted roots (signing root first) and root-rollover links (fleet.authorities.PublishedCas).
+    roots_and_links: Callable[[], tuple[x509.Certificate, ...]]
+    # (issuing-set generation, roots_and_links() result, DER): encoded once per change
+    _cacerts: tuple[int, tuple[x509.Certificate, ...], bytes] | None = None
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -102,9 +106,15 @@ class EstService:
 
     # -- operations ------------------------------------------------------------
     async def cacerts(self, request: web.Request, profile: DeviceProfile) -> web.Response:
-        if self._cacerts_der is None:  # the chain never changes while we run
-            self._cacerts_der = encode_certs_only(self.ca_chain)
-        return _base64_response(request, self._cacerts_der, CT_CACERTS)
+        issuers = self.issuers.now
+        roots = self.roots_and_links()
+        cached = self._cacerts
+        if cached is None or cached[0] != issuers.generation or cached[1] is not roots:
+            # Current issuer first (what signs now), then next and retiring, then roots
+            # and, during a root rollover, the links.
+            cached = (issuers.generation, roots, encode_certs_only((*issuers.trusted, *roots)))
+            self._cacerts = cached
+        return _base64_response(request, cached[2], CT_CACERTS)
 
     async def csrattrs(self, request: web.Request, profile: DeviceProfile) -> web.Response:
         der = encode_csr_attributes(

@@ -17,6 +17,7 @@ module                 the rule it holds
 ``certs``              leaf checks: validity with skew, CA flag, EKU clientAuth, issuer
 ``chain``              chain verification per trust domain (cryptography's verifier)
 ``domains``            the four trust domains and the rule that they never overlap
+``rollover``           root rollover: a new root only through a link from a trusted one
 ``admission``          client-certificate admission at a broker (ordered checks)
 ``acl``                the topic ACL: SUBSCRIBE, PUBLISH and the Will
 ``wire``               the EST wire codec (base64 bodies, certs-only PKCS#7)

@@ -50,6 +50,13 @@ class Reason(enum.StrEnum):
     TRUST_DOMAINS_MIXED = "trust_domains_mixed"
     NOT_A_CA = "not_a_ca"
     CA_EXPIRED = "ca_expired"
+    # -- root rollover (RFC 7030 section 4.1.3) ----------------------------------------------
+    ROOT_NOT_CERTIFIED = "root_not_certified"  # a new root no link from a trusted root certifies
+    ROOT_STILL_IN_USE = "root_still_in_use"  # retire-root while something chains only to it
+    CERTIFICATE_OUTLIVES_ISSUER = "certificate_outlives_issuer"
+    CA_ROTATION_REFUSED = "ca_rotation_refused"  # promote/retire/install not possible now
+    ISSUING_CSR_INVALID = "issuing_csr_invalid"  # a signing-ceremony CSR that is not acceptable
+    ROOT_KEY_MISSING = "root_key_missing"  # the root is offline: sign in a ceremony
 
     # -- requests and encodings -------------------------------------------------------
     ENCODING_INVALID = "encoding_invalid"
@@ -94,6 +101,9 @@ class Reason(enum.StrEnum):
     ADMIN_UNKNOWN = "admin_unknown"
     ADMIN_DISABLED = "admin_disabled"
     CSRF_INVALID = "csrf_invalid"  # a console form without its session's CSRF token
+    SIGNED_IN = "signed_in"  # a console session began
+    SIGNED_OUT = "signed_out"  # the admin ended a console session
+    SESSION_EXPIRED = "session_expired"  # a console session outlived its lifetime
 
     # -- enrollment decisions (policy, audit log) ------------------------------------------
     ENROLLMENT_REFUSED = "enrollment_refused"
@@ -137,6 +147,17 @@ class Reason(enum.StrEnum):
     CRL_UNAVAILABLE = "crl_unavailable"
     DATA_DIR_EXISTS = "data_dir_exists"
     LISTEN_FAILED = "listen_failed"
+
+    # -- CA keys in a PKCS#11 token ----------------------------------------------------------
+    PKCS11_URI_INVALID = "pkcs11_uri_invalid"
+    PKCS11_MODULE_UNAVAILABLE = "pkcs11_module_unavailable"
+    PKCS11_TOKEN_NOT_FOUND = "pkcs11_token_not_found"
+    PKCS11_PIN_MISSING = "pkcs11_pin_missing"
+    PKCS11_PIN_INCORRECT = "pkcs11_pin_incorrect"
+    PKCS11_FAILED = "pkcs11_failed"  # the token refused an operation (locked, removed, ...)
+    CA_KEY_MISSING = "ca_key_missing"
+    CA_KEY_AMBIGUOUS = "ca_key_ambiguous"
+    CA_KEY_MISMATCH = "ca_key_mismatch"  # the key is not the one the CA certificate certifies
 
 
 # The codes a broker may give for refusing a connection, in the order the C

@@ -20,9 +20,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fleet.kernel.decoding import decode_certificate_fields, decoding
 from fleet.kernel.errors import ConfigError, PolicyError
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.keys import KeyType, key_type_of
+from fleet.kernel.reasons import Reason
 from fleet.pki._time import require_utc
-from fleet.pki.keys import PrivateKey, generate_private_key, signing_hash
+from fleet.pki.keys import PrivateKey, PublicKey, generate_private_key, signing_hash
 from fleet.pki.serial import random_serial
 
 # CA certificates are backdated a little so that a relying party whose clock is
@@ -66,6 +68,35 @@ def capped_not_after(
     return min(now + validity, issuer_not_after)
 
 
+def refuse_outliving_issuer(
+    issuer: x509.Certificate, now: dt.datetime, validity: dt.timedelta
+) -> dt.datetime:
+    """``now + validity``; PolicyError when that is past the issuer's notAfter.
+
+    Device certificates are refused rather than capped (issue 13): a capped
+    certificate quietly shortens every renewal in the issuer's last month and
+    hides that the CA was not rotated in time. The operator rotates early
+    (``fleet ca rotate-issuing`` / ``promote``), warned 180/90/30 days ahead.
+    """
+    issuer_not_after = issuer.not_valid_after_utc
+    if now >= issuer_not_after:
+        capped_not_after(issuer, now, validity)  # raises issuer_expired
+    not_after = now + validity
+    if not_after > issuer_not_after:
+        raise PolicyError(
+            f"a certificate valid until {not_after.isoformat()} would outlive its issuer "
+            f"{issuer.subject.rfc4514_string()!r} (expires {issuer_not_after.isoformat()})",
+            reason=Reason.CERTIFICATE_OUTLIVES_ISSUER,
+            hint="Rotate the issuing CA: fleet ca rotate-issuing, then fleet ca promote.",
+        )
+    return not_after
+
+
+def issuer_id(cert: x509.Certificate) -> str:
+    """A CA's short name in URLs (``/crl/<id>``) and file names: 16 hex digits of its SHA-256."""
+    return sha256_fingerprint(cert)[:16]
+
+
 def _ca_usage() -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=False,
@@ -107,12 +138,21 @@ def create_root_ca(
     key_type: KeyType = KeyType.EC_P256,
     validity: dt.timedelta = dt.timedelta(days=3650),
     organization: str | None = None,
+    key: PrivateKey | None = None,
+    subject: x509.Name | None = None,
 ) -> CertifiedKey:
-    """A self-signed root that may sign exactly one level of CA below it (pathlen 1)."""
+    """A self-signed root that may sign exactly one level of CA below it (pathlen 1).
+
+    ``key``: the root's key when it is made elsewhere (in a PKCS#11 token);
+    a fresh ``key_type`` key otherwise. ``subject`` (instead of
+    ``common_name``/``organization``) keeps an old root's name on a rollover:
+    the link certificates are then self-issued and do not count against path
+    lengths (RFC 5280 section 4.2.1.9).
+    """
     require_utc(now)
     _check_validity(validity)
-    key = generate_private_key(key_type)
-    name = _name(common_name, organization)
+    key = key if key is not None else generate_private_key(key_type)
+    name = subject if subject is not None else _name(common_name, organization)
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -152,25 +192,52 @@ def create_issuing_ca(
     key_type: KeyType = KeyType.EC_P256,
     validity: dt.timedelta = dt.timedelta(days=5 * 365),
     organization: str | None = None,
+    key: PrivateKey | None = None,
 ) -> CertifiedKey:
-    """The device issuing CA: signs end-entity device certificates only (pathlen 0)."""
+    """The device issuing CA: signs end-entity device certificates only (pathlen 0).
+
+    ``key`` as for :func:`create_root_ca`.
+    """
+    key = key if key is not None else generate_private_key(key_type)
+    certificate = sign_issuing_ca(
+        root,
+        subject=_name(common_name, organization),
+        public_key=key.public_key(),
+        now=now,
+        validity=validity,
+    )
+    return CertifiedKey(certificate, key)
+
+
+def sign_issuing_ca(
+    root: CertifiedKey,
+    *,
+    subject: x509.Name,
+    public_key: PublicKey,
+    now: dt.datetime,
+    validity: dt.timedelta,
+) -> x509.Certificate:
+    """A pathlen-0 CA certificate for ``public_key`` under ``root``, never outliving it.
+
+    The one builder for issuing CAs, whether the key was made here (``fleet
+    init``, online rotation) or arrived in a ceremony CSR (``fleet ca sign-issuing``).
+    """
     require_utc(now)
     _check_validity(validity)
-    key = generate_private_key(key_type)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(common_name, organization))
+        .subject_name(subject)
         .issuer_name(root.certificate.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(random_serial())
         .not_valid_before(now - CA_BACKDATE)
         .not_valid_after(capped_not_after(root.certificate, now, validity))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(_ca_usage(), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(authority_key_identifier(root.certificate), critical=False)
     )
-    return CertifiedKey(builder.sign(root.private_key, signing_hash(root.private_key)), key)
+    return builder.sign(root.private_key, signing_hash(root.private_key))
 
 
 def create_server_certificate(

@@ -21,8 +21,9 @@ from fleet.pki._time import require_utc
 from fleet.pki.ca import (
     CertifiedKey,
     authority_key_identifier,
-    capped_not_after,
     end_entity_usage,
+    issuer_id,
+    refuse_outliving_issuer,
 )
 from fleet.pki.csr import csr_public_key, verify_csr_signature
 from fleet.pki.keys import PublicKey, signing_hash
@@ -96,6 +97,16 @@ def validate_request(
     return ValidatedRequest(device_id=device_id, public_key=public_key, key_type=key_type)
 
 
+def crl_url_for(template: str, issuer: CertifiedKey) -> str:
+    """``[profile] crl_url`` with ``{issuer}`` replaced by the issuer's id.
+
+    After a rotation, ``/crl`` is the current issuer's CRL; a certificate of
+    the retiring issuer must point at its own (``/crl/<issuer_id>``), or a
+    relying party fetches a CRL by another CA and cannot check it.
+    """
+    return template.replace("{issuer}", issuer_id(issuer.certificate))
+
+
 def build_device_certificate(
     request: ValidatedRequest,
     *,
@@ -106,7 +117,7 @@ def build_device_certificate(
 ) -> x509.CertificateBuilder:
     """The unsigned device certificate for ``request`` under ``profile``."""
     require_utc(now)
-    not_after = capped_not_after(issuer.certificate, now, profile.validity)
+    not_after = refuse_outliving_issuer(issuer.certificate, now, profile.validity)
     not_before = now - profile.backdate
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, request.device_id)]
     if profile.organization:
@@ -129,7 +140,7 @@ def build_device_certificate(
     )
     if profile.crl_url:
         point = x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(profile.crl_url)],
+            full_name=[x509.UniformResourceIdentifier(crl_url_for(profile.crl_url, issuer))],
             relative_name=None,
             reasons=None,
             crl_issuer=None,

@@ -44,6 +44,7 @@ from fleet.store.records import (
     CertificateStatus,
     Device,
     DeviceState,
+    Manufacturer,
     ReplacementRequest,
     ReplacementStatus,
 )
@@ -78,6 +79,8 @@ class BootstrapCredential:
     device_id: str
     sha256: str
     manufacturer: str = ""  # the issuer (manufacturer CA) name, kept as evidence
+    # The trusted manufacturer CA the verified chain ended at (what the device records).
+    anchor: Manufacturer | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -13,6 +13,12 @@ must be able to fetch them before they trust anyone.
     revocation for long; ``ETag`` is the CRL number (``If-None-Match`` → 304).
     503 only if no valid CRL can be built (store down at first use).
 
+``GET /crl/<issuer_id>``
+    The same for one trusted issuing CA (current, next or retiring during a
+    rotation; ``issuer_id`` = 16 hex digits of its SHA-256, as `fleet ca
+    status` shows). Certificates point here with ``crl_url = ".../crl/{issuer}"``.
+    404 ``unknown_issuer`` for a retired or unknown CA.
+
 ``POST /ocsp`` (``Content-Type: application/ocsp-request``) and ``GET /ocsp/{base64}``
     RFC 6960 appendix A.1. Always ``application/ocsp-response`` with HTTP 200,
     including OCSP-level errors: malformedRequest (garbage, bad base64, an empty
@@ -33,10 +39,12 @@ import urllib.parse
 
 from aiohttp import web
 
-from fleet.authority.crl import CrlPublisher, SignedCrl
+from fleet.authority.crl import SignedCrl
+from fleet.authority.issuer_crls import IssuerCrls
 from fleet.authority.ocsp import OcspAnswer, OcspResponder
 from fleet.kernel.clock import Clock
-from fleet.kernel.errors import UnsupportedMediaType
+from fleet.kernel.errors import NotFound, UnsupportedMediaType
+from fleet.kernel.reasons import Reason
 from fleet.pki.ocsp import MAX_OCSP_REQUEST_BYTES, malformed_response
 
 CRL_DER_TYPE = "application/pkix-crl"
@@ -49,14 +57,15 @@ _OCSP_PREFIX = "/ocsp/"
 
 
 class RevocationService:
-    def __init__(self, publisher: CrlPublisher, responder: OcspResponder, clock: Clock) -> None:
-        self._publisher = publisher
+    def __init__(self, crls: IssuerCrls, responder: OcspResponder, clock: Clock) -> None:
+        self._crls = crls
         self._responder = responder
         self._clock = clock
 
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/crl", self.crl),
+            web.get("/crl/{issuer}", self.crl),
             web.post("/ocsp", self.ocsp_post),
             # {request:.*} also matches '/', which base64 contains.
             web.get("/ocsp/{request:.*}", self.ocsp_get),
@@ -64,7 +73,15 @@ class RevocationService:
 
     async def crl(self, request: web.Request) -> web.Response:
         pem = _wants_pem(request)
-        signed = await self._publisher.current()
+        short_id = request.match_info.get("issuer")
+        publisher = self._crls.publisher(short_id)
+        if publisher is None:
+            raise NotFound(
+                f"no trusted issuing CA {short_id!r}: retired, or never this fleet's",
+                reason=Reason.UNKNOWN_ISSUER,
+                hint="/crl is the current issuer's CRL; fleet ca status lists the others.",
+            )
+        signed = await publisher.current()
         headers = self._crl_headers(signed)
         if request.headers.get("If-None-Match") == headers["ETag"]:
             return web.Response(status=304, headers=headers)

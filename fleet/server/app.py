@@ -19,23 +19,27 @@ from cryptography import x509
 
 from fleet.admin.auth import AdminAuthenticator
 from fleet.admin.routes import AdminApi
-from fleet.authorities import load_fleet_authorities
+from fleet.authorities import PublishedCas, load_fleet_authorities
 from fleet.authority.credentials import Credentials
-from fleet.authority.crl import CrlPublisher
 from fleet.authority.enrollment import Authority
+from fleet.authority.issuer_crls import IssuerCrls
+from fleet.authority.issuers import LiveIssuers
 from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
 from fleet.http.peer import PeerCertificates
+from fleet.kernel.certs import issued_by
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.notify.webhooks import attach_notifier
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
+from fleet.pki.keystore import CaKeySecrets, KeyRole, key_uri, load_ca_key
 from fleet.policy.enrollment import BootstrapReuse, EnrollmentPolicy, UnknownDevices
 from fleet.policy.renewal import RenewalOverlap
 from fleet.revocation.routes import RevocationService
 from fleet.server.answers import name_the_server
+from fleet.server.issuer_watch import IssuerWatch, load_issuing_set
 from fleet.server.metrics import Metrics
 from fleet.server.middleware import build_middlewares
 from fleet.server.protocol import FleetRequestHandler
@@ -53,10 +57,21 @@ log = logging.getLogger("fleet.server")
 MAX_BODY_BYTES = 64 * 1024
 
 
-def load_issuer(config: FleetConfig, passphrase: bytes | None) -> CertifiedKey:
-    certs = load_certificates_pem(_read(config.ca.issuing_cert))
-    key = load_private_key_pem(_read(config.ca.issuing_key), passphrase)
-    return CertifiedKey(certificate=certs[0], private_key=key)
+def load_issuer(
+    config: FleetConfig, passphrase: bytes | None, *, pkcs11_pin: bytes | None = None
+) -> CertifiedKey:
+    """The issuing CA with its key (a file or a PKCS#11 token), checked to belong together."""
+    certificate = load_certificates_pem(_read(config.ca.issuing_cert))[0]
+    secrets = CaKeySecrets(passphrase=passphrase, pkcs11_pin=pkcs11_pin)
+    return load_ca_key(config, KeyRole.ISSUING, certificate, secrets)
+
+
+def load_token_root(config: FleetConfig, pkcs11_pin: bytes | None) -> CertifiedKey | None:
+    """The root with its key when [ca] root_key_store puts it in a token; None otherwise."""
+    if key_uri(config, KeyRole.ROOT) is None:
+        return None
+    certificate = load_certificates_pem(_read(config.ca.root_cert))[0]
+    return load_ca_key(config, KeyRole.ROOT, certificate, CaKeySecrets(pkcs11_pin=pkcs11_pin))
 
 
 def _read(path: Path) -> bytes:
@@ -70,20 +85,26 @@ def build_app(
     config: FleetConfig,
     *,
     store: Store,
-    issuer: CertifiedKey,
+    issuer: CertifiedKey | LiveIssuers,
     clock: Clock,
     webhook_secret: bytes | None = None,
     console_key: bytes | None = None,
+    metrics: Metrics | None = None,
+    token_root: CertifiedKey | None = None,
 ) -> web.Application:
-    root = load_certificates_pem(_read(config.ca.root_cert))[0]
-    metrics = Metrics()
+    """``issuer``: the issuing CA, or the live set a rotation swaps (``serve`` passes that);
+    ``token_root``: the root and its token key, for /ocsp (see below)."""
+    roots = tuple(load_certificates_pem(_read(config.ca.root_cert)))
+    root = roots[0]  # the signing root
+    issuers = issuer if isinstance(issuer, LiveIssuers) else LiveIssuers.of(issuer)
+    metrics = metrics or Metrics()
     policy = EnrollmentPolicy(
         unknown_devices=UnknownDevices(config.policy.unknown_devices),
         bootstrap_reuse=BootstrapReuse(config.policy.bootstrap_reuse),
     )
     authority = Authority(
         store=store,
-        issuer=issuer,
+        issuer=issuers,
         policy=policy,
         clock=clock,
         retry_after=config.policy.retry_after_seconds,
@@ -91,7 +112,7 @@ def build_app(
     )
     credentials = Credentials(
         store=store,
-        fleet_issuing_ca=issuer.certificate,
+        fleet_issuing_ca=issuers,
         clock=clock,
         device_id_source=config.policy.device_id_source,
         max_chain_depth=config.policy.max_chain_depth,
@@ -106,7 +127,8 @@ def build_app(
         authority=authority,
         credentials=credentials,
         peers=peers,
-        ca_chain=(issuer.certificate, root),
+        issuers=issuers,
+        roots_and_links=PublishedCas(config).chain,
     )
     app = web.Application(
         middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
@@ -114,7 +136,8 @@ def build_app(
     )
     app.on_response_prepare.append(name_the_server)
     app.add_routes(est.routes())
-    _add_revocation(app, config, store=store, issuer=issuer, clock=clock)
+    servers = _server_certificates(config, token_root)
+    _add_revocation(app, config, store=store, issuers=issuers, clock=clock, servers=servers)
     admin_ca = _optional_cert(config.admin.ca_cert)
     admin_auth = AdminAuthenticator(store=store, peers=peers, admin_ca=admin_ca, clock=clock)
     admin_api = AdminApi(
@@ -125,11 +148,18 @@ def build_app(
         fleet=load_fleet_authorities(config),
     )
     app.add_routes(admin_api.routes())
+
+    def follow_rotation(_: object) -> None:
+        # A next issuing CA is a fleet CA from the moment it is trusted: never a manufacturer.
+        with contextlib.suppress(FleetError):
+            admin_api.fleet = load_fleet_authorities(config)
+
+    issuers.subscribe(follow_rotation)
     if config.ui.enabled:
         if console_key is None:
             log.warning("no console session key given: sessions last until this process ends")
             console_key = secrets.token_bytes(32)
-        cas = [("root", root), ("issuing", issuer.certificate)]
+        cas = [("root", root), ("issuing", issuers.now.current.certificate)]
         cas += [("admin", admin_ca)] if admin_ca is not None else []
         console = Console(
             store=store,
@@ -180,28 +210,34 @@ def _optional_cert(path: Path) -> x509.Certificate | None:
 
 
 def _add_revocation(
-    app: web.Application, config: FleetConfig, *, store: Store, issuer: CertifiedKey, clock: Clock
+    app: web.Application,
+    config: FleetConfig,
+    *,
+    store: Store,
+    issuers: LiveIssuers,
+    clock: Clock,
+    servers: ServerCertificates | None,
 ) -> None:
-    """GET /crl, /ocsp; the CRL is re-signed in the background while the app runs."""
-    publisher = CrlPublisher(
+    """GET /crl, /crl/<issuer_id>, /ocsp; CRLs are re-signed in the background."""
+    publisher = IssuerCrls(
         store,
-        issuer,
+        issuers,
         clock,
         next_update=dt.timedelta(hours=config.revocation.crl_next_update_hours),
         refresh=dt.timedelta(minutes=config.revocation.crl_refresh_minutes),
     )
     responder = OcspResponder(
         store,
-        issuer,
+        issuers,
         clock,
         next_update=dt.timedelta(minutes=config.revocation.ocsp_next_update_minutes),
-        servers=_server_certificates(config),
+        servers=servers,
     )
     app.add_routes(RevocationService(publisher, responder, clock).routes())
     task_key = web.AppKey("crl_publisher_task", asyncio.Task[None])
 
     async def start(app: web.Application) -> None:
-        app[task_key] = asyncio.create_task(publisher.run(), name="crl-publisher")
+        app[task_key] = asyncio.create_task(publisher.run(), name="crl-publishers")
 
     async def stop(app: web.Application) -> None:
         task = app[task_key]
@@ -213,7 +249,9 @@ def _add_revocation(
     app.on_cleanup.append(stop)
 
 
-def _server_certificates(config: FleetConfig) -> ServerCertificates | None:
+def _server_certificates(
+    config: FleetConfig, token_root: CertifiedKey | None
+) -> ServerCertificates | None:
     """The root and the server certificate, for /ocsp, when the root key is online.
 
     A front end (nginx, Apache) staples fleet's OCSP answer for its own
@@ -222,13 +260,18 @@ def _server_certificates(config: FleetConfig) -> ServerCertificates | None:
     """
     root_key_path = config.ca.root_cert.with_suffix(".key")
     try:
-        root_cert = load_certificates_pem(config.ca.root_cert.read_bytes())[0]
-        root_key = load_private_key_pem(root_key_path.read_bytes(), None)
+        if token_root is not None:
+            root_cert, root_key = token_root.certificate, token_root.private_key
+        else:
+            root_cert = load_certificates_pem(config.ca.root_cert.read_bytes())[0]
+            root_key = load_private_key_pem(root_key_path.read_bytes(), None)
         server = load_certificates_pem(config.server.tls_cert.read_bytes())[0]
     except (OSError, FleetError, ValueError, TypeError) as exc:
         log.info("/ocsp answers for the issuing CA only (root key not usable: %s)", exc)
         return None
-    if server.issuer != root_cert.subject:
+    # By signature, not by name: after a root rollover both roots have the same
+    # subject, and the server certificate may still be the old root's.
+    if issued_by(server, [root_cert]) is None:
         return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset())
     return ServerCertificates(CertifiedKey(root_cert, root_key), frozenset({server.serial_number}))
 
@@ -246,6 +289,7 @@ async def serve(
     *,
     listen: str,
     passphrase: bytes | None,
+    pkcs11_pin: bytes | None = None,
     webhook_secret: bytes | None = None,
     reuse_port: bool = False,
     console_key: bytes | None = None,
@@ -262,14 +306,24 @@ async def serve(
             "[est] require_pop cannot work in proxy mode: the TLS session (tls-unique) "
             "ends at the proxy"
         )
-    issuer = load_issuer(config, passphrase)
+    issuers = LiveIssuers(load_issuing_set(config, passphrase, pkcs11_pin=pkcs11_pin))
+    token_root = load_token_root(config, pkcs11_pin)
+    clock = SystemClock()
     store = await open_store(config.store_url, redis=config.store_redis)
     runner: web.AppRunner | None = None
+    watch: asyncio.Task[None] | None = None
     try:
+        metrics = Metrics()
         app = build_app(
-            config, store=store, issuer=issuer, clock=SystemClock(),
-            webhook_secret=webhook_secret, console_key=console_key,
+            config, store=store, issuer=issuers, clock=clock,
+            webhook_secret=webhook_secret, console_key=console_key, metrics=metrics,
+            token_root=token_root,
         )  # fmt: skip
+        watcher = IssuerWatch(
+            config, issuers, passphrase=passphrase, pkcs11_pin=pkcs11_pin,
+            store=store, clock=clock, metrics=metrics,
+        )  # fmt: skip
+        watch = asyncio.create_task(watcher.run(), name="issuer-watch")
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         assert runner.server is not None
@@ -312,6 +366,10 @@ async def serve(
             hint="Pick a free port with --listen, or stop what is using it.",
         ) from exc
     finally:
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
         if runner is not None:
             await runner.cleanup()
         await store.close()

@@ -48,6 +48,28 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.ca_days_left = Gauge(
+            "fleet_ca_days_to_expiry",
+            "Whole days until a fleet CA expires (warnings at 180/90/30)",
+            ["role", "state", "issuer"],
+            registry=self.registry,
+            multiprocess_mode="min",
+        )
+        self.ca_expiry_warning = Gauge(
+            "fleet_ca_expiry_warning_days",
+            "The expiry-warning threshold (180, 90 or 30 days) a CA is under; 0 = none",
+            ["role", "state", "issuer"],
+            registry=self.registry,
+            multiprocess_mode="min",
+        )
+        self.issuer_certificates = Gauge(
+            "fleet_issuer_certificates",
+            "Certificates per issuing CA by status (good = unexpired, unrevoked)",
+            ["issuer", "state", "status"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+
         # Label children, looked up once: labels() takes a lock and builds a
         # key on every call, and this runs on every request.
         self._request_children: dict[tuple[str, str, str], Counter] = {}

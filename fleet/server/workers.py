@@ -1,6 +1,7 @@
 """`--workers N`: N server processes sharing one port (SO_REUSEPORT) and the store.
 
-The supervisor starts the workers, forwards SIGTERM/SIGINT, and restarts a
+The supervisor starts the workers, forwards SIGTERM/SIGINT (stop) and SIGHUP
+(re-read the issuing CAs, ``fleet.server.issuer_watch``), and restarts a
 worker that dies — unless workers keep dying right after start, which means
 a configuration or environment problem that restarting will not fix.
 """
@@ -39,7 +40,13 @@ def supervise(worker_argv: Sequence[str], count: int) -> int:
             if proc.poll() is None:
                 proc.send_signal(signum)
 
+    def forward_hup(signum: int, _frame: object) -> None:
+        for proc, _ in workers:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
     workers = [start() for _ in range(count)]
+    signal.signal(signal.SIGHUP, forward_hup)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     early_deaths = 0

@@ -117,6 +117,18 @@ CREATE TABLE crl_numbers (
 );
 """,
     ),
+    (
+        3,
+        """
+ALTER TABLE devices ADD COLUMN manufacturer_sha256 TEXT COLLATE "C";
+ALTER TABLE devices ADD COLUMN manufacturer_name TEXT COLLATE "C" NOT NULL DEFAULT '';
+CREATE INDEX devices_manufacturer ON devices(manufacturer_sha256, device_id);
+CREATE INDEX audit_actor ON audit(((event::jsonb) ->> 'actor'), seq);
+CREATE INDEX audit_action ON audit(((event::jsonb) ->> 'action'), seq);
+CREATE INDEX audit_outcome ON audit(((event::jsonb) ->> 'outcome'), seq);
+CREATE INDEX audit_reason ON audit(((event::jsonb) ->> 'reason'), seq);
+""",
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

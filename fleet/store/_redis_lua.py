@@ -58,3 +58,41 @@ local function revoke_good(cert_prefix, expiry, revoked, device_id, serials, rea
   return done
 end
 """
+
+
+# Index sets kept in the same script as the change they index, so listing pending
+# devices or counting devices by state never walks the keyspace:
+#   {ns}:devices:state:<state>      zset  device ids in that state (score 0: lex paging)
+#   {ns}:replacements:<status>      zset  device ids whose replacement request has it
+#   {ns}:devices:newest-expiry      zset  device id, score = notAfter (epoch µs) of its
+#                                         newest good certificate (latest issued_at, then
+#                                         highest serial); absent: it holds none
+# Their keys are built from the namespace tag of KEYS[1] (every key shares it, so they
+# are in the script's slot).
+INDEX = """
+local function index_key(kind, value)
+  return string.match(KEYS[1], '^%b{}') .. ':' .. kind .. ':' .. value
+end
+local function index_move(kind, id, from, to)
+  if from == to then return end
+  if from then redis.call('ZREM', index_key(kind, from), id) end
+  if to then redis.call('ZADD', index_key(kind, to), 0, id) end
+end
+local function refresh_newest(id)
+  local tag = string.match(KEYS[1], '^%b{}')
+  local best_issued, best_serial, best_score = nil, nil, nil
+  for _, serial in ipairs(redis.call('SMEMBERS', tag .. ':device-certs:' .. id)) do
+    local score = redis.call('ZSCORE', tag .. ':expiry', serial)  -- present: good
+    if score then
+      local issued = redis.call('HGET', tag .. ':cert:' .. serial, 'issued_at')
+      local newer = best_issued == nil or issued > best_issued
+      if issued == best_issued then
+        newer = #serial > #best_serial or (#serial == #best_serial and serial > best_serial)
+      end
+      if newer then best_issued, best_serial, best_score = issued, serial, score end
+    end
+  end
+  local key = tag .. ':devices:newest-expiry'
+  if best_score then redis.call('ZADD', key, best_score, id) else redis.call('ZREM', key, id) end
+end
+"""

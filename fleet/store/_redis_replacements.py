@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fleet.store._codec import opt_parse_ts, parse_ts
-from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, REVOKE_GOOD
+from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
 from fleet.store.records import ReplacementRequest, ReplacementStatus
 
 NOTE_ATTEMPT = (
-    AUDIT_PRELUDE
+    INDEX
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] device, KEYS[2] replacement request, KEYS[3..] audit
 -- ARGV[1..4] audit, ARGV[5] device id, ARGV[6] bootstrap sha, ARGV[7] key sha,
@@ -28,6 +29,7 @@ if not r[1] then
   redis.call('HSET', KEYS[2], 'device_id', ARGV[5], 'bootstrap_sha256', ARGV[6],
     'key_sha256', ARGV[7], 'first_seen', ARGV[9], 'last_seen', ARGV[9], 'attempts', 1,
     'keys_seen', 1, 'source', ARGV[8], 'status', 'pending', 'decided_by', '')
+  index_move('replacements', ARGV[5], false, 'pending')
 else
   if r[2] ~= ARGV[7] then redis.call('HINCRBY', KEYS[2], 'keys_seen', 1) end
   redis.call('HINCRBY', KEYS[2], 'attempts', 1)
@@ -40,7 +42,8 @@ return {'ok', redis.call('HGETALL', KEYS[2])}
 )
 
 DECIDE = (
-    FEED_APPEND
+    INDEX
+    + FEED_APPEND
     + REVOKE_GOOD
     + AUDIT_PRELUDE
     + """
@@ -56,10 +59,12 @@ local key = redis.call('HGET', KEYS[2], 'key_sha256')
 if ARGV[12] ~= '' and key ~= ARGV[12] then return {'key_changed', key} end
 if audit_moved(8) then return {'moved'} end
 redis.call('HSET', KEYS[2], 'status', ARGV[6], 'decided_at', ARGV[7], 'decided_by', ARGV[8])
+index_move('replacements', ARGV[5], 'pending', ARGV[6])
 local event = false
 if ARGV[9] ~= '' then
   local done = revoke_good(ARGV[11], KEYS[4], KEYS[5], ARGV[5], redis.call('SMEMBERS', KEYS[3]),
     ARGV[9], ARGV[7])
+  refresh_newest(ARGV[5])
   if #done > 0 then
     event = feed_append(KEYS[6], KEYS[7], ARGV[10], 'certificate', ARGV[5], done, ARGV[9],
       ARGV[7])

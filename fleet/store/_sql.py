@@ -25,3 +25,8 @@ class SqlCursor(Protocol):
 
 class SqlConnection(Protocol):
     def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> SqlCursor: ...
+
+
+# AuditQuery fields kept in the audit event's JSON, each with an index (search_audit,
+# count_audit): created by SQLite's migration and PostgreSQL's migration 3.
+AUDIT_INDEXED = ("actor", "action", "outcome", "reason")

@@ -28,7 +28,7 @@ from fleet.store._codec import (
     parse_ts,
     ts,
 )
-from fleet.store._sql import SqlConnection
+from fleet.store._sql import AUDIT_INDEXED, SqlConnection
 from fleet.store._sqlite_rows import (
     _append_audit,
 )
@@ -39,6 +39,8 @@ from fleet.store.records import (
     AdminCredential,
     AdminRole,
     AuditEvent,
+    AuditPage,
+    AuditQuery,
     AuditRecord,
     EnrollmentToken,
     ManufacturerCA,
@@ -69,6 +71,30 @@ def _admin(row: Any) -> AdminCredential:
 
 class SqlDirectory(SqlIntermediates):
     """The directories; subclasses give the engine (``_write``, ``_read``, ``_read_here``)."""
+
+    @staticmethod
+    def _event_field(field: str) -> str:
+        """The SQL of one field of an audit record's event JSON: the very expression
+        of its index (fleet.store._sql.AUDIT_INDEXED), so the planner uses it. Each
+        dialect says JSON its own way; ``field`` is one of AUDIT_INDEXED, never input."""
+        return f"json_extract(event, '$.{field}')"
+
+    def _audit_where(self, query: AuditQuery) -> tuple[str, list[Any]]:
+        """The WHERE clause (fixed strings only; every value a parameter) of an audit query."""
+        clauses: list[str] = ["seq > ?"]
+        params: list[Any] = [query.after_seq]
+        if query.before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(query.before_seq)
+        if query.device_id is not None:
+            clauses.append("device_id = ?")
+            params.append(query.device_id)
+        for field in AUDIT_INDEXED:
+            value = getattr(query, field)
+            if value is not None:
+                clauses.append(f"{self._event_field(field)} = ?")
+                params.append(value)
+        return " AND ".join(clauses), params
 
     async def _write(
         self, body: Callable[[SqlConnection], T], *, feed: Callable[[T], bool] | None = None
@@ -222,6 +248,32 @@ class SqlDirectory(SqlIntermediates):
             params = (device_id, after_seq, limit)
         return await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
 
+    async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
+        where, params = self._audit_where(query)
+        sql = f"SELECT * FROM audit WHERE {where} ORDER BY seq DESC LIMIT ?"  # noqa: S608
+        params.append(limit)
+        records = await self._read(lambda conn: [_audit(r) for r in conn.execute(sql, params)])
+        # An index answers the whole query: a short page is the end.
+        return AuditPage(records, records[-1].seq if len(records) == limit else 0)
+
+    async def count_audit(
+        self, query: AuditQuery, *, by: tuple[str, ...]
+    ) -> dict[tuple[str, ...], int]:
+        if not by or any(field not in AUDIT_INDEXED for field in by):
+            raise ValueError(f"count_audit groups by some of {AUDIT_INDEXED}, not {by}")
+        where, params = self._audit_where(query)
+        groups = ", ".join(self._event_field(field) for field in by)
+        sql = f"SELECT {groups}, COUNT(*) FROM audit WHERE {where} GROUP BY {groups}"  # noqa: S608
+
+        def body(conn: SqlConnection) -> dict[tuple[str, ...], int]:
+            counts: dict[tuple[str, ...], int] = {}
+            for row in conn.execute(sql, params):
+                *values, n = tuple(row)  # rows of either engine: iterable, not sliceable
+                counts[tuple(str(v) for v in values)] = int(n)
+            return counts
+
+        return await self._read(body)
+
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:
         def body(conn: SqlConnection) -> int:
@@ -241,6 +293,16 @@ class SqlDirectory(SqlIntermediates):
             )
 
         await self._write(body)
+
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        def body(conn: SqlConnection) -> dict[str, int]:
+            rows = conn.execute(
+                "SELECT name, value FROM cursors WHERE substr(name, 1, ?) = ?",
+                (len(prefix), prefix),
+            )
+            return {str(name): int(value) for name, value in rows}
+
+        return await self._read_here(body)
 
     # -- CRL numbers -------------------------------------------------------------
     async def latest_crl_number(self, scope: str) -> int:

@@ -50,6 +50,7 @@ from fleet.store.records import (
     DeviceFilter,
     DeviceState,
     ManifestEntry,
+    Manufacturer,
     ReplacementRequest,
     ReplacementStatus,
     RevocationEvent,
@@ -95,6 +96,9 @@ def _device_where(device_filter: DeviceFilter, after: str | None) -> tuple[str, 
     if device_filter.model is not None:
         clauses.append("model = ?")
         params.append(device_filter.model)
+    if device_filter.manufacturer_sha256 is not None:
+        clauses.append("manufacturer_sha256 = ?")
+        params.append(device_filter.manufacturer_sha256)
     if device_filter.issued_before is not None:
         clauses.append(
             "EXISTS (SELECT 1 FROM certificates c WHERE c.device_id = devices.device_id "
@@ -143,6 +147,12 @@ class SqlRecords(SqlDirectory):
                         ),
                     )
                     created += 1
+                if e.manufacturer is not None:
+                    conn.execute(
+                        "UPDATE devices SET manufacturer_sha256 = ?, manufacturer_name = ? "
+                        "WHERE device_id = ?",
+                        (e.manufacturer.sha256, e.manufacturer.name, e.device_id),
+                    )
             return created
 
         return await self._write(body)
@@ -156,8 +166,9 @@ class SqlRecords(SqlDirectory):
         def body(conn: SqlConnection) -> Device:
             cursor = conn.execute(
                 "INSERT INTO devices (device_id, state, created_at, updated_at, bootstrap_sha256, "
-                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "model, batch, enrolled_bootstrap_sha256, enrolled_at, state_reason, "
+                "manufacturer_sha256, manufacturer_name) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (device_id) DO NOTHING",
                 (
                     device.device_id,
@@ -170,6 +181,8 @@ class SqlRecords(SqlDirectory):
                     device.enrolled_bootstrap_sha256,
                     opt_ts(device.enrolled_at),
                     device.state_reason,
+                    device.manufacturer.sha256 if device.manufacturer else None,
+                    device.manufacturer.name if device.manufacturer else "",
                 ),
             )
             if cursor.rowcount == 0:
@@ -218,6 +231,19 @@ class SqlRecords(SqlDirectory):
         sql = f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?"  # noqa: S608
         return await self._read(lambda conn: [_device(r) for r in conn.execute(sql, params)])
 
+    async def count_devices_by_state(self) -> dict[DeviceState, int]:
+        def body(conn: SqlConnection) -> dict[DeviceState, int]:
+            rows = conn.execute("SELECT state, COUNT(*) FROM devices GROUP BY state")
+            counts = dict.fromkeys(DeviceState, 0)
+            counts.update({DeviceState(state): int(n) for state, n in rows})
+            return counts
+
+        return await self._read(body)
+
+    async def count_expiring_devices(self, before: dt.datetime) -> int:
+        devices, _ = await self.count_blast_radius(DeviceFilter(expiring_before=before))
+        return devices
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         where, params = _device_where(device_filter, None)
         # Only fixed clause strings are joined in; every value is a parameter.
@@ -244,6 +270,7 @@ class SqlRecords(SqlDirectory):
         audit: AuditEvent | None = None,
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
+        manufacturer: Manufacturer | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
@@ -296,6 +323,12 @@ class SqlRecords(SqlDirectory):
                     "enrolled_at = ? WHERE device_id = ?",
                     (DeviceState.ACTIVE.value, at, bootstrap_sha256, at, c.device_id),
                 )
+            if manufacturer is not None:
+                conn.execute(
+                    "UPDATE devices SET manufacturer_sha256 = ?, manufacturer_name = ? "
+                    "WHERE device_id = ?",
+                    (manufacturer.sha256, manufacturer.name, c.device_id),
+                )
             superseded = replacements.revoke_certificates(
                 conn, c.device_id, supersede, RevocationReason.SUPERSEDED, now
             )
@@ -311,6 +344,7 @@ class SqlRecords(SqlDirectory):
                     else bootstrap_sha256
                 ),
                 enrolled_at=current.enrolled_at if bootstrap_sha256 is None else parse_ts(at),
+                manufacturer=current.manufacturer if manufacturer is None else manufacturer,
             ), superseded
 
         device, _ = await self._write(body, feed=lambda result: result[1] is not None)

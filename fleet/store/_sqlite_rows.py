@@ -27,6 +27,7 @@ from fleet.store.records import (
     CertificateStatus,
     Device,
     DeviceState,
+    Manufacturer,
     RevocationEvent,
     RevocationKind,
     RevocationReason,
@@ -45,6 +46,11 @@ def _device(row: Any) -> Device:
         enrolled_bootstrap_sha256=row["enrolled_bootstrap_sha256"],
         enrolled_at=opt_parse_ts(row["enrolled_at"]),
         state_reason=row["state_reason"],
+        manufacturer=(
+            None
+            if row["manufacturer_sha256"] is None
+            else Manufacturer(row["manufacturer_sha256"], row["manufacturer_name"])
+        ),
     )
 
 

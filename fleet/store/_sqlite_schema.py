@@ -1,16 +1,23 @@
-"""The SQLite schema and its in-place migration (every change so far added tables)."""
+"""The SQLite schema and its in-place migration.
+
+Versions: 2 added admin_credentials and cursors, 3 replacement_requests, 4
+crl_numbers (new tables only), 5 the devices' manufacturer columns and the
+audit search indexes. Two branches once both released a "4" (one with
+crl_numbers, one with the manufacturer columns); so every step checks what the
+file has rather than trusting the number, and any 3 or either 4 upgrades in
+place to 5.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 
 from fleet.kernel.errors import StoreUnavailable
+from fleet.store._sql import AUDIT_INDEXED
 from fleet.store._sqlite_replacements import SCHEMA as REPLACEMENTS_SCHEMA
 from fleet.store.intermediates import SQLITE_SCHEMA as POOL_SCHEMA
 
-# 2 added admin_credentials and cursors, 3 replacement_requests, 4 crl_numbers (new
-# tables only: older files upgrade in place).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -24,7 +31,9 @@ CREATE TABLE IF NOT EXISTS devices (
     batch TEXT NOT NULL DEFAULT '',
     enrolled_bootstrap_sha256 TEXT,
     enrolled_at TEXT,
-    state_reason TEXT NOT NULL DEFAULT ''
+    state_reason TEXT NOT NULL DEFAULT '',
+    manufacturer_sha256 TEXT,
+    manufacturer_name TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS devices_state ON devices(state);
 CREATE TABLE IF NOT EXISTS certificates (
@@ -92,16 +101,31 @@ def migrate(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
     row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
     version = row[0]
-    if version is None:
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    elif version < SCHEMA_VERSION:
-        # Every change so far only added tables, which the statements above created.
-        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
-    elif version > SCHEMA_VERSION:
+    if version is not None and version > SCHEMA_VERSION:
         raise StoreUnavailable(
             f"the database has schema version {version}; this fleet knows up to {SCHEMA_VERSION}",
             hint="Upgrade fleet, or open a database written by this version.",
         )
+    # Up to 4 only tables were added (created above). 5: the manufacturer columns,
+    # which a file of 3 (or of the crl_numbers "4") lacks.
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(devices)")}
+    if "manufacturer_sha256" not in columns:
+        conn.execute("ALTER TABLE devices ADD COLUMN manufacturer_sha256 TEXT")
+        conn.execute("ALTER TABLE devices ADD COLUMN manufacturer_name TEXT NOT NULL DEFAULT ''")
+    # After the columns exist: on an old file the statements above ran before them.
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS devices_manufacturer ON devices(manufacturer_sha256, device_id)"
+    )
+    # The audit page's filters, on the event's own fields (no data is rewritten).
+    for field in AUDIT_INDEXED:
+        conn.execute(
+            f"CREATE INDEX IF NOT EXISTS audit_{field} "
+            f"ON audit(json_extract(event, '$.{field}'), seq)"
+        )
+    if version is None:
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    elif version < SCHEMA_VERSION:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
 
 def rewrite_schema_version(conn: sqlite3.Connection) -> None:

@@ -231,6 +231,11 @@ class PostgresStore(SqlRecords):
             raise
         return store
 
+    @staticmethod
+    def _event_field(field: str) -> str:
+        # The expression of migration 3's audit indexes (jsonb: an immutable cast).
+        return f"((event::jsonb) ->> '{field}')"
+
     # -- the engine -----------------------------------------------------------------
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._closed:

@@ -31,6 +31,8 @@ from typing import Protocol
 from fleet.store.records import (
     AdminCredential,
     AuditEvent,
+    AuditPage,
+    AuditQuery,
     AuditRecord,
     CertificateRecord,
     Device,
@@ -38,6 +40,7 @@ from fleet.store.records import (
     DeviceState,
     EnrollmentToken,
     ManifestEntry,
+    Manufacturer,
     ManufacturerCA,
     ReplacementRequest,
     ReplacementStatus,
@@ -110,6 +113,14 @@ class DeviceRegistry(Protocol):
     ) -> list[Device]:
         """Devices matching the filter, ordered by id, starting after ``after``."""
 
+    async def count_devices_by_state(self) -> dict[DeviceState, int]:
+        """How many devices are in each state (every state named, 0 included), from an
+        index: the Overview asks on every view."""
+
+    async def count_expiring_devices(self, before: dt.datetime) -> int:
+        """How many devices ``list_devices(DeviceFilter(expiring_before=before))`` lists:
+        those whose newest good certificate expires before ``before`` (an index)."""
+
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         """``(devices, good certificates)``: how many devices ``list_devices`` lists
         for this filter (over all pages) and how many good certificates those
@@ -130,6 +141,7 @@ class CertificateLedger(Protocol):
         audit: AuditEvent | None = None,
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
+        manufacturer: Manufacturer | None = None,
     ) -> Device:
         """Record an issued certificate BEFORE it is returned to the device.
 
@@ -139,7 +151,8 @@ class CertificateLedger(Protocol):
         for that key (else StoreConflict) and is consumed; the certificate is
         inserted; the device becomes ``active``; with a ``bootstrap_sha256``
         (bootstrap enrollment) the device remembers which bootstrap certificate
-        enrolled it and when; each of ``supersede`` that is still a good
+        enrolled it and when; with a ``manufacturer`` (the trust anchor of a
+        verified bootstrap chain) the device records it; each of ``supersede`` that is still a good
         certificate of this device is revoked (reason superseded; one
         certificate feed event for all); with ``audit`` the event is chained in
         the same change. Recording the very same certificate again (a replayed
@@ -280,6 +293,19 @@ class AuditLog(Protocol):
     ) -> list[AuditRecord]:
         """Audit records in sequence order, optionally of one device."""
 
+    async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
+        """Records matching ``query``, newest first, at most ``limit``. A backend examines
+        a bounded number of records per call (an index, or a budgeted walk), so a
+        page may be short while ``next_before`` is not 0: the caller searches on
+        from there. Nothing is read into memory beyond the page."""
+
+    async def count_audit(
+        self, query: AuditQuery, *, by: tuple[str, ...]
+    ) -> dict[tuple[str, ...], int]:
+        """How many records match ``query``, grouped by the event fields named in ``by``
+        (of actor, action, outcome, reason); counted where the records are, none read
+        into memory (the Overview's chart)."""
+
 
 class Cursors(Protocol):
     """Named integers (e.g. a notifier's position in the audit log)."""
@@ -290,6 +316,10 @@ class Cursors(Protocol):
 
     async def set_cursor(self, name: str, value: int) -> None:
         """Set the named integer (signed 64-bit; last write wins)."""
+
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        """Every named integer whose name starts with ``prefix`` (e.g. the brokers'
+        feed positions, fleet.store.broker_positions)."""
 
 
 class RevocationFeed(Protocol):
@@ -323,6 +353,11 @@ class CrlNumbers(Protocol):
 
     async def latest_crl_number(self, scope: str) -> int:
         """The highest number allocated in ``scope`` so far, by any node (0 when none)."""
+
+
+class BrokerFeed(RevocationFeed, Cursors, Protocol):
+    """What a broker uses: the feed, and cursors to report how far it has applied
+    it (fleet.store.broker_positions)."""
 
 
 class Store(

@@ -57,6 +57,9 @@ class ManifestEntry:
     bootstrap_sha256: str  # lowercase hex of the DER bootstrap certificate
     model: str = ""
     batch: str = ""
+    # The manufacturer CA the manifest says made it (None: not named; a known
+    # device keeps what it had).
+    manufacturer: Manufacturer | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,6 +76,18 @@ class Device:
     enrolled_bootstrap_sha256: str | None = None
     enrolled_at: dt.datetime | None = None
     state_reason: str = ""
+    # The trust anchor the device's bootstrap certificate chains to (the trusted
+    # manufacturer CA), as learned from its verified chain; None = not known yet.
+    manufacturer: Manufacturer | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Manufacturer:
+    """Which trusted manufacturer CA made a device: its fingerprint and the name it was
+    trusted under (``fleet trust add-manufacturer``), kept as they were when learned."""
+
+    sha256: str  # fingerprint of the DER manufacturer CA certificate, lowercase hex
+    name: str = ""
 
 
 class ReplacementStatus(enum.StrEnum):
@@ -158,6 +173,30 @@ class AuditRecord:
     sha256: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which audit records a search returns: every given field must match, and the
+    sequence must lie strictly between ``after_seq`` and ``before_seq`` (None: no
+    upper bound). A time range is a sequence range: records are appended in time order."""
+
+    actor: str | None = None
+    action: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+    device_id: str | None = None
+    after_seq: int = 0
+    before_seq: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AuditPage:
+    """Matches of a search, newest first. ``next_before`` is the ``before_seq`` to search
+    on from (older records remain to be examined), 0 when none remain."""
+
+    records: list[AuditRecord]
+    next_before: int
+
+
 class RevocationKind(enum.StrEnum):
     DEVICE = "device"  # the device and every certificate it holds
     CERTIFICATE = "certificate"  # one certificate
@@ -191,6 +230,8 @@ class DeviceFilter:
     state: DeviceState | None = None
     batch: str | None = None
     model: str | None = None
+    # Devices whose bootstrap certificate chains to this manufacturer CA (its sha256).
+    manufacturer_sha256: str | None = None
     # Devices holding at least one GOOD certificate issued (``issued_at``) before this.
     issued_before: dt.datetime | None = None
     # Devices whose newest good certificate (latest ``issued_at``, then highest

@@ -22,6 +22,9 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:admins               hash    sha256 -> admin credential as JSON
     {ns}:cursors              hash    name -> integer (named cursors)
     {ns}:crl:<scope>          hash    a CRL issuer's number counter (fleet.store.crl_numbers)
+    {ns}:devices:state:<s>    zset    device ids in state s (index; _redis_indexes)
+    {ns}:replacements:<s>     zset    device ids whose replacement request is in status s
+    {ns}:indexes              string  version of the index sets (built once if missing)
 
 Why one hash tag: every key starts with ``{ns}``, so in Redis Cluster all of a
 namespace lives in one hash slot. Each change is one Lua script (atomic on the
@@ -101,7 +104,8 @@ from fleet.store._codec import (
     ts,
 )
 from fleet.store._redis_durable import WaitingRedis, check_durability
-from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, REVOKE_GOOD
+from fleet.store._redis_indexes import ensure_indexes
+from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.intermediates import RedisIntermediates
@@ -109,6 +113,8 @@ from fleet.store.records import (
     AdminCredential,
     AdminRole,
     AuditEvent,
+    AuditPage,
+    AuditQuery,
     AuditRecord,
     CertificateRecord,
     CertificateStatus,
@@ -117,6 +123,7 @@ from fleet.store.records import (
     DeviceState,
     EnrollmentToken,
     ManifestEntry,
+    Manufacturer,
     ManufacturerCA,
     ReplacementRequest,
     ReplacementStatus,
@@ -134,9 +141,12 @@ _AUDIT_CAS_ATTEMPTS = 50
 _FOLLOW_IDLE_CHECK_SECONDS = 1.0
 _FOLLOW_MAX_BACKOFF_SECONDS = 2.0
 
-_IMPORT_MANIFEST = """
+_IMPORT_MANIFEST = (
+    INDEX
+    + """
 -- KEYS[1] devices zset, KEYS[2..] device hashes
--- ARGV[1] now, then per device: id, bootstrap_sha256, model, batch
+-- ARGV[1] now, then per device: id, bootstrap_sha256, model, batch, manufacturer sha
+-- ('' = unchanged), manufacturer name
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'none' and t ~= 'zset' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is ' .. t)
@@ -150,7 +160,7 @@ end
 local now = ARGV[1]
 local created = 0
 for i = 2, #KEYS do
-  local a = 2 + (i - 2) * 4
+  local a = 2 + (i - 2) * 6
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('HSET', KEYS[i], 'bootstrap_sha256', ARGV[a + 1], 'model', ARGV[a + 2],
       'batch', ARGV[a + 3], 'updated_at', now)
@@ -159,14 +169,21 @@ for i = 2, #KEYS do
       'created_at', now, 'updated_at', now, 'bootstrap_sha256', ARGV[a + 1],
       'model', ARGV[a + 2], 'batch', ARGV[a + 3], 'state_reason', '')
     redis.call('ZADD', KEYS[1], 0, ARGV[a])
+    index_move('devices:state', ARGV[a], false, 'registered')
     created = created + 1
+  end
+  if ARGV[a + 4] ~= '' then
+    redis.call('HSET', KEYS[i], 'manufacturer_sha256', ARGV[a + 4],
+      'manufacturer_name', ARGV[a + 5])
   end
 end
 return created
 """
+)
 
 _ADD_DEVICE = (
-    AUDIT_PRELUDE
+    INDEX
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] device hash, KEYS[2] devices zset, KEYS[3..] audit
 -- ARGV[1..4] audit, ARGV[5] id, ARGV[6..] field/value pairs
@@ -174,13 +191,15 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
 if audit_moved(3) then return {'moved'} end
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], 0, ARGV[5])
+index_move('devices:state', ARGV[5], false, redis.call('HGET', KEYS[1], 'state'))
 audit_append(3)
 return {'ok'}
 """
 )
 
 _SET_STATE = (
-    AUDIT_PRELUDE
+    INDEX
+    + AUDIT_PRELUDE
     + """
 -- KEYS[1] device hash, KEYS[2..] audit
 -- ARGV[1..4] audit, ARGV[5] state, ARGV[6] now, ARGV[7] reason, ARGV[8..] expected
@@ -193,13 +212,15 @@ end
 if not allowed then return {'conflict', cur} end
 if audit_moved(2) then return {'moved'} end
 redis.call('HSET', KEYS[1], 'state', ARGV[5], 'updated_at', ARGV[6], 'state_reason', ARGV[7])
+index_move('devices:state', redis.call('HGET', KEYS[1], 'device_id'), cur, ARGV[5])
 audit_append(2)
 return {'ok', redis.call('HGETALL', KEYS[1])}
 """
 )
 
 _RECORD_CERTIFICATE = (
-    FEED_APPEND
+    INDEX
+    + FEED_APPEND
     + REVOKE_GOOD
     + AUDIT_PRELUDE
     + """
@@ -209,7 +230,8 @@ _RECORD_CERTIFICATE = (
 -- score, ARGV[8] m = 2 * number of cert fields, ARGV[9 .. 8+m] cert field/value pairs,
 -- ARGV[9+m] approved replacement key ('' = none), ARGV[10+m] channel, ARGV[11+m] cert key
 -- prefix, ARGV[12+m] n = number of serials to supersede, ARGV[13+m .. 12+m+n] those
--- serials (hex), ARGV[13+m+n ..] expected device states
+-- serials (hex), ARGV[13+m+n] manufacturer sha ('' = unchanged), ARGV[14+m+n] its name,
+-- ARGV[15+m+n ..] expected device states
 local m = tonumber(ARGV[8])
 local n = tonumber(ARGV[12 + m])
 local cert = {}
@@ -225,7 +247,7 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'duplicate'}
 end
 local allowed = false
-for i = 13 + m + n, #ARGV do
+for i = 15 + m + n, #ARGV do
   if ARGV[i] == cur then allowed = true end
 end
 if not allowed then return {'conflict', cur} end
@@ -235,7 +257,10 @@ if replacement ~= '' then
   if r[1] ~= 'approved' or r[2] ~= replacement then return {'conflict', cur} end
 end
 if audit_moved(9) then return {'moved'} end
-if replacement ~= '' then redis.call('DEL', KEYS[8]) end
+if replacement ~= '' then
+  redis.call('DEL', KEYS[8])
+  index_move('replacements', cert['device_id'], 'approved', false)
+end
 redis.call('HSET', KEYS[2], unpack(ARGV, 9, 8 + m))
 redis.call('SADD', KEYS[3], cert['serial'])
 if cert['status'] == 'good' then
@@ -244,13 +269,19 @@ else
   redis.call('SADD', KEYS[5], cert['serial'])
 end
 redis.call('HSET', KEYS[1], 'state', 'active', 'updated_at', ARGV[5])
+index_move('devices:state', cert['device_id'], cur, 'active')
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[1], 'enrolled_bootstrap_sha256', ARGV[6], 'enrolled_at', ARGV[5])
+end
+if ARGV[13 + m + n] ~= '' then
+  redis.call('HSET', KEYS[1], 'manufacturer_sha256', ARGV[13 + m + n],
+    'manufacturer_name', ARGV[14 + m + n])
 end
 local supersede = {}
 for i = 13 + m, 12 + m + n do table.insert(supersede, ARGV[i]) end
 local done = revoke_good(ARGV[11 + m], KEYS[4], KEYS[5], cert['device_id'], supersede,
   'superseded', ARGV[5])
+refresh_newest(cert['device_id'])
 audit_append(9)
 local device = redis.call('HGETALL', KEYS[1])
 if #done == 0 then return {'ok', device} end
@@ -260,7 +291,8 @@ return {'ok', device, feed_append(KEYS[6], KEYS[7], ARGV[10 + m], 'certificate',
 )
 
 _REVOKE_CERTIFICATE = (
-    FEED_APPEND
+    INDEX
+    + FEED_APPEND
     + AUDIT_PRELUDE
     + """
 -- KEYS[1] cert, KEYS[2] expiry, KEYS[3] revoked, KEYS[4] feed, KEYS[5] feed:seq,
@@ -274,6 +306,7 @@ redis.call('HSET', KEYS[1], 'status', 'revoked', 'revoked_at', ARGV[7],
   'revocation_reason', ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[5])
 redis.call('SADD', KEYS[3], ARGV[5])
+refresh_newest(cert[2])
 audit_append(6)
 return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[8], 'certificate', cert[2], {ARGV[5]},
   ARGV[6], ARGV[7])}
@@ -281,7 +314,8 @@ return {'ok', feed_append(KEYS[4], KEYS[5], ARGV[8], 'certificate', cert[2], {AR
 )
 
 _REVOKE_DEVICE = (
-    FEED_APPEND
+    INDEX
+    + FEED_APPEND
     + AUDIT_PRELUDE
     + """
 -- KEYS[1] device, KEYS[2] device-certs, KEYS[3] expiry, KEYS[4] revoked,
@@ -305,6 +339,8 @@ for _, serial in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   end
 end
 redis.call('HSET', KEYS[1], 'state', 'revoked', 'updated_at', ARGV[7], 'state_reason', ARGV[6])
+index_move('devices:state', ARGV[5], state, 'revoked')
+refresh_newest(ARGV[5])
 redis.call('SADD', KEYS[5], ARGV[5])
 audit_append(8)
 return {'ok', feed_append(KEYS[6], KEYS[7], ARGV[8], 'device', ARGV[5], serials, ARGV[6],
@@ -384,6 +420,75 @@ return out
 """
 
 
+# A budgeted walk, newest first, of the audit zset (or of one device's index): at
+# most ARGV[4] records are looked at per call, so a search never blocks Redis long.
+_SEARCH_AUDIT = """
+-- KEYS[1] audit zset, KEYS[2] (optional) a device's audit index
+-- ARGV[1] after seq, ARGV[2] before bound ('+inf' or '(N'), ARGV[3] limit, ARGV[4] budget,
+-- ARGV[5..8] actor, action, outcome, reason ('' = any)
+local src = KEYS[2] or KEYS[1]
+local walk = redis.call('ZREVRANGEBYSCORE', src, ARGV[2], '(' .. ARGV[1],
+  'WITHSCORES', 'LIMIT', 0, ARGV[4])
+local want = {actor = ARGV[5], action = ARGV[6], outcome = ARGV[7], reason = ARGV[8]}
+local limit = tonumber(ARGV[3])
+local out = {0}
+local last = 0
+for i = 1, #walk, 2 do
+  last = tonumber(walk[i + 1])
+  local record = walk[i]
+  if KEYS[2] then record = redis.call('ZRANGEBYSCORE', KEYS[1], last, last)[1] end
+  if record then
+    local event = cjson.decode(record)['event']
+    local ok = true
+    for field, value in pairs(want) do
+      if value ~= '' and event[field] ~= value then ok = false end
+    end
+    if ok then
+      table.insert(out, record)
+      if #out - 1 == limit then
+        out[1] = last
+        return out
+      end
+    end
+  end
+end
+if #walk / 2 == tonumber(ARGV[4]) then out[1] = last end
+return out
+"""
+AUDIT_SEARCH_BUDGET = 2000  # records a search looks at per call
+
+# Counts by group over a sequence range, AUDIT_SEARCH_BUDGET records per call.
+_COUNT_AUDIT = """
+-- KEYS[1] audit zset; ARGV[1] after seq, ARGV[2] before bound ('+inf' or '(N'),
+-- ARGV[3] budget, ARGV[4..7] actor, action, outcome, reason ('' = any), ARGV[8..] group by
+local walk = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], ARGV[2],
+  'WITHSCORES', 'LIMIT', 0, ARGV[3])
+local want = {actor = ARGV[4], action = ARGV[5], outcome = ARGV[6], reason = ARGV[7]}
+local counts = {}
+local last = 0
+for i = 1, #walk, 2 do
+  last = tonumber(walk[i + 1])
+  local event = cjson.decode(walk[i])['event']
+  local ok = true
+  for field, value in pairs(want) do
+    if value ~= '' and event[field] ~= value then ok = false end
+  end
+  if ok then
+    local parts = {}
+    for j = 8, #ARGV do table.insert(parts, tostring(event[ARGV[j]])) end
+    local key = table.concat(parts, '\\n')
+    counts[key] = (counts[key] or 0) + 1
+  end
+end
+local out = {#walk / 2 == tonumber(ARGV[3]) and last or 0}
+for key, n in pairs(counts) do
+  table.insert(out, key)
+  table.insert(out, n)
+end
+return out
+"""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Keys:
     namespace: str
@@ -417,6 +522,20 @@ class _Keys:
     @property
     def devices(self) -> str:
         return f"{self.tag}:devices"
+
+    def state_index(self, state: DeviceState) -> str:
+        return f"{self.tag}:devices:state:{state.value}"
+
+    def replacement_index(self, status: ReplacementStatus) -> str:
+        return f"{self.tag}:replacements:{status.value}"
+
+    @property
+    def newest_expiry(self) -> str:
+        return f"{self.tag}:devices:newest-expiry"
+
+    @property
+    def indexes(self) -> str:
+        return f"{self.tag}:indexes"
 
     @property
     def expiry(self) -> str:
@@ -513,8 +632,11 @@ def _device_fields(device: Device) -> dict[str, str]:
         "bootstrap_sha256": device.bootstrap_sha256,
         "enrolled_bootstrap_sha256": device.enrolled_bootstrap_sha256,
         "enrolled_at": opt_ts(device.enrolled_at),
+        "manufacturer_sha256": device.manufacturer.sha256 if device.manufacturer else None,
     }
     fields.update({k: v for k, v in optional.items() if v is not None})
+    if device.manufacturer is not None:
+        fields["manufacturer_name"] = device.manufacturer.name
     return fields
 
 
@@ -530,6 +652,11 @@ def _device(fields: Mapping[str, str]) -> Device:
         enrolled_bootstrap_sha256=fields.get("enrolled_bootstrap_sha256"),
         enrolled_at=opt_parse_ts(fields.get("enrolled_at")),
         state_reason=fields.get("state_reason", ""),
+        manufacturer=(
+            Manufacturer(fields["manufacturer_sha256"], fields.get("manufacturer_name", ""))
+            if "manufacturer_sha256" in fields
+            else None
+        ),
     )
 
 
@@ -654,6 +781,8 @@ class RedisStore(RedisIntermediates):
         self._redis = client
         self._keys = _Keys(namespace)
         self._import_manifest = client.register_script(_IMPORT_MANIFEST)
+        self._search_audit = client.register_script(_SEARCH_AUDIT)
+        self._count_audit = client.register_script(_COUNT_AUDIT)
         self._add_device = client.register_script(_ADD_DEVICE)
         self._set_state = client.register_script(_SET_STATE)
         self._record_certificate = client.register_script(_RECORD_CERTIFICATE)
@@ -696,11 +825,12 @@ class RedisStore(RedisIntermediates):
             with _mapped_errors():
                 await client.ping()
                 await check_durability(client, durability)
+                if not durability.reader_only and isinstance(client, WaitingRedis):
+                    client.min_replicas = durability.min_replicas
+                await ensure_indexes(client, store._keys.devices, store._keys.indexes)
         except BaseException:
             await store.close()
             raise
-        if not durability.reader_only and isinstance(client, WaitingRedis):
-            client.min_replicas = durability.min_replicas
         return store
 
     async def close(self) -> None:
@@ -730,7 +860,9 @@ class RedisStore(RedisIntermediates):
         keys = [self._keys.devices, *(self._keys.device(e.device_id) for e in entries)]
         args: list[str] = [ts(now)]
         for e in entries:
+            maker = e.manufacturer
             args += [e.device_id, e.bootstrap_sha256, e.model, e.batch]
+            args += [maker.sha256, maker.name] if maker else ["", ""]
         with _mapped_errors():
             return int(await self._import_manifest(keys=keys, args=args))
 
@@ -787,10 +919,30 @@ class RedisStore(RedisIntermediates):
     ) -> list[Device]:
         found: list[Device] = []
         cursor: str | None = "-" if after is None else f"({after}"
+        # When the index walked answers the whole filter (none, or a state), every id read
+        # is listed: read no more than asked (each hash costs a reply to parse).
+        indexed = dataclasses.replace(device_filter, state=None) == DeviceFilter()
+        size = min(_SCAN_PAGE, limit) if indexed else _SCAN_PAGE
         while cursor is not None and len(found) < limit:
-            page, cursor = await self._device_page(device_filter, cursor, with_certs=False)
+            page, cursor = await self._device_page(
+                device_filter, cursor, with_certs=False, size=size
+            )
             found += (device for device, _ in page)
         return found[:limit]
+
+    async def count_devices_by_state(self) -> dict[DeviceState, int]:
+        with _mapped_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                for state in DeviceState:
+                    pipe.zcard(self._keys.state_index(state))
+                counts = await pipe.execute()
+        return {state: int(n) for state, n in zip(DeviceState, counts, strict=True)}
+
+    async def count_expiring_devices(self, before: dt.datetime) -> int:
+        with _mapped_errors():
+            return int(
+                await self._redis.zcount(self._keys.newest_expiry, "-inf", f"({epoch_us(before)}")
+            )
 
     async def count_blast_radius(self, device_filter: DeviceFilter) -> tuple[int, int]:
         devices = certificates = 0
@@ -802,7 +954,7 @@ class RedisStore(RedisIntermediates):
         return devices, certificates
 
     async def _device_page(
-        self, device_filter: DeviceFilter, cursor: str, *, with_certs: bool
+        self, device_filter: DeviceFilter, cursor: str, *, with_certs: bool, size: int = _SCAN_PAGE
     ) -> tuple[list[tuple[Device, list[_GoodCert]]], str | None]:
         """One page of the device index from ``cursor`` (a ZRANGEBYLEX bound): the
         matching devices with their good certificates (read only when the filter
@@ -811,10 +963,10 @@ class RedisStore(RedisIntermediates):
         expiring_before = opt_ts(device_filter.expiring_before)
         need_certs = with_certs or issued_before is not None or expiring_before is not None
         k = self._keys
+        # A state names its index: only the devices in that state are walked.
+        source = k.devices if device_filter.state is None else k.state_index(device_filter.state)
         with _mapped_errors():
-            ids = _texts(
-                await self._redis.zrangebylex(k.devices, cursor, "+", start=0, num=_SCAN_PAGE)
-            )
+            ids = _texts(await self._redis.zrangebylex(source, cursor, "+", start=0, num=size))
             if not ids:
                 return [], None
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -850,6 +1002,7 @@ class RedisStore(RedisIntermediates):
         audit: AuditEvent | None = None,
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
+        manufacturer: Manufacturer | None = None,
     ) -> Device:
         c = certificate
         k = self._keys
@@ -876,6 +1029,8 @@ class RedisStore(RedisIntermediates):
             k.cert_prefix,
             len(supersede),
             *(serial_hex(s) for s in supersede),
+            manufacturer.sha256 if manufacturer else "",
+            manufacturer.name if manufacturer else "",
             *(s.value for s in expected),
         ]
         reply = await self._audited(self._record_certificate, keys, args, audit)
@@ -890,19 +1045,17 @@ class RedisStore(RedisIntermediates):
     async def list_replacement_requests(
         self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
     ) -> list[ReplacementRequest]:
-        # No index of requests: a SCAN over their keys. Requests are rare (one per
-        # replayed bootstrap certificate), and this serves an admin page, not devices.
-        prefix = self._keys.replacement("")
-        found: list[ReplacementRequest] = []
+        start = "-" if after is None else f"({after}"
+        index = self._keys.replacement_index(status)
         with _mapped_errors():
-            async for key in self._redis.scan_iter(match=f"{_glob_escape(prefix)}*", count=1000):
-                fields = _fields(await self._redis.hgetall(key))
-                if fields:
-                    request = replacements.request_from_fields(fields)
-                    if request.status is status and (after is None or request.device_id > after):
-                        found.append(request)
-        found.sort(key=lambda r: r.device_id)
-        return found[:limit]
+            ids = _texts(await self._redis.zrangebylex(index, start, "+", start=0, num=limit))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for device_id in ids:
+                    pipe.hgetall(self._keys.replacement(device_id))
+                hashes = await pipe.execute()
+        found = [replacements.request_from_fields(f) for f in map(_fields, hashes) if f]
+        # A request decided between the two reads has left this status: not listed.
+        return [r for r in found if r.status is status]
 
     async def note_replacement_attempt(
         self,
@@ -1181,6 +1334,42 @@ class RedisStore(RedisIntermediates):
                 )
         return [_audit_from_json(text) for text in _texts(raw)]
 
+    async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
+        keys = [self._keys.audit]
+        if query.device_id is not None:
+            keys.append(self._keys.audit_device(query.device_id))
+        before = "+inf" if query.before_seq is None else f"({query.before_seq}"
+        wanted = (query.actor, query.action, query.outcome, query.reason)
+        args: list[str | int] = [query.after_seq, before, limit, AUDIT_SEARCH_BUDGET]
+        args += [value or "" for value in wanted]
+        with _mapped_errors():
+            reply = await self._search_audit(keys=keys, args=args)
+        return AuditPage([_audit_from_json(_text(r)) for r in reply[1:]], int(reply[0]))
+
+    async def count_audit(
+        self, query: AuditQuery, *, by: tuple[str, ...]
+    ) -> dict[tuple[str, ...], int]:
+        if not by or any(f not in ("actor", "action", "outcome", "reason") for f in by):
+            raise ValueError(f"count_audit groups by actor, action, outcome or reason, not {by}")
+        if query.device_id is not None:
+            raise ValueError("count_audit counts the whole log, not one device's")
+        before = "+inf" if query.before_seq is None else f"({query.before_seq}"
+        wanted = (query.actor, query.action, query.outcome, query.reason)
+        counts: dict[tuple[str, ...], int] = {}
+        after = query.after_seq
+        while True:
+            args: list[str | int] = [after, before, AUDIT_SEARCH_BUDGET]
+            args += [value or "" for value in wanted]
+            args += list(by)
+            with _mapped_errors():
+                reply = await self._count_audit(keys=[self._keys.audit], args=args)
+            for i in range(1, len(reply), 2):
+                key = tuple(_text(reply[i]).split("\n"))
+                counts[key] = counts.get(key, 0) + int(reply[i + 1])
+            if not int(reply[0]):
+                return counts
+            after = int(reply[0])
+
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:
         with _mapped_errors():
@@ -1191,6 +1380,12 @@ class RedisStore(RedisIntermediates):
         check_cursor(name, value)
         with _mapped_errors():
             await self._redis.hset(self._keys.cursors, name, str(value))
+
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        # The hash holds a few cursors per broker and notifier: read whole.
+        with _mapped_errors():
+            raw = _fields(await self._redis.hgetall(self._keys.cursors))
+        return {name: int(value) for name, value in raw.items() if name.startswith(prefix)}
 
     # -- CRL numbers -------------------------------------------------------------
     async def latest_crl_number(self, scope: str) -> int:
@@ -1307,6 +1502,13 @@ def _matches(device: Device, device_filter: DeviceFilter) -> bool:
         (device_filter.state is None or device.state is device_filter.state)
         and (device_filter.batch is None or device.batch == device_filter.batch)
         and (device_filter.model is None or device.model == device_filter.model)
+        and (
+            device_filter.manufacturer_sha256 is None
+            or (
+                device.manufacturer is not None
+                and device.manufacturer.sha256 == device_filter.manufacturer_sha256
+            )
+        )
     )
 
 
@@ -1324,8 +1526,3 @@ def _certs_match(
         if not newest.not_after < expiring_before:
             return False
     return True
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal in a Redis MATCH pattern."""
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -119,6 +119,7 @@ def _selection(ctx: Ctx) -> lifecycle.BulkSelection:
         batch=field(ctx, "batch") or None,
         model=field(ctx, "model") or None,
         issued_before=issued_before,
+        manufacturer=lifecycle.parse_manufacturer(field(ctx, "manufacturer")),
     )
 
 
@@ -135,7 +136,7 @@ async def _preview(
 
 
 def _bulk_form(ctx: Ctx) -> dict[str, str]:
-    names = ("batch", "model", "issued_before", "reason")
+    names = ("batch", "model", "manufacturer", "issued_before", "reason")
     return {name: field(ctx, name, limit=40 if name == "issued_before" else 256) for name in names}
 
 
@@ -147,6 +148,7 @@ async def bulk_preview(console: Console, ctx: Ctx) -> web.Response:
     return console.render(
         "bulk.html", ctx=ctx, nav="bulk", form=form, preview=preview, result=None,
         reasons=[r.value for r in lifecycle.ADMIN_REASONS],
+        manufacturers=await console.store.list_manufacturer_cas(),
     )  # fmt: skip
 
 
@@ -161,6 +163,7 @@ async def bulk_revoke(console: Console, ctx: Ctx) -> web.Response:
         return console.render(
             "bulk.html", 409, ctx=ctx, nav="bulk", form=form, preview=preview, result=None,
             reasons=[r.value for r in lifecycle.ADMIN_REASONS],
+        manufacturers=await console.store.list_manufacturer_cas(),
             mismatch="Type the number of devices shown to confirm; nothing changed.",
         )  # fmt: skip
     result = await lifecycle.bulk_revoke(
@@ -170,4 +173,5 @@ async def bulk_revoke(console: Console, ctx: Ctx) -> web.Response:
     return console.render(
         "bulk.html", ctx=ctx, nav="bulk", form=form, preview=None, result=result,
         reasons=[r.value for r in lifecycle.ADMIN_REASONS],
+        manufacturers=await console.store.list_manufacturer_cas(),
     )  # fmt: skip

@@ -27,9 +27,11 @@ from fleet.admin.auth import AdminAuthenticator, actor_of, require_role
 from fleet.http.statuses import status_for
 from fleet.kernel.clock import Clock
 from fleet.kernel.errors import AuthError, FleetError
+from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.reasons import Reason
 from fleet.store.protocol import Store
-from fleet.store.records import AdminCredential, AdminRole
+from fleet.store.records import AdminCredential, AdminRole, AuditEvent
+from fleet.tokens import token_sha256
 from fleet.ui.session import LOGIN_COOKIE, SESSION_COOKIE, Session, SessionSigner
 
 log = logging.getLogger("fleet.ui")
@@ -173,19 +175,55 @@ class Console:
         cookie = request.cookies.get(SESSION_COOKIE)
         if not cookie:
             return None
-        session = self.signer.decode(cookie, self.clock.now())
+        session = self.signer.verified(cookie)
         if session is None:
+            return None
+        now = self.clock.now()
+        if not session.issued_at <= now < session.expires_at:
+            # A session of ours that outlived its lifetime: its end is on the record.
+            await self._audit_session_end(request, session, Reason.SESSION_EXPIRED)
             return None
         try:
             admin = await self.auth.credential(session.sha256, session.kind)
-            if session.kind == "certificate":
-                # The session is bound to the certificate: a copied cookie alone is useless.
-                presented = await self.auth.identify_certificate(request)
-                if presented.sha256 != admin.sha256:
-                    return None
-        except AuthError:
+        except AuthError as error:
+            # `fleet admin disable` (or a deleted credential) ends the session here.
+            await self._audit_session_end(request, session, error.reason)
             return None
+        if session.kind == "certificate":
+            # The session is bound to the certificate: a copied cookie alone is useless.
+            try:
+                presented = await self.auth.identify_certificate(request)
+            except AuthError:
+                return None
+            if presented.sha256 != admin.sha256:
+                return None
         return admin, session
+
+    async def _audit_session_end(self, request: web.Request, session: Session, reason: str) -> None:
+        await self.audit_sign_in_event(
+            request, await self._actor_of_fingerprint(session.sha256), "console_session_end",
+            "refused", reason, method=session.kind,
+        )  # fmt: skip
+
+    async def _actor_of_fingerprint(self, sha256: str) -> str:
+        """The audit actor of a credential fingerprint, disabled ones included."""
+        try:
+            return actor_of(await self.store.find_admin_credential(sha256))
+        except FleetError:
+            return "unauthenticated"
+
+    async def audit_sign_in_event(
+        self, request: web.Request, actor: str, action: str, outcome: str, reason: str,
+        **detail: str,
+    ) -> None:  # fmt: skip
+        """Chain a console sign-in, sign-out or session end (never a secret: the token
+        is not in ``detail``, only how the admin signed in and from where)."""
+        await self.store.append_audit(
+            AuditEvent(
+                at=self.clock.now(), actor=actor, action=action, outcome=outcome,
+                reason=reason, detail={**detail, "source": request.remote or ""},
+            )
+        )  # fmt: skip
 
     def _to_sign_in(self, request: web.Request) -> web.Response:
         ended = SESSION_COOKIE in request.cookies
@@ -224,17 +262,35 @@ class Console:
             nonce, str(form.get("csrf", "")), "login"
         ):
             return self.render("error.html", 403, None, **_CSRF_REFUSED)
+        method = "certificate" if form.get("method") == "certificate" else "token"
+        fingerprint = ""  # of the credential tried, when there is one (never the token)
         try:
-            if form.get("method") == "certificate":
+            if method == "certificate":
+                cert = self.auth.presented_certificate(request)
+                fingerprint = sha256_fingerprint(cert) if cert is not None else ""
                 admin = await self.auth.identify_certificate(request)
             else:
                 token = str(form.get("token", "")).strip()
                 if not token or len(token) > 256:
+                    await self.audit_sign_in_event(
+                        request, "unauthenticated", "console_sign_in", "refused",
+                        Reason.CREDENTIALS_REQUIRED, method=method,
+                    )  # fmt: skip
                     return self._login_page(request, 400, "Type your admin token.")
+                fingerprint = token_sha256(token)
                 admin = await self.auth.identify_token(token)
         except AuthError as error:
             request["reason"] = error.reason
+            actor = await self._actor_of_fingerprint(fingerprint) if fingerprint else ""
+            await self.audit_sign_in_event(
+                request, actor or "unauthenticated", "console_sign_in", "refused",
+                error.reason, method=method,
+            )  # fmt: skip
             return self._login_page(request, 401, f"Not signed in: {error.message}.")
+        await self.audit_sign_in_event(
+            request, actor_of(admin), "console_sign_in", "allowed", Reason.SIGNED_IN,
+            method=method,
+        )  # fmt: skip
         session = self.signer.new(admin.kind, admin.sha256, self.clock.now())
         response = self.redirect("/")
         response.set_cookie(
@@ -253,6 +309,10 @@ class Console:
 
 
 async def sign_out(console: Console, ctx: Ctx) -> web.Response:
+    await console.audit_sign_in_event(
+        ctx.request, ctx.actor, "console_sign_out", "done", Reason.SIGNED_OUT,
+        method=ctx.session.kind,
+    )  # fmt: skip
     response = console.redirect("/login", notice="signed_out")
     response.del_cookie(SESSION_COOKIE, path="/", secure=True, samesite="Strict")
     return response

@@ -12,19 +12,26 @@ from fleet.authority import lifecycle
 from fleet.authority.audit import verify_audit_log
 from fleet.kernel.device_id import is_device_id_prefix, validate_device_id
 from fleet.kernel.errors import RequestInvalid
-from fleet.store.records import AuditRecord, DeviceFilter, DeviceState, ReplacementStatus
+from fleet.store.broker_positions import read_positions
+from fleet.store.records import (
+    AuditQuery,
+    AuditRecord,
+    DeviceFilter,
+    DeviceState,
+    ReplacementStatus,
+)
 from fleet.ui import stats
 from fleet.ui.core import Console, Ctx, query_of
 
 PAGE = 50
 AUDIT_PAGE = 100
-AUDIT_SCAN = 5000  # records looked at per audit page when filtering
 
 
 async def overview(console: Console, ctx: Ctx) -> web.Response:
     store, now = console.store, console.clock.now()
     activity = await stats.hourly_activity(store, now)
     by_state = await stats.devices_by_state(store)
+    head = await store.feed_head()
     return console.render(
         "overview.html", ctx=ctx, nav="overview",
         by_state=by_state, total=sum(by_state.values()),
@@ -32,7 +39,8 @@ async def overview(console: Console, ctx: Ctx) -> web.Response:
         peak=max([max(b.enrolled, sum(b.refused.values())) for b in activity.bars] + [1]),
         expiring={d: await stats.devices_expiring(store, now, d) for d in (7, 30)},
         cas=[(ca, (ca.not_after - now).days) for ca in console.cas],
-        feed_head=await store.feed_head(),
+        feed_head=head,
+        brokers=stats.broker_lags(await read_positions(store), head, now),
     )  # fmt: skip
 
 
@@ -51,9 +59,11 @@ async def devices(console: Console, ctx: Ctx) -> web.Response:
     if state is not None and state not in {s.value for s in DeviceState}:
         raise RequestInvalid("state must be one of " + ", ".join(s.value for s in DeviceState))
     model, batch, after = text(query, "model"), text(query, "batch"), text(query, "after")
+    manufacturer = lifecycle.parse_manufacturer(text(query, "manufacturer"))
     device_filter = DeviceFilter(
-        state=DeviceState(state) if state else None, model=model, batch=batch
-    )
+        state=DeviceState(state) if state else None, model=model, batch=batch,
+        manufacturer_sha256=manufacturer,
+    )  # fmt: skip
     start = after or (before_prefix(prefix) if prefix else None)
     found = await console.store.list_devices(device_filter, after=start, limit=PAGE + 1)
     if prefix is not None:
@@ -61,11 +71,14 @@ async def devices(console: Console, ctx: Ctx) -> web.Response:
         found = [d for d in found if d.device_id.startswith(prefix)]
     more = len(found) > PAGE
     found = found[:PAGE]
-    filters = {"q": prefix, "state": state, "model": model, "batch": batch}
+    filters = {
+        "q": prefix, "state": state, "model": model, "batch": batch, "manufacturer": manufacturer,
+    }  # fmt: skip
     next_query = query_of({**filters, "after": found[-1].device_id}) if more else None
     return console.render(
         "devices.html", ctx=ctx, nav="devices", devices=found, filters=filters,
         states=[s.value for s in DeviceState], next_query=next_query,
+        manufacturers=await console.store.list_manufacturer_cas(),
         first_query=query_of(filters) if after else None,
     )  # fmt: skip
 
@@ -130,62 +143,65 @@ async def pending(console: Console, ctx: Ctx) -> web.Response:
 async def bulk(console: Console, ctx: Ctx) -> web.Response:
     return console.render(
         "bulk.html", ctx=ctx, nav="bulk", form=dict.fromkeys(BULK_FIELDS, ""), preview=None,
-        result=None,
+        result=None, manufacturers=await console.store.list_manufacturer_cas(),
         reasons=[r.value for r in lifecycle.ADMIN_REASONS],
     )  # fmt: skip
 
 
-BULK_FIELDS = ("batch", "model", "issued_before", "reason")
+BULK_FIELDS = ("batch", "model", "manufacturer", "issued_before", "reason")
 AUDIT_FILTERS = ("device_id", "actor", "action", "outcome", "reason")
 
 
-def _audit_match(record: AuditRecord, filters: dict[str, str | None]) -> bool:
-    event = record.event
-    return all(
-        value is None or getattr(event, name) == value
-        for name, value in filters.items()
-        if name != "device_id"
-    )
-
-
 async def audit(console: Console, ctx: Ctx) -> web.Response:
-    """Newest first, AUDIT_PAGE at a time; ``before`` pages to older records."""
+    """Newest first, AUDIT_PAGE at a time; ``before`` pages to older records. The store
+    filters (AuditQuery): nothing beyond the page is read, however long the log."""
     query = ctx.request.query
     filters = {name: text(query, name) for name in AUDIT_FILTERS}
     device_id = filters["device_id"]
     if device_id is not None:
         validate_device_id(device_id)
-    head = await stats.audit_head(console.store)
-    before = min(integer(query, "before") or head + 1, head + 1)
+    since, until = day(query, "since"), day(query, "until")
+    store = console.store
+    head = await stats.audit_head(store)
+    # A time range is a sequence range (records are appended in time order).
+    after = await stats.first_seq_since(store, since, head) - 1 if since else 0
+    upper = head + 1
+    if until is not None:
+        upper = await stats.first_seq_since(store, until + dt.timedelta(days=1), head)
+    before = min(integer(query, "before") or upper, upper)
+    search = AuditQuery(
+        actor=filters["actor"], action=filters["action"], outcome=filters["outcome"],
+        reason=filters["reason"], device_id=device_id, after_seq=after, before_seq=before,
+    )  # fmt: skip
     shown: list[AuditRecord] = []
     older: int | None = None  # the `before` of the next (older) page
-    if device_id is not None:
-        # One device's records come whole from its index (a device has few).
-        records = await console.store.audit_records(device_id=device_id, limit=10_000)
-        matching = [r for r in reversed(records) if r.seq < before and _audit_match(r, filters)]
-        shown = matching[:AUDIT_PAGE]
-        if len(matching) > AUDIT_PAGE:
-            older = shown[-1].seq
-    else:
-        upper = before  # records below this are still to look at
-        while upper > 1 and before - upper < AUDIT_SCAN:
-            low = max(0, upper - 1 - 500)
-            window = await console.store.audit_records(after_seq=low, limit=upper - 1 - low)
-            for record in reversed(window):
-                if len(shown) == AUDIT_PAGE:
-                    break
-                upper = record.seq
-                if _audit_match(record, filters):
-                    shown.append(record)
-            if len(shown) == AUDIT_PAGE:
-                break
-            upper = low + 1
-        older = upper if upper > 1 else None
-    older_query = query_of({**filters, "before": str(older)}) if older else None
+    while True:
+        page = await store.search_audit(search, limit=AUDIT_PAGE - len(shown))
+        shown += page.records
+        if not page.next_before or len(shown) == AUDIT_PAGE:
+            older = page.next_before or None
+            break
+        search = dataclasses.replace(search, before_seq=page.next_before)
+    dates = {
+        "since": query.get("since") if since else None,
+        "until": query.get("until") if until else None,
+    }
+    older_query = query_of({**filters, **dates, "before": str(older)}) if older else None
     return console.render(
-        "audit.html", ctx=ctx, nav="audit", records=shown, filters=filters, head=head,
-        older_query=older_query, verify=None,
+        "audit.html", ctx=ctx, nav="audit", records=shown, filters={**filters, **dates},
+        head=head, older_query=older_query, verify=None,
     )  # fmt: skip
+
+
+def day(query: Any, name: str) -> dt.datetime | None:
+    """A date of a query (YYYY-MM-DD) as the start of that day, UTC."""
+    value = text(query, name)
+    if value is None:
+        return None
+    try:
+        return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
+    except ValueError:
+        raise RequestInvalid(f"{name} must be a date (YYYY-MM-DD)") from None
 
 
 async def audit_verify(console: Console, ctx: Ctx) -> web.Response:

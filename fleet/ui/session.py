@@ -67,6 +67,14 @@ class SessionSigner:
 
     def decode(self, cookie: str, now: dt.datetime) -> Session | None:
         """The session of a cookie whose MAC verifies and that has not expired; else None."""
+        session = self.verified(cookie)
+        if session is None or not session.issued_at <= now < session.expires_at:
+            return None
+        return session
+
+    def verified(self, cookie: str) -> Session | None:
+        """The session of a cookie whose MAC verifies, current or not (an expired one is
+        still ours: the console audits its end); None for anything else."""
         version, _, rest = cookie.partition(".")
         body, _, mac = rest.partition(".")
         if version != _VERSION or not body or not mac or len(cookie) > 1024:
@@ -83,8 +91,6 @@ class SessionSigner:
                 nonce=str(data["n"]),
             )
         except (ValueError, KeyError, TypeError, OverflowError):
-            return None
-        if not session.issued_at <= now < session.expires_at:
             return None
         return session
 

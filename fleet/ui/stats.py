@@ -1,8 +1,9 @@
 """What the overview shows, read from the store through its protocol.
 
 The audit log is read by sequence only (the Store offers no time index), so
-the newest record and the first record of the last 24 hours are found by
-searching on the sequence: O(log n) one-record reads instead of a scan.
+the newest record and the first record of each of the last 24 hours are found
+by searching on the sequence: O(log n) one-record reads instead of a scan; the
+store then counts each hour's records where they are (``count_audit``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import dataclasses
 import datetime as dt
 from collections import Counter
 
+from fleet.store.broker_positions import BrokerPosition
 from fleet.store.protocol import Store
-from fleet.store.records import AuditRecord, DeviceFilter, DeviceState
+from fleet.store.records import AuditQuery
 
 HOURS = 24
-MAX_SCANNED = 50_000  # audit records read for the chart at most (newest first)
 ENROLL_ACTIONS = frozenset({"enroll", "renew"})
 TOP_REASONS = 5
 
@@ -64,47 +65,43 @@ class HourBar:
 class Activity:
     bars: list[HourBar]
     reasons: list[str]  # refusal reasons in legend order
-    truncated: bool  # more records than MAX_SCANNED in the window
 
 
 async def hourly_activity(store: Store, now: dt.datetime) -> Activity:
-    """Enrollments and renewals allowed, and refusals by reason, per hour, last 24 hours."""
+    """Enrollments and renewals allowed, and refusals by reason, per hour, last 24 hours:
+    each hour is a sequence range (found by binary search) the store counts in place."""
     end = now.replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
     start = end - dt.timedelta(hours=HOURS)
     head = await audit_head(store)
-    first = await first_seq_since(store, start, head)
-    truncated = head - first + 1 > MAX_SCANNED
-    after = max(first, head - MAX_SCANNED + 1) - 1
-    records: list[AuditRecord] = []
-    while after < head:
-        page = await store.audit_records(after_seq=after, limit=5000)
-        if not page:
-            break
-        records.extend(page)
-        after = page[-1].seq
+    bounds = [
+        await first_seq_since(store, start + dt.timedelta(hours=h), head) for h in range(HOURS + 1)
+    ]
     enrolled: Counter[int] = Counter()
     refused: dict[int, Counter[str]] = {}
     reason_totals: Counter[str] = Counter()
-    for record in records:
-        event = record.event
-        hour = int((event.at - start).total_seconds() // 3600)
-        if not 0 <= hour < HOURS:
-            continue
-        if event.outcome == "allowed" and event.action in ENROLL_ACTIONS:
-            enrolled[hour] += 1
-        elif event.outcome == "refused" and event.actor != "admin" and event.action != "denied":
-            refused.setdefault(hour, Counter())[event.reason] += 1
-            reason_totals[event.reason] += 1
+    for hour in range(HOURS):
+        if bounds[hour] == bounds[hour + 1]:
+            continue  # no record in that hour
+        hour_range = AuditQuery(after_seq=bounds[hour] - 1, before_seq=bounds[hour + 1])
+        counts = await store.count_audit(hour_range, by=("action", "outcome", "reason"))
+        for (action, outcome, reason), n in counts.items():
+            if action not in ENROLL_ACTIONS:
+                continue  # an admin's refused sign-in or role is no enrollment
+            if outcome == "allowed":
+                enrolled[hour] += n
+            elif outcome == "refused":
+                refused.setdefault(hour, Counter())[reason] += n
+                reason_totals[reason] += n
     top = [reason for reason, _ in reason_totals.most_common(TOP_REASONS)]
     reasons = top + (["other"] if len(reason_totals) > len(top) else [])
     bars = []
     for hour in range(HOURS):
-        counts: dict[str, int] = {}
+        per_reason: dict[str, int] = {}
         for reason, count in refused.get(hour, Counter()).items():
             key = reason if reason in top else "other"
-            counts[key] = counts.get(key, 0) + count
-        bars.append(HourBar(start + dt.timedelta(hours=hour), enrolled[hour], counts))
-    return Activity(bars, reasons, truncated)
+            per_reason[key] = per_reason.get(key, 0) + count
+        bars.append(HourBar(start + dt.timedelta(hours=hour), enrolled[hour], per_reason))
+    return Activity(bars, reasons)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -144,16 +141,41 @@ def chart_rects(activity: Activity, *, width: int = 720, height: int = 180) -> l
     return rects
 
 
+# A broker reports at least every 10 s while alive (CacheSettings.report_every).
+BROKER_STALE_AFTER = dt.timedelta(seconds=60)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BrokerLag:
+    name: str
+    lag: int  # feed head - the broker's position (events it has not applied)
+    age: dt.timedelta  # since its last report
+    stale: bool  # no report for BROKER_STALE_AFTER: whatever it said may be old
+
+    @property
+    def age_text(self) -> str:
+        seconds = max(0, int(self.age.total_seconds()))
+        if seconds < 120:
+            return f"{seconds} s"
+        if seconds < 7200:
+            return f"{seconds // 60} min"
+        return f"{seconds // 3600} h"
+
+
+def broker_lags(positions: list[BrokerPosition], head: int, now: dt.datetime) -> list[BrokerLag]:
+    """Each broker's lag behind the feed head and the age of its report; stale first."""
+    lags = [
+        BrokerLag(p.name, max(0, head - p.seq), now - p.reported_at,
+                  now - p.reported_at > BROKER_STALE_AFTER)
+        for p in positions
+    ]  # fmt: skip
+    return sorted(lags, key=lambda b: (not b.stale, b.name))
+
+
 async def devices_by_state(store: Store) -> dict[str, int]:
-    counts = {}
-    for state in DeviceState:
-        devices, _ = await store.count_blast_radius(DeviceFilter(state=state))
-        counts[state.value] = devices
-    return counts
+    return {state.value: n for state, n in (await store.count_devices_by_state()).items()}
 
 
 async def devices_expiring(store: Store, now: dt.datetime, days: int) -> int:
     """Devices whose newest good certificate expires within ``days``."""
-    before = now + dt.timedelta(days=days)
-    devices, _ = await store.count_blast_radius(DeviceFilter(expiring_before=before))
-    return devices
+    return await store.count_expiring_devices(now + dt.timedelta(days=days))

@@ -16,10 +16,19 @@ import pytest
 
 from fleet.kernel.errors import ConfigError, StoreUnavailable
 from fleet.store._codec import feed_event_to_json
-from fleet.store._postgres_schema import SCHEMA_VERSION, UPGRADE_COMMAND
+from fleet.store._postgres_schema import MIGRATIONS, SCHEMA_VERSION, UPGRADE_COMMAND, VERSION_TABLE
 from fleet.store.postgres import FEED_POLL_SECONDS, PostgresStore, upgrade_schema
-from fleet.store.records import RevocationEvent, RevocationKind, RevocationReason
-from tests.contract.test_store_contract import aclose, enrolled
+from fleet.store.records import (
+    AuditEvent,
+    AuditQuery,
+    DeviceFilter,
+    DeviceState,
+    Manufacturer,
+    RevocationEvent,
+    RevocationKind,
+    RevocationReason,
+)
+from tests.contract.test_store_contract import aclose, certificate, enrolled, entry, sha
 from tests.support.postgres import PostgresServer, fresh_schema, postgres_server
 
 __all__ = ["postgres_server"]
@@ -53,6 +62,48 @@ async def test_an_unmigrated_database_is_refused_with_the_command_to_run(
     assert upgrade_schema(postgres_server.url, schema=schema) == (SCHEMA_VERSION, SCHEMA_VERSION)
     store = await PostgresStore.open(postgres_server.url, schema=schema)
     await store.close()
+
+
+async def test_a_version_2_database_upgrades_to_manufacturers_and_audit_indexes(
+    postgres_server: PostgresServer, now: dt.datetime
+) -> None:
+    schema = fresh_schema()
+    with raw(postgres_server, "public") as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    with raw(postgres_server, schema) as conn:  # what `fleet db upgrade` made before 3
+        conn.execute(VERSION_TABLE)
+        for version, statements in MIGRATIONS:
+            if version <= 2:
+                conn.execute(statements)  # type: ignore[arg-type] # a released migration
+        conn.execute("INSERT INTO fleet_schema (version) VALUES (2)")
+    with pytest.raises(StoreUnavailable, match="version 2"):
+        await PostgresStore.open(postgres_server.url, schema=schema)
+    assert upgrade_schema(postgres_server.url, schema=schema) == (2, SCHEMA_VERSION)
+    store = await PostgresStore.open(postgres_server.url, schema=schema)
+    try:
+        await store.import_manifest([entry("d1")], now)
+        acme = Manufacturer(sha("acme"), "Acme")
+        await store.record_certificate(
+            certificate(1, "d1", now), expected={DeviceState.REGISTERED}, now=now,
+            bootstrap_sha256=sha("bootstrap:d1"), manufacturer=acme,
+            audit=AuditEvent(now, "admin:a", "enroll", "done", "fine", device_id="d1"),
+        )  # fmt: skip
+        assert [
+            d.device_id
+            for d in await store.list_devices(DeviceFilter(manufacturer_sha256=acme.sha256))
+        ] == ["d1"]
+        page = await store.search_audit(AuditQuery(actor="admin:a"))
+        assert [r.event.action for r in page.records] == ["enroll"]
+    finally:
+        await store.close()
+    with raw(postgres_server, schema) as conn:  # the search's filters have their indexes
+        names = {
+            r[0]
+            for r in conn.execute(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = %s", (schema,)
+            )
+        }
+    assert {"audit_actor", "audit_action", "audit_outcome", "audit_reason"} <= names
 
 
 async def test_a_newer_schema_is_refused_by_open_and_by_upgrade(

@@ -69,7 +69,7 @@ def test_init_creates_a_working_data_directory(tmp_path: Path) -> None:
     assert "CRL Distribution Points" not in server_text  # strongSwan would fetch it
     root_text = openssl("x509", "-in", data / "ca/root.pem", "-noout", "-dates").stdout.decode()
     not_before, not_after = (line.split("=", 1)[1] for line in root_text.strip().splitlines())
-    assert int(not_after.split()[-2]) - int(not_before.split()[-2]) == 10  # ten-year root
+    assert int(not_after.split()[-2]) - int(not_before.split()[-2]) == 20  # 20-year root
 
     # Keys match their certificates.
     for stem in ("ca/root", "ca/issuing", "tls/server"):

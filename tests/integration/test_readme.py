@@ -41,6 +41,7 @@ SECTIONS = (
     "Administer the fleet",
     "Run a device",
     "Enforce it on the broker",
+    "CA lifetime",
 )
 DOCUMENTED_PORTS = (8443, 8883)
 RUN_TIMEOUT = 300
@@ -55,9 +56,9 @@ class Block:
     lines: tuple[str, ...]
 
 
-def sh_blocks(text: str) -> dict[str, list[Block]]:
-    """The ```sh blocks of each `## ` section named in SECTIONS (subsections included)."""
-    blocks: dict[str, list[Block]] = {name: [] for name in SECTIONS}
+def sh_blocks(text: str, sections: tuple[str, ...] = SECTIONS) -> dict[str, list[Block]]:
+    """The ```sh blocks of each `## ` section named in ``sections`` (subsections included)."""
+    blocks: dict[str, list[Block]] = {name: [] for name in sections}
     section: str | None = None
     lines = text.splitlines()
     i = 0

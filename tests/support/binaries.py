@@ -25,6 +25,11 @@ PACKAGES = {
     "gcc": "gcc",
     "pki": "strongswan-pki",
     "chromium": "chromium",
+    "ip": "iproute2",
+    "haproxy": "haproxy",
+    "redis-sentinel": "redis-sentinel",
+    "postgres": "postgresql",
+    "softhsm2-util": "softhsm2",
 }
 
 _EXTRA_DIRS = ("/usr/sbin", "/sbin", "/usr/local/sbin")

@@ -235,8 +235,10 @@ class Session:
         key: Path | None,
         client_id: str,
         username: str | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.client_id = client_id
+        self.host = host
         self.connack: ReasonCode | None = None
         self.connected = threading.Event()
         self.done = threading.Event()  # CONNACK received or the connection failed
@@ -268,7 +270,7 @@ class Session:
     def open(self, timeout: float = 5) -> bool:
         """Connect; True when CONNACK accepted us within ``timeout``."""
         try:
-            self.client.connect("127.0.0.1", self.port, keepalive=30)
+            self.client.connect(self.host, self.port, keepalive=30)
         except (OSError, ssl.SSLError):
             self.done.set()
             return False

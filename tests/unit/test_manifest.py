@@ -6,7 +6,7 @@ import pytest
 
 from fleet.kernel.errors import FleetError, ManifestInvalid
 from fleet.manifest import MAX_LINES, parse_manifest
-from fleet.store.records import ManifestEntry
+from fleet.store.records import ManifestEntry, Manufacturer
 
 HEADER = "device_id,bootstrap_sha256,model,batch"
 PIN_A = "a" * 64
@@ -155,3 +155,17 @@ def test_the_maximum_number_of_lines_is_accepted() -> None:
 )
 def test_diagnostics_say_nothing_was_imported(text: str) -> None:
     assert "nothing was imported" in refusal(text).diagnostics().lower()
+
+
+def test_a_manifest_may_name_each_devices_manufacturer_ca() -> None:
+    text = (
+        f"{HEADER},manufacturer_sha256\n"
+        f"sensor-1,{PIN_A},TH-200,w22,{PIN_C.upper()}\nsensor-2,{PIN_B}\n"
+    )
+    assert parse_manifest(text) == [
+        ManifestEntry("sensor-1", PIN_A, "TH-200", "w22", Manufacturer(PIN_C)),
+        ManifestEntry("sensor-2", PIN_B, "", ""),
+    ]
+    assert refusal(f"{HEADER},manufacturer_sha256\nsensor-1,{PIN_A},,,abc\n").line == 2
+    # Without the column in the header a fifth cell is still one too many.
+    assert "at most 4" in refusal(f"{HEADER}\nsensor-1,{PIN_A},,,{PIN_C}\n").message

@@ -16,8 +16,9 @@ from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.store.protocol import Store
 from fleet.store.records import ManifestEntry
 from tests.integration.admin.conftest import Admin, make_admin
-from tests.integration.est.conftest import Device, Fleet, running_fleet
+from tests.integration.est.conftest import Device, Fleet, running_fleet, trust_manufacturer
 from tests.support.browser import chromium
+from tests.support.factory import CertifiedKey, make_manufacturer
 
 T = TypeVar("T")
 
@@ -28,6 +29,8 @@ class Console:
     active: list[str]  # enrolled devices of model m1, batch b1
     lot: list[str]  # enrolled devices of model m2, batch lot-7 (for bulk revocation)
     pending: str  # asked to enroll without being in the manifest
+    globex: list[str]  # enrolled devices whose bootstrap chains to a second manufacturer
+    globex_sha256: str  # that manufacturer CA's fingerprint
     shots: Path  # screenshots written here (test artifacts)
 
     @property
@@ -50,8 +53,10 @@ def enroll(fleet: Fleet, device: Device) -> None:
     fleet.issued(fleet.enroll(device, csr), device.device_id)
 
 
-def enrolled_in(fleet: Fleet, device_id: str, model: str, batch: str) -> str:
-    device = fleet.new_device(in_manifest=False, device_id=device_id)
+def enrolled_in(
+    fleet: Fleet, device_id: str, model: str, batch: str, maker: CertifiedKey | None = None
+) -> str:
+    device = fleet.new_device(in_manifest=False, device_id=device_id, manufacturer=maker)
     entry = ManifestEntry(device_id, sha256_fingerprint(device.bootstrap.certificate), model, batch)
     fleet.server.store(lambda s: s.import_manifest([entry], dt.datetime.now(dt.UTC)))
     enroll(fleet, device)
@@ -64,8 +69,12 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     env = {"FLEET_ADMIN_BULK_CONFIRM_THRESHOLD": "3"}
     with running_fleet(base, env=env) as fleet:
         admin = make_admin(fleet)
+        # Trusted before the first enrollment reads (and caches) the manufacturer CAs.
+        globex = make_manufacturer("Globex", now=dt.datetime.now(dt.UTC))
+        trust_manufacturer(fleet.server, globex, "Globex")
         active = [enrolled_in(fleet, f"meter-{n:03d}", "m1", "b1") for n in range(1, 6)]
         lot = [enrolled_in(fleet, f"pump-{n:03d}", "m2", "lot-7") for n in range(1, 5)]
+        gauges = [enrolled_in(fleet, f"gauge-{n:03d}", "m3", "g1", globex) for n in (1, 2)]
         stranger = fleet.new_device(in_manifest=False, device_id="stranger-001")
         _, csr = fleet.csr("stranger")
         assert fleet.enroll(stranger, csr).status == 202  # held for an admin
@@ -76,7 +85,10 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
         assert fleet.enroll(pinned, csr).status == 403
         shots = base / "screenshots"
         shots.mkdir()
-        yield Console(admin, active, lot, "stranger-001", shots)
+        yield Console(
+            admin, active, lot, "stranger-001", gauges,
+            sha256_fingerprint(globex.certificate), shots,
+        )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -173,6 +173,36 @@ def test_bulk_revoke_shows_the_blast_radius_before_a_typed_confirmation(
     page.context.close()
 
 
+def test_devices_are_found_and_bulk_revoked_by_their_manufacturer(
+    browser: Browser, console: Console
+) -> None:
+    """The manufacturer is learned from the verified bootstrap chain at enrollment."""
+    gauge = device_api(console, console.globex[0])
+    assert gauge["manufacturer"] == {"sha256": console.globex_sha256, "name": "Globex"}
+    assert device_api(console, console.active[1])["manufacturer"]["name"] == "Acme"  # type: ignore[index]
+    listed = console.admin.call("GET", f"/api/v1/devices?manufacturer={console.globex_sha256}")
+    assert [d["device_id"] for d in listed.body["items"]] == console.globex
+
+    page = sign_in(browser, console, "admin")
+    page.get_by_role("link", name="Devices", exact=True).click()
+    page.get_by_label("Manufacturer").select_option(label="Globex")
+    page.get_by_role("button", name="Search").click()
+    rows = page.locator("table.list tbody th")
+    expect(rows).to_have_text(console.globex)
+
+    page.get_by_role("link", name="Bulk revoke").click()
+    page.get_by_label("Manufacturer").select_option(label="Globex")
+    page.get_by_label("Reason").select_option("keyCompromise")
+    page.get_by_role("button", name="Show the blast radius").click()
+    expect(page.locator("#blast-devices")).to_have_text(str(len(console.globex)))
+    page.get_by_label(re.compile("type the number of devices")).fill(str(len(console.globex)))
+    page.get_by_role("button", name=f"Revoke {len(console.globex)} device(s)").click()
+    expect(page.locator("#bulk-result")).to_contain_text(f"Revoked {len(console.globex)} of")
+    assert all(device_api(console, d)["state"] == "revoked" for d in console.globex)
+    assert device_api(console, console.active[-1])["state"] == "active"
+    page.context.close()
+
+
 def test_an_operator_approves_a_pending_device_from_the_queue(
     browser: Browser, console: Console
 ) -> None:

@@ -61,3 +61,13 @@ def test_bad_staleness_or_skew_is_refused(tmp_path: Path, extra: dict[str, objec
 def test_zero_turns_the_staleness_policy_off_explicitly(tmp_path: Path) -> None:
     settings = settings_from_mapping(_settings(max_staleness_seconds=0), base_dir=tmp_path)
     assert "\nplugin_opt_max_staleness_seconds 0\n" in mosquitto_conf(settings)
+
+
+def test_the_sidecar_reports_under_a_stable_broker_name(tmp_path: Path) -> None:
+    default = settings_from_mapping(_settings(listen="127.0.0.1:8884"), base_dir=tmp_path)
+    assert default.reported_name.startswith("mosquitto@")
+    assert default.reported_name.endswith(":8884")
+    named = settings_from_mapping(_settings(broker_name="edge-7"), base_dir=tmp_path)
+    assert named.reported_name == "edge-7"
+    with pytest.raises(ConfigError, match="broker_name"):
+        settings_from_mapping(_settings(broker_name="edge 7/x"), base_dir=tmp_path)

@@ -102,7 +102,7 @@ def test_pathlen_zero_stops_a_ca_below_the_issuing_ca(
         .public_key(rogue_key.public_key())
         .serial_number(random_serial())
         .not_valid_before(pki_now - dt.timedelta(hours=1))
-        .not_valid_after(pki_now + dt.timedelta(days=1))
+        .not_valid_after(pki_now + dt.timedelta(days=60))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(issuing.private_key, signing_hash(issuing.private_key))
     )

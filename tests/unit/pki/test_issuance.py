@@ -193,15 +193,17 @@ def test_validity_is_backdated_and_lasts_the_profile_validity(
     assert cert.not_valid_after_utc == now + dt.timedelta(days=7)
 
 
-def test_validity_is_capped_by_the_issuer_and_refused_once_it_expired(
+def test_a_certificate_that_would_outlive_its_issuer_is_refused_not_capped(
     key_of: KeyOf, now: dt.datetime
 ) -> None:
     root = create_root_ca("R", now=now, validity=dt.timedelta(days=400))
-    issuing = create_issuing_ca(root, "I", now=now, validity=dt.timedelta(days=3))
+    issuing = create_issuing_ca(root, "I", now=now, validity=dt.timedelta(days=31))
     csr = make_csr(key_of(KeyType.EC_P256))
-    cert = _issue(csr, issuing, now)
-    assert cert.not_valid_after_utc == issuing.certificate.not_valid_after_utc
-    for too_late in (issuing.certificate.not_valid_after_utc, now + dt.timedelta(days=5)):
+    assert _issue(csr, issuing, now).not_valid_after_utc == now + dt.timedelta(days=30)
+    with pytest.raises(PolicyError) as outlives:
+        _issue(csr, issuing, now + dt.timedelta(days=2))
+    assert outlives.value.reason == "certificate_outlives_issuer"
+    for too_late in (issuing.certificate.not_valid_after_utc, now + dt.timedelta(days=35)):
         with pytest.raises(PolicyError) as info:
             _issue(csr, issuing, too_late)
         assert info.value.reason == "issuer_expired"

@@ -61,6 +61,8 @@ async def test_hourly_activity_counts_enrollments_and_refusals_by_reason(
     for _ in range(3):
         await store.append_audit(event(now, "enroll", "allowed", "bootstrap_pinned"))
     await store.append_audit(event(now, "renew", "allowed", "renewal"))
+    # An admin's refused console sign-in is not a device's refusal.
+    await store.append_audit(event(now, "console_sign_in", "refused", "admin_unknown"))
     activity = await stats.hourly_activity(store, now)
     assert len(activity.bars) == stats.HOURS
     assert activity.bars[-1].enrolled == 4
