@@ -1,7 +1,8 @@
 """The store's roles, and ``Store``: everything fleet persists, all roles at once.
 
-Each user depends on the role it needs: broker plugins on ``RevocationFeed``
-(they never see devices or certificates), OCSP on ``CertificateLedger``, the
+Each user depends on the role it needs: broker plugins on ``BrokerFeed`` (the
+``RevocationFeed`` and the cursors they report their position in; they never
+see devices or certificates), OCSP on ``CertificateLedger``, the
 audit verifier on ``AuditLog``, and so on. ``Store`` combines every role; the
 wiring (server app factory, CLIs) opens one and hands out its roles.
 
