@@ -34,7 +34,10 @@ def cli() -> None:
 @click.option(
     "--fleet-ca", type=click.Path(dir_okay=False), help="Fleet issuing CA(s) + root, PEM."
 )
-@click.option("--store-url", help="Store whose revocation feed to follow (sqlite:/redis://).")
+@click.option(
+    "--store-url",
+    help="Store whose revocation feed to follow (sqlite:/postgresql:/redis://).",
+)
 @click.option("--max-staleness", type=float, help="Seconds without feed contact tolerated.")
 @click.option(
     "--fail-open/--fail-closed",

@@ -60,7 +60,7 @@ from broker_plugins.snapshot import (
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.kernel.files import ensure_private_dir
 from fleet.store.broker_positions import check_broker_name, report_position
-from fleet.store.protocol import Store
+from fleet.store.protocol import BrokerFeed
 from fleet.store.records import (
     RevocationEvent,
     RevocationKind,
@@ -165,7 +165,7 @@ class RevocationCache:
 
     def __init__(
         self,
-        store: Store,
+        store: BrokerFeed,
         settings: CacheSettings | None = None,
         *,
         registry: CollectorRegistry | None = None,

@@ -24,6 +24,7 @@ from fleet.kernel.keys import KeyType, parse_key_type
 from fleet.kernel.reasons import Reason
 from fleet.pki.pkcs11_uri import parse_pkcs11_uri
 from fleet.pki.profile import DeviceProfile
+from fleet.store.redis_durability import RedisDurability
 
 CONFIG_FILENAME = "fleet.toml"
 # Secrets read from the environment by name; never config overrides.
@@ -168,6 +169,8 @@ class FleetConfig:
     admin: AdminConfig = AdminConfig()
     webhooks: WebhookConfig = WebhookConfig()
     ui: UiConfig = UiConfig()
+    # [store.redis]: what a Redis system of record must guarantee.
+    store_redis: RedisDurability = dataclasses.field(default_factory=RedisDurability)
     # EST labels (/.well-known/est/<label>/...): each selects a profile.
     labels: Mapping[str, DeviceProfile] = dataclasses.field(default_factory=dict)
     # A label's own [labels.NAME] base64_line_length, where it sets one: EST
@@ -217,8 +220,9 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     }  # fmt: skip
     _refuse_unknown("fleet.toml", raw, known)
     store = _section(raw, "store")
-    _refuse_unknown("[store]", store, {"url"})
+    _refuse_unknown("[store]", store, {"url", "redis", *_FLAT_REDIS_KEYS})
     store_url = _typed(store, "store", "url", str, f"sqlite:{base_dir / 'fleet.db'}")
+    store_redis = _store_redis(store)
     if store_url.startswith("sqlite:") and not store_url.startswith("sqlite:///"):
         relative = store_url.removeprefix("sqlite:")
         store_url = f"sqlite:///{(base_dir / relative).resolve()}"
@@ -273,9 +277,28 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
         admin=admin,
         webhooks=webhooks,
         ui=ui,
+        store_redis=store_redis,
         labels=labels,
         label_line_lengths=line_lengths,
     )
+
+
+# FLEET_STORE_REDIS_MIN_REPLICAS arrives as [store] redis_min_replicas.
+_FLAT_REDIS_KEYS = ("redis_min_replicas", "redis_allow_volatile")
+
+
+def _store_redis(store: Mapping[str, Any]) -> RedisDurability:
+    table = store.get("redis", {})
+    if not isinstance(table, dict):
+        raise ConfigError("[store] redis must be a table ([store.redis])")
+    merged = {
+        **table,
+        **{k.removeprefix("redis_"): store[k] for k in _FLAT_REDIS_KEYS if k in store},
+    }
+    _refuse_unknown("[store.redis]", merged, {"min_replicas", "allow_volatile"})
+    min_replicas = _typed(merged, "store.redis", "min_replicas", int, 0)
+    allow_volatile = _typed(merged, "store.redis", "allow_volatile", bool, False)
+    return RedisDurability(min_replicas=min_replicas, allow_volatile=allow_volatile)
 
 
 _LABEL = re.compile(r"[A-Za-z0-9_-]{1,32}", re.ASCII)

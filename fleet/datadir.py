@@ -279,12 +279,15 @@ def _config_text(server_names: Sequence[str]) -> str:
     return f"""\
 # fleet configuration, written by `fleet init`. Relative paths are relative to
 # this file. FLEET_<SECTION>_<KEY> environment variables override any setting,
-# e.g. FLEET_STORE_URL=redis://127.0.0.1:6379/0. Secrets do not belong here:
+# e.g. FLEET_STORE_URL=postgresql://fleet@127.0.0.1:5432/fleet. Secrets do not belong here:
 # the CA key passphrase comes from FLEET_CA_KEY_PASSPHRASE or [ca] key_passphrase_file.
 # Server certificate names: {names}
 
 [store]
-# sqlite:PATH (embedded default, one machine) or redis://HOST:PORT/DB (scale-out).
+# sqlite:PATH (embedded default, one machine); postgresql://USER@HOST:PORT/DB
+# (several nodes; run `fleet db upgrade` first; see the README's "Scale out");
+# redis://HOST:PORT/DB only if durable: appendonly yes + appendfsync always, or
+# [store.redis] min_replicas = N (allow_volatile = true: tests and demos only).
 url = "sqlite:fleet.db"
 
 [server]

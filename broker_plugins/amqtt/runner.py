@@ -22,6 +22,7 @@ from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
+from fleet.store.redis_durability import FEED_READER
 
 log = logging.getLogger("fleet.broker")
 
@@ -63,7 +64,7 @@ class EmbeddedBroker:
         self._ca_pem = s.fleet_ca.read_bytes()
         policy = s.trust_policy()
         if self._store is None:
-            self._store = await open_store(s.store_url)
+            self._store = await open_store(s.store_url, redis=FEED_READER)
         self.cache = RevocationCache(
             self._store,
             CacheSettings(

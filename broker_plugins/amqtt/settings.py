@@ -12,7 +12,7 @@ Example ``broker.toml`` (paths are relative to the file)::
     # cacerts_url = "https://fleet.example:8443/.well-known/est/cacerts"
 
     [store]
-    url = "sqlite:///var/lib/fleet/fleet.db"   # or redis://host:6379/0
+    url = "sqlite:///var/lib/fleet/fleet.db"   # or postgresql://fleet@db/fleet, redis://host:6379/0
 
     [revocation]
     max_staleness = 30    # seconds without contact with the feed ...

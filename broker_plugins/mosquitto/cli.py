@@ -28,6 +28,7 @@ from broker_plugins.mosquitto.init import DEFAULT_LISTEN, init_broker_dir
 from broker_plugins.mosquitto.sync import Sidecar
 from fleet.kernel.errors import FleetError
 from fleet.store.factory import open_store
+from fleet.store.redis_durability import FEED_READER
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("fleet.broker.mosquitto")
@@ -222,7 +223,7 @@ def sync(config_path: Path, once: bool, log_level: str) -> None:
 
 
 async def _sync(settings: MosquittoSettings, *, once: bool) -> None:
-    store = await open_store(settings.store_url)
+    store = await open_store(settings.store_url, redis=FEED_READER)
     try:
         sidecar = Sidecar(settings, store)
         if once:

@@ -8,7 +8,7 @@ the paths the plugin reads and the sidecar writes always agree. Relative paths
 are relative to the settings file's directory. Example::
 
     [store]
-    url = "sqlite:////var/lib/fleet/fleet.db"     # or redis://host:6379/0
+    url = "sqlite:////var/lib/fleet/fleet.db"     # or postgresql://fleet@db/fleet, redis://host:6379/0
 
     [mosquitto]
     listen = "0.0.0.0:8883"

@@ -90,7 +90,7 @@ from broker_plugins.subject_hash import subject_hash
 from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import ConfigError, FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
-from fleet.store.protocol import Store
+from fleet.store.protocol import BrokerFeed
 from fleet.store.records import RevocationEvent
 
 A = TypeVar("A")
@@ -575,7 +575,7 @@ def write_snapshot(settings: MosquittoSettings, state: RevocationState, fresh_at
 class Sidecar:
     """Feed (through :class:`RevocationCache`) -> plugin, snapshot file and crlfile."""
 
-    def __init__(self, settings: MosquittoSettings, store: Store) -> None:
+    def __init__(self, settings: MosquittoSettings, store: BrokerFeed) -> None:
         self.settings = settings
         self.store = store
         # The full sets the snapshot file needs. The cache answers "is X revoked"

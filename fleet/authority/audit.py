@@ -5,12 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 from fleet.store.audit_chain import ChainProblem, verify_chain
-from fleet.store.protocol import Store
+from fleet.store.protocol import AuditLog
 from fleet.store.records import AuditEvent
 
 
 async def record_admin_action(
-    store: Store,
+    store: AuditLog,
     actor: str,
     action: str,
     reason: str,
@@ -33,7 +33,7 @@ async def record_admin_action(
     )
 
 
-async def verify_audit_log(store: Store) -> tuple[int, list[ChainProblem]]:
+async def verify_audit_log(store: AuditLog) -> tuple[int, list[ChainProblem]]:
     """Check the whole hash chain: how many records, and every break (empty: intact)."""
     records = []
     after = 0

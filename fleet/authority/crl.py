@@ -5,10 +5,12 @@ and an expired CRL makes them refuse the whole fleet, so the publisher
 re-signs it whenever the revocation feed moves and, independently, whenever
 it is older than ``refresh`` — far ahead of its nextUpdate.
 
-CRL numbers are the signing time in microseconds since the epoch, never going
-backwards within a process. Restarts and server replicas therefore publish
-increasing numbers without sharing a counter (as long as their clocks agree to
-within the time between two revocations).
+CRL numbers come from the store's one counter (fleet.store.crl_numbers), shared
+by every node and worker: each CRL is built from the revocation state at one
+feed sequence, and the store numbers it only if no CRL of newer content has a
+number yet, so a higher number never has older content. Numbers stay at or
+above the signing time in microseconds since the epoch (how they were chosen
+before), so they continue above every CRL already published.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from fleet.kernel.clock import Clock
-from fleet.kernel.errors import ConfigError, PolicyError, StoreError
+from fleet.kernel.errors import ConfigError, PolicyError, StoreConflict, StoreError
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
-from fleet.store.protocol import Store
+from fleet.store.protocol import CertificateLedger, CrlNumbers, RevocationFeed
 from fleet.store.records import CertificateRecord, RevocationReason
 
 log = logging.getLogger("fleet.crl")
@@ -37,6 +40,12 @@ RETRY_SECONDS = 5.0
 # The background loop re-checks the CRL's age at least this often, so a clock
 # jump (suspend, NTP step) cannot leave it sleeping past the refresh time.
 MAX_SLEEP_SECONDS = 60.0
+# Re-reads of the content when CRLs of newer content were numbered meanwhile.
+NUMBERING_ATTEMPTS = 10
+
+
+class CrlSource(CertificateLedger, RevocationFeed, CrlNumbers, Protocol):
+    """What the publisher reads and allocates in the store."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -114,7 +123,7 @@ class CrlPublisher:
 
     def __init__(
         self,
-        store: Store,
+        store: CrlSource,
         issuer: CertifiedKey,
         clock: Clock,
         next_update: dt.timedelta,
@@ -135,7 +144,8 @@ class CrlPublisher:
         self._max_sleep = max_sleep
         self._retry = retry
         self._current: SignedCrl | None = None
-        self._last_number = -1
+        # One sequence of CRL numbers per issuing key, shared by every node and worker.
+        self._scope = crl_scope(issuer.certificate)
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         # serial -> whether the fleet issuing CA issued it. Revoked certificates
@@ -155,12 +165,12 @@ class CrlPublisher:
         returned while it is still valid.
         """
         crl = self._current
-        if crl is not None and not self._stale(crl):
-            return crl
         try:
+            if crl is not None and not await self._outdated(crl):
+                return crl
             async with self._lock:
                 latest = self._current
-                if latest is not None and not self._stale(latest):
+                if latest is not None and not await self._outdated(latest):
                     return latest  # signed by someone else while we waited
                 return await self._sign_now()
         except StoreError:
@@ -169,15 +179,36 @@ class CrlPublisher:
             log.warning("CRL refresh failed; serving CRL #%d until it can be rebuilt", crl.number)
             return crl
 
+    async def _outdated(self, crl: SignedCrl) -> bool:
+        """Too old to serve: past ``refresh``, or another node or worker has numbered a
+        newer CRL (a client alternating nodes must never see the number go back)."""
+        if self._stale(crl):
+            return True
+        return crl.number < await self._store.latest_crl_number(self._scope)
+
     async def regenerate(self) -> SignedCrl:
         """Build and sign a CRL from the store now, and make it the current one."""
         async with self._lock:
             return await self._sign_now()
 
     async def _sign_now(self) -> SignedCrl:
-        records = await self._store.list_revoked()
-        now = self._clock.now()
-        number = max(crl_number_at(now), self._last_number + 1)
+        for _ in range(NUMBERING_ATTEMPTS):
+            # The content is exactly the snapshot's revoked serials (one feed
+            # sequence); revoked records never change, so reading them after
+            # the snapshot and keeping those serials gives that content.
+            snapshot = await self._store.revocation_snapshot()
+            records = [r for r in await self._store.list_revoked() if r.serial in snapshot.serials]
+            now = self._clock.now()
+            number = await self._store.allocate_crl_number(
+                self._scope, snapshot.seq, crl_number_at(now)
+            )
+            if number is not None:
+                break
+        else:
+            raise StoreConflict(
+                f"no CRL number after {NUMBERING_ATTEMPTS} attempts: newer revocations kept "
+                "being numbered by other workers first"
+            )
         # An expired certificate fails validation anyway. RFC 5280 5.3 lets its
         # entry go once one scheduled CRL issued after the expiry listed it;
         # kept until a whole nextUpdate period has passed, it was on several.
@@ -188,8 +219,9 @@ class CrlPublisher:
         ]
         # Signing a large CRL takes a while; keep the event loop serving.
         signed = await asyncio.to_thread(self._sign, entries, now, number)
-        self._last_number = number
-        self._current = signed
+        current = self._current
+        if current is None or current.number < number:  # a slower signing never wins
+            self._current = signed
         log.info(
             "signed CRL #%d listing %d revoked certificate(s), next update %s",
             number,
@@ -282,6 +314,16 @@ class CrlPublisher:
                 log.warning("revocation feed unavailable, retrying in %.0fs: %s", self._retry, exc)
                 self._changed.set()
                 await asyncio.sleep(self._retry)
+
+
+def crl_scope(issuer: x509.Certificate) -> str:
+    """The store's CRL number sequence of ``issuer``: its key (a re-certified CA
+    keeps its sequence; another CA has its own)."""
+    try:
+        ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return "ski:" + ski.digest.hex()
+    except x509.ExtensionNotFound:
+        return "subject:" + issuer.subject.rfc4514_string()
 
 
 def issued_by(record: CertificateRecord, issuer: x509.Certificate) -> bool:

@@ -4,7 +4,9 @@ A certificate points at its own issuer's CRL (``[profile] crl_url`` with
 ``{issuer}``), so a relying party always gets a CRL signed by the CA that
 issued the certificate, whichever CA is current by then. The set follows the
 issuing CAs of the running server (``LiveIssuers``): a rotation adds a
-publisher for the next CA and drops the retired one's.
+publisher for the next CA and drops the retired one's. Each publisher numbers
+its CRLs from the store's counter of its issuing key (fleet.authority.crl), so
+numbers never go back across nodes and workers, per issuer.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ import contextlib
 import datetime as dt
 import logging
 
-from fleet.authority.crl import CrlPublisher
+from fleet.authority.crl import CrlPublisher, CrlSource
 from fleet.authority.issuers import IssuingSet, LiveIssuers
 from fleet.kernel.clock import Clock
 from fleet.pki.ca import issuer_id
-from fleet.store.protocol import Store
 
 log = logging.getLogger("fleet.crl")
 
@@ -26,7 +27,7 @@ log = logging.getLogger("fleet.crl")
 class IssuerCrls:
     def __init__(
         self,
-        store: Store,
+        store: CrlSource,
         issuers: LiveIssuers,
         clock: Clock,
         *,

@@ -38,7 +38,7 @@ from fleet.pki.ocsp import (
     request_matches_issuer,
     unauthorized_response,
 )
-from fleet.store.protocol import Store
+from fleet.store.protocol import CertificateLedger
 from fleet.store.records import CertificateStatus
 
 log = logging.getLogger("fleet.ocsp")
@@ -73,7 +73,7 @@ class OcspResponder:
 
     def __init__(
         self,
-        store: Store,
+        store: CertificateLedger,
         issuer: CertifiedKey | LiveIssuers,
         clock: Clock,
         next_update: dt.timedelta,

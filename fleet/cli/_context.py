@@ -71,7 +71,7 @@ def with_store(config: FleetConfig, use: Callable[[Store], Awaitable[_T]]) -> _T
     """Open the configured store, run ``use`` with it, always close it."""
 
     async def run() -> _T:
-        store = await open_store(config.store_url)
+        store = await open_store(config.store_url, redis=config.store_redis)
         try:
             return await use(store)
         finally:

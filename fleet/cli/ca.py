@@ -295,7 +295,7 @@ def _counts(config: FleetConfig, certs: list[x509.Certificate]) -> list[IssuerCo
     from fleet.cli._context import run_async
 
     async def run() -> list[IssuerCounts]:
-        store = await open_store(config.store_url)
+        store = await open_store(config.store_url, redis=config.store_redis)
         try:
             return await count_by_issuer(store, certs, now())
         finally:

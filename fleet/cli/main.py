@@ -16,6 +16,7 @@ from fleet.cli.ca import ca
 from fleet.cli.cert import cert
 from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
 from fleet.cli.crl import crl
+from fleet.cli.db import db
 from fleet.cli.device import device
 from fleet.cli.manifest import manifest
 from fleet.cli.trust import trust
@@ -194,6 +195,7 @@ cli.add_command(admin)
 cli.add_command(cert)
 cli.add_command(audit)
 cli.add_command(broker_cert)
+cli.add_command(db)
 cli.add_command(ca)
 
 

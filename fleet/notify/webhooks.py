@@ -49,7 +49,7 @@ from fleet.notify.signing import (
     SIGNATURE_HEADER,
     signature_header,
 )
-from fleet.store.protocol import Store
+from fleet.store.protocol import AuditLog
 
 log = logging.getLogger("fleet.notify")
 
@@ -77,7 +77,7 @@ class WebhookNotifier:
     def __init__(
         self,
         *,
-        store: Store,
+        store: AuditLog,
         urls: Sequence[str],
         secret: bytes,
         state_dir: Path,
@@ -407,7 +407,7 @@ def attach_notifier(
     app: web.Application,
     config: FleetConfig,
     *,
-    store: Store,
+    store: AuditLog,
     secret: bytes,
 ) -> WebhookNotifier:
     """Run a notifier for ``config.webhooks.urls`` with the app's lifetime.

@@ -317,7 +317,7 @@ async def serve(
         )
     issuers = LiveIssuers(load_issuing_set(config, passphrase, pkcs11_pin=pkcs11_pin))
     token_root = load_token_root(config, pkcs11_pin)
-    store = await open_store(config.store_url)
+    store = await open_store(config.store_url, redis=config.store_redis)
     runner: web.AppRunner | None = None
     watch: asyncio.Task[None] | None = None
     try:

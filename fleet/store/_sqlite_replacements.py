@@ -7,11 +7,12 @@ IMMEDIATE``), so every check and change here is atomic with the rest of it.
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
 from collections.abc import Collection
+from typing import Any
 
 from fleet.kernel.errors import StoreConflict
 from fleet.store._codec import opt_parse_ts, opt_ts, parse_ts, serial_hex, ts
+from fleet.store._sql import SqlConnection
 from fleet.store._sqlite_rows import _append_audit, _append_feed, _fetch_device
 from fleet.store.records import (
     AuditEvent,
@@ -43,7 +44,7 @@ CREATE TABLE IF NOT EXISTS replacement_requests (
 _GOOD = CertificateStatus.GOOD.value
 
 
-def _request(row: sqlite3.Row) -> ReplacementRequest:
+def _request(row: Any) -> ReplacementRequest:
     return ReplacementRequest(
         device_id=row["device_id"],
         bootstrap_sha256=row["bootstrap_sha256"],
@@ -59,7 +60,7 @@ def _request(row: sqlite3.Row) -> ReplacementRequest:
     )
 
 
-def fetch_request(conn: sqlite3.Connection, device_id: str) -> ReplacementRequest | None:
+def fetch_request(conn: SqlConnection, device_id: str) -> ReplacementRequest | None:
     row = conn.execute(
         "SELECT * FROM replacement_requests WHERE device_id = ?", (device_id,)
     ).fetchone()
@@ -67,7 +68,7 @@ def fetch_request(conn: sqlite3.Connection, device_id: str) -> ReplacementReques
 
 
 def list_requests(
-    conn: sqlite3.Connection, status: ReplacementStatus, after: str | None, limit: int
+    conn: SqlConnection, status: ReplacementStatus, after: str | None, limit: int
 ) -> list[ReplacementRequest]:
     rows = conn.execute(
         "SELECT * FROM replacement_requests WHERE status = ? AND device_id > ? "
@@ -78,7 +79,7 @@ def list_requests(
 
 
 def note_attempt(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     device_id: str,
     *,
     bootstrap_sha256: str,
@@ -119,7 +120,7 @@ def note_attempt(
 
 
 def decide(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     device_id: str,
     status: ReplacementStatus,
     *,
@@ -162,7 +163,7 @@ def decide(
     return request, event
 
 
-def consume_approval(conn: sqlite3.Connection, device_id: str, key_sha256: str) -> None:
+def consume_approval(conn: SqlConnection, device_id: str, key_sha256: str) -> None:
     """Remove the device's approved request for ``key_sha256``; StoreConflict if there is none."""
     cursor = conn.execute(
         "DELETE FROM replacement_requests WHERE device_id = ? AND status = ? AND key_sha256 = ?",
@@ -173,7 +174,7 @@ def consume_approval(conn: sqlite3.Connection, device_id: str, key_sha256: str) 
 
 
 def revoke_certificates(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     device_id: str,
     serials: Collection[int],
     reason: RevocationReason,

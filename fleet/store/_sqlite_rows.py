@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Sequence
+from typing import Any
 
 from fleet.kernel.errors import DeviceNotFound
 from fleet.store._codec import (
@@ -18,6 +18,7 @@ from fleet.store._codec import (
     parse_ts,
     serial_int,
 )
+from fleet.store._sql import SqlConnection
 from fleet.store.audit_chain import GENESIS, chain_after, event_to_json
 from fleet.store.records import (
     AuditEvent,
@@ -33,7 +34,7 @@ from fleet.store.records import (
 )
 
 
-def _device(row: sqlite3.Row) -> Device:
+def _device(row: Any) -> Device:
     return Device(
         device_id=row["device_id"],
         state=DeviceState(row["state"]),
@@ -53,7 +54,7 @@ def _device(row: sqlite3.Row) -> Device:
     )
 
 
-def _certificate(row: sqlite3.Row) -> CertificateRecord:
+def _certificate(row: Any) -> CertificateRecord:
     reason = row["revocation_reason"]
     return CertificateRecord(
         serial=serial_int(row["serial"]),
@@ -68,14 +69,14 @@ def _certificate(row: sqlite3.Row) -> CertificateRecord:
     )
 
 
-def _fetch_device(conn: sqlite3.Connection, device_id: str) -> Device:
+def _fetch_device(conn: SqlConnection, device_id: str) -> Device:
     row = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     if row is None:
         raise DeviceNotFound(f"no device {device_id!r}")
     return _device(row)
 
 
-def _append_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> AuditRecord | None:
+def _append_audit(conn: SqlConnection, event: AuditEvent | None) -> AuditRecord | None:
     """Chain ``event`` after the newest record, inside the caller's write transaction."""
     if event is None:
         return None
@@ -95,7 +96,7 @@ def _append_audit(conn: sqlite3.Connection, event: AuditEvent | None) -> AuditRe
 
 
 def _append_feed(
-    conn: sqlite3.Connection,
+    conn: SqlConnection,
     kind: RevocationKind,
     device_id: str,
     serials: Sequence[int],

@@ -1,5 +1,5 @@
 """Where each broker is in the revocation feed, as the brokers report it (pure naming,
-and two helpers on the Store protocol).
+and two helpers on the Cursors role).
 
 A broker's revocation cache reports, under a stable broker name, the feed
 sequence it has applied and when it said so, as two store cursors
@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import re
 
-from fleet.store.protocol import Store
+from fleet.store.protocol import Cursors
 
 PREFIX = "broker."
 _NAME = re.compile(r"[A-Za-z0-9._:@-]{1,80}")
@@ -37,13 +37,13 @@ class BrokerPosition:
     reported_at: dt.datetime
 
 
-async def report_position(store: Store, name: str, seq: int, now: dt.datetime) -> None:
+async def report_position(store: Cursors, name: str, seq: int, now: dt.datetime) -> None:
     """Record that broker ``name`` has applied the feed up to ``seq`` (as of ``now``)."""
     await store.set_cursor(f"{PREFIX}{name}.at", int(now.timestamp()))
     await store.set_cursor(f"{PREFIX}{name}.seq", seq)
 
 
-async def read_positions(store: Store) -> list[BrokerPosition]:
+async def read_positions(store: Cursors) -> list[BrokerPosition]:
     """Every broker that reported, by name."""
     return positions_of(await store.list_cursors(PREFIX))
 

@@ -6,15 +6,20 @@ from pathlib import Path
 
 from fleet.kernel.errors import ConfigError
 from fleet.store.protocol import Store
+from fleet.store.redis_durability import RedisDurability
 
 ACCEPTED_FORMS = (
     "sqlite:///absolute/path/fleet.db, sqlite:relative/path/fleet.db, "
-    "redis://host:port/db or rediss://host:port/db"
+    "redis://host:port/db, rediss://host:port/db or postgresql://user@host:port/dbname"
 )
 
 
-async def open_store(url: str) -> Store:
-    """Open the store ``url`` names; anything unrecognised is a ConfigError."""
+async def open_store(url: str, *, redis: RedisDurability | None = None) -> Store:
+    """Open the store ``url`` names; anything unrecognised is a ConfigError.
+
+    ``redis``: what a Redis store must guarantee (fleet.store.redis_durability);
+    by default it must be durable.
+    """
     if url.startswith("sqlite:"):
         from fleet.store.sqlite import SqliteStore
 
@@ -22,7 +27,11 @@ async def open_store(url: str) -> Store:
     if url.startswith(("redis://", "rediss://")):
         from fleet.store.redis import RedisStore
 
-        return await RedisStore.open(url)
+        return await RedisStore.open(url, durability=redis or RedisDurability())
+    if url.startswith(("postgresql://", "postgres://")):
+        from fleet.store.postgres import PostgresStore
+
+        return await PostgresStore.open(url)
     raise ConfigError(
         f"unsupported store URL {url!r}",
         hint=f"Use one of: {ACCEPTED_FORMS}.",

@@ -14,13 +14,12 @@ still needs a trusted root above it, so removing the root distrusts every
 device below it whatever the pool holds, and no query that forgets a flag
 can turn an intermediate into an anchor.
 
-The two classes are mixins of SqliteStore and RedisStore.
+The two classes are mixins of the SQL stores (SQLite, PostgreSQL) and RedisStore.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -29,11 +28,12 @@ from redis.exceptions import RedisError
 
 from fleet.kernel.errors import NotFound, StoreUnavailable
 from fleet.store._codec import parse_ts, ts
+from fleet.store._sql import SqlConnection
 from fleet.store.records import ManufacturerCA
 
 T = TypeVar("T")
 
-# Appended to the SQLite schema (a new table only: older files gain it in place).
+# Appended to the SQL schema (a new table only: older files gain it in place).
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS manufacturer_intermediates (
     sha256 TEXT PRIMARY KEY,
@@ -48,15 +48,15 @@ def _missing(sha256: str) -> NotFound:
     return NotFound(f"no manufacturer intermediate CA with fingerprint {sha256} in the pool")
 
 
-class _Sqlite(Protocol):
-    async def _write(self, body: Callable[[sqlite3.Connection], T], *, feed: bool = ...) -> T: ...
+class _Sql(Protocol):
+    async def _write(self, body: Callable[[SqlConnection], T], *, feed: bool = ...) -> T: ...
 
-    async def _read_here(self, body: Callable[[sqlite3.Connection], T]) -> T: ...
+    async def _read_here(self, body: Callable[[SqlConnection], T]) -> T: ...
 
 
-class SqliteIntermediates:
-    async def add_manufacturer_intermediate(self: _Sqlite, ca: ManufacturerCA) -> bool:
-        def body(conn: sqlite3.Connection) -> bool:
+class SqlIntermediates:
+    async def add_manufacturer_intermediate(self: _Sql, ca: ManufacturerCA) -> bool:
+        def body(conn: SqlConnection) -> bool:
             cursor = conn.execute(
                 "INSERT INTO manufacturer_intermediates (sha256, name, pem, added_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
@@ -66,8 +66,8 @@ class SqliteIntermediates:
 
         return await self._write(body)
 
-    async def remove_manufacturer_intermediate(self: _Sqlite, sha256: str) -> None:
-        def body(conn: sqlite3.Connection) -> None:
+    async def remove_manufacturer_intermediate(self: _Sql, sha256: str) -> None:
+        def body(conn: SqlConnection) -> None:
             cursor = conn.execute(
                 "DELETE FROM manufacturer_intermediates WHERE sha256 = ?", (sha256,)
             )
@@ -76,8 +76,8 @@ class SqliteIntermediates:
 
         await self._write(body)
 
-    async def list_manufacturer_intermediates(self: _Sqlite) -> list[ManufacturerCA]:
-        def body(conn: sqlite3.Connection) -> list[ManufacturerCA]:
+    async def list_manufacturer_intermediates(self: _Sql) -> list[ManufacturerCA]:
+        def body(conn: SqlConnection) -> list[ManufacturerCA]:
             rows = conn.execute(
                 "SELECT sha256, name, pem, added_at FROM manufacturer_intermediates "
                 "ORDER BY added_at, sha256"

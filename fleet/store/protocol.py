@@ -1,7 +1,13 @@
-"""The Store protocol: everything fleet persists, behind one interface.
+"""The store's roles, and ``Store``: everything fleet persists, all roles at once.
 
-Two backends implement it (``sqlite`` and ``redis``) and pass one contract
-suite (tests/contract). Rules every backend keeps:
+Each user depends on the role it needs: broker plugins on ``BrokerFeed`` (the
+``RevocationFeed`` and the cursors they report their position in; they never
+see devices or certificates), OCSP on ``CertificateLedger``, the
+audit verifier on ``AuditLog``, and so on. ``Store`` combines every role; the
+wiring (server app factory, CLIs) opens one and hands out its roles.
+
+Three backends implement every role (``sqlite``, ``postgres``, ``redis``) and
+pass one contract suite (tests/contract). Rules every backend keeps:
 
 * Each method is atomic: it changes everything it says or nothing.
 * Compare-and-set methods (``expected=...``) raise :class:`StoreConflict` when
@@ -45,9 +51,8 @@ from fleet.store.records import (
 )
 
 
-class Store(Protocol):
-    async def close(self) -> None:
-        """Release connections. The store is unusable afterwards."""
+class ManufacturerTrust(Protocol):
+    """Trusted manufacturer CAs (anchors) and the intermediate pool (path hints)."""
 
     # -- manufacturer trust ------------------------------------------------
     async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
@@ -69,6 +74,10 @@ class Store(Protocol):
 
     async def list_manufacturer_intermediates(self) -> list[ManufacturerCA]:
         """The pool, oldest first."""
+
+
+class DeviceRegistry(Protocol):
+    """Devices: the manifest, pending devices, state changes, fleet-wide queries."""
 
     # -- devices -------------------------------------------------------------
     async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
@@ -118,6 +127,10 @@ class Store(Protocol):
         for this filter (over all pages) and how many good certificates those
         devices hold together — what a bulk revocation would cut off (dry run)."""
 
+
+class CertificateLedger(Protocol):
+    """Issued certificates, recorded before they are returned, and their revocation."""
+
     # -- certificates --------------------------------------------------------
     async def record_certificate(
         self,
@@ -145,6 +158,47 @@ class Store(Protocol):
         certificate feed event for all); with ``audit`` the event is chained in
         the same change. Recording the very same certificate again (a replayed
         call) returns the device and writes nothing."""
+
+    async def get_certificate(self, serial: int) -> CertificateRecord:
+        """Raises CertificateNotFound."""
+
+    async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
+        """A device's certificates, newest first."""
+
+    async def list_expiring(
+        self, before: dt.datetime, *, limit: int = 1000
+    ) -> list[CertificateRecord]:
+        """Good certificates whose notAfter is before ``before``, soonest first."""
+
+    async def list_revoked(self) -> list[CertificateRecord]:
+        """Every revoked certificate (the CRL's content), by serial."""
+
+    async def revoke_certificate(
+        self,
+        serial: int,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> RevocationEvent | None:
+        """Revoke one certificate and append a feed event, atomically.
+        None if it was already revoked (idempotent). Raises CertificateNotFound."""
+
+    async def revoke_device(
+        self,
+        device_id: str,
+        reason: RevocationReason,
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> RevocationEvent | None:
+        """Revoke the device and every good certificate it holds and append one
+        feed event, atomically. None if it was already revoked. Raises
+        DeviceNotFound."""
+
+
+class ReplacementQueue(Protocol):
+    """Bootstrap replays on active devices, waiting for an admin."""
 
     # -- replacement requests (a bootstrap replay on an active device) ------------
     async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
@@ -193,42 +247,9 @@ class Store(Protocol):
         meanwhile). Raises StoreConflict when it has no pending request or names
         another key, DeviceNotFound."""
 
-    async def get_certificate(self, serial: int) -> CertificateRecord:
-        """Raises CertificateNotFound."""
 
-    async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
-        """A device's certificates, newest first."""
-
-    async def list_expiring(
-        self, before: dt.datetime, *, limit: int = 1000
-    ) -> list[CertificateRecord]:
-        """Good certificates whose notAfter is before ``before``, soonest first."""
-
-    async def list_revoked(self) -> list[CertificateRecord]:
-        """Every revoked certificate (the CRL's content), by serial."""
-
-    async def revoke_certificate(
-        self,
-        serial: int,
-        reason: RevocationReason,
-        now: dt.datetime,
-        *,
-        audit: AuditEvent | None = None,
-    ) -> RevocationEvent | None:
-        """Revoke one certificate and append a feed event, atomically.
-        None if it was already revoked (idempotent). Raises CertificateNotFound."""
-
-    async def revoke_device(
-        self,
-        device_id: str,
-        reason: RevocationReason,
-        now: dt.datetime,
-        *,
-        audit: AuditEvent | None = None,
-    ) -> RevocationEvent | None:
-        """Revoke the device and every good certificate it holds and append one
-        feed event, atomically. None if it was already revoked. Raises
-        DeviceNotFound."""
+class AdminDirectory(Protocol):
+    """Credentials of the admin API."""
 
     # -- admin credentials -------------------------------------------------------
     async def put_admin_credential(self, cred: AdminCredential) -> None:
@@ -246,6 +267,10 @@ class Store(Protocol):
         """Mark the credential disabled (kept for the record; idempotent).
         Raises AdminNotFound."""
 
+
+class EnrollmentTokens(Protocol):
+    """One-time enrollment tokens (stored hashed)."""
+
     # -- one-time enrollment tokens -----------------------------------------
     async def put_enrollment_token(self, token: EnrollmentToken) -> None:
         """Store a token (hashed); it replaces any earlier token of the device."""
@@ -255,6 +280,10 @@ class Store(Protocol):
     ) -> None:
         """Use the token once. Raises TokenInvalid if unknown, used or expired;
         of many racing requests exactly one succeeds."""
+
+
+class AuditLog(Protocol):
+    """The append-only, hash-chained audit log."""
 
     # -- audit log -------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> AuditRecord:
@@ -278,6 +307,10 @@ class Store(Protocol):
         (of actor, action, outcome, reason); counted where the records are, none read
         into memory (the Overview's chart)."""
 
+
+class Cursors(Protocol):
+    """Named integers (e.g. a notifier's position in the audit log)."""
+
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:
         """A named integer (e.g. a notifier's position in the audit log); 0 when unset."""
@@ -288,6 +321,10 @@ class Store(Protocol):
     async def list_cursors(self, prefix: str) -> dict[str, int]:
         """Every named integer whose name starts with ``prefix`` (e.g. the brokers'
         feed positions, fleet.store.broker_positions)."""
+
+
+class RevocationFeed(Protocol):
+    """What brokers read: revocation events in sequence, and snapshots."""
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:
@@ -303,3 +340,41 @@ class Store(Protocol):
         """Yield every event after ``after_seq`` in order, then new ones as they
         are appended, forever. Gaps (missed notifications) are filled from
         ``feed_since``, so no event is skipped or repeated."""
+
+
+class CrlNumbers(Protocol):
+    """The one CRL number counter of every node and worker (fleet.store.crl_numbers)."""
+
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
+        """In ``scope`` (one CRL issuer: one sequence of numbers), a number for a CRL
+        whose content is the revocation state at feed sequence
+        ``content_seq``: above every number allocated before and at least ``floor``.
+        None (nothing changed) when a CRL of newer content already has a number:
+        re-read the content and ask again. Atomic across every store instance."""
+
+    async def latest_crl_number(self, scope: str) -> int:
+        """The highest number allocated in ``scope`` so far, by any node (0 when none)."""
+
+
+class BrokerFeed(RevocationFeed, Cursors, Protocol):
+    """What a broker uses: the feed, and cursors to report how far it has applied
+    it (fleet.store.broker_positions)."""
+
+
+class Store(
+    ManufacturerTrust,
+    DeviceRegistry,
+    CertificateLedger,
+    ReplacementQueue,
+    AdminDirectory,
+    EnrollmentTokens,
+    AuditLog,
+    Cursors,
+    RevocationFeed,
+    CrlNumbers,
+    Protocol,
+):
+    """Every role: what a backend implements and the wiring opens."""
+
+    async def close(self) -> None:
+        """Release connections. The store is unusable afterwards."""

@@ -21,6 +21,7 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:feed:events          channel every feed event is PUBLISHed here as well
     {ns}:admins               hash    sha256 -> admin credential as JSON
     {ns}:cursors              hash    name -> integer (named cursors)
+    {ns}:crl:<scope>          hash    a CRL issuer's number counter (fleet.store.crl_numbers)
     {ns}:devices:state:<s>    zset    device ids in state s (index; _redis_indexes)
     {ns}:replacements:<s>     zset    device ids whose replacement request is in status s
     {ns}:indexes              string  version of the index sets (built once if missing)
@@ -102,9 +103,11 @@ from fleet.store._codec import (
     serial_int,
     ts,
 )
+from fleet.store._redis_durable import WaitingRedis, check_durability
 from fleet.store._redis_indexes import ensure_indexes
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
+from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.intermediates import RedisIntermediates
 from fleet.store.records import (
     AdminCredential,
@@ -127,6 +130,9 @@ from fleet.store.records import (
     RevocationEvent,
     RevocationReason,
     RevocationSnapshot,
+)
+from fleet.store.redis_durability import (
+    RedisDurability,
 )
 
 _FEED_PAGE = 1000
@@ -392,6 +398,15 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(cred))
 return 1
 """
 
+_SET_CRL_COUNTER = """
+-- KEYS[1] crl hash; ARGV: expected number, expected seq ('' = none), new number, new seq.
+-- A compare-and-set: Python decided the new counter (fleet.store.crl_numbers).
+local cur = redis.call('HMGET', KEYS[1], 'number', 'content_seq')
+if (cur[1] or '') ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'number', ARGV[3], 'content_seq', ARGV[4])
+return 1
+"""
+
 _AUDIT_OF_DEVICE = """
 -- KEYS[1] audit zset, KEYS[2] device index; ARGV[1] after seq, ARGV[2] limit
 local out = {}
@@ -529,6 +544,9 @@ class _Keys:
     @property
     def revoked(self) -> str:
         return f"{self.tag}:revoked"
+
+    def crl(self, scope: str) -> str:
+        return f"{self.tag}:crl:{scope}"
 
     @property
     def revoked_devices(self) -> str:
@@ -775,15 +793,23 @@ class RedisStore(RedisIntermediates):
         self._audit_of_device = client.register_script(_AUDIT_OF_DEVICE)
         self._good_certificates = client.register_script(_GOOD_CERTIFICATES)
         self._disable_admin = client.register_script(_DISABLE_ADMIN)
+        self._set_crl_counter = client.register_script(_SET_CRL_COUNTER)
         self._note_replacement = client.register_script(replacements.NOTE_ATTEMPT)
         self._decide_replacement = client.register_script(replacements.DECIDE)
 
     @classmethod
-    async def open(cls, url: str, *, namespace: str = "fleet") -> RedisStore:
+    async def open(
+        cls,
+        url: str,
+        *,
+        namespace: str = "fleet",
+        durability: RedisDurability = RedisDurability(),  # noqa: B008 (frozen)
+    ) -> RedisStore:
+        """Connect; refuse a Redis that may lose acknowledged writes (see redis_durability)."""
         if not namespace or "{" in namespace or "}" in namespace:
             raise ConfigError(f"Redis namespace {namespace!r} must be non-empty without braces")
         try:
-            client = Redis.from_url(
+            client = WaitingRedis.from_url(
                 url,
                 decode_responses=True,
                 # One retry recovers a pooled connection Redis closed (restart,
@@ -798,6 +824,9 @@ class RedisStore(RedisIntermediates):
         try:
             with _mapped_errors():
                 await client.ping()
+                await check_durability(client, durability)
+                if not durability.reader_only and isinstance(client, WaitingRedis):
+                    client.min_replicas = durability.min_replicas
                 await ensure_indexes(client, store._keys.devices, store._keys.indexes)
         except BaseException:
             await store.close()
@@ -1357,6 +1386,29 @@ class RedisStore(RedisIntermediates):
         with _mapped_errors():
             raw = _fields(await self._redis.hgetall(self._keys.cursors))
         return {name: int(value) for name, value in raw.items() if name.startswith(prefix)}
+
+    # -- CRL numbers -------------------------------------------------------------
+    async def latest_crl_number(self, scope: str) -> int:
+        with _mapped_errors():
+            number = await self._redis.hget(self._keys.crl(scope), "number")
+        return 0 if number is None else int(number)
+
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
+        for _ in range(_AUDIT_CAS_ATTEMPTS):
+            with _mapped_errors():
+                number, seq = await self._redis.hmget(
+                    self._keys.crl(scope), ["number", "content_seq"]
+                )
+            last = None if number is None else CrlCounter(int(number), int(seq or 0))
+            counter = next_crl_number(last, content_seq, floor)
+            if counter is None:
+                return None
+            expected = ("", "") if last is None else (str(last.number), str(last.content_seq))
+            args = [*expected, str(counter.number), str(counter.content_seq)]
+            with _mapped_errors():
+                if await self._set_crl_counter(keys=[self._keys.crl(scope)], args=args):
+                    return counter.number
+        raise StoreUnavailable("the CRL number counter kept moving; retry")
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:

@@ -15,17 +15,20 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from redis.asyncio import Redis
 
 from fleet.store.audit_chain import event_to_json
+from fleet.store.postgres import PostgresStore, upgrade_schema
 from fleet.store.protocol import Store
 from fleet.store.records import AuditRecord
 from fleet.store.redis import RedisStore
 from fleet.store.sqlite import SqliteStore
+from tests.support.postgres import PostgresServer, fresh_schema, postgres_server
 from tests.support.redis_server import RedisServer, redis_server
 
-__all__ = ["Backend", "redis_server"]
+__all__ = ["Backend", "postgres_server", "redis_server"]
 
 
 class Backend(abc.ABC):
@@ -156,14 +159,83 @@ class RedisBackend(Backend):
             await client.set(f"{self.tag}:device:{device_id}", "not a hash")
 
 
+class PostgresBackend(Backend):
+    """One schema of the session's PostgreSQL per test, migrated as `fleet db upgrade` does."""
+
+    name = "postgres"
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self.schema = fresh_schema()
+        upgrade_schema(server.url, schema=self.schema)
+
+    async def open(self) -> Store:
+        return await PostgresStore.open(self.server.url, schema=self.schema)
+
+    def _raw(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        with psycopg.connect(self.server.url, options=f"-c search_path={self.schema}") as conn:
+            for statement, params in statements:
+                conn.execute(statement.replace("?", "%s"), params)
+
+    async def edit_audit(self, seq: int, reason: str) -> None:
+        with psycopg.connect(self.server.url, options=f"-c search_path={self.schema}") as conn:
+            row = conn.execute("SELECT event FROM audit WHERE seq = %s", (seq,)).fetchone()
+            assert row is not None
+            event = json.loads(row[0])
+            event["reason"] = reason
+            conn.execute(
+                "UPDATE audit SET event = %s WHERE seq = %s",
+                (json.dumps(event, sort_keys=True), seq),
+            )
+
+    async def delete_audit(self, seq: int) -> None:
+        self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
+
+    async def insert_audit(self, record: AuditRecord) -> None:
+        self._raw(
+            ("UPDATE audit SET seq = seq + 1000000 WHERE seq >= ?", (record.seq,)),
+            ("UPDATE audit SET seq = seq - 999999 WHERE seq >= 1000000", ()),
+            (
+                "INSERT INTO audit (seq, event, prev_sha256, sha256) VALUES (?, ?, ?, ?)",
+                (
+                    record.seq,
+                    json.dumps(event_to_json(record.event)),
+                    record.prev_sha256,
+                    record.sha256,
+                ),
+            ),
+        )
+
+    async def sabotage_device_write(self, device_id: str) -> None:
+        self._raw(
+            (
+                "CREATE FUNCTION sabotage() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF NEW.device_id = '{device_id}' THEN "
+                "RAISE EXCEPTION 'sabotaged by the test'; END IF; RETURN NEW; END $$",
+                (),
+            ),
+            (
+                "CREATE TRIGGER sabotage BEFORE INSERT ON devices "
+                "FOR EACH ROW EXECUTE FUNCTION sabotage()",
+                (),
+            ),
+        )
+
+
 @pytest.fixture(
-    params=["sqlite", pytest.param("redis", marks=pytest.mark.needs_binary("redis-server"))]
+    params=[
+        "sqlite",
+        pytest.param("redis", marks=pytest.mark.needs_binary("redis-server")),
+        "postgres",
+    ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     if request.param == "sqlite":
         yield SqliteBackend(tmp_path / "fleet.db")
-    else:
+    elif request.param == "redis":
         yield RedisBackend(request.getfixturevalue("redis_server"))
+    else:
+        yield PostgresBackend(request.getfixturevalue("postgres_server"))
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from fleet.authority.admin import import_manifest
 from fleet.kernel.errors import DeviceNotFound, ManifestInvalid
 from fleet.manifest import HEADER_WITH_MANUFACTURER, parse_manifest
-from fleet.store import sqlite as sqlite_backend
+from fleet.store import _sqlite_schema as sqlite_schema
 from fleet.store.protocol import Store
 from fleet.store.records import (
     Device,
@@ -65,19 +65,34 @@ async def test_a_held_device_keeps_the_manufacturer_it_asked_with(
     assert ids(await store.list_devices(pending)) == ["p"]
 
 
-async def test_sqlite_version_3_file_gains_the_manufacturer_columns(
-    tmp_path: Path, now: dt.datetime
+# Files of every release before 5: schema 3, and the two different "4"s of two
+# branches (crl_numbers; the manufacturer columns), each upgraded in place.
+OLD_FILES = {
+    "3": ("no-columns", "no-crl-numbers"),
+    "4-crl-numbers": ("no-columns",),
+    "4-manufacturer": ("no-crl-numbers",),
+}
+
+
+@pytest.mark.parametrize("old", sorted(OLD_FILES))
+async def test_sqlite_files_before_5_upgrade_in_place(
+    tmp_path: Path, now: dt.datetime, old: str
 ) -> None:
     path = tmp_path / "fleet.db"
     store = await SqliteStore.open(path)
     await store.import_manifest([entry("d1")], now)
     await store.close()
     conn = sqlite3.connect(path, isolation_level=None)
-    try:  # back to the devices table of schema 3
-        conn.execute("DROP INDEX devices_manufacturer")
-        conn.execute("ALTER TABLE devices DROP COLUMN manufacturer_sha256")
-        conn.execute("ALTER TABLE devices DROP COLUMN manufacturer_name")
-        conn.execute("UPDATE schema_version SET version = 3")
+    try:  # back to that release's schema
+        if "no-columns" in OLD_FILES[old]:
+            conn.execute("DROP INDEX devices_manufacturer")
+            conn.execute("ALTER TABLE devices DROP COLUMN manufacturer_sha256")
+            conn.execute("ALTER TABLE devices DROP COLUMN manufacturer_name")
+        if "no-crl-numbers" in OLD_FILES[old]:
+            conn.execute("DROP TABLE crl_numbers")
+        for field in ("actor", "action", "outcome", "reason"):
+            conn.execute(f"DROP INDEX audit_{field}")
+        conn.execute("UPDATE schema_version SET version = ?", (int(old[0]),))
     finally:
         conn.close()
 
@@ -90,13 +105,17 @@ async def test_sqlite_version_3_file_gains_the_manufacturer_columns(
         )  # fmt: skip
         acme = DeviceFilter(manufacturer_sha256=ACME.sha256)
         assert ids(await store.list_devices(acme)) == ["d1"]
+        assert await store.allocate_crl_number("ski:00", 1, 5) == 5
+        assert await store.latest_crl_number("ski:00") == 5
     finally:
         await store.close()
     conn = sqlite3.connect(path)
     try:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [
-            (sqlite_backend.SCHEMA_VERSION,)
+            (sqlite_schema.SCHEMA_VERSION,)
         ]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        assert {"audit_actor", "audit_reason", "devices_manufacturer"} <= indexes
     finally:
         conn.close()
 

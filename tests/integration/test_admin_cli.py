@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import psycopg
 import pytest
+from psycopg import sql
 from redis.asyncio import Redis
 
 from fleet.config import load_config
@@ -38,9 +40,10 @@ from tests.support.factory import (
     manifest_entry,
     write_pem,
 )
+from tests.support.postgres import PostgresServer, fresh_schema, postgres_server
 from tests.support.redis_server import RedisServer, redis_server
 
-__all__ = ["redis_server"]
+__all__ = ["postgres_server", "redis_server"]
 
 _T = TypeVar("_T")
 
@@ -92,7 +95,8 @@ def with_store(config: Path, use: Callable[[Store], Awaitable[_T]], **env: str) 
     """Run ``use`` on the store the config names (FLEET_* overrides in ``env``)."""
 
     async def run() -> _T:
-        store = await open_store(load_config(config, environ=env).store_url)
+        loaded = load_config(config, environ=env)
+        store = await open_store(loaded.store_url, redis=loaded.store_redis)
         try:
             return await use(store)
         finally:
@@ -348,6 +352,31 @@ def test_approve_and_reject_pending_devices(config: Path) -> None:
 def test_help_and_a_missing_config(tmp_path: Path) -> None:
     assert "HTTP Basic password" in ok(fleet("device", "token", "--help"))
     refused(fleet("device", "list", cwd=tmp_path), "no config file at fleet.toml", "fleet init")
+
+
+# -- PostgreSQL: `fleet db upgrade` before anything else ---------------------------------
+def test_db_upgrade_on_postgresql(config: Path, postgres_server: PostgresServer) -> None:
+    schema = fresh_schema()
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    env = {"FLEET_STORE_URL": f"{postgres_server.url}?options=-csearch_path%3D{schema}"}
+    # Every command refuses an unmigrated database and names the command to run.
+    refused(fleet("device", "list", "--config", config, env=env), "fleet db upgrade")
+    assert "upgraded from version 0 to" in ok(fleet("db", "upgrade", "--config", config, env=env))
+    assert "nothing to do" in ok(fleet("db", "upgrade", "--config", config, env=env))
+    assert json.loads(ok(fleet("device", "list", "--json", "--config", config, env=env))) == []
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("UPDATE {}.fleet_schema SET version = version + 1").format(
+                sql.Identifier(schema)
+            )
+        )
+    refused(fleet("db", "upgrade", "--config", config, env=env), "newer")
+    refused(fleet("device", "list", "--config", config, env=env), "newer")
+
+
+def test_db_upgrade_on_sqlite_has_nothing_to_do(config: Path) -> None:
+    assert "nothing to do" in ok(fleet("db", "upgrade", "--config", config))
 
 
 # -- the same commands on Redis ----------------------------------------------------------

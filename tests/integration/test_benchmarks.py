@@ -35,3 +35,20 @@ def test_est_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert {t["process"] for t in data["targets"].values()} == {"fleet"}
     assert "nginx" in scenarios["nginx+fleet-proxy"]["server_cpu_ms_per_request_by_process"]
     assert "target: fleet direct" in run.stdout
+
+
+def test_store_benchmark_runs(tmp_path: Path) -> None:
+    # SQLite (the baseline) and PostgreSQL only: the Redis scenario is the same code
+    # path with another URL, and every scenario starts a server (suite time).
+    figures = tmp_path / "stores.json"
+    command = [sys.executable, str(REPO / "bench/store_enroll.py"), "--requests", "10"]
+    command += ["--warmup", "2", "--concurrency", "2", "--stores", "sqlite,postgres"]
+    command += ["--json", str(figures)]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    data = json.loads(figures.read_text())
+    assert set(data) == {"sqlite", "postgres"}
+    for name, store in data.items():
+        assert store["ok"] == 10, (name, store)
+    assert data["postgres"]["store_cpu_ms_per_enrollment"] > 0
+    assert "postgres vs sqlite" in run.stdout

@@ -72,8 +72,8 @@ def start_redis_store(net: Network, directory: Path) -> str:
 
 def start_postgresql_store(net: Network, directory: Path) -> str:
     """The store role on PostgreSQL: a primary ("store") and a synchronous standby
-    ("store-standby"); the URL names both (fleet's PostgreSQL backend is on the
-    pgstore branch: until it is merged, fleet cannot open this URL)."""
+    ("store-standby"); the URL names both. fleet opens it only once its schema is
+    applied (``fleet db upgrade``), which no test of the cluster does yet."""
     from tests.support.postgres_replication import start_postgres_pair
 
     return start_postgres_pair(net, STORE_OCTET).url

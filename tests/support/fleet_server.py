@@ -40,7 +40,7 @@ def run_store(
     config = load_config(config_path, environ={**os.environ, **(env or {})})
 
     async def body() -> T:
-        store = await open_store(config.store_url)
+        store = await open_store(config.store_url, redis=config.store_redis)
         try:
             return await action(store)
         finally:

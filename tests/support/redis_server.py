@@ -16,10 +16,17 @@ from tests.support.process import stop_process
 
 
 class RedisServer:
-    """One redis-server process; nothing persists (``--save "" --appendonly no``)."""
+    """One redis-server process, durable as fleet requires of a system of record:
+    every write fsynced to the append-only file before Redis answers
+    (``--appendonly yes --appendfsync always``); ``durable=False`` starts the
+    default, volatile Redis that fleet refuses (for the tests of that refusal)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, durable: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.directory = directory
+        self.durable = durable
+        self.extra_args = extra_args
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -38,9 +45,11 @@ class RedisServer:
                 "--bind", "127.0.0.1",
                 "--port", str(self.port),
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.durable else "no",
+                "--appendfsync", "always",
                 "--dir", str(self.directory),
                 "--logfile", str(log),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -718,11 +718,14 @@ def test_redis_restart_empty_keeps_revoked_devices_out(tmp_path: Path, plugin: P
     from tests.support.redis_server import RedisServer
 
     need_binary("mosquitto")
-    redis = RedisServer(tmp_path / "redis")
+    redis = RedisServer(tmp_path / "redis", durable=False)  # restarted empty: store loss
     redis.start()
     node: BrokerNode | None = None
     try:
-        with running_fleet(tmp_path / "fleet", env={"FLEET_STORE_URL": redis.url}) as fleet:
+        with running_fleet(
+            tmp_path / "fleet",
+            env={"FLEET_STORE_URL": redis.url, "FLEET_STORE_REDIS_ALLOW_VOLATILE": "true"},
+        ) as fleet:
             data = fleet.server.data_dir
             sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
             fleet_broker(

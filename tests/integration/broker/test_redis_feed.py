@@ -22,7 +22,8 @@ STALENESS = 1.0
 
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
+    # Volatile on purpose: the tests restart it empty, the store-loss case.
+    server = RedisServer(tmp_path / "redis", durable=False)
     server.start()
     try:
         yield server
@@ -34,7 +35,10 @@ def redis(tmp_path: Path) -> Iterator[RedisServer]:
 def env(tmp_path: Path, redis: RedisServer) -> Iterator[AmqttEnv]:
     from tests.integration.est.conftest import running_fleet
 
-    with running_fleet(tmp_path / "fleet", env={"FLEET_STORE_URL": redis.url}) as fleet:
+    with running_fleet(
+        tmp_path / "fleet",
+        env={"FLEET_STORE_URL": redis.url, "FLEET_STORE_REDIS_ALLOW_VOLATILE": "true"},
+    ) as fleet:
         running = AmqttEnv(fleet, fleet.work)
         try:
             yield running

@@ -14,10 +14,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AttributeOID
 
+from fleet.store.postgres import upgrade_schema
 from fleet.store.records import DeviceState
 from tests.integration.est.conftest import running_fleet, trust_manufacturer
 from tests.support.est_client import curl
 from tests.support.openssl import openssl
+from tests.support.postgres import PostgresServer
 from tests.support.raw_http import connect, read_response, request_bytes, tls_client_context
 from tests.support.redis_server import RedisServer
 
@@ -176,10 +178,12 @@ def test_overload_answers_503_with_retry_after(tmp_path: Path) -> None:
 
 
 def test_store_outage_is_503_and_recovers(tmp_path: Path) -> None:
-    redis = RedisServer(tmp_path / "redis")
+    redis = RedisServer(tmp_path / "redis", durable=False)  # comes back empty
     redis.start()
     try:
-        with running_fleet(tmp_path, env={"FLEET_STORE_URL": redis.url}) as fleet:
+        with running_fleet(
+            tmp_path, env={"FLEET_STORE_URL": redis.url, "FLEET_STORE_REDIS_ALLOW_VOLATILE": "true"}
+        ) as fleet:
             device = fleet.new_device()
             _, csr = fleet.csr("outage")
             port = redis.port
@@ -234,3 +238,35 @@ def test_slow_headers_and_handshakes_are_cut_off(tmp_path: Path) -> None:
             assert raw.recv(1024) == b""  # no ClientHello sent: closed after the timeout
             assert time.monotonic() - started < 5
         assert curl(fleet.server.est("cacerts"), cacert=fleet.server.root_pem).status == 200
+
+
+def test_postgresql_store_outage_is_503_then_served_without_a_restart(tmp_path: Path) -> None:
+    """`fleet serve` on PostgreSQL: enrolls; the database crashes: 503 + Retry-After, not
+    500; it comes back: the same server process enrolls again (the pool reconnects)."""
+    pg = PostgresServer()
+    try:
+        pg.start()
+        upgrade_schema(pg.url)
+        with running_fleet(tmp_path, env={"FLEET_STORE_URL": pg.url}) as fleet:
+            first = fleet.new_device()
+            _, csr = fleet.csr("pg-first")
+            assert fleet.enroll(first, csr).status == 200
+            second = fleet.new_device()
+            _, csr2 = fleet.csr("pg-second")
+            pg.stop(mode="immediate")
+            down = fleet.enroll(second, csr2)
+            assert down.status == 503
+            assert down.headers["x-fleet-reason"] == "store_unavailable"
+            assert down.headers["retry-after"].isdigit()
+            pg.start()  # same port and data: the first enrollment was durable
+            deadline = time.monotonic() + 30
+            while (answer := fleet.enroll(second, csr2)).status == 503:
+                assert time.monotonic() < deadline, "fleet never reconnected to PostgreSQL"
+                time.sleep(0.2)
+            assert answer.status == 200
+            assert fleet.server.store(lambda s: s.get_device(first.device_id)).state is (
+                DeviceState.ACTIVE
+            )
+    finally:
+        pg.stop()
+        pg.remove()

@@ -10,9 +10,9 @@ promoted, and the writer, reconnecting with the same connection string, goes
 on writing to the new primary without being reconfigured. Every
 acknowledged row is on the promoted standby.
 
-fleet's PostgreSQL store is on the pgstore branch; once merged, the rows can
-be ``store.revoke_device`` calls instead of SQL (the cluster's store role
-already starts this pair: ``build_cluster(engine="postgresql")``).
+The rows are plain SQL; with fleet's PostgreSQL store (fleet.store.postgres)
+they could be ``store.revoke_device`` calls (not done yet; the cluster's store
+role already starts this pair: ``build_cluster(engine="postgresql")``).
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The picture is tests/support/cluster.py's (and the README's "Scale out"): devices
 reach everything through the balancer with TLS end to end; the two fleet
-nodes and the two broker sidecars share one store (Redis). Two tests prove
-today's gaps as strict xfails (CRL numbers across nodes, one session per
-device across broker nodes): the branches that close them flip the marks.
+nodes and the two broker sidecars share one store (Redis). CRL numbers come
+from the store's counter, so they never go back across nodes. One test proves
+today's gap as a strict xfail (one session per device across broker nodes):
+the branch that closes it flips the mark.
 The kill -9 test runs last: it takes node A down for good.
 """
 
@@ -174,12 +175,6 @@ def _revoke_from_node_a(cluster: Cluster, device_id: str) -> None:
     node.host.call(lambda: run_store(node.config, revoke, node.env))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each fleet node (and worker) numbers its own CRLs from its clock: a client "
-    "alternating nodes sees the number go back (issue 14; fixed by CRL numbers from a store "
-    "counter on the pgstore branch: flip this mark at merge)",
-)
 def test_crl_numbers_never_go_back_for_a_client_alternating_nodes(cluster: Cluster) -> None:
     names = [f"crl-{i}" for i in range(8)]
     cluster.add_devices(names)

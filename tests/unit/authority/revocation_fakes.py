@@ -12,12 +12,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.kernel.errors import CertificateNotFound, StoreUnavailable
 from fleet.pki.ca import CertifiedKey, authority_key_identifier, certificate_to_pem
 from fleet.pki.keys import signing_hash
+from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.records import (
     CertificateRecord,
     CertificateStatus,
     RevocationEvent,
     RevocationKind,
     RevocationReason,
+    RevocationSnapshot,
 )
 
 
@@ -44,6 +46,7 @@ class FakeStore:
         self.appended = asyncio.Event()
         self.down = False
         self.list_calls = 0
+        self.crl_counters: dict[str, CrlCounter] = {}
 
     def add(self, issuer: CertifiedKey, serial: int, now: dt.datetime) -> x509.Certificate:
         cert = device_certificate(issuer, serial, now)
@@ -87,6 +90,28 @@ class FakeStore:
             (r for r in self.certs.values() if r.status is CertificateStatus.REVOKED),
             key=lambda r: r.serial,
         )
+
+    async def revocation_snapshot(self) -> RevocationSnapshot:
+        self._check()
+        revoked = [r for r in self.certs.values() if r.status is CertificateStatus.REVOKED]
+        return RevocationSnapshot(
+            seq=len(self.feed),
+            serials=frozenset(r.serial for r in revoked),
+            device_ids=frozenset(),
+        )
+
+    async def latest_crl_number(self, scope: str) -> int:
+        self._check()
+        counter = self.crl_counters.get(scope)
+        return 0 if counter is None else counter.number
+
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
+        self._check()
+        counter = next_crl_number(self.crl_counters.get(scope), content_seq, floor)
+        if counter is None:
+            return None
+        self.crl_counters[scope] = counter
+        return counter.number
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         self._check()

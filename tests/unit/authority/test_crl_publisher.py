@@ -245,3 +245,27 @@ def test_validate_refuses_expired_or_nearly_expired(issuing: CertifiedKey) -> No
     with pytest.raises(PolicyError, match="nextUpdate"):
         validate_crl(der, issuing.certificate, now=NOW, min_remaining=dt.timedelta(minutes=10))
     validate_crl(der, issuing.certificate, now=NOW, min_remaining=dt.timedelta(minutes=1))
+
+
+async def test_workers_sharing_a_store_never_serve_a_number_below_one_already_signed(
+    issuing: CertifiedKey,
+) -> None:
+    """Two workers (or nodes) on one store: whichever a client asks next, the CRL
+    number it gets never goes back, and a higher number never has older content."""
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 31, NOW)
+    store.add(issuing, 32, NOW)
+    a, b = publisher(store, issuing, clock), publisher(store, issuing, clock)
+    first_a = await a.current()
+    store.revoke(31, RevocationReason.KEY_COMPROMISE, NOW)
+    first_b = await b.current()  # signed after the revocation: a higher number
+    assert first_b.number > first_a.number
+    assert first_b.revoked_count == 1
+    # a's CRL is fresh by age but older than b's: a re-signs instead of going back.
+    again_a = await a.current()
+    assert again_a.number > first_b.number
+    assert again_a.revoked_count == 1
+    assert await b.current() is not first_b  # and b follows a in turn
+    # With nothing new signed, a worker keeps serving what it has (no re-signing).
+    settled = await b.current()
+    assert await b.current() is settled
