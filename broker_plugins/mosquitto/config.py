@@ -32,7 +32,7 @@ are relative to the settings file's directory. Example::
     max_staleness_seconds = 30                    # fail closed (see below); 0 = never
     heartbeat_seconds = 2.0                       # sidecar -> plugin "the feed is live"
     skew_seconds = 300                            # clock skew forgiven on validity
-    broker_name = "mqtt-1"                        # feed position reported as (console; default node_name)
+    broker_name = "mqtt-1"                        # console feed position (default node_name)
     node_name = "mqtt-a"                          # this node, among its peers (below)
     peers = ["10.0.0.12:8883", "10.0.0.13:8883"]  # the other broker nodes' listeners
 
