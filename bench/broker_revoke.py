@@ -66,8 +66,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.records import ManifestEntry, ManufacturerCA, RevocationReason
 from fleet.store.factory import open_store
-from fleet.store.records import ManifestEntry, ManufacturerCA, RevocationReason
 from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
 from tests.support.fleet_server import FleetServer, make_data_dir, run_store
 from tests.support.mosquitto_broker import BrokerNode, fleet_broker, write_settings

@@ -45,8 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # for tests.support when run as bench/console_paging.py
 
 from fleet.authority.admins import create_admin_token
+from fleet.records import AdminRole, AuditEvent, Device, DeviceState, ManifestEntry
 from fleet.store.protocol import Store
-from fleet.store.records import AdminRole, AuditEvent, Device, DeviceState, ManifestEntry
 from fleet.store.sqlite import SqliteStore
 from tests.support.fleet_server import FleetServer, make_data_dir
 from tests.support.redis_server import RedisServer

@@ -41,8 +41,8 @@ from est_enroll import Bench, Device, make_devices
 
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import CertifiedKey
+from fleet.records import ManufacturerCA
 from fleet.store.postgres import upgrade_schema
-from fleet.store.records import ManufacturerCA
 from tests.support.factory import make_manufacturer
 from tests.support.fleet_server import FleetServer, make_data_dir, run_store
 from tests.support.postgres import PostgresServer

@@ -59,14 +59,14 @@ from broker_plugins.snapshot import (
 )
 from fleet.kernel.errors import ConfigError, FleetError
 from fleet.kernel.files import ensure_private_dir
-from fleet.store.broker_positions import check_broker_name, report_position
-from fleet.store.protocol import BrokerFeed
-from fleet.store.records import (
+from fleet.records import (
     RevocationEvent,
     RevocationKind,
     RevocationReason,
     RevocationSnapshot,
 )
+from fleet.store.broker_positions import check_broker_name, report_position
+from fleet.store.protocol import BrokerFeed
 
 log = logging.getLogger("fleet.broker.revocation")
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from fleet.kernel.device_id import is_device_id
 from fleet.kernel.files import SECRET_MODE, write_atomic
-from fleet.store.records import RevocationEvent, RevocationKind, RevocationSnapshot
+from fleet.records import RevocationEvent, RevocationKind, RevocationSnapshot
 
 log = logging.getLogger("fleet.broker.revocation")
 

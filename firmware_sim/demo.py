@@ -42,8 +42,8 @@ from firmware_sim.observer import Observer
 from firmware_sim.world import LOOPBACK, BrokerThread, World, WorldError
 from fleet.authority.admin import issue_enrollment_token
 from fleet.authority.lifecycle import revoke_device
+from fleet.records import AuditRecord, DeviceState, RevocationReason
 from fleet.store.protocol import Store
-from fleet.store.records import AuditRecord, DeviceState, RevocationReason
 
 EXIT_OK = 0
 EXIT_FAILED = 1

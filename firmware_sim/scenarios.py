@@ -41,8 +41,8 @@ from firmware_sim.world import LOOPBACK, BrokerThread, World
 from fleet.authority.admin import approve_device
 from fleet.authority.lifecycle import revoke_device
 from fleet.kernel.clock import SimulatedClock, SystemClock
+from fleet.records import DeviceState, RevocationReason
 from fleet.store.protocol import Store
-from fleet.store.records import DeviceState, RevocationReason
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import ConfigError, DeviceIdInvalid, ManifestInvalid
 from fleet.kernel.fingerprint import normalize_fingerprint
-from fleet.store.records import ManifestEntry, Manufacturer
+from fleet.records import ManifestEntry, Manufacturer
 
 HEADER = ("device_id", "bootstrap_sha256", "model", "batch")
 HEADER_WITH_MANUFACTURER = (*HEADER, "manufacturer_sha256")

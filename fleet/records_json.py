@@ -11,7 +11,7 @@ import datetime as dt
 from typing import Any
 
 from fleet.authority.lifecycle import BulkResult
-from fleet.store.records import (
+from fleet.records import (
     AdminCredential,
     AuditRecord,
     CertificateRecord,

@@ -75,7 +75,7 @@ from amqtt.mqtt.publish import PublishVariableHeader  # type: ignore[import-unty
 
 from broker_plugins.amqtt.gate import CURRENT_CONNECTION, Connection, ConnectionGate
 from fleet.kernel.errors import ConfigError
-from fleet.store.records import RevocationEvent, RevocationKind
+from fleet.records import RevocationEvent, RevocationKind
 
 AMQTT_VERSION = "0.12.1"
 KEEPALIVE_FACTOR = 1.5  # MQTT-3.1.2-24: one and a half times the keep-alive

@@ -41,7 +41,7 @@ from fleet.kernel.admission import (
     admit_client,
 )
 from fleet.kernel.reasons import BROKER_REFUSALS, Reason
-from fleet.store.records import RevocationEvent, RevocationKind
+from fleet.records import RevocationEvent, RevocationKind
 
 log = logging.getLogger("fleet.broker")
 

@@ -90,8 +90,8 @@ from broker_plugins.subject_hash import subject_hash
 from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import ConfigError, FleetError, PolicyError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
+from fleet.records import RevocationEvent
 from fleet.store.protocol import BrokerFeed
-from fleet.store.records import RevocationEvent
 
 A = TypeVar("A")
 R = TypeVar("R")

@@ -19,8 +19,8 @@ from fleet.kernel.clock import Clock
 from fleet.kernel.errors import AuthError, CredentialsRequired, NotFound, RoleInsufficient
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.reasons import Reason
+from fleet.records import AdminCredential, AdminRole, AuditEvent
 from fleet.store.protocol import Store
-from fleet.store.records import AdminCredential, AdminRole, AuditEvent
 from fleet.tokens import token_sha256
 
 

@@ -28,6 +28,13 @@ from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import EncodingInvalid, RequestInvalid
 from fleet.manifest import parse_manifest
+from fleet.records import (
+    AdminCredential,
+    AdminRole,
+    Device,
+    DeviceFilter,
+    DeviceState,
+)
 from fleet.records_json import (
     audit_json,
     bulk_json,
@@ -37,13 +44,6 @@ from fleet.records_json import (
     manufacturer_json,
 )
 from fleet.store.protocol import Store
-from fleet.store.records import (
-    AdminCredential,
-    AdminRole,
-    Device,
-    DeviceFilter,
-    DeviceState,
-)
 
 API = "/api/v1"
 MAX_PAGE = 500

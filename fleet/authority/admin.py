@@ -32,14 +32,14 @@ from fleet.kernel.errors import (
 )
 from fleet.kernel.fingerprint import normalize_fingerprint, sha256_fingerprint
 from fleet.pki.ca import certificate_to_pem, load_certificates_pem
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     Device,
     DeviceState,
     EnrollmentToken,
     ManifestEntry,
     ManufacturerCA,
 )
+from fleet.store.protocol import Store
 from fleet.tokens import new_token, token_sha256
 
 # States in which a device will never enroll: a token for it would be a lie.

@@ -22,8 +22,8 @@ from fleet.pki.ca import CertifiedKey
 from fleet.pki.issuance import ValidatedRequest, build_device_certificate, sign_certificate
 from fleet.pki.keys import generate_private_key
 from fleet.pki.profile import DeviceProfile
+from fleet.records import AdminCredential, AdminRole
 from fleet.store.protocol import Store
-from fleet.store.records import AdminCredential, AdminRole
 from fleet.tokens import new_token, token_sha256
 
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)

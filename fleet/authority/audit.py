@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from fleet.records import AuditEvent
 from fleet.store.audit_chain import ChainProblem, verify_chain
 from fleet.store.protocol import AuditLog
-from fleet.store.records import AuditEvent
 
 
 async def record_admin_action(

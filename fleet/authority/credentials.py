@@ -22,8 +22,8 @@ from fleet.kernel.errors import DeviceIdInvalid, TokenInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import load_certificates_pem
 from fleet.policy.enrollment import BootstrapCredential, TokenCredential
+from fleet.records import Manufacturer
 from fleet.store.protocol import Store
-from fleet.store.records import Manufacturer
 from fleet.tokens import token_sha256
 
 # Trusting a new manufacturer takes effect within this many seconds on every

@@ -29,8 +29,8 @@ from fleet.kernel.clock import Clock
 from fleet.kernel.errors import ConfigError, PolicyError, StoreConflict, StoreError
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
+from fleet.records import CertificateRecord, RevocationReason
 from fleet.store.protocol import CertificateLedger, CrlNumbers, RevocationFeed
-from fleet.store.records import CertificateRecord, RevocationReason
 
 log = logging.getLogger("fleet.crl")
 

@@ -49,13 +49,13 @@ from fleet.policy.enrollment import (
     decide_enrollment,
 )
 from fleet.policy.renewal import RenewalOverlap, decide_renewal
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     AuditEvent,
     CertificateRecord,
     Device,
     DeviceState,
 )
+from fleet.store.protocol import Store
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from cryptography import x509
 
 from fleet.authority.crl import certificate_issued_by
+from fleet.records import CertificateRecord
 from fleet.store.protocol import Store
-from fleet.store.records import CertificateRecord
 
 log = logging.getLogger("fleet.ca")
 

@@ -22,8 +22,7 @@ from fleet.kernel.errors import (
 )
 from fleet.kernel.fingerprint import normalize_fingerprint
 from fleet.kernel.reasons import Reason
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     AuditRecord,
     Device,
     DeviceFilter,
@@ -31,6 +30,7 @@ from fleet.store.records import (
     RevocationEvent,
     RevocationReason,
 )
+from fleet.store.protocol import Store
 
 # Reasons an admin may give (RFC 5280 §5.3.1). removeFromCRL is not a
 # revocation, and certificateHold is what `suspend` is for.

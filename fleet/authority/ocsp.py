@@ -38,8 +38,8 @@ from fleet.pki.ocsp import (
     request_matches_issuer,
     unauthorized_response,
 )
+from fleet.records import CertificateStatus
 from fleet.store.protocol import CertificateLedger
-from fleet.store.records import CertificateStatus
 
 log = logging.getLogger("fleet.ocsp")
 

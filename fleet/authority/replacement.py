@@ -25,14 +25,14 @@ from fleet.kernel.errors import (
     StoreConflict,
 )
 from fleet.kernel.fingerprint import fingerprint_prefix
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     AuditEvent,
     CertificateStatus,
     ReplacementRequest,
     ReplacementStatus,
     RevocationReason,
 )
+from fleet.store.protocol import Store
 
 
 def choice_required(device_id: str, request: ReplacementRequest) -> ReplacementChoiceRequired:

@@ -17,12 +17,12 @@ from fleet.config import CONFIG_FILENAME, FleetConfig, load_config
 from fleet.kernel.clock import Clock, clock_from_environ
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import write_new_secret
-from fleet.store.factory import open_store
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     ReplacementRequest,
     ReplacementStatus,
 )
+from fleet.store.factory import open_store
+from fleet.store.protocol import Store
 
 _T = TypeVar("_T")
 _F = TypeVar("_F", bound=Callable[..., Any])

@@ -32,9 +32,9 @@ from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import PUBLIC_MODE, SECRET_MODE, ensure_private_dir, write_atomic
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keystore import CaKeySecrets, KeyRole, key_uri, load_ca_key
+from fleet.records import AdminRole
 from fleet.records_json import admin_credential_json
 from fleet.store.protocol import Store
-from fleet.store.records import AdminRole
 
 _ROLES = click.Choice([r.value for r in AdminRole])
 _ROLE_HELP = "viewer: read; operator: approve, suspend, revoke one, tokens; admin: everything."

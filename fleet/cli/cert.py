@@ -9,8 +9,8 @@ import click
 from fleet.cli._context import echo_json, json_option, now, table, when
 from fleet.cli.lifecycle import note_option, reason_option
 from fleet.cli.mode import admin_ops, admin_options
+from fleet.records import RevocationReason
 from fleet.records_json import certificate_json
-from fleet.store.records import RevocationReason
 
 
 @click.group()

@@ -25,8 +25,8 @@ from fleet.cli.mode import admin_ops, admin_options, require_local
 from fleet.cli.ops import DeviceQuery
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import ConfigError
+from fleet.records import Device, DeviceState, ReplacementRequest
 from fleet.records_json import certificate_json, device_detail_json, device_json
-from fleet.store.records import Device, DeviceState, ReplacementRequest
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime
 
 

@@ -18,8 +18,8 @@ from fleet.authority.lifecycle import (
 from fleet.cli._context import details, echo_json, echo_replacement, json_option, table, when
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import RequestInvalid
+from fleet.records import Device, RevocationReason
 from fleet.records_json import audit_json, bulk_json, device_detail_json, device_json
-from fleet.store.records import Device, RevocationReason
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 REASON_NAMES = ", ".join(r.value for r in ADMIN_REASONS)

@@ -13,9 +13,7 @@ from fleet.authority.lifecycle import BulkResult, BulkSelection
 from fleet.cli._context import local_actor, now, with_store
 from fleet.cli.ops import ChainReport, DeviceQuery, TokenGrant
 from fleet.config import FleetConfig
-from fleet.store.audit_chain import verify_chain
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     AuditRecord,
     CertificateRecord,
     Device,
@@ -25,6 +23,8 @@ from fleet.store.records import (
     ReplacementRequest,
     RevocationReason,
 )
+from fleet.store.audit_chain import verify_chain
+from fleet.store.protocol import Store
 
 _PAGE = 500
 

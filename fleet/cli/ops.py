@@ -18,8 +18,7 @@ from typing import Protocol
 
 from fleet.authority.admin import ImportResult, TrustResult
 from fleet.authority.lifecycle import BulkResult, BulkSelection
-from fleet.store.audit_chain import ChainProblem
-from fleet.store.records import (
+from fleet.records import (
     AuditRecord,
     CertificateRecord,
     Device,
@@ -29,6 +28,7 @@ from fleet.store.records import (
     ReplacementRequest,
     RevocationReason,
 )
+from fleet.store.audit_chain import ChainProblem
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -34,8 +34,7 @@ from fleet.kernel.errors import (
     ServerUnavailable,
     StateConflict,
 )
-from fleet.store.audit_chain import ChainProblem
-from fleet.store.records import (
+from fleet.records import (
     AuditEvent,
     AuditRecord,
     CertificateRecord,
@@ -49,6 +48,7 @@ from fleet.store.records import (
     ReplacementStatus,
     RevocationReason,
 )
+from fleet.store.audit_chain import ChainProblem
 
 API = "/api/v1"
 TIMEOUT_SECONDS = 30.0

@@ -17,9 +17,9 @@ from fleet.authority.admin import TrustResult
 from fleet.cli._context import echo_json, json_option, table, when
 from fleet.cli.mode import admin_ops, admin_options
 from fleet.kernel.errors import ConfigError
+from fleet.records import ManufacturerCA
 from fleet.records_json import manufacturer_json
 from fleet.records_json import when as json_when
-from fleet.store.records import ManufacturerCA
 
 
 @click.group()

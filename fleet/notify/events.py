@@ -22,7 +22,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from fleet.store.records import AuditEvent, AuditRecord
+from fleet.records import AuditEvent, AuditRecord
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -39,7 +39,7 @@ import enum
 from collections.abc import Sequence
 
 from fleet.kernel.reasons import Reason
-from fleet.store.records import (
+from fleet.records import (
     CertificateRecord,
     CertificateStatus,
     Device,

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from fleet.kernel.reasons import Reason
 from fleet.policy.enrollment import Action, Decision, EnrollmentFacts, superseded_by_new
-from fleet.store.records import CertificateRecord, CertificateStatus, Device, DeviceState
+from fleet.records import CertificateRecord, CertificateStatus, Device, DeviceState
 
 _STATE_REASONS = {
     DeviceState.REVOKED: Reason.DEVICE_REVOKED,

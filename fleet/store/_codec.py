@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from fleet.store.records import (
+from fleet.records import (
     ADMIN_CREDENTIAL_KINDS,
     AdminCredential,
     DeviceState,

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from fleet.records import DeviceState, ReplacementStatus
 from fleet.store._redis_lua import INDEX
-from fleet.store.records import DeviceState, ReplacementStatus
 
 VERSION = "1"
 _BATCH = 500

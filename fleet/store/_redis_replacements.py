@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from fleet.records import ReplacementRequest, ReplacementStatus
 from fleet.store._codec import opt_parse_ts, parse_ts
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
-from fleet.store.records import ReplacementRequest, ReplacementStatus
 
 NOTE_ATTEMPT = (
     INDEX

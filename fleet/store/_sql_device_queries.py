@@ -10,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from fleet.records import CertificateStatus, Device, DeviceFilter, DeviceState
 from fleet.store._codec import ts
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_directory import SqlDirectory
 from fleet.store._sqlite_rows import _device
-from fleet.store.records import CertificateStatus, Device, DeviceFilter, DeviceState
 
 _GOOD = CertificateStatus.GOOD.value
 # The newest good certificate of the device in the enclosing query: latest

@@ -21,6 +21,16 @@ from fleet.kernel.errors import (
     StoreConflict,
     TokenInvalid,
 )
+from fleet.records import (
+    AdminCredential,
+    AdminRole,
+    AuditEvent,
+    AuditPage,
+    AuditQuery,
+    AuditRecord,
+    EnrollmentToken,
+    ManufacturerCA,
+)
 from fleet.store._codec import (
     admin_order,
     check_admin_credential,
@@ -35,16 +45,6 @@ from fleet.store._sqlite_rows import (
 from fleet.store.audit_chain import event_from_json
 from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.intermediates import SqlIntermediates
-from fleet.store.records import (
-    AdminCredential,
-    AdminRole,
-    AuditEvent,
-    AuditPage,
-    AuditQuery,
-    AuditRecord,
-    EnrollmentToken,
-    ManufacturerCA,
-)
 
 T = TypeVar("T")
 

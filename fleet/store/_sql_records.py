@@ -23,6 +23,21 @@ from fleet.kernel.errors import (
     CertificateNotFound,
     StoreConflict,
 )
+from fleet.records import (
+    AuditEvent,
+    CertificateRecord,
+    CertificateStatus,
+    Device,
+    DeviceState,
+    ManifestEntry,
+    Manufacturer,
+    ReplacementRequest,
+    ReplacementStatus,
+    RevocationEvent,
+    RevocationKind,
+    RevocationReason,
+    RevocationSnapshot,
+)
 from fleet.store import _sqlite_replacements as replacements
 from fleet.store._codec import (
     check_manifest,
@@ -41,21 +56,6 @@ from fleet.store._sqlite_rows import (
     _append_feed,
     _certificate,
     _fetch_device,
-)
-from fleet.store.records import (
-    AuditEvent,
-    CertificateRecord,
-    CertificateStatus,
-    Device,
-    DeviceState,
-    ManifestEntry,
-    Manufacturer,
-    ReplacementRequest,
-    ReplacementStatus,
-    RevocationEvent,
-    RevocationKind,
-    RevocationReason,
-    RevocationSnapshot,
 )
 
 T = TypeVar("T")

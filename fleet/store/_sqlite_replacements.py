@@ -11,10 +11,7 @@ from collections.abc import Collection
 from typing import Any
 
 from fleet.kernel.errors import StoreConflict
-from fleet.store._codec import opt_parse_ts, opt_ts, parse_ts, serial_hex, ts
-from fleet.store._sql import SqlConnection
-from fleet.store._sqlite_rows import _append_audit, _append_feed, _fetch_device
-from fleet.store.records import (
+from fleet.records import (
     AuditEvent,
     CertificateStatus,
     DeviceState,
@@ -24,6 +21,9 @@ from fleet.store.records import (
     RevocationKind,
     RevocationReason,
 )
+from fleet.store._codec import opt_parse_ts, opt_ts, parse_ts, serial_hex, ts
+from fleet.store._sql import SqlConnection
+from fleet.store._sqlite_rows import _append_audit, _append_feed, _fetch_device
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS replacement_requests (

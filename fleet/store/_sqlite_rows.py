@@ -12,15 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fleet.kernel.errors import DeviceNotFound
-from fleet.store._codec import (
-    feed_event_to_json,
-    opt_parse_ts,
-    parse_ts,
-    serial_int,
-)
-from fleet.store._sql import SqlConnection
-from fleet.store.audit_chain import GENESIS, chain_after, event_to_json
-from fleet.store.records import (
+from fleet.records import (
     AuditEvent,
     AuditRecord,
     CertificateRecord,
@@ -32,6 +24,14 @@ from fleet.store.records import (
     RevocationKind,
     RevocationReason,
 )
+from fleet.store._codec import (
+    feed_event_to_json,
+    opt_parse_ts,
+    parse_ts,
+    serial_int,
+)
+from fleet.store._sql import SqlConnection
+from fleet.store.audit_chain import GENESIS, chain_after, event_to_json
 
 
 def _device(row: Any) -> Device:

@@ -15,7 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from fleet.store.records import AuditEvent, AuditRecord
+from fleet.records import AuditEvent, AuditRecord
 
 GENESIS = "0" * 64
 

@@ -27,9 +27,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from fleet.kernel.errors import NotFound, StoreUnavailable
+from fleet.records import ManufacturerCA
 from fleet.store._codec import parse_ts, ts
 from fleet.store._sql import SqlConnection
-from fleet.store.records import ManufacturerCA
 
 T = TypeVar("T")
 

@@ -44,10 +44,10 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from fleet.kernel.errors import ConfigError, StoreUnavailable
+from fleet.records import RevocationEvent
 from fleet.store._postgres_schema import VERSION_TABLE, check_version, pending
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_records import SqlRecords
-from fleet.store.records import RevocationEvent
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import datetime as dt
 from collections.abc import AsyncGenerator, Collection, Sequence
 from typing import Protocol
 
-from fleet.store.records import (
+from fleet.records import (
     AdminCredential,
     AuditEvent,
     AuditPage,

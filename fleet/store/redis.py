@@ -87,6 +87,28 @@ from fleet.kernel.errors import (
     StoreUnavailable,
     TokenInvalid,
 )
+from fleet.records import (
+    AdminCredential,
+    AdminRole,
+    AuditEvent,
+    AuditPage,
+    AuditQuery,
+    AuditRecord,
+    CertificateRecord,
+    CertificateStatus,
+    Device,
+    DeviceFilter,
+    DeviceState,
+    EnrollmentToken,
+    ManifestEntry,
+    Manufacturer,
+    ManufacturerCA,
+    ReplacementRequest,
+    ReplacementStatus,
+    RevocationEvent,
+    RevocationReason,
+    RevocationSnapshot,
+)
 from fleet.store import _redis_replacements as replacements
 from fleet.store._codec import (
     admin_order,
@@ -109,28 +131,6 @@ from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOO
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.intermediates import RedisIntermediates
-from fleet.store.records import (
-    AdminCredential,
-    AdminRole,
-    AuditEvent,
-    AuditPage,
-    AuditQuery,
-    AuditRecord,
-    CertificateRecord,
-    CertificateStatus,
-    Device,
-    DeviceFilter,
-    DeviceState,
-    EnrollmentToken,
-    ManifestEntry,
-    Manufacturer,
-    ManufacturerCA,
-    ReplacementRequest,
-    ReplacementStatus,
-    RevocationEvent,
-    RevocationReason,
-    RevocationSnapshot,
-)
 from fleet.store.redis_durability import (
     RedisDurability,
 )

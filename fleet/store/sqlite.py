@@ -43,12 +43,12 @@ from typing import Any, TypeVar
 from fleet.kernel.errors import (
     StoreUnavailable,
 )
+from fleet.records import (
+    RevocationEvent,
+)
 from fleet.store._fsync import FileSyncer
 from fleet.store._sql_records import SqlRecords
 from fleet.store._sqlite_schema import migrate, rewrite_schema_version
-from fleet.store.records import (
-    RevocationEvent,
-)
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import RequestInvalid
-from fleet.store.records import DeviceFilter
+from fleet.records import DeviceFilter
 from fleet.ui.core import Console, Ctx
 
 SAMPLE = 10  # devices named in a bulk revocation's preview

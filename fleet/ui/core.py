@@ -29,8 +29,8 @@ from fleet.kernel.clock import Clock
 from fleet.kernel.errors import AuthError, FleetError
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.reasons import Reason
+from fleet.records import AdminCredential, AdminRole, AuditEvent
 from fleet.store.protocol import Store
-from fleet.store.records import AdminCredential, AdminRole, AuditEvent
 from fleet.tokens import token_sha256
 from fleet.ui.session import LOGIN_COOKIE, SESSION_COOKIE, Session, SessionSigner
 

@@ -12,14 +12,14 @@ from fleet.authority import lifecycle
 from fleet.authority.audit import verify_audit_log
 from fleet.kernel.device_id import is_device_id_prefix, validate_device_id
 from fleet.kernel.errors import RequestInvalid
-from fleet.store.broker_positions import read_positions
-from fleet.store.records import (
+from fleet.records import (
     AuditQuery,
     AuditRecord,
     DeviceFilter,
     DeviceState,
     ReplacementStatus,
 )
+from fleet.store.broker_positions import read_positions
 from fleet.ui import stats
 from fleet.ui.core import Console, Ctx, query_of
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fleet.store.records import AdminRole
+from fleet.records import AdminRole
 from fleet.ui import actions, pages
 from fleet.ui.core import UI, Console, sign_out
 

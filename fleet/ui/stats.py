@@ -12,9 +12,9 @@ import dataclasses
 import datetime as dt
 from collections import Counter
 
+from fleet.records import AuditQuery
 from fleet.store.broker_positions import BrokerPosition
 from fleet.store.protocol import Store
-from fleet.store.records import AuditQuery
 
 HOURS = 24
 ENROLL_ACTIONS = frozenset({"enroll", "renew"})

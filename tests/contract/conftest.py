@@ -19,10 +19,10 @@ import psycopg
 import pytest
 from redis.asyncio import Redis
 
+from fleet.records import AuditRecord
 from fleet.store.audit_chain import event_to_json
 from fleet.store.postgres import PostgresStore, upgrade_schema
 from fleet.store.protocol import Store
-from fleet.store.records import AuditRecord
 from fleet.store.redis import RedisStore
 from fleet.store.sqlite import SqliteStore
 from tests.support.postgres import PostgresServer, fresh_schema, postgres_server

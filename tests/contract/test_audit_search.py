@@ -9,9 +9,9 @@ import random
 
 import pytest
 
+from fleet.records import AuditEvent, AuditQuery, AuditRecord
 from fleet.store import redis as redis_backend
 from fleet.store.protocol import Store
-from fleet.store.records import AuditEvent, AuditQuery, AuditRecord
 
 ACTORS = ("admin:ann", "admin:bob", "device:d1", "system")
 ACTIONS = ("enroll", "renew", "revoke", "console_sign_in")

@@ -9,8 +9,8 @@ import hashlib
 import pytest
 
 from fleet.kernel.errors import NotFound
+from fleet.records import ManufacturerCA
 from fleet.store.protocol import Store
-from fleet.store.records import ManufacturerCA
 from tests.contract.conftest import Backend
 
 DAY = dt.timedelta(days=1)

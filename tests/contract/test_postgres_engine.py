@@ -15,10 +15,7 @@ import psycopg
 import pytest
 
 from fleet.kernel.errors import ConfigError, StoreUnavailable
-from fleet.store._codec import feed_event_to_json
-from fleet.store._postgres_schema import MIGRATIONS, SCHEMA_VERSION, UPGRADE_COMMAND, VERSION_TABLE
-from fleet.store.postgres import FEED_POLL_SECONDS, PostgresStore, upgrade_schema
-from fleet.store.records import (
+from fleet.records import (
     AuditEvent,
     AuditQuery,
     DeviceFilter,
@@ -28,6 +25,9 @@ from fleet.store.records import (
     RevocationKind,
     RevocationReason,
 )
+from fleet.store._codec import feed_event_to_json
+from fleet.store._postgres_schema import MIGRATIONS, SCHEMA_VERSION, UPGRADE_COMMAND, VERSION_TABLE
+from fleet.store.postgres import FEED_POLL_SECONDS, PostgresStore, upgrade_schema
 from tests.contract.test_store_contract import aclose, certificate, enrolled, entry, sha
 from tests.support.postgres import PostgresServer, fresh_schema, postgres_server
 

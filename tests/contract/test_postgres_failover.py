@@ -14,8 +14,8 @@ import time
 import psycopg
 
 from fleet.kernel.errors import StoreUnavailable
+from fleet.records import DeviceState, RevocationReason
 from fleet.store.postgres import PostgresStore, upgrade_schema
-from fleet.store.records import DeviceState, RevocationReason
 from tests.contract.test_store_contract import certificate, entry
 from tests.support.postgres import PostgresServer
 

@@ -22,8 +22,8 @@ import pytest
 
 import fleet.store.sqlite as sqlite_backend
 from fleet.kernel.errors import StoreUnavailable
+from fleet.records import AuditEvent, DeviceState, RevocationReason
 from fleet.store._fsync import FileSyncer
-from fleet.store.records import AuditEvent, DeviceState, RevocationReason
 from fleet.store.sqlite import SqliteStore
 from tests.contract.test_store_contract import certificate, entry
 

@@ -19,9 +19,7 @@ from fleet.kernel.errors import (
     StoreUnavailable,
     TokenInvalid,
 )
-from fleet.store.audit_chain import chain_next, verify_chain
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     AdminCredential,
     AdminRole,
     AuditEvent,
@@ -36,6 +34,8 @@ from fleet.store.records import (
     RevocationKind,
     RevocationReason,
 )
+from fleet.store.audit_chain import chain_next, verify_chain
+from fleet.store.protocol import Store
 from tests.contract.conftest import Backend
 
 DAY = dt.timedelta(days=1)

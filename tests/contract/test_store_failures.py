@@ -18,8 +18,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 import fleet.store._sqlite_schema as sqlite_schema
 import fleet.store.sqlite as sqlite_backend
 from fleet.kernel.errors import StoreUnavailable
+from fleet.records import AuditEvent, AuditRecord, DeviceFilter, DeviceState, RevocationReason
 from fleet.store.audit_chain import verify_chain
-from fleet.store.records import AuditEvent, AuditRecord, DeviceFilter, DeviceState, RevocationReason
 from fleet.store.redis import RedisStore
 from fleet.store.sqlite import SqliteStore
 from tests.contract.test_store_contract import (
@@ -265,7 +265,7 @@ async def test_sqlite_locked_beyond_timeout_is_unavailable_and_rolled_back(
 _CRASH_CHILD = """
 import asyncio, datetime as dt, sys
 from pathlib import Path
-from fleet.store.records import CertificateRecord, DeviceState, ManifestEntry
+from fleet.records import CertificateRecord, DeviceState, ManifestEntry
 from fleet.store.sqlite import SqliteStore
 
 async def main() -> None:

@@ -12,15 +12,15 @@ import pytest
 from fleet.authority.admin import import_manifest
 from fleet.kernel.errors import DeviceNotFound, ManifestInvalid
 from fleet.manifest import HEADER_WITH_MANUFACTURER, parse_manifest
-from fleet.store import _sqlite_schema as sqlite_schema
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     Device,
     DeviceFilter,
     DeviceState,
     Manufacturer,
     ManufacturerCA,
 )
+from fleet.store import _sqlite_schema as sqlite_schema
+from fleet.store.protocol import Store
 from fleet.store.sqlite import SqliteStore
 from tests.contract.test_store_contract import certificate, entry, ids, sha
 

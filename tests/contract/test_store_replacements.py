@@ -8,8 +8,7 @@ import datetime as dt
 import pytest
 
 from fleet.kernel.errors import DeviceNotFound, StoreConflict
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     CertificateStatus,
     Device,
     DeviceState,
@@ -18,6 +17,7 @@ from fleet.store.records import (
     RevocationKind,
     RevocationReason,
 )
+from fleet.store.protocol import Store
 from tests.contract.conftest import Backend
 from tests.contract.test_store_contract import (
     audit_event,

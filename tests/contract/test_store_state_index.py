@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     Device,
     DeviceFilter,
     DeviceState,
     ReplacementStatus,
     RevocationReason,
 )
+from fleet.store.protocol import Store
 from tests.contract.conftest import Backend
 from tests.contract.test_store_contract import certificate, entry, ids, sha
 

@@ -29,9 +29,9 @@ from fleet.kernel.errors import TokenInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
+from fleet.records import Device, DeviceState
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
-from fleet.store.records import Device, DeviceState
 from fleet.tokens import token_sha256
 from tests.support.factory import (
     make_bootstrap,

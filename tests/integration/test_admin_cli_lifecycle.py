@@ -22,7 +22,7 @@ import pytest
 from cryptography import x509
 
 from fleet.kernel.fingerprint import sha256_fingerprint
-from fleet.store.records import ManifestEntry
+from fleet.records import ManifestEntry
 from tests.integration.admin.conftest import Admin, make_admin
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.factory import make_bootstrap, manifest_csv, manifest_entry, write_pem

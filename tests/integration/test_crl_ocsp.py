@@ -32,7 +32,7 @@ from fleet.pki.crl import build_crl, crl_to_pem
 from fleet.pki.issuance import issue_device_certificate
 from fleet.pki.keys import load_private_key_pem
 from fleet.pki.profile import DeviceProfile
-from fleet.store.records import RevocationReason
+from fleet.records import RevocationReason
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.openssl import openssl
 

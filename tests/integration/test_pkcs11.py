@@ -27,7 +27,7 @@ from pkcs11 import Attribute, ObjectClass
 
 from fleet.pki.pkcs11_session import open_token
 from fleet.pki.pkcs11_uri import parse_pkcs11_uri
-from fleet.store.records import RevocationReason
+from fleet.records import RevocationReason
 from tests.integration.est.conftest import Fleet, trust_manufacturer
 from tests.integration.test_readme import README, sh_blocks
 from tests.support.factory import make_manufacturer

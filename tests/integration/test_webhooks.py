@@ -32,10 +32,10 @@ from fleet.kernel.errors import ConfigError
 from fleet.notify.secret import webhook_secret
 from fleet.notify.signing import verify_signature
 from fleet.notify.webhooks import CURSOR_FILE, Backoff, WebhookNotifier, attach_notifier
+from fleet.records import AuditEvent, AuditRecord
 from fleet.server.app import build_app, load_issuer
 from fleet.server.logs import JsonFormatter
 from fleet.store.factory import open_store
-from fleet.store.records import AuditEvent, AuditRecord
 from fleet.store.sqlite import SqliteStore
 from tests.support.fleet_server import FleetServer
 from tests.support.ports import free_port

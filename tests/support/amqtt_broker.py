@@ -376,7 +376,7 @@ class AmqttEnv:
         return device
 
     def revoke_device(self, device_id: str) -> int:
-        from fleet.store.records import RevocationReason
+        from fleet.records import RevocationReason
 
         event = self.fleet.server.store(
             lambda s: s.revoke_device(

@@ -31,7 +31,7 @@ from fleet.pki.ca import (
 )
 from fleet.pki.keys import generate_private_key, signing_hash
 from fleet.pki.serial import random_serial
-from fleet.store.records import ManifestEntry
+from fleet.records import ManifestEntry
 
 BOOTSTRAP_VALIDITY = dt.timedelta(days=20 * 365)
 MANUFACTURER_VALIDITY = dt.timedelta(days=30 * 365)

@@ -13,7 +13,7 @@ from pathlib import Path
 from cryptography import x509
 
 from fleet.kernel.fingerprint import sha256_fingerprint
-from fleet.store.records import ManifestEntry
+from fleet.records import ManifestEntry
 from tests.support.openssl import openssl
 
 _serials = itertools.count(1)

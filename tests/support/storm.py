@@ -20,8 +20,8 @@ from pathlib import Path
 from cryptography import x509
 
 from device_agent.errors import Pending, Transient
+from fleet.records import CertificateRecord, CertificateStatus
 from fleet.store.protocol import Store
-from fleet.store.records import CertificateRecord, CertificateStatus
 from tests.support.cluster import Cluster, Enrolled, enroll
 from tests.support.fleet_server import run_store
 

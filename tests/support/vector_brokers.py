@@ -39,13 +39,13 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from fleet.store.protocol import Store
-from fleet.store.records import (
+from fleet.records import (
     CertificateRecord,
     DeviceState,
     ManifestEntry,
     RevocationReason,
 )
+from fleet.store.protocol import Store
 from tests.support.mqtt_raw import SUBACK_FAILURE, ConnectOutcome, Message, RawClient, Will
 from tests.support.mqtt_raw import client_context as raw_context
 from tests.support.vectors import TABLE

@@ -6,7 +6,7 @@ import pytest
 
 from fleet.kernel.errors import FleetError, ManifestInvalid
 from fleet.manifest import MAX_LINES, parse_manifest
-from fleet.store.records import ManifestEntry, Manufacturer
+from fleet.records import ManifestEntry, Manufacturer
 
 HEADER = "device_id,bootstrap_sha256,model,batch"
 PIN_A = "a" * 64

@@ -16,7 +16,7 @@ import pytest
 from fleet.authority.admins import certificate_pem, create_admin_certificate, create_admin_token
 from fleet.pki.ca import CertifiedKey, load_certificates_pem
 from fleet.pki.keys import load_private_key_pem
-from fleet.store.records import AdminRole
+from fleet.records import AdminRole
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.redis_server import RedisServer
 

@@ -105,7 +105,7 @@ def test_list_filters_and_paging(admin: Admin) -> None:
 
 
 async def _rebatch(store: Any, device_id: str, batch: str) -> None:
-    from fleet.store.records import ManifestEntry
+    from fleet.records import ManifestEntry
 
     device = await store.get_device(device_id)
     await store.import_manifest(
@@ -271,7 +271,7 @@ def test_admin_client_certificate_over_mtls(admin: Admin) -> None:
 
 def test_disabled_credential_is_refused(admin: Admin) -> None:
     from fleet.authority.admins import create_admin_token
-    from fleet.store.records import AdminRole
+    from fleet.records import AdminRole
     from fleet.tokens import token_sha256
 
     now = dt.datetime.now(dt.UTC)

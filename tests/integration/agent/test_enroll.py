@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.store.records import DeviceState, EnrollmentToken
+from fleet.records import DeviceState, EnrollmentToken
 from fleet.tokens import new_token, token_sha256
 from tests.integration.agent.conftest import AgentWorld
 from tests.support.agent import CountingGate, fleet_agent, verify_identity

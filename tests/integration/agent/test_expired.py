@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed448, ed25519
 
 from fleet.authority.admin import approve_device
+from fleet.records import DeviceState, EnrollmentToken
 from fleet.store.protocol import Store
-from fleet.store.records import DeviceState, EnrollmentToken
 from fleet.tokens import new_token, token_sha256
 from tests.integration.agent.conftest import AgentWorld
 from tests.support.agent import AgentRun, StormProxy, fleet_agent, verify_identity

@@ -9,8 +9,8 @@ import pytest
 
 from device_agent.testhooks import CRASH_STEPS
 from fleet.authority.admin import approve_device
+from fleet.records import DeviceState
 from fleet.store.protocol import Store
-from fleet.store.records import DeviceState
 from tests.integration.agent.conftest import AgentWorld
 from tests.support.agent import fleet_agent, verify_identity
 

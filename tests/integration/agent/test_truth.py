@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from fleet.store.records import EnrollmentToken
+from fleet.records import EnrollmentToken
 from fleet.tokens import new_token, token_sha256
 from tests.integration.agent.conftest import AgentWorld
 from tests.integration.agent.test_expired import expire

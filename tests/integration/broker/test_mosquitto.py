@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from broker_plugins.mosquitto.sync import fetch_crl, parse_crl
 from fleet.pki.ca import CertifiedKey, certificate_to_pem, create_issuing_ca
 from fleet.pki.keys import PrivateKey
-from fleet.store.records import RevocationReason
+from fleet.records import RevocationReason
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.binaries import need_binary
 from tests.support.mosquitto_broker import (

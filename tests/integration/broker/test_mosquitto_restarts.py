@@ -25,9 +25,9 @@ from cryptography import x509
 
 from fleet.datadir import init_data_dir
 from fleet.kernel.files import ensure_private_dir
+from fleet.records import CertificateRecord, DeviceState, ManifestEntry, RevocationReason
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
-from fleet.store.records import CertificateRecord, DeviceState, ManifestEntry, RevocationReason
 from tests.support.binaries import need_binary
 from tests.support.mosquitto_broker import (
     BrokerNode,

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from fleet.records import CertificateRecord, DeviceState, ManifestEntry
 from fleet.store.factory import open_store
-from fleet.store.records import CertificateRecord, DeviceState, ManifestEntry
 from tests.integration.test_readme import sh_blocks
 from tests.support.binaries import need_binary
 from tests.support.mosquitto_broker import Session, load_ca, mint_client_cert

@@ -242,7 +242,7 @@ def revoke_certificate(env: AmqttEnv, cert: Path) -> int:
 
     from cryptography import x509
 
-    from fleet.store.records import RevocationReason
+    from fleet.records import RevocationReason
 
     serial = x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
     event = env.fleet.server.store(

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import CertifiedKey
-from fleet.store.records import ManifestEntry, ManufacturerCA
+from fleet.records import ManifestEntry, ManufacturerCA
 from tests.support.est_client import HttpResult, certs_from_response, curl, make_csr
 from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
 from tests.support.fleet_server import FleetServer, make_data_dir

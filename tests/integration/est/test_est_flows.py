@@ -11,7 +11,7 @@ import re
 
 from cryptography import x509
 
-from fleet.store.records import CertificateStatus, DeviceState
+from fleet.records import CertificateStatus, DeviceState
 from tests.integration.est.conftest import Fleet
 from tests.support.est_client import curl
 from tests.support.openssl import openssl
@@ -127,7 +127,7 @@ def test_reenroll_with_a_new_key(fleet: Fleet) -> None:
 
 
 def test_enrollment_with_a_one_time_token(fleet: Fleet) -> None:
-    from fleet.store.records import EnrollmentToken
+    from fleet.records import EnrollmentToken
     from fleet.tokens import new_token, token_sha256
 
     device = fleet.new_device()

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import AttributeOID
 
+from fleet.records import DeviceState
 from fleet.store.postgres import upgrade_schema
-from fleet.store.records import DeviceState
 from tests.integration.est.conftest import running_fleet, trust_manufacturer
 from tests.support.est_client import curl
 from tests.support.openssl import openssl

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fleet.store.records import DeviceState, RevocationReason
+from fleet.records import DeviceState, RevocationReason
 from tests.integration.est.conftest import Fleet
 from tests.support.est_client import curl
 from tests.support.factory import make_manufacturer

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from cryptography import x509
 
-from fleet.store.records import DeviceState, EnrollmentToken
+from fleet.records import DeviceState, EnrollmentToken
 from fleet.tokens import new_token, token_sha256
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.openssl import openssl

@@ -28,9 +28,9 @@ from typing import TypeVar
 
 import pytest
 
+from fleet.records import DeviceState, ManifestEntry, RevocationReason
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
-from fleet.store.records import DeviceState, ManifestEntry, RevocationReason
 from tests.support.netns import Host, network
 from tests.support.redis_sentinel import ReplicatedRedis, start_replicated_redis
 

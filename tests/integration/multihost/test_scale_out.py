@@ -24,8 +24,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
+from fleet.records import RevocationReason
 from fleet.store.protocol import Store
-from fleet.store.records import RevocationReason
 from tests.support.cluster import MQTT_PORT, Cluster, Enrolled, enroll, fetch, wait_log
 from tests.support.fleet_server import run_store
 from tests.support.mosquitto_broker import Session

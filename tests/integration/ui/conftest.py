@@ -13,8 +13,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from fleet.kernel.fingerprint import sha256_fingerprint
+from fleet.records import ManifestEntry
 from fleet.store.protocol import Store
-from fleet.store.records import ManifestEntry
 from tests.integration.admin.conftest import Admin, make_admin
 from tests.integration.est.conftest import Device, Fleet, running_fleet, trust_manufacturer
 from tests.support.browser import chromium

@@ -8,8 +8,8 @@ import re
 import time
 from pathlib import Path
 
+from fleet.records import AdminRole
 from fleet.store.broker_positions import report_position
-from fleet.store.records import AdminRole
 from tests.integration.ui.test_console_settings import signed_in
 from tests.support.amqtt_broker import amqtt_env
 

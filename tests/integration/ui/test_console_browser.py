@@ -18,7 +18,7 @@ from cryptography import x509
 from playwright.sync_api import Browser, Page, expect
 
 from fleet.authority.admins import create_admin_token
-from fleet.store.records import AdminRole
+from fleet.records import AdminRole
 from fleet.tokens import token_sha256
 from tests.integration.ui.conftest import Console, sign_in
 from tests.support.a11y import check_page

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from fleet.authority.admins import create_admin_token
+from fleet.records import AdminRole, AuditEvent, AuditRecord
 from fleet.store.protocol import Store
-from fleet.store.records import AdminRole, AuditEvent, AuditRecord
 from fleet.tokens import token_sha256
 from fleet.ui.session import SESSION_COOKIE, SessionSigner
 from tests.integration.est.conftest import Fleet, running_fleet

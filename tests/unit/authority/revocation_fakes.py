@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fleet.kernel.errors import CertificateNotFound, StoreUnavailable
 from fleet.pki.ca import CertifiedKey, authority_key_identifier, certificate_to_pem
 from fleet.pki.keys import signing_hash
-from fleet.store.crl_numbers import CrlCounter, next_crl_number
-from fleet.store.records import (
+from fleet.records import (
     CertificateRecord,
     CertificateStatus,
     RevocationEvent,
@@ -21,6 +20,7 @@ from fleet.store.records import (
     RevocationReason,
     RevocationSnapshot,
 )
+from fleet.store.crl_numbers import CrlCounter, next_crl_number
 
 
 def device_certificate(issuer: CertifiedKey, serial: int, now: dt.datetime) -> x509.Certificate:

@@ -8,7 +8,7 @@ import pytest
 
 from fleet.authority.admins import resolve_admin_fingerprint
 from fleet.kernel.errors import AdminNotFound, RequestInvalid
-from fleet.store.records import AdminCredential, AdminRole
+from fleet.records import AdminCredential, AdminRole
 
 AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 CREDS = [

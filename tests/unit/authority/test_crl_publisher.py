@@ -15,8 +15,8 @@ from fleet.kernel.clock import ManualClock
 from fleet.kernel.errors import ConfigError, PolicyError, StoreUnavailable
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
 from fleet.pki.crl import build_crl, crl_to_der
+from fleet.records import RevocationReason
 from fleet.store.protocol import Store
-from fleet.store.records import RevocationReason
 from tests.unit.authority.revocation_fakes import FakeStore
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)

@@ -14,8 +14,8 @@ from cryptography.x509 import ocsp
 from fleet.authority.ocsp import OcspResponder
 from fleet.kernel.clock import ManualClock
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
+from fleet.records import RevocationReason
 from fleet.store.protocol import Store
-from fleet.store.records import RevocationReason
 from tests.unit.authority.revocation_fakes import FakeStore, device_certificate
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)

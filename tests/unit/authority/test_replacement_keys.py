@@ -8,7 +8,7 @@ import pytest
 
 from fleet.authority.replacement import approved_key
 from fleet.kernel.errors import ReplacementKeyRequired
-from fleet.store.records import ReplacementRequest
+from fleet.records import ReplacementRequest
 
 AT = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 KEY = "ab" * 32

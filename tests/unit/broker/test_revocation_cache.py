@@ -12,7 +12,7 @@ import pytest
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from broker_plugins.snapshot import RevocationState, read_snapshot_file
 from fleet.kernel.errors import ConfigError, StoreUnavailable
-from fleet.store.records import (
+from fleet.records import (
     RevocationEvent,
     RevocationKind,
     RevocationReason,

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from fleet.notify.events import RULES, Rule, notification_for, notification_type
-from fleet.store.records import AuditEvent, AuditRecord
+from fleet.records import AuditEvent, AuditRecord
 
 AT = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
 

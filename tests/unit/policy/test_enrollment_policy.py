@@ -19,7 +19,7 @@ from fleet.policy.enrollment import (
     decide_enrollment,
 )
 from fleet.policy.renewal import RenewalOverlap, decide_renewal
-from fleet.store.records import (
+from fleet.records import (
     CertificateRecord,
     CertificateStatus,
     Device,

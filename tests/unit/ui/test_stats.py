@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleet.records import AuditEvent
 from fleet.store.factory import open_store
 from fleet.store.protocol import Store
-from fleet.store.records import AuditEvent
 from fleet.ui import stats
 from fleet.ui.pages import before_prefix
 
