@@ -77,7 +77,11 @@ def test_the_kernel_imports_only_stdlib_cryptography_and_itself() -> None:
 def test_agent_and_brokers_take_only_the_kernel_of_the_server_rules(package: str) -> None:
     # The agent ships on devices: of fleet it may import the kernel only. The brokers may
     # also read the store's feed (and records), never the server's PKI or policy.
-    allowed = ("fleet.kernel",) if package == "device_agent" else ("fleet.kernel", "fleet.store")
+    allowed = (
+        ("fleet.kernel",)
+        if package == "device_agent"
+        else ("fleet.kernel", "fleet.store", "fleet.records")
+    )
     bad = [
         f"{path.relative_to(ROOT)}: {name}"
         for path, tree in _modules(package)
