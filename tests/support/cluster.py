@@ -9,9 +9,12 @@
                       (PostgreSQL: its synchronous standby at 10.10.0.32)
 
 The store is a role with one start function per engine (``STORE_ENGINES``):
-Redis today; a PostgreSQL primary with a synchronous standby is another entry
-there, returning its URL. Every node gets a copy of one data directory (same
-CA, same server certificate naming the balancer and both nodes).
+one Redis, or a PostgreSQL primary with a synchronous standby whose schema
+``fleet db upgrade`` applies before any node starts; every node and sidecar
+gets the URL naming both PostgreSQL hosts (``target_session_attrs=read-write``),
+so after a promotion they find the new primary by themselves. Every node gets a
+copy of one data directory (same CA, same server certificate naming the
+balancer and both nodes).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from fleet.pki.ca import CertifiedKey, certificate_to_pem
 from tests.support.binaries import need_binary
 from tests.support.factory import make_bootstrap, make_manufacturer, manifest_csv, write_pem
 from tests.support.netns import Host, Network
+from tests.support.postgres_replication import PostgresPair, start_postgres_pair
 
 REPO = Path(__file__).resolve().parents[2]
 HAPROXY_CONFIG = REPO / "docs/haproxy/fleet.cfg"
@@ -65,18 +69,31 @@ MQTT_PORT = 8883
 # -- the store role: one start function per engine ------------------------------------
 
 
-def start_redis_store(net: Network, directory: Path) -> str:
+@dataclasses.dataclass(frozen=True)
+class StoreRole:
+    """What the store role started: the URL every node uses, and the PostgreSQL pair
+    behind it (None on Redis) for a test that kills its primary."""
+
+    url: str
+    postgres: PostgresPair | None = None
+
+
+def start_redis_store(net: Network, directory: Path) -> StoreRole:
     """The store role on Redis: one redis-server on the host "store"."""
-    return start_redis(net.add_host("store", STORE_OCTET), directory)
+    return StoreRole(start_redis(net.add_host("store", STORE_OCTET), directory))
 
 
-def start_postgresql_store(net: Network, directory: Path) -> str:
+def start_postgresql_store(net: Network, directory: Path) -> StoreRole:
     """The store role on PostgreSQL: a primary ("store") and a synchronous standby
-    ("store-standby"); the URL names both. fleet opens it only once its schema is
-    applied (``fleet db upgrade``), which no test of the cluster does yet."""
-    from tests.support.postgres_replication import start_postgres_pair
-
-    return start_postgres_pair(net, STORE_OCTET).url
+    ("store-standby"), the URL naming both, and the schema applied with
+    ``fleet db upgrade`` (run on the primary's host: `fleet serve` refuses a
+    database without it)."""
+    pair = start_postgres_pair(net, STORE_OCTET)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "fleet.toml"
+    config.write_text(f'[store]\nurl = "{pair.url}"\n')
+    pair.primary.run([FLEET, "db", "upgrade", "--config", config])
+    return StoreRole(pair.url, pair)
 
 
 def start_redis(host: Host, directory: Path, *extra: str) -> str:
@@ -103,7 +120,7 @@ def start_redis(host: Host, directory: Path, *extra: str) -> str:
     return f"redis://{host.address}:6379/0"
 
 
-STORE_ENGINES: dict[str, Callable[[Network, Path], str]] = {
+STORE_ENGINES: dict[str, Callable[[Network, Path], StoreRole]] = {
     "redis": start_redis_store,
     "postgresql": start_postgresql_store,
 }
@@ -173,13 +190,22 @@ class FleetNode:
 
 
 def fetch(
-    client: Host, url: str, cafile: Path, *, data: bytes | None = None, content_type: str = ""
+    client: Host,
+    url: str,
+    cafile: Path,
+    *,
+    data: bytes | None = None,
+    content_type: str = "",
+    token: str = "",
 ) -> tuple[int, bytes]:
-    """(status, body) of one HTTPS request made from ``client``; status 0 if unreachable."""
+    """(status, body) of one HTTPS request made from ``client`` (with an admin bearer
+    ``token`` if given); status 0 if unreachable."""
 
     def go() -> tuple[int, bytes]:
         context = ssl.create_default_context(cafile=str(cafile))
         headers = {"Content-Type": content_type} if content_type else {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310
         try:
             with urllib.request.urlopen(request, timeout=5, context=context) as response:  # noqa: S310
@@ -255,7 +281,7 @@ def wait_log(
 class Cluster:
     net: Network
     work: Path
-    store_url: str
+    store: StoreRole
     nodes: dict[str, FleetNode]
     brokers: dict[str, BrokerHost]
     lb: Host
@@ -299,7 +325,8 @@ class Cluster:
 def build_cluster(net: Network, work: Path, *, engine: str = "redis", workers: int = 1) -> Cluster:
     """Every host of the picture, started; torn down with ``net``."""
     hosts = {name: net.add_host(name, octet) for name, octet in ADDRESSES.items()}
-    store_url = STORE_ENGINES[engine](net, work / "store")
+    store = STORE_ENGINES[engine](net, work / "store")
+    store_url = store.url
 
     names = [hosts[n].address for n in ("lb", "fleet-a", "fleet-b")]
     seed = init_data_dir(work / "fleet-a", now=dt.datetime.now(dt.UTC), server_names=names)
@@ -362,9 +389,7 @@ def build_cluster(net: Network, work: Path, *, engine: str = "redis", workers: i
     for broker in brokers.values():
         broker.start()
 
-    cluster = Cluster(
-        net, work, store_url, nodes, brokers, hosts["lb"], hosts["device"], manufacturer
-    )
+    cluster = Cluster(net, work, store, nodes, brokers, hosts["lb"], hosts["device"], manufacturer)
     cluster.balancer = start_haproxy(hosts["lb"], work / "lb")
     return cluster
 

@@ -100,6 +100,15 @@ class PostgresPair:
             proc.kill()
             proc.wait(10)
 
+    def kill_primary(self) -> int:
+        """kill -9 the primary's postmaster by its PID (its host stays up: clients are
+        refused at once, and its backends exit on their own when they see the
+        postmaster gone); the PID killed."""
+        postmaster = self.primary.procs[0]
+        postmaster.kill()
+        postmaster.wait(10)
+        return postmaster.pid
+
     def promote(self) -> None:
         self.standby.run(
             _as_postgres([_pg("pg_ctl"), "promote", "-w", "-D", self.base / "standby"])
