@@ -10,9 +10,10 @@ promoted, and the writer, reconnecting with the same connection string, goes
 on writing to the new primary without being reconfigured. Every
 acknowledged row is on the promoted standby.
 
-The rows are plain SQL; with fleet's PostgreSQL store (fleet.store.postgres)
-they could be ``store.revoke_device`` calls (not done yet; the cluster's store
-role already starts this pair: ``build_cluster(engine="postgresql")``).
+The rows are plain SQL: this is the replication setting itself. The same
+failover with fleet (revocations through a running node's admin API, the
+nodes and broker sidecars on this pair, never restarted) is
+test_postgres_cluster.py, on ``build_cluster(engine="postgresql")``.
 """
 
 from __future__ import annotations
