@@ -3,9 +3,9 @@
 The picture is tests/support/cluster.py's (and the README's "Scale out"): devices
 reach everything through the balancer with TLS end to end; the two fleet
 nodes and the two broker sidecars share one store (Redis). CRL numbers come
-from the store's counter, so they never go back across nodes. One test proves
-today's gap as a strict xfail (one session per device across broker nodes):
-the branch that closes it flips the mark.
+from the store's counter, so they never go back across nodes, and a device
+on two broker nodes ends with one session. The same cluster on PostgreSQL,
+through a promotion of its standby, is test_postgres_cluster.py.
 The kill -9 test runs last: it takes node A down for good.
 """
 
