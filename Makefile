@@ -12,7 +12,7 @@ SYSTEM_PACKAGES := redis-server mosquitto mosquitto-clients nginx apache2 openss
 .PHONY: test demo lint typecheck imports unit system-deps venv clean screenshots
 
 test: venv system-deps lint typecheck imports
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
 
 demo: venv
 	@echo "== fleet-sim demo: 20 simulated devices (seconds) =="
