@@ -14,12 +14,13 @@ One cluster per engine, one after the other:
               skipped with the reason where fleet cannot open it yet
 
 enroll      ``--enrollments`` first enrollments (the device agent's EST
-            client, ``--threads`` at once, from the device host) through the
-            balancer, with node B stopped (1 node), then again with node B
-            back and marked up by HAProxy (2 nodes). Reported: enrollments/s
-            (wall), CPU per enrollment of the `fleet serve` processes
-            (utime+stime from /proc of each node's process tree) and of the
-            store's server processes, separately.
+            client, ``--threads`` at once over ``--client-processes`` forked
+            processes, from the device host) through the balancer, with node
+            B stopped (1 node), then again with node B back and marked up by
+            HAProxy (2 nodes). Reported: enrollments/s (wall), CPU per
+            enrollment of the `fleet serve` processes (utime+stime from /proc
+            of each node's process tree) and of the store's server
+            processes, separately.
 kick        on ``--kick-engine``'s cluster: ``--devices`` enrolled devices hold
             an MQTT session, half on broker node A and half on node B (each
             connected straight to its node: the balancer's maxconn stays
@@ -49,6 +50,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -172,13 +174,49 @@ def enroll_all(
     return counts["ok"], counts["failed"], counts["retried"]
 
 
+_FORKED: Cluster | None = None  # the cluster, inherited by forked client processes
+
+
+def _enroll_chunk(job: tuple[dict[str, tuple[Path, Path]], int]) -> tuple[int, int, int]:
+    assert _FORKED is not None
+    return enroll_all(_FORKED, *job)
+
+
+def enroll_in_processes(
+    cluster: Cluster, boots: dict[str, tuple[Path, Path]], threads: int, processes: int
+) -> tuple[int, int, int]:
+    """``enroll_all`` split over ``processes`` forked client processes (one Python process
+    is GIL-bound well below what the nodes serve), ``threads`` devices at once in all."""
+    global _FORKED
+    if processes <= 1:
+        return enroll_all(cluster, boots, threads)
+    _FORKED = cluster
+    names = list(boots)
+    jobs = [
+        ({n: boots[n] for n in names[i::processes]}, max(1, threads // processes))
+        for i in range(processes)
+    ]
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        results = pool.map(_enroll_chunk, jobs)
+    return (
+        sum(r[0] for r in results),
+        sum(r[1] for r in results),
+        sum(r[2] for r in results),
+    )
+
+
 def measure_enrollments(
-    cluster: Cluster, engine: str, nodes: int, boots: dict[str, tuple[Path, Path]], threads: int
+    cluster: Cluster,
+    engine: str,
+    nodes: int,
+    boots: dict[str, tuple[Path, Path]],
+    threads: int,
+    processes: int,
 ) -> EnrollFigures:
     fleet, store = fleet_pids(cluster), store_pids(cluster)
     fleet_before, store_before = tree_cpu(fleet), tree_cpu(store)
     started = time.perf_counter()
-    enrolled, failed, retried = enroll_all(cluster, boots, threads)
+    enrolled, failed, retried = enroll_in_processes(cluster, boots, threads, processes)
     seconds = time.perf_counter() - started
     return EnrollFigures(
         engine,
@@ -332,6 +370,13 @@ async def kick_latency(
     )
 
 
+def _on_node(index: int, node: int, count: int) -> int:
+    """The device index nearest ``index`` that is on broker node ``node`` (0 or 1)."""
+    if index % 2 != node:
+        index += 1
+    return index if index < count else index - 2
+
+
 def measure_kicks(
     cluster: Cluster, boots: dict[str, tuple[Path, Path]], revocations: int, threads: int
 ) -> KickFigures:
@@ -353,7 +398,7 @@ def measure_kicks(
     # Victims spread over the devices and alternate between the nodes (device i is
     # on node i % 2).
     step = max(1, len(devices) // max(1, revocations))
-    victims = [devices[min(len(devices) - 1, k * step + k % 2)] for k in range(revocations)]
+    victims = [devices[_on_node(k * step, k % 2, len(devices))] for k in range(revocations)]
     return cluster.device.call(
         lambda: asyncio.run(kick_latency(cluster, devices, victims, min(limits))),
         timeout=600 + len(devices) / 10,
@@ -392,7 +437,12 @@ def run_engine(engine: str, args: argparse.Namespace, kick: bool) -> EngineRun:
             if nodes == 2:
                 start_node_b(cluster)
             figures = measure_enrollments(
-                cluster, engine, nodes, {n: boots[n] for n in batch}, args.threads
+                cluster,
+                engine,
+                nodes,
+                {n: boots[n] for n in batch},
+                args.threads,
+                args.client_processes,
             )
             run.enroll.append(figures)
             print(f"  {_enroll_line(figures)}", flush=True)
@@ -434,7 +484,8 @@ def report(runs: list[EngineRun], args: argparse.Namespace) -> int:
         f" fleet nodes, brokers and store all share this machine"
     )
     print(
-        f"enrollments through HAProxy ({args.enrollments} per row, {args.threads} at once,"
+        f"enrollments through HAProxy ({args.enrollments} per row, {args.threads} at once from"
+        f" {args.client_processes} client process(es),"
         f" `fleet serve --workers {args.workers}` per node):"
     )
     failed = 0
@@ -503,6 +554,12 @@ def main() -> int:
     parser.add_argument("--enrollments", type=int, default=500, help="enrollments per row")
     parser.add_argument("--threads", type=int, default=16, help="devices enrolling at once")
     parser.add_argument("--workers", type=int, default=1, help="fleet serve --workers per node")
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=2,
+        help="device client processes for the timed enrollments (default 2)",
+    )
     parser.add_argument("--devices", type=int, default=10_000, help="devices connected (kick)")
     parser.add_argument("--revocations", type=int, default=100, help="revocations timed")
     parser.add_argument(
