@@ -67,11 +67,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # for tests.support when run as bench/scale_out.py
 
-from broker_revoke import P99_TARGET_MS, Device, cpu_seconds, mqtt_connect, percentile
+# RevocationReason as broker_revoke imports it: the domain model's module moves
+# (fleet.store.records -> fleet.records on main) and this follows it.
+from broker_revoke import (
+    P99_TARGET_MS,
+    Device,
+    RevocationReason,
+    cpu_seconds,
+    mqtt_connect,
+    percentile,
+)
 
 from device_agent.errors import Transient
 from fleet.store.factory import open_store
-from fleet.store.records import RevocationReason
 from tests.support.cluster import MQTT_PORT, STORE_ENGINES, Cluster, build_cluster, enroll
 from tests.support.netns import network
 from tests.support.process import stop_process
