@@ -12,11 +12,10 @@ import subprocess
 import time
 from pathlib import Path
 
-# RevocationReason as broker_revoke imports it: the domain model's module moves
-# (fleet.store.records -> fleet.records on main) and this follows it.
-from broker_revoke import Device, RevocationReason, cpu_seconds, mqtt_connect
+from broker_revoke import Device, cpu_seconds, mqtt_connect
 from scale_out_enroll import enroll_all
 
+from fleet.records import RevocationReason
 from fleet.store.factory import open_store
 from tests.support.cluster import MQTT_PORT, Cluster
 
@@ -97,7 +96,7 @@ async def kick_latency(
     print(f"  {len(devices)} devices connected in {connect_seconds:.1f} s", flush=True)
     await asyncio.sleep(1)  # let the brokers' connect work settle before timing kicks
     brokers_pids = [b.broker.pid for b in brokers if b.broker is not None]
-    store = await open_store(cluster.store_url)
+    store = await open_store(cluster.store.url)
     latencies: dict[str, list[float]] = {b.host.name: [] for b in brokers}
     ack_ms: list[float] = []
     failed = 0
