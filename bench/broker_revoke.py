@@ -165,13 +165,13 @@ DISCONNECT = b"\xe0\x00"
 
 
 async def mqtt_connect(
-    port: int, device: Device
+    port: int, device: Device, host: str = "127.0.0.1"
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """TLS + CONNECT; the open streams when CONNACK accepted, None otherwise."""
+    """TLS + CONNECT to ``host``; the open streams when CONNACK accepted, None otherwise."""
     assert device.context is not None
     try:
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=device.context, server_hostname="127.0.0.1"
+            host, port, ssl=device.context, server_hostname=host
         )
     except (OSError, ssl.SSLError):
         return None

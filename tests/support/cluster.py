@@ -120,7 +120,16 @@ def start_redis(host: Host, directory: Path, *extra: str) -> str:
     return f"redis://{host.address}:6379/0"
 
 
+def start_sqlite_store(net: Network, directory: Path) -> StoreRole:
+    """The store role on SQLite: one file on the machine's own filesystem, which the
+    namespaces share. Not a host of its own: valid for ONE fleet node only (the
+    benchmark's single-machine baseline), never for two."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return StoreRole(f"sqlite:///{directory / 'fleet.db'}")
+
+
 STORE_ENGINES: dict[str, Callable[[Network, Path], StoreRole]] = {
+    "sqlite": start_sqlite_store,
     "redis": start_redis_store,
     "postgresql": start_postgresql_store,
 }
