@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import importlib.util
 from pathlib import Path
 
 from cryptography import x509
@@ -29,11 +28,6 @@ class CaAction(enum.StrEnum):
     RETIRE = "retire"
     ROTATE_ROOT = "rotate-root"
     RETIRE_ROOT = "retire-root"
-
-
-def ca_commands_available() -> bool:
-    """Whether this fleet has the `fleet ca` commands (issue 13: branches rotation, rollover)."""
-    return importlib.util.find_spec("fleet.cli.ca") is not None
 
 
 class CaOperator:

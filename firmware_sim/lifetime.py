@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from device_agent.errors import AgentError
-from firmware_sim.ca_operator import CaAction, CaOperator, ca_commands_available
+from firmware_sim.ca_operator import CaAction, CaOperator
 from firmware_sim.device import SimDevice
 from firmware_sim.scenarios import Bench, Progress, Report, parallel
 from firmware_sim.simclock import ClockDriver
@@ -254,12 +254,6 @@ def run_lifetime(
     report.figures["device_validity_days"] = plan.device_validity.days
     report.figures["ca_events"] = len(plan.ca_events)
     progress.note(f"seed {SEED}; {plan.years} years, {len(plan.ca_events)} CA events")
-    if plan.ca_events and not ca_commands_available():
-        report.check(
-            "fleet ca commands present", False,
-            "this fleet has no `fleet ca` (fleet.cli.ca); run without CA events (--no-rotation)",
-        )  # fmt: skip
-        return report
     work_dir.mkdir(parents=True, exist_ok=True)
     driver = ClockDriver(work_dir.resolve() / "sim-clock", dt.datetime.now(dt.UTC))
     bench = Bench(

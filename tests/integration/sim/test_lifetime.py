@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from device_agent.errors import AgentError
-from firmware_sim.ca_operator import ca_commands_available
 from firmware_sim.lifetime import SEED
 from firmware_sim.scenarios import Bench, LifetimeOptions, Progress, run_scenario, write_plots
 from firmware_sim.simclock import ClockDriver
@@ -95,18 +94,6 @@ def test_lifetime_without_ca_events_passes_every_check(tmp_path: Path) -> None:
     assert plots[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
 
-@pytest.mark.skipif(ca_commands_available(), reason="the `fleet ca` commands are present")
-def test_full_run_without_ca_commands_says_what_is_missing(tmp_path: Path) -> None:
-    report = run_scenario("fifteen-years", 20, tmp_path, Progress(io.StringIO()))
-    assert not report.ok
-    assert report.devices == 200
-    assert "fleet ca" in report.render()
-
-
-@pytest.mark.skipif(
-    not ca_commands_available(),
-    reason="needs the `fleet ca` commands (fleet.cli.ca, issue 13 branches rotation/rollover)",
-)
 def test_fifteen_years_with_rotations_and_a_root_rollover(tmp_path: Path) -> None:
     print(f"seed={SEED}")
     report = run_scenario("fifteen-years", 200, tmp_path / "run", Progress(io.StringIO()))
