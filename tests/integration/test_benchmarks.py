@@ -50,5 +50,8 @@ def test_store_benchmark_runs(tmp_path: Path) -> None:
     assert set(data) == {"sqlite", "postgres"}
     for name, store in data.items():
         assert store["ok"] == 10, (name, store)
-    assert data["postgres"]["store_cpu_ms_per_enrollment"] > 0
+    # The store server's CPU is counted (the key is there), but ten enrollments may
+    # cost a PostgreSQL backend less than one 10 ms clock tick: > 0 failed in CI.
+    assert data["postgres"]["store_cpu_ms_per_enrollment"] >= 0
+    assert "store server" in run.stdout
     assert "postgres vs sqlite" in run.stdout
