@@ -59,6 +59,7 @@ class SignedCrl:
     number: int
     revoked_count: int
     signed_at: dt.datetime  # the precise clock reading the number derives from
+    feed_seq: int  # the revocation feed position its content is exactly
 
 
 def reason_flag(reason: RevocationReason | None) -> x509.ReasonFlags | None:
@@ -180,11 +181,16 @@ class CrlPublisher:
             return crl
 
     async def _outdated(self, crl: SignedCrl) -> bool:
-        """Too old to serve: past ``refresh``, or another node or worker has numbered a
-        newer CRL (a client alternating nodes must never see the number go back)."""
+        """Too old to serve: past ``refresh``; another node or worker has numbered a
+        newer CRL (a client alternating nodes must never see the number go back); or
+        the feed has a revocation it lacks. The last makes what is served current at
+        each request whatever process revoked, so the background follower only signs
+        ahead of time and may learn of other processes' revocations slowly."""
         if self._stale(crl):
             return True
-        return crl.number < await self._store.latest_crl_number(self._scope)
+        if crl.number < await self._store.latest_crl_number(self._scope):
+            return True
+        return crl.feed_seq < await self._store.feed_head()
 
     async def regenerate(self) -> SignedCrl:
         """Build and sign a CRL from the store now, and make it the current one."""
@@ -218,7 +224,7 @@ class CrlPublisher:
             self._entry(r) for r in records if r.not_after > keep_after and self._issued_by_us(r)
         ]
         # Signing a large CRL takes a while; keep the event loop serving.
-        signed = await asyncio.to_thread(self._sign, entries, now, number)
+        signed = await asyncio.to_thread(self._sign, entries, now, number, snapshot.seq)
         current = self._current
         if current is None or current.number < number:  # a slower signing never wins
             self._current = signed
@@ -230,7 +236,9 @@ class CrlPublisher:
         )
         return signed
 
-    def _sign(self, entries: list[RevokedEntry], now: dt.datetime, number: int) -> SignedCrl:
+    def _sign(
+        self, entries: list[RevokedEntry], now: dt.datetime, number: int, feed_seq: int
+    ) -> SignedCrl:
         crl = build_crl(
             self._issuer, entries, now=now, next_update_in=self._next_update, crl_number=number
         )
@@ -244,6 +252,7 @@ class CrlPublisher:
             number=number,
             revoked_count=len(entries),
             signed_at=now,
+            feed_seq=feed_seq,
         )
 
     @staticmethod

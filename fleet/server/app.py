@@ -55,6 +55,9 @@ log = logging.getLogger("fleet.server")
 # RFC 7030 requests are a CSR of a few hundred bytes; nothing legitimate is
 # near this, and everything larger is refused before it is buffered.
 MAX_BODY_BYTES = 64 * 1024
+# How soon the server's own revocation-feed follower learns of another process's
+# revocation on SQLite (as PostgreSQL's catch-up read): it only pre-signs CRLs.
+SERVER_FEED_POLL_SECONDS = 1.0
 
 
 def load_issuer(
@@ -317,7 +320,12 @@ async def serve(
         )
     issuers = LiveIssuers(load_issuing_set(config, passphrase, pkcs11_pin=pkcs11_pin))
     token_root = load_token_root(config, pkcs11_pin)
-    store = await open_store(config.store_url, redis=config.store_redis)
+    # The server's feed follower only signs CRLs ahead of time (each /crl request
+    # checks the feed itself): it need not look for other processes' revocations
+    # 50 times a second, which cost ~13 ms of CPU per second even when idle.
+    store = await open_store(
+        config.store_url, redis=config.store_redis, feed_poll_seconds=SERVER_FEED_POLL_SECONDS
+    )
     runner: web.AppRunner | None = None
     watch: asyncio.Task[None] | None = None
     try:

@@ -14,16 +14,21 @@ ACCEPTED_FORMS = (
 )
 
 
-async def open_store(url: str, *, redis: RedisDurability | None = None) -> Store:
+async def open_store(
+    url: str, *, redis: RedisDurability | None = None, feed_poll_seconds: float | None = None
+) -> Store:
     """Open the store ``url`` names; anything unrecognised is a ConfigError.
 
     ``redis``: what a Redis store must guarantee (fleet.store.redis_durability);
-    by default it must be durable.
+    by default it must be durable. ``feed_poll_seconds``: how soon a SQLite feed
+    follower must learn of another process's revocation (default: at once, for
+    brokers); PostgreSQL and Redis wake their followers themselves.
     """
     if url.startswith("sqlite:"):
-        from fleet.store.sqlite import SqliteStore
+        from fleet.store.sqlite import FEED_POLL_SECONDS, SqliteStore
 
-        return await SqliteStore.open(_sqlite_path(url))
+        poll = FEED_POLL_SECONDS if feed_poll_seconds is None else feed_poll_seconds
+        return await SqliteStore.open(_sqlite_path(url), feed_poll_seconds=poll)
     if url.startswith(("redis://", "rediss://")):
         from fleet.store.redis import RedisStore
 

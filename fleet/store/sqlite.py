@@ -54,6 +54,9 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+# How often a feed follower looks for other processes' appends (its own process's
+# wake it at once). Brokers kick revoked devices within about this; a process that
+# needs no such speed opens the store with a slower poll (each look costs CPU).
 FEED_POLL_SECONDS = 0.02
 # SQLite checkpoints after ~1000 WAL pages by default; an enrollment writes ~10.
 CHECKPOINT_EVERY_COMMITS = 100
@@ -102,8 +105,11 @@ class SqliteStore(SqlRecords):
     A store belongs to the event loop that opened it.
     """
 
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, path: Path, loop: asyncio.AbstractEventLoop, feed_poll_seconds: float
+    ) -> None:
         self._path = path
+        self._feed_poll = feed_poll_seconds
         self._wal_path = path.with_name(path.name + "-wal")
         self._loop = loop
         # Long reads and writes that must wait for another process's lock.
@@ -131,8 +137,8 @@ class SqliteStore(SqlRecords):
         self._feed_appended = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteStore:
-        store = cls(path, asyncio.get_running_loop())
+    async def open(cls, path: Path, *, feed_poll_seconds: float = FEED_POLL_SECONDS) -> SqliteStore:
+        store = cls(path, asyncio.get_running_loop(), feed_poll_seconds)
         try:
             await store._call(store._connect)
             store._open_reader()
@@ -530,7 +536,7 @@ class SqliteStore(SqlRecords):
 
     async def follow_feed(self, after_seq: int) -> AsyncGenerator[RevocationEvent, None]:
         last = after_seq
-        backoff = FEED_POLL_SECONDS
+        backoff = self._feed_poll
         while True:
             # Taken before reading, so an append that lands after the read still wakes us.
             appended = self._feed_appended
@@ -543,7 +549,7 @@ class SqliteStore(SqlRecords):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            backoff = FEED_POLL_SECONDS
+            backoff = self._feed_poll
             for event in events:
                 yield event
                 last = event.seq
@@ -551,10 +557,10 @@ class SqliteStore(SqlRecords):
                 continue
             seen_version = version
             while not appended.is_set():
-                # asyncio.timeout, not wait_for: this runs 50 times a second
+                # asyncio.timeout, not wait_for: this may run 50 times a second
                 # for ever, and wait_for makes a task each time.
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FEED_POLL_SECONDS):
+                    async with asyncio.timeout(self._feed_poll):
                         await appended.wait()
                     break
                 try:

@@ -14,7 +14,6 @@ import os
 import ssl
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -191,22 +190,17 @@ def test_crl_pem_by_accept_header_and_cache_headers(env: Env) -> None:
     assert _fetch(env, "/crl?format=xml").status == 400
 
 
-def test_crl_changes_within_a_second_of_a_revocation_by_another_process(env: Env) -> None:
+def test_the_first_crl_after_a_revocation_by_another_process_lists_it(env: Env) -> None:
+    # The server's own feed follower learns of other processes' revocations only
+    # about once a second; what it serves must not wait for that: each request
+    # checks the feed position the CRL was signed at.
     before = _crl(env)
     victim = _enroll(env.fleet, "victim")
-    started = time.monotonic()
     _revoke(env.fleet, victim.device_id, RevocationReason.CESSATION_OF_OPERATION)
-    while True:
-        after = _crl(env)
-        if after.get_revoked_certificate_by_serial_number(victim.serial) is not None:
-            break
-        assert time.monotonic() - started < 2.0, "the CRL did not pick up the revocation"
-        time.sleep(0.05)
-    elapsed = time.monotonic() - started
-    assert elapsed < 1.5, elapsed
-    assert _crl_number(after) > _crl_number(before)
+    after = _crl(env)  # the revocation is acknowledged: no waiting
     entry = after.get_revoked_certificate_by_serial_number(victim.serial)
-    assert entry is not None
+    assert entry is not None, "the CRL served right after the revocation does not list it"
+    assert _crl_number(after) > _crl_number(before)
     reason = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
     assert reason is x509.ReasonFlags.cessation_of_operation
     # Earlier revocations stay listed.

@@ -225,8 +225,11 @@ def test_sidecar_and_embedded_broker_stop_promptly_on_sigterm(brokers: Brokers) 
         )
         node.settings.write_text(hung)
         try:
+            # The log is appended to: wait for this run's line, not an earlier one
+            # (SIGTERM before Python installs its handler is a -15 death).
+            mark = node.sidecar_log.stat().st_size
             node.start_sidecar(wait=False)
-            node.wait_sidecar_log("sidecar_started")
+            node.wait_sidecar_log("sidecar_started", after=mark)
             time.sleep(0.3)  # the CRL fetch is under way
             assert node.sidecar is not None
             took = _stop_timed(node.sidecar)
