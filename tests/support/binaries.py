@@ -23,6 +23,7 @@ PACKAGES = {
     "nginx": "nginx",
     "apache2": "apache2",
     "gcc": "gcc",
+    "nm": "binutils",
     "pki": "strongswan-pki",
     "chromium": "chromium",
     "ip": "iproute2",

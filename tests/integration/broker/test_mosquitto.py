@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import secrets
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -191,6 +192,19 @@ def test_generated_config_is_the_documented_shape(env: Env) -> None:
     assert "\ncrlfile " not in env.plain.conf.read_text()
     cafile = (env.crl.directory / "state/cafile.pem").read_bytes()
     assert len(x509.load_pem_x509_certificates(cafile)) == 2  # issuing CA + root
+
+
+def test_the_plugin_exports_only_its_entry_points(plugin: Path) -> None:
+    # Its units share functions (fleet_plugin.h hides them): an exported one
+    # could be bound to a same-named symbol of the broker or of another plugin.
+    nm = need_binary("nm")
+    listing = subprocess.run(
+        [nm, "-D", "--defined-only", str(plugin)], capture_output=True, text=True, check=True
+    ).stdout
+    exported = {line.split()[-1] for line in listing.splitlines() if line.split()[1:2] == ["T"]}
+    assert exported == {
+        "mosquitto_plugin_version", "mosquitto_plugin_init", "mosquitto_plugin_cleanup"
+    }  # fmt: skip
 
 
 def test_valid_device_connects(env: Env, node: BrokerNode) -> None:
