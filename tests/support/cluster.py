@@ -425,13 +425,18 @@ class Enrolled:
     serial: int
 
 
-def enroll(cluster: Cluster, device_id: str, bootstrap: tuple[Path, Path]) -> Enrolled:
+def enroll(
+    cluster: Cluster,
+    device_id: str,
+    bootstrap: tuple[Path, Path],
+    key: ec.EllipticCurvePrivateKey | None = None,
+) -> Enrolled:
     """First enrollment of ``device_id`` through the balancer, with the device agent's
-    EST client and a fresh P-256 key, from the device host."""
+    EST client and ``key`` (a fresh P-256 key by default), from the device host."""
     root = x509.load_pem_x509_certificate(cluster.root_pem.read_bytes())
     directory = cluster.work / "devices"
     directory.mkdir(exist_ok=True)
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     cert_path, key_path = directory / f"{device_id}.pem", directory / f"{device_id}.key"
     credential = ClientCertificate(bootstrap[0], FileKey.open(bootstrap[1]))
     csr = FileKey(device_id, key_path, key).sign_csr(

@@ -2,7 +2,9 @@
 
 Each device is a thread on the device host running the device agent's EST
 client; a transient error (the node died under it, the balancer had nowhere to
-send it) is retried after a short jittered pause, through the balancer again.
+send it) is retried after a short jittered pause, through the balancer again,
+with the same key (as the agent does: an unfinished enrollment keeps its key),
+so a reply lost after the record is answered again, not held as a clone.
 ``check_storm`` then proves that no acknowledged certificate was lost: every
 certificate a device received is in the store, good, and signed by the
 issuing CA.
@@ -18,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from device_agent.errors import Pending, Transient
 from fleet.records import CertificateRecord, CertificateStatus
@@ -31,8 +34,9 @@ class Storm:
     devices: int
     received: dict[str, Enrolled] = dataclasses.field(default_factory=dict)
     retried: set[str] = dataclasses.field(default_factory=set)
-    # Node A recorded the certificate and died before the reply: the retry with the
-    # same bootstrap certificate is a bootstrap reuse, held for an admin.
+    # Held for an admin (a bootstrap reuse). Should stay empty: when node A recorded
+    # the certificate and died before the reply, the retry with the same key gets
+    # that certificate again.
     held: set[str] = dataclasses.field(default_factory=set)
     before_kill: int = 0
     killed_after: float = 0.0  # seconds into the storm
@@ -59,10 +63,11 @@ def run_storm(
 
     def device(name: str) -> None:
         deadline = time.monotonic() + give_up
+        key = ec.generate_private_key(ec.SECP256R1())
         try:
             while True:
                 try:
-                    got = enroll(cluster, name, boots[name])
+                    got = enroll(cluster, name, boots[name], key)
                 except Transient:
                     if time.monotonic() > deadline:
                         raise
