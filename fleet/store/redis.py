@@ -1,36 +1,8 @@
 """The Redis store: several server replicas and broker nodes share one Redis.
 
-Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
-
-    {ns}:device:<id>          hash    one device; absent field = None
-    {ns}:devices              zset    every device id, score 0: lexicographic paging
-    {ns}:cert:<serial hex>    hash    one certificate
-    {ns}:device-certs:<id>    set     serials (hex) of a device's certificates
-    {ns}:replacement:<id>     hash    the device's replacement request (see records.py)
-    {ns}:expiry               zset    good certificates, score = notAfter (epoch µs)
-    {ns}:revoked              set     revoked serials (the CRL's content)
-    {ns}:revoked-devices      set     revoked device ids
-    {ns}:token:<id>           hash    the device's one-time enrollment token (hashed)
-    {ns}:mfr-cas              hash    fingerprint -> manufacturer CA as JSON
-    {ns}:mfr-intermediates    hash    the intermediate pool (fleet.store.intermediates)
-    {ns}:audit                zset    score = seq, member = the chained record as JSON
-    {ns}:audit:head           hash    seq and sha256 of the newest audit record
-    {ns}:audit:device:<id>    zset    seqs of one device's audit records (an index)
-    {ns}:feed                 list    revocation events as JSON; index i holds seq i+1
-    {ns}:feed:seq             string  newest feed sequence (INCR)
-    {ns}:feed:events          channel every feed event is PUBLISHed here as well
-    {ns}:admins               hash    sha256 -> admin credential as JSON
-    {ns}:cursors              hash    name -> integer (named cursors)
-    {ns}:crl:<scope>          hash    a CRL issuer's number counter (fleet.store.crl_numbers)
-    {ns}:devices:state:<s>    zset    device ids in state s (index; _redis_indexes)
-    {ns}:replacements:<s>     zset    device ids whose replacement request is in status s
-    {ns}:indexes              string  version of the index sets (built once if missing)
-
-Why one hash tag: every key starts with ``{ns}``, so in Redis Cluster all of a
-namespace lives in one hash slot. Each change is one Lua script (atomic on the
-server), and a script may only touch keys of one slot; ``revoke_device`` must
-reach certificate keys it only learns inside the script. The price is that one
-namespace does not spread over cluster nodes; shard by namespace if ever needed.
+Its key layout (one hash tag per namespace, so a script reaches every key of it in
+Redis Cluster) is in fleet.store._redis_keys; the connection, with the durability
+check at open, in fleet.store._redis_engine.
 
 Every multi-key change is one script; nothing reads, decides in Python, then
 writes without a server-side check. The audit append is the one place Python
@@ -63,7 +35,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Collection,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -71,8 +42,6 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
@@ -80,7 +49,6 @@ from redis.typing import EncodableT
 from fleet.kernel.errors import (
     AdminNotFound,
     CertificateNotFound,
-    ConfigError,
     DeviceNotFound,
     NotFound,
     StoreConflict,
@@ -125,15 +93,18 @@ from fleet.store._codec import (
     serial_int,
     ts,
 )
-from fleet.store._redis_durable import WaitingRedis, check_durability
-from fleet.store._redis_indexes import ensure_indexes
+from fleet.store._redis_engine import (
+    RedisEngine,
+    as_hash,
+    as_text,
+    as_texts,
+    mapped_errors,
+    script_reply,
+)
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
 from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
 from fleet.store.crl_numbers import CrlCounter, next_crl_number
 from fleet.store.intermediates import RedisIntermediates
-from fleet.store.redis_durability import (
-    RedisDurability,
-)
 
 _FEED_PAGE = 1000
 _SCAN_PAGE = 500
@@ -489,135 +460,6 @@ return out
 """
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Keys:
-    namespace: str
-
-    @property
-    def tag(self) -> str:
-        return "{" + self.namespace + "}"
-
-    def device(self, device_id: str) -> str:
-        return f"{self.tag}:device:{device_id}"
-
-    def cert(self, serial: int) -> str:
-        return f"{self.cert_prefix}{serial_hex(serial)}"
-
-    @property
-    def cert_prefix(self) -> str:
-        return f"{self.tag}:cert:"
-
-    def device_certs(self, device_id: str) -> str:
-        return f"{self.tag}:device-certs:{device_id}"
-
-    def token(self, device_id: str) -> str:
-        return f"{self.tag}:token:{device_id}"
-
-    def replacement(self, device_id: str) -> str:
-        return f"{self.tag}:replacement:{device_id}"
-
-    def audit_device(self, device_id: str) -> str:
-        return f"{self.tag}:audit:device:{device_id}"
-
-    @property
-    def devices(self) -> str:
-        return f"{self.tag}:devices"
-
-    def state_index(self, state: DeviceState) -> str:
-        return f"{self.tag}:devices:state:{state.value}"
-
-    def replacement_index(self, status: ReplacementStatus) -> str:
-        return f"{self.tag}:replacements:{status.value}"
-
-    @property
-    def newest_expiry(self) -> str:
-        return f"{self.tag}:devices:newest-expiry"
-
-    @property
-    def indexes(self) -> str:
-        return f"{self.tag}:indexes"
-
-    @property
-    def expiry(self) -> str:
-        return f"{self.tag}:expiry"
-
-    @property
-    def revoked(self) -> str:
-        return f"{self.tag}:revoked"
-
-    def crl(self, scope: str) -> str:
-        return f"{self.tag}:crl:{scope}"
-
-    @property
-    def revoked_devices(self) -> str:
-        return f"{self.tag}:revoked-devices"
-
-    @property
-    def mfr_cas(self) -> str:
-        return f"{self.tag}:mfr-cas"
-
-    @property
-    def audit(self) -> str:
-        return f"{self.tag}:audit"
-
-    @property
-    def audit_head(self) -> str:
-        return f"{self.tag}:audit:head"
-
-    @property
-    def feed(self) -> str:
-        return f"{self.tag}:feed"
-
-    @property
-    def feed_seq(self) -> str:
-        return f"{self.tag}:feed:seq"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.tag}:feed:events"
-
-    @property
-    def admins(self) -> str:
-        return f"{self.tag}:admins"
-
-    @property
-    def cursors(self) -> str:
-        return f"{self.tag}:cursors"
-
-
-# -- typed views of redis-py's loosely typed replies (decode_responses=True) ---
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return str(value)
-
-
-def _texts(value: Any) -> list[str]:
-    return [_text(v) for v in value]
-
-
-def _fields(value: Any) -> dict[str, str]:
-    """A hash from HGETALL (a dict) or from a script (a flat field/value list)."""
-    if isinstance(value, Mapping):
-        return {_text(k): _text(v) for k, v in value.items()}
-    flat = _texts(value)
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _reply(value: Any) -> tuple[str, Any]:
-    """A script's ``{status, payload}`` reply."""
-    items = list(value)
-    return _text(items[0]), items[1] if len(items) > 1 else None
-
-
-@contextlib.contextmanager
-def _mapped_errors() -> Iterator[None]:
-    try:
-        yield
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
-
-
 def _device_fields(device: Device) -> dict[str, str]:
     fields = {
         "device_id": device.device_id,
@@ -752,7 +594,7 @@ class _GoodCert:
 
 
 def _good_certs(value: Any) -> list[_GoodCert]:
-    flat = _texts(value)
+    flat = as_texts(value)
     return [
         _GoodCert(serial_int(flat[i]), flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)
     ]
@@ -774,12 +616,11 @@ def _ca_from_json(text: str) -> ManufacturerCA:
     )
 
 
-class RedisStore(RedisIntermediates):
-    """Store backed by Redis; see the module docstring for the key layout."""
+class RedisStore(RedisEngine, RedisIntermediates):
+    """Store backed by Redis; the key layout is in fleet.store._redis_keys."""
 
     def __init__(self, client: Redis, namespace: str) -> None:
-        self._redis = client
-        self._keys = _Keys(namespace)
+        super().__init__(client, namespace)
         self._import_manifest = client.register_script(_IMPORT_MANIFEST)
         self._search_audit = client.register_script(_SEARCH_AUDIT)
         self._count_audit = client.register_script(_COUNT_AUDIT)
@@ -797,60 +638,20 @@ class RedisStore(RedisIntermediates):
         self._note_replacement = client.register_script(replacements.NOTE_ATTEMPT)
         self._decide_replacement = client.register_script(replacements.DECIDE)
 
-    @classmethod
-    async def open(
-        cls,
-        url: str,
-        *,
-        namespace: str = "fleet",
-        durability: RedisDurability = RedisDurability(),  # noqa: B008 (frozen)
-    ) -> RedisStore:
-        """Connect; refuse a Redis that may lose acknowledged writes (see redis_durability)."""
-        if not namespace or "{" in namespace or "}" in namespace:
-            raise ConfigError(f"Redis namespace {namespace!r} must be non-empty without braces")
-        try:
-            client = WaitingRedis.from_url(
-                url,
-                decode_responses=True,
-                # One retry recovers a pooled connection Redis closed (restart,
-                # idle timeout); more would only delay StoreUnavailable.
-                retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1),
-                socket_connect_timeout=2.0,
-                socket_timeout=5.0,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"invalid Redis URL: {exc}") from exc
-        store = cls(client, namespace)
-        try:
-            with _mapped_errors():
-                await client.ping()
-                await check_durability(client, durability)
-                if not durability.reader_only and isinstance(client, WaitingRedis):
-                    client.min_replicas = durability.min_replicas
-                await ensure_indexes(client, store._keys.devices, store._keys.indexes)
-        except BaseException:
-            await store.close()
-            raise
-        return store
-
-    async def close(self) -> None:
-        with contextlib.suppress(RedisError, OSError):
-            await self._redis.aclose()
-
     # -- manufacturer trust ------------------------------------------------
     async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
-        with _mapped_errors():
+        with mapped_errors():
             return bool(await self._redis.hsetnx(self._keys.mfr_cas, ca.sha256, _ca_to_json(ca)))
 
     async def remove_manufacturer_ca(self, sha256: str) -> None:
-        with _mapped_errors():
+        with mapped_errors():
             removed = await self._redis.hdel(self._keys.mfr_cas, sha256)
         if not removed:
             raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
 
     async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
-        with _mapped_errors():
-            raw = _fields(await self._redis.hgetall(self._keys.mfr_cas))
+        with mapped_errors():
+            raw = as_hash(await self._redis.hgetall(self._keys.mfr_cas))
         cas = [_ca_from_json(v) for v in raw.values()]
         return sorted(cas, key=lambda ca: (ca.added_at, ca.sha256))
 
@@ -863,12 +664,12 @@ class RedisStore(RedisIntermediates):
             maker = e.manufacturer
             args += [e.device_id, e.bootstrap_sha256, e.model, e.batch]
             args += [maker.sha256, maker.name] if maker else ["", ""]
-        with _mapped_errors():
+        with mapped_errors():
             return int(await self._import_manifest(keys=keys, args=args))
 
     async def _device_hash(self, device_id: str) -> dict[str, str]:
-        with _mapped_errors():
-            return _fields(await self._redis.hgetall(self._keys.device(device_id)))
+        with mapped_errors():
+            return as_hash(await self._redis.hgetall(self._keys.device(device_id)))
 
     async def get_device(self, device_id: str) -> Device:
         fields = await self._device_hash(device_id)
@@ -893,11 +694,11 @@ class RedisStore(RedisIntermediates):
             raise DeviceNotFound(f"no device {device_id!r}")
         if status == "conflict":
             raise StoreConflict(
-                f"device {device_id!r} is {_text(payload)}, not in an expected state"
+                f"device {device_id!r} is {as_text(payload)}, not in an expected state"
             )
         if status == "duplicate":
             raise StoreConflict("a different certificate with this serial is already recorded")
-        return _device(_fields(payload))
+        return _device(as_hash(payload))
 
     async def set_device_state(
         self,
@@ -931,7 +732,7 @@ class RedisStore(RedisIntermediates):
         return found[:limit]
 
     async def count_devices_by_state(self) -> dict[DeviceState, int]:
-        with _mapped_errors():
+        with mapped_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 for state in DeviceState:
                     pipe.zcard(self._keys.state_index(state))
@@ -939,7 +740,7 @@ class RedisStore(RedisIntermediates):
         return {state: int(n) for state, n in zip(DeviceState, counts, strict=True)}
 
     async def count_expiring_devices(self, before: dt.datetime) -> int:
-        with _mapped_errors():
+        with mapped_errors():
             return int(
                 await self._redis.zcount(self._keys.newest_expiry, "-inf", f"({epoch_us(before)}")
             )
@@ -965,8 +766,8 @@ class RedisStore(RedisIntermediates):
         k = self._keys
         # A state names its index: only the devices in that state are walked.
         source = k.devices if device_filter.state is None else k.state_index(device_filter.state)
-        with _mapped_errors():
-            ids = _texts(await self._redis.zrangebylex(source, cursor, "+", start=0, num=size))
+        with mapped_errors():
+            ids = as_texts(await self._redis.zrangebylex(source, cursor, "+", start=0, num=size))
             if not ids:
                 return [], None
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -975,7 +776,7 @@ class RedisStore(RedisIntermediates):
                 hashes = await pipe.execute()
             candidates = [
                 device
-                for device in (_device(f) for f in map(_fields, hashes) if f)
+                for device in (_device(f) for f in map(as_hash, hashes) if f)
                 if _matches(device, device_filter)
             ]
             certs: list[list[_GoodCert]] = [[] for _ in candidates]
@@ -1038,8 +839,8 @@ class RedisStore(RedisIntermediates):
 
     # -- replacement requests ----------------------------------------------------
     async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
-        with _mapped_errors():
-            fields = _fields(await self._redis.hgetall(self._keys.replacement(device_id)))
+        with mapped_errors():
+            fields = as_hash(await self._redis.hgetall(self._keys.replacement(device_id)))
         return replacements.request_from_fields(fields) if fields else None
 
     async def list_replacement_requests(
@@ -1047,13 +848,13 @@ class RedisStore(RedisIntermediates):
     ) -> list[ReplacementRequest]:
         start = "-" if after is None else f"({after}"
         index = self._keys.replacement_index(status)
-        with _mapped_errors():
-            ids = _texts(await self._redis.zrangebylex(index, start, "+", start=0, num=limit))
+        with mapped_errors():
+            ids = as_texts(await self._redis.zrangebylex(index, start, "+", start=0, num=limit))
             async with self._redis.pipeline(transaction=False) as pipe:
                 for device_id in ids:
                     pipe.hgetall(self._keys.replacement(device_id))
                 hashes = await pipe.execute()
-        found = [replacements.request_from_fields(f) for f in map(_fields, hashes) if f]
+        found = [replacements.request_from_fields(f) for f in map(as_hash, hashes) if f]
         # A request decided between the two reads has left this status: not listed.
         return [r for r in found if r.status is status]
 
@@ -1074,9 +875,9 @@ class RedisStore(RedisIntermediates):
             raise DeviceNotFound(f"no device {device_id!r}")
         if status == "conflict":
             raise StoreConflict(
-                f"device {device_id!r}: {_text(payload)}; no replacement request is noted"
+                f"device {device_id!r}: {as_text(payload)}; no replacement request is noted"
             )
-        return replacements.request_from_fields(_fields(payload))
+        return replacements.request_from_fields(as_hash(payload))
 
     async def decide_replacement_request(
         self,
@@ -1110,43 +911,43 @@ class RedisStore(RedisIntermediates):
             raise DeviceNotFound(f"no device {device_id!r}")
         if status_ == "conflict":
             raise StoreConflict(
-                f"device {device_id!r} has no pending replacement request ({_text(payload)})"
+                f"device {device_id!r} has no pending replacement request ({as_text(payload)})"
             )
         if status_ == "key_changed":
             raise StoreConflict(
                 f"the replacement request of device {device_id!r} now names another key "
-                f"({_text(payload)[:16]}…): a new key was presented meanwhile"
+                f"({as_text(payload)[:16]}…): a new key was presented meanwhile"
             )
         fields, event = list(payload)
-        request = replacements.request_from_fields(_fields(fields))
-        return request, None if event is None else feed_event_from_json(_text(event))
+        request = replacements.request_from_fields(as_hash(fields))
+        return request, None if event is None else feed_event_from_json(as_text(event))
 
     async def _certificates(self, serials: Sequence[str]) -> list[CertificateRecord]:
-        with _mapped_errors():
+        with mapped_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for serial in serials:
                     pipe.hgetall(self._keys.cert(serial_int(serial)))
                 hashes = await pipe.execute()
-        return [_certificate(f) for f in map(_fields, hashes) if f]
+        return [_certificate(f) for f in map(as_hash, hashes) if f]
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
-        with _mapped_errors():
-            fields = _fields(await self._redis.hgetall(self._keys.cert(serial)))
+        with mapped_errors():
+            fields = as_hash(await self._redis.hgetall(self._keys.cert(serial)))
         if not fields:
             raise CertificateNotFound(f"no certificate with serial {serial:x}")
         return _certificate(fields)
 
     async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
-        with _mapped_errors():
-            serials = _texts(await self._redis.smembers(self._keys.device_certs(device_id)))
+        with mapped_errors():
+            serials = as_texts(await self._redis.smembers(self._keys.device_certs(device_id)))
         certs = await self._certificates(serials)
         return sorted(certs, key=lambda c: (c.issued_at, c.serial), reverse=True)
 
     async def list_expiring(
         self, before: dt.datetime, *, limit: int = 1000
     ) -> list[CertificateRecord]:
-        with _mapped_errors():
-            serials = _texts(
+        with mapped_errors():
+            serials = as_texts(
                 await self._redis.zrangebyscore(
                     self._keys.expiry, "-inf", f"({epoch_us(before)}", start=0, num=limit
                 )
@@ -1157,8 +958,8 @@ class RedisStore(RedisIntermediates):
         return sorted(good, key=lambda c: (c.not_after, c.serial))
 
     async def list_revoked(self) -> list[CertificateRecord]:
-        with _mapped_errors():
-            serials = _texts(await self._redis.smembers(self._keys.revoked))
+        with mapped_errors():
+            serials = as_texts(await self._redis.smembers(self._keys.revoked))
         return sorted(await self._certificates(serials), key=lambda c: c.serial)
 
     async def revoke_certificate(
@@ -1177,7 +978,7 @@ class RedisStore(RedisIntermediates):
             raise CertificateNotFound(f"no certificate with serial {serial:x}")
         if status == "already":
             return None
-        return feed_event_from_json(_text(payload))
+        return feed_event_from_json(as_text(payload))
 
     async def revoke_device(
         self,
@@ -1203,30 +1004,30 @@ class RedisStore(RedisIntermediates):
             raise DeviceNotFound(f"no device {device_id!r}")
         if status == "already":
             return None
-        return feed_event_from_json(_text(payload))
+        return feed_event_from_json(as_text(payload))
 
     # -- admin credentials -------------------------------------------------------
     async def put_admin_credential(self, cred: AdminCredential) -> None:
         check_admin_credential(cred)
-        with _mapped_errors():
+        with mapped_errors():
             added = await self._redis.hsetnx(self._keys.admins, cred.sha256, _admin_to_json(cred))
         if not added:
             raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
 
     async def find_admin_credential(self, sha256: str) -> AdminCredential:
-        with _mapped_errors():
+        with mapped_errors():
             text = await self._redis.hget(self._keys.admins, sha256)
         if text is None:
             raise AdminNotFound(f"no admin credential with sha256 {sha256}")
-        return _admin_from_json(_text(text))
+        return _admin_from_json(as_text(text))
 
     async def list_admin_credentials(self) -> list[AdminCredential]:
-        with _mapped_errors():
-            raw = _fields(await self._redis.hgetall(self._keys.admins))
+        with mapped_errors():
+            raw = as_hash(await self._redis.hgetall(self._keys.admins))
         return sorted(map(_admin_from_json, raw.values()), key=admin_order)
 
     async def disable_admin_credential(self, sha256: str) -> None:
-        with _mapped_errors():
+        with mapped_errors():
             found = await self._disable_admin(keys=[self._keys.admins], args=[sha256])
         if not found:
             raise AdminNotFound(f"no admin credential with sha256 {sha256}")
@@ -1239,7 +1040,7 @@ class RedisStore(RedisIntermediates):
             "created_at": ts(token.created_at),
             "expires_at": ts(token.expires_at),
         }
-        with _mapped_errors():
+        with mapped_errors():
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.delete(key)
                 pipe.hset(key, mapping=mapping)
@@ -1249,7 +1050,7 @@ class RedisStore(RedisIntermediates):
         self, device_id: str, token_sha256: str, now: dt.datetime
     ) -> None:
         keys = [self._keys.token(device_id)]
-        with _mapped_errors():
+        with mapped_errors():
             used = await self._consume_token(keys=keys, args=[token_sha256, ts(now)])
         if not used:
             # One message for every cause, so a caller cannot probe which it was.
@@ -1266,8 +1067,8 @@ class RedisStore(RedisIntermediates):
     async def _next_audit_record(self, event: AuditEvent) -> AuditRecord:
         """The record that chains ``event`` after the current head (a script checks
         the head is still that one when it appends)."""
-        with _mapped_errors():
-            head = _fields(await self._redis.hgetall(self._keys.audit_head))
+        with mapped_errors():
+            head = as_hash(await self._redis.hgetall(self._keys.audit_head))
         if not head:
             return chain_after(0, GENESIS, event)
         return chain_after(int(head["seq"]), head["sha256"], event)
@@ -1282,8 +1083,8 @@ class RedisStore(RedisIntermediates):
         """Run a script of the audit prelude (see ``AUDIT_PRELUDE``) with ``audit``
         chained in, retrying while other writers move the audit head."""
         if audit is None:
-            with _mapped_errors():
-                return _reply(await script(keys=keys, args=["", 0, "", "", *args]))
+            with mapped_errors():
+                return script_reply(await script(keys=keys, args=["", 0, "", "", *args]))
         audit_keys = self._audit_keys(audit)
         for attempt in range(_AUDIT_CAS_ATTEMPTS):
             record = await self._next_audit_record(audit)
@@ -1293,8 +1094,10 @@ class RedisStore(RedisIntermediates):
                 record.sha256,
                 _audit_to_json(record),
             ]
-            with _mapped_errors():
-                reply = _reply(await script(keys=[*keys, *audit_keys], args=[*audit_args, *args]))
+            with mapped_errors():
+                reply = script_reply(
+                    await script(keys=[*keys, *audit_keys], args=[*audit_args, *args])
+                )
             if reply[0] != "moved":
                 return reply
             # Another writer appended first: nothing was written; chain after its record.
@@ -1312,7 +1115,7 @@ class RedisStore(RedisIntermediates):
                 _audit_to_json(record),
                 GENESIS,
             ]
-            with _mapped_errors():
+            with mapped_errors():
                 if await self._append_audit(keys=keys, args=args):
                     return record
             # Another writer appended first: chain after its record instead.
@@ -1322,7 +1125,7 @@ class RedisStore(RedisIntermediates):
     async def audit_records(
         self, *, device_id: str | None = None, after_seq: int = 0, limit: int = 1000
     ) -> list[AuditRecord]:
-        with _mapped_errors():
+        with mapped_errors():
             if device_id is None:
                 raw = await self._redis.zrangebyscore(
                     self._keys.audit, f"({after_seq}", "+inf", start=0, num=limit
@@ -1332,7 +1135,7 @@ class RedisStore(RedisIntermediates):
                     keys=[self._keys.audit, self._keys.audit_device(device_id)],
                     args=[after_seq, limit],
                 )
-        return [_audit_from_json(text) for text in _texts(raw)]
+        return [_audit_from_json(text) for text in as_texts(raw)]
 
     async def search_audit(self, query: AuditQuery, *, limit: int = 100) -> AuditPage:
         keys = [self._keys.audit]
@@ -1342,9 +1145,9 @@ class RedisStore(RedisIntermediates):
         wanted = (query.actor, query.action, query.outcome, query.reason)
         args: list[str | int] = [query.after_seq, before, limit, AUDIT_SEARCH_BUDGET]
         args += [value or "" for value in wanted]
-        with _mapped_errors():
+        with mapped_errors():
             reply = await self._search_audit(keys=keys, args=args)
-        return AuditPage([_audit_from_json(_text(r)) for r in reply[1:]], int(reply[0]))
+        return AuditPage([_audit_from_json(as_text(r)) for r in reply[1:]], int(reply[0]))
 
     async def count_audit(
         self, query: AuditQuery, *, by: tuple[str, ...]
@@ -1361,10 +1164,10 @@ class RedisStore(RedisIntermediates):
             args: list[str | int] = [after, before, AUDIT_SEARCH_BUDGET]
             args += [value or "" for value in wanted]
             args += list(by)
-            with _mapped_errors():
+            with mapped_errors():
                 reply = await self._count_audit(keys=[self._keys.audit], args=args)
             for i in range(1, len(reply), 2):
-                key = tuple(_text(reply[i]).split("\n"))
+                key = tuple(as_text(reply[i]).split("\n"))
                 counts[key] = counts.get(key, 0) + int(reply[i + 1])
             if not int(reply[0]):
                 return counts
@@ -1372,30 +1175,30 @@ class RedisStore(RedisIntermediates):
 
     # -- cursors -----------------------------------------------------------------
     async def get_cursor(self, name: str) -> int:
-        with _mapped_errors():
+        with mapped_errors():
             value = await self._redis.hget(self._keys.cursors, name)
-        return 0 if value is None else int(_text(value))
+        return 0 if value is None else int(as_text(value))
 
     async def set_cursor(self, name: str, value: int) -> None:
         check_cursor(name, value)
-        with _mapped_errors():
+        with mapped_errors():
             await self._redis.hset(self._keys.cursors, name, str(value))
 
     async def list_cursors(self, prefix: str) -> dict[str, int]:
         # The hash holds a few cursors per broker and notifier: read whole.
-        with _mapped_errors():
-            raw = _fields(await self._redis.hgetall(self._keys.cursors))
+        with mapped_errors():
+            raw = as_hash(await self._redis.hgetall(self._keys.cursors))
         return {name: int(value) for name, value in raw.items() if name.startswith(prefix)}
 
     # -- CRL numbers -------------------------------------------------------------
     async def latest_crl_number(self, scope: str) -> int:
-        with _mapped_errors():
+        with mapped_errors():
             number = await self._redis.hget(self._keys.crl(scope), "number")
         return 0 if number is None else int(number)
 
     async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
         for _ in range(_AUDIT_CAS_ATTEMPTS):
-            with _mapped_errors():
+            with mapped_errors():
                 number, seq = await self._redis.hmget(
                     self._keys.crl(scope), ["number", "content_seq"]
                 )
@@ -1405,14 +1208,14 @@ class RedisStore(RedisIntermediates):
                 return None
             expected = ("", "") if last is None else (str(last.number), str(last.content_seq))
             args = [*expected, str(counter.number), str(counter.content_seq)]
-            with _mapped_errors():
+            with mapped_errors():
                 if await self._set_crl_counter(keys=[self._keys.crl(scope)], args=args):
                     return counter.number
         raise StoreUnavailable("the CRL number counter kept moving; retry")
 
     # -- revocation feed -------------------------------------------------------
     async def feed_head(self) -> int:
-        with _mapped_errors():
+        with mapped_errors():
             head = await self._redis.get(self._keys.feed_seq)
         return 0 if head is None else int(head)
 
@@ -1420,13 +1223,13 @@ class RedisStore(RedisIntermediates):
         if limit <= 0:
             return []
         start = max(seq, 0)  # a negative LRANGE index would count from the end
-        with _mapped_errors():
-            raw = _texts(await self._redis.lrange(self._keys.feed, start, start + limit - 1))
+        with mapped_errors():
+            raw = as_texts(await self._redis.lrange(self._keys.feed, start, start + limit - 1))
         return [e for e in map(feed_event_from_json, raw) if e.seq > seq]
 
     async def revocation_snapshot(self) -> RevocationSnapshot:
         k = self._keys
-        with _mapped_errors():
+        with mapped_errors():
             # MULTI/EXEC: the three reads see one moment of the data set.
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.get(k.feed_seq)
@@ -1435,8 +1238,8 @@ class RedisStore(RedisIntermediates):
                 head, serials, devices = await pipe.execute()
         return RevocationSnapshot(
             seq=0 if head is None else int(head),
-            serials=frozenset(serial_int(s) for s in _texts(serials)),
-            device_ids=frozenset(_texts(devices)),
+            serials=frozenset(serial_int(s) for s in as_texts(serials)),
+            device_ids=frozenset(as_texts(devices)),
         )
 
     async def _events_after(self, seq: int) -> list[RevocationEvent]:
@@ -1459,7 +1262,7 @@ class RedisStore(RedisIntermediates):
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=False, timeout=_FOLLOW_IDLE_CHECK_SECONDS
                     )
-                    kind = None if message is None else _text(message["type"])
+                    kind = None if message is None else as_text(message["type"])
                     resync = False
                     if kind is None:
                         # Pub/sub is at-most-once: when quiet, compare with the head so
@@ -1470,7 +1273,7 @@ class RedisStore(RedisIntermediates):
                         # re-subscribed after a reconnect): read what we missed.
                         resync = True
                     elif kind == "message":
-                        event = feed_event_from_json(_text(message["data"]))
+                        event = feed_event_from_json(as_text(message["data"]))
                         if event.seq == last + 1:
                             yield event
                             last = event.seq
