@@ -24,6 +24,10 @@ from fleet.store._redis_indexes import ensure_indexes
 from fleet.store._redis_keys import RedisKeys
 from fleet.store.redis_durability import RedisDurability
 
+# Attempts at a compare-and-set (the audit chain's head, a CRL number counter) before
+# giving up: each lost attempt means another writer made progress.
+CAS_ATTEMPTS = 50
+
 
 # -- typed views of redis-py's loosely typed replies (decode_responses=True) ---
 def as_text(value: Any) -> str:
