@@ -49,12 +49,9 @@ from fleet.records import (
     DeviceState,
     ManifestEntry,
     Manufacturer,
-    ReplacementRequest,
-    ReplacementStatus,
     RevocationEvent,
     RevocationReason,
 )
-from fleet.store import _redis_replacements as replacements
 from fleet.store._codec import (
     check_manifest,
     check_target_state,
@@ -77,6 +74,7 @@ from fleet.store._redis_engine import (
 )
 from fleet.store._redis_feed import RedisRevocationFeed
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
+from fleet.store._redis_replacements import RedisReplacementQueue
 
 _SCAN_PAGE = 500
 
@@ -397,7 +395,7 @@ def _good_certs(value: Any) -> list[_GoodCert]:
     ]
 
 
-class RedisStore(RedisAuditLog, RedisRevocationFeed, RedisDirectory):
+class RedisStore(RedisReplacementQueue, RedisAuditLog, RedisRevocationFeed, RedisDirectory):
     """Store backed by Redis; the key layout is in fleet.store._redis_keys."""
 
     def __init__(self, client: Redis, namespace: str) -> None:
@@ -409,8 +407,6 @@ class RedisStore(RedisAuditLog, RedisRevocationFeed, RedisDirectory):
         self._revoke_certificate = client.register_script(_REVOKE_CERTIFICATE)
         self._revoke_device = client.register_script(_REVOKE_DEVICE)
         self._good_certificates = client.register_script(_GOOD_CERTIFICATES)
-        self._note_replacement = client.register_script(replacements.NOTE_ATTEMPT)
-        self._decide_replacement = client.register_script(replacements.DECIDE)
 
     # -- devices -------------------------------------------------------------
     async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
@@ -593,91 +589,6 @@ class RedisStore(RedisAuditLog, RedisRevocationFeed, RedisDirectory):
         ]
         reply = await self._audited(self._record_certificate, keys, args, audit)
         return self._device_reply(c.device_id, reply)
-
-    # -- replacement requests ----------------------------------------------------
-    async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
-        with mapped_errors():
-            fields = as_hash(await self._redis.hgetall(self._keys.replacement(device_id)))
-        return replacements.request_from_fields(fields) if fields else None
-
-    async def list_replacement_requests(
-        self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
-    ) -> list[ReplacementRequest]:
-        start = "-" if after is None else f"({after}"
-        index = self._keys.replacement_index(status)
-        with mapped_errors():
-            ids = as_texts(await self._redis.zrangebylex(index, start, "+", start=0, num=limit))
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for device_id in ids:
-                    pipe.hgetall(self._keys.replacement(device_id))
-                hashes = await pipe.execute()
-        found = [replacements.request_from_fields(f) for f in map(as_hash, hashes) if f]
-        # A request decided between the two reads has left this status: not listed.
-        return [r for r in found if r.status is status]
-
-    async def note_replacement_attempt(
-        self,
-        device_id: str,
-        *,
-        bootstrap_sha256: str,
-        key_sha256: str,
-        source: str,
-        now: dt.datetime,
-        audit: AuditEvent | None = None,
-    ) -> ReplacementRequest:
-        keys = [self._keys.device(device_id), self._keys.replacement(device_id)]
-        args = [device_id, bootstrap_sha256, key_sha256, source, ts(now)]
-        status, payload = await self._audited(self._note_replacement, keys, args, audit)
-        if status == "missing":
-            raise DeviceNotFound(f"no device {device_id!r}")
-        if status == "conflict":
-            raise StoreConflict(
-                f"device {device_id!r}: {as_text(payload)}; no replacement request is noted"
-            )
-        return replacements.request_from_fields(as_hash(payload))
-
-    async def decide_replacement_request(
-        self,
-        device_id: str,
-        status: ReplacementStatus,
-        *,
-        now: dt.datetime,
-        actor: str,
-        revoke: RevocationReason | None = None,
-        audit: AuditEvent | None = None,
-        key_sha256: str | None = None,
-    ) -> tuple[ReplacementRequest, RevocationEvent | None]:
-        if status is ReplacementStatus.PENDING:
-            raise ValueError("a replacement request is answered approved or rejected")
-        k = self._keys
-        keys = [
-            k.device(device_id),
-            k.replacement(device_id),
-            k.device_certs(device_id),
-            k.expiry,
-            k.revoked,
-            k.feed,
-            k.feed_seq,
-        ]
-        args = [
-            device_id, status.value, ts(now), actor,
-            "" if revoke is None else revoke.value, k.channel, k.cert_prefix, key_sha256 or "",
-        ]  # fmt: skip
-        status_, payload = await self._audited(self._decide_replacement, keys, args, audit)
-        if status_ == "missing":
-            raise DeviceNotFound(f"no device {device_id!r}")
-        if status_ == "conflict":
-            raise StoreConflict(
-                f"device {device_id!r} has no pending replacement request ({as_text(payload)})"
-            )
-        if status_ == "key_changed":
-            raise StoreConflict(
-                f"the replacement request of device {device_id!r} now names another key "
-                f"({as_text(payload)[:16]}…): a new key was presented meanwhile"
-            )
-        fields, event = list(payload)
-        request = replacements.request_from_fields(as_hash(fields))
-        return request, None if event is None else feed_event_from_json(as_text(event))
 
     async def _certificates(self, serials: Sequence[str]) -> list[CertificateRecord]:
         with mapped_errors():
