@@ -10,18 +10,11 @@ checks everything before its first write, chaining its audit event (``_audited``
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import (
-    Collection,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Collection, Mapping, Sequence
 
 from redis.asyncio import Redis
 
-from fleet.kernel.errors import (
-    CertificateNotFound,
-    DeviceNotFound,
-)
+from fleet.kernel.errors import CertificateNotFound, DeviceNotFound
 from fleet.records import (
     AuditEvent,
     CertificateRecord,
@@ -43,12 +36,7 @@ from fleet.store._codec import (
 )
 from fleet.store._redis_audit import RedisAuditLog
 from fleet.store._redis_devices import device_from_reply
-from fleet.store._redis_engine import (
-    as_hash,
-    as_text,
-    as_texts,
-    mapped_errors,
-)
+from fleet.store._redis_engine import as_hash, as_text, as_texts, mapped_errors
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
 
 _RECORD_CERTIFICATE = (
