@@ -6,10 +6,22 @@ Each change is one Lua script that checks everything before its first write
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 
-from fleet.records import ReplacementRequest, ReplacementStatus
-from fleet.store._codec import opt_parse_ts, parse_ts
+from redis.asyncio import Redis
+
+from fleet.kernel.errors import DeviceNotFound, StoreConflict
+from fleet.records import (
+    AuditEvent,
+    ReplacementRequest,
+    ReplacementStatus,
+    RevocationEvent,
+    RevocationReason,
+)
+from fleet.store._codec import feed_event_from_json, opt_parse_ts, parse_ts, ts
+from fleet.store._redis_audit import RedisAuditLog
+from fleet.store._redis_engine import as_hash, as_text, as_texts, mapped_errors
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
 
 NOTE_ATTEMPT = (
@@ -90,3 +102,96 @@ def request_from_fields(fields: Mapping[str, str]) -> ReplacementRequest:
         decided_at=opt_parse_ts(fields.get("decided_at")),
         decided_by=fields.get("decided_by", ""),
     )
+
+
+class RedisReplacementQueue(RedisAuditLog):
+    """Replacement requests: noted on a bootstrap replay, decided by an admin."""
+
+    def __init__(self, client: Redis, namespace: str) -> None:
+        super().__init__(client, namespace)
+        self._note_replacement = client.register_script(NOTE_ATTEMPT)
+        self._decide_replacement = client.register_script(DECIDE)
+
+    async def get_replacement_request(self, device_id: str) -> ReplacementRequest | None:
+        with mapped_errors():
+            fields = as_hash(await self._redis.hgetall(self._keys.replacement(device_id)))
+        return request_from_fields(fields) if fields else None
+
+    async def list_replacement_requests(
+        self, status: ReplacementStatus, *, after: str | None = None, limit: int = 100
+    ) -> list[ReplacementRequest]:
+        start = "-" if after is None else f"({after}"
+        index = self._keys.replacement_index(status)
+        with mapped_errors():
+            ids = as_texts(await self._redis.zrangebylex(index, start, "+", start=0, num=limit))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for device_id in ids:
+                    pipe.hgetall(self._keys.replacement(device_id))
+                hashes = await pipe.execute()
+        found = [request_from_fields(f) for f in map(as_hash, hashes) if f]
+        # A request decided between the two reads has left this status: not listed.
+        return [r for r in found if r.status is status]
+
+    async def note_replacement_attempt(
+        self,
+        device_id: str,
+        *,
+        bootstrap_sha256: str,
+        key_sha256: str,
+        source: str,
+        now: dt.datetime,
+        audit: AuditEvent | None = None,
+    ) -> ReplacementRequest:
+        keys = [self._keys.device(device_id), self._keys.replacement(device_id)]
+        args = [device_id, bootstrap_sha256, key_sha256, source, ts(now)]
+        status, payload = await self._audited(self._note_replacement, keys, args, audit)
+        if status == "missing":
+            raise DeviceNotFound(f"no device {device_id!r}")
+        if status == "conflict":
+            raise StoreConflict(
+                f"device {device_id!r}: {as_text(payload)}; no replacement request is noted"
+            )
+        return request_from_fields(as_hash(payload))
+
+    async def decide_replacement_request(
+        self,
+        device_id: str,
+        status: ReplacementStatus,
+        *,
+        now: dt.datetime,
+        actor: str,
+        revoke: RevocationReason | None = None,
+        audit: AuditEvent | None = None,
+        key_sha256: str | None = None,
+    ) -> tuple[ReplacementRequest, RevocationEvent | None]:
+        if status is ReplacementStatus.PENDING:
+            raise ValueError("a replacement request is answered approved or rejected")
+        k = self._keys
+        keys = [
+            k.device(device_id),
+            k.replacement(device_id),
+            k.device_certs(device_id),
+            k.expiry,
+            k.revoked,
+            k.feed,
+            k.feed_seq,
+        ]
+        args = [
+            device_id, status.value, ts(now), actor,
+            "" if revoke is None else revoke.value, k.channel, k.cert_prefix, key_sha256 or "",
+        ]  # fmt: skip
+        status_, payload = await self._audited(self._decide_replacement, keys, args, audit)
+        if status_ == "missing":
+            raise DeviceNotFound(f"no device {device_id!r}")
+        if status_ == "conflict":
+            raise StoreConflict(
+                f"device {device_id!r} has no pending replacement request ({as_text(payload)})"
+            )
+        if status_ == "key_changed":
+            raise StoreConflict(
+                f"the replacement request of device {device_id!r} now names another key "
+                f"({as_text(payload)[:16]}…): a new key was presented meanwhile"
+            )
+        fields, event = list(payload)
+        request = request_from_fields(as_hash(fields))
+        return request, None if event is None else feed_event_from_json(as_text(event))

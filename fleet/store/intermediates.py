@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from fleet.kernel.errors import NotFound, StoreUnavailable
+from fleet.kernel.errors import NotFound
 from fleet.records import ManufacturerCA
 from fleet.store._codec import parse_ts, ts
+from fleet.store._redis_engine import mapped_errors
 from fleet.store._sql import SqlConnection
 
 T = TypeVar("T")
@@ -108,39 +108,30 @@ def _pool_key(store: _Redis) -> str:
     return f"{store._keys.tag}:mfr-intermediates"
 
 
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"Redis is unavailable: {exc}")
-
-
-def _to_json(ca: ManufacturerCA) -> str:
+def ca_to_json(ca: ManufacturerCA) -> str:
+    # The trusted CAs' hash (fleet.store._redis_directory) stores them the same way.
     return json.dumps(
         {"sha256": ca.sha256, "name": ca.name, "pem": ca.pem, "added_at": ts(ca.added_at)}
     )
 
 
-def _from_json(text: Any) -> ManufacturerCA:
+def ca_from_json(text: Any) -> ManufacturerCA:
     data = json.loads(text)
     return ManufacturerCA(data["sha256"], data["name"], data["pem"], parse_ts(data["added_at"]))
 
 
 class RedisIntermediates:
     async def add_manufacturer_intermediate(self: _Redis, ca: ManufacturerCA) -> bool:
-        try:
-            return bool(await self._redis.hsetnx(_pool_key(self), ca.sha256, _to_json(ca)))
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
+        with mapped_errors():
+            return bool(await self._redis.hsetnx(_pool_key(self), ca.sha256, ca_to_json(ca)))
 
     async def remove_manufacturer_intermediate(self: _Redis, sha256: str) -> None:
-        try:
+        with mapped_errors():
             removed = await self._redis.hdel(_pool_key(self), sha256)
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
         if not removed:
             raise _missing(sha256)
 
     async def list_manufacturer_intermediates(self: _Redis) -> list[ManufacturerCA]:
-        try:
+        with mapped_errors():
             raw = await self._redis.hvals(_pool_key(self))
-        except (RedisError, OSError) as exc:
-            raise _unavailable(exc) from exc
-        return sorted((_from_json(v) for v in raw), key=lambda ca: (ca.added_at, ca.sha256))
+        return sorted((ca_from_json(v) for v in raw), key=lambda ca: (ca.added_at, ca.sha256))

@@ -10,7 +10,7 @@ import random
 import pytest
 
 from fleet.records import AuditEvent, AuditQuery, AuditRecord
-from fleet.store import redis as redis_backend
+from fleet.store import _redis_audit
 from fleet.store.protocol import Store
 
 ACTORS = ("admin:ann", "admin:bob", "device:d1", "system")
@@ -34,7 +34,7 @@ async def search_all(store: Store, query: AuditQuery, limit: int) -> list[AuditR
 @pytest.fixture
 def small_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """The Redis walk stops after this many records per call: short pages happen."""
-    monkeypatch.setattr(redis_backend, "AUDIT_SEARCH_BUDGET", 7)
+    monkeypatch.setattr(_redis_audit, "AUDIT_SEARCH_BUDGET", 7)
 
 
 @pytest.mark.usefixtures("small_budget")

@@ -1,0 +1,200 @@
+"""Redis: the store's directories, each a hash or a few small keys.
+
+Manufacturer trust (``{ns}:mfr-cas``, and the intermediate pool of
+fleet.store.intermediates), admin credentials (``{ns}:admins``), one-time
+enrollment tokens (``{ns}:token:<id>``), named cursors (``{ns}:cursors``) and
+CRL number counters (``{ns}:crl:<scope>``): everything but devices,
+certificates, replacement requests, the audit log and the revocation feed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from redis.asyncio import Redis
+from redis.typing import EncodableT
+
+from fleet.kernel.errors import (
+    AdminNotFound,
+    NotFound,
+    StoreConflict,
+    StoreUnavailable,
+    TokenInvalid,
+)
+from fleet.records import AdminCredential, AdminRole, EnrollmentToken, ManufacturerCA
+from fleet.store._codec import admin_order, check_admin_credential, check_cursor, parse_ts, ts
+from fleet.store._redis_engine import CAS_ATTEMPTS, RedisEngine, as_hash, as_text, mapped_errors
+from fleet.store.crl_numbers import CrlCounter, next_crl_number
+from fleet.store.intermediates import RedisIntermediates, ca_from_json, ca_to_json
+
+_SPEND_ONE_TIME_CODE = """
+-- KEYS[1] token hash; ARGV[1] token sha256, ARGV[2] now
+local t = redis.call('HMGET', KEYS[1], 'token_sha256', 'expires_at')
+if not t[1] or t[1] ~= ARGV[1] or t[2] <= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+_DISABLE_ADMIN = """
+-- KEYS[1] admins hash; ARGV[1] sha256
+local text = redis.call('HGET', KEYS[1], ARGV[1])
+if not text then return 0 end
+local cred = cjson.decode(text)
+cred['disabled'] = true
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(cred))
+return 1
+"""
+
+_SET_CRL_COUNTER = """
+-- KEYS[1] crl hash; ARGV: expected number, expected seq ('' = none), new number, new seq.
+-- A compare-and-set: Python decided the new counter (fleet.store.crl_numbers).
+local cur = redis.call('HMGET', KEYS[1], 'number', 'content_seq')
+if (cur[1] or '') ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'number', ARGV[3], 'content_seq', ARGV[4])
+return 1
+"""
+
+
+def _admin_to_json(cred: AdminCredential) -> str:
+    return json.dumps(
+        {
+            "name": cred.name,
+            "role": cred.role.value,
+            "kind": cred.kind,
+            "sha256": cred.sha256,
+            "created_at": ts(cred.created_at),
+            "disabled": cred.disabled,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+
+
+def _admin_from_json(text: str) -> AdminCredential:
+    data = json.loads(text)
+    return AdminCredential(
+        name=str(data["name"]),
+        role=AdminRole(data["role"]),
+        kind=str(data["kind"]),
+        sha256=str(data["sha256"]),
+        created_at=parse_ts(str(data["created_at"])),
+        disabled=data["disabled"] is True,
+    )
+
+
+class RedisDirectory(RedisEngine, RedisIntermediates):
+    """Manufacturer trust, admin credentials, enrollment tokens, cursors, CRL numbers."""
+
+    def __init__(self, client: Redis, namespace: str) -> None:
+        super().__init__(client, namespace)
+        self._consume_token = client.register_script(_SPEND_ONE_TIME_CODE)
+        self._disable_admin = client.register_script(_DISABLE_ADMIN)
+        self._set_crl_counter = client.register_script(_SET_CRL_COUNTER)
+
+    # -- manufacturer trust ------------------------------------------------
+    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
+        with mapped_errors():
+            return bool(await self._redis.hsetnx(self._keys.mfr_cas, ca.sha256, ca_to_json(ca)))
+
+    async def remove_manufacturer_ca(self, sha256: str) -> None:
+        with mapped_errors():
+            removed = await self._redis.hdel(self._keys.mfr_cas, sha256)
+        if not removed:
+            raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
+
+    async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
+        with mapped_errors():
+            raw = as_hash(await self._redis.hgetall(self._keys.mfr_cas))
+        cas = [ca_from_json(v) for v in raw.values()]
+        return sorted(cas, key=lambda ca: (ca.added_at, ca.sha256))
+
+    # -- admin credentials -------------------------------------------------------
+    async def put_admin_credential(self, cred: AdminCredential) -> None:
+        check_admin_credential(cred)
+        with mapped_errors():
+            added = await self._redis.hsetnx(self._keys.admins, cred.sha256, _admin_to_json(cred))
+        if not added:
+            raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
+
+    async def find_admin_credential(self, sha256: str) -> AdminCredential:
+        with mapped_errors():
+            text = await self._redis.hget(self._keys.admins, sha256)
+        if text is None:
+            raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+        return _admin_from_json(as_text(text))
+
+    async def list_admin_credentials(self) -> list[AdminCredential]:
+        with mapped_errors():
+            raw = as_hash(await self._redis.hgetall(self._keys.admins))
+        return sorted(map(_admin_from_json, raw.values()), key=admin_order)
+
+    async def disable_admin_credential(self, sha256: str) -> None:
+        with mapped_errors():
+            found = await self._disable_admin(keys=[self._keys.admins], args=[sha256])
+        if not found:
+            raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+
+    # -- one-time enrollment tokens -----------------------------------------
+    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
+        key = self._keys.token(token.device_id)
+        mapping: dict[EncodableT, EncodableT] = {
+            "token_sha256": token.token_sha256,
+            "created_at": ts(token.created_at),
+            "expires_at": ts(token.expires_at),
+        }
+        with mapped_errors():
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping=mapping)
+                await pipe.execute()
+
+    async def consume_enrollment_token(
+        self, device_id: str, token_sha256: str, now: dt.datetime
+    ) -> None:
+        keys = [self._keys.token(device_id)]
+        with mapped_errors():
+            used = await self._consume_token(keys=keys, args=[token_sha256, ts(now)])
+        if not used:
+            # One message for every cause, so a caller cannot probe which it was.
+            raise TokenInvalid(f"no valid enrollment token for device {device_id!r}")
+
+    # -- cursors -----------------------------------------------------------------
+    async def get_cursor(self, name: str) -> int:
+        with mapped_errors():
+            value = await self._redis.hget(self._keys.cursors, name)
+        return 0 if value is None else int(as_text(value))
+
+    async def set_cursor(self, name: str, value: int) -> None:
+        check_cursor(name, value)
+        with mapped_errors():
+            await self._redis.hset(self._keys.cursors, name, str(value))
+
+    async def list_cursors(self, prefix: str) -> dict[str, int]:
+        # The hash holds a few cursors per broker and notifier: read whole.
+        with mapped_errors():
+            raw = as_hash(await self._redis.hgetall(self._keys.cursors))
+        return {name: int(value) for name, value in raw.items() if name.startswith(prefix)}
+
+    # -- CRL numbers -------------------------------------------------------------
+    async def latest_crl_number(self, scope: str) -> int:
+        with mapped_errors():
+            number = await self._redis.hget(self._keys.crl(scope), "number")
+        return 0 if number is None else int(number)
+
+    async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
+        for _ in range(CAS_ATTEMPTS):
+            with mapped_errors():
+                number, seq = await self._redis.hmget(
+                    self._keys.crl(scope), ["number", "content_seq"]
+                )
+            last = None if number is None else CrlCounter(int(number), int(seq or 0))
+            counter = next_crl_number(last, content_seq, floor)
+            if counter is None:
+                return None
+            expected = ("", "") if last is None else (str(last.number), str(last.content_seq))
+            args = [*expected, str(counter.number), str(counter.content_seq)]
+            with mapped_errors():
+                if await self._set_crl_counter(keys=[self._keys.crl(scope)], args=args):
+                    return counter.number
+        raise StoreUnavailable("the CRL number counter kept moving; retry")
