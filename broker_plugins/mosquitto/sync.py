@@ -191,7 +191,7 @@ def refresh_issuing_set(settings: MosquittoSettings) -> bool:
     cached, and the new root has the old one's name. It is written into cafile,
     which Mosquitto reads at its next start, and the operator is told to restart it.
     """
-    context = ssl.create_default_context(cafile=str(settings.crl_cafile or settings.root_ca))
+    context = cacerts_context(settings)
     before = _roots_of(settings.issuing_set)
     changed = refresh_bundle(
         settings.issuing_set, settings.cacerts_url, context, dt.datetime.now(dt.UTC)
@@ -209,6 +209,19 @@ def refresh_issuing_set(settings: MosquittoSettings) -> bool:
                 extra={"fields": {"event": "fleet_root_adopted", "restart_needed": True}},
             )
     return changed
+
+
+def cacerts_context(settings: MosquittoSettings) -> ssl.SSLContext:
+    """Trust for fetching /cacerts: crl_cafile, or root_ca and the roots adopted from it.
+
+    After ``fleet ca retire-root`` the server's certificate comes from the new root:
+    a node that adopted it keeps following /cacerts with the root_ca it was set up with.
+    """
+    context = ssl.create_default_context(cafile=str(settings.crl_cafile or settings.root_ca))
+    if settings.crl_cafile is None:
+        for root in _roots_of(settings.issuing_set):
+            context.load_verify_locations(cadata=root.public_bytes(Encoding.PEM).decode())
+    return context
 
 
 def _roots_of(bundle: Path) -> list[x509.Certificate]:
