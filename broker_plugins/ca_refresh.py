@@ -6,11 +6,13 @@ that fetches ``/cacerts`` every few seconds trusts the next CA before the
 first certificate from it exists, and stops trusting a retired one, without
 a restart.
 
-Never on the server's word alone: only the roots the bundle already holds are
-trust anchors (a new root comes with a rollover, not from here), and only a
-CA certificate that one of them signed directly with pathlen 0 is taken as an
-issuing CA. Anything else in the answer is dropped and logged. A fetch that
-fails keeps the bundle as it is.
+Never on the server's word alone: what is adopted is the trust kernel's
+decision (:mod:`fleet.kernel.ca_bundle`): issuing CAs with pathlen 0 signed
+directly by a trusted root, and a new root of a rollover only through a link
+certificate from a root the bundle already holds (the agent's rule). This
+module only fetches, logs and writes. Anything else in the answer is dropped
+and logged; a fetch that fails, or an answer with no acceptable issuing CA,
+keeps the bundle as it is.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
+from fleet.kernel.ca_bundle import follow_cacerts
+from fleet.kernel.certs import Problem, describe
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
 
@@ -54,72 +56,30 @@ def fetch_cacerts(
         raise ConfigError(f"{url} did not answer a certs-only PKCS#7: {exc}") from exc
 
 
-def _is_root(cert: x509.Certificate) -> bool:
-    return cert.issuer == cert.subject and _pathlen(cert) is not None
-
-
-def _pathlen(cert: x509.Certificate) -> int | None:
-    """pathlen of a CA certificate (-1 = unlimited); None for a non-CA."""
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
-    if not bc.ca:
-        return None
-    return -1 if bc.path_length is None else bc.path_length
-
-
-def _signed_by(cert: x509.Certificate, root: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(root)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def accepted_bundle(
     current: Sequence[x509.Certificate],
     offered: Sequence[x509.Certificate],
     now: dt.datetime,
 ) -> list[x509.Certificate]:
-    """The new bundle: offered issuing CAs signed by a root of ``current``, then those roots."""
-    roots = [cert for cert in current if _is_root(cert)]
-    if not roots:
-        raise ConfigError("the fleet CA bundle holds no root to check /cacerts against")
-    issuing: list[x509.Certificate] = []
-    for cert in offered:
-        if _is_root(cert) or cert in issuing:
-            continue
-        named = [r for r in roots if r.subject == cert.issuer]
-        why = ""
-        if not named:
-            why = "not signed by a root this broker trusts"
-        elif _pathlen(cert) != 0:
-            why = "not a pathlen-0 CA"
-        elif cert.not_valid_after_utc <= now:
-            why = "expired"
-        elif not any(_signed_by(cert, root) for root in named):  # roots may share a name
-            why = "signature does not verify under the root"
-        if why:
-            _warn_once(cert, why)
-            continue
-        issuing.append(cert)
-    if not issuing:
-        raise ConfigError("/cacerts offered no issuing CA under a trusted root; bundle kept")
-    return [*issuing, *roots]
+    """The new bundle (the kernel's rule, :func:`fleet.kernel.ca_bundle.follow_cacerts`), logged."""
+    update = follow_cacerts(current, offered, now=now)
+    for problem in update.dropped:
+        _warn_once(problem)
+    bundle = update.bundle()
+    for root in update.adopted_roots:
+        log.info("adopted a new fleet root from /cacerts (link-certified): %s", describe(root))
+    return bundle
 
 
-_warned: set[bytes] = set()
+_warned: set[str] = set()
 
 
-def _warn_once(cert: x509.Certificate, why: str) -> None:
-    # /cacerts is read every few seconds: say it once per certificate, not each time.
-    # Root-rollover link certificates (pathlen 1) land here too; they are not issuing CAs.
-    fingerprint = cert.fingerprint(hashes.SHA256())
-    if fingerprint in _warned:
+def _warn_once(problem: Problem) -> None:
+    # /cacerts is read every few seconds: say it once per certificate and reason, not each time.
+    if problem.detail in _warned:
         return
-    _warned.add(fingerprint)
-    log.warning("ignored a /cacerts certificate %s: %s", cert.subject.rfc4514_string(), why)
+    _warned.add(problem.detail)
+    log.warning("ignored a /cacerts certificate (%s): %s", problem.reason.value, problem.detail)
 
 
 def bundle_pem(certs: Sequence[x509.Certificate]) -> bytes:

@@ -18,6 +18,7 @@ module                 the rule it holds
 ``chain``              chain verification per trust domain (cryptography's verifier)
 ``domains``            the four trust domains and the rule that they never overlap
 ``rollover``           root rollover: a new root only through a link from a trusted one
+``ca_bundle``          which issuing CAs and roots a broker adopts from EST /cacerts
 ``admission``          client-certificate admission at a broker (ordered checks)
 ``acl``                the topic ACL: SUBSCRIBE, PUBLISH and the Will
 ``wire``               the EST wire codec (base64 bodies, certs-only PKCS#7)

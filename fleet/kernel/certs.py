@@ -65,6 +65,15 @@ def is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def path_length(cert: x509.Certificate) -> int | None:
+    """basicConstraints pathLenConstraint of a CA; None when unlimited, absent or not a CA."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return None
+    return constraints.path_length if constraints.ca else None
+
+
 def has_client_auth_eku(cert: x509.Certificate) -> bool:
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value

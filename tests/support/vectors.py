@@ -15,7 +15,15 @@ import pytest
 
 from fleet.kernel.acl import TopicAcl
 from fleet.kernel.admission import TrustPolicy
-from tests.vectors.generate import AclCase, AdmissionCase, Generated, Table, generate, load_table
+from tests.vectors.generate import (
+    AclCase,
+    AdmissionCase,
+    BundleCase,
+    Generated,
+    Table,
+    generate,
+    load_table,
+)
 
 TABLE: Table = load_table()
 
@@ -68,6 +76,10 @@ def acl_params(cases: Iterable[AclCase] = TABLE.acl) -> list[object]:
     return [pytest.param(c, id=c.id) for c in cases]
 
 
+def bundle_params(cases: Iterable[BundleCase] = TABLE.ca_bundle) -> list[object]:
+    return [pytest.param(c, id=c.id) for c in cases]
+
+
 class CaseCounter:
     """Counts the cases a runner actually ran and reports them at the module's end."""
 
@@ -75,15 +87,17 @@ class CaseCounter:
         self.enforcer = enforcer
         self.admission = 0
         self.acl = 0
+        self.bundle = 0  # CA-bundle cases (the kernel runs them)
         self.skipped = 0
         self.details = ""
         self.tls_layer: list[str] = []  # cases accepted as refused by the TLS layer
 
     def line(self) -> str:
-        total = len(TABLE.admission) + len(TABLE.acl)
+        total = len(TABLE.admission) + len(TABLE.acl) + len(TABLE.ca_bundle)
         return (
             f"trust vectors v{TABLE.version} [{self.enforcer}]: {self.admission} admission + "
-            f"{self.acl} ACL cases run, {self.skipped} skipped by the table, of {total} "
+            f"{self.acl} ACL + {self.bundle} CA-bundle cases run, {self.skipped} skipped by the "
+            f"table, of {total} "
             f"{self.details}"
             + (
                 f"; refused at the TLS layer (table exceptions): {', '.join(self.tls_layer)}"

@@ -10,9 +10,11 @@ real time, because real brokers check validity against the real clock: run it
 right before the brokers are asked. The output is::
 
     OUT_DIR/ca/<name>.pem, <name>.key     root, issuing, issuing-2, admin, rogue-root,
-                                          impostor-issuing
+                                          impostor-issuing, root-2, issuing-r2,
+                                          link-root-2, rogue-link-root-2
     OUT_DIR/server.pem, server.key        a broker TLS certificate (127.0.0.1, localhost)
     OUT_DIR/issuers.pem                   the trusted issuing CAs, in table order
+    OUT_DIR/anchors.pem                   the trusted roots, in table order
     OUT_DIR/bundle.pem                    issuing CAs + anchors (a broker's CA bundle)
     OUT_DIR/leaves/<case id>.pem, .key    the leaf followed by its issuer (what a client sends)
     OUT_DIR/vectors.json                  case id -> serial (hex), device id, paths; seed, now
@@ -68,7 +70,14 @@ CN_TYPES = {
 }
 REVOCATION_STATES = frozenset({"certificate", "device", "stale"})
 ENFORCERS = frozenset({"amqtt", "mosquitto"})
-CA_NAMES = ("root", "issuing", "issuing-2", "admin", "rogue-root", "impostor-issuing")
+CA_NAMES = (
+    "root", "issuing", "issuing-2", "admin", "rogue-root", "impostor-issuing",
+    "root-2", "issuing-r2", "link-root-2", "rogue-link-root-2",
+)  # fmt: skip
+# A CA-bundle case judges a certificate of the hierarchy or its own "candidate".
+CANDIDATE = "candidate"
+BUNDLE_OUTCOMES = frozenset({"adopt", "unknown_issuer", "not_a_ca", "ca_expired",
+                             "root_not_certified"})  # fmt: skip
 KEY_TYPES = frozenset(
     {"ec-p256", "ec-p384", "ec-p521", "ed25519", "ed448", "rsa-1024", "rsa-2048", "rsa-3072",
      "rsa-4096"}
@@ -141,6 +150,27 @@ class AclCase:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CandidateSpec:
+    """A CA certificate made for one CA-bundle case (the table's ``candidate``)."""
+
+    issuer: str = "root"
+    ca: bool = True
+    path_length: int | None = 0  # None: no pathLenConstraint (the table writes -1)
+    not_before: str = "-1d"
+    not_after: str = "+3650d"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BundleCase:
+    id: str
+    description: str
+    offered: tuple[str, ...]  # CA names (and maybe CANDIDATE), added to the table's answer
+    candidate: CandidateSpec | None
+    subject: str  # the certificate judged: a CA name or CANDIDATE
+    expect: str  # "adopt" or the reason it is dropped with
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Table:
     version: int
     issuers: tuple[str, ...]
@@ -151,6 +181,9 @@ class Table:
     acl_other: str
     admission: tuple[AdmissionCase, ...]
     acl: tuple[AclCase, ...]
+    bundle_current: tuple[str, ...] = ()  # a /cacerts follower's bundle before each answer
+    bundle_answer: tuple[str, ...] = ()  # what every /cacerts answer of the cases holds
+    ca_bundle: tuple[BundleCase, ...] = ()
 
     def case(self, case_id: str) -> AdmissionCase:
         for case in self.admission:
@@ -187,6 +220,35 @@ def _cert_spec(raw: dict[str, Any], where: str) -> CertSpec:
     parse_offset(spec.not_before)
     parse_offset(spec.not_after)
     return spec
+
+
+def _bundle_case(raw: dict[str, Any], case_id: str) -> BundleCase:
+    offered = tuple(raw["offered"])
+    names = {*CA_NAMES, CANDIDATE}
+    if set(offered) - names or raw["subject"] not in names:
+        raise TableError(f"{case_id}: offered and subject name CAs of {CA_NAMES} or {CANDIDATE!r}")
+    if raw["expect"] not in BUNDLE_OUTCOMES:
+        raise TableError(f"{case_id}: expect is one of {sorted(BUNDLE_OUTCOMES)}")
+    candidate = None
+    if "candidate" in raw:
+        fields = dict(raw["candidate"])
+        if fields.get("path_length") == -1:
+            fields["path_length"] = None
+        candidate = CandidateSpec(**fields)
+        if candidate.issuer not in CA_NAMES:
+            raise TableError(f"{case_id}: candidate issuer {candidate.issuer!r} is not a CA name")
+        parse_offset(candidate.not_before)
+        parse_offset(candidate.not_after)
+    if (candidate is None) == (CANDIDATE in offered or raw["subject"] == CANDIDATE):
+        raise TableError(f"{case_id}: a candidate is described exactly when one is offered")
+    return BundleCase(
+        id=case_id,
+        description=raw["description"],
+        offered=offered,
+        candidate=candidate,
+        subject=raw["subject"],
+        expect=raw["expect"],
+    )
 
 
 def load_table(path: Path = TABLE) -> Table:
@@ -253,6 +315,8 @@ def load_table(path: Path = TABLE) -> Table:
                 note=raw.get("note", ""),
             )
         )
+    ca_bundle = tuple(_bundle_case(raw, new_id(raw["id"])) for raw in data.get("ca_bundle", ()))
+    bundle_trust = data.get("bundle_trust", {})
     return Table(
         version=data["version"],
         issuers=tuple(trust["issuers"]),
@@ -263,6 +327,9 @@ def load_table(path: Path = TABLE) -> Table:
         acl_other=names["other"],
         admission=tuple(admission),
         acl=tuple(acl),
+        bundle_current=tuple(bundle_trust.get("current", ())),
+        bundle_answer=tuple(bundle_trust.get("answer", ())),
+        ca_bundle=ca_bundle,
     )
 
 
@@ -323,19 +390,33 @@ class _Minter:
             self.keys[key_type] = _new_key(key_type)
         return self.keys[key_type]
 
-    def ca(self, subject: x509.Name, issuer: Issued | None, path_length: int | None) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
+    def ca(
+        self,
+        subject: x509.Name,
+        issuer: Issued | None,
+        path_length: int | None,
+        *,
+        is_ca: bool = True,
+        not_before: str = "-1d",
+        not_after: str = "+3650d",
+        key: PrivateKey | None = None,
+    ) -> Issued:
+        """A CA certificate (``key``: an existing CA's key, for a link certificate)."""
+        key = key or ec.generate_private_key(ec.SECP256R1())
         builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(issuer.cert.subject if issuer else subject)
             .public_key(key.public_key())
             .serial_number(self.serial())
-            .not_valid_before(self.now - dt.timedelta(days=1))
-            .not_valid_after(self.now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+            .not_valid_before(self.now + parse_offset(not_before))
+            .not_valid_after(self.now + parse_offset(not_after))
             .add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+                x509.BasicConstraints(ca=is_ca, path_length=path_length if is_ca else None),
+                critical=True,
+            )
+            .add_extension(
+                x509.KeyUsage(not is_ca, False, False, False, False, is_ca, is_ca, False, False),
                 critical=True,
             )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
@@ -449,7 +530,9 @@ class Generated:
     server_key: Path
     root: Path  # what clients trust for the broker's server certificate
     issuers: Path  # the trusted issuing CAs (PEM, table order)
+    anchors: Path  # the trusted roots (PEM, table order: both roots of the rollover overlap)
     bundle: Path  # issuing CAs + anchors: what a broker's TLS layer trusts
+    candidates: dict[str, x509.Certificate]  # CA-bundle case id -> its candidate CA
 
     def ca_path(self, name: str) -> Path:
         return self.directory / "ca" / f"{name}.pem"
@@ -489,6 +572,15 @@ def generate(
     # Impostors: same names as the real root and issuing CA, other keys.
     cas["rogue-root"] = mint.ca(root_name, None, 1)
     cas["impostor-issuing"] = mint.ca(issuing_name, cas["rogue-root"], 0)
+    # Root rollover: a new root with the fleet root's name and a new key, its issuing CA,
+    # the OldWithNew link (the new root's name and key, signed by the old root) and a link
+    # for it that the rogue root signed.
+    cas["root-2"] = mint.ca(root_name, None, 1)
+    cas["issuing-r2"] = mint.ca(
+        _name(org, (NameOID.COMMON_NAME, "fleet issuing CA R2")), cas["root-2"], 0
+    )
+    cas["link-root-2"] = mint.ca(root_name, cas["root"], 1, key=cas["root-2"].key)
+    cas["rogue-link-root-2"] = mint.ca(root_name, cas["rogue-root"], 1, key=cas["root-2"].key)
     for name, issued in cas.items():
         (out / "ca" / f"{name}.pem").write_bytes(_pem(issued.cert))
         _write_key(out / "ca" / f"{name}.key", issued.key)
@@ -498,8 +590,19 @@ def generate(
     _write_key(out / "server.key", server.key)
     issuers = out / "issuers.pem"
     issuers.write_bytes(b"".join(_pem(cas[n].cert) for n in table.issuers))
+    anchors = out / "anchors.pem"
+    anchors.write_bytes(b"".join(_pem(cas[n].cert) for n in table.anchors))
     bundle = out / "bundle.pem"
     bundle.write_bytes(b"".join(_pem(cas[n].cert) for n in (*table.issuers, *table.anchors)))
+    candidates: dict[str, x509.Certificate] = {}
+    for bundle_case in table.ca_bundle:
+        spec = bundle_case.candidate
+        if spec is not None:
+            candidates[bundle_case.id] = mint.ca(
+                _name(org, (NameOID.COMMON_NAME, f"candidate {bundle_case.id}")),
+                cas[spec.issuer], spec.path_length, is_ca=spec.ca,
+                not_before=spec.not_before, not_after=spec.not_after,
+            ).cert  # fmt: skip
 
     specs: dict[str, CertSpec] = {c.id: c.cert for c in table.admission if c.cert is not None}
     specs["acl-self"] = CertSpec(cns=(table.acl_self,))
@@ -533,7 +636,9 @@ def generate(
         server_key=out / "server.key",
         root=out / "ca" / "root.pem",
         issuers=issuers,
+        anchors=anchors,
         bundle=bundle,
+        candidates=candidates,
     )
 
 
@@ -548,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
     table = load_table()
     print(
         f"trust vectors v{table.version}: {len(table.admission)} admission + {len(table.acl)} ACL "
-        f"cases, now={generated.now.isoformat()} seed={generated.seed} -> {args.out}"
+        f"+ {len(table.ca_bundle)} CA-bundle cases, now={generated.now.isoformat()} "
+        f"seed={generated.seed} -> {args.out}"
     )
     return 0
 

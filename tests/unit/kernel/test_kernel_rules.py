@@ -89,3 +89,35 @@ def test_agent_and_brokers_take_only_the_kernel_of_the_server_rules(package: str
         if (name == "fleet" or name.startswith("fleet.")) and not name.startswith(allowed)
     ]
     assert not bad, f"{package} reaches past the kernel:\n" + "\n".join(bad)
+
+
+# What only the kernel asks of a certificate: who signed it, and what its CA constraints,
+# key usage and EKU allow. The agent or a broker asking it itself is a trust rule written twice
+# (as broker_plugins/ca_refresh.py once had its own _signed_by and _pathlen).
+KERNEL_ONLY_NAMES = frozenset(
+    {"verify_directly_issued_by", "BasicConstraints", "KeyUsage", "ExtendedKeyUsage"}
+)
+
+
+def _kernel_only_uses(tree: ast.Module) -> Iterator[tuple[int, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in KERNEL_ONLY_NAMES:
+            yield node.lineno, node.attr
+        elif isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name in KERNEL_ONLY_NAMES:
+                    yield node.lineno, alias.name
+
+
+@pytest.mark.parametrize("package", ["device_agent", "broker_plugins"])
+def test_signature_and_constraint_checks_live_in_the_kernel(package: str) -> None:
+    strays = [
+        f"{path.relative_to(ROOT)}:{line}: {name}"
+        for path, tree in _modules(package)
+        for line, name in _kernel_only_uses(tree)
+    ]
+    assert not strays, (
+        f"{package} checks signatures or CA constraints itself; use fleet.kernel "
+        "(certs.issued_by, certs.is_ca, certs.path_length, ca_bundle, rollover):\n"
+        + "\n".join(strays)
+    )
