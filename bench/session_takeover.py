@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from broker_revoke import Device, enroll_devices, mqtt_connect, percentile
+from broker_revoke import enroll_devices, percentile
+from mqtt_sessions import Device, mqtt_connect
 
 from tests.support.fleet_server import FleetServer, make_data_dir
 from tests.support.mosquitto_broker import BrokerNode, fleet_broker, write_settings
