@@ -70,7 +70,7 @@ from fleet.records import ManifestEntry, ManufacturerCA
 from fleet.store.factory import open_store
 from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
 from tests.support.fleet_server import FleetServer, make_data_dir, run_store
-from tests.support.mosquitto_broker import BrokerNode, fleet_broker, write_settings
+from tests.support.mosquitto_broker import BrokerNode, BrokerNodes, fleet_broker
 from tests.support.ports import free_port
 
 P99_TARGET_MS = 100.0
@@ -333,29 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"in {time.perf_counter() - t0:.1f}s"
             )
             for device in devices:
-                context = ssl.create_default_context(cafile=str(server.root_pem))
-                context.load_cert_chain(device.cert, device.key)
-                device.context = context
+                device.trust(server.root_pem)
 
             plugin_dir = base / "plugin"
             plugin = args.plugin or Path(
                 fleet_broker("mosquitto", "build", "--out", plugin_dir).stdout.strip()
             )
-            sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
-            fleet_broker(
-                "mosquitto", "sidecar-cert",
-                "--issuing-cert", data / "ca/issuing.pem",
-                "--issuing-key", data / "ca/issuing.key",
-                "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-            )  # fmt: skip
-            store_url = f"sqlite:///{data / 'fleet.db'}"
-            node = write_settings(
+            plugin_nodes = BrokerNodes.issue(data, base, plugin)
+            store_url = plugin_nodes.store_url
+            node = plugin_nodes.node(
                 base / "plugin-node",
-                data_dir=data,
-                store_url=store_url,
-                plugin=plugin,
-                sidecar_cert=sidecar_cert,
-                sidecar_key=sidecar_key,
                 crl_url=f"{server.base}/crl",
                 extra='log_type = ["error", "warning"]',
             )

@@ -34,6 +34,11 @@ class Device:
     key: Path
     context: ssl.SSLContext | None = None
 
+    def trust(self, root_pem: Path) -> None:
+        """Make the TLS client context: trusts the fleet root, presents this device's cert."""
+        self.context = ssl.create_default_context(cafile=str(root_pem))
+        self.context.load_cert_chain(self.cert, self.key)
+
 
 def connect_packet(client_id: str) -> bytes:
     cid = client_id.encode()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import ssl
 import subprocess
 import time
 from pathlib import Path
@@ -48,10 +47,9 @@ def device_contexts(cluster: Cluster, names: list[str]) -> list[Device]:
     devices = []
     directory = cluster.work / "devices"
     for name in names:
-        context = ssl.create_default_context(cafile=str(cluster.root_pem))
-        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-        context.load_cert_chain(cert, key)
-        devices.append(Device(name, cert, key, context))
+        device = Device(name, directory / f"{name}.pem", directory / f"{name}.key")
+        device.trust(cluster.root_pem)
+        devices.append(device)
     return devices
 
 
