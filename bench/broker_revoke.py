@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import dataclasses
 import datetime as dt
 import gc
@@ -64,26 +63,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs7
+from mqtt_sessions import Device, HeldSessions, connect_once, revoke_one_by_one
 
 from fleet.kernel.fingerprint import sha256_fingerprint
-from fleet.records import ManifestEntry, ManufacturerCA, RevocationReason
+from fleet.records import ManifestEntry, ManufacturerCA
 from fleet.store.factory import open_store
 from tests.support.factory import make_bootstrap, make_manufacturer, write_pem
 from tests.support.fleet_server import FleetServer, make_data_dir, run_store
-from tests.support.mosquitto_broker import BrokerNode, fleet_broker, write_settings
+from tests.support.mosquitto_broker import BrokerNode, BrokerNodes, fleet_broker
 from tests.support.ports import free_port
 
 P99_TARGET_MS = 100.0
 OVERHEAD_TARGET = 0.10
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-@dataclasses.dataclass
-class Device:
-    device_id: str
-    cert: Path
-    key: Path
-    context: ssl.SSLContext | None = None
 
 
 # -- enrollment over EST ---------------------------------------------------------
@@ -147,57 +139,6 @@ def enroll_devices(server: FleetServer, work: Path, count: int) -> list[Device]:
 
     with ThreadPoolExecutor(8) as pool:
         return list(pool.map(enroll, boots))
-
-
-# -- a minimal MQTT 3.1.1 client over asyncio TLS (thousands of sessions, one thread) ---
-
-
-def connect_packet(client_id: str) -> bytes:
-    cid = client_id.encode()
-    variable = b"\x00\x04MQTT\x04\x02\x00\x00"  # clean session, keep-alive off
-    payload = len(cid).to_bytes(2, "big") + cid
-    remaining = len(variable) + len(payload)
-    assert remaining < 128
-    return bytes([0x10, remaining]) + variable + payload
-
-
-DISCONNECT = b"\xe0\x00"
-
-
-async def mqtt_connect(
-    port: int, device: Device, host: str = "127.0.0.1"
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
-    """TLS + CONNECT to ``host``; the open streams when CONNACK accepted, None otherwise."""
-    assert device.context is not None
-    try:
-        reader, writer = await asyncio.open_connection(
-            host, port, ssl=device.context, server_hostname=host
-        )
-    except (OSError, ssl.SSLError):
-        return None
-    try:
-        writer.write(connect_packet(device.device_id))
-        await writer.drain()
-        connack = await asyncio.wait_for(reader.readexactly(4), 10)
-    except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
-        writer.close()
-        return None
-    if connack[0] != 0x20 or connack[3] != 0:
-        writer.close()
-        return None
-    return reader, writer
-
-
-async def connect_once(port: int, device: Device) -> bool:
-    streams = await mqtt_connect(port, device)
-    if streams is None:
-        return False
-    _, writer = streams
-    writer.write(DISCONNECT)
-    writer.close()
-    with contextlib.suppress(OSError, ssl.SSLError):
-        await writer.wait_closed()
-    return True
 
 
 # -- measurements -------------------------------------------------------------------
@@ -292,65 +233,31 @@ async def revoke_latency(
     round takes fresh devices, so ``devices`` must hold max(sizes) + revocations
     per extra round.
     """
-    semaphore = asyncio.Semaphore(50)
-    closed: dict[str, float] = {}
-    events = {d.device_id: asyncio.Event() for d in devices}
-    watchers: list[asyncio.Task[None]] = []
+    sessions = HeldSessions(devices)
     live: list[Device] = []
     pool = iter(devices)
-
-    async def hold(device: Device) -> bool:
-        async with semaphore:
-            streams = await mqtt_connect(node.port, device)
-        if streams is None:
-            return False
-        reader, writer = streams
-
-        async def watch() -> None:
-            try:
-                while await reader.read(4096):
-                    pass
-            except (OSError, ssl.SSLError):
-                pass
-            closed[device.device_id] = time.perf_counter()
-            events[device.device_id].set()
-            writer.close()
-
-        watchers.append(asyncio.get_running_loop().create_task(watch()))
-        return True
-
     store = await open_store(store_url)
     rounds: list[LatencyRound] = []
     gc_pauses = GcPauses()
     try:
         for size in sorted(sizes):
             fresh = [next(pool) for _ in range(size - len(live))]
-            held = await asyncio.gather(*(hold(d) for d in fresh))
+            held = await asyncio.gather(*(sessions.hold(d, node.port) for d in fresh))
             if not all(held):
                 raise RuntimeError(
                     f"{held.count(False)} devices could not connect to the plugin broker"
                 )
             live.extend(fresh)
             print(f"  {len(live)} devices connected; revoking {revocations} one by one", flush=True)
-            latencies: list[float] = []
-            failed = 0
             pauses_before = gc_pauses.total
             assert node.broker is not None
             broker_before = cpu_seconds(node.broker.pid)
             victims, live = live[:revocations], live[revocations:]
-            for device in victims:
-                await asyncio.sleep(0.1)  # let the CRL refresh of the previous one settle
-                started = time.perf_counter()
-                await store.revoke_device(
-                    device.device_id, RevocationReason.KEY_COMPROMISE, dt.datetime.now(dt.UTC)
-                )
-                try:
-                    await asyncio.wait_for(events[device.device_id].wait(), 5)
-                except TimeoutError:
-                    failed += 1
-                    continue
-                latencies.append(1000 * (closed[device.device_id] - started))
-            dropped = sum(events[d.device_id].is_set() for d in live)
+            kicks = await revoke_one_by_one(store, sessions, victims)
+            # From just before the store call: what an admin waits for.
+            latencies = [1000 * (k.closed - k.asked) for k in kicks if k.closed is not None]
+            failed = len(kicks) - len(latencies)
+            dropped = sum(sessions.is_closed(d.device_id) for d in live)
             if dropped:
                 print(f"  WARNING: {dropped} bystanders were dropped")
             gc_ms = 1000 * (gc_pauses.total - pauses_before)
@@ -358,9 +265,7 @@ async def revoke_latency(
             rounds.append(LatencyRound(size, latencies, failed, dropped, gc_ms, broker_ms))
     finally:
         await store.close()
-        for task in watchers:
-            task.cancel()
-        await asyncio.gather(*watchers, return_exceptions=True)
+        await sessions.release()
     return rounds
 
 
@@ -428,29 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"in {time.perf_counter() - t0:.1f}s"
             )
             for device in devices:
-                context = ssl.create_default_context(cafile=str(server.root_pem))
-                context.load_cert_chain(device.cert, device.key)
-                device.context = context
+                device.trust(server.root_pem)
 
             plugin_dir = base / "plugin"
             plugin = args.plugin or Path(
                 fleet_broker("mosquitto", "build", "--out", plugin_dir).stdout.strip()
             )
-            sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
-            fleet_broker(
-                "mosquitto", "sidecar-cert",
-                "--issuing-cert", data / "ca/issuing.pem",
-                "--issuing-key", data / "ca/issuing.key",
-                "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-            )  # fmt: skip
-            store_url = f"sqlite:///{data / 'fleet.db'}"
-            node = write_settings(
+            plugin_nodes = BrokerNodes.issue(data, base, plugin)
+            store_url = plugin_nodes.store_url
+            node = plugin_nodes.node(
                 base / "plugin-node",
-                data_dir=data,
-                store_url=store_url,
-                plugin=plugin,
-                sidecar_cert=sidecar_cert,
-                sidecar_key=sidecar_key,
                 crl_url=f"{server.base}/crl",
                 extra='log_type = ["error", "warning"]',
             )

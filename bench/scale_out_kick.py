@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
-import ssl
 import subprocess
 import time
 from pathlib import Path
 
-from broker_revoke import Device, cpu_seconds, mqtt_connect
+from broker_revoke import cpu_seconds
+from mqtt_sessions import Device, HeldSessions, revoke_one_by_one
 from scale_out_enroll import enroll_all
 
-from fleet.records import RevocationReason
 from fleet.store.factory import open_store
 from tests.support.cluster import MQTT_PORT, Cluster
 
@@ -49,10 +47,9 @@ def device_contexts(cluster: Cluster, names: list[str]) -> list[Device]:
     devices = []
     directory = cluster.work / "devices"
     for name in names:
-        context = ssl.create_default_context(cafile=str(cluster.root_pem))
-        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-        context.load_cert_chain(cert, key)
-        devices.append(Device(name, cert, key, context))
+        device = Device(name, directory / f"{name}.pem", directory / f"{name}.key")
+        device.trust(cluster.root_pem)
+        devices.append(device)
     return devices
 
 
@@ -63,30 +60,10 @@ async def kick_latency(
     each victim revoked through the store and its close timed."""
     brokers = list(cluster.brokers.values())
     home = {d.device_id: brokers[i % 2] for i, d in enumerate(devices)}
-    closed: dict[str, float] = {}
-    events = {d.device_id: asyncio.Event() for d in devices}
-    watchers: list[asyncio.Task[None]] = []
-    semaphore = asyncio.Semaphore(50)
+    sessions = HeldSessions(devices)
 
     async def hold(device: Device) -> bool:
-        async with semaphore:
-            streams = await mqtt_connect(MQTT_PORT, device, home[device.device_id].host.address)
-        if streams is None:
-            return False
-        reader, writer = streams
-
-        async def watch() -> None:
-            try:
-                while await reader.read(4096):
-                    pass
-            except (OSError, ssl.SSLError):
-                pass
-            closed[device.device_id] = time.perf_counter()
-            events[device.device_id].set()
-            writer.close()
-
-        watchers.append(asyncio.get_running_loop().create_task(watch()))
-        return True
+        return await sessions.hold(device, MQTT_PORT, home[device.device_id].host.address)
 
     started = time.perf_counter()
     held = await asyncio.gather(*(hold(d) for d in devices))
@@ -97,39 +74,26 @@ async def kick_latency(
     await asyncio.sleep(1)  # let the brokers' connect work settle before timing kicks
     brokers_pids = [b.broker.pid for b in brokers if b.broker is not None]
     store = await open_store(cluster.store.url)
-    latencies: dict[str, list[float]] = {b.host.name: [] for b in brokers}
-    ack_ms: list[float] = []
-    failed = 0
     cpu_before = sum(cpu_seconds(pid) for pid in brokers_pids)
     try:
-        for device in victims:
-            await asyncio.sleep(0.1)  # let the CRL refresh of the previous one settle
-            asked = time.perf_counter()
-            await store.revoke_device(
-                device.device_id, RevocationReason.KEY_COMPROMISE, dt.datetime.now(dt.UTC)
-            )
-            acked = time.perf_counter()
-            ack_ms.append(1000 * (acked - asked))
-            try:
-                await asyncio.wait_for(events[device.device_id].wait(), 5)
-            except TimeoutError:
-                failed += 1
-                continue
-            node = home[device.device_id].host.name
-            latencies[node].append(1000 * (closed[device.device_id] - acked))
+        kicks = await revoke_one_by_one(store, sessions, victims)
         cpu = sum(cpu_seconds(pid) for pid in brokers_pids) - cpu_before
     finally:
         await store.close()
+    # From the store's acknowledgement: the broker nodes' part, not the store's.
+    latencies: dict[str, list[float]] = {b.host.name: [] for b in brokers}
+    for kick in kicks:
+        if kick.closed is not None:
+            latencies[home[kick.device_id].host.name].append(1000 * (kick.closed - kick.acked))
+    failed = sum(kick.closed is None for kick in kicks)
     revoked = {d.device_id for d in victims}
-    dropped = sum(e.is_set() for name, e in events.items() if name not in revoked)
-    for task in watchers:
-        task.cancel()
-    await asyncio.gather(*watchers, return_exceptions=True)
+    dropped = sum(sessions.is_closed(d.device_id) for d in devices if d.device_id not in revoked)
+    await sessions.release()
     return KickFigures(
         len(devices),
         nofile,
         latencies,
-        ack_ms,
+        [kick.ack_ms for kick in kicks],
         failed,
         dropped,
         1000 * cpu / max(1, len(victims)),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import os
 import platform
 import ssl
@@ -35,10 +34,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from broker_revoke import Device, enroll_devices, mqtt_connect, percentile
+from broker_revoke import enroll_devices, percentile
+from mqtt_sessions import Device, mqtt_connect
 
 from tests.support.fleet_server import FleetServer, make_data_dir
-from tests.support.mosquitto_broker import BrokerNode, fleet_broker, write_settings
+from tests.support.mosquitto_broker import BrokerNode, BrokerNodes, fleet_broker
 from tests.support.ports import free_port
 
 TIMEOUT = 5.0
@@ -111,27 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             devices = enroll_devices(server, work, args.devices + args.takeovers)
             print(f"setup: {len(devices)} devices enrolled in {time.perf_counter() - t0:.1f}s")
             for device in devices:
-                context = ssl.create_default_context(cafile=str(server.root_pem))
-                context.load_cert_chain(device.cert, device.key)
-                device.context = context
+                device.trust(server.root_pem)
             plugin = Path(
                 fleet_broker("mosquitto", "build", "--out", base / "plugin").stdout.strip()
             )
-            sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
-            fleet_broker(
-                "mosquitto", "sidecar-cert",
-                "--issuing-cert", data / "ca/issuing.pem",
-                "--issuing-key", data / "ca/issuing.key",
-                "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-            )  # fmt: skip
-            node = functools.partial(
-                write_settings,
-                data_dir=data,
-                store_url=f"sqlite:///{data / 'fleet.db'}",
-                plugin=plugin,
-                sidecar_cert=sidecar_cert,
-                sidecar_key=sidecar_key,
-            )
+            node = BrokerNodes.issue(data, base, plugin).node
             ports = free_port(), free_port()
             for name, port, peer in (("a", ports[0], ports[1]), ("b", ports[1], ports[0])):
                 nodes.append(

@@ -22,15 +22,14 @@ commands from such a link. No file is shared between nodes.
 from __future__ import annotations
 
 import logging
-import threading
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import CallbackOnConnect_v2, CallbackOnDisconnect_v2
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from broker_plugins.mosquitto.config import CONTROL_TOPIC, MosquittoSettings
+from broker_plugins.mosquitto.sidecar_client import sidecar_client, stop_clients
 from fleet.kernel.device_id import is_device_id
 
 log = logging.getLogger(__name__)
@@ -61,18 +60,7 @@ class PeerLinks:
     def __init__(self, settings: MosquittoSettings) -> None:
         self._links: list[tuple[str, int, mqtt.Client]] = []
         for host, port in settings.peer_addresses:
-            client = mqtt.Client(
-                CallbackAPIVersion.VERSION2,
-                client_id=settings.peer_client_id,
-                protocol=mqtt.MQTTv311,
-                clean_session=True,
-            )
-            client.tls_set(
-                ca_certs=str(settings.broker_cafile or settings.root_ca),
-                certfile=str(settings.sidecar_cert),
-                keyfile=str(settings.sidecar_key),
-            )
-            client.reconnect_delay_set(min_delay=1, max_delay=5)
+            client = sidecar_client(settings, settings.peer_client_id, max_reconnect_delay=5)
             client.max_queued_messages_set(MAX_QUEUED)
             client.on_connect = _on_connect(f"{host}:{port}")
             client.on_disconnect = _on_disconnect(f"{host}:{port}")
@@ -84,16 +72,7 @@ class PeerLinks:
             client.loop_start()
 
     def stop(self) -> None:
-        for _, _, client in self._links:
-            client.disconnect()
-        stoppers = [
-            threading.Thread(target=client.loop_stop, name="paho-stop", daemon=True)
-            for _, _, client in self._links
-        ]
-        for stopper in stoppers:
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join(STOP_SECONDS)
+        stop_clients((client for _, _, client in self._links), STOP_SECONDS)
 
     def announce(self, command: str) -> None:
         """Send one ``session`` command to every peer (QoS 1, queued while a peer is away)."""

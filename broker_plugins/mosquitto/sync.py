@@ -68,7 +68,6 @@ import paho.mqtt.client as mqtt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Gauge
@@ -84,6 +83,7 @@ from broker_plugins.mosquitto.config import (
     MosquittoSettings,
 )
 from broker_plugins.mosquitto.peers import PeerLinks, session_command
+from broker_plugins.mosquitto.sidecar_client import sidecar_client, stop_clients
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from broker_plugins.snapshot import RevocationState, read_snapshot_file, serial_hex
 from broker_plugins.subject_hash import subject_hash
@@ -408,18 +408,7 @@ class PluginLink:
         self._on_session = on_session
         self.connected = asyncio.Event()
         self.on_connected: asyncio.Queue[None] = asyncio.Queue()
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=settings.sidecar_cn,
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
-        )
-        client.tls_set(
-            ca_certs=str(settings.broker_cafile or settings.root_ca),
-            certfile=str(settings.sidecar_cert),
-            keyfile=str(settings.sidecar_key),
-        )
-        client.reconnect_delay_set(min_delay=1, max_delay=2)
+        client = sidecar_client(settings, settings.sidecar_cn, max_reconnect_delay=2)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -435,16 +424,8 @@ class PluginLink:
         self._client.loop_start()
 
     def stop(self) -> None:
-        """Disconnect, and let the network thread go within STOP_SECONDS.
-
-        paho's thread sleeps up to a second at a time in its reconnect back-off
-        (the broker stopped first, as systemd does); it is a daemon thread and
-        holds nothing to flush, so a stop does not wait for it beyond that.
-        """
-        self._client.disconnect()
-        stopper = threading.Thread(target=self._client.loop_stop, name="paho-stop", daemon=True)
-        stopper.start()
-        stopper.join(STOP_SECONDS)
+        """Disconnect, and let the network thread go within STOP_SECONDS."""
+        stop_clients([self._client], STOP_SECONDS)
 
     def _on_connect(
         self,

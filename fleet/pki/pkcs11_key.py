@@ -11,7 +11,7 @@ fork handling are ``fleet.pki.pkcs11_session``'s.
 from __future__ import annotations
 
 import secrets
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, Generic, NoReturn, Self, TypeAlias, TypeVar
 
 import pkcs11
 from cryptography.hazmat.primitives import hashes, serialization
@@ -31,6 +31,7 @@ from fleet.pki.pkcs11_session import TokenSession, refused
 from fleet.pki.pkcs11_uri import Pkcs11Uri
 
 _Data: TypeAlias = bytes | bytearray | memoryview
+_Public = TypeVar("_Public", ec.EllipticCurvePublicKey, rsa.RSAPublicKey)
 _CURVES: dict[KeyType, tuple[str, ec.EllipticCurve]] = {
     KeyType.EC_P256: ("1.2.840.10045.3.1.7", ec.SECP256R1()),
     KeyType.EC_P384: ("1.3.132.0.34", ec.SECP384R1()),
@@ -116,16 +117,47 @@ def _not_exportable() -> NoReturn:
     )
 
 
-class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
-    """An EC private key in a token: ECDSA signatures only, computed by the token."""
+class _TokenKey(Generic[_Public]):
+    """What an EC and an RSA token key share: the token object it signs with, its
+    public key (read from the token), and refusing to leave the token.
 
-    def __init__(self, ref: _KeyRef, public: ec.EllipticCurvePublicKey) -> None:
+    Listed before cryptography's key class in the bases, so these definitions are
+    the ones its abstract methods resolve to.
+    """
+
+    def __init__(self, ref: _KeyRef, public: _Public) -> None:
         self._ref = ref
-        self._public = public
+        self._public: _Public = public
 
     @property
     def uri(self) -> Pkcs11Uri:
         return self._ref.uri
+
+    def public_key(self) -> _Public:
+        return self._public
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        _not_exportable()
+
+    # A copy would be a second handle on the same token object: the key itself.
+    def __copy__(self) -> Self:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Self:
+        return self
+
+
+class TokenEcPrivateKey(_TokenKey[ec.EllipticCurvePublicKey], ec.EllipticCurvePrivateKey):
+    """An EC private key in a token: ECDSA signatures only, computed by the token."""
 
     def sign(self, data: _Data, signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
@@ -139,16 +171,9 @@ class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
             int.from_bytes(raw[:size], "big"), int.from_bytes(raw[size:], "big")
         )
 
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._public
-
     @property
     def curve(self) -> ec.EllipticCurve:
         return self._public.curve
-
-    @property
-    def key_size(self) -> int:
-        return self._public.key_size
 
     def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
         _not_exportable()
@@ -156,31 +181,9 @@ class TokenEcPrivateKey(ec.EllipticCurvePrivateKey):
     def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
         _not_exportable()
 
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        _not_exportable()
 
-    def __copy__(self) -> TokenEcPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenEcPrivateKey:
-        return self
-
-
-class TokenRsaPrivateKey(rsa.RSAPrivateKey):
+class TokenRsaPrivateKey(_TokenKey[rsa.RSAPublicKey], rsa.RSAPrivateKey):
     """An RSA private key in a token: PKCS#1 v1.5 signatures only, computed by the token."""
-
-    def __init__(self, ref: _KeyRef, public: rsa.RSAPublicKey) -> None:
-        self._ref = ref
-        self._public = public
-
-    @property
-    def uri(self) -> Pkcs11Uri:
-        return self._ref.uri
 
     def sign(
         self,
@@ -195,32 +198,11 @@ class TokenRsaPrivateKey(rsa.RSAPrivateKey):
             _not_exportable()
         return self._ref.sign(_DIGEST_INFO[name] + digest, Mechanism.RSA_PKCS)
 
-    def public_key(self) -> rsa.RSAPublicKey:
-        return self._public
-
-    @property
-    def key_size(self) -> int:
-        return self._public.key_size
-
     def decrypt(self, ciphertext: bytes, padding: padding.AsymmetricPadding) -> bytes:
         _not_exportable()
 
     def private_numbers(self) -> rsa.RSAPrivateNumbers:
         _not_exportable()
-
-    def private_bytes(
-        self,
-        encoding: serialization.Encoding,
-        format: serialization.PrivateFormat,
-        encryption_algorithm: serialization.KeySerializationEncryption,
-    ) -> bytes:
-        _not_exportable()
-
-    def __copy__(self) -> TokenRsaPrivateKey:
-        return self
-
-    def __deepcopy__(self, memo: dict[int, object]) -> TokenRsaPrivateKey:
-        return self
 
 
 TokenPrivateKey: TypeAlias = TokenEcPrivateKey | TokenRsaPrivateKey

@@ -14,7 +14,7 @@ from fleet.records import CertificateStatus, Device, DeviceFilter, DeviceState
 from fleet.store._codec import ts
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_directory import SqlDirectory
-from fleet.store._sqlite_rows import _device
+from fleet.store._sql_rows import _device
 
 _GOOD = CertificateStatus.GOOD.value
 # The newest good certificate of the device in the enclosing query: latest

@@ -39,7 +39,7 @@ from fleet.store._codec import (
     ts,
 )
 from fleet.store._sql import AUDIT_INDEXED, SqlConnection
-from fleet.store._sqlite_rows import (
+from fleet.store._sql_rows import (
     _append_audit,
 )
 from fleet.store.audit_chain import event_from_json

@@ -38,7 +38,7 @@ from fleet.records import (
     RevocationReason,
     RevocationSnapshot,
 )
-from fleet.store import _sqlite_replacements as replacements
+from fleet.store import _sql_replacements as replacements
 from fleet.store._codec import (
     check_manifest,
     check_target_state,
@@ -51,7 +51,7 @@ from fleet.store._codec import (
 )
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_device_queries import SqlDeviceQueries
-from fleet.store._sqlite_rows import (
+from fleet.store._sql_rows import (
     _append_audit,
     _append_feed,
     _certificate,

@@ -14,7 +14,7 @@ import sqlite3
 
 from fleet.kernel.errors import StoreUnavailable
 from fleet.store._sql import AUDIT_INDEXED
-from fleet.store._sqlite_replacements import SCHEMA as REPLACEMENTS_SCHEMA
+from fleet.store._sql_replacements import SQLITE_SCHEMA as REPLACEMENTS_SCHEMA
 from fleet.store.intermediates import SQLITE_SCHEMA as POOL_SCHEMA
 
 SCHEMA_VERSION = 5

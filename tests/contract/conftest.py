@@ -54,7 +54,35 @@ class Backend(abc.ABC):
         """Make the backend fail when it writes ``device_id``."""
 
 
-class SqliteBackend(Backend):
+class SqlBackend(Backend):
+    """A SQL backend: the audit table is tampered with by the same statements in
+    SQLite and PostgreSQL (``?`` placeholders; PostgreSQL's ``_raw`` rewrites them)."""
+
+    @abc.abstractmethod
+    def _raw(self, *statements: tuple[str, tuple[object, ...]]) -> None:
+        """Run ``statements`` in one transaction with the backend's own client."""
+
+    async def delete_audit(self, seq: int) -> None:
+        self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
+
+    async def insert_audit(self, record: AuditRecord) -> None:
+        # Renumber in two steps so no intermediate row collides with the primary key.
+        self._raw(
+            ("UPDATE audit SET seq = seq + 1000000 WHERE seq >= ?", (record.seq,)),
+            ("UPDATE audit SET seq = seq - 999999 WHERE seq >= 1000000", ()),
+            (
+                "INSERT INTO audit (seq, event, prev_sha256, sha256) VALUES (?, ?, ?, ?)",
+                (
+                    record.seq,
+                    json.dumps(event_to_json(record.event)),
+                    record.prev_sha256,
+                    record.sha256,
+                ),
+            ),
+        )
+
+
+class SqliteBackend(SqlBackend):
     name = "sqlite"
 
     def __init__(self, path: Path) -> None:
@@ -76,25 +104,6 @@ class SqliteBackend(Backend):
     async def edit_audit(self, seq: int, reason: str) -> None:
         self._raw(
             ("UPDATE audit SET event = json_set(event, '$.reason', ?) WHERE seq = ?", (reason, seq))
-        )
-
-    async def delete_audit(self, seq: int) -> None:
-        self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
-
-    async def insert_audit(self, record: AuditRecord) -> None:
-        # Renumber in two steps so no intermediate row collides with the primary key.
-        self._raw(
-            ("UPDATE audit SET seq = seq + 1000000 WHERE seq >= ?", (record.seq,)),
-            ("UPDATE audit SET seq = seq - 999999 WHERE seq >= 1000000", ()),
-            (
-                "INSERT INTO audit (seq, event, prev_sha256, sha256) VALUES (?, ?, ?, ?)",
-                (
-                    record.seq,
-                    json.dumps(event_to_json(record.event)),
-                    record.prev_sha256,
-                    record.sha256,
-                ),
-            ),
         )
 
     async def sabotage_device_write(self, device_id: str) -> None:
@@ -159,7 +168,7 @@ class RedisBackend(Backend):
             await client.set(f"{self.tag}:device:{device_id}", "not a hash")
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(SqlBackend):
     """One schema of the session's PostgreSQL per test, migrated as `fleet db upgrade` does."""
 
     name = "postgres"
@@ -187,24 +196,6 @@ class PostgresBackend(Backend):
                 "UPDATE audit SET event = %s WHERE seq = %s",
                 (json.dumps(event, sort_keys=True), seq),
             )
-
-    async def delete_audit(self, seq: int) -> None:
-        self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
-
-    async def insert_audit(self, record: AuditRecord) -> None:
-        self._raw(
-            ("UPDATE audit SET seq = seq + 1000000 WHERE seq >= ?", (record.seq,)),
-            ("UPDATE audit SET seq = seq - 999999 WHERE seq >= 1000000", ()),
-            (
-                "INSERT INTO audit (seq, event, prev_sha256, sha256) VALUES (?, ?, ?, ?)",
-                (
-                    record.seq,
-                    json.dumps(event_to_json(record.event)),
-                    record.prev_sha256,
-                    record.sha256,
-                ),
-            ),
-        )
 
     async def sabotage_device_write(self, device_id: str) -> None:
         self._raw(

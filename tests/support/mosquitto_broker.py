@@ -221,6 +221,58 @@ heartbeat_seconds = 0.5
     return node
 
 
+@dataclasses.dataclass(frozen=True)
+class BrokerNodes:
+    """Broker nodes of one fleet: its data directory and store, one plugin build, and
+    one sidecar certificate (issued from the fleet's issuing CA) shared by every node."""
+
+    data_dir: Path
+    store_url: str
+    plugin: Path
+    sidecar_cert: Path
+    sidecar_key: Path
+
+    @classmethod
+    def issue(
+        cls, data_dir: Path, base: Path, plugin: Path, store_url: str | None = None
+    ) -> BrokerNodes:
+        """Issue the sidecar certificate into ``base``; the store defaults to the data
+        directory's SQLite database (what `fleet serve` on it uses)."""
+        sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
+        fleet_broker(
+            "mosquitto", "sidecar-cert",
+            "--issuing-cert", data_dir / "ca/issuing.pem",
+            "--issuing-key", data_dir / "ca/issuing.key",
+            "--out-cert", sidecar_cert,
+            "--out-key", sidecar_key,
+        )  # fmt: skip
+        store_url = store_url or f"sqlite:///{data_dir / 'fleet.db'}"
+        return cls(data_dir, store_url, plugin, sidecar_cert, sidecar_key)
+
+    def node(
+        self,
+        directory: Path,
+        *,
+        crl_url: str = "",
+        extra: str = "",
+        issuing_ca: Path | None = None,
+        port: int | None = None,
+    ) -> BrokerNode:
+        """A node's settings and mosquitto.conf in ``directory`` (see write_settings)."""
+        return write_settings(
+            directory,
+            data_dir=self.data_dir,
+            store_url=self.store_url,
+            plugin=self.plugin,
+            sidecar_cert=self.sidecar_cert,
+            sidecar_key=self.sidecar_key,
+            crl_url=crl_url,
+            extra=extra,
+            issuing_ca=issuing_ca,
+            port=port,
+        )
+
+
 # -- MQTT clients --------------------------------------------------------------------
 
 

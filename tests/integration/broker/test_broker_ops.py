@@ -26,11 +26,11 @@ from tests.support.binaries import need_binary
 from tests.support.fleet_server import FleetServer, make_data_dir
 from tests.support.mosquitto_broker import (
     BrokerNode,
+    BrokerNodes,
     Session,
     fleet_broker,
     load_ca,
     mint_client_cert,
-    write_settings,
 )
 from tests.support.openssl import tls_handshake
 from tests.support.ports import free_port
@@ -72,22 +72,12 @@ def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brokers]:
     config = make_data_dir(base / "fleet-data")
     data = config.parent
     plugin = Path(fleet_broker("mosquitto", "build", "--out", base / "plugin").stdout.strip())
-    sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
-    fleet_broker(
-        "mosquitto", "sidecar-cert",
-        "--issuing-cert", data / "ca/issuing.pem", "--issuing-key", data / "ca/issuing.key",
-        "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-    )  # fmt: skip
-    store_url = f"sqlite:///{data / 'fleet.db'}"
+    nodes = BrokerNodes.issue(data, base, plugin)
+    store_url = nodes.store_url
     server = FleetServer(config).start()
     metrics_port = free_port()
-    node = write_settings(
+    node = nodes.node(
         base / "mosquitto",
-        data_dir=data,
-        store_url=store_url,
-        plugin=plugin,
-        sidecar_cert=sidecar_cert,
-        sidecar_key=sidecar_key,
         crl_url=f"{server.base}/crl",
         extra=f'metrics_address = "127.0.0.1:{metrics_port}"',
     )
@@ -99,7 +89,7 @@ def brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Brokers]:
         node.start_sidecar()
         amqtt.start()
         metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-        yield Brokers(data, node, amqtt, sidecar_cert, sidecar_key, metrics, server)
+        yield Brokers(data, node, amqtt, nodes.sidecar_cert, nodes.sidecar_key, metrics, server)
     finally:
         amqtt.stop()
         node.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import functools
 import secrets
 import signal
 import subprocess
@@ -35,12 +34,12 @@ from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.binaries import need_binary
 from tests.support.mosquitto_broker import (
     BrokerNode,
+    BrokerNodes,
     Session,
     fleet_broker,
     load_ca,
     mint_client_cert,
     rogue_ca,
-    write_settings,
 )
 from tests.support.ports import free_port
 
@@ -72,8 +71,7 @@ class Env:
     fleet: Fleet
     crl: BrokerNode
     plain: BrokerNode
-    sidecar_cert: Path
-    sidecar_key: Path
+    nodes: BrokerNodes  # how more nodes of this fleet are made
     plain_metrics: str = ""  # the plain node's sidecar /metrics URL
 
     @property
@@ -135,31 +133,15 @@ def env(tmp_path_factory: pytest.TempPathFactory, plugin: Path) -> Iterator[Env]
     need_binary("mosquitto")
     base = tmp_path_factory.mktemp("mosquitto")
     with running_fleet(base) as fleet:
-        data = fleet.server.data_dir
-        sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
-        fleet_broker(
-            "mosquitto", "sidecar-cert",
-            "--issuing-cert", data / "ca/issuing.pem",
-            "--issuing-key", data / "ca/issuing.key",
-            "--out-cert", sidecar_cert,
-            "--out-key", sidecar_key,
-        )  # fmt: skip
-        common = functools.partial(
-            write_settings,
-            data_dir=data,
-            store_url=f"sqlite:///{data / 'fleet.db'}",
-            plugin=plugin,
-            sidecar_cert=sidecar_cert,
-            sidecar_key=sidecar_key,
-        )
+        nodes_of_fleet = BrokerNodes.issue(fleet.server.data_dir, base, plugin)
         stale_after = f"max_staleness_seconds = {MAX_STALENESS}"
-        crl = common(
+        crl = nodes_of_fleet.node(
             base / "crl",
             crl_url=f"{fleet.server.base}/crl",
             extra=f"{stale_after}\ncrl_backstop = true",
         )
         metrics_port = free_port()
-        plain = common(
+        plain = nodes_of_fleet.node(
             base / "plain",
             extra=f'{stale_after}\nmetrics_address = "127.0.0.1:{metrics_port}"',
         )
@@ -170,7 +152,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, plugin: Path) -> Iterator[Env]
                 node.start_broker()
                 node.start_sidecar()
             metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-            yield Env(fleet, crl, plain, sidecar_cert, sidecar_key, metrics)
+            yield Env(fleet, crl, plain, nodes_of_fleet, metrics)
         finally:
             for node in nodes:
                 node.stop()
@@ -648,9 +630,7 @@ def test_device_revoked_while_the_sidecar_is_away_is_refused_after_max_staleness
     env.refused(node, device.cert, device.key, device.device_id)  # now as revoked
 
 
-def test_several_issuing_cas_are_trusted_during_a_rotation(
-    env: Env, plugin: Path, tmp_path: Path
-) -> None:
+def test_several_issuing_cas_are_trusted_during_a_rotation(env: Env, tmp_path: Path) -> None:
     # issuing_ca is a bundle of the current and the next issuing CA (both under the root).
     data = env.fleet.server.data_dir
     now = dt.datetime.now(dt.UTC)
@@ -659,11 +639,7 @@ def test_several_issuing_cas_are_trusted_during_a_rotation(
     bundle.write_bytes(
         (data / "ca/issuing.pem").read_bytes() + certificate_to_pem(next_ca.certificate)
     )
-    node = write_settings(
-        tmp_path / "rotation", data_dir=data, store_url=f"sqlite:///{data / 'fleet.db'}",
-        plugin=plugin,
-        sidecar_cert=env.sidecar_cert, sidecar_key=env.sidecar_key, issuing_ca=bundle,
-    )  # fmt: skip
+    node = env.nodes.node(tmp_path / "rotation", issuing_ca=bundle)
     try:
         fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
         node.start_broker()
@@ -743,27 +719,14 @@ def test_redis_restart_empty_keeps_revoked_devices_out(tmp_path: Path, plugin: P
             tmp_path / "fleet",
             env={"FLEET_STORE_URL": redis.url, "FLEET_STORE_REDIS_ALLOW_VOLATILE": "true"},
         ) as fleet:
-            data = fleet.server.data_dir
-            sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
-            fleet_broker(
-                "mosquitto", "sidecar-cert",
-                "--issuing-cert", data / "ca/issuing.pem",
-                "--issuing-key", data / "ca/issuing.key",
-                "--out-cert", sidecar_cert,
-                "--out-key", sidecar_key,
-            )  # fmt: skip
-            node = write_settings(
-                tmp_path / "node",
-                data_dir=data,
-                store_url=redis.url,
-                plugin=plugin,
-                sidecar_cert=sidecar_cert,
-                sidecar_key=sidecar_key,
+            nodes_of_fleet = BrokerNodes.issue(
+                fleet.server.data_dir, tmp_path, plugin, store_url=redis.url
             )
+            node = nodes_of_fleet.node(tmp_path / "node")
             fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
             node.start_broker()
             node.start_sidecar()
-            env = Env(fleet, node, node, sidecar_cert, sidecar_key)
+            env = Env(fleet, node, node, nodes_of_fleet)
             device, other = env.enroll(), env.enroll()
             session = env.connect(node, device)
             env.revoke_device(device.device_id)

@@ -31,11 +31,11 @@ from fleet.store.protocol import Store
 from tests.support.binaries import need_binary
 from tests.support.mosquitto_broker import (
     BrokerNode,
+    BrokerNodes,
     Session,
     fleet_broker,
     load_ca,
     mint_client_cert,
-    write_settings,
 )
 from tests.support.redis_server import RedisServer
 
@@ -54,20 +54,9 @@ class Node:
         ensure_private_dir(self.data)
         init_data_dir(self.data, now=dt.datetime.now(dt.UTC), server_names=["127.0.0.1"])
         self.issuing = load_ca(self.data, "issuing")
-        sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
-        fleet_broker(
-            "mosquitto", "sidecar-cert",
-            "--issuing-cert", self.data / "ca/issuing.pem",
-            "--issuing-key", self.data / "ca/issuing.key",
-            "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-        )  # fmt: skip
-        self.node: BrokerNode = write_settings(
+        nodes = BrokerNodes.issue(self.data, base, plugin, store_url=redis.url)
+        self.node: BrokerNode = nodes.node(
             base / "node",
-            data_dir=self.data,
-            store_url=redis.url,
-            plugin=plugin,
-            sidecar_cert=sidecar_cert,
-            sidecar_key=sidecar_key,
             extra="max_staleness_seconds = 5",
         )
         self.devices = 0

@@ -15,11 +15,11 @@ from fleet.pki.ca import CertifiedKey, certificate_to_pem, create_issuing_ca
 from tests.integration.broker.test_mosquitto import plugin  # noqa: F401 - the session fixture
 from tests.integration.est.conftest import running_fleet
 from tests.support.mosquitto_broker import (
+    BrokerNodes,
     Session,
     fleet_broker,
     load_ca,
     mint_client_cert,
-    write_settings,
 )
 
 pytestmark = [
@@ -49,16 +49,8 @@ def test_devices_under_the_old_and_the_new_root_connect_during_the_overlap(
         issuing.write_bytes(
             (data / "ca/issuing.pem").read_bytes() + certificate_to_pem(new_issuing.certificate)
         )
-        sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
-        fleet_broker(
-            "mosquitto", "sidecar-cert",
-            "--issuing-cert", data / "ca/issuing.pem", "--issuing-key", data / "ca/issuing.key",
-            "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-        )  # fmt: skip
-        node = write_settings(
-            tmp_path / "node", data_dir=data, store_url=f"sqlite:///{data / 'fleet.db'}",
-            plugin=plugin, sidecar_cert=sidecar_cert, sidecar_key=sidecar_key, issuing_ca=issuing,
-        )  # fmt: skip
+        nodes = BrokerNodes.issue(data, tmp_path, plugin)
+        node = nodes.node(tmp_path / "node", issuing_ca=issuing)
         try:
             fleet_broker("mosquitto", "sync", "--config", node.settings, "--once")
             cafile = x509.load_pem_x509_certificates(

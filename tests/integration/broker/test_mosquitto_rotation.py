@@ -22,7 +22,7 @@ from cryptography import x509
 
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.binaries import need_binary
-from tests.support.mosquitto_broker import BrokerNode, Session, fleet_broker, write_settings
+from tests.support.mosquitto_broker import BrokerNode, BrokerNodes, Session, fleet_broker
 
 
 def _enroll(fleet: Fleet, name: str) -> tuple[str, Path, Path]:
@@ -66,16 +66,6 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(fleet_broker("mosquitto", "build", "--out", out).stdout.strip())
 
 
-def _sidecar_cert(data: Path, tmp_path: Path) -> tuple[Path, Path]:
-    sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
-    fleet_broker(
-        "mosquitto", "sidecar-cert",
-        "--issuing-cert", data / "ca/issuing.pem", "--issuing-key", data / "ca/issuing.key",
-        "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-    )  # fmt: skip
-    return sidecar_cert, sidecar_key
-
-
 def _enroll_from_new_ca(fleet: Fleet, old_issuer: x509.Name) -> tuple[str, Path, Path]:
     """The server follows promote within [ca] reload_seconds: enroll until it did."""
     deadline = time.monotonic() + 20
@@ -90,15 +80,8 @@ def _enroll_from_new_ca(fleet: Fleet, old_issuer: x509.Name) -> tuple[str, Path,
 def test_mosquitto_follows_cacerts_without_a_restart(tmp_path: Path, plugin: Path) -> None:
     need_binary("mosquitto")
     with running_fleet(tmp_path) as fleet:
-        data = fleet.server.data_dir
-        sidecar_cert, sidecar_key = _sidecar_cert(data, tmp_path)
-        node = write_settings(
+        node = BrokerNodes.issue(fleet.server.data_dir, tmp_path, plugin).node(
             tmp_path / "node",
-            data_dir=data,
-            store_url=f"sqlite:///{data / 'fleet.db'}",
-            plugin=plugin,
-            sidecar_cert=sidecar_cert,
-            sidecar_key=sidecar_key,
             extra=f'cacerts_url = "{fleet.server.est("cacerts")}"\nca_refresh_seconds = 0.2',
         )
         assert f"capath {node.directory / 'state/cadir'}" in node.conf.read_text()
@@ -128,14 +111,8 @@ def test_mosquitto_admits_both_cas_across_a_rotation(tmp_path: Path, plugin: Pat
     need_binary("mosquitto")
     with running_fleet(tmp_path) as fleet:
         data = fleet.server.data_dir
-        sidecar_cert, sidecar_key = _sidecar_cert(data, tmp_path)
-        node = write_settings(
+        node = BrokerNodes.issue(data, tmp_path, plugin).node(
             tmp_path / "node",
-            data_dir=data,
-            store_url=f"sqlite:///{data / 'fleet.db'}",
-            plugin=plugin,
-            sidecar_cert=sidecar_cert,
-            sidecar_key=sidecar_key,
             issuing_ca=data / "ca/issuing-set.pem",
         )
         try:

@@ -10,7 +10,6 @@ nothing is shared between the nodes but the network.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ import pytest
 
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.binaries import need_binary
-from tests.support.mosquitto_broker import BrokerNode, Session, fleet_broker, write_settings
+from tests.support.mosquitto_broker import BrokerNode, BrokerNodes, Session, fleet_broker
 from tests.support.ports import free_port
 
 pytestmark = [pytest.mark.needs_binary("mosquitto"), pytest.mark.needs_binary("gcc")]
@@ -80,31 +79,17 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     base = tmp_path_factory.mktemp("sessions")
     plugin = Path(fleet_broker("mosquitto", "build", "--out", base / "plugin").stdout.strip())
     with running_fleet(base) as fleet:
-        data = fleet.server.data_dir
-        sidecar_cert, sidecar_key = base / "sidecar.pem", base / "sidecar.key"
-        fleet_broker(
-            "mosquitto", "sidecar-cert",
-            "--issuing-cert", data / "ca/issuing.pem",
-            "--issuing-key", data / "ca/issuing.key",
-            "--out-cert", sidecar_cert,
-            "--out-key", sidecar_key,
-        )  # fmt: skip
-        node = functools.partial(
-            write_settings,
-            data_dir=data,
-            store_url=f"sqlite:///{data / 'fleet.db'}",
-            plugin=plugin,
-            sidecar_cert=sidecar_cert,
-            sidecar_key=sidecar_key,
-        )
+        nodes = BrokerNodes.issue(fleet.server.data_dir, base, plugin)
         port_a, port_b, metrics = free_port(), free_port(), free_port()
-        a = node(
+        a = nodes.node(
             base / "a",
             port=port_a,
             extra=f'node_name = "a"\npeers = ["127.0.0.1:{port_b}"]\n'
             f'metrics_address = "127.0.0.1:{metrics}"',
         )
-        b = node(base / "b", port=port_b, extra=f'node_name = "b"\npeers = ["127.0.0.1:{port_a}"]')
+        b = nodes.node(
+            base / "b", port=port_b, extra=f'node_name = "b"\npeers = ["127.0.0.1:{port_a}"]'
+        )
         try:
             for each in (a, b):
                 fleet_broker("mosquitto", "sync", "--config", each.settings, "--once")
@@ -114,7 +99,12 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
             for each in (a, b):
                 each.wait_sidecar_log("session link to peer broker")
             yield Pair(
-                fleet, a, b, sidecar_cert, sidecar_key, f"http://127.0.0.1:{metrics}/metrics"
+                fleet,
+                a,
+                b,
+                nodes.sidecar_cert,
+                nodes.sidecar_key,
+                f"http://127.0.0.1:{metrics}/metrics",
             )
         finally:
             for each in (a, b):

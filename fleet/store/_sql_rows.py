@@ -1,4 +1,4 @@
-"""Row codecs and in-transaction helpers shared by the SQLite store's modules.
+"""Row codecs and in-transaction helpers shared by the SQL stores (SQLite, PostgreSQL).
 
 Everything here runs inside the caller's transaction on the caller's
 connection; nothing commits.

@@ -1,7 +1,9 @@
-"""SQLite: replacement requests and superseded certificates, inside the caller's transaction.
+"""Replacement requests and superseded certificates, inside the caller's transaction.
 
-The store's methods wrap these in one write transaction each (``BEGIN
-IMMEDIATE``), so every check and change here is atomic with the rest of it.
+SQL shared by the SQLite and PostgreSQL stores. The store's methods wrap these
+in one write transaction each (SQLite's ``BEGIN IMMEDIATE``), so every check and
+change here is atomic with the rest of it. SQLITE_SCHEMA is SQLite's table;
+PostgreSQL's is in fleet.store._postgres_schema.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from fleet.records import (
 )
 from fleet.store._codec import opt_parse_ts, opt_ts, parse_ts, serial_hex, ts
 from fleet.store._sql import SqlConnection
-from fleet.store._sqlite_rows import _append_audit, _append_feed, _fetch_device
+from fleet.store._sql_rows import _append_audit, _append_feed, _fetch_device
 
-SCHEMA = """
+SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS replacement_requests (
     device_id TEXT PRIMARY KEY REFERENCES devices(device_id),
     bootstrap_sha256 TEXT NOT NULL,
