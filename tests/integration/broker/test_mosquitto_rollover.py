@@ -97,17 +97,10 @@ def test_a_node_following_cacerts_adopts_the_new_root_through_its_link(
         # The node's own copy of the root, as on another host: only /cacerts can teach it more.
         root_copy = tmp_path / "root-copy.pem"
         root_copy.write_bytes((data / "ca/root.pem").read_bytes())
-        sidecar_cert, sidecar_key = tmp_path / "sidecar.pem", tmp_path / "sidecar.key"
-        fleet_broker(
-            "mosquitto", "sidecar-cert",
-            "--issuing-cert", data / "ca/issuing.pem", "--issuing-key", data / "ca/issuing.key",
-            "--out-cert", sidecar_cert, "--out-key", sidecar_key,
-        )  # fmt: skip
-        node = write_settings(
-            tmp_path / "node", data_dir=data, store_url=f"sqlite:///{data / 'fleet.db'}",
-            plugin=plugin, sidecar_cert=sidecar_cert, sidecar_key=sidecar_key,
+        node = BrokerNodes.issue(data, tmp_path, plugin).node(
+            tmp_path / "node",
             extra=f'cacerts_url = "{fleet.server.est("cacerts")}"\nca_refresh_seconds = 0.2',
-        )  # fmt: skip
+        )
         node.settings.write_text(
             node.settings.read_text().replace(str(data / "ca/root.pem"), str(root_copy))
         )
