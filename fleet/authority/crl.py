@@ -20,13 +20,20 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import time
 from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from fleet.kernel.clock import Clock
-from fleet.kernel.errors import ConfigError, PolicyError, StoreConflict, StoreError
+from fleet.kernel.errors import (
+    ConfigError,
+    PolicyError,
+    ServerUnavailable,
+    StoreConflict,
+    StoreError,
+)
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
 from fleet.records import CertificateRecord, RevocationReason
@@ -145,6 +152,13 @@ class CrlPublisher:
         self._max_sleep = max_sleep
         self._retry = retry
         self._current: SignedCrl | None = None
+        # The newest feed sequence the follower has seen (the CRL should cover it),
+        # and whether something changed that no sequence describes (feed lost).
+        self._seen_seq = 0
+        self._unknown_change = False
+        # When signing on a request last failed: until ``retry`` later, requests
+        # serve the previous CRL (while valid) instead of each trying again.
+        self._failed_at: float | None = None
         # One sequence of CRL numbers per issuing key, shared by every node and worker.
         self._scope = crl_scope(issuer.certificate)
         self._lock = asyncio.Lock()
@@ -159,26 +173,40 @@ class CrlPublisher:
         return self._current
 
     async def current(self) -> SignedCrl:
-        """The current CRL, built on first use and rebuilt when older than ``refresh``.
+        """The current CRL, built on first use and rebuilt when outdated.
 
-        Serving does not depend on the background task: a stale CRL is
-        rebuilt here, and if that fails (store down) the previous CRL is
-        returned while it is still valid.
+        Serving does not depend on the background task: an outdated CRL is
+        rebuilt here. If that fails (store down, token unavailable) the previous
+        CRL is returned while it is still valid, and for ``retry`` seconds no
+        request tries again (each attempt reads every revoked record).
         """
         crl = self._current
         try:
-            if crl is not None and not await self._outdated(crl):
+            if crl is not None and (self._backing_off(crl) or not await self._outdated(crl)):
                 return crl
             async with self._lock:
                 latest = self._current
                 if latest is not None and not await self._outdated(latest):
                     return latest  # signed by someone else while we waited
-                return await self._sign_now()
-        except StoreError:
+                signed = await self._sign_now()
+                self._failed_at = None
+                return signed
+        except (StoreError, ServerUnavailable) as exc:
             if crl is None or crl.next_update <= self._clock.now():
                 raise
-            log.warning("CRL refresh failed; serving CRL #%d until it can be rebuilt", crl.number)
+            self._failed_at = time.monotonic()
+            log.warning(
+                "CRL refresh failed (%s); serving CRL #%d until it can be rebuilt",
+                exc.message, crl.number,
+            )  # fmt: skip
             return crl
+
+    def _backing_off(self, crl: SignedCrl) -> bool:
+        """A recent refresh failed and ``crl`` may still be served."""
+        failed = self._failed_at
+        if failed is None or time.monotonic() - failed >= self._retry:
+            return False
+        return crl.next_update > self._clock.now()
 
     async def _outdated(self, crl: SignedCrl) -> bool:
         """Too old to serve: past ``refresh``; another node or worker has numbered a
@@ -276,7 +304,23 @@ class CrlPublisher:
 
     def notify_changed(self) -> None:
         """Ask the background loop to regenerate soon (events coalesce)."""
+        self._unknown_change = True
         self._changed.set()
+
+    async def _sign_if_behind(self) -> SignedCrl:
+        """Sign unless the current CRL already covers what the follower saw (a request
+        may have signed it meanwhile: the same content is not signed twice)."""
+        async with self._lock:
+            crl = self._current
+            if crl is not None and not self._stale(crl) and not self._behind(crl):
+                return crl
+            self._unknown_change = False
+            return await self._sign_now()
+
+    def _behind(self, crl: SignedCrl) -> bool:
+        """Whether the follower saw a change this CRL does not cover (a request may
+        have re-signed already: then the loop does not sign the same content again)."""
+        return self._unknown_change or crl.feed_seq < self._seen_seq
 
     async def run(self) -> None:
         """Forever: regenerate on every revocation feed event and when the CRL ages.
@@ -292,7 +336,7 @@ class CrlPublisher:
                     crl = self._current
                     if crl is None or self._changed.is_set() or self._stale(crl):
                         self._changed.clear()
-                        crl = await self.regenerate()
+                        crl = await self._sign_if_behind()
                     age = self._clock.now() - crl.signed_at
                     wait = min((self._refresh - age).total_seconds(), self._max_sleep)
                     with contextlib.suppress(TimeoutError):
@@ -300,7 +344,7 @@ class CrlPublisher:
                 except Exception:
                     # Never let the task die: an unrefreshed CRL expires and
                     # brokers then refuse the whole fleet.
-                    self._changed.set()  # whatever changed is still pending
+                    self.notify_changed()  # whatever changed is still pending
                     log.exception("CRL regeneration failed; retrying in %.0fs", self._retry)
                     await asyncio.sleep(self._retry)
         finally:
@@ -315,13 +359,15 @@ class CrlPublisher:
                 if after is None:
                     after = await self._store.feed_head()
                     # Everything up to the head is in the CRL signed after this read.
+                    self._seen_seq = max(self._seen_seq, after)
                     self._changed.set()
                 async for event in self._store.follow_feed(after):
                     after = event.seq
+                    self._seen_seq = max(self._seen_seq, event.seq)
                     self._changed.set()
             except Exception as exc:  # the feed must be followed again, whatever broke
                 log.warning("revocation feed unavailable, retrying in %.0fs: %s", self._retry, exc)
-                self._changed.set()
+                self.notify_changed()
                 await asyncio.sleep(self._retry)
 
 

@@ -25,10 +25,9 @@ async def open_store(
     brokers); PostgreSQL and Redis wake their followers themselves.
     """
     if url.startswith("sqlite:"):
-        from fleet.store.sqlite import FEED_POLL_SECONDS, SqliteStore
+        from fleet.store.sqlite import SqliteStore
 
-        poll = FEED_POLL_SECONDS if feed_poll_seconds is None else feed_poll_seconds
-        return await SqliteStore.open(_sqlite_path(url), feed_poll_seconds=poll)
+        return await SqliteStore.open(_sqlite_path(url), feed_poll_seconds=feed_poll_seconds)
     if url.startswith(("redis://", "rediss://")):
         from fleet.store.redis import RedisStore
 

@@ -137,8 +137,9 @@ class SqliteStore(SqlRecords):
         self._feed_appended = asyncio.Event()
 
     @classmethod
-    async def open(cls, path: Path, *, feed_poll_seconds: float = FEED_POLL_SECONDS) -> SqliteStore:
-        store = cls(path, asyncio.get_running_loop(), feed_poll_seconds)
+    async def open(cls, path: Path, *, feed_poll_seconds: float | None = None) -> SqliteStore:
+        poll = FEED_POLL_SECONDS if feed_poll_seconds is None else feed_poll_seconds
+        store = cls(path, asyncio.get_running_loop(), poll)
         try:
             await store._call(store._connect)
             store._open_reader()

@@ -12,7 +12,7 @@ from cryptography import x509
 
 from fleet.authority.crl import CrlPublisher, crl_number_at, reason_flag, validate_crl
 from fleet.kernel.clock import ManualClock
-from fleet.kernel.errors import ConfigError, PolicyError, StoreUnavailable
+from fleet.kernel.errors import ConfigError, PolicyError, ServerUnavailable, StoreUnavailable
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
 from fleet.pki.crl import build_crl, crl_to_der
 from fleet.records import RevocationReason
@@ -211,6 +211,67 @@ async def test_run_survives_a_store_outage(issuing: CertifiedKey) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_request_serves_a_revocation_the_follower_has_not_seen(
+    issuing: CertifiedKey,
+) -> None:
+    # No run(): nothing follows the feed (as a follower polling slowly, or one that
+    # lost its feed); the request itself sees the feed moved past its CRL.
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 51, NOW)
+    pub = publisher(store, issuing, clock)
+    first = await pub.current()
+    store.revoke(51, RevocationReason.KEY_COMPROMISE, NOW)
+    served = await pub.current()
+    assert served.number > first.number
+    assert {e.serial_number for e in x509.load_der_x509_crl(served.der)} == {51}
+    assert await pub.current() is served  # covered now: not signed again
+
+
+async def test_run_does_not_sign_again_what_a_request_signed(issuing: CertifiedKey) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 61, NOW)
+    pub = publisher(store, issuing, clock)
+    task = asyncio.create_task(pub.run())
+    try:
+        await _wait_for(lambda: pub.latest is not None)
+        await asyncio.sleep(0.05)  # startup may sign twice (before and after the feed head)
+        calls = store.list_calls
+        store.revoke(61, RevocationReason.KEY_COMPROMISE, NOW)
+        served = await pub.current()
+        assert served.revoked_count == 1
+        # The follower has seen the event and the loop has looked at it.
+        await _wait_for(lambda: pub._seen_seq == 1 and not pub._changed.is_set())
+        await asyncio.sleep(0.02)
+        assert store.list_calls == calls + 1, "the same content was signed twice"
+        assert pub.latest is served
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_failed_signing_serves_the_last_crl_and_backs_off(
+    issuing: CertifiedKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 71, NOW)
+    pub = publisher(store, issuing, clock, retry=60.0)
+    first = await pub.current()
+
+    def token_gone(*_: object) -> None:
+        raise ServerUnavailable("the token is not answering")
+
+    monkeypatch.setattr(pub, "_sign", token_gone)
+    store.revoke(71, RevocationReason.KEY_COMPROMISE, NOW)
+    assert await pub.current() is first  # a 503 would hide a CRL valid for 48 hours
+    calls = store.list_calls
+    assert await pub.current() is first
+    assert store.list_calls == calls, "every request retried the failed signing"
+    monkeypatch.undo()
+    clock.advance(HOURS_48)  # past nextUpdate: no backing off with an expired CRL
+    assert (await pub.current()).revoked_count == 1
 
 
 def _crl(issuer: CertifiedKey, *, now: dt.datetime, next_update_in: dt.timedelta) -> bytes:
