@@ -25,8 +25,8 @@ from fleet.kernel.errors import (
 from fleet.records import AdminCredential, AdminRole, EnrollmentToken, ManufacturerCA
 from fleet.store._codec import admin_order, check_admin_credential, check_cursor, parse_ts, ts
 from fleet.store._redis_engine import CAS_ATTEMPTS, RedisEngine, as_hash, as_text, mapped_errors
+from fleet.store._redis_intermediates import RedisIntermediates, ca_from_json, ca_to_json
 from fleet.store.crl_numbers import CrlCounter, next_crl_number
-from fleet.store.intermediates import RedisIntermediates, ca_from_json, ca_to_json
 
 _SPEND_ONE_TIME_CODE = """
 -- KEYS[1] token hash; ARGV[1] token sha256, ARGV[2] now
