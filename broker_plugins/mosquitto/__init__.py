@@ -10,6 +10,8 @@
 * :mod:`.config` - the broker settings file and the mosquitto.conf it implies.
 * :mod:`.identity` - the sidecar's client certificate (issuing CA, reserved CN).
 * :mod:`.sync` - the sidecar: follows the store's revocation feed, pushes each
-  event to the plugin over ``$CONTROL/fleet/v1``, keeps crlfile and the
-  revocation snapshot current.
+  event to the plugin over ``$CONTROL/fleet/v1`` (:mod:`.plugin_link`, client
+  from :mod:`.sidecar_client`), keeps crlfile (:mod:`.crl_keeper`), the trust
+  files (:mod:`.trust_files`) and the revocation snapshot current; :mod:`.peers`
+  tells other nodes of new sessions.
 """

@@ -1,6 +1,6 @@
 """The sidecar's MQTT client, built one way for every broker it talks to.
 
-The sidecar talks MQTT to its own broker (the plugin link, sync.py) and to
+The sidecar talks MQTT to its own broker (the plugin link, plugin_link.py) and to
 every peer node (peers.py), always as the sidecar identity over the broker's
 TLS listener: the same CA bundle, certificate and key, MQTT 3.1.1 with a clean
 session. Only the client id and how patiently it reconnects differ.

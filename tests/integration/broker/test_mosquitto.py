@@ -26,7 +26,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from broker_plugins.mosquitto.sync import fetch_crl, parse_crl
+from broker_plugins.mosquitto.crl_keeper import fetch_crl, parse_crl
 from fleet.pki.ca import CertifiedKey, certificate_to_pem, create_issuing_ca
 from fleet.pki.keys import PrivateKey
 from fleet.records import RevocationReason

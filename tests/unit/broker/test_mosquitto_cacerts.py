@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from broker_plugins.mosquitto.config import settings_from_mapping
-from broker_plugins.mosquitto.sync import cacerts_context
+from broker_plugins.mosquitto.trust_files import cacerts_context
 from fleet.pki.ca import (
     CertifiedKey,
     certificate_to_pem,

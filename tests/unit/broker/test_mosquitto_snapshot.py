@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from broker_plugins.mosquitto.sync import RevocationState, read_snapshot_file
+from broker_plugins.snapshot import RevocationState, read_snapshot_file
 
 
 def test_snapshot_file_round_trips(tmp_path: Path) -> None:
