@@ -3,8 +3,12 @@
 Every request is a FRESH TCP + TLS 1.3 connection presenting a client
 certificate (no session resumption), then one POST of a CSR. The servers'
 CPU (utime + stime from /proc of every process of the server under test) is
-read just before and just after the measured requests and divided by their
-number. Scenarios, all on this machine in the same run:
+read just before and just after each measured batch and divided by the
+requests. The servers run side by side and take turns: each scenario's
+measured requests go in ``--rounds`` batches (default 4), one batch per
+scenario per round in a rotating order, so load from elsewhere on a shared
+machine falls on all of them alike (back-to-back runs moved the fleet/naive
+ratio by +-15 % between runs). Scenarios, all on this machine in the same run:
 
   1. nginx static 200   nginx (1 worker, ssl_verify_client optional_no_ca, no
                         session tickets: the same handshake as fleet's) answering
@@ -20,7 +24,7 @@ Each enrollment of 2-4 is a real one that must succeed (200): the devices,
 their bootstrap certificates (one manufacturer, manifest-imported with their
 pins) and their CSRs are all made before anything is measured.
 
-    .venv/bin/python bench/est_enroll.py [--quick] [--requests N] [--json FILE]
+    .venv/bin/python bench/est_enroll.py [--quick] [--requests N] [--rounds K] [--json FILE]
 
 It prints figures and asserts no timing; it exits 1 when a request failed.
 See bench/README.md.
@@ -34,6 +38,7 @@ import _ssl
 import argparse
 import base64
 import collections
+import contextlib
 import ctypes
 import dataclasses
 import datetime as dt
@@ -48,7 +53,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -358,6 +363,49 @@ class Result:
         return self.requests / self.wall_seconds if self.wall_seconds else 0.0
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A running server under test: where to send requests, which processes to count."""
+
+    key: str
+    title: str
+    port: int
+    parts: dict[str, list[int]]  # component name -> root pids
+
+
+@dataclasses.dataclass
+class Tally:
+    """One target's measured batches, summed over the rounds."""
+
+    target: Target
+    requests: int = 0
+    ok: int = 0
+    failures: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    warmup_failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    cpu: dict[str, float] = dataclasses.field(default_factory=dict)
+    kernel: float = 0.0
+    wall: float = 0.0
+    tls: str = ""
+    processes: int = 0
+    batches: list[float] = dataclasses.field(default_factory=list)  # CPU ms/request each
+
+    def result(self) -> Result:
+        return Result(
+            key=self.target.key,
+            title=self.target.title,
+            requests=self.requests,
+            ok=self.ok,
+            failures=dict(self.failures),
+            warmup_failures=self.warmup_failures,
+            cpu_seconds=sum(self.cpu.values()),
+            cpu_parts=dict(self.cpu),
+            kernel_threads_seconds=self.kernel,
+            wall_seconds=self.wall,
+            tls=self.tls,
+            processes=self.processes,
+        )
+
+
 @dataclasses.dataclass
 class Bench:
     args: argparse.Namespace
@@ -366,53 +414,58 @@ class Bench:
     root: Path  # fleet root CA: the client verifies every server with it
 
     def measure(
-        self,
-        key: str,
-        title: str,
-        port: int,
-        parts: dict[str, list[int]],  # component name -> root pids
-        warmup: Sequence[Device],
-        measured: Sequence[Device],
-    ) -> Result:
-        roots = [pid for pids in parts.values() for pid in pids]
-        group = self.args.group
-        contexts = [client_context(self.root, d, group) for d in [*warmup, *measured]]
-        jobs = [(ctx, d.body) for ctx, d in zip(contexts, [*warmup, *measured], strict=True)]
-        warm = drive(port, jobs[: len(warmup)], self.args.concurrency, self.args.max_seconds)
-        tls = negotiated(port, contexts[0])
-        wait_idle(roots)
+        self, targets: Sequence[Target], devices: Mapping[str, Sequence[Device]], warmup: int
+    ) -> list[Result]:
+        """Every target's measured requests in ``--rounds`` batches, the targets taking
+        turns (in a rotating order) within each round: on a shared, noisy machine each
+        server sees the same spread of load, so their ratios hold where back-to-back
+        runs did not."""
+        group, rounds = self.args.group, self.args.rounds
+        jobs: dict[str, list[tuple[ssl.SSLContext, bytes]]] = {}
+        tallies = {t.key: Tally(t) for t in targets}
+        for target in targets:
+            own = devices[target.key]
+            jobs[target.key] = [(client_context(self.root, d, group), d.body) for d in own]
+            warm = drive(
+                target.port, jobs[target.key][:warmup], self.args.concurrency, self.args.max_seconds
+            )
+            tallies[target.key].warmup_failures = dict(warm.failures)
+            tallies[target.key].tls = negotiated(target.port, jobs[target.key][0][0])
+        for turn in range(rounds):
+            order = [*targets[turn % len(targets) :], *targets[: turn % len(targets)]]
+            for target in order:
+                measured = jobs[target.key][warmup:]
+                size = -(-len(measured) // rounds)  # ceiling: the last batch may be short
+                batch = measured[turn * size : (turn + 1) * size]
+                if batch:
+                    self._batch(tallies[target.key], batch)
+        if rounds > 1:
+            for tally in tallies.values():
+                spread = " ".join(f"{ms:.2f}" for ms in tally.batches)
+                print(f"  {tally.target.title:<28} ms CPU/req by round: {spread}")
+        return [tallies[t.key].result() for t in targets]
+
+    def _batch(self, tally: Tally, batch: Sequence[tuple[ssl.SSLContext, bytes]]) -> None:
+        parts = tally.target.parts
+        wait_idle([pid for pids in parts.values() for pid in pids])
         kernel_before = kernel_thread_ticks()
         before = {name: cpu_ticks(pids) for name, pids in parts.items()}
-        load = drive(port, jobs[len(warmup) :], self.args.concurrency, self.args.max_seconds)
+        load = drive(tally.target.port, batch, self.args.concurrency, self.args.max_seconds)
         after = {name: cpu_ticks(pids) for name, pids in parts.items()}
         kernel_after = kernel_thread_ticks()
-        cpu = {name: cpu_used(before[name], after[name]) for name in parts}
+        used = {name: cpu_used(before[name], after[name]) for name in parts}
+        for name, seconds in used.items():
+            tally.cpu[name] = tally.cpu.get(name, 0.0) + seconds
+        tally.batches.append(1000 * sum(used.values()) / len(batch))
         lost = [pid for name in parts for pid in before[name] if pid not in after[name]]
         if lost:
             load.failures[f"server processes exited during the run: {lost}"] += 1
-        return Result(
-            key=key,
-            title=title,
-            requests=len(measured),
-            ok=load.ok,
-            failures=dict(load.failures),
-            warmup_failures=dict(warm.failures),
-            cpu_seconds=sum(cpu.values()),
-            cpu_parts=cpu,
-            kernel_threads_seconds=cpu_used(kernel_before, kernel_after),
-            wall_seconds=load.wall,
-            tls=tls,
-            processes=sum(len(after[name]) for name in parts),
-        )
-
-
-@contextmanager
-def running(start: Callable[[], object], stop: Callable[[], None]) -> Iterator[None]:
-    try:
-        start()
-        yield
-    finally:
-        stop()
+        tally.requests += len(batch)
+        tally.ok += load.ok
+        tally.failures.update(load.failures)
+        tally.kernel += cpu_used(kernel_before, kernel_after)
+        tally.wall += load.wall
+        tally.processes = sum(len(after[name]) for name in parts)
 
 
 def nginx_values(config_dir: Path) -> dict[str, str]:
@@ -423,25 +476,24 @@ def nginx_values(config_dir: Path) -> dict[str, str]:
     }
 
 
-def nginx_static(bench: Bench, devices: Sequence[Device], warmup: int) -> Result:
+@contextmanager
+def nginx_static(bench: Bench) -> Iterator[Target]:
     template = bench.tmp / "nginx-static.conf"
     template.write_text(STATIC_NGINX_CONF)
     nginx = Nginx(bench.tmp / "nginx-static", template, nginx_values(bench.config.parent))
-    with running(nginx.start, nginx.stop):
+    nginx.start()
+    try:
         assert nginx._proc is not None
-        return bench.measure(
-            "nginx-static",
-            "1 nginx static 200",
-            nginx.port,
-            {"nginx": [nginx._proc.pid]},
-            devices[:warmup],
-            devices[warmup:],
-        )
+        yield Target("nginx-static", "1 nginx static 200", nginx.port, {"nginx": [nginx._proc.pid]})
+    finally:
+        nginx.stop()
 
 
-def fleet_direct(bench: Bench, devices: Sequence[Device], warmup: int, workers: int) -> Result:
+@contextmanager
+def fleet_direct(bench: Bench, workers: int) -> Iterator[Target]:
     server = FleetServer(bench.config, workers=workers)
-    with running(server.start, server.stop):
+    server.start()
+    try:
         assert server.proc is not None
         pid = server.proc.pid
         deadline = time.monotonic() + 30
@@ -451,14 +503,13 @@ def fleet_direct(bench: Bench, devices: Sequence[Device], warmup: int, workers: 
             time.sleep(0.1)
         key = "fleet-direct" if workers == 1 else f"fleet-direct-{workers}w"
         title = f"{'2' if workers == 1 else '4'} fleet direct, {workers} worker(s)"
-        return bench.measure(
-            key, title, server.port, {"fleet": [pid]}, devices[:warmup], devices[warmup:]
-        )
+        yield Target(key, title, server.port, {"fleet": [pid]})
+    finally:
+        server.stop()
 
 
-def naive_prototype(
-    bench: Bench, devices: Sequence[Device], warmup: int, manufacturer: CertifiedKey
-) -> Result:
+@contextmanager
+def naive_prototype(bench: Bench, manufacturer: CertifiedKey) -> Iterator[Target]:
     """bench/naive_est_server.py: the issue's "naive aiohttp prototype", run here."""
     ca_pem = bench.tmp / "manufacturer.pem"
     ca_pem.write_bytes(manufacturer.certificate.public_bytes(serialization.Encoding.PEM))
@@ -470,15 +521,13 @@ def naive_prototype(
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the naive server did not start: {proc.stdout.read()!r}")
-        return bench.measure(
-            "naive", "5 naive aiohttp prototype", port, {"naive": [proc.pid]},
-            devices[:warmup], devices[warmup:],
-        )  # fmt: skip
+        yield Target("naive", "5 naive aiohttp prototype", port, {"naive": [proc.pid]})
     finally:
         stop_process(proc)
 
 
-def nginx_fleet_proxy(bench: Bench, devices: Sequence[Device], warmup: int) -> Result:
+@contextmanager
+def nginx_fleet_proxy(bench: Bench) -> Iterator[Target]:
     env = {"FLEET_SERVER_MODE": "proxy", "FLEET_SERVER_TRUSTED_PROXIES": f'["{PROXY_BIND}"]'}
     server = FleetServer(bench.config, env=env, scheme="http")
     shipped = (REPO / "docs/nginx/fleet-est.conf").read_text()
@@ -486,7 +535,8 @@ def nginx_fleet_proxy(bench: Bench, devices: Sequence[Device], warmup: int) -> R
         raise RuntimeError("docs/nginx/fleet-est.conf no longer says `worker_processes auto;`")
     template = bench.tmp / "fleet-est.conf"
     template.write_text(shipped.replace("worker_processes auto;", "worker_processes 1;"))
-    with running(server.start, server.stop):
+    server.start()
+    try:
         assert server.proc is not None
         values = {
             **nginx_values(bench.config.parent),
@@ -494,17 +544,15 @@ def nginx_fleet_proxy(bench: Bench, devices: Sequence[Device], warmup: int) -> R
             "PROXY_BIND": PROXY_BIND,
         }
         nginx = Nginx(bench.tmp / "nginx-proxy", template, values)
-        with running(nginx.start, nginx.stop):
+        nginx.start()
+        try:
             assert nginx._proc is not None
             parts = {"nginx": [nginx._proc.pid], "fleet": [server.proc.pid]}
-            return bench.measure(
-                "nginx+fleet-proxy",
-                "3 nginx + fleet proxy",
-                nginx.port,
-                parts,
-                devices[:warmup],
-                devices[warmup:],
-            )
+            yield Target("nginx+fleet-proxy", "3 nginx + fleet proxy", nginx.port, parts)
+        finally:
+            nginx.stop()
+    finally:
+        server.stop()
 
 
 # -- report ------------------------------------------------------------------------------
@@ -671,6 +719,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--scenarios", default="1,2,3,4,5", help="comma-separated subset of 1,2,3,4,5"
     )
     parser.add_argument("--max-seconds", type=float, default=120.0, help="per load phase")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=4,
+        help="batches per scenario; the running servers take turns each round, so a noisy "
+        "machine's load falls on all of them alike [default: 4]",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
@@ -678,8 +733,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.requests = 200
     if args.warmup is None:
         args.warmup = 20 if args.quick else 50
-    if args.requests < 1 or args.warmup < 1 or args.concurrency < 1:
-        parser.error("--requests, --warmup and --concurrency must be positive")
+    if args.requests < 1 or args.warmup < 1 or args.concurrency < 1 or args.rounds < 1:
+        parser.error("--requests, --warmup, --concurrency and --rounds must be positive")
     return args
 
 
@@ -716,16 +771,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"measured requests per scenario, {args.concurrency} client threads"
         )
         bench = Bench(args, tmp, config, config.parent / "ca/root.pem")
-        runs: dict[int, Callable[[], Result]] = {
-            1: lambda: nginx_static(bench, devices[1], args.warmup),
-            2: lambda: fleet_direct(bench, devices[2], args.warmup, workers=1),
-            3: lambda: nginx_fleet_proxy(bench, devices[3], args.warmup),
-            4: lambda: fleet_direct(bench, devices[4], args.warmup, workers=2),
-            5: lambda: naive_prototype(bench, devices[5], args.warmup, manufacturer),
+        starts: dict[int, Callable[[], contextlib.AbstractContextManager[Target]]] = {
+            1: lambda: nginx_static(bench),
+            2: lambda: fleet_direct(bench, workers=1),
+            3: lambda: nginx_fleet_proxy(bench),
+            4: lambda: fleet_direct(bench, workers=2),
+            5: lambda: naive_prototype(bench, manufacturer),
         }
-        for number in sorted(chosen):
-            result = runs[number]()
-            results.append(result)
+        with contextlib.ExitStack() as stack:
+            targets = [stack.enter_context(starts[number]()) for number in sorted(chosen)]
+            own = {t.key: devices[n] for t, n in zip(targets, sorted(chosen), strict=True)}
+            results = bench.measure(targets, own, args.warmup)
+        for result in results:
             print(
                 f"  {result.title:<28} {result.cpu_ms:6.2f} ms CPU/req, "
                 f"{result.rate:5.0f} req/s, {result.failed} failed"

@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from cryptography.hazmat.primitives import serialization
-from est_enroll import Bench, Device, make_devices
+from est_enroll import Bench, Device, Target, make_devices
 
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import CertifiedKey
@@ -113,7 +113,8 @@ def measure(
     parts = {"fleet": [server.proc.pid]}
     if store_pids:
         parts["store"] = store_pids
-    result = bench.measure("fleet", "fleet", server.port, parts, devices[:warmup], devices[warmup:])
+    target = Target("fleet", "fleet", server.port, parts)
+    (result,) = bench.measure([target], {"fleet": devices}, warmup)
     n = max(result.requests, 1)
     return {
         "requests": result.requests,
@@ -135,6 +136,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stores", default=",".join(STORES), help="comma-separated subset")
     parser.add_argument("--group", default="X25519", help="TLS key exchange group")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="per load phase")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measured batches (one store at a time: 1)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     return parser.parse_args(argv)
 
