@@ -385,3 +385,26 @@ async def test_a_stored_crl_that_will_not_do_is_signed_again(issuing: CertifiedK
     served = await a.current()
     assert served.number > 10**18
     validate_crl(served.der, issuing.certificate, now=clock.now(), min_remaining=HOUR)
+
+
+async def test_a_starting_worker_serves_the_kept_crl_without_signing(
+    issuing: CertifiedKey,
+) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 95, NOW)
+    store.revoke(95, RevocationReason.KEY_COMPROMISE, NOW)
+    signed = await publisher(store, issuing, clock).current()
+    calls = store.list_calls
+    started = publisher(store, issuing, clock)
+    task = asyncio.create_task(started.run())
+    try:
+        await _wait_for(lambda: started.latest is not None)
+        await asyncio.sleep(0.05)  # the follower's first look at the feed head
+        assert started.latest is not None
+        assert (started.latest.number, started.latest.der) == (signed.number, signed.der)
+        assert store.list_calls == calls, "a restart signed a CRL the store had"
+        assert await started.current() is started.latest
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
