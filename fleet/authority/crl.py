@@ -18,6 +18,8 @@ several workers answering in turn, each would otherwise find the other's number
 higher and sign a new one on every request (reading every revoked record, and
 making every broker reinstall the CRL). It signs only when the kept CRL is
 missing, lacks a revocation the feed has, is due for refresh, or does not verify.
+A CRL is due for refresh a little later in the workers that adopted it than in
+the one that signed it, so at each refresh one signs and the others adopt.
 """
 
 from __future__ import annotations
@@ -159,6 +161,11 @@ class CrlPublisher:
         self._clock = clock
         self._next_update = next_update
         self._refresh = refresh
+        # A CRL signed elsewhere is refreshed this much later than its signer
+        # refreshes it, so the others adopt the signer's new one instead of every
+        # worker signing at the same moment (they all adopted the same CRL).
+        self._adopter_delay = min(refresh / 10, (next_update - refresh) / 2)
+        self._signed_here: int | None = None  # the number this publisher last signed
         self._max_sleep = max_sleep
         self._retry = retry
         self._current: SignedCrl | None = None
@@ -318,6 +325,7 @@ class CrlPublisher:
         ]
         # Signing a large CRL takes a while; keep the event loop serving.
         signed = await asyncio.to_thread(self._sign, entries, now, number, snapshot.seq)
+        self._signed_here = number
         try:  # for the other nodes and workers to serve instead of signing their own
             await self._store.keep_signed_crl(
                 self._scope, StoredCrl(number, snapshot.seq, signed.der)
@@ -372,7 +380,12 @@ class CrlPublisher:
         return ours
 
     def _stale(self, crl: SignedCrl) -> bool:
-        return self._clock.now() - crl.signed_at >= self._refresh
+        return self._clock.now() >= self._refresh_at(crl)
+
+    def _refresh_at(self, crl: SignedCrl) -> dt.datetime:
+        if crl.number == self._signed_here:
+            return crl.signed_at + self._refresh
+        return crl.signed_at + self._refresh + self._adopter_delay
 
     def notify_changed(self) -> None:
         """Ask the background loop to regenerate soon (events coalesce)."""
@@ -411,8 +424,8 @@ class CrlPublisher:
                     if crl is None or self._changed.is_set() or self._stale(crl):
                         self._changed.clear()
                         crl = await self._sign_if_behind()
-                    age = self._clock.now() - crl.signed_at
-                    wait = min((self._refresh - age).total_seconds(), self._max_sleep)
+                    due = self._refresh_at(crl) - self._clock.now()
+                    wait = min(due.total_seconds(), self._max_sleep)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), max(wait, 0.0))
                 except Exception:

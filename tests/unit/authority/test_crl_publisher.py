@@ -23,6 +23,7 @@ from tests.unit.authority.revocation_fakes import FakeStore
 NOW = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
 HOURS_48 = dt.timedelta(hours=48)
 HOUR = dt.timedelta(hours=1)
+ADOPTER_DELAY = HOUR / 10  # a tenth of the refresh interval (HOUR in these tests)
 
 
 @pytest.fixture(scope="module")
@@ -368,11 +369,11 @@ async def test_a_stored_crl_that_will_not_do_is_signed_again(issuing: CertifiedK
     signed = await b.current()
     assert signed.number > first.number
     assert signed.revoked_count == 1
-    # Due for refresh: another worker signs rather than serving it.
-    clock.advance(HOUR)
+    # Due for refresh, even for a worker that did not sign it: signed again, not served.
+    clock.advance(HOUR + ADOPTER_DELAY)
     calls = store.list_calls
     fresh = await publisher(store, issuing, clock).current()
-    assert fresh.this_update == NOW + HOUR
+    assert fresh.this_update == NOW + HOUR + ADOPTER_DELAY
     assert store.list_calls == calls + 1
     # Not a CRL of this CA (a damaged record): signed again, the damage never served.
     other = create_issuing_ca(create_root_ca("Other Root", now=NOW), "Other Devices", now=NOW)
@@ -408,3 +409,28 @@ async def test_a_starting_worker_serves_the_kept_crl_without_signing(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_the_signer_refreshes_and_the_workers_that_adopted_follow(
+    issuing: CertifiedKey,
+) -> None:
+    """Workers that adopted one CRL would all find it due at the same moment and
+    all sign; they refresh a little later than its signer, and adopt its new one."""
+    store, clock = FakeStore(), ManualClock(NOW)
+    signer, adopter = publisher(store, issuing, clock), publisher(store, issuing, clock)
+    first = await signer.current()
+    assert (await adopter.current()).number == first.number
+    clock.advance(HOUR)
+    # Not due yet for a worker that adopted it.
+    assert (await adopter.current()).number == first.number
+    assert store.list_calls == 1
+    refreshed = await signer.current()
+    assert refreshed.number > first.number
+    assert (await adopter.current()).der == refreshed.der
+    assert store.list_calls == 2
+    # A signer that stopped: the others refresh themselves, only later.
+    clock.advance(HOUR + ADOPTER_DELAY - dt.timedelta(seconds=1))
+    assert (await adopter.current()).number == refreshed.number
+    clock.advance(dt.timedelta(seconds=1))
+    assert (await adopter.current()).number > refreshed.number
+    assert store.list_calls == 3
