@@ -11,6 +11,15 @@ feed sequence, and the store numbers it only if no CRL of newer content has a
 number yet, so a higher number never has older content. Numbers stay at or
 above the signing time in microseconds since the epoch (how they were chosen
 before), so they continue above every CRL already published.
+
+Every CRL signed is also kept in the store, and a publisher whose CRL is behind
+another's only by number adopts the kept one rather than signing again: with
+several workers answering in turn, each would otherwise find the other's number
+higher and sign a new one on every request (reading every revoked record, and
+making every broker reinstall the CRL). It signs only when the kept CRL is
+missing, lacks a revocation the feed has, is due for refresh, or does not verify.
+A CRL is due for refresh a little later in the workers that adopted it than in
+the one that signed it, so at each refresh one signs and the others adopt.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from fleet.kernel.errors import (
 from fleet.pki.ca import CertifiedKey
 from fleet.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
 from fleet.records import CertificateRecord, RevocationReason
+from fleet.store.crl_numbers import StoredCrl
 from fleet.store.protocol import CertificateLedger, CrlNumbers, RevocationFeed
 
 log = logging.getLogger("fleet.crl")
@@ -65,7 +75,9 @@ class SignedCrl:
     next_update: dt.datetime
     number: int
     revoked_count: int
-    signed_at: dt.datetime  # the precise clock reading the number derives from
+    # The precise clock reading the number derives from; for a CRL adopted from the
+    # store its thisUpdate (whole seconds: refreshed up to a second early).
+    signed_at: dt.datetime
     feed_seq: int  # the revocation feed position its content is exactly
 
 
@@ -149,6 +161,11 @@ class CrlPublisher:
         self._clock = clock
         self._next_update = next_update
         self._refresh = refresh
+        # A CRL signed elsewhere is refreshed this much later than its signer
+        # refreshes it, so the others adopt the signer's new one instead of every
+        # worker signing at the same moment (they all adopted the same CRL).
+        self._adopter_delay = min(refresh / 10, (next_update - refresh) / 2)
+        self._signed_here: int | None = None  # the number this publisher last signed
         self._max_sleep = max_sleep
         self._retry = retry
         self._current: SignedCrl | None = None
@@ -188,7 +205,7 @@ class CrlPublisher:
                 latest = self._current
                 if latest is not None and not await self._outdated(latest):
                     return latest  # signed by someone else while we waited
-                signed = await self._sign_now()
+                signed = await self._adopt_or_sign(await self._store.feed_head())
                 self._failed_at = None
                 return signed
         except (StoreError, ServerUnavailable) as exc:
@@ -210,7 +227,8 @@ class CrlPublisher:
 
     async def _outdated(self, crl: SignedCrl) -> bool:
         """Too old to serve: past ``refresh``; another node or worker has numbered a
-        newer CRL (a client alternating nodes must never see the number go back); or
+        newer CRL (a client alternating nodes must never see the number go back: the
+        kept one is adopted when it will do, see ``_adopt_or_sign``); or
         the feed has a revocation it lacks. The last makes what is served current at
         each request whatever process revoked, so the background follower only signs
         ahead of time and may learn of other processes' revocations slowly."""
@@ -219,6 +237,60 @@ class CrlPublisher:
         if crl.number < await self._store.latest_crl_number(self._scope):
             return True
         return crl.feed_seq < await self._store.feed_head()
+
+    async def _adopt_or_sign(self, needed_seq: int) -> SignedCrl:
+        """The CRL kept in the store when it will do (covers ``needed_seq``, fresh,
+        newer than ours), else a new one signed: a CRL behind only by number is
+        not signed again. Called under the lock."""
+        adopted = await self._adopt(needed_seq)
+        return adopted if adopted is not None else await self._sign_now()
+
+    async def _adopt(self, needed_seq: int) -> SignedCrl | None:
+        try:
+            kept = await self._store.newest_signed_crl(self._scope)
+        except StoreError as exc:
+            # A damaged record must not stop signing; a store that is down fails that too.
+            log.warning("the stored CRL is unreadable (%s); signing one", exc.message)
+            return None
+        current = self._current
+        if kept is None or kept.content_seq < needed_seq:
+            return None
+        if current is not None and kept.number <= current.number:
+            return None  # ours is that one (or newer): numbered after it, only signing helps
+        try:
+            # Parsing and verifying a large CRL takes a while; keep the event loop serving.
+            adopted = await asyncio.to_thread(self._load, kept)
+        except PolicyError as exc:
+            log.warning("stored CRL #%d not usable (%s); signing one", kept.number, exc.message)
+            return None
+        if self._stale(adopted):
+            return None
+        self._current = adopted
+        log.info("serving CRL #%d, signed by another node or worker", adopted.number)
+        return adopted
+
+    def _load(self, kept: StoredCrl) -> SignedCrl:
+        """The ``SignedCrl`` of a CRL kept in the store, checked as one read from a
+        file is: parses, names and verifies with our issuing CA, not expired."""
+        now = self._clock.now()
+        crl = validate_crl(
+            kept.der, self._issuer.certificate, now=now, min_remaining=dt.timedelta(0)
+        )
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        if number != kept.number:
+            raise _invalid(f"the CRL's number is {number}, stored as #{kept.number}")
+        next_update = crl.next_update_utc
+        assert next_update is not None  # validate_crl refuses a CRL without one
+        return SignedCrl(
+            der=kept.der,
+            pem=crl_to_pem(crl),
+            this_update=crl.last_update_utc,
+            next_update=next_update,
+            number=number,
+            revoked_count=len(crl),
+            signed_at=crl.last_update_utc,
+            feed_seq=kept.content_seq,
+        )
 
     async def regenerate(self) -> SignedCrl:
         """Build and sign a CRL from the store now, and make it the current one."""
@@ -253,6 +325,14 @@ class CrlPublisher:
         ]
         # Signing a large CRL takes a while; keep the event loop serving.
         signed = await asyncio.to_thread(self._sign, entries, now, number, snapshot.seq)
+        self._signed_here = number
+        try:  # for the other nodes and workers to serve instead of signing their own
+            await self._store.keep_signed_crl(
+                self._scope, StoredCrl(number, snapshot.seq, signed.der)
+            )
+        except StoreError as exc:
+            # Served anyway: the others then sign their own (their number is behind).
+            log.warning("CRL #%d could not be kept in the store: %s", number, exc.message)
         current = self._current
         if current is None or current.number < number:  # a slower signing never wins
             self._current = signed
@@ -300,7 +380,12 @@ class CrlPublisher:
         return ours
 
     def _stale(self, crl: SignedCrl) -> bool:
-        return self._clock.now() - crl.signed_at >= self._refresh
+        return self._clock.now() >= self._refresh_at(crl)
+
+    def _refresh_at(self, crl: SignedCrl) -> dt.datetime:
+        if crl.number == self._signed_here:
+            return crl.signed_at + self._refresh
+        return crl.signed_at + self._refresh + self._adopter_delay
 
     def notify_changed(self) -> None:
         """Ask the background loop to regenerate soon (events coalesce)."""
@@ -315,7 +400,9 @@ class CrlPublisher:
             if crl is not None and not self._stale(crl) and not self._behind(crl):
                 return crl
             self._unknown_change = False
-            return await self._sign_now()
+            # The feed head too: a change no sequence describes (feed lost) is in it.
+            needed = max(self._seen_seq, await self._store.feed_head())
+            return await self._adopt_or_sign(needed)
 
     def _behind(self, crl: SignedCrl) -> bool:
         """Whether the follower saw a change this CRL does not cover (a request may
@@ -337,8 +424,8 @@ class CrlPublisher:
                     if crl is None or self._changed.is_set() or self._stale(crl):
                         self._changed.clear()
                         crl = await self._sign_if_behind()
-                    age = self._clock.now() - crl.signed_at
-                    wait = min((self._refresh - age).total_seconds(), self._max_sleep)
+                    due = self._refresh_at(crl) - self._clock.now()
+                    wait = min(due.total_seconds(), self._max_sleep)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), max(wait, 0.0))
                 except Exception:

@@ -129,6 +129,17 @@ CREATE INDEX audit_outcome ON audit(((event::jsonb) ->> 'outcome'), seq);
 CREATE INDEX audit_reason ON audit(((event::jsonb) ->> 'reason'), seq);
 """,
     ),
+    (
+        4,
+        """
+CREATE TABLE signed_crls (
+    name TEXT COLLATE "C" PRIMARY KEY,
+    number BIGINT NOT NULL,
+    content_seq BIGINT NOT NULL,
+    der BYTEA NOT NULL
+);
+""",
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -2,13 +2,15 @@
 
 Manufacturer trust (``{ns}:mfr-cas``, and the intermediate pool of
 fleet.store.intermediates), admin credentials (``{ns}:admins``), one-time
-enrollment tokens (``{ns}:token:<id>``), named cursors (``{ns}:cursors``) and
-CRL number counters (``{ns}:crl:<scope>``): everything but devices,
+enrollment tokens (``{ns}:token:<id>``), named cursors (``{ns}:cursors``),
+CRL number counters (``{ns}:crl:<scope>``) and the newest signed CRLs
+(``{ns}:signed-crl:<scope>``): everything but devices,
 certificates, replacement requests, the audit log and the revocation feed.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 
@@ -26,7 +28,7 @@ from fleet.records import AdminCredential, AdminRole, EnrollmentToken, Manufactu
 from fleet.store._codec import admin_order, check_admin_credential, check_cursor, parse_ts, ts
 from fleet.store._redis_engine import CAS_ATTEMPTS, RedisEngine, as_hash, as_text, mapped_errors
 from fleet.store._redis_intermediates import RedisIntermediates, ca_from_json, ca_to_json
-from fleet.store.crl_numbers import CrlCounter, next_crl_number
+from fleet.store.crl_numbers import CrlCounter, StoredCrl, next_crl_number, replaces
 
 _SPEND_ONE_TIME_CODE = """
 -- KEYS[1] token hash; ARGV[1] token sha256, ARGV[2] now
@@ -52,6 +54,14 @@ _SET_CRL_COUNTER = """
 local cur = redis.call('HMGET', KEYS[1], 'number', 'content_seq')
 if (cur[1] or '') ~= ARGV[1] or (cur[2] or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'number', ARGV[3], 'content_seq', ARGV[4])
+return 1
+"""
+
+_KEEP_SIGNED_CRL = """
+-- KEYS[1] signed-crl hash; ARGV: expected number ('' = none), number, content seq, DER (base64).
+-- A compare-and-set: Python decided it replaces the kept one (fleet.store.crl_numbers).
+if (redis.call('HGET', KEYS[1], 'number') or '') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'number', ARGV[2], 'content_seq', ARGV[3], 'der', ARGV[4])
 return 1
 """
 
@@ -91,6 +101,7 @@ class RedisDirectory(RedisEngine, RedisIntermediates):
         self._consume_token = client.register_script(_SPEND_ONE_TIME_CODE)
         self._disable_admin = client.register_script(_DISABLE_ADMIN)
         self._set_crl_counter = client.register_script(_SET_CRL_COUNTER)
+        self._keep_signed_crl = client.register_script(_KEEP_SIGNED_CRL)
 
     # -- manufacturer trust ------------------------------------------------
     async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
@@ -198,3 +209,31 @@ class RedisDirectory(RedisEngine, RedisIntermediates):
                 if await self._set_crl_counter(keys=[self._keys.crl(scope)], args=args):
                     return counter.number
         raise StoreUnavailable("the CRL number counter kept moving; retry")
+
+    async def keep_signed_crl(self, scope: str, crl: StoredCrl) -> bool:
+        key = self._keys.signed_crl(scope)
+        # Base64: the client decodes every reply as text, and DER is not.
+        der = base64.b64encode(crl.der).decode()
+        for _ in range(CAS_ATTEMPTS):
+            with mapped_errors():
+                kept = await self._redis.hget(key, "number")
+            if not replaces(None if kept is None else int(kept), crl):
+                return False
+            args = ["" if kept is None else as_text(kept), str(crl.number), str(crl.content_seq)]
+            with mapped_errors():
+                if await self._keep_signed_crl(keys=[key], args=[*args, der]):
+                    return True
+        raise StoreUnavailable("the kept CRL kept changing; retry")
+
+    async def newest_signed_crl(self, scope: str) -> StoredCrl | None:
+        with mapped_errors():
+            number, seq, der = await self._redis.hmget(
+                self._keys.signed_crl(scope), ["number", "content_seq", "der"]
+            )
+        if number is None:
+            return None
+        try:
+            der_bytes = base64.b64decode(as_text(der), validate=True)
+            return StoredCrl(int(number), int(as_text(seq)), der_bytes)
+        except ValueError as exc:  # binascii.Error is one
+            raise StoreUnavailable(f"the stored CRL of {scope} is damaged: {exc}") from exc

@@ -22,6 +22,7 @@ Key layout (``{ns}`` is the namespace, ``fleet`` by default)::
     {ns}:admins               hash    sha256 -> admin credential as JSON
     {ns}:cursors              hash    name -> integer (named cursors)
     {ns}:crl:<scope>          hash    a CRL issuer's number counter (fleet.store.crl_numbers)
+    {ns}:signed-crl:<scope>   hash    its newest signed CRL: number, content_seq, der (base64)
     {ns}:devices:state:<s>    zset    device ids in state s (index; _redis_indexes)
     {ns}:replacements:<s>     zset    device ids whose replacement request is in status s
     {ns}:indexes              string  version of the index sets (built once if missing)
@@ -100,6 +101,9 @@ class RedisKeys:
 
     def crl(self, scope: str) -> str:
         return f"{self.tag}:crl:{scope}"
+
+    def signed_crl(self, scope: str) -> str:
+        return f"{self.tag}:signed-crl:{scope}"
 
     @property
     def revoked_devices(self) -> str:

@@ -1,7 +1,7 @@
 """The store's directories as SQL, written once for both SQL backends.
 
 Manufacturer trust, admin credentials, enrollment tokens, the audit log,
-cursors and CRL numbers: everything but devices, certificates and the
+cursors, CRL numbers and the newest signed CRLs: everything but devices, certificates and the
 revocation feed (fleet.store._sql_records). Each method is one transaction
 body handed to the engine underneath (``_write``, ``_read``, ``_read_here``),
 so SQLite (fleet.store.sqlite) and PostgreSQL (fleet.store.postgres) keep
@@ -43,7 +43,7 @@ from fleet.store._sql_rows import (
     _append_audit,
 )
 from fleet.store.audit_chain import event_from_json
-from fleet.store.crl_numbers import CrlCounter, next_crl_number
+from fleet.store.crl_numbers import CrlCounter, StoredCrl, next_crl_number, replaces
 from fleet.store.intermediates import SqlIntermediates
 
 T = TypeVar("T")
@@ -330,3 +330,29 @@ class SqlDirectory(SqlIntermediates):
             return counter.number
 
         return await self._write(body)
+
+    async def keep_signed_crl(self, scope: str, crl: StoredCrl) -> bool:
+        def body(conn: SqlConnection) -> bool:
+            row = conn.execute("SELECT number FROM signed_crls WHERE name = ?", (scope,)).fetchone()
+            if not replaces(None if row is None else int(row[0]), crl):
+                return False
+            conn.execute(
+                "INSERT INTO signed_crls (name, number, content_seq, der) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET number = excluded.number, "
+                "content_seq = excluded.content_seq, der = excluded.der",
+                (scope, crl.number, crl.content_seq, crl.der),
+            )
+            return True
+
+        return await self._write(body)
+
+    async def newest_signed_crl(self, scope: str) -> StoredCrl | None:
+        # A CRL may be megabytes: a read of any size (off SQLite's event loop).
+        return await self._read(lambda conn: _signed_crl(conn, scope))
+
+
+def _signed_crl(conn: SqlConnection, scope: str) -> StoredCrl | None:
+    row = conn.execute(
+        "SELECT number, content_seq, der FROM signed_crls WHERE name = ?", (scope,)
+    ).fetchone()
+    return None if row is None else StoredCrl(int(row[0]), int(row[1]), bytes(row[2]))

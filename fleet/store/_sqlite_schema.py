@@ -2,10 +2,10 @@
 
 Versions: 2 added admin_credentials and cursors, 3 replacement_requests, 4
 crl_numbers (new tables only), 5 the devices' manufacturer columns and the
-audit search indexes. Two branches once both released a "4" (one with
-crl_numbers, one with the manufacturer columns); so every step checks what the
-file has rather than trusting the number, and any 3 or either 4 upgrades in
-place to 5.
+audit search indexes, 6 signed_crls (a new table only). Two branches once both
+released a "4" (one with crl_numbers, one with the manufacturer columns); so
+every step checks what the file has rather than trusting the number, and any
+3, either 4 or 5 upgrades in place to 6.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fleet.store._sql import AUDIT_INDEXED
 from fleet.store._sql_replacements import SQLITE_SCHEMA as REPLACEMENTS_SCHEMA
 from fleet.store.intermediates import SQLITE_SCHEMA as POOL_SCHEMA
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -91,6 +91,12 @@ CREATE TABLE IF NOT EXISTS crl_numbers (
     number INTEGER NOT NULL,
     content_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS signed_crls (
+    name TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    content_seq INTEGER NOT NULL,
+    der BLOB NOT NULL
+);
 """
 
 
@@ -106,8 +112,8 @@ def migrate(conn: sqlite3.Connection) -> None:
             f"the database has schema version {version}; this fleet knows up to {SCHEMA_VERSION}",
             hint="Upgrade fleet, or open a database written by this version.",
         )
-    # Up to 4 only tables were added (created above). 5: the manufacturer columns,
-    # which a file of 3 (or of the crl_numbers "4") lacks.
+    # Up to 4, and 6, only tables were added (created above). 5: the manufacturer
+    # columns, which a file of 3 (or of the crl_numbers "4") lacks.
     columns = {r[1] for r in conn.execute("PRAGMA table_info(devices)")}
     if "manufacturer_sha256" not in columns:
         conn.execute("ALTER TABLE devices ADD COLUMN manufacturer_sha256 TEXT")

@@ -12,6 +12,12 @@ handed out only if no CRL of newer content already got one, and it is above
 every number handed out before. Higher number, never older content. The
 number also stays at or above ``floor`` (the signing time in microseconds,
 as numbers were before), so it continues above CRLs already published.
+
+The store also keeps the newest CRL signed in each scope (``StoredCrl``),
+so a node or worker whose CRL is behind only by number adopts it instead of
+signing its own: without it, workers answering in turn would each sign a new
+number on every request (each behind the other's). A copy replaces the kept
+one only with a higher number, so racing writers never move it back.
 """
 
 from __future__ import annotations
@@ -37,3 +43,24 @@ def next_crl_number(last: CrlCounter | None, content_seq: int, floor: int) -> Cr
     if content_seq < last.content_seq:
         return None
     return CrlCounter(max(last.number + 1, floor), content_seq)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredCrl:
+    """A signed CRL as the store keeps it: its number, the feed sequence its content
+    is exactly, and the DER (fleet.authority.crl parses it back)."""
+
+    number: int
+    content_seq: int
+    der: bytes
+
+    def __post_init__(self) -> None:
+        if self.number < 1 or self.content_seq < 0 or not self.der:
+            raise ValueError("a kept CRL needs a number >= 1, a content sequence >= 0 and DER")
+
+
+def replaces(kept_number: int | None, signed: StoredCrl) -> bool:
+    """Whether ``signed`` becomes the scope's kept CRL (``kept_number``: the kept
+    one's, None when none): only above it. Numbers are handed out in content
+    order, so the kept CRL never goes back to older content."""
+    return kept_number is None or signed.number > kept_number

@@ -49,6 +49,7 @@ from fleet.records import (
     RevocationReason,
     RevocationSnapshot,
 )
+from fleet.store.crl_numbers import StoredCrl
 
 
 class ManufacturerTrust(Protocol):
@@ -343,7 +344,8 @@ class RevocationFeed(Protocol):
 
 
 class CrlNumbers(Protocol):
-    """The one CRL number counter of every node and worker (fleet.store.crl_numbers)."""
+    """The one CRL number counter of every node and worker, and the newest CRL
+    signed under it (fleet.store.crl_numbers)."""
 
     async def allocate_crl_number(self, scope: str, content_seq: int, floor: int) -> int | None:
         """In ``scope`` (one CRL issuer: one sequence of numbers), a number for a CRL
@@ -354,6 +356,14 @@ class CrlNumbers(Protocol):
 
     async def latest_crl_number(self, scope: str) -> int:
         """The highest number allocated in ``scope`` so far, by any node (0 when none)."""
+
+    async def keep_signed_crl(self, scope: str, crl: StoredCrl) -> bool:
+        """Keep ``crl`` as ``scope``'s newest signed CRL, unless the one kept has a
+        number at least as high (then nothing changes): True when kept. Atomic
+        across every store instance, so racing writers leave the highest."""
+
+    async def newest_signed_crl(self, scope: str) -> StoredCrl | None:
+        """The CRL ``keep_signed_crl`` kept for ``scope`` (None when none yet)."""
 
 
 class BrokerFeed(RevocationFeed, Cursors, Protocol):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
+from fleet.store.crl_numbers import StoredCrl
 from fleet.store.protocol import Store
 from tests.contract.conftest import Backend
 
@@ -61,3 +62,57 @@ async def test_scopes_count_apart_and_the_latest_is_readable(store: Store) -> No
     assert await store.allocate_crl_number("issuer-2", 1, 5) == 5
     assert await store.latest_crl_number("issuer-2") == 5
     assert await store.latest_crl_number(SCOPE) == first
+
+
+# A CRL's DER stands in here: the store keeps the bytes as they are (a real CRL can
+# be megabytes, and any byte value: NUL, high bytes, invalid UTF-8).
+def _der(number: int, size: int = 64) -> bytes:
+    return number.to_bytes(8, "big") + bytes(range(256)) * (size // 256) + b"\x00\xff\xfe"
+
+
+async def test_the_newest_signed_crl_is_kept_and_never_replaced_by_a_lower_number(
+    store: Store,
+) -> None:
+    assert await store.newest_signed_crl(SCOPE) is None
+    first = StoredCrl(FLOOR, 3, _der(1, size=2 * 2**20))
+    assert await store.keep_signed_crl(SCOPE, first) is True
+    assert await store.newest_signed_crl(SCOPE) == first
+    # A slower signer of an older number, or the same number again: nothing changes.
+    assert await store.keep_signed_crl(SCOPE, StoredCrl(FLOOR - 1, 2, _der(2))) is False
+    assert await store.keep_signed_crl(SCOPE, StoredCrl(FLOOR, 3, _der(3))) is False
+    assert await store.newest_signed_crl(SCOPE) == first
+    newer = StoredCrl(FLOOR + 1, 3, _der(4))
+    assert await store.keep_signed_crl(SCOPE, newer) is True
+    assert await store.newest_signed_crl(SCOPE) == newer
+    # Another issuer keeps its own.
+    assert await store.newest_signed_crl("issuer-2") is None
+    other = StoredCrl(5, 1, _der(5))
+    assert await store.keep_signed_crl("issuer-2", other) is True
+    assert await store.newest_signed_crl("issuer-2") == other
+    assert await store.newest_signed_crl(SCOPE) == newer
+
+
+async def test_racing_writers_on_two_connections_leave_the_highest_number(
+    backend: Backend,
+) -> None:
+    seed = random.randrange(2**32)
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    stores = [await backend.open(), await backend.open()]
+    try:
+        crls = [
+            StoredCrl(FLOOR + rng.randrange(1000), rng.randrange(20), _der(n)) for n in range(40)
+        ]
+        kept = await asyncio.gather(
+            *(stores[n % 2].keep_signed_crl(SCOPE, crl) for n, crl in enumerate(crls))
+        )
+        newest = await stores[0].newest_signed_crl(SCOPE)
+        assert newest == await stores[1].newest_signed_crl(SCOPE)
+    finally:
+        for store in stores:
+            await store.close()
+    highest = max(crl.number for crl in crls)
+    assert newest is not None
+    assert newest.number == highest, f"seed {seed}: a lower number overwrote {highest}"
+    assert newest in [crl for crl, ok in zip(crls, kept, strict=True) if ok], f"seed {seed}"
+    assert any(kept), f"seed {seed}"

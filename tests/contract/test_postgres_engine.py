@@ -27,6 +27,7 @@ from fleet.records import (
 )
 from fleet.store._codec import feed_event_to_json
 from fleet.store._postgres_schema import MIGRATIONS, SCHEMA_VERSION, UPGRADE_COMMAND, VERSION_TABLE
+from fleet.store.crl_numbers import StoredCrl
 from fleet.store.postgres import FEED_POLL_SECONDS, PostgresStore, upgrade_schema
 from tests.contract.test_store_contract import aclose, certificate, enrolled, entry, sha
 from tests.support.postgres import PostgresServer, fresh_schema, postgres_server
@@ -104,6 +105,30 @@ async def test_a_version_2_database_upgrades_to_manufacturers_and_audit_indexes(
             )
         }
     assert {"audit_actor", "audit_action", "audit_outcome", "audit_reason"} <= names
+
+
+async def test_a_version_3_database_upgrades_to_signed_crls(
+    postgres_server: PostgresServer,
+) -> None:
+    schema = fresh_schema()
+    with raw(postgres_server, "public") as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    with raw(postgres_server, schema) as conn:  # what `fleet db upgrade` made before 4
+        conn.execute(VERSION_TABLE)
+        for version, statements in MIGRATIONS:
+            if version <= 3:
+                conn.execute(statements)  # type: ignore[arg-type] # a released migration
+        conn.execute("INSERT INTO fleet_schema (version) VALUES (3)")
+    with pytest.raises(StoreUnavailable, match="version 3"):
+        await PostgresStore.open(postgres_server.url, schema=schema)
+    assert upgrade_schema(postgres_server.url, schema=schema) == (3, SCHEMA_VERSION)
+    store = await PostgresStore.open(postgres_server.url, schema=schema)
+    try:
+        crl = StoredCrl(7, 2, b"\x30\x00\xff")
+        assert await store.keep_signed_crl("ski:00", crl)
+        assert await store.newest_signed_crl("ski:00") == crl
+    finally:
+        await store.close()
 
 
 async def test_a_newer_schema_is_refused_by_open_and_by_upgrade(

@@ -20,6 +20,7 @@ from fleet.records import (
     ManufacturerCA,
 )
 from fleet.store import _sqlite_schema as sqlite_schema
+from fleet.store.crl_numbers import StoredCrl
 from fleet.store.protocol import Store
 from fleet.store.sqlite import SqliteStore
 from tests.contract.test_store_contract import certificate, entry, ids, sha
@@ -65,17 +66,19 @@ async def test_a_held_device_keeps_the_manufacturer_it_asked_with(
     assert ids(await store.list_devices(pending)) == ["p"]
 
 
-# Files of every release before 5: schema 3, and the two different "4"s of two
-# branches (crl_numbers; the manufacturer columns), each upgraded in place.
+# Files of every release before 6: schema 3, the two different "4"s of two
+# branches (crl_numbers; the manufacturer columns), and 5 (no signed_crls), each
+# upgraded in place.
 OLD_FILES = {
-    "3": ("no-columns", "no-crl-numbers"),
-    "4-crl-numbers": ("no-columns",),
-    "4-manufacturer": ("no-crl-numbers",),
+    "3": ("no-columns", "no-crl-numbers", "no-signed-crls"),
+    "4-crl-numbers": ("no-columns", "no-signed-crls"),
+    "4-manufacturer": ("no-crl-numbers", "no-signed-crls"),
+    "5": ("no-signed-crls",),
 }
 
 
 @pytest.mark.parametrize("old", sorted(OLD_FILES))
-async def test_sqlite_files_before_5_upgrade_in_place(
+async def test_sqlite_files_before_6_upgrade_in_place(
     tmp_path: Path, now: dt.datetime, old: str
 ) -> None:
     path = tmp_path / "fleet.db"
@@ -90,8 +93,11 @@ async def test_sqlite_files_before_5_upgrade_in_place(
             conn.execute("ALTER TABLE devices DROP COLUMN manufacturer_name")
         if "no-crl-numbers" in OLD_FILES[old]:
             conn.execute("DROP TABLE crl_numbers")
-        for field in ("actor", "action", "outcome", "reason"):
-            conn.execute(f"DROP INDEX audit_{field}")
+        if "no-signed-crls" in OLD_FILES[old]:
+            conn.execute("DROP TABLE signed_crls")
+        if old != "5":
+            for field in ("actor", "action", "outcome", "reason"):
+                conn.execute(f"DROP INDEX audit_{field}")
         conn.execute("UPDATE schema_version SET version = ?", (int(old[0]),))
     finally:
         conn.close()
@@ -107,6 +113,8 @@ async def test_sqlite_files_before_5_upgrade_in_place(
         assert ids(await store.list_devices(acme)) == ["d1"]
         assert await store.allocate_crl_number("ski:00", 1, 5) == 5
         assert await store.latest_crl_number("ski:00") == 5
+        assert await store.keep_signed_crl("ski:00", StoredCrl(5, 1, b"\x30\x00"))
+        assert await store.newest_signed_crl("ski:00") == StoredCrl(5, 1, b"\x30\x00")
     finally:
         await store.close()
     conn = sqlite3.connect(path)

@@ -20,7 +20,7 @@ from fleet.records import (
     RevocationReason,
     RevocationSnapshot,
 )
-from fleet.store.crl_numbers import CrlCounter, next_crl_number
+from fleet.store.crl_numbers import CrlCounter, StoredCrl, next_crl_number, replaces
 
 
 def device_certificate(issuer: CertifiedKey, serial: int, now: dt.datetime) -> x509.Certificate:
@@ -47,6 +47,7 @@ class FakeStore:
         self.down = False
         self.list_calls = 0
         self.crl_counters: dict[str, CrlCounter] = {}
+        self.signed_crls: dict[str, StoredCrl] = {}
 
     def add(self, issuer: CertifiedKey, serial: int, now: dt.datetime) -> x509.Certificate:
         cert = device_certificate(issuer, serial, now)
@@ -112,6 +113,18 @@ class FakeStore:
             return None
         self.crl_counters[scope] = counter
         return counter.number
+
+    async def keep_signed_crl(self, scope: str, crl: StoredCrl) -> bool:
+        self._check()
+        kept = self.signed_crls.get(scope)
+        if not replaces(None if kept is None else kept.number, crl):
+            return False
+        self.signed_crls[scope] = crl
+        return True
+
+    async def newest_signed_crl(self, scope: str) -> StoredCrl | None:
+        self._check()
+        return self.signed_crls.get(scope)
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         self._check()

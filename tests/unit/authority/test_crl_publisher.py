@@ -16,12 +16,14 @@ from fleet.kernel.errors import ConfigError, PolicyError, ServerUnavailable, Sto
 from fleet.pki.ca import CertifiedKey, create_issuing_ca, create_root_ca
 from fleet.pki.crl import build_crl, crl_to_der
 from fleet.records import RevocationReason
+from fleet.store.crl_numbers import CrlCounter, StoredCrl
 from fleet.store.protocol import Store
 from tests.unit.authority.revocation_fakes import FakeStore
 
 NOW = dt.datetime(2026, 6, 1, 12, 0, 0, tzinfo=dt.UTC)
 HOURS_48 = dt.timedelta(hours=48)
 HOUR = dt.timedelta(hours=1)
+ADOPTER_DELAY = HOUR / 10  # a tenth of the refresh interval (HOUR in these tests)
 
 
 @pytest.fixture(scope="module")
@@ -322,11 +324,113 @@ async def test_workers_sharing_a_store_never_serve_a_number_below_one_already_si
     first_b = await b.current()  # signed after the revocation: a higher number
     assert first_b.number > first_a.number
     assert first_b.revoked_count == 1
-    # a's CRL is fresh by age but older than b's: a re-signs instead of going back.
+    # a's CRL is fresh by age but older than b's: a serves b's instead of going back.
     again_a = await a.current()
-    assert again_a.number > first_b.number
+    assert (again_a.number, again_a.der) == (first_b.number, first_b.der)
     assert again_a.revoked_count == 1
-    assert await b.current() is not first_b  # and b follows a in turn
-    # With nothing new signed, a worker keeps serving what it has (no re-signing).
-    settled = await b.current()
-    assert await b.current() is settled
+    assert await b.current() is first_b  # and b has nothing to follow
+
+
+async def test_workers_answering_in_turn_sign_once_and_serve_one_number(
+    issuing: CertifiedKey,
+) -> None:
+    """A client's requests going to two workers in turn: one signs, the other serves
+    that CRL from the store. Each signing reads every revoked record, and each new
+    number makes every broker reinstall the CRL: none without a new revocation."""
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 81, NOW)
+    store.revoke(81, RevocationReason.KEY_COMPROMISE, NOW)
+    a, b = publisher(store, issuing, clock), publisher(store, issuing, clock)
+    served = [await (a, b)[n % 2].current() for n in range(8)]
+    assert [crl.number for crl in served] == [served[0].number] * 8
+    assert {crl.der for crl in served} == {served[0].der}
+    assert store.list_calls == 1, "signed again with nothing new"
+    assert served[1].revoked_count == 1
+    assert served[1].feed_seq == 1
+    # A revocation: whichever answers next signs once, the other serves that one.
+    store.add(issuing, 82, NOW)
+    store.revoke(82, RevocationReason.KEY_COMPROMISE, NOW)
+    after = [await (a, b)[n % 2].current() for n in range(1, 5)]
+    assert [crl.number for crl in after] == [after[0].number] * 4
+    assert after[0].number > served[0].number
+    assert after[1].revoked_count == 2
+    assert store.list_calls == 2
+
+
+async def test_a_stored_crl_that_will_not_do_is_signed_again(issuing: CertifiedKey) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 91, NOW)
+    a = publisher(store, issuing, clock)
+    first = await a.current()
+    # Missing a revocation the feed has (a kept CRL lags the signing of a newer one).
+    store.revoke(91, RevocationReason.KEY_COMPROMISE, NOW)
+    assert store.signed_crls
+    b = publisher(store, issuing, clock)
+    signed = await b.current()
+    assert signed.number > first.number
+    assert signed.revoked_count == 1
+    # Due for refresh, even for a worker that did not sign it: signed again, not served.
+    clock.advance(HOUR + ADOPTER_DELAY)
+    calls = store.list_calls
+    fresh = await publisher(store, issuing, clock).current()
+    assert fresh.this_update == NOW + HOUR + ADOPTER_DELAY
+    assert store.list_calls == calls + 1
+    # Not a CRL of this CA (a damaged record): signed again, the damage never served.
+    other = create_issuing_ca(create_root_ca("Other Root", now=NOW), "Other Devices", now=NOW)
+    (scope,) = store.signed_crls
+    bogus = crl_to_der(
+        build_crl(other, [], now=clock.now(), next_update_in=HOURS_48, crl_number=10**18)
+    )
+    await store.keep_signed_crl(scope, StoredCrl(10**18, 1, bogus))
+    store.crl_counters[scope] = CrlCounter(10**18, 1)
+    served = await a.current()
+    assert served.number > 10**18
+    validate_crl(served.der, issuing.certificate, now=clock.now(), min_remaining=HOUR)
+
+
+async def test_a_starting_worker_serves_the_kept_crl_without_signing(
+    issuing: CertifiedKey,
+) -> None:
+    store, clock = FakeStore(), ManualClock(NOW)
+    store.add(issuing, 95, NOW)
+    store.revoke(95, RevocationReason.KEY_COMPROMISE, NOW)
+    signed = await publisher(store, issuing, clock).current()
+    calls = store.list_calls
+    started = publisher(store, issuing, clock)
+    task = asyncio.create_task(started.run())
+    try:
+        await _wait_for(lambda: started.latest is not None)
+        await asyncio.sleep(0.05)  # the follower's first look at the feed head
+        assert started.latest is not None
+        assert (started.latest.number, started.latest.der) == (signed.number, signed.der)
+        assert store.list_calls == calls, "a restart signed a CRL the store had"
+        assert await started.current() is started.latest
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_the_signer_refreshes_and_the_workers_that_adopted_follow(
+    issuing: CertifiedKey,
+) -> None:
+    """Workers that adopted one CRL would all find it due at the same moment and
+    all sign; they refresh a little later than its signer, and adopt its new one."""
+    store, clock = FakeStore(), ManualClock(NOW)
+    signer, adopter = publisher(store, issuing, clock), publisher(store, issuing, clock)
+    first = await signer.current()
+    assert (await adopter.current()).number == first.number
+    clock.advance(HOUR)
+    # Not due yet for a worker that adopted it.
+    assert (await adopter.current()).number == first.number
+    assert store.list_calls == 1
+    refreshed = await signer.current()
+    assert refreshed.number > first.number
+    assert (await adopter.current()).der == refreshed.der
+    assert store.list_calls == 2
+    # A signer that stopped: the others refresh themselves, only later.
+    clock.advance(HOUR + ADOPTER_DELAY - dt.timedelta(seconds=1))
+    assert (await adopter.current()).number == refreshed.number
+    clock.advance(dt.timedelta(seconds=1))
+    assert (await adopter.current()).number > refreshed.number
+    assert store.list_calls == 3
