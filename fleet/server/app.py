@@ -347,6 +347,8 @@ async def serve(
                 # No SO_KEEPALIVE: idle connections end at keepalive_timeout long
                 # before TCP's first probe (2 h), and it is a syscall per connection.
                 tcp_keepalive=False,
+                # Bodies are never inflated: the middleware refuses any Content-Encoding.
+                auto_decompress=False,
             )
 
         server = await loop.create_server(
