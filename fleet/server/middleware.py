@@ -17,6 +17,7 @@ from fleet.kernel.errors import (
     CredentialsRequired,
     EnrollmentPending,
     FleetError,
+    RequestInvalid,
     TokenInvalid,
     UnsupportedMediaType,
 )
@@ -90,6 +91,7 @@ def build_middlewares(metrics: Metrics, *, max_in_flight: int) -> list[web.middl
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     api = is_api_path(request.path)
     try:
+        _refuse_undecodable_headers(request)
         _refuse_content_coding(request)
         return await handler(request)
     except FleetError as error:
@@ -140,6 +142,21 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _internal_error(request, api)
     except Exception:
         return _internal_error(request, api)
+
+
+def _refuse_undecodable_headers(request: web.Request) -> None:
+    """400 for a header value that is not UTF-8: no header fleet reads carries other bytes.
+
+    aiohttp hands such bytes on as lone surrogates, which fail far from here
+    when the value is first encoded (hashing a bearer token, say): a 500.
+    """
+    for name, value in request.headers.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestInvalid(
+                f"the {name} header is not UTF-8 text", reason=Reason.REQUEST_MALFORMED
+            ) from None
 
 
 def _refuse_content_coding(request: web.Request) -> None:
