@@ -27,6 +27,7 @@ from fleet.authority.issuers import LiveIssuers
 from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
+from fleet.http.body import BODY_TIMEOUT
 from fleet.http.peer import PeerCertificates
 from fleet.kernel.certs import issued_by
 from fleet.kernel.clock import Clock, SimulatedClock, SystemClock
@@ -134,6 +135,7 @@ def build_app(
         middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
         client_max_size=MAX_BODY_BYTES,
     )
+    app[BODY_TIMEOUT] = float(config.server.body_timeout_seconds)
     app.on_response_prepare.append(name_the_server)
     app.add_routes(est.routes())
     servers = _server_certificates(config, token_root)
