@@ -1,4 +1,4 @@
-"""Hostile console posts: every body and Origin gets a 4xx, none a 500 or a traceback.
+"""Hostile console input: every body, Origin and date gets an answer, none a 500 or a traceback.
 
 Found from outside: the console's form reader took any body aiohttp could
 be asked to parse (a multipart body without boundary or cut short, a charset
@@ -6,6 +6,8 @@ Python does not know) and raised from inside aiohttp, and an Origin header
 that is not a URL (``https://[``) raised in the same-origin check: 500s with
 tracebacks, before the CSRF token was looked at. The table crosses the
 sign-in form and a signed-in action with every content type, body and Origin.
+The audit page's date filters are generated over the whole calendar: 9999-12-31
+as "until" overflowed the day after it, a 500.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import urllib.parse
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from fleet.authority.admins import create_admin_token
 from fleet.records import AdminRole
@@ -122,3 +126,19 @@ def test_an_origin_that_is_not_a_url_is_cross_site(fleet: Fleet, session: str, p
         status, _, reply = call(fleet, path, f"csrf={csrf}".encode(), headers)
         assert status == 403, (origin, reply[:200])
         assert_refused_quietly(fleet, status, origin)
+
+
+@given(since=st.none() | st.dates(), until=st.none() | st.dates())
+@example(since=dt.date.min, until=dt.date.max)
+@example(since=dt.date.max, until=dt.date.max)
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_calendar_date_filters_the_audit_page(
+    fleet: Fleet, session: str, since: dt.date | None, until: dt.date | None
+) -> None:
+    dates = {"since": since, "until": until}
+    query = urllib.parse.urlencode({k: v.isoformat() for k, v in dates.items() if v})
+    context = tls_client_context(fleet.server.root_pem)
+    with connect(fleet.server.port, context) as sock:
+        sock.sendall(request_bytes("GET", f"/ui/audit?{query}", headers={"Cookie": session}))
+        status, _, reply = read_response(sock)
+    assert status == 200, (query, reply[:200])
