@@ -10,6 +10,8 @@ chunked, and waits for each answer.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from collections.abc import Iterator
 
@@ -67,3 +69,26 @@ def test_a_body_that_stalls_is_408_on_every_route(fleet: Fleet, framing: str) ->
     assert time.monotonic() - started < BODY_TIMEOUT + 10
     log = fleet.server.log()
     assert "Traceback" not in log
+
+
+def test_a_large_body_that_keeps_coming_is_read_past_the_timeout(fleet: Fleet) -> None:
+    """The deadline grows with what arrives: a 240 KB manifest at ~100 KB/s takes
+    more than BODY_TIMEOUT and is imported whole."""
+    lines = [f"slow-{i:05d},{hashlib.sha256(str(i).encode()).hexdigest()},m,b" for i in range(3000)]
+    body = ("device_id,bootstrap_sha256,model,batch\n" + "\n".join(lines) + "\n").encode()
+    token = make_admin(fleet).tokens["admin"]
+    head = (
+        f"POST /api/v1/manifest HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/csv\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    piece = 16 * 1024
+    started = time.monotonic()
+    with connect(fleet.server.port, tls_client_context(fleet.server.root_pem)) as sock:
+        sock.sendall(head)
+        for offset in range(0, len(body), piece):
+            sock.sendall(body[offset : offset + piece])
+            time.sleep(0.15)  # a slow link, not a wait for the server
+        status, _, reply = read_response(sock)
+    assert time.monotonic() - started > BODY_TIMEOUT
+    assert status == 200, reply[:200]
+    assert json.loads(reply)["entries"] == 3000
