@@ -22,6 +22,7 @@ from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
 from fleet.authority.admin import TrustResult
 from fleet.authority.audit import verify_audit_log
+from fleet.http.body import read_body
 from fleet.http.json_body import read_json_object
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import validate_device_id
@@ -426,9 +427,7 @@ def _int(query: Any, name: str, low: int, high: int) -> int | None:
 
 async def _text_body(request: web.Request, limit: int = 64 * 1024) -> str:
     # Read the stream ourselves: a manifest may exceed the app-wide body limit.
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(raw))
+    raw = await read_body(request, limit)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -76,7 +76,7 @@ async def trust_manufacturer(
     for cert in certificates:
         _check_manufacturer_ca(cert, fleet, now)
     return await _add_all(
-        certificates, name, now, store.add_manufacturer_ca,
+        certificates, name, now, store.add_manufacturer_ca, store.list_manufacturer_cas,
         lambda ca: record_admin_action(
             store, actor, "trust_add", "manufacturer_ca_added", now, sha256=ca.sha256, name=ca.name
         ),
@@ -141,6 +141,7 @@ async def trust_intermediate(
             )
     return await _add_all(
         certificates, name, now, store.add_manufacturer_intermediate,
+        store.list_manufacturer_intermediates,
         lambda ca: record_admin_action(
             store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
             sha256=ca.sha256, name=ca.name,
@@ -186,9 +187,13 @@ async def _add_all(
     name: str | None,
     now: dt.datetime,
     add: Callable[[ManufacturerCA], Awaitable[bool]],
+    stored: Callable[[], Awaitable[list[ManufacturerCA]]],
     audit: Callable[[ManufacturerCA], Awaitable[object]],
 ) -> list[TrustResult]:
-    """Store each (already checked) certificate with ``add``; audit the ones that were new."""
+    """Store each (already checked) certificate with ``add``; audit the ones that were new.
+
+    One already trusted is answered as stored (its name and when it was added),
+    not as this request would have made it."""
     results = []
     for cert in certificates:
         ca = ManufacturerCA(
@@ -200,6 +205,8 @@ async def _add_all(
         added = await add(ca)
         if added:
             await audit(ca)
+        else:
+            ca = next((c for c in await stored() if c.sha256 == ca.sha256), ca)
         results.append(TrustResult(ca, added))
     return results
 

@@ -8,7 +8,6 @@ strongSwan needs.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import dataclasses
@@ -26,6 +25,7 @@ from fleet.authority.credentials import Credentials
 from fleet.authority.enrollment import Authority, Issued
 from fleet.authority.issuers import LiveIssuers
 from fleet.config import FleetConfig
+from fleet.http.body import read_body
 from fleet.http.peer import PeerCertificates
 from fleet.kernel.errors import (
     AuthError,
@@ -52,6 +52,7 @@ from fleet.pki.profile import DeviceProfile
 from fleet.policy.enrollment import Credential
 
 EST_PREFIX = "/.well-known/est"
+MAX_CSR_BODY_BYTES = 64 * 1024  # base64 of the largest CSR a device sends, many times over
 REALM = 'Basic realm="fleet"'
 
 Handler = Callable[[web.Request, DeviceProfile], Awaitable[web.Response]]
@@ -183,13 +184,7 @@ class EstService:
             raise UnsupportedMediaType(
                 f"expected Content-Type {CT_PKCS10}, got {request.content_type or 'none'}"
             )
-        try:
-            # asyncio.timeout, not wait_for: no extra task per request.
-            async with asyncio.timeout(self.config.server.body_timeout_seconds):
-                body = await request.read()
-        except TimeoutError:
-            raise web.HTTPRequestTimeout(text="request body not received in time\n") from None
-        return load_csr(decode_base64_body(body))
+        return load_csr(decode_base64_body(await read_body(request, MAX_CSR_BODY_BYTES)))
 
     async def _enroll(
         self,

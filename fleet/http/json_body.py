@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fleet.http.body import read_body
 from fleet.kernel.decoding import decoding
 from fleet.kernel.errors import EncodingInvalid, RequestInvalid
 from fleet.kernel.reasons import Reason
@@ -23,10 +24,7 @@ MAX_JSON_DEPTH = 32
 
 async def read_json_object(request: web.Request, *, optional: bool = False) -> dict[str, Any]:
     """The request's JSON object body (``{}`` when ``optional`` and empty); 4xx otherwise."""
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_JSON_BYTES, actual_size=len(raw))
-    return parse_json_object(raw, optional=optional)
+    return parse_json_object(await read_body(request, MAX_JSON_BYTES), optional=optional)
 
 
 def parse_json_object(raw: bytes, *, optional: bool = False) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from aiohttp import web
 from fleet.authority.crl import SignedCrl
 from fleet.authority.issuer_crls import IssuerCrls
 from fleet.authority.ocsp import OcspAnswer, OcspResponder
+from fleet.http.body import read_body
 from fleet.kernel.clock import Clock
 from fleet.kernel.errors import NotFound, UnsupportedMediaType
 from fleet.kernel.reasons import Reason
@@ -104,11 +105,7 @@ class RevocationService:
                 f"an OCSP request must be sent as {OCSP_REQUEST_TYPE}",
                 hint=f"POST the DER OCSPRequest with Content-Type: {OCSP_REQUEST_TYPE}.",
             )
-        if request.content_length is not None and request.content_length > MAX_OCSP_REQUEST_BYTES:
-            raise web.HTTPRequestEntityTooLarge(
-                max_size=MAX_OCSP_REQUEST_BYTES, actual_size=request.content_length
-            )
-        body = await request.read()
+        body = await read_body(request, MAX_OCSP_REQUEST_BYTES)
         return self._ocsp_response(request, await self._responder.respond(body))
 
     async def ocsp_get(self, request: web.Request) -> web.Response:

@@ -27,6 +27,7 @@ from fleet.authority.issuers import LiveIssuers
 from fleet.authority.ocsp import OcspResponder, ServerCertificates
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
+from fleet.http.body import BODY_TIMEOUT
 from fleet.http.peer import PeerCertificates
 from fleet.kernel.certs import issued_by
 from fleet.kernel.clock import Clock, SimulatedClock, SystemClock
@@ -137,6 +138,7 @@ def build_app(
         middlewares=build_middlewares(metrics, max_in_flight=config.server.max_in_flight),
         client_max_size=MAX_BODY_BYTES,
     )
+    app[BODY_TIMEOUT] = float(config.server.body_timeout_seconds)
     app.on_response_prepare.append(name_the_server)
     app.add_routes(est.routes())
     servers = _server_certificates(config, token_root)
@@ -355,6 +357,8 @@ async def serve(
                 # No SO_KEEPALIVE: idle connections end at keepalive_timeout long
                 # before TCP's first probe (2 h), and it is a syscall per connection.
                 tcp_keepalive=False,
+                # Bodies are never inflated: the middleware refuses any Content-Encoding.
+                auto_decompress=False,
             )
 
         server = await loop.create_server(

@@ -11,8 +11,16 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
-from fleet.kernel.errors import CredentialsRequired, EnrollmentPending, FleetError, TokenInvalid
+from fleet.kernel.errors import (
+    CredentialsRequired,
+    EnrollmentPending,
+    FleetError,
+    RequestInvalid,
+    TokenInvalid,
+    UnsupportedMediaType,
+)
 from fleet.kernel.reasons import Reason
 from fleet.server.answers import error_response, is_api_path
 from fleet.server.errors import status_for
@@ -83,6 +91,8 @@ def build_middlewares(metrics: Metrics, *, max_in_flight: int) -> list[web.middl
 async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
     api = is_api_path(request.path)
     try:
+        _refuse_undecodable_headers(request)
+        _refuse_content_coding(request)
         return await handler(request)
     except FleetError as error:
         request["reason"] = error.reason
@@ -92,7 +102,9 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         else:
             log.debug("refused: %s", error.message)
         response = error_response(status, error.reason, error.message, api=api)
-        if isinstance(error, EnrollmentPending):
+        if isinstance(error, UnsupportedMediaType) and "Content-Encoding" in request.headers:
+            response.headers["Accept-Encoding"] = "identity"  # RFC 7694
+        elif isinstance(error, EnrollmentPending):
             response.headers["Retry-After"] = str(error.retry_after)
         elif isinstance(error, CredentialsRequired | TokenInvalid):
             challenge = 'Bearer realm="fleet-admin"' if api else 'Basic realm="fleet"'
@@ -114,13 +126,15 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
             if name in exc.headers:
                 response.headers[name] = exc.headers[name]
         return response
-    except (ConnectionError, HttpProcessingError, asyncio.IncompleteReadError) as exc:
+    except (
+        ConnectionError, HttpProcessingError, RequestPayloadError, asyncio.IncompleteReadError
+    ) as exc:  # fmt: skip
         if _client_gone(request):
             # Nobody is left to answer: not an error of ours, so no traceback and no 5xx.
             request["reason"] = Reason.CLIENT_GONE
             log.info("client closed the connection before it was answered: %s", _message(exc))
             return error_response(CLIENT_CLOSED_REQUEST, Reason.CLIENT_GONE, _message(exc), api=api)
-        if isinstance(exc, HttpProcessingError):
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
             # A body aiohttp cannot parse (bad chunked encoding, say) on a live connection.
             request["reason"] = Reason.REQUEST_MALFORMED
             log.info("malformed request body: %s", _message(exc))
@@ -128,6 +142,37 @@ async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _internal_error(request, api)
     except Exception:
         return _internal_error(request, api)
+
+
+def _refuse_undecodable_headers(request: web.Request) -> None:
+    """400 for a header value that is not UTF-8: no header fleet reads carries other bytes.
+
+    aiohttp hands such bytes on as lone surrogates, which fail far from here
+    when the value is first encoded (hashing a bearer token, say): a 500.
+    """
+    for name, value in request.headers.items():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestInvalid(
+                f"the {name} header is not UTF-8 text", reason=Reason.REQUEST_MALFORMED
+            ) from None
+
+
+def _refuse_content_coding(request: web.Request) -> None:
+    """No request body is compressed: 415 for any Content-Encoding but identity.
+
+    No EST client, browser form or admin client compresses a request body,
+    so the server is built with ``auto_decompress=False`` and says so: left
+    to aiohttp, a gzip or deflate body was inflated (CPU for a bomb) and one
+    that did not inflate failed deep in aiohttp as a 500 with a traceback.
+    """
+    codings = request.headers.getall("Content-Encoding", [])
+    if any(c.strip().lower() not in ("", "identity") for v in codings for c in v.split(",")):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {', '.join(codings)[:60]!r} is not accepted; send the body as is",
+            hint="Send the request body uncompressed (no Content-Encoding).",
+        )
 
 
 def _internal_error(request: web.Request, api: bool) -> web.Response:

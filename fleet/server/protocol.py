@@ -35,6 +35,15 @@ class FleetRequestHandler(web.RequestHandler):
         exc: BaseException | None = None,
         message: str | None = None,
     ) -> web.StreamResponse:
+        if isinstance(exc, UnicodeError):
+            # Header bytes that are not UTF-8 met by aiohttp before any middleware
+            # (its Expect handler quotes the value back): the client's, a 400.
+            log.info("request from %s with a header that is not UTF-8", request.remote)
+            refusal = error_response(
+                400, Reason.REQUEST_MALFORMED, "a header is not UTF-8 text", api=False
+            )
+            refusal.force_close()
+            return refusal
         if not isinstance(exc, HttpProcessingError):
             response = super().handle_error(request, status, exc, message)
             response.headers["Server"] = SERVER_HEADER

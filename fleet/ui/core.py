@@ -24,6 +24,7 @@ from aiohttp import web
 from cryptography import x509
 
 from fleet.admin.auth import AdminAuthenticator, actor_of, require_role
+from fleet.http.form_body import read_form
 from fleet.http.statuses import status_for
 from fleet.kernel.clock import Clock
 from fleet.kernel.errors import AuthError, FleetError
@@ -333,15 +334,6 @@ def _stylesheet() -> bytes:
     return _CSS
 
 
-async def read_form(request: web.Request) -> dict[str, str]:
-    """The text fields of a posted form (the first value of each; files are ignored)."""
-    form: dict[str, str] = {}
-    for name, value in (await request.post()).items():
-        if isinstance(value, str):
-            form.setdefault(name, value)
-    return form
-
-
 def secure(response: web.Response) -> web.Response:
     response.headers.update(SECURITY_HEADERS)
     return response
@@ -353,7 +345,10 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.host
+    try:
+        return urlsplit(origin).netloc == request.host
+    except ValueError:  # "https://[" : not an origin, so not ours
+        return False
 
 
 def _random() -> str:

@@ -160,14 +160,14 @@ async def audit(console: Console, ctx: Ctx) -> web.Response:
     device_id = filters["device_id"]
     if device_id is not None:
         validate_device_id(device_id)
-    since, until = day(query, "since"), day(query, "until")
+    since, until = day(query, "since"), day_after(query, "until")
     store = console.store
     head = await stats.audit_head(store)
     # A time range is a sequence range (records are appended in time order).
     after = await stats.first_seq_since(store, since, head) - 1 if since else 0
     upper = head + 1
     if until is not None:
-        upper = await stats.first_seq_since(store, until + dt.timedelta(days=1), head)
+        upper = await stats.first_seq_since(store, until, head)
     before = min(integer(query, "before") or upper, upper)
     search = AuditQuery(
         actor=filters["actor"], action=filters["action"], outcome=filters["outcome"],
@@ -184,7 +184,7 @@ async def audit(console: Console, ctx: Ctx) -> web.Response:
         search = dataclasses.replace(search, before_seq=page.next_before)
     dates = {
         "since": query.get("since") if since else None,
-        "until": query.get("until") if until else None,
+        "until": text(query, "until"),  # shown as typed, even when it bounds nothing
     }
     older_query = query_of({**filters, **dates, "before": str(older)}) if older else None
     return console.render(
@@ -202,6 +202,15 @@ def day(query: Any, name: str) -> dt.datetime | None:
         return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), dt.UTC)
     except ValueError:
         raise RequestInvalid(f"{name} must be a date (YYYY-MM-DD)") from None
+
+
+def day_after(query: Any, name: str) -> dt.datetime | None:
+    """The end of a query's day (inclusive "until"): the start of the next day, UTC;
+    None for the calendar's last day, after which nothing can have happened."""
+    until = day(query, name)
+    if until is None or until.date() == dt.date.max:
+        return None
+    return until + dt.timedelta(days=1)
 
 
 async def audit_verify(console: Console, ctx: Ctx) -> web.Response:

@@ -232,6 +232,14 @@ def test_token_manifest_and_trust_over_the_api(admin: Admin) -> None:
     )
     assert trusted.status == 200
     assert trusted.body["items"][0]["added"] is False  # already trusted
+    # ...and answered as it is stored, whatever name and time this request would give it.
+    again = admin.call(
+        "POST", "/api/v1/manufacturers?name=Renamed", raw=pem,
+        content_type="application/x-pem-file",
+    )  # fmt: skip
+    listed = admin.call("GET", "/api/v1/manufacturers", role="viewer").body["items"]
+    stored = next(ca for ca in listed if ca["sha256"] == again.body["items"][0]["sha256"])
+    assert {**again.body["items"][0], "added": None} == {**stored, "added": None}
     # Every CA of the fleet's own domains is refused, the admin CA included (an admin's
     # certificate would otherwise enroll as a device).
     for own in ("ca/root.pem", "ca/issuing.pem", "ca/admin.pem"):

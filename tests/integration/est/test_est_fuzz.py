@@ -13,6 +13,15 @@ from tests.support.raw_http import connect, read_response, request_bytes, tls_cl
 
 OPERATIONS = ["cacerts", "csrattrs", "simpleenroll", "simplereenroll", "serverkeygen", "x", ""]
 CONTENT_TYPES = ["application/pkcs10", "application/json", "", 'application/pkcs10; x="', "a/b/c"]
+# Framing a client may add around the body: codings, expectations (none is ever needed).
+FRAMING = [
+    {"Content-Encoding": "gzip"},
+    {"Content-Encoding": "deflate"},
+    {"Content-Encoding": "br, identity"},
+    {"Content-Encoding": "identity"},
+    {"Expect": "100-continue"},
+    {"Expect": "x-unknown"},
+]
 
 
 @st.composite
@@ -47,6 +56,8 @@ def requests(draw: st.DrawFn, csr_der: bytes) -> bytes:
     )
     if auth is not None:
         headers["Authorization"] = "".join(c for c in auth if c.isprintable() and c not in "\r\n")
+    if draw(st.integers(0, 9)) < 3:
+        headers.update(draw(st.sampled_from(FRAMING)))
     return request_bytes(method, f"/.well-known/est/{label}{operation}", body=body, headers=headers)
 
 
