@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fleet.authority.issuers import LiveIssuers
+from fleet.authority.refusals import RefusalAudit
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import (
@@ -76,8 +77,11 @@ class Authority:
         clock: Clock,
         retry_after: int,
         renewal_overlap: RenewalOverlap = RenewalOverlap.PREVIOUS,
+        refusals: RefusalAudit | None = None,
     ) -> None:
         self._store = store
+        # Shared with the console's sign-in refusals: one budget per process.
+        self._refusals = refusals or RefusalAudit(store)
         # The current issuer signs; a rotation swaps it under a running server.
         self._issuers = issuer if isinstance(issuer, LiveIssuers) else LiveIssuers.of(issuer)
         self._policy = policy
@@ -175,24 +179,24 @@ class Authority:
         self, action: str, claimed_device_id: str | None, reason: str, **detail: str
     ) -> None:
         """Audit a request refused before it was authenticated (untrusted issuer,
-        bad token, expired certificate), so `why` can show it too."""
+        bad token, expired certificate), so `why` can show it too; within the
+        budget of fleet.authority.refusals (such requests cost their sender nothing)."""
         try:
             device_id = validate_device_id(claimed_device_id) if claimed_device_id else None
         except FleetError:
             device_id = None
         if claimed_device_id and device_id is None:
             detail["claimed_id"] = claimed_device_id[:80].encode("ascii", "replace").decode()
-        await self._store.append_audit(
-            AuditEvent(
-                at=self._clock.now(),
-                actor="unauthenticated",
-                action=action,
-                outcome="refused",
-                reason=reason,
-                device_id=device_id,
-                detail=detail,
-            )
+        event = AuditEvent(
+            at=self._clock.now(),
+            actor="unauthenticated",
+            action=action,
+            outcome="refused",
+            reason=reason,
+            device_id=device_id,
+            detail=detail,
         )
+        await self._refusals.record(event, detail.get("remote", ""))
 
     async def _facts(
         self, credential: Credential, device: Device | None, key_sha256: str

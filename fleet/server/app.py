@@ -25,6 +25,7 @@ from fleet.authority.enrollment import Authority
 from fleet.authority.issuer_crls import IssuerCrls
 from fleet.authority.issuers import LiveIssuers
 from fleet.authority.ocsp import OcspResponder, ServerCertificates
+from fleet.authority.refusals import RefusalAudit
 from fleet.config import FleetConfig
 from fleet.est.routes import EstService
 from fleet.http.body import BODY_TIMEOUT
@@ -106,6 +107,7 @@ def build_app(
         unknown_devices=UnknownDevices(config.policy.unknown_devices),
         bootstrap_reuse=BootstrapReuse(config.policy.bootstrap_reuse),
     )
+    refusals = RefusalAudit(store)  # one budget for EST and console refusals
     authority = Authority(
         store=store,
         issuer=issuers,
@@ -113,6 +115,7 @@ def build_app(
         clock=clock,
         retry_after=config.policy.retry_after_seconds,
         renewal_overlap=RenewalOverlap(config.policy.renewal_overlap),
+        refusals=refusals,
     )
     credentials = Credentials(
         store=store,
@@ -175,6 +178,7 @@ def build_app(
             ),
             cas=[ca_status(name, cert) for name, cert in cas],
             bulk_threshold=config.admin.bulk_confirm_threshold,
+            refusals=refusals,
         )
         app.add_routes(console_routes(console))
 

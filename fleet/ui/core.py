@@ -24,6 +24,7 @@ from aiohttp import web
 from cryptography import x509
 
 from fleet.admin.auth import AdminAuthenticator, actor_of, require_role
+from fleet.authority.refusals import RefusalAudit
 from fleet.http.form_body import read_form
 from fleet.http.statuses import status_for
 from fleet.kernel.clock import Clock
@@ -98,6 +99,7 @@ class Console:
     signer: SessionSigner
     cas: list[CaStatus]
     bulk_threshold: int
+    refusals: RefusalAudit
     env: jinja2.Environment = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -218,13 +220,17 @@ class Console:
         **detail: str,
     ) -> None:  # fmt: skip
         """Chain a console sign-in, sign-out or session end (never a secret: the token
-        is not in ``detail``, only how the admin signed in and from where)."""
-        await self.store.append_audit(
-            AuditEvent(
-                at=self.clock.now(), actor=actor, action=action, outcome=outcome,
-                reason=reason, detail={**detail, "source": request.remote or ""},
-            )
+        is not in ``detail``, only how the admin signed in and from where). A refusal
+        nobody can be named for goes through the per-process refusal budget."""
+        source = request.remote or ""
+        event = AuditEvent(
+            at=self.clock.now(), actor=actor, action=action, outcome=outcome,
+            reason=reason, detail={**detail, "source": source},
         )  # fmt: skip
+        if actor == "unauthenticated" and outcome == "refused":
+            await self.refusals.record(event, source)
+        else:
+            await self.store.append_audit(event)
 
     def _to_sign_in(self, request: web.Request) -> web.Response:
         ended = SESSION_COOKIE in request.cookies

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.authority.refusals import PER_KEY
 from fleet.records import DeviceState, RevocationReason
 from tests.integration.est.conftest import Fleet
 from tests.support.est_client import curl
@@ -179,3 +180,18 @@ def test_unauthenticated_refusals_are_audited_too(fleet: Fleet) -> None:
         "unknown_issuer",
     )
     assert last.detail["remote"] == "127.0.0.1"
+
+
+def test_a_flood_of_unauthenticated_refusals_does_not_flood_the_audit_log(fleet: Fleet) -> None:
+    # Refused before authentication, each request costs its sender nothing: the audit
+    # log takes PER_KEY a minute per source and claimed device (two minutes at most
+    # here, if the run crosses one), the rest is counted and said in the next record.
+    rogue = make_manufacturer("Flooder", now=dt.datetime.now(dt.UTC))
+    device = fleet.new_device(manufacturer=rogue, in_manifest=False, device_id="flood-001")
+    _, csr = fleet.csr("flood")
+    sent = 3 * PER_KEY
+    for _ in range(sent):
+        refused(fleet.enroll(device, csr), 403, "unknown_issuer")
+    written = audit_reasons(fleet, "flood-001")
+    assert written.count("unknown_issuer") <= 2 * PER_KEY < sent, len(written)
+    assert len(written) >= PER_KEY  # a device's refusals are still shown
