@@ -18,8 +18,8 @@ keeps the bundle as it is.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
+import http.client
 import logging
 import ssl
 import urllib.request
@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from fleet.kernel.ca_bundle import follow_cacerts
 from fleet.kernel.certs import Problem, describe
-from fleet.kernel.errors import ConfigError
+from fleet.kernel.decoding import decode_certificate_fields, decoding
+from fleet.kernel.errors import ConfigError, FleetError, ServerUnavailable
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
 
 log = logging.getLogger("fleet.broker.ca")
@@ -46,14 +47,26 @@ def fetch_cacerts(
     if not url.startswith("https://"):
         raise ConfigError(f"cacerts_url {url!r} must be https://")
     request = urllib.request.Request(url)  # noqa: S310 - https only, checked above
-    with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
-        body = response.read(MAX_CACERTS_BYTES + 1)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+            body = response.read(MAX_CACERTS_BYTES + 1)
+    except http.client.HTTPException as exc:
+        # A garbled answer (status line, headers, chunking): not an OSError, and
+        # escaping the callers' (OSError, FleetError) it ended the broker's loop.
+        raise ServerUnavailable(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
     if len(body) > MAX_CACERTS_BYTES:
         raise ConfigError(f"{url} answered more than {MAX_CACERTS_BYTES} bytes")
-    try:
-        return list(pkcs7.load_der_pkcs7_certificates(base64.b64decode(b"".join(body.split()))))
-    except (ValueError, binascii.Error) as exc:
-        raise ConfigError(f"{url} did not answer a certs-only PKCS#7: {exc}") from exc
+
+    def invalid(message: str) -> FleetError:
+        return ConfigError(f"{url} did not answer a certs-only PKCS#7 ({message})")
+
+    # Every field decoded here (kernel decoding): the kernel's judgement of the
+    # answer must not be the first to read a name or extension that does not decode.
+    with decoding("the /cacerts answer", invalid):
+        certs = list(pkcs7.load_der_pkcs7_certificates(base64.b64decode(b"".join(body.split()))))
+        for cert in certs:
+            decode_certificate_fields(cert)
+    return certs
 
 
 def accepted_bundle(

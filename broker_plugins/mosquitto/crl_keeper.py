@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import http.client
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from broker_plugins.mosquitto.config import (
     MosquittoSettings,
 )
 from broker_plugins.mosquitto.trust_files import write_public
+from fleet.kernel.decoding import decoding
 from fleet.kernel.errors import FleetError, PolicyError
 
 log = logging.getLogger("fleet.broker.mosquitto")
@@ -77,12 +79,24 @@ def crl_number(crl: x509.CertificateRevocationList) -> int:
 
 
 def parse_crl(data: bytes) -> x509.CertificateRevocationList:
-    try:
+    """The CRL with every field decoded: the fetched bytes are not trusted before
+    the signature is checked, and cryptography decodes names, extensions and entries
+    lazily, raising ValueError, TypeError and others on bad ones (kernel decoding)."""
+    with decoding("the CRL", _crl_invalid):
         if data.lstrip().startswith(b"-----"):
-            return x509.load_pem_x509_crl(data)
-        return x509.load_der_x509_crl(data)
-    except ValueError as exc:
-        raise _crl_invalid(f"the CRL does not parse: {exc}") from exc
+            crl = x509.load_pem_x509_crl(data)
+        else:
+            crl = x509.load_der_x509_crl(data)
+        crl.issuer.rfc4514_string()
+        crl.last_update_utc  # noqa: B018
+        crl.next_update_utc  # noqa: B018
+        for extension in crl.extensions:
+            extension.value  # noqa: B018
+        for entry in crl:
+            entry.serial_number  # noqa: B018
+            for extension in entry.extensions:
+                extension.value  # noqa: B018
+    return crl
 
 
 def validate_crl(
@@ -126,9 +140,12 @@ def fetch_crl(url: str, cafile: Path) -> bytes:
     try:
         with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
             data: bytes = response.read(MAX_CRL_BYTES + 1)
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:
+        # HTTPException: a garbled answer (status line, headers, chunking) is a failed
+        # fetch too; it is not an OSError, and escaping it ended the sidecar.
         raise FleetError(
-            f"cannot fetch the CRL from {url}: {exc}", reason="crl_unavailable"
+            f"cannot fetch the CRL from {url}: {type(exc).__name__}: {exc}",
+            reason="crl_unavailable",
         ) from exc
     if len(data) > MAX_CRL_BYTES:
         raise _crl_invalid(f"the CRL from {url} is larger than {MAX_CRL_BYTES} bytes")
