@@ -32,6 +32,7 @@ are relative to the settings file's directory. Example::
     max_staleness_seconds = 30                    # fail closed (see below); 0 = never
     heartbeat_seconds = 2.0                       # sidecar -> plugin "the feed is live"
     skew_seconds = 300                            # clock skew forgiven on validity
+    max_packet_bytes = 1048576                    # largest MQTT packet a client may send
     broker_name = "mqtt-1"                        # console feed position (default node_name)
     node_name = "mqtt-a"                          # this node, among its peers (below)
     peers = ["10.0.0.12:8883", "10.0.0.13:8883"]  # the other broker nodes' listeners
@@ -75,6 +76,13 @@ object each, with the fields of fleet's other logs (``ts``, ``level``,
 turns Mosquitto's timestamp prefix off; Mosquitto's own lines stay text. The
 sidecar logs JSON always.
 
+``max_packet_bytes`` (default 1 MiB) becomes Mosquitto's ``max_packet_size``.
+Mosquitto allocates a packet's announced length (up to 256 MiB) as soon as it
+has read the fixed header, and reads a CONNECT whole before the plugin is
+asked: without a limit any TLS client whose certificate chains to the root -
+a revoked device included - holds that much broker memory per connection.
+A larger packet closes the connection (MQTT 5: reason 149, packet too large).
+
 ``user`` is the account Mosquitto drops to when started as root (it must be
 able to write ``state_dir``, where its ``pid_file`` is). Mosquitto 2.0 started
 as root without it drops to ``mosquitto`` and exits with "Unable to write pid
@@ -117,6 +125,10 @@ from fleet.store.broker_positions import check_broker_name
 DEFAULT_SIDECAR_CN = "fleet:sidecar"
 DEFAULT_ACL_TEMPLATE = "devices/%u/#"
 DEFAULT_MAX_STALENESS_SECONDS = 30
+# Mosquitto's max_packet_size (its own default is none: 256 MiB, allocated before auth).
+DEFAULT_MAX_PACKET_BYTES = 1024 * 1024
+MQTT_MAX_PACKET_BYTES = 268_435_455 + 5  # the largest remaining length, plus a fixed header
+MIN_PACKET_BYTES = 1024  # room for a CONNECT and the sidecar's control commands
 LOG_FORMATS = ("text", "json")
 CONTROL_TOPIC = "$CONTROL/fleet/v1"
 # Where the plugin answers `stats`: delivered to the sidecar only (its ACL).
@@ -167,6 +179,8 @@ class MosquittoSettings:
     # feed for this long (fail closed; 0 = no staleness policy, fails open).
     max_staleness_seconds: int = DEFAULT_MAX_STALENESS_SECONDS
     skew_seconds: int = int(DEFAULT_SKEW.total_seconds())
+    # The largest MQTT packet Mosquitto reads from a client (max_packet_size).
+    max_packet_bytes: int = DEFAULT_MAX_PACKET_BYTES
     heartbeat_seconds: float = 2.0
     crl_refresh_seconds: float = 600.0
     broker_host: str = ""  # where the sidecar connects; default: the listen host
@@ -362,6 +376,16 @@ def _check(s: MosquittoSettings) -> None:
         value = getattr(s, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ConfigError(f"[mosquitto] {name} must be a whole number >= 0")
+    limit = s.max_packet_bytes
+    if (
+        not isinstance(limit, int)
+        or isinstance(limit, bool)
+        or not (MIN_PACKET_BYTES <= limit <= MQTT_MAX_PACKET_BYTES)
+    ):
+        raise ConfigError(
+            f"[mosquitto] max_packet_bytes must be a whole number from {MIN_PACKET_BYTES} "
+            f"to {MQTT_MAX_PACKET_BYTES}"
+        )
     if s.cacerts_url and not s.cacerts_url.startswith("https://"):
         raise ConfigError(f"[mosquitto] cacerts_url {s.cacerts_url!r} is not an https URL")
     for name in ("heartbeat_seconds", "crl_refresh_seconds", "ca_refresh_seconds"):
@@ -423,6 +447,9 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         "connection_messages true",
         # TLS 1.3 post-handshake messages otherwise wait on Nagle: ~45 ms per connect.
         "set_tcp_nodelay true",
+        # Mosquitto allocates a packet's announced length before reading it, and reads
+        # a CONNECT whole before the plugin decides: bound it for every client.
+        f"max_packet_size {s.max_packet_bytes}",
     ]
     if s.user:
         lines.append(f"user {s.user}")

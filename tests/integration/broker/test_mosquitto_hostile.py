@@ -179,3 +179,21 @@ def test_garbled_crl_and_cacerts_answers_leave_the_sidecar_running(env: Env) -> 
     finally:
         session.close()
 
+
+def test_an_oversized_packet_is_refused_before_the_broker_reads_it(env: Env) -> None:
+    # A CONNECT announcing 8 MiB: the broker closes at once instead of waiting for
+    # (and allocating) the body; the plugin has not seen this client yet.
+    _, cert, key = env.device
+    context = client_context(env.root, cert, key)
+    with (
+        socket.create_connection(("127.0.0.1", env.node.port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(bytes([0x10, 0x80, 0x80, 0x80, 0x04]))  # remaining length 8 MiB
+        try:
+            closed = tls.recv(1) == b""
+        except TimeoutError:
+            closed = False
+        except OSError:
+            closed = True
+    assert closed, "the broker waited for an 8 MiB CONNECT"

@@ -101,3 +101,14 @@ def test_bad_peers_or_node_name_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         settings_from_mapping(_settings(**extra), base_dir=tmp_path)
+
+
+def test_the_broker_bounds_the_packets_it_reads(tmp_path: Path) -> None:
+    # Without it Mosquitto allocates up to 256 MiB per connection before the plugin is asked.
+    conf = mosquitto_conf(settings_from_mapping(_settings(), base_dir=tmp_path))
+    assert "\nmax_packet_size 1048576\n" in conf
+    custom = settings_from_mapping(_settings(max_packet_bytes=65536), base_dir=tmp_path)
+    assert "\nmax_packet_size 65536\n" in mosquitto_conf(custom)
+    for bad in (0, 100, 2**28 + 5, "1M", True):
+        with pytest.raises(ConfigError, match="max_packet_bytes"):
+            settings_from_mapping(_settings(max_packet_bytes=bad), base_dir=tmp_path)
