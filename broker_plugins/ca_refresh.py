@@ -19,20 +19,19 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import http.client
 import logging
 import ssl
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
+from broker_plugins.fleet_fetch import fetch
 from fleet.kernel.ca_bundle import follow_cacerts
 from fleet.kernel.certs import Problem, describe
 from fleet.kernel.decoding import decode_certificate_fields, decoding
-from fleet.kernel.errors import ConfigError, FleetError, ServerUnavailable
+from fleet.kernel.errors import ConfigError, FleetError
 from fleet.kernel.files import PUBLIC_MODE, write_atomic
 
 log = logging.getLogger("fleet.broker.ca")
@@ -46,16 +45,7 @@ def fetch_cacerts(
     """The certificates of an EST /cacerts answer (base64 certs-only PKCS#7)."""
     if not url.startswith("https://"):
         raise ConfigError(f"cacerts_url {url!r} must be https://")
-    request = urllib.request.Request(url)  # noqa: S310 - https only, checked above
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
-            body = response.read(MAX_CACERTS_BYTES + 1)
-    except http.client.HTTPException as exc:
-        # A garbled answer (status line, headers, chunking): not an OSError, and
-        # escaping the callers' (OSError, FleetError) it ended the broker's loop.
-        raise ServerUnavailable(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from exc
-    if len(body) > MAX_CACERTS_BYTES:
-        raise ConfigError(f"{url} answered more than {MAX_CACERTS_BYTES} bytes")
+    body = fetch(url, context, what="/cacerts", limit=MAX_CACERTS_BYTES, timeout=timeout)
 
     def invalid(message: str) -> FleetError:
         return ConfigError(f"{url} did not answer a certs-only PKCS#7 ({message})")

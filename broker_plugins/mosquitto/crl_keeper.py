@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import http.client
 import logging
 import os
 import signal
 import ssl
 import time
-import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from broker_plugins.fleet_fetch import DEADLINE_SECONDS, FetchFailed, fetch
 from broker_plugins.mosquitto.config import (
     MosquittoSettings,
 )
@@ -134,22 +133,18 @@ def installed_crl_number(path: Path, issuer: x509.Certificate) -> int | None:
         return None
 
 
-def fetch_crl(url: str, cafile: Path) -> bytes:
-    context = ssl.create_default_context(cafile=str(cafile))
-    request = urllib.request.Request(url, headers={"Accept": "application/pkix-crl"})  # noqa: S310
+def fetch_crl(url: str, cafile: Path, *, deadline: float = DEADLINE_SECONDS) -> bytes:
     try:
-        with urllib.request.urlopen(request, timeout=10, context=context) as response:  # noqa: S310
-            data: bytes = response.read(MAX_CRL_BYTES + 1)
-    except (OSError, http.client.HTTPException) as exc:
-        # HTTPException: a garbled answer (status line, headers, chunking) is a failed
-        # fetch too; it is not an OSError, and escaping it ended the sidecar.
-        raise FleetError(
-            f"cannot fetch the CRL from {url}: {type(exc).__name__}: {exc}",
-            reason="crl_unavailable",
-        ) from exc
-    if len(data) > MAX_CRL_BYTES:
-        raise _crl_invalid(f"the CRL from {url} is larger than {MAX_CRL_BYTES} bytes")
-    return data
+        return fetch(
+            url,
+            ssl.create_default_context(cafile=str(cafile)),
+            what="the CRL",
+            limit=MAX_CRL_BYTES,
+            headers={"Accept": "application/pkix-crl"},
+            deadline=deadline,
+        )
+    except FetchFailed as exc:
+        raise FleetError(exc.message, reason="crl_unavailable") from exc
 
 
 class CrlKeeper:
