@@ -128,9 +128,8 @@ DEFAULT_MAX_STALENESS_SECONDS = 30
 # Mosquitto's max_packet_size (its own default is none: 256 MiB, allocated before auth).
 DEFAULT_MAX_PACKET_BYTES = 1024 * 1024
 MQTT_MAX_PACKET_BYTES = 268_435_455 + 5  # the largest remaining length, plus a fixed header
-MIN_PACKET_BYTES = (
-    64 * 1024
-)  # the sidecar's control commands: a device revocation lists every serial
+# Room for the sidecar's control commands: a device revocation lists every serial.
+MIN_PACKET_BYTES = 64 * 1024
 LOG_FORMATS = ("text", "json")
 CONTROL_TOPIC = "$CONTROL/fleet/v1"
 # Where the plugin answers `stats`: delivered to the sidecar only (its ACL).
