@@ -17,7 +17,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from broker_plugins.fleet_fetch import DEADLINE_SECONDS, FetchFailed, fetch
@@ -25,8 +24,10 @@ from broker_plugins.mosquitto.config import (
     MosquittoSettings,
 )
 from broker_plugins.mosquitto.trust_files import write_public
-from fleet.kernel.decoding import decoding
-from fleet.kernel.errors import FleetError, PolicyError
+from fleet.kernel.crl_check import check_crl
+from fleet.kernel.crl_check import crl_number as kernel_crl_number
+from fleet.kernel.crl_check import parse_crl as kernel_parse_crl
+from fleet.kernel.errors import FleetError
 
 log = logging.getLogger("fleet.broker.mosquitto")
 
@@ -62,40 +63,17 @@ def signal_broker(pid_file: Path) -> bool:
 # -- CRL -------------------------------------------------------------------------
 
 
-def _crl_invalid(message: str) -> PolicyError:
-    return PolicyError(
-        message,
-        reason="crl_invalid",
-        hint="The installed crlfile was kept. Check the fleet server's /crl and the clocks.",
-    )
-
-
-def crl_number(crl: x509.CertificateRevocationList) -> int:
-    try:
-        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except x509.ExtensionNotFound as exc:
-        raise _crl_invalid("the CRL has no CRL number") from exc
+# Said with every refusal: what the sidecar did about it.
+KEPT = "The installed crlfile was kept. Check the fleet server's /crl and the clocks."
 
 
 def parse_crl(data: bytes) -> x509.CertificateRevocationList:
-    """The CRL with every field decoded: the fetched bytes are not trusted before
-    the signature is checked, and cryptography decodes names, extensions and entries
-    lazily, raising ValueError, TypeError and others on bad ones (kernel decoding)."""
-    with decoding("the CRL", _crl_invalid):
-        if data.lstrip().startswith(b"-----"):
-            crl = x509.load_pem_x509_crl(data)
-        else:
-            crl = x509.load_der_x509_crl(data)
-        crl.issuer.rfc4514_string()
-        crl.last_update_utc  # noqa: B018
-        crl.next_update_utc  # noqa: B018
-        for extension in crl.extensions:
-            extension.value  # noqa: B018
-        for entry in crl:
-            entry.serial_number  # noqa: B018
-            for extension in entry.extensions:
-                extension.value  # noqa: B018
-    return crl
+    """The fetched or installed CRL, every field decoded (fleet.kernel.crl_check)."""
+    return kernel_parse_crl(data, KEPT)
+
+
+def crl_number(crl: x509.CertificateRevocationList) -> int:
+    return kernel_crl_number(crl, KEPT)
 
 
 def validate_crl(
@@ -106,22 +84,11 @@ def validate_crl(
     installed_number: int | None,
     min_remaining: dt.timedelta = MIN_CRL_REMAINING,
 ) -> x509.CertificateRevocationList:
-    """The parsed CRL if Mosquitto may load it; PolicyError (``crl_invalid``) if not."""
-    crl = parse_crl(data)
-    if crl.issuer != issuer.subject:
-        raise _crl_invalid(f"the CRL names issuer {crl.issuer.rfc4514_string()!r}")
-    public_key: CertificateIssuerPublicKeyTypes = issuer.public_key()  # type: ignore[assignment]
-    if not crl.is_signature_valid(public_key):
-        raise _crl_invalid("the CRL signature does not verify with the issuing CA")
-    next_update = crl.next_update_utc
-    if next_update is None or next_update - now < min_remaining:
-        raise _crl_invalid(f"the CRL's nextUpdate {next_update} is not {min_remaining} ahead")
-    if crl.last_update_utc > now + dt.timedelta(minutes=5):
-        raise _crl_invalid(f"the CRL's thisUpdate {crl.last_update_utc} is in the future")
-    number = crl_number(crl)
-    if installed_number is not None and number < installed_number:
-        raise _crl_invalid(f"CRL #{number} is older than the installed #{installed_number}")
-    return crl
+    """The parsed CRL if Mosquitto may load it (the kernel's CRL rule, never older than
+    the installed one); PolicyError (``crl_invalid``) if not."""
+    return check_crl(
+        data, issuer, now=now, min_remaining=min_remaining, not_below=installed_number, hint=KEPT
+    )
 
 
 def installed_crl_number(path: Path, issuer: x509.Certificate) -> int | None:

@@ -33,9 +33,9 @@ import time
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from fleet.kernel.clock import Clock
+from fleet.kernel.crl_check import check_crl, crl_invalid, crl_number
 from fleet.kernel.errors import (
     ConfigError,
     PolicyError,
@@ -94,48 +94,13 @@ def crl_number_at(when: dt.datetime) -> int:
 def validate_crl(
     der: bytes, issuer: x509.Certificate, *, now: dt.datetime, min_remaining: dt.timedelta
 ) -> x509.CertificateRevocationList:
-    """Parse ``der`` back and check it is a current CRL signed by ``issuer``.
-
-    A CRL that fails here must never replace a good one: Mosquitto runs with
-    no revocation checking after reloading a garbage crlfile, and refuses every
-    device after loading an expired one. Raises PolicyError (``crl_invalid``).
-    """
-    try:
-        crl = x509.load_der_x509_crl(der)
-        next_update = crl.next_update_utc
-        this_update = crl.last_update_utc
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-    except (ValueError, x509.ExtensionNotFound) as exc:
-        raise _invalid(f"the CRL does not parse: {exc}") from exc
-    if crl.issuer != issuer.subject:
-        raise _invalid(f"the CRL names issuer {crl.issuer.rfc4514_string()!r}, not the fleet CA")
-    public_key: CertificateIssuerPublicKeyTypes = issuer.public_key()  # type: ignore[assignment]
-    if not crl.is_signature_valid(public_key):
-        raise _invalid(
-            "the CRL signature does not verify with the issuing CA certificate",
-            hint="The issuing CA key and certificate in [ca] do not belong together.",
-        )
-    if next_update is None:
-        raise _invalid("the CRL has no nextUpdate")
-    if next_update - now < min_remaining:
-        raise _invalid(
-            f"the CRL's nextUpdate {next_update.isoformat()} is not at least "
-            f"{min_remaining} after now ({now.isoformat()})",
-            hint="Check the system clock and [revocation] crl_next_update_hours.",
-        )
-    if this_update > now + dt.timedelta(minutes=5):
-        raise _invalid(f"the CRL's thisUpdate {this_update.isoformat()} is in the future")
-    if number < 0:
-        raise _invalid("the CRL number is negative")
-    return crl
+    """Parse ``der`` back and check it is a current CRL signed by ``issuer`` (the
+    kernel's CRL rule, as the Mosquitto sidecar applies it). Raises PolicyError
+    (``crl_invalid``)."""
+    return check_crl(der, issuer, now=now, min_remaining=min_remaining, hint=_NOTHING_WRITTEN)
 
 
-def _invalid(message: str, hint: str | None = None) -> PolicyError:
-    return PolicyError(
-        message,
-        reason="crl_invalid",
-        hint=hint or "Nothing was written; fix the cause and run the command again.",
-    )
+_NOTHING_WRITTEN = "Nothing was written; fix the cause and run the command again."
 
 
 class CrlPublisher:
@@ -276,9 +241,9 @@ class CrlPublisher:
         crl = validate_crl(
             kept.der, self._issuer.certificate, now=now, min_remaining=dt.timedelta(0)
         )
-        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        number = crl_number(crl)
         if number != kept.number:
-            raise _invalid(f"the CRL's number is {number}, stored as #{kept.number}")
+            raise crl_invalid(f"the CRL's number is {number}, stored as #{kept.number}")
         next_update = crl.next_update_utc
         assert next_update is not None  # validate_crl refuses a CRL without one
         return SignedCrl(
