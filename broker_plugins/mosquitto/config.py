@@ -82,6 +82,10 @@ has read the fixed header, and reads a CONNECT whole before the plugin is
 asked: without a limit any TLS client whose certificate chains to the root -
 a revoked device included - holds that much broker memory per connection.
 A larger packet closes the connection (MQTT 5: reason 149, packet too large).
+The generated mosquitto.conf also bounds each client's queue of QoS 1/2
+messages (``max_queued_bytes`` 16 MiB) and drops a persistent session unused
+for 30 days (``persistent_client_expiration``), so neither a client that never
+reads nor a device that never comes back holds broker memory for ever.
 
 ``user`` is the account Mosquitto drops to when started as root (it must be
 able to write ``state_dir``, where its ``pid_file`` is). Mosquitto 2.0 started
@@ -130,6 +134,9 @@ DEFAULT_MAX_PACKET_BYTES = 1024 * 1024
 MQTT_MAX_PACKET_BYTES = 268_435_455 + 5  # the largest remaining length, plus a fixed header
 # Room for the sidecar's control commands: a device revocation lists every serial.
 MIN_PACKET_BYTES = 64 * 1024
+# Per client, in the generated mosquitto.conf (Mosquitto's defaults: no limit, never).
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+PERSISTENT_CLIENT_EXPIRATION = "30d"
 LOG_FORMATS = ("text", "json")
 CONTROL_TOPIC = "$CONTROL/fleet/v1"
 # Where the plugin answers `stats`: delivered to the sidecar only (its ACL).
@@ -451,6 +458,11 @@ def mosquitto_conf(s: MosquittoSettings, *, sidecar_sha256: str | None = None) -
         # Mosquitto allocates a packet's announced length before reading it, and reads
         # a CONNECT whole before the plugin decides: bound it for every client.
         f"max_packet_size {s.max_packet_bytes}",
+        # A client that never reads could otherwise hold 1,000 queued QoS 1/2 messages
+        # of up to max_packet_size each; and a persistent session of a device that
+        # never comes back (revoked, scrapped) would be kept for ever.
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
+        f"persistent_client_expiration {PERSISTENT_CLIENT_EXPIRATION}",
     ]
     if s.user:
         lines.append(f"user {s.user}")

@@ -107,6 +107,8 @@ def test_the_broker_bounds_the_packets_it_reads(tmp_path: Path) -> None:
     # Without it Mosquitto allocates up to 256 MiB per connection before the plugin is asked.
     conf = mosquitto_conf(settings_from_mapping(_settings(), base_dir=tmp_path))
     assert "\nmax_packet_size 1048576\n" in conf
+    assert "\nmax_queued_bytes 16777216\n" in conf
+    assert "\npersistent_client_expiration 30d\n" in conf
     custom = settings_from_mapping(_settings(max_packet_bytes=65536), base_dir=tmp_path)
     assert "\nmax_packet_size 65536\n" in mosquitto_conf(custom)
     for bad in (0, 1024, 65535, 2**28 + 5, "1M", True):
