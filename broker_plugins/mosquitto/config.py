@@ -120,6 +120,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from fleet.kernel.acl import PLACEHOLDER as ACL_PLACEHOLDER
+from fleet.kernel.acl import AclConfigError, TopicAcl
 from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import ConfigError
@@ -373,11 +375,19 @@ def _check(s: MosquittoSettings) -> None:
     if any(c.isspace() for c in s.sidecar_cn + s.acl_template):
         raise ConfigError("[mosquitto] sidecar_cn and acl_template must not contain spaces")
     t = s.acl_template
+    # The shape the C plugin matches, and then the kernel's template rule (the
+    # embedded broker's too): %u a whole level, no '$' start, a valid filter.
     if t.count("%u") != 1 or not t.endswith("/#") or "+" in t or "#" in t[:-1]:
         raise ConfigError(
             f"[mosquitto] acl_template {t!r} must contain one %u, end in /# and have "
             "no other wildcard (e.g. devices/%u/#)"
         )
+    try:
+        TopicAcl((t.replace("%u", ACL_PLACEHOLDER),))
+    except AclConfigError as exc:
+        raise ConfigError(
+            f"[mosquitto] acl_template: {exc}".replace(ACL_PLACEHOLDER, "%u")
+        ) from exc
     if s.crl_url and not s.crl_url.startswith(("http://", "https://")):
         raise ConfigError(f"[mosquitto] crl_url {s.crl_url!r} is not an http(s) URL")
     for name in ("max_staleness_seconds", "skew_seconds"):

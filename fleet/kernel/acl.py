@@ -20,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 
 DEFAULT_TEMPLATE = "devices/{device_id}/#"
-_PLACEHOLDER = "{device_id}"
+PLACEHOLDER = "{device_id}"
+_PLACEHOLDER = PLACEHOLDER
 MAX_TOPIC_BYTES = 65535
 
 

@@ -114,3 +114,19 @@ def test_the_broker_bounds_the_packets_it_reads(tmp_path: Path) -> None:
     for bad in (0, 1024, 65535, 2**28 + 5, "1M", True):
         with pytest.raises(ConfigError, match="max_packet_bytes"):
             settings_from_mapping(_settings(max_packet_bytes=bad), base_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    "template", ["devices/dev-%u/#", "$devices/%u/#", "devices/%ux/#", "%u/#x/#"]
+)
+def test_acl_templates_the_kernel_refuses_are_refused_here_too(
+    tmp_path: Path, template: str
+) -> None:
+    # One template rule (fleet.kernel.acl) for both brokers; the C plugin's shape on top.
+    with pytest.raises(ConfigError, match="acl_template"):
+        settings_from_mapping(_settings(acl_template=template), base_dir=tmp_path)
+
+
+def test_the_default_acl_template_is_accepted(tmp_path: Path) -> None:
+    settings = settings_from_mapping(_settings(acl_template="devices/%u/#"), base_dir=tmp_path)
+    assert "\nplugin_opt_acl_template devices/%u/#\n" in mosquitto_conf(settings)
