@@ -65,18 +65,24 @@ async def test_an_unmigrated_database_is_refused_with_the_command_to_run(
     await store.close()
 
 
-async def test_a_version_2_database_upgrades_to_manufacturers_and_audit_indexes(
-    postgres_server: PostgresServer, now: dt.datetime
-) -> None:
+def released_schema(postgres_server: PostgresServer, version: int) -> str:
+    """A fresh schema as `fleet db upgrade` left it at ``version`` (released migrations)."""
     schema = fresh_schema()
     with raw(postgres_server, "public") as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
-    with raw(postgres_server, schema) as conn:  # what `fleet db upgrade` made before 3
+    with raw(postgres_server, schema) as conn:
         conn.execute(VERSION_TABLE)
-        for version, statements in MIGRATIONS:
-            if version <= 2:
+        for number, statements in MIGRATIONS:
+            if number <= version:
                 conn.execute(statements)  # type: ignore[arg-type] # a released migration
-        conn.execute("INSERT INTO fleet_schema (version) VALUES (2)")
+        conn.execute("INSERT INTO fleet_schema (version) VALUES (%s)", (version,))
+    return schema
+
+
+async def test_a_version_2_database_upgrades_to_manufacturers_and_audit_indexes(
+    postgres_server: PostgresServer, now: dt.datetime
+) -> None:
+    schema = released_schema(postgres_server, 2)
     with pytest.raises(StoreUnavailable, match="version 2"):
         await PostgresStore.open(postgres_server.url, schema=schema)
     assert upgrade_schema(postgres_server.url, schema=schema) == (2, SCHEMA_VERSION)
@@ -110,15 +116,7 @@ async def test_a_version_2_database_upgrades_to_manufacturers_and_audit_indexes(
 async def test_a_version_3_database_upgrades_to_signed_crls(
     postgres_server: PostgresServer,
 ) -> None:
-    schema = fresh_schema()
-    with raw(postgres_server, "public") as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    with raw(postgres_server, schema) as conn:  # what `fleet db upgrade` made before 4
-        conn.execute(VERSION_TABLE)
-        for version, statements in MIGRATIONS:
-            if version <= 3:
-                conn.execute(statements)  # type: ignore[arg-type] # a released migration
-        conn.execute("INSERT INTO fleet_schema (version) VALUES (3)")
+    schema = released_schema(postgres_server, 3)
     with pytest.raises(StoreUnavailable, match="version 3"):
         await PostgresStore.open(postgres_server.url, schema=schema)
     assert upgrade_schema(postgres_server.url, schema=schema) == (3, SCHEMA_VERSION)
