@@ -179,6 +179,17 @@ def report(results: Sequence[Result], args: argparse.Namespace) -> dict[str, obj
             }
             for r in results
         ],
+        "fleet_vs_naive_ms": (
+            None
+            if (split := difference(by_key)) is None
+            else {
+                "connection": {"fleet": round(split[0][0], 4), "naive": round(split[0][1], 4)},
+                "enrollment_work": {
+                    "fleet": round(split[1][0], 4),
+                    "naive": round(split[1][1], 4),
+                },
+            }
+        ),
         "targets": {
             key: {
                 "process": "fleet",
@@ -215,7 +226,27 @@ def naive_comparison(by_key: dict[str, Result]) -> bool | None:
         f"  (with kernel threads: {with_kernel(direct):.2f} vs {with_kernel(naive):.2f} ms, "
         f"{with_kernel(direct) / with_kernel(naive):.2f}x)"
     )
+    split = difference(by_key)
+    if split is not None:
+        (fleet_connection, naive_connection), (fleet_work, naive_work) = split
+        print(
+            f"  where: the connection (TLS 1.3 handshake with a client certificate, one GET, "
+            f"close): fleet {fleet_connection:.2f} vs naive {naive_connection:.2f} ms; the "
+            f"enrollment work (POST minus GET): fleet {fleet_work:.2f} vs naive "
+            f"{naive_work:.2f} ms"
+        )
     return met
+
+
+def difference(
+    by_key: dict[str, Result],
+) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """((fleet, naive) connection ms, (fleet, naive) enrollment-work ms), from the probes."""
+    keys = ("fleet-direct", "naive", "fleet-direct:probe", "naive:probe")
+    if not all(key in by_key for key in keys):
+        return None
+    direct, naive, direct_probe, naive_probe = (by_key[key].cpu_ms for key in keys)
+    return (direct_probe, naive_probe), (direct - direct_probe, naive - naive_probe)
 
 
 # -- main ----------------------------------------------------------------------------------
@@ -243,6 +274,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=4,
         help="batches per scenario; the running servers take turns each round, so a noisy "
         "machine's load falls on all of them alike [default: 4]",
+    )
+    parser.add_argument(
+        "--no-probe",
+        dest="probe",
+        action="store_false",
+        help="with scenarios 2 and 5, do not also measure their connections alone (a GET "
+        "/healthz over the same TLS handshake), which splits the difference between fleet "
+        "and the naive prototype into connection and enrollment work",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -299,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             targets = [stack.enter_context(starts[number]()) for number in sorted(chosen)]
             own = {t.key: devices[n] for t, n in zip(targets, sorted(chosen), strict=True)}
+            if args.probe and {2, 5} <= chosen:
+                # Where fleet and the naive server differ: the connection, or the enrollment.
+                probes = [t.probing() for t in targets if t.key in ("fleet-direct", "naive")]
+                own |= {p.key: own[p.key.removesuffix(":probe")] for p in probes}
+                targets += probes
             results = bench.measure(targets, own, args.warmup)
         for result in results:
             print(

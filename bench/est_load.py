@@ -100,13 +100,18 @@ def client_context(root: Path, device: Device, group: str) -> ssl.SSLContext:
 
 
 def one_request(port: int, context: ssl.SSLContext, body: bytes) -> int:
-    """A new connection, a full handshake, one POST; returns the HTTP status."""
-    headers = {"Content-Type": "application/pkcs10", "Connection": "close"}
+    """A new connection, a full handshake, one POST of ``body`` (a GET of the
+    probe path when it is empty); returns the HTTP status."""
+    if body:
+        headers = {"Content-Type": "application/pkcs10", "Connection": "close"}
+        request = request_bytes("POST", ENROLL_PATH, body=body, headers=headers)
+    else:
+        request = request_bytes("GET", PROBE_PATH, headers={"Connection": "close"})
     with (
         socket.create_connection(("127.0.0.1", port), timeout=15) as raw,
         context.wrap_socket(raw, server_hostname="localhost") as sock,
     ):
-        sock.sendall(request_bytes("POST", ENROLL_PATH, body=body, headers=headers))
+        sock.sendall(request)
         status, _, _ = read_response(sock)
         return status
 
@@ -289,6 +294,13 @@ class Target:
     title: str
     port: int
     parts: dict[str, list[int]]  # component name -> root pids
+    # The same connections with a GET of PROBE_PATH instead of an enrollment: what the
+    # connection itself costs (TLS handshake with a client certificate, HTTP, close).
+    probe: bool = False
+
+    def probing(self) -> Target:
+        title = f"{self.title.split(' ', 1)[0]}b {next(iter(self.parts))} connection only"
+        return dataclasses.replace(self, key=self.key + ":probe", title=title, probe=True)
 
 
 @dataclasses.dataclass
@@ -343,7 +355,9 @@ class Bench:
         tallies = {t.key: Tally(t) for t in targets}
         for target in targets:
             own = devices[target.key]
-            jobs[target.key] = [(client_context(self.root, d, group), d.body) for d in own]
+            jobs[target.key] = [
+                (client_context(self.root, d, group), b"" if target.probe else d.body) for d in own
+            ]
             warm = drive(
                 target.port, jobs[target.key][:warmup], self.args.concurrency, self.args.max_seconds
             )
