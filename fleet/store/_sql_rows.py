@@ -15,8 +15,6 @@ from fleet.kernel.errors import DeviceNotFound
 from fleet.records import (
     AuditEvent,
     AuditRecord,
-    CertificateRecord,
-    CertificateStatus,
     Device,
     DeviceState,
     Manufacturer,
@@ -28,7 +26,6 @@ from fleet.store._codec import (
     feed_event_to_json,
     opt_parse_ts,
     parse_ts,
-    serial_int,
 )
 from fleet.store._sql import SqlConnection
 from fleet.store.audit_chain import GENESIS, chain_after, event_to_json
@@ -51,21 +48,6 @@ def _device(row: Any) -> Device:
             if row["manufacturer_sha256"] is None
             else Manufacturer(row["manufacturer_sha256"], row["manufacturer_name"])
         ),
-    )
-
-
-def _certificate(row: Any) -> CertificateRecord:
-    reason = row["revocation_reason"]
-    return CertificateRecord(
-        serial=serial_int(row["serial"]),
-        device_id=row["device_id"],
-        not_before=parse_ts(row["not_before"]),
-        not_after=parse_ts(row["not_after"]),
-        issued_at=parse_ts(row["issued_at"]),
-        pem=row["pem"],
-        status=CertificateStatus(row["status"]),
-        revoked_at=opt_parse_ts(row["revoked_at"]),
-        revocation_reason=None if reason is None else RevocationReason(reason),
     )
 
 
