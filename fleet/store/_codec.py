@@ -20,8 +20,10 @@ from fleet.records import (
     AdminCredential,
     CertificateRecord,
     CertificateStatus,
+    Device,
     DeviceState,
     ManifestEntry,
+    Manufacturer,
     ReplacementRequest,
     ReplacementStatus,
     RevocationEvent,
@@ -102,6 +104,27 @@ class StoredFields(Protocol):
     the fields it leaves out (None, or the SQL column's default)."""
 
     def __getitem__(self, name: str, /) -> Any: ...
+
+
+def device_record(fields: StoredFields) -> Device:
+    """A device as both backends store it (no manufacturer: its fingerprint is None)."""
+    return Device(
+        device_id=fields["device_id"],
+        state=DeviceState(fields["state"]),
+        created_at=parse_ts(fields["created_at"]),
+        updated_at=parse_ts(fields["updated_at"]),
+        bootstrap_sha256=fields["bootstrap_sha256"],
+        model=fields["model"],
+        batch=fields["batch"],
+        enrolled_bootstrap_sha256=fields["enrolled_bootstrap_sha256"],
+        enrolled_at=opt_parse_ts(fields["enrolled_at"]),
+        state_reason=fields["state_reason"],
+        manufacturer=(
+            None
+            if fields["manufacturer_sha256"] is None
+            else Manufacturer(fields["manufacturer_sha256"], fields["manufacturer_name"])
+        ),
+    )
 
 
 def certificate_record(fields: StoredFields) -> CertificateRecord:
