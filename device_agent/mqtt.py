@@ -51,6 +51,7 @@ from device_agent.health import (
     suspect_revoked,
 )
 from device_agent.keystore import KeyHandle
+from device_agent.trust import CLOCK_SKEW
 from fleet.kernel.certs import Problem, server_certificate_problem
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.reasons import Reason
@@ -78,10 +79,6 @@ class TlsIdentity:
 
     cert: Path
     key: KeyHandle
-
-
-# The broker's certificate may look a little early or late to a device's clock.
-BROKER_CERT_SKEW = dt.timedelta(minutes=15)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +138,7 @@ def broker_dates_problem(client: paho.Client, now: dt.datetime) -> Problem | Non
     """The broker's certificate on ``client``'s TLS socket, judged for time by the kernel."""
     sock = client.socket()
     der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-    return server_certificate_problem(der, now, BROKER_CERT_SKEW)
+    return server_certificate_problem(der, now, CLOCK_SKEW)
 
 
 def certificate_serial(cert: Path) -> str:

@@ -24,6 +24,10 @@ from fleet.kernel.errors import DeviceIdInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.rollover import follow_rollover, is_self_signed
 
+# How early or late a device's clock may be when it judges a certificate's
+# validity: the server's, the broker's, CAs', its own new ones (default policy).
+CLOCK_SKEW = dt.timedelta(minutes=15)
+
 
 def common_name(cert: x509.Certificate) -> str:
     names = subject_attributes(cert, NameOID.COMMON_NAME)
@@ -75,7 +79,7 @@ def chain_from(
     *,
     kept: Sequence[x509.Certificate] = (),
     now: dt.datetime | None = None,
-    skew: dt.timedelta = dt.timedelta(minutes=15),
+    skew: dt.timedelta = CLOCK_SKEW,
 ) -> CaCerts:
     """The roots the agent trusts and the CAs they signed directly; ValueError without the pin.
 

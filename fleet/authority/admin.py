@@ -68,11 +68,7 @@ async def trust_manufacturer(
     (basicConstraints cA=TRUE), valid at ``now``, and none may belong to or
     chain into a fleet trust domain (``fleet.kernel.domains``).
     """
-    try:
-        certificates = load_certificates_pem(pem)
-    except ConfigError as exc:
-        # Here the PEM comes from an admin's request, not from our own config.
-        raise RequestInvalid(exc.message, reason="pem_invalid") from exc
+    certificates = _requested_certificates(pem)
     for cert in certificates:
         _check_manufacturer_ca(cert, fleet, now)
     return await _add_all(
@@ -112,10 +108,7 @@ async def trust_intermediate(
     certificates of ``pem``. The pool only helps build paths: a device is
     still verified up to a trusted root, whose removal distrusts it.
     """
-    try:
-        certificates = load_certificates_pem(pem)
-    except ConfigError as exc:
-        raise RequestInvalid(exc.message, reason="pem_invalid") from exc
+    certificates = _requested_certificates(pem)
     roots = [
         cert
         for ca in await store.list_manufacturer_cas()
@@ -160,6 +153,15 @@ async def distrust_intermediate(
         sha256=sha256,
     )  # fmt: skip
     return sha256
+
+
+def _requested_certificates(pem: bytes) -> list[x509.Certificate]:
+    """The certificates of an admin's request; RequestInvalid (pem_invalid) if unreadable."""
+    try:
+        return load_certificates_pem(pem)
+    except ConfigError as exc:
+        # Here the PEM comes from an admin's request, not from our own config.
+        raise RequestInvalid(exc.message, reason="pem_invalid") from exc
 
 
 def _check_manufacturer_ca(

@@ -13,13 +13,19 @@ import datetime as dt
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from fleet.records import (
     ADMIN_CREDENTIAL_KINDS,
     AdminCredential,
+    CertificateRecord,
+    CertificateStatus,
+    Device,
     DeviceState,
     ManifestEntry,
+    Manufacturer,
+    ReplacementRequest,
+    ReplacementStatus,
     RevocationEvent,
     RevocationKind,
     RevocationReason,
@@ -90,6 +96,67 @@ def feed_event_from_json(text: str) -> RevocationEvent:
         serials=tuple(sorted(serial_int(str(s)) for s in serials)),
         reason=RevocationReason(data["reason"]),
         at=parse_ts(str(data["at"])),
+    )
+
+
+class StoredFields(Protocol):
+    """A stored record's fields by name: an SQL row, or a Redis hash completed with
+    the fields it leaves out (None, or the SQL column's default)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+def device_record(fields: StoredFields) -> Device:
+    """A device as both backends store it (no manufacturer: its fingerprint is None)."""
+    return Device(
+        device_id=fields["device_id"],
+        state=DeviceState(fields["state"]),
+        created_at=parse_ts(fields["created_at"]),
+        updated_at=parse_ts(fields["updated_at"]),
+        bootstrap_sha256=fields["bootstrap_sha256"],
+        model=fields["model"],
+        batch=fields["batch"],
+        enrolled_bootstrap_sha256=fields["enrolled_bootstrap_sha256"],
+        enrolled_at=opt_parse_ts(fields["enrolled_at"]),
+        state_reason=fields["state_reason"],
+        manufacturer=(
+            None
+            if fields["manufacturer_sha256"] is None
+            else Manufacturer(fields["manufacturer_sha256"], fields["manufacturer_name"])
+        ),
+    )
+
+
+def certificate_record(fields: StoredFields) -> CertificateRecord:
+    """A certificate as both backends store it (hex serial, text times, enum values)."""
+    reason = fields["revocation_reason"]
+    return CertificateRecord(
+        serial=serial_int(fields["serial"]),
+        device_id=fields["device_id"],
+        not_before=parse_ts(fields["not_before"]),
+        not_after=parse_ts(fields["not_after"]),
+        issued_at=parse_ts(fields["issued_at"]),
+        pem=fields["pem"],
+        status=CertificateStatus(fields["status"]),
+        revoked_at=opt_parse_ts(fields["revoked_at"]),
+        revocation_reason=None if reason is None else RevocationReason(reason),
+    )
+
+
+def replacement_request(fields: StoredFields) -> ReplacementRequest:
+    """A replacement request as both backends store it (counts are text in Redis)."""
+    return ReplacementRequest(
+        device_id=fields["device_id"],
+        bootstrap_sha256=fields["bootstrap_sha256"],
+        key_sha256=fields["key_sha256"],
+        first_seen=parse_ts(fields["first_seen"]),
+        last_seen=parse_ts(fields["last_seen"]),
+        attempts=int(fields["attempts"]),
+        keys_seen=int(fields["keys_seen"]),
+        source=fields["source"],
+        status=ReplacementStatus(fields["status"]),
+        decided_at=opt_parse_ts(fields["decided_at"]),
+        decided_by=fields["decided_by"],
     )
 
 

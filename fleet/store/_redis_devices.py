@@ -22,15 +22,13 @@ from fleet.records import (
     DeviceFilter,
     DeviceState,
     ManifestEntry,
-    Manufacturer,
 )
 from fleet.store._codec import (
     check_manifest,
     check_target_state,
+    device_record,
     epoch_us,
-    opt_parse_ts,
     opt_ts,
-    parse_ts,
     serial_int,
     ts,
 )
@@ -159,24 +157,16 @@ def _device_fields(device: Device) -> dict[str, str]:
     return fields
 
 
+# What a device's hash leaves out while unset (the SQL columns' NULLs and defaults).
+_UNSET_DEVICE_FIELDS: dict[str, str | None] = {
+    "bootstrap_sha256": None, "model": "", "batch": "", "enrolled_bootstrap_sha256": None,
+    "enrolled_at": None, "state_reason": "", "manufacturer_sha256": None, "manufacturer_name": "",
+}  # fmt: skip
+
+
 def _device(fields: Mapping[str, str]) -> Device:
-    return Device(
-        device_id=fields["device_id"],
-        state=DeviceState(fields["state"]),
-        created_at=parse_ts(fields["created_at"]),
-        updated_at=parse_ts(fields["updated_at"]),
-        bootstrap_sha256=fields.get("bootstrap_sha256"),
-        model=fields.get("model", ""),
-        batch=fields.get("batch", ""),
-        enrolled_bootstrap_sha256=fields.get("enrolled_bootstrap_sha256"),
-        enrolled_at=opt_parse_ts(fields.get("enrolled_at")),
-        state_reason=fields.get("state_reason", ""),
-        manufacturer=(
-            Manufacturer(fields["manufacturer_sha256"], fields.get("manufacturer_name", ""))
-            if "manufacturer_sha256" in fields
-            else None
-        ),
-    )
+    """Decoded by the rule both backends share."""
+    return device_record({**_UNSET_DEVICE_FIELDS, **fields})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

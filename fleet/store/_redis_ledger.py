@@ -26,10 +26,9 @@ from fleet.records import (
     RevocationReason,
 )
 from fleet.store._codec import (
+    certificate_record,
     epoch_us,
     feed_event_from_json,
-    opt_parse_ts,
-    parse_ts,
     serial_hex,
     serial_int,
     ts,
@@ -187,19 +186,13 @@ def _cert_fields(cert: CertificateRecord) -> dict[str, str]:
     return fields
 
 
+# A certificate's hash leaves out the revocation fields until it is revoked.
+_UNREVOKED_FIELDS: dict[str, str | None] = {"revoked_at": None, "revocation_reason": None}
+
+
 def _certificate(fields: Mapping[str, str]) -> CertificateRecord:
-    reason = fields.get("revocation_reason")
-    return CertificateRecord(
-        serial=serial_int(fields["serial"]),
-        device_id=fields["device_id"],
-        not_before=parse_ts(fields["not_before"]),
-        not_after=parse_ts(fields["not_after"]),
-        issued_at=parse_ts(fields["issued_at"]),
-        pem=fields["pem"],
-        status=CertificateStatus(fields["status"]),
-        revoked_at=opt_parse_ts(fields.get("revoked_at")),
-        revocation_reason=None if reason is None else RevocationReason(reason),
-    )
+    """Decoded by the rule both backends share."""
+    return certificate_record({**_UNREVOKED_FIELDS, **fields})
 
 
 class RedisCertificateLedger(RedisAuditLog):

@@ -40,6 +40,7 @@ from fleet.records import (
 )
 from fleet.store import _sql_replacements as replacements
 from fleet.store._codec import (
+    certificate_record,
     check_manifest,
     check_target_state,
     feed_event_from_json,
@@ -54,7 +55,6 @@ from fleet.store._sql_device_queries import SqlDeviceQueries
 from fleet.store._sql_rows import (
     _append_audit,
     _append_feed,
-    _certificate,
     _fetch_device,
 )
 
@@ -331,14 +331,14 @@ class SqlRecords(SqlDeviceQueries):
             ).fetchone()
             if row is None:
                 raise CertificateNotFound(f"no certificate with serial {serial:x}")
-            return _certificate(row)
+            return certificate_record(row)
 
         return await self._read_here(body)
 
     async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
         def body(conn: SqlConnection) -> list[CertificateRecord]:
             rows = conn.execute("SELECT * FROM certificates WHERE device_id = ?", (device_id,))
-            certs = [_certificate(r) for r in rows]
+            certs = [certificate_record(r) for r in rows]
             return sorted(certs, key=lambda c: (c.issued_at, c.serial), reverse=True)
 
         return await self._read_here(body)
@@ -352,12 +352,16 @@ class SqlRecords(SqlDeviceQueries):
             "ORDER BY not_after, length(serial), serial LIMIT ?"
         )
         params = (ts(before), CertificateStatus.GOOD.value, limit)
-        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+        return await self._read(
+            lambda conn: [certificate_record(r) for r in conn.execute(sql, params)]
+        )
 
     async def list_revoked(self) -> list[CertificateRecord]:
         sql = "SELECT * FROM certificates WHERE status = ? ORDER BY length(serial), serial"
         params = (CertificateStatus.REVOKED.value,)
-        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+        return await self._read(
+            lambda conn: [certificate_record(r) for r in conn.execute(sql, params)]
+        )
 
     async def revoke_certificate(
         self,
