@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
 from device_agent.errors import AgentError
-from device_agent.mqtt import TlsIdentity, tls_context
+from device_agent.mqtt_tls import TlsIdentity, tls_context
 from device_agent.renewal import RenewalPolicy
 from firmware_sim.device import BrokerAddress, SimDevice
 from firmware_sim.factory import FactoryOutput, manifest_text, run_factory

@@ -34,7 +34,7 @@ from types import FrameType
 from typing import TextIO
 
 from device_agent.errors import AgentError, Pending, Refused
-from device_agent.mqtt import TlsIdentity
+from device_agent.mqtt_tls import TlsIdentity
 from firmware_sim.device import BrokerAddress, SimDevice
 from firmware_sim.factory import FactoryOutput, run_factory
 from firmware_sim.mosquitto import INSTALL_COMMAND, MosquittoNode, missing_requirements

@@ -259,7 +259,7 @@ def max_reconnect_attempts(seconds: float, minimum: float, maximum: float) -> in
     """The most connection attempts one session's backoff allows in ``seconds``.
 
     The first attempt is at once; the n-th delay after it is at least half of
-    ``min(maximum, minimum * 2**n)`` (``device_agent.mqtt.Backoff``).
+    ``min(maximum, minimum * 2**n)`` (``device_agent.backoff.Backoff``).
     """
     attempts, elapsed, failures = 1, 0.0, 0
     while True:
