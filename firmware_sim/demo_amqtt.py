@@ -13,13 +13,13 @@ import datetime as dt
 import time
 
 from device_agent.mqtt_tls import TlsIdentity
+from firmware_sim.bench import wait_until
 from firmware_sim.demo_context import (
     ADMIN,
     DemoContext,
     StepFailed,
     Verified,
     short_serial,
-    wait_until,
 )
 from firmware_sim.device import BrokerAddress
 from firmware_sim.observer import Observer

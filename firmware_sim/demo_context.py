@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -132,15 +130,6 @@ async def audit_of(store: Store, device_id: str) -> list[AuditRecord]:
 
 
 # -- small helpers ------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 def short_serial(serial: str | None) -> str:

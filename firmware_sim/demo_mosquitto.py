@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import time
 
-from firmware_sim.demo_context import DemoContext, StepFailed, Verified, short_serial, wait_until
+from firmware_sim.bench import wait_until
+from firmware_sim.demo_context import DemoContext, StepFailed, Verified, short_serial
 from firmware_sim.device import BrokerAddress
 from firmware_sim.mosquitto import MosquittoNode
 from firmware_sim.world import LOOPBACK
