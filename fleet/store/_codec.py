@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from fleet.kernel.errors import StoreRecordInvalid
 from fleet.records import (
     ADMIN_CREDENTIAL_KINDS,
     AdminCredential,
@@ -26,6 +27,7 @@ from fleet.records import (
 )
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SERIAL_HEX = re.compile(r"[1-9a-f][0-9a-f]*")  # what serial_hex writes
 _CURSOR_MIN, _CURSOR_MAX = -(1 << 63), (1 << 63) - 1  # SQLite INTEGER; Redis HSET text
 
 
@@ -77,20 +79,45 @@ def feed_event_to_json(event: RevocationEvent) -> str:
     )
 
 
-def feed_event_from_json(text: str) -> RevocationEvent:
-    data: dict[str, Any] = json.loads(text)
-    raw_serials = data["serials"]
-    # Lua's cjson encodes an empty table as ``{}``: a device revoked with no
-    # good certificate arrives from Redis that way.
-    serials = [] if isinstance(raw_serials, dict) else list(raw_serials)
-    return RevocationEvent(
-        seq=int(data["seq"]),
-        kind=RevocationKind(data["kind"]),
-        device_id=str(data["device_id"]),
-        serials=tuple(sorted(serial_int(str(s)) for s in serials)),
-        reason=RevocationReason(data["reason"]),
-        at=parse_ts(str(data["at"])),
-    )
+def feed_event_from_json(text: str, *, seq: int | None = None) -> RevocationEvent:
+    """The feed event stored as ``text`` (at sequence ``seq``, when the caller knows it).
+
+    Anything else (a row written by hand or by another version) is StoreRecordInvalid,
+    never a guess: brokers then rebuild their state from a snapshot instead of
+    following an event they cannot read (broker_plugins.revocation_cache).
+    """
+    try:
+        data: dict[str, Any] = json.loads(text)
+        raw_serials = data["serials"]
+        # Lua's cjson encodes an empty table as ``{}``: a device revoked with no
+        # good certificate arrives from Redis that way.
+        serials = [] if raw_serials == {} else list(raw_serials)
+        if not isinstance(data["seq"], int) or not all(
+            isinstance(s, str) and _SERIAL_HEX.fullmatch(s) for s in serials
+        ):
+            raise TypeError("seq must be an integer and serials lowercase hex")
+        event = RevocationEvent(
+            seq=data["seq"],
+            kind=RevocationKind(data["kind"]),
+            device_id=_text(data["device_id"]),
+            serials=tuple(sorted(serial_int(s) for s in serials)),
+            reason=RevocationReason(data["reason"]),
+            at=parse_ts(_text(data["at"])),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        where = "" if seq is None else f" at sequence {seq}"
+        raise StoreRecordInvalid(f"the revocation feed event{where} cannot be read: {exc}") from exc
+    if seq is not None and event.seq != seq:
+        raise StoreRecordInvalid(
+            f"the revocation feed event at sequence {seq} says it is sequence {event.seq}"
+        )
+    return event
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
 
 
 def check_manifest(entries: Sequence[ManifestEntry]) -> None:

@@ -42,7 +42,9 @@ class RedisRevocationFeed(RedisEngine):
         start = max(seq, 0)  # a negative LRANGE index would count from the end
         with mapped_errors():
             raw = as_texts(await self._redis.lrange(self._keys.feed, start, start + limit - 1))
-        return [e for e in map(feed_event_from_json, raw) if e.seq > seq]
+        # Index i holds sequence i + 1.
+        events = [feed_event_from_json(text, seq=start + 1 + i) for i, text in enumerate(raw)]
+        return [e for e in events if e.seq > seq]
 
     async def revocation_snapshot(self) -> RevocationSnapshot:
         k = self._keys

@@ -452,7 +452,7 @@ class SqlRecords(SqlDeviceQueries):
                 "SELECT seq, event FROM revocation_feed WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             )
-            return [feed_event_from_json(r["event"]) for r in rows]
+            return [feed_event_from_json(r["event"], seq=int(r["seq"])) for r in rows]
 
         return await self._read_here(body)
 

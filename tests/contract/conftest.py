@@ -53,6 +53,15 @@ class Backend(abc.ABC):
     async def sabotage_device_write(self, device_id: str) -> None:
         """Make the backend fail when it writes ``device_id``."""
 
+    @abc.abstractmethod
+    async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
+        """Revoke ``device_id`` as an older version or a hand edit might have: the
+        device is revoked, and the next feed event is ``event_text`` verbatim."""
+
+    @abc.abstractmethod
+    async def add_unreadable_revoked_serial(self, device_id: str) -> None:
+        """A revoked certificate of ``device_id`` whose stored serial is not hex."""
+
 
 class SqlBackend(Backend):
     """A SQL backend: the audit table is tampered with by the same statements in
@@ -64,6 +73,27 @@ class SqlBackend(Backend):
 
     async def delete_audit(self, seq: int) -> None:
         self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
+
+    async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
+        self._raw(
+            ("UPDATE devices SET state = 'revoked' WHERE device_id = ?", (device_id,)),
+            (
+                "INSERT INTO revocation_feed (seq, event) "
+                "SELECT COALESCE(MAX(seq), 0) + 1, ? FROM revocation_feed",
+                (event_text,),
+            ),
+        )
+
+    async def add_unreadable_revoked_serial(self, device_id: str) -> None:
+        at = "2026-01-01T00:00:00.000000Z"
+        self._raw(
+            (
+                "INSERT INTO certificates (serial, device_id, not_before, not_after, issued_at, "
+                "pem, status, revoked_at, revocation_reason) "
+                "VALUES ('not-hex', ?, ?, ?, ?, '', 'revoked', ?, 'unspecified')",
+                (device_id, at, at, at, at),
+            )
+        )
 
     async def insert_audit(self, record: AuditRecord) -> None:
         # Renumber in two steps so no intermediate row collides with the primary key.
@@ -145,6 +175,18 @@ class RedisBackend(Backend):
     async def delete_audit(self, seq: int) -> None:
         async with self.raw() as client:
             await client.zremrangebyscore(f"{self.tag}:audit", seq, seq)
+
+    async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
+        async with self.raw() as client, client.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.tag}:device:{device_id}", "state", "revoked")
+            pipe.sadd(f"{self.tag}:revoked-devices", device_id)
+            pipe.incr(f"{self.tag}:feed:seq")
+            pipe.rpush(f"{self.tag}:feed", event_text)
+            await pipe.execute()
+
+    async def add_unreadable_revoked_serial(self, device_id: str) -> None:
+        async with self.raw() as client:
+            await client.sadd(f"{self.tag}:revoked", "not-hex")
 
     async def insert_audit(self, record: AuditRecord) -> None:
         key = f"{self.tag}:audit"
