@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from fleet.authority import replacement
-from fleet.authority.audit import record_admin_action
+from fleet.authority.audit import admin_action, record_admin_action
 from fleet.kernel.certs import is_ca
 from fleet.kernel.chain import missing_issuer
 from fleet.kernel.device_id import validate_device_id
@@ -419,7 +419,11 @@ async def _decide_pending(
             expected={DeviceState.PENDING},
             now=now,
             reason=f"{done} by {actor}",
-        )
+            audit=admin_action(
+                actor, action, f"admin_{done}", now, device_id=device_id,
+                held_for=before.state_reason,
+            ),
+        )  # fmt: skip
     except StoreConflict as exc:
         current = await store.get_device(device_id)
         raise StateConflict(
@@ -428,13 +432,4 @@ async def _decide_pending(
             hint=f"Only a device waiting for approval can be {done}. "
             f"See its state with `fleet device show {device_id}`.",
         ) from exc
-    await record_admin_action(
-        store,
-        actor,
-        action,
-        f"admin_{done}",
-        now,
-        device_id=device_id,
-        held_for=before.state_reason,
-    )
     return after

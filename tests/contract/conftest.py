@@ -71,6 +71,10 @@ class SqlBackend(Backend):
     def _raw(self, *statements: tuple[str, tuple[object, ...]]) -> None:
         """Run ``statements`` in one transaction with the backend's own client."""
 
+    @abc.abstractmethod
+    async def sabotage_audit(self, action: str | None) -> None:
+        """Make every append of an audit record of ``action`` fail (None: stop that)."""
+
     async def delete_audit(self, seq: int) -> None:
         self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
 
@@ -135,6 +139,17 @@ class SqliteBackend(SqlBackend):
         self._raw(
             ("UPDATE audit SET event = json_set(event, '$.reason', ?) WHERE seq = ?", (reason, seq))
         )
+
+    async def sabotage_audit(self, action: str | None) -> None:
+        self._raw(("DROP TRIGGER IF EXISTS sabotage_audit", ()))
+        if action is not None:
+            # The action is a test constant (no quotes in it).
+            trigger = (
+                "CREATE TRIGGER sabotage_audit BEFORE INSERT ON audit "
+                f"WHEN json_extract(NEW.event, '$.action') = '{action}' "
+                "BEGIN SELECT RAISE(ABORT, 'audit sabotaged by the test'); END"
+            )
+            self._raw((trigger, ()))
 
     async def sabotage_device_write(self, device_id: str) -> None:
         trigger = (
@@ -237,6 +252,24 @@ class PostgresBackend(SqlBackend):
             conn.execute(
                 "UPDATE audit SET event = %s WHERE seq = %s",
                 (json.dumps(event, sort_keys=True), seq),
+            )
+
+    async def sabotage_audit(self, action: str | None) -> None:
+        self._raw(("DROP TRIGGER IF EXISTS sabotage_audit ON audit", ()))
+        if action is not None:
+            self._raw(
+                (
+                    "CREATE OR REPLACE FUNCTION sabotage_audit() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN "
+                    f"IF (NEW.event::jsonb ->> 'action') = '{action}' THEN "
+                    "RAISE EXCEPTION 'audit sabotaged by the test'; END IF; RETURN NEW; END $$",
+                    (),
+                ),
+                (
+                    "CREATE TRIGGER sabotage_audit BEFORE INSERT ON audit "
+                    "FOR EACH ROW EXECUTE FUNCTION sabotage_audit()",
+                    (),
+                ),
             )
 
     async def sabotage_device_write(self, device_id: str) -> None:
