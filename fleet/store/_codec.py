@@ -9,10 +9,11 @@ text because 159-bit integers do not survive JSON numbers or Lua doubles.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fleet.kernel.errors import StoreRecordInvalid
@@ -118,6 +119,17 @@ def _text(value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected text, got {type(value).__name__}")
     return value
+
+
+@contextlib.contextmanager
+def stored_record(what: str) -> Iterator[None]:
+    """Decode the stored record ``what`` (``device 'd1'``): a field that does not
+    decode (a row edited by hand or written by another version) is StoreRecordInvalid
+    naming the record, a clear refusal instead of a traceback, and never a guess."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreRecordInvalid(f"the stored {what} cannot be read: {exc!r}") from exc
 
 
 def check_manifest(entries: Sequence[ManifestEntry]) -> None:

@@ -32,6 +32,7 @@ from fleet.store._codec import (
     opt_ts,
     parse_ts,
     serial_int,
+    stored_record,
     ts,
 )
 from fleet.store._redis_audit import RedisAuditLog
@@ -160,6 +161,11 @@ def _device_fields(device: Device) -> dict[str, str]:
 
 
 def _device(fields: Mapping[str, str]) -> Device:
+    with stored_record(f"device {fields.get('device_id')!r}"):
+        return _decode_device(fields)
+
+
+def _decode_device(fields: Mapping[str, str]) -> Device:
     return Device(
         device_id=fields["device_id"],
         state=DeviceState(fields["state"]),

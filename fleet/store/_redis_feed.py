@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from fleet.kernel.errors import StoreUnavailable
 from fleet.records import RevocationEvent, RevocationSnapshot
-from fleet.store._codec import feed_event_from_json, serial_int
+from fleet.store._codec import feed_event_from_json, serial_int, stored_record
 from fleet.store._redis_engine import RedisEngine, as_text, as_texts, mapped_errors
 
 _FEED_PAGE = 1000
@@ -55,11 +55,12 @@ class RedisRevocationFeed(RedisEngine):
                 pipe.smembers(k.revoked)
                 pipe.smembers(k.revoked_devices)
                 head, serials, devices = await pipe.execute()
-        return RevocationSnapshot(
-            seq=0 if head is None else int(head),
-            serials=frozenset(serial_int(s) for s in as_texts(serials)),
-            device_ids=frozenset(as_texts(devices)),
-        )
+        with stored_record("set of revoked serials"):
+            return RevocationSnapshot(
+                seq=0 if head is None else int(head),
+                serials=frozenset(serial_int(s) for s in as_texts(serials)),
+                device_ids=frozenset(as_texts(devices)),
+            )
 
     async def _events_after(self, seq: int) -> list[RevocationEvent]:
         events: list[RevocationEvent] = []

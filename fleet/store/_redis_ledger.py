@@ -32,6 +32,7 @@ from fleet.store._codec import (
     parse_ts,
     serial_hex,
     serial_int,
+    stored_record,
     ts,
 )
 from fleet.store._redis_audit import RedisAuditLog
@@ -188,6 +189,11 @@ def _cert_fields(cert: CertificateRecord) -> dict[str, str]:
 
 
 def _certificate(fields: Mapping[str, str]) -> CertificateRecord:
+    with stored_record(f"certificate {fields.get('serial')!r}"):
+        return _decode_certificate(fields)
+
+
+def _decode_certificate(fields: Mapping[str, str]) -> CertificateRecord:
     reason = fields.get("revocation_reason")
     return CertificateRecord(
         serial=serial_int(fields["serial"]),

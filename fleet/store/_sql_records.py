@@ -47,6 +47,7 @@ from fleet.store._codec import (
     parse_ts,
     serial_hex,
     serial_int,
+    stored_record,
     ts,
 )
 from fleet.store._sql import SqlConnection
@@ -466,10 +467,11 @@ class SqlRecords(SqlDeviceQueries):
             devices = conn.execute(
                 "SELECT device_id FROM devices WHERE state = ?", (DeviceState.REVOKED.value,)
             )
-            return RevocationSnapshot(
-                seq=int(head),
-                serials=frozenset(serial_int(r[0]) for r in serials),
-                device_ids=frozenset(r[0] for r in devices),
-            )
+            with stored_record("set of revoked serials"):
+                return RevocationSnapshot(
+                    seq=int(head),
+                    serials=frozenset(serial_int(r[0]) for r in serials),
+                    device_ids=frozenset(r[0] for r in devices),
+                )
 
         return await self._read(body)

@@ -29,12 +29,18 @@ from fleet.store._codec import (
     opt_parse_ts,
     parse_ts,
     serial_int,
+    stored_record,
 )
 from fleet.store._sql import SqlConnection
 from fleet.store.audit_chain import GENESIS, chain_after, event_to_json
 
 
 def _device(row: Any) -> Device:
+    with stored_record(f"device {row['device_id']!r}"):
+        return _decode_device(row)
+
+
+def _decode_device(row: Any) -> Device:
     return Device(
         device_id=row["device_id"],
         state=DeviceState(row["state"]),
@@ -55,6 +61,11 @@ def _device(row: Any) -> Device:
 
 
 def _certificate(row: Any) -> CertificateRecord:
+    with stored_record(f"certificate {row['serial']!r}"):
+        return _decode_certificate(row)
+
+
+def _decode_certificate(row: Any) -> CertificateRecord:
     reason = row["revocation_reason"]
     return CertificateRecord(
         serial=serial_int(row["serial"]),

@@ -59,6 +59,10 @@ class Backend(abc.ABC):
         device is revoked, and the next feed event is ``event_text`` verbatim."""
 
     @abc.abstractmethod
+    async def edit_device(self, device_id: str, field: str, value: str) -> None:
+        """Set one stored field of a device by hand (no checks)."""
+
+    @abc.abstractmethod
     async def add_unreadable_revoked_serial(self, device_id: str) -> None:
         """A revoked certificate of ``device_id`` whose stored serial is not hex."""
 
@@ -77,6 +81,12 @@ class SqlBackend(Backend):
 
     async def delete_audit(self, seq: int) -> None:
         self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
+
+    async def edit_device(self, device_id: str, field: str, value: str) -> None:
+        if field not in ("state", "created_at"):  # column names are not parameters
+            raise ValueError(f"not an editable column: {field!r}")
+        statement = f"UPDATE devices SET {field} = ? WHERE device_id = ?"  # noqa: S608
+        self._raw((statement, (value, device_id)))
 
     async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
         self._raw(
@@ -190,6 +200,10 @@ class RedisBackend(Backend):
     async def delete_audit(self, seq: int) -> None:
         async with self.raw() as client:
             await client.zremrangebyscore(f"{self.tag}:audit", seq, seq)
+
+    async def edit_device(self, device_id: str, field: str, value: str) -> None:
+        async with self.raw() as client:
+            await client.hset(f"{self.tag}:device:{device_id}", field, value)
 
     async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
         async with self.raw() as client, client.pipeline(transaction=True) as pipe:

@@ -115,3 +115,16 @@ async def test_a_broker_that_cannot_rebuild_its_state_grows_stale(
     finally:
         await cache.close()
         await broker_side.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("state", "bogus"), ("created_at", "yesterday")], ids=["state", "time"]
+)
+async def test_a_device_edited_by_hand_is_refused_by_name(
+    backend: Backend, store: Store, field: str, value: str
+) -> None:
+    await _fleet(store)
+    await backend.edit_device("d2", field, value)
+    with pytest.raises(StoreRecordInvalid, match="device 'd2'"):
+        await store.get_device("d2")
+    assert (await store.get_device("d3")).device_id == "d3"  # the others still read
