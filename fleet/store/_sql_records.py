@@ -73,6 +73,13 @@ def _same_certificate_recorded(conn: SqlConnection, c: CertificateRecord) -> boo
     )
 
 
+def _good(conn: SqlConnection, serial: int) -> bool:
+    row = conn.execute(
+        "SELECT status FROM certificates WHERE serial = ?", (serial_hex(serial),)
+    ).fetchone()
+    return row is not None and row["status"] == CertificateStatus.GOOD.value
+
+
 def _appended(event: RevocationEvent | None) -> bool:
     return event is not None
 
@@ -195,6 +202,7 @@ class SqlRecords(SqlDeviceQueries):
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
         manufacturer: Manufacturer | None = None,
+        renewing: int | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
@@ -207,6 +215,13 @@ class SqlRecords(SqlDeviceQueries):
                     return current, None  # a replayed call that already succeeded
                 raise StoreConflict(
                     f"device {c.device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
+                )
+            if renewing is not None and not _good(conn, renewing):
+                if _same_certificate_recorded(conn, c):
+                    return current, None  # a replay (the renewing one superseded since)
+                raise StoreConflict(
+                    f"certificate {serial_hex(renewing)} that authenticated the renewal is "
+                    "no longer good"
                 )
             if replacement_key is not None:
                 if _same_certificate_recorded(conn, c):

@@ -144,6 +144,7 @@ class CertificateLedger(Protocol):
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
         manufacturer: Manufacturer | None = None,
+        renewing: int | None = None,
     ) -> Device:
         """Record an issued certificate BEFORE it is returned to the device.
 
@@ -157,8 +158,11 @@ class CertificateLedger(Protocol):
         verified bootstrap chain) the device records it; each of ``supersede`` that is still a good
         certificate of this device is revoked (reason superseded; one
         certificate feed event for all); with ``audit`` the event is chained in
-        the same change. Recording the very same certificate again (a replayed
-        call) returns the device and writes nothing."""
+        the same change; with ``renewing`` (the serial of the certificate that
+        authenticated a renewal) that certificate must still be good (else
+        StoreConflict: revoked after the renewal was decided, it must not buy its
+        holder a successor). Recording the very same certificate again (a
+        replayed call) returns the device and writes nothing."""
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         """Raises CertificateNotFound."""
