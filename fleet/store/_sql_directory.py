@@ -11,7 +11,6 @@ one rule each.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,7 +41,7 @@ from fleet.store._sql import AUDIT_INDEXED, SqlConnection
 from fleet.store._sql_rows import (
     _append_audit,
 )
-from fleet.store.audit_chain import event_from_json
+from fleet.store.audit_chain import stored_event
 from fleet.store.crl_numbers import CrlCounter, StoredCrl, next_crl_number, replaces
 from fleet.store.intermediates import SqlIntermediates
 
@@ -52,7 +51,7 @@ T = TypeVar("T")
 def _audit(row: Any) -> AuditRecord:
     return AuditRecord(
         seq=row["seq"],
-        event=event_from_json(json.loads(row["event"])),
+        event=stored_event(row["event"]),
         prev_sha256=row["prev_sha256"],
         sha256=row["sha256"],
     )

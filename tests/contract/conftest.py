@@ -46,6 +46,10 @@ class Backend(abc.ABC):
     async def delete_audit(self, seq: int) -> None: ...
 
     @abc.abstractmethod
+    async def replace_audit_event(self, seq: int, event: object) -> None:
+        """Store ``event`` (any JSON value) as audit record ``seq``'s event, hashes untouched."""
+
+    @abc.abstractmethod
     async def insert_audit(self, record: AuditRecord) -> None:
         """Renumber records from ``record.seq`` up by one and put ``record`` in the gap."""
 
@@ -81,6 +85,9 @@ class SqlBackend(Backend):
 
     async def delete_audit(self, seq: int) -> None:
         self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
+
+    async def replace_audit_event(self, seq: int, event: object) -> None:
+        self._raw(("UPDATE audit SET event = ? WHERE seq = ?", (json.dumps(event), seq)))
 
     async def edit_device(self, device_id: str, field: str, value: str) -> None:
         if field not in ("state", "created_at"):  # column names are not parameters
@@ -200,6 +207,15 @@ class RedisBackend(Backend):
     async def delete_audit(self, seq: int) -> None:
         async with self.raw() as client:
             await client.zremrangebyscore(f"{self.tag}:audit", seq, seq)
+
+    async def replace_audit_event(self, seq: int, event: object) -> None:
+        async with self.raw() as client:
+            key = f"{self.tag}:audit"
+            (member,) = await client.zrange(key, seq, seq, byscore=True)
+            data = json.loads(str(member))
+            data["event"] = event
+            await client.zremrangebyscore(key, seq, seq)
+            await client.zadd(key, {json.dumps(data, sort_keys=True): seq})
 
     async def edit_device(self, device_id: str, field: str, value: str) -> None:
         async with self.raw() as client:
