@@ -76,10 +76,11 @@ async def trust_manufacturer(
     for cert in certificates:
         _check_manufacturer_ca(cert, fleet, now)
     return await _add_all(
-        certificates, name, now, store.add_manufacturer_ca, store.list_manufacturer_cas,
-        lambda ca: record_admin_action(
-            store, actor, "trust_add", "manufacturer_ca_added", now, sha256=ca.sha256, name=ca.name
-        ),
+        certificates, name, now,
+        lambda ca: store.add_manufacturer_ca(ca, audit=admin_action(
+            actor, "trust_add", "manufacturer_ca_added", now, sha256=ca.sha256, name=ca.name
+        )),
+        store.list_manufacturer_cas,
     )  # fmt: skip
 
 
@@ -88,9 +89,9 @@ async def distrust_manufacturer(
 ) -> str:
     """Stop trusting a manufacturer CA (any fingerprint spelling); its normalised fingerprint."""
     sha256 = _fingerprint(fingerprint)
-    await store.remove_manufacturer_ca(sha256)
-    await record_admin_action(
-        store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256
+    await store.remove_manufacturer_ca(
+        sha256,
+        audit=admin_action(actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256),
     )
     return sha256
 
@@ -139,14 +140,18 @@ async def trust_intermediate(
                 hint="Trust the manufacturer's root first (`fleet trust add-manufacturer`), "
                 "or give the intermediates above this one in the same file.",
             )
-    return await _add_all(
-        certificates, name, now, store.add_manufacturer_intermediate,
-        store.list_manufacturer_intermediates,
-        lambda ca: record_admin_action(
-            store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
-            sha256=ca.sha256, name=ca.name,
-        ),
-    )  # fmt: skip
+
+    async def add(ca: ManufacturerCA) -> bool:
+        # The pool is only a path hint: its audit record is still a write of its own.
+        added = await store.add_manufacturer_intermediate(ca)
+        if added:
+            await record_admin_action(
+                store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
+                sha256=ca.sha256, name=ca.name,
+            )  # fmt: skip
+        return added
+
+    return await _add_all(certificates, name, now, add, store.list_manufacturer_intermediates)
 
 
 async def distrust_intermediate(
@@ -188,9 +193,9 @@ async def _add_all(
     now: dt.datetime,
     add: Callable[[ManufacturerCA], Awaitable[bool]],
     stored: Callable[[], Awaitable[list[ManufacturerCA]]],
-    audit: Callable[[ManufacturerCA], Awaitable[object]],
 ) -> list[TrustResult]:
-    """Store each (already checked) certificate with ``add``; audit the ones that were new.
+    """Store each (already checked) certificate with ``add`` (which audits the ones
+    that were new).
 
     One already trusted is answered as stored (its name and when it was added),
     not as this request would have made it."""
@@ -203,9 +208,7 @@ async def _add_all(
             added_at=now,
         )
         added = await add(ca)
-        if added:
-            await audit(ca)
-        else:
+        if not added:
             ca = next((c for c in await stored() if c.sha256 == ca.sha256), ca)
         results.append(TrustResult(ca, added))
     return results

@@ -111,22 +111,28 @@ class SqlDirectory(SqlIntermediates):
         raise NotImplementedError
 
     # -- manufacturer trust ------------------------------------------------
-    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
+    async def add_manufacturer_ca(
+        self, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
         def body(conn: SqlConnection) -> bool:
             cursor = conn.execute(
                 "INSERT INTO manufacturer_cas (sha256, name, pem, added_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (sha256) DO NOTHING",
                 (ca.sha256, ca.name, ca.pem, ts(ca.added_at)),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            _append_audit(conn, audit)
+            return True
 
         return await self._write(body)
 
-    async def remove_manufacturer_ca(self, sha256: str) -> None:
+    async def remove_manufacturer_ca(self, sha256: str, *, audit: AuditEvent | None = None) -> None:
         def body(conn: SqlConnection) -> None:
             cursor = conn.execute("DELETE FROM manufacturer_cas WHERE sha256 = ?", (sha256,))
             if cursor.rowcount == 0:
                 raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
+            _append_audit(conn, audit)
 
         await self._write(body)
 
@@ -148,7 +154,9 @@ class SqlDirectory(SqlIntermediates):
         return await self._read_here(body)
 
     # -- admin credentials -------------------------------------------------------
-    async def put_admin_credential(self, cred: AdminCredential) -> None:
+    async def put_admin_credential(
+        self, cred: AdminCredential, *, audit: AuditEvent | None = None
+    ) -> None:
         check_admin_credential(cred)
 
         def body(conn: SqlConnection) -> None:
@@ -166,6 +174,7 @@ class SqlDirectory(SqlIntermediates):
             )
             if cursor.rowcount == 0:
                 raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
+            _append_audit(conn, audit)
 
         await self._write(body)
 
@@ -187,15 +196,25 @@ class SqlDirectory(SqlIntermediates):
 
         return await self._read(body)
 
-    async def disable_admin_credential(self, sha256: str) -> None:
-        def body(conn: SqlConnection) -> None:
+    async def disable_admin_credential(
+        self, sha256: str, *, audit: AuditEvent | None = None
+    ) -> bool:
+        def body(conn: SqlConnection) -> bool:
             cursor = conn.execute(
-                "UPDATE admin_credentials SET disabled = 1 WHERE sha256 = ?", (sha256,)
+                "UPDATE admin_credentials SET disabled = 1 WHERE sha256 = ? AND disabled = 0",
+                (sha256,),
             )
             if cursor.rowcount == 0:
-                raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+                found = conn.execute(
+                    "SELECT 1 FROM admin_credentials WHERE sha256 = ?", (sha256,)
+                ).fetchone()
+                if found is None:
+                    raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+                return False  # already disabled
+            _append_audit(conn, audit)
+            return True
 
-        await self._write(body)
+        return await self._write(body)
 
     # -- one-time enrollment tokens -----------------------------------------
     async def put_enrollment_token(self, token: EnrollmentToken) -> None:

@@ -56,11 +56,16 @@ class ManufacturerTrust(Protocol):
     """Trusted manufacturer CAs (anchors) and the intermediate pool (path hints)."""
 
     # -- manufacturer trust ------------------------------------------------
-    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
-        """Trust a manufacturer CA; False if one with that fingerprint already was."""
+    async def add_manufacturer_ca(
+        self, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
+        """Trust a manufacturer CA; False if one with that fingerprint already was
+        (then nothing is written, ``audit`` neither; else it is chained in the same
+        change)."""
 
-    async def remove_manufacturer_ca(self, sha256: str) -> None:
-        """Stop trusting it. Raises NotFound if it was not trusted."""
+    async def remove_manufacturer_ca(self, sha256: str, *, audit: AuditEvent | None = None) -> None:
+        """Stop trusting it, ``audit`` chained in the same change. Raises NotFound
+        if it was not trusted."""
 
     async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
         """All trusted manufacturer CAs, oldest first."""
@@ -257,9 +262,11 @@ class AdminDirectory(Protocol):
     """Credentials of the admin API."""
 
     # -- admin credentials -------------------------------------------------------
-    async def put_admin_credential(self, cred: AdminCredential) -> None:
-        """Add a credential of the admin API. Raises StoreConflict if one with
-        that sha256 exists (nothing is replaced)."""
+    async def put_admin_credential(
+        self, cred: AdminCredential, *, audit: AuditEvent | None = None
+    ) -> None:
+        """Add a credential of the admin API, ``audit`` chained in the same change.
+        Raises StoreConflict if one with that sha256 exists (nothing is replaced)."""
 
     async def find_admin_credential(self, sha256: str) -> AdminCredential:
         """The credential with this fingerprint, disabled ones included (the
@@ -268,8 +275,11 @@ class AdminDirectory(Protocol):
     async def list_admin_credentials(self) -> list[AdminCredential]:
         """Every admin credential, by name, then created_at (then sha256)."""
 
-    async def disable_admin_credential(self, sha256: str) -> None:
-        """Mark the credential disabled (kept for the record; idempotent).
+    async def disable_admin_credential(
+        self, sha256: str, *, audit: AuditEvent | None = None
+    ) -> bool:
+        """Mark the credential disabled (kept for the record; idempotent): True if
+        it was enabled, and then ``audit`` is chained in the same change.
         Raises AdminNotFound."""
 
 

@@ -7,9 +7,10 @@ the event is None) and so audits nothing. A failing audit append stands in for
 the kill here, deterministically: the change must not happen either, and the
 retry must do it with exactly one record.
 
-SQL backends only: a Redis script that errors half way is not rolled back, so
-the same sabotage cannot stand for a crash there (a crash cannot split a script:
-Redis applies and persists each one whole).
+The sabotage runs on SQL backends only: a Redis script that errors half way is
+not rolled back, so it cannot stand for a crash there (a crash cannot split a
+script: Redis applies and persists each one whole); on Redis the change and its
+one record are checked.
 """
 
 from __future__ import annotations
@@ -19,12 +20,16 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from fleet.authority import admin, lifecycle
+from fleet.authority import admin, admins, lifecycle
+from fleet.authority.audit import admin_action
 from fleet.kernel.errors import StoreError
 from fleet.records import (
+    AdminCredential,
+    AdminRole,
     CertificateStatus,
     Device,
     DeviceState,
+    ManufacturerCA,
     RevocationReason,
 )
 from fleet.store.protocol import Store
@@ -83,8 +88,6 @@ async def _state(store: Store, device_id: str) -> tuple[DeviceState, Certificate
 async def test_a_change_whose_audit_record_fails_is_not_made(
     backend: Backend, store: Store, action: str
 ) -> None:
-    if not isinstance(backend, SqlBackend):
-        pytest.skip("see the module docstring: the sabotage stands for a crash on SQL only")
     act, device_id, state_after, cert_after = CASES[action]
     await enrolled(store, "d1", 0x51, NOW)
     await store.add_pending_device(
@@ -92,12 +95,12 @@ async def test_a_change_whose_audit_record_fails_is_not_made(
     )
     before = await _state(store, device_id)
 
-    await backend.sabotage_audit(action)
-    with pytest.raises(StoreError):
-        await act(store)
-    assert await _state(store, device_id) == before, f"{action} was made without its audit record"
-
-    await backend.sabotage_audit(None)
+    if isinstance(backend, SqlBackend):  # see the module docstring
+        await backend.sabotage_audit(action)
+        with pytest.raises(StoreError):
+            await act(store)
+        assert await _state(store, device_id) == before, f"{action} made without its audit"
+        await backend.sabotage_audit(None)
     await act(store)
     state, cert, _ = await _state(store, device_id)
     assert (state, cert) == (state_after, cert_after)
@@ -107,3 +110,67 @@ async def test_a_change_whose_audit_record_fails_is_not_made(
     assert len(records) == 1, records
     if action == "revoke":
         assert records[0].event.detail["serials"] == "51"
+
+
+CA_SHA = "c" * 64
+ADMIN_SHA = "d" * 64
+
+
+async def _trust(store: Store) -> object:
+    ca = ManufacturerCA(CA_SHA, "Maker", "-----BEGIN CERTIFICATE-----\n", NOW)
+    event = admin_action(ACTOR, "trust_add", "manufacturer_ca_added", NOW, sha256=CA_SHA)
+    return await store.add_manufacturer_ca(ca, audit=event)
+
+
+async def _distrust(store: Store) -> object:
+    return await admin.distrust_manufacturer(store, CA_SHA, actor=ACTOR, now=NOW)
+
+
+async def _admin_token(store: Store) -> object:
+    return await admins.create_admin_token(store, "bot", AdminRole.ADMIN, actor=ACTOR, now=NOW)
+
+
+async def _disable_admin(store: Store) -> object:
+    return await admins.disable_admin(store, ADMIN_SHA, actor=ACTOR, now=NOW)
+
+
+async def _trusted(store: Store) -> bool:
+    return CA_SHA in {ca.sha256 for ca in await store.list_manufacturer_cas()}
+
+
+async def _admins(store: Store) -> list[tuple[str, bool]]:
+    return [(c.name, c.disabled) for c in await store.list_admin_credentials()]
+
+
+# (audit action, what the admin does, what it is seen to change)
+DIRECTORY_CASES: dict[str, tuple[Act, Callable[[Store], Awaitable[object]]]] = {
+    "trust_add": (_trust, _trusted),
+    "trust_remove": (_distrust, _trusted),
+    "admin_token": (_admin_token, _admins),
+    "admin_disable": (_disable_admin, _admins),
+}
+
+
+@pytest.mark.parametrize("action", DIRECTORY_CASES)
+async def test_a_directory_change_whose_audit_record_fails_is_not_made(
+    backend: Backend, store: Store, action: str
+) -> None:
+    """Trust and admin credentials too; `fleet admin disable` was not audited at all."""
+    act, seen = DIRECTORY_CASES[action]
+    if action == "trust_remove":
+        await store.add_manufacturer_ca(ManufacturerCA(CA_SHA, "Maker", "pem", NOW))
+    await store.put_admin_credential(
+        AdminCredential("ops", AdminRole.ADMIN, "token", ADMIN_SHA, NOW)
+    )
+    before = await seen(store)
+
+    if isinstance(backend, SqlBackend):  # see the module docstring
+        await backend.sabotage_audit(action)
+        with pytest.raises(StoreError):
+            await act(store)
+        assert await seen(store) == before, f"{action} was made without its audit record"
+        await backend.sabotage_audit(None)
+    await act(store)
+    assert await seen(store) != before
+    records = [r for r in await store.audit_records() if r.event.action == action]
+    assert len(records) == 1, records
