@@ -259,18 +259,16 @@ async def import_manifest(
             )
         named.append(entry)
     entries = named
-    created = await store.import_manifest(entries, now)
-    result = ImportResult(created=created, updated=len(entries) - created)
-    await record_admin_action(
-        store,
-        actor,
-        "manifest_import",
-        "manifest_imported",
+    # One write with its audit record, which says what was imported (how many were
+    # new is only known inside that write: it is the answer, not the record).
+    created = await store.import_manifest(
+        entries,
         now,
-        created=str(result.created),
-        updated=str(result.updated),
+        audit=admin_action(
+            actor, "manifest_import", "manifest_imported", now, devices=str(len(entries))
+        ),
     )
-    return result
+    return ImportResult(created=created, updated=len(entries) - created)
 
 
 # -- one-time enrollment tokens ---------------------------------------------------

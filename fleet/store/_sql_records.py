@@ -88,7 +88,13 @@ class SqlRecords(SqlDeviceQueries):
     """Every Store method but the engine's own (open, close, follow_feed)."""
 
     # -- devices -------------------------------------------------------------
-    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+    async def import_manifest(
+        self,
+        entries: Sequence[ManifestEntry],
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> int:
         check_manifest(entries)
         at = ts(now)
 
@@ -121,6 +127,7 @@ class SqlRecords(SqlDeviceQueries):
                         "WHERE device_id = ?",
                         (e.manufacturer.sha256, e.manufacturer.name, e.device_id),
                     )
+            _append_audit(conn, audit)
             return created
 
         return await self._write(body)

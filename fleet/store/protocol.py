@@ -86,10 +86,16 @@ class DeviceRegistry(Protocol):
     """Devices: the manifest, pending devices, state changes, fleet-wide queries."""
 
     # -- devices -------------------------------------------------------------
-    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+    async def import_manifest(
+        self,
+        entries: Sequence[ManifestEntry],
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> int:
         """Create unknown devices as ``registered``; update pin, model and batch of
-        known ones (their state is kept). All or nothing. Returns how many
-        devices were created."""
+        known ones (their state is kept). All or nothing, ``audit`` chained in the
+        same change. Returns how many devices were created."""
 
     async def get_device(self, device_id: str) -> Device:
         """Raises DeviceNotFound."""

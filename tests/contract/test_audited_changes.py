@@ -28,7 +28,9 @@ from fleet.records import (
     AdminRole,
     CertificateStatus,
     Device,
+    DeviceFilter,
     DeviceState,
+    ManifestEntry,
     ManufacturerCA,
     RevocationReason,
 )
@@ -134,6 +136,15 @@ async def _disable_admin(store: Store) -> object:
     return await admins.disable_admin(store, ADMIN_SHA, actor=ACTOR, now=NOW)
 
 
+async def _import(store: Store) -> object:
+    entries = [ManifestEntry("m1", "ab" * 32), ManifestEntry("m2", "cd" * 32)]
+    return await admin.import_manifest(store, entries, actor=ACTOR, now=NOW)
+
+
+async def _devices(store: Store) -> list[str]:
+    return [d.device_id for d in await store.list_devices(DeviceFilter(), limit=100)]
+
+
 async def _trusted(store: Store) -> bool:
     return CA_SHA in {ca.sha256 for ca in await store.list_manufacturer_cas()}
 
@@ -144,6 +155,7 @@ async def _admins(store: Store) -> list[tuple[str, bool]]:
 
 # (audit action, what the admin does, what it is seen to change)
 DIRECTORY_CASES: dict[str, tuple[Act, Callable[[Store], Awaitable[object]]]] = {
+    "manifest_import": (_import, _devices),
     "trust_add": (_trust, _trusted),
     "trust_remove": (_distrust, _trusted),
     "admin_token": (_admin_token, _admins),
