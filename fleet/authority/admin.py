@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from fleet.authority import replacement
-from fleet.authority.audit import admin_action, record_admin_action
+from fleet.authority.audit import admin_action
 from fleet.kernel.certs import is_ca
 from fleet.kernel.chain import missing_issuer
 from fleet.kernel.device_id import validate_device_id
@@ -141,17 +141,14 @@ async def trust_intermediate(
                 "or give the intermediates above this one in the same file.",
             )
 
-    async def add(ca: ManufacturerCA) -> bool:
-        # The pool is only a path hint: its audit record is still a write of its own.
-        added = await store.add_manufacturer_intermediate(ca)
-        if added:
-            await record_admin_action(
-                store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
-                sha256=ca.sha256, name=ca.name,
-            )  # fmt: skip
-        return added
-
-    return await _add_all(certificates, name, now, add, store.list_manufacturer_intermediates)
+    return await _add_all(
+        certificates, name, now,
+        lambda ca: store.add_manufacturer_intermediate(ca, audit=admin_action(
+            actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
+            sha256=ca.sha256, name=ca.name,
+        )),
+        store.list_manufacturer_intermediates,
+    )  # fmt: skip
 
 
 async def distrust_intermediate(
@@ -159,11 +156,10 @@ async def distrust_intermediate(
 ) -> str:
     """Drop an intermediate from the pool (any fingerprint spelling); its normalised fingerprint."""
     sha256 = _fingerprint(fingerprint)
-    await store.remove_manufacturer_intermediate(sha256)
-    await record_admin_action(
-        store, actor, "trust_remove_intermediate", "manufacturer_intermediate_removed", now,
+    await store.remove_manufacturer_intermediate(sha256, audit=admin_action(
+        actor, "trust_remove_intermediate", "manufacturer_intermediate_removed", now,
         sha256=sha256,
-    )  # fmt: skip
+    ))  # fmt: skip
     return sha256
 
 
@@ -318,17 +314,16 @@ async def issue_enrollment_token(
             token_sha256=token_sha256(token),
             created_at=now,
             expires_at=expires_at,
-        )
-    )
-    await record_admin_action(
-        store,
-        actor,
-        "token_issue",
-        "enrollment_token_issued",
-        now,
-        device_id=device_id,
-        expires_at=expires_at.isoformat(),
-        device_created="yes" if created else "no",
+        ),
+        audit=admin_action(
+            actor,
+            "token_issue",
+            "enrollment_token_issued",
+            now,
+            device_id=device_id,
+            expires_at=expires_at.isoformat(),
+            device_created="yes" if created else "no",
+        ),
     )
     return IssuedToken(device_id, token, expires_at, device, created)
 

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 
 from redis.asyncio import Redis
-from redis.typing import EncodableT
 
 from fleet.kernel.errors import (
     AdminNotFound,
@@ -67,6 +66,20 @@ else
   cred['disabled'] = true
   redis.call('HSET', KEYS[1], ARGV[6], cjson.encode(cred))
 end
+audit_append(2)
+return {'ok'}
+"""
+)
+
+_PUT_TOKEN = (
+    AUDIT_PRELUDE
+    + """
+-- KEYS[1] the device's token hash, KEYS[2..] audit; ARGV[1..4] audit,
+-- ARGV[5] token sha256, ARGV[6] created_at, ARGV[7] expires_at
+if audit_moved(2) then return {'moved'} end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'token_sha256', ARGV[5], 'created_at', ARGV[6],
+  'expires_at', ARGV[7])
 audit_append(2)
 return {'ok'}
 """
@@ -124,6 +137,7 @@ class RedisDirectory(RedisAuditLog, RedisIntermediates):
         super().__init__(client, namespace)
         self._consume_token = client.register_script(_SPEND_ONE_TIME_CODE)
         self._change_entry = client.register_script(_CHANGE_ENTRY)
+        self._put_token = client.register_script(_PUT_TOKEN)
         self._set_crl_counter = client.register_script(_SET_CRL_COUNTER)
         self._keep_signed_crl = client.register_script(_KEEP_SIGNED_CRL)
 
@@ -180,18 +194,11 @@ class RedisDirectory(RedisAuditLog, RedisIntermediates):
         return status == "ok"
 
     # -- one-time enrollment tokens -----------------------------------------
-    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
-        key = self._keys.token(token.device_id)
-        mapping: dict[EncodableT, EncodableT] = {
-            "token_sha256": token.token_sha256,
-            "created_at": ts(token.created_at),
-            "expires_at": ts(token.expires_at),
-        }
-        with mapped_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, mapping=mapping)
-                await pipe.execute()
+    async def put_enrollment_token(
+        self, token: EnrollmentToken, *, audit: AuditEvent | None = None
+    ) -> None:
+        args = [token.token_sha256, ts(token.created_at), ts(token.expires_at)]
+        await self._audited(self._put_token, [self._keys.token(token.device_id)], args, audit)
 
     async def consume_enrollment_token(
         self, device_id: str, token_sha256: str, now: dt.datetime

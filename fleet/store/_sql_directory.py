@@ -217,7 +217,9 @@ class SqlDirectory(SqlIntermediates):
         return await self._write(body)
 
     # -- one-time enrollment tokens -----------------------------------------
-    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
+    async def put_enrollment_token(
+        self, token: EnrollmentToken, *, audit: AuditEvent | None = None
+    ) -> None:
         def body(conn: SqlConnection) -> None:
             conn.execute(
                 "INSERT INTO enrollment_tokens (device_id, token_sha256, created_at, expires_at) "
@@ -226,6 +228,7 @@ class SqlDirectory(SqlIntermediates):
                 "expires_at = excluded.expires_at",
                 (token.device_id, token.token_sha256, ts(token.created_at), ts(token.expires_at)),
             )
+            _append_audit(conn, audit)
 
         await self._write(body)
 

@@ -71,12 +71,18 @@ class ManufacturerTrust(Protocol):
         """All trusted manufacturer CAs, oldest first."""
 
     # -- manufacturer intermediate pool (fleet.store.intermediates) ----------
-    async def add_manufacturer_intermediate(self, ca: ManufacturerCA) -> bool:
-        """Add an intermediate CA to the pool (a path hint, never an anchor);
-        False if one with that fingerprint already was."""
+    async def add_manufacturer_intermediate(
+        self, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
+        """Add an intermediate CA to the pool (a path hint, never an anchor),
+        ``audit`` chained in the same change; False if one with that fingerprint
+        already was (nothing written)."""
 
-    async def remove_manufacturer_intermediate(self, sha256: str) -> None:
-        """Drop it from the pool. Raises NotFound if it was not there."""
+    async def remove_manufacturer_intermediate(
+        self, sha256: str, *, audit: AuditEvent | None = None
+    ) -> None:
+        """Drop it from the pool, ``audit`` chained in the same change. Raises
+        NotFound if it was not there."""
 
     async def list_manufacturer_intermediates(self) -> list[ManufacturerCA]:
         """The pool, oldest first."""
@@ -293,8 +299,11 @@ class EnrollmentTokens(Protocol):
     """One-time enrollment tokens (stored hashed)."""
 
     # -- one-time enrollment tokens -----------------------------------------
-    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
-        """Store a token (hashed); it replaces any earlier token of the device."""
+    async def put_enrollment_token(
+        self, token: EnrollmentToken, *, audit: AuditEvent | None = None
+    ) -> None:
+        """Store a token (hashed); it replaces any earlier token of the device;
+        ``audit`` is chained in the same change."""
 
     async def consume_enrollment_token(
         self, device_id: str, token_sha256: str, now: dt.datetime

@@ -128,6 +128,14 @@ async def _distrust(store: Store) -> object:
     return await admin.distrust_manufacturer(store, CA_SHA, actor=ACTOR, now=NOW)
 
 
+async def _distrust_intermediate(store: Store) -> object:
+    return await admin.distrust_intermediate(store, CA_SHA, actor=ACTOR, now=NOW)
+
+
+async def _pooled(store: Store) -> bool:
+    return CA_SHA in {ca.sha256 for ca in await store.list_manufacturer_intermediates()}
+
+
 async def _admin_token(store: Store) -> object:
     return await admins.create_admin_token(store, "bot", AdminRole.ADMIN, actor=ACTOR, now=NOW)
 
@@ -158,6 +166,7 @@ DIRECTORY_CASES: dict[str, tuple[Act, Callable[[Store], Awaitable[object]]]] = {
     "manifest_import": (_import, _devices),
     "trust_add": (_trust, _trusted),
     "trust_remove": (_distrust, _trusted),
+    "trust_remove_intermediate": (_distrust_intermediate, _pooled),
     "admin_token": (_admin_token, _admins),
     "admin_disable": (_disable_admin, _admins),
 }
@@ -171,6 +180,8 @@ async def test_a_directory_change_whose_audit_record_fails_is_not_made(
     act, seen = DIRECTORY_CASES[action]
     if action == "trust_remove":
         await store.add_manufacturer_ca(ManufacturerCA(CA_SHA, "Maker", "pem", NOW))
+    if action == "trust_remove_intermediate":
+        await store.add_manufacturer_intermediate(ManufacturerCA(CA_SHA, "Sub", "pem", NOW))
     await store.put_admin_credential(
         AdminCredential("ops", AdminRole.ADMIN, "token", ADMIN_SHA, NOW)
     )
