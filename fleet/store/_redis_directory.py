@@ -24,7 +24,14 @@ from fleet.kernel.errors import (
     TokenInvalid,
 )
 from fleet.records import AdminCredential, AdminRole, AuditEvent, EnrollmentToken, ManufacturerCA
-from fleet.store._codec import admin_order, check_admin_credential, check_cursor, parse_ts, ts
+from fleet.store._codec import (
+    admin_order,
+    check_admin_credential,
+    check_cursor,
+    parse_ts,
+    stored_record,
+    ts,
+)
 from fleet.store._redis_audit import RedisAuditLog
 from fleet.store._redis_engine import CAS_ATTEMPTS, as_hash, as_text, mapped_errors
 from fleet.store._redis_intermediates import RedisIntermediates, ca_from_json, ca_to_json
@@ -119,6 +126,11 @@ def _admin_to_json(cred: AdminCredential) -> str:
 
 
 def _admin_from_json(text: str) -> AdminCredential:
+    with stored_record("admin credential"):
+        return _decode_admin_from_json(text)
+
+
+def _decode_admin_from_json(text: str) -> AdminCredential:
     data = json.loads(text)
     return AdminCredential(
         name=str(data["name"]),

@@ -19,7 +19,7 @@ from fleet.records import (
     RevocationEvent,
     RevocationReason,
 )
-from fleet.store._codec import feed_event_from_json, opt_parse_ts, parse_ts, ts
+from fleet.store._codec import feed_event_from_json, opt_parse_ts, parse_ts, stored_record, ts
 from fleet.store._redis_audit import RedisAuditLog
 from fleet.store._redis_engine import as_hash, as_text, as_texts, mapped_errors
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
@@ -89,6 +89,11 @@ return {'ok', {redis.call('HGETALL', KEYS[2]), event}}
 
 
 def request_from_fields(fields: Mapping[str, str]) -> ReplacementRequest:
+    with stored_record(f"replacement request of {fields.get('device_id')!r}"):
+        return _decode_request_from_fields(fields)
+
+
+def _decode_request_from_fields(fields: Mapping[str, str]) -> ReplacementRequest:
     return ReplacementRequest(
         device_id=fields["device_id"],
         bootstrap_sha256=fields["bootstrap_sha256"],

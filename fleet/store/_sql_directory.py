@@ -35,6 +35,7 @@ from fleet.store._codec import (
     check_admin_credential,
     check_cursor,
     parse_ts,
+    stored_record,
     ts,
 )
 from fleet.store._sql import AUDIT_INDEXED, SqlConnection
@@ -58,6 +59,11 @@ def _audit(row: Any) -> AuditRecord:
 
 
 def _admin(row: Any) -> AdminCredential:
+    with stored_record(f"admin credential {row['sha256']!r}"):
+        return _decode_admin(row)
+
+
+def _decode_admin(row: Any) -> AdminCredential:
     return AdminCredential(
         name=row["name"],
         role=AdminRole(row["role"]),

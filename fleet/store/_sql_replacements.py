@@ -23,7 +23,7 @@ from fleet.records import (
     RevocationKind,
     RevocationReason,
 )
-from fleet.store._codec import opt_parse_ts, opt_ts, parse_ts, serial_hex, ts
+from fleet.store._codec import opt_parse_ts, opt_ts, parse_ts, serial_hex, stored_record, ts
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_rows import _append_audit, _append_feed, _fetch_device
 
@@ -47,6 +47,11 @@ _GOOD = CertificateStatus.GOOD.value
 
 
 def _request(row: Any) -> ReplacementRequest:
+    with stored_record(f"replacement request of {row['device_id']!r}"):
+        return _decode_request(row)
+
+
+def _decode_request(row: Any) -> ReplacementRequest:
     return ReplacementRequest(
         device_id=row["device_id"],
         bootstrap_sha256=row["bootstrap_sha256"],

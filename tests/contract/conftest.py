@@ -67,6 +67,10 @@ class Backend(abc.ABC):
         """Set one stored field of a device by hand (no checks)."""
 
     @abc.abstractmethod
+    async def edit_admin_role(self, sha256: str, role: str) -> None:
+        """Set an admin credential's stored role by hand (no checks)."""
+
+    @abc.abstractmethod
     async def add_unreadable_revoked_serial(self, device_id: str) -> None:
         """A revoked certificate of ``device_id`` whose stored serial is not hex."""
 
@@ -94,6 +98,9 @@ class SqlBackend(Backend):
             raise ValueError(f"not an editable column: {field!r}")
         statement = f"UPDATE devices SET {field} = ? WHERE device_id = ?"  # noqa: S608
         self._raw((statement, (value, device_id)))
+
+    async def edit_admin_role(self, sha256: str, role: str) -> None:
+        self._raw(("UPDATE admin_credentials SET role = ? WHERE sha256 = ?", (role, sha256)))
 
     async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
         self._raw(
@@ -220,6 +227,13 @@ class RedisBackend(Backend):
     async def edit_device(self, device_id: str, field: str, value: str) -> None:
         async with self.raw() as client:
             await client.hset(f"{self.tag}:device:{device_id}", field, value)
+
+    async def edit_admin_role(self, sha256: str, role: str) -> None:
+        async with self.raw() as client:
+            key = f"{self.tag}:admins"
+            data = json.loads(str(await client.hget(key, sha256)))
+            data["role"] = role
+            await client.hset(key, sha256, json.dumps(data))
 
     async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
         async with self.raw() as client, client.pipeline(transaction=True) as pipe:

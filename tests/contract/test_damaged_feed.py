@@ -15,7 +15,7 @@ import pytest
 
 from broker_plugins.revocation_cache import CacheSettings, RevocationCache
 from fleet.kernel.errors import StoreRecordInvalid
-from fleet.records import ManifestEntry, RevocationReason
+from fleet.records import AdminCredential, AdminRole, ManifestEntry, RevocationReason
 from fleet.store.protocol import Store
 from tests.contract.conftest import Backend
 
@@ -128,3 +128,14 @@ async def test_a_device_edited_by_hand_is_refused_by_name(
     with pytest.raises(StoreRecordInvalid, match="device 'd2'"):
         await store.get_device("d2")
     assert (await store.get_device("d3")).device_id == "d3"  # the others still read
+
+
+async def test_an_admin_credential_edited_by_hand_is_refused_by_name(
+    backend: Backend, store: Store
+) -> None:
+    for name, sha in (("ops", "e" * 64), ("bot", "f" * 64)):
+        await store.put_admin_credential(AdminCredential(name, AdminRole.ADMIN, "token", sha, NOW))
+    await backend.edit_admin_role("e" * 64, "root")
+    with pytest.raises(StoreRecordInvalid, match="admin credential"):
+        await store.find_admin_credential("e" * 64)
+    assert (await store.find_admin_credential("f" * 64)).name == "bot"
