@@ -48,6 +48,7 @@ from fleet.store._codec import (
     parse_ts,
     serial_hex,
     serial_int,
+    stored_record,
     ts,
 )
 from fleet.store._sql import SqlConnection
@@ -72,6 +73,13 @@ def _same_certificate_recorded(conn: SqlConnection, c: CertificateRecord) -> boo
     )
 
 
+def _good(conn: SqlConnection, serial: int) -> bool:
+    row = conn.execute(
+        "SELECT status FROM certificates WHERE serial = ?", (serial_hex(serial),)
+    ).fetchone()
+    return row is not None and row["status"] == CertificateStatus.GOOD.value
+
+
 def _appended(event: RevocationEvent | None) -> bool:
     return event is not None
 
@@ -80,7 +88,13 @@ class SqlRecords(SqlDeviceQueries):
     """Every Store method but the engine's own (open, close, follow_feed)."""
 
     # -- devices -------------------------------------------------------------
-    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+    async def import_manifest(
+        self,
+        entries: Sequence[ManifestEntry],
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> int:
         check_manifest(entries)
         at = ts(now)
 
@@ -113,6 +127,7 @@ class SqlRecords(SqlDeviceQueries):
                         "WHERE device_id = ?",
                         (e.manufacturer.sha256, e.manufacturer.name, e.device_id),
                     )
+            _append_audit(conn, audit)
             return created
 
         return await self._write(body)
@@ -194,6 +209,7 @@ class SqlRecords(SqlDeviceQueries):
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
         manufacturer: Manufacturer | None = None,
+        renewing: int | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
@@ -206,6 +222,13 @@ class SqlRecords(SqlDeviceQueries):
                     return current, None  # a replayed call that already succeeded
                 raise StoreConflict(
                     f"device {c.device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
+                )
+            if renewing is not None and not _good(conn, renewing):
+                if _same_certificate_recorded(conn, c):
+                    return current, None  # a replay (the renewing one superseded since)
+                raise StoreConflict(
+                    f"certificate {serial_hex(renewing)} that authenticated the renewal is "
+                    "no longer good"
                 )
             if replacement_key is not None:
                 if _same_certificate_recorded(conn, c):
@@ -456,7 +479,7 @@ class SqlRecords(SqlDeviceQueries):
                 "SELECT seq, event FROM revocation_feed WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             )
-            return [feed_event_from_json(r["event"]) for r in rows]
+            return [feed_event_from_json(r["event"], seq=int(r["seq"])) for r in rows]
 
         return await self._read_here(body)
 
@@ -470,10 +493,11 @@ class SqlRecords(SqlDeviceQueries):
             devices = conn.execute(
                 "SELECT device_id FROM devices WHERE state = ?", (DeviceState.REVOKED.value,)
             )
-            return RevocationSnapshot(
-                seq=int(head),
-                serials=frozenset(serial_int(r[0]) for r in serials),
-                device_ids=frozenset(r[0] for r in devices),
-            )
+            with stored_record("set of revoked serials"):
+                return RevocationSnapshot(
+                    seq=int(head),
+                    serials=frozenset(serial_int(r[0]) for r in serials),
+                    device_ids=frozenset(r[0] for r in devices),
+                )
 
         return await self._read(body)
