@@ -272,6 +272,8 @@ def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None
 def test_secrets_go_to_a_new_0600_file_with_out(config: Path, tmp_path: Path) -> None:
     device_file = tmp_path / "tok-3.token"
     out = ok(fleet("device", "token", "tok-3", "--out", device_file, "--config", config))
+    # The hint is a command the agent accepts: --token-file needs --device-id.
+    assert f"fleet-agent enroll ... --device-id tok-3 --token-file {device_file}" in out
     admin_file = tmp_path / "ci.token"
     out += ok(fleet("admin", "token", "ci-out", "--role", "viewer", "--out", admin_file,
                     "--config", config))  # fmt: skip
