@@ -239,6 +239,15 @@ def test_a_bad_manifest_line_imports_nothing(tmp_path: Path, config: Path) -> No
     refused(fleet("manifest", "import", csv_path, "--config", config), "line 3:", "clone")
 
 
+@pytest.mark.parametrize("command", [("manifest", "import"), ("trust", "add-manufacturer")])
+def test_a_missing_input_file_is_named_and_fleet_toml_is_not_blamed(
+    tmp_path: Path, config: Path, command: tuple[str, str]
+) -> None:
+    missing = tmp_path / "missing.file"
+    error = refused(fleet(*command, missing, "--config", config), f"cannot read {missing}")
+    assert "fleet.toml" not in error  # the generic config hint sent people to the wrong file
+
+
 # -- fleet device token ----------------------------------------------------------------
 def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None:
     out = ok(fleet("device", "token", "tok-1", "--expires-in", "2h", "--config", config))
