@@ -63,7 +63,10 @@ def _read_text(path: Path) -> str:
         with path.open("rb") as file:
             data = file.read(MAX_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}",
+            hint="Check the path of the factory manifest (the CSV to import).",
+        ) from exc
     if len(data) > MAX_BYTES:
         raise ManifestInvalid(
             f"{path} is larger than {MAX_BYTES // (1024 * 1024)} MiB",

@@ -164,4 +164,7 @@ def _read_pem(ca_file: Path) -> bytes:
     try:
         return ca_file.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"cannot read {ca_file}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot read {ca_file}: {exc.strerror}",
+            hint="Check the path of the CA certificate (PEM) to trust.",
+        ) from exc
