@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from fleet.authority import replacement
 from fleet.authority.audit import admin_action
+from fleet.authority.credentials import stored_certificates
 from fleet.kernel.certs import is_ca
 from fleet.kernel.chain import missing_issuer
 from fleet.kernel.device_id import validate_device_id
@@ -113,12 +114,12 @@ async def trust_intermediate(
     roots = [
         cert
         for ca in await store.list_manufacturer_cas()
-        for cert in load_certificates_pem(ca.pem.encode())
+        for cert in stored_certificates(ca, "trusted manufacturer CA")
     ]
     pool = [
         cert
         for ca in await store.list_manufacturer_intermediates()
-        for cert in load_certificates_pem(ca.pem.encode())
+        for cert in stored_certificates(ca, "manufacturer intermediate")
     ]
     for cert in certificates:
         _check_manufacturer_ca(cert, fleet, now)

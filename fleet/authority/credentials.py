@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import time
 from collections.abc import Sequence
 
@@ -18,16 +19,18 @@ from fleet.authority.issuers import LiveIssuers
 from fleet.kernel.chain import TrustDomain, verify_client_chain
 from fleet.kernel.clock import Clock
 from fleet.kernel.device_id import device_id_from_certificate, validate_device_id
-from fleet.kernel.errors import DeviceIdInvalid, TokenInvalid
+from fleet.kernel.errors import ConfigError, DeviceIdInvalid, TokenInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.pki.ca import load_certificates_pem
 from fleet.policy.enrollment import BootstrapCredential, TokenCredential
-from fleet.records import Manufacturer
+from fleet.records import Manufacturer, ManufacturerCA
 from fleet.store.protocol import Store
 from fleet.tokens import token_sha256
 
 # Trusting a new manufacturer takes effect within this many seconds on every
 # worker, without a store read on every enrollment.
+log = logging.getLogger(__name__)
+
 MANUFACTURER_CACHE_SECONDS = 2.0
 MISSING_MANUFACTURER_ISSUER = (
     "if it is an intermediate CA below a trusted manufacturer root, import it with "
@@ -129,16 +132,15 @@ class Credentials:
         fresh = time.monotonic() - self._manufacturers_at < MANUFACTURER_CACHE_SECONDS
         # An empty list is never cached: the first `fleet trust` works at once.
         if self._manufacturers is None or not self._manufacturers.anchors or not fresh:
-            cas = await self._store.list_manufacturer_cas()
-            anchors = tuple(cert for ca in cas for cert in load_certificates_pem(ca.pem.encode()))
+            cas = [(ca, stored_certificates(ca, "trusted manufacturer CA"))
+                   for ca in await self._store.list_manufacturer_cas()]  # fmt: skip
+            anchors = tuple(cert for _, certs in cas for cert in certs)
             self._anchor_names = {
-                sha256_fingerprint(cert): ca.name
-                for ca in cas
-                for cert in load_certificates_pem(ca.pem.encode())
+                sha256_fingerprint(c): ca.name for ca, certs in cas for c in certs
             }
             pool = await self._store.list_manufacturer_intermediates()
             self._intermediates = tuple(
-                cert for ca in pool for cert in load_certificates_pem(ca.pem.encode())
+                cert for ca in pool for cert in stored_certificates(ca, "manufacturer intermediate")
             )
             # IDevIDs often carry no EKU; their purpose is fixed by the domain.
             self._manufacturers = TrustDomain(
@@ -151,3 +153,17 @@ class Credentials:
             )
             self._manufacturers_at = time.monotonic()
         return self._manufacturers
+
+
+def stored_certificates(ca: ManufacturerCA, what: str) -> list[x509.Certificate]:
+    """The certificates of a stored CA record; none, loudly, when its PEM does not decode
+    (a row edited by hand): only that manufacturer's devices are refused (an unknown
+    issuer), instead of every bootstrap enrollment failing on it."""
+    try:
+        return load_certificates_pem(ca.pem.encode())
+    except ConfigError as exc:
+        log.error(
+            "the %s %s (%s) in the store cannot be read, so it trusts nothing: %s",
+            what, ca.sha256, ca.name, exc.message,
+        )  # fmt: skip
+        return []

@@ -28,6 +28,7 @@ from fleet.kernel.errors import (
     EnrollmentRefused,
     FleetError,
     StoreConflict,
+    StoreRecordInvalid,
 )
 from fleet.kernel.keys import key_type_of
 from fleet.pki.ca import CertifiedKey
@@ -227,8 +228,7 @@ class Authority:
         certificates = await self._store.list_certificates(device.device_id)
         latest_key = None
         if certificates:
-            latest = x509.load_pem_x509_certificate(certificates[0].pem.encode())
-            latest_key = _key_sha256(latest.public_key())
+            latest_key = _key_sha256(_stored_certificate(certificates[0]).public_key())
         replacement = None
         if isinstance(credential, BootstrapCredential) and device.state is DeviceState.ACTIVE:
             replacement = await self._store.get_replacement_request(device.device_id)
@@ -291,8 +291,7 @@ class Authority:
                 await self._audit(
                     "enroll", device_id, "allowed", decision.reason, serial=recorded.serial
                 )
-                again = x509.load_pem_x509_certificate(recorded.pem.encode())
-                return Issued(again, decision.reason)
+                return Issued(_stored_certificate(recorded), decision.reason)
             case Action.REQUEST_REPLACEMENT:
                 assert isinstance(credential, BootstrapCredential)
                 replacement = await self._store.note_replacement_attempt(
@@ -424,6 +423,18 @@ def _record(certificate: x509.Certificate, device_id: str, now: dt.datetime) -> 
 
 # States whose certificates a decision may supersede (pending: held by an earlier version).
 _HOLDS_CERTIFICATES = frozenset({DeviceState.ACTIVE, DeviceState.REGISTERED, DeviceState.PENDING})
+
+
+def _stored_certificate(record: CertificateRecord) -> x509.Certificate:
+    """A certificate the store holds; StoreRecordInvalid (a 503 that names it) when its
+    PEM no longer decodes (edited by hand), never a traceback."""
+    try:
+        return x509.load_pem_x509_certificate(record.pem.encode())
+    except ValueError as exc:
+        raise StoreRecordInvalid(
+            f"the stored certificate {record.serial:x} of device {record.device_id!r} "
+            f"cannot be read: {exc}"
+        ) from exc
 
 
 def _key_sha256(key: object) -> str:
