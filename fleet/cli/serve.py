@@ -53,6 +53,13 @@ def pkcs11_pin(config: FleetConfig) -> bytes | None:
     if all(location.store == "file" for location in key_locations(config)):
         return None
     if config.ca.pkcs11_pin_file is not None:
+        if os.environ.get("FLEET_PKCS11_PIN"):
+            # Both set: the file wins. Said, so that a PIN changed in one place only is found.
+            click.echo(
+                f"warning: FLEET_PKCS11_PIN is ignored: [ca] pkcs11_pin_file "
+                f"({config.ca.pkcs11_pin_file}) is set and wins",
+                err=True,
+            )
         return read_secret_file(config.ca.pkcs11_pin_file)
     return secret_from_env("FLEET_PKCS11_PIN")
 

@@ -275,6 +275,12 @@ def test_serve_refuses_a_wrong_pin_a_missing_key_and_an_open_pin_file(
     output = _serve_refused(config_path, {**hsm.env, "FLEET_CA_PKCS11_PIN_FILE": str(wrong)})
     assert "reason: pkcs11_pin_incorrect" in output
     assert "not-the-pin" not in output
+    # The right PIN in FLEET_PKCS11_PIN too: the file wins, and serve says it ignored the variable.
+    both = {**hsm.env, "FLEET_CA_PKCS11_PIN_FILE": str(wrong), "FLEET_PKCS11_PIN": hsm.pin.decode()}
+    output = _serve_refused(config_path, both)
+    assert "reason: pkcs11_pin_incorrect" in output
+    assert "FLEET_PKCS11_PIN is ignored" in output
+    assert hsm.pin.decode() not in output
 
     gone = f"{hsm.uri};object=fleet-issuing;id=%00%00"
     output = _serve_refused(config_path, {**hsm.env, "FLEET_CA_KEY_STORE": gone})
