@@ -197,7 +197,7 @@ class BulkSelection:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class BulkResult:
-    devices: int  # devices selected (the blast radius)
+    devices: int  # devices selected and not yet revoked (the blast radius)
     certificates: int  # good certificates those devices hold
     revoked: tuple[str, ...]  # device ids revoked now (empty on a dry run)
     dry_run: bool
@@ -216,6 +216,12 @@ async def bulk_revoke(
 ) -> BulkResult:
     device_filter = selection.device_filter()
     devices, certificates = await store.count_blast_radius(device_filter)
+    # The blast radius is who would be cut off: not the devices already revoked (they
+    # hold no good certificate), which the dry run and the confirmation threshold counted.
+    already, _ = await store.count_blast_radius(
+        dataclasses.replace(device_filter, state=DeviceState.REVOKED)
+    )
+    devices -= already
     if dry_run:
         return BulkResult(devices, certificates, (), True)
     if devices > threshold and not confirm:

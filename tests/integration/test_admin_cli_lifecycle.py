@@ -307,6 +307,12 @@ def test_bulk_revoke_dry_run_threshold_confirm(env: Env, mode: str) -> None:
     after = ok_json(cli("device", "list", "--batch", batch, "--state", "revoked", "--json"))
     assert isinstance(after, list)
     assert sorted(d["device_id"] for d in after) == enrolled
+    # Already revoked devices are in no blast radius: nothing is left to cut off.
+    again = ok_json(
+        cli("device", "revoke", "--batch", batch, "--reason", "superseded", "--dry-run", "--json")
+    )
+    assert isinstance(again, dict)
+    assert (again["devices"], again["certificates"]) == (0, 0)
 
 
 @pytest.mark.parametrize("mode", ["local", "mtls"])
