@@ -155,16 +155,27 @@ def _entry(cells: Sequence[str], number: int, columns: tuple[str, ...]) -> Manif
 
 
 def _text(column: str, value: str, number: int) -> str:
-    if len(value) > MAX_TEXT_LENGTH:
-        raise ManifestInvalid(
-            f"{column} is {len(value)} characters long; the maximum is {MAX_TEXT_LENGTH}",
-            line=number,
-        )
-    for char in value:
-        # Control and format characters (bidi overrides, zero-width) would end up
-        # in terminals and logs, where they can disguise what an admin reads.
-        if unicodedata.category(char).startswith("C"):
-            raise ManifestInvalid(
-                f"{column} contains the control character U+{ord(char):04X}", line=number
-            )
+    problem = label_problem(value)
+    if problem is not None:
+        raise ManifestInvalid(f"{column} {problem}", line=number)
     return value
+
+
+def label_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a model or batch; None if it can.
+
+    The one rule for both ends: the manifest accepts only what the admin API's
+    and the console's filters accept, so every imported model and batch can be
+    listed and bulk-revoked by name. ``str.isprintable`` refuses control and
+    format characters (bidi overrides, zero-width: they disguise what an admin
+    reads in a terminal or log), line and paragraph separators, and every
+    space but U+0020 (a no-break space from a spreadsheet looks like a space
+    and matches none)."""
+    if len(value) > MAX_TEXT_LENGTH:
+        return f"is {len(value)} characters long; the maximum is {MAX_TEXT_LENGTH}"
+    for char in value:
+        if not char.isprintable():
+            return (
+                f"contains U+{ord(char):04X} ({unicodedata.category(char)}), which is not printable"
+            )
+    return None
