@@ -17,6 +17,7 @@ import dataclasses
 import datetime as dt
 import http.client
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable, Sequence
@@ -37,7 +38,7 @@ from device_agent.errors import (
     Transient,
 )
 from device_agent.keystore import KeyHandle, KeyStoreError
-from device_agent.trust import CaCerts, chain_from
+from device_agent.trust import CaCerts, certificate_for, chain_from
 from fleet.kernel.certs import server_certificate_problem
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import EncodingInvalid
@@ -52,6 +53,7 @@ DEFAULT_PENDING_RETRY = 60.0
 # The server's certificate may look a little early or late to a device's clock.
 SERVER_CERT_SKEW = dt.timedelta(minutes=15)
 _WALL_CLOCK = SystemClock()
+_REASON_CODE = re.compile(r"[a-z0-9_]{1,64}", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +178,7 @@ class EstClient:
             headers=headers,
             on_sent=on_sent,
         )
-        return _expect_certificate(response, "simpleenroll")
+        return _expect_certificate(response, "simpleenroll", csr)
 
     def simplereenroll(
         self,
@@ -193,7 +195,7 @@ class EstClient:
             headers={"Content-Type": CT_PKCS10},
             on_sent=on_sent,
         )
-        return _expect_certificate(response, "simplereenroll")
+        return _expect_certificate(response, "simplereenroll", csr)
 
     # -- transport ---------------------------------------------------------------
     def _request(
@@ -289,20 +291,28 @@ def _retry_after(response: _Response) -> float | None:
 
 
 def _reason(response: _Response, default: str) -> str:
-    return response.headers.get("X-Fleet-Reason", "").strip() or default
+    """The server's reason code, if it looks like one: it lands in status.json, the exit
+    decision (revoked or not) and log lines, so nothing but the code alphabet."""
+    reason = response.headers.get("X-Fleet-Reason", "").strip()
+    return reason if _REASON_CODE.fullmatch(reason) else default
 
 
 def _text(response: _Response) -> str:
-    return response.body[:300].decode("utf-8", errors="replace").strip()
+    """The start of the server's answer, for a message: what the server sends ends up
+    in a terminal (stderr, `fleet-agent status`), so escape sequences become ``?``."""
+    text = response.body[:300].decode("utf-8", errors="replace")
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
 
 
-def _expect_certificate(response: _Response, operation: str) -> x509.Certificate:
+def _expect_certificate(
+    response: _Response, operation: str, csr: x509.CertificateSigningRequest
+) -> x509.Certificate:
     if response.status == 200:
         try:
             certs = decode_certs_only(response.body)
         except EncodingInvalid as exc:
             raise Transient(f"{operation}: the server's answer is malformed: {exc}") from exc
-        return certs[0]
+        return certificate_for(certs, csr.public_key())
     _raise_for_status(response, operation)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 from cryptography.x509.oid import NameOID
 
 from fleet.kernel.certs import client_cert_problem, is_ca, issued_by, validity_problem
@@ -23,6 +24,13 @@ from fleet.kernel.device_id import device_id_from_certificate, subject_attribute
 from fleet.kernel.errors import DeviceIdInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.rollover import follow_rollover, is_self_signed
+
+
+def certificate_for(certs: Sequence[x509.Certificate], key: PublicKey) -> x509.Certificate:
+    """The certificate for ``key`` in an EST answer; the first one if none is (which
+    check_issued then refuses). A certs-only PKCS#7 is a SET: a server that adds
+    its CA certificates to the answer gives no order to rely on."""
+    return next((c for c in certs if c.public_key() == key), certs[0])
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -123,16 +131,22 @@ def check_issued(
     cacerts: CaCerts,
     *,
     expected_device_id: str | None,
+    key: PublicKey,
     now: dt.datetime,
     skew: dt.timedelta,
 ) -> None:
-    """Raise CertificateUnusable unless ``cert`` is a fleet certificate a broker will admit now.
+    """Raise CertificateUnusable unless ``cert`` is a fleet certificate for ``key`` (the
+    key that asked for it) that a broker will admit now.
 
     The checks are the trust kernel's, as the brokers make them: issued by a
     CA of the pinned root, a client certificate with an allowed key, the
     device id rule, and validity with ``skew`` both ways (a device clock a few
     minutes behind must not throw away a certificate the server just issued).
+    A certificate for another key is the server's mistake, not the device's:
+    unusable (retry later), like one for another device.
     """
+    if cert.public_key() != key:
+        raise CertificateUnusable("the certificate is for another key than the one that asked")
     if issued_by(cert, cacerts.issuers) is None:
         raise CertificateUnusable("the certificate was not issued by a CA of a trusted fleet root")
     try:

@@ -137,27 +137,51 @@ def test_chain_and_issued_certificate_checks(pki) -> None:  # type: ignore[no-un
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _leaf(issuing, key.public_key())
     skew = dt.timedelta(minutes=15)
-    check_issued(cert, cacerts, expected_device_id="dev-1", now=NOW, skew=skew)
+    check_issued(
+        cert, cacerts, expected_device_id="dev-1", key=key.public_key(), now=NOW, skew=skew
+    )
     # A device clock 10 minutes behind still accepts a freshly issued certificate.
     check_issued(
-        cert, cacerts, expected_device_id=None, now=NOW - dt.timedelta(minutes=10), skew=skew
+        cert,
+        cacerts,
+        expected_device_id=None,
+        key=key.public_key(),
+        now=NOW - dt.timedelta(minutes=10),
+        skew=skew,
     )
     with pytest.raises(CertificateUnusable, match="not for"):
-        check_issued(cert, cacerts, expected_device_id="dev-2", now=NOW, skew=skew)
+        check_issued(
+            cert, cacerts, expected_device_id="dev-2", key=key.public_key(), now=NOW, skew=skew
+        )
     stranger = _leaf(_ca("x"), key.public_key())
     with pytest.raises(CertificateUnusable, match="not issued"):
-        check_issued(stranger, cacerts, expected_device_id=None, now=NOW, skew=skew)
+        check_issued(
+            stranger, cacerts, expected_device_id=None, key=key.public_key(), now=NOW, skew=skew
+        )
     with pytest.raises(CertificateUnusable, match="expired"):
         check_issued(
-            cert, cacerts, expected_device_id=None, now=NOW + dt.timedelta(days=31), skew=skew
+            cert,
+            cacerts,
+            expected_device_id=None,
+            key=key.public_key(),
+            now=NOW + dt.timedelta(days=31),
+            skew=skew,
         )
     # The kernel's admission rules: a certificate no broker would admit is not installed.
     server_only = _leaf(issuing, key.public_key(), eku=False)
     with pytest.raises(CertificateUnusable, match="clientAuth"):
-        check_issued(server_only, cacerts, expected_device_id=None, now=NOW, skew=skew)
+        check_issued(
+            server_only, cacerts, expected_device_id=None, key=key.public_key(), now=NOW, skew=skew
+        )
     reserved = _leaf(issuing, key.public_key(), cn="admin")
     with pytest.raises(CertificateUnusable, match="reserved"):
-        check_issued(reserved, cacerts, expected_device_id=None, now=NOW, skew=skew)
+        check_issued(
+            reserved, cacerts, expected_device_id=None, key=key.public_key(), now=NOW, skew=skew
+        )
+    # A certificate for another key than the one that asked (the server's mistake).
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(CertificateUnusable, match="another key"):
+        check_issued(cert, cacerts, expected_device_id="dev-1", key=other, now=NOW, skew=skew)
 
 
 def test_fingerprint_formats() -> None:

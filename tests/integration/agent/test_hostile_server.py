@@ -1,0 +1,160 @@
+"""The agent against a hostile EST server (tests/support/hostile_est.py): it holds the
+fleet's TLS key and issuing CA, so only the agent's own checks stand between its
+answers and the device's identity.
+
+Found from outside: a certificate for another key than the one that asked made
+`fleet-agent renew` exit 2 (a configuration error: the sample systemd unit
+never restarts it, so the device stopped renewing until a person came) and left
+no backoff; the server's text and reason header reached the terminal with their
+escape sequences. Every answer must leave the good identity in place, exit with
+a code that says whether to retry, and say why in `status`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from fleet.kernel.wire import decode_certs_only
+from tests.integration.agent.conftest import AgentWorld
+from tests.support.agent import fleet_agent, verify_identity
+from tests.support.hostile_est import Answer, HostileEst
+
+pytestmark = pytest.mark.needs_binary("openssl")
+EXIT_TRANSIENT = 4
+
+
+@pytest.fixture
+def hostile(world: AgentWorld) -> Iterator[HostileEst]:
+    with HostileEst(world.fleet.server.data_dir, lambda csr: (500, {}, b"")) as server:
+        yield server
+
+
+def _point(state: Path, url: str) -> None:
+    for name in ("agent.json", "agent.json.bak"):
+        path = state / name
+        if path.exists():
+            config = json.loads(path.read_text())
+            config["server"] = url
+            path.write_text(json.dumps(config))
+
+
+def _csr_key(csr: bytes) -> x509.Certificate:
+    return x509.load_der_x509_csr(csr).public_key()  # type: ignore[return-value]
+
+
+def _renew_against(
+    world: AgentWorld, hostile: HostileEst, tmp_path: Path, answer: Callable[[bytes], Answer]
+) -> tuple[dict[str, object], dict[str, object], object]:
+    device = world.fleet.new_device()
+    state = tmp_path / "state"
+    assert world.enroll(device, state).returncode == 0
+    before = verify_identity(state)
+    hostile.answer = answer
+    _point(state, hostile.url)
+    run = fleet_agent("renew", "--state-dir", state, "--force")
+    status = json.loads(fleet_agent("status", "--state-dir", state).stdout)
+    _point(state, world.server)
+    return before, status, run
+
+
+def test_a_certificate_for_another_key_is_a_transient_failure_that_keeps_the_identity(
+    world: AgentWorld, hostile: HostileEst, tmp_path: Path
+) -> None:
+    def other_key(csr: bytes) -> Answer:
+        cn = x509.load_der_x509_csr(csr).subject  # empty: the server writes the subject
+        assert not list(cn)
+        return 200, {}, hostile.pkcs7(hostile.certificate(device_id))
+
+    device_id = ""
+
+    def answer(csr: bytes) -> Answer:
+        return other_key(csr)
+
+    device = world.fleet.new_device()
+    device_id = device.device_id
+    state = tmp_path / "state"
+    assert world.enroll(device, state).returncode == 0
+    before = verify_identity(state)
+    hostile.answer = answer
+    _point(state, hostile.url)
+    run = fleet_agent("renew", "--state-dir", state, "--force")
+    assert run.returncode == EXIT_TRANSIENT, run
+    status = json.loads(fleet_agent("status", "--state-dir", state).stdout)
+    assert status["serial"] == before["serial"]
+    assert "another key" in status["last_error"]
+    assert status["next_attempt"] is not None  # backs off; not a person's problem
+    _point(state, world.server)
+    renewed = fleet_agent("renew", "--state-dir", state, "--force")
+    assert renewed.returncode == 0, renewed  # the real server's next answer is used
+    assert verify_identity(state)["serial"] != before["serial"]
+
+
+def test_the_certificate_for_the_key_is_found_among_ca_certificates(
+    world: AgentWorld, hostile: HostileEst, tmp_path: Path
+) -> None:
+    """A PKCS#7 is a SET: with CA certificates in the answer, the first one may be a CA."""
+    first: list[bool] = []
+
+    def with_chain(csr: bytes) -> Answer:
+        key = _csr_key(csr)
+        leaf = hostile.certificate(device_id[0], public_key=key, padding=3000)  # type: ignore[arg-type]
+        body = hostile.pkcs7(hostile.issuing.certificate, *hostile.roots, leaf)
+        first.append(decode_certs_only(body)[0] == leaf)
+        return 200, {}, body
+
+    device = world.fleet.new_device()
+    device_id = [device.device_id]
+    state = tmp_path / "state"
+    assert world.enroll(device, state).returncode == 0
+    before = verify_identity(state)
+    hostile.answer = with_chain
+    _point(state, hostile.url)
+    run = fleet_agent("renew", "--state-dir", state, "--force")
+    assert first == [False]  # the case this test is about
+    assert run.returncode == 0, run
+    assert verify_identity(state)["serial"] != before["serial"]
+
+
+@pytest.mark.parametrize("status", [418, 403, 500])
+def test_the_servers_text_and_reason_reach_the_terminal_without_escape_sequences(
+    world: AgentWorld, hostile: HostileEst, tmp_path: Path, status: int
+) -> None:
+    answer = (status, {"X-Fleet-Reason": "Owned <b>!"}, b"\x1b[2J\x1b[31mred\r\nline\x07")
+    before, report, run = _renew_against(world, hostile, tmp_path, lambda csr: answer)
+    assert run.returncode != 0  # type: ignore[attr-defined]
+    assert "\x1b" not in run.stderr  # type: ignore[attr-defined]
+    assert report["serial"] == before["serial"]
+    assert "\x1b" not in json.dumps(report, ensure_ascii=False)
+    assert "red" in str(report["last_error"])
+    assert "Owned" not in json.dumps(report)  # not a reason code: not recorded as one
+
+
+@pytest.mark.parametrize(
+    "when",
+    [dt.datetime(2001, 1, 1, tzinfo=dt.UTC), dt.datetime(2099, 1, 1, tzinfo=dt.UTC)],
+)
+def test_a_certificate_valid_in_the_past_or_far_future_is_not_installed(
+    world: AgentWorld, hostile: HostileEst, tmp_path: Path, when: dt.datetime
+) -> None:
+    holder: list[str] = []
+
+    def dated(csr: bytes) -> Answer:
+        cert = hostile.certificate(holder[0], public_key=_csr_key(csr), not_before=when)  # type: ignore[arg-type]
+        return 200, {}, hostile.pkcs7(cert)
+
+    device = world.fleet.new_device()
+    holder.append(device.device_id)
+    state = tmp_path / "state"
+    assert world.enroll(device, state).returncode == 0
+    before = verify_identity(state)
+    hostile.answer = dated
+    _point(state, hostile.url)
+    run = fleet_agent("renew", "--state-dir", state, "--force")
+    assert run.returncode == EXIT_TRANSIENT, run
+    assert verify_identity(state)["serial"] == before["serial"]
