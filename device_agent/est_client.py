@@ -13,6 +13,7 @@ that retrying cannot fix).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import http.client
@@ -20,6 +21,7 @@ import logging
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -49,6 +51,7 @@ log = logging.getLogger("device_agent.est")
 
 EST_PATH = "/.well-known/est"
 MAX_BODY = 1 << 20
+EXCHANGE_TIMEOUTS = 4  # a whole exchange may take this many per-operation timeouts
 DEFAULT_PENDING_RETRY = 60.0
 # The server's certificate may look a little early or late to a device's clock.
 SERVER_CERT_SKEW = dt.timedelta(minutes=15)
@@ -235,9 +238,16 @@ def request(
     on_sent: Callable[[], None] | None = None,
     now: Callable[[], dt.datetime] = _WALL_CLOCK.now,
 ) -> _Response:
-    """One request; a verifying ``context`` leaves dates to the kernel, judged with ``now``."""
+    """One request; a verifying ``context`` leaves dates to the kernel, judged with ``now``.
+
+    ``timeout`` bounds each socket operation, and the whole exchange gets
+    EXCHANGE_TIMEOUTS times it: a server (or whatever answers before the pin is
+    checked) that sends a byte now and then would otherwise hold the agent, and
+    with it every later renewal, for as long as it likes.
+    """
     where = f"https://{host}:{port}{path}"
     conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    watchdog = _Watchdog(conn, timeout * EXCHANGE_TIMEOUTS)
     try:
         conn.connect()
         if context.verify_mode != ssl.CERT_NONE:
@@ -247,6 +257,8 @@ def request(
             on_sent()
         response = conn.getresponse()
         data = response.read(MAX_BODY + 1)
+        if watchdog.fired:  # the cut looks like an end of data: the answer is incomplete
+            raise TimeoutError("the exchange's deadline passed")
         if len(data) > MAX_BODY:
             raise Transient(f"{where}: response larger than {MAX_BODY} bytes")
         return _Response(response.status, response.headers, data)
@@ -259,9 +271,38 @@ def request(
         ) from exc
     except (OSError, http.client.HTTPException) as exc:
         # ssl.SSLError, timeouts, refused and reset connections are all OSErrors.
+        if watchdog.fired:
+            raise Transient(
+                f"{where}: no complete answer within {timeout * EXCHANGE_TIMEOUTS:.0f} s"
+            ) from exc
         raise Transient(f"{where}: {_describe(exc)}") from exc
     finally:
+        watchdog.cancel()
         conn.close()
+
+
+class _Watchdog:
+    """Cuts a connection's socket when the exchange's deadline passes (from a timer
+    thread): the blocked read or write then fails at once, as on a reset."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self._conn = conn
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        self.fired = True
+        sock = self._conn.sock
+        if sock is not None:
+            # The plain socket's shutdown: SSLSocket.shutdown would tear down the TLS
+            # object under the reading thread; this only makes its next recv see EOF.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _check_server_dates(conn: http.client.HTTPSConnection, where: str, now: dt.datetime) -> None:

@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
+import ssl
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from device_agent.errors import Transient
+from device_agent.est_client import client_context, request
 from fleet.kernel.wire import decode_certs_only
+from fleet.pki.ca import load_certificates_pem
 from tests.integration.agent.conftest import AgentWorld
 from tests.support.agent import fleet_agent, verify_identity
 from tests.support.hostile_est import Answer, HostileEst
@@ -158,3 +165,47 @@ def test_a_certificate_valid_in_the_past_or_far_future_is_not_installed(
     run = fleet_agent("renew", "--state-dir", state, "--force")
     assert run.returncode == EXIT_TRANSIENT, run
     assert verify_identity(state)["serial"] == before["serial"]
+
+
+@pytest.mark.parametrize("stage", ["headers", "body"])
+def test_a_server_that_trickles_its_answer_is_cut_off_at_the_exchange_deadline(
+    world: AgentWorld, stage: str
+) -> None:
+    """Found from outside: each read waited up to the socket timeout, so one byte every
+    few seconds held the agent (and every later renewal) for as long as the server liked."""
+    data = world.fleet.server.data_dir
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(data / "tls/server.pem"), str(data / "tls/server.key"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with context.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(65536)
+            if stage == "body":
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            else:
+                tls.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.wait(0.1):
+                try:
+                    tls.sendall(b"A" if stage == "body" else b"X-A: a\r\n")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    roots = load_certificates_pem((data / "ca/root.pem").read_bytes())
+    started = time.monotonic()
+    try:
+        with pytest.raises(Transient, match="no complete answer within 2 s"):
+            request(
+                "127.0.0.1", port, "/.well-known/est/cacerts", method="GET",
+                context=client_context(roots), timeout=0.5,
+            )  # fmt: skip
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)
+    assert time.monotonic() - started < 2 + 1.5
