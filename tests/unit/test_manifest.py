@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -197,3 +199,27 @@ def test_every_model_and_batch_the_manifest_takes_can_be_named_in_a_filter(value
 
 def _csv_cell(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
+
+
+# Found from outside: a 32 MiB manifest (the API's limit) of line breaks, or of commas
+# on one line, was split into 33 million strings or cells (300-600 MB, seconds of
+# CPU on the server's event loop) before being refused.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n" * (32 << 20),
+        "\r" * (32 << 20),
+        f"{HEADER}\n" + "," * (32 << 20),
+        f"{HEADER}\nsensor-1,{PIN_A}," + '"' + "m" * (32 << 20) + '"\n',
+    ],
+    ids=["newlines", "carriage-returns", "commas", "one-huge-cell"],
+)
+def test_a_huge_manifest_is_refused_before_it_is_split(text: str) -> None:
+    tracemalloc.start()
+    try:
+        error = refusal(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "lines" in error.message or "characters long" in error.message
+    assert peak < 48 << 20, f"peak {peak >> 20} MiB while refusing"  # one copy of a line at most
