@@ -30,6 +30,9 @@ from fleet.records import ManifestEntry, Manufacturer
 HEADER = ("device_id", "bootstrap_sha256", "model", "batch")
 HEADER_WITH_MANUFACTURER = (*HEADER, "manufacturer_sha256")
 MAX_LINES = 100_000
+# 100k lines of two ids, a fingerprint and two short texts fit several times over;
+# the API reads no more, and the CLI refuses a bigger file before reading it whole.
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_TEXT_LENGTH = 128  # model and batch
 # Five quoted cells at their longest (openssl's "sha256 Fingerprint=AB:..." twice), with room.
 MAX_LINE_LENGTH = 1024

@@ -21,7 +21,7 @@ from aiohttp import web
 from fleet.admin.auth import AdminAuthenticator, actor_of, require_role
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
-from fleet.authority.admin import TrustResult
+from fleet.authority.admin import MAX_CA_BUNDLE_BYTES, TrustResult
 from fleet.authority.audit import verify_audit_log
 from fleet.http import path_params
 from fleet.http.body import read_body
@@ -30,7 +30,7 @@ from fleet.http.path_params import check_path_params, parse_device_id
 from fleet.kernel.clock import Clock
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import EncodingInvalid, RequestInvalid
-from fleet.manifest import label_problem, parse_manifest
+from fleet.manifest import MAX_MANIFEST_BYTES, label_problem, parse_manifest
 from fleet.records import (
     AdminCredential,
     AdminRole,
@@ -50,7 +50,6 @@ from fleet.store.protocol import Store
 
 API = "/api/v1"
 MAX_PAGE = 500
-MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 
 Handler = Callable[["AdminApi", web.Request, AdminCredential], Awaitable[web.StreamResponse]]
 
@@ -487,7 +486,7 @@ async def _pem_body(request: web.Request) -> bytes:
     """CA certificate(s) posted as PEM."""
     if request.content_type not in ("application/x-pem-file", "application/pem-certificate-chain"):
         raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
-    return (await _text_body(request)).encode()
+    return (await _text_body(request, limit=MAX_CA_BUNDLE_BYTES)).encode()
 
 
 def _trust_results(results: list[TrustResult]) -> web.Response:

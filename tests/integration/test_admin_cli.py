@@ -239,6 +239,31 @@ def test_a_bad_manifest_line_imports_nothing(tmp_path: Path, config: Path) -> No
     refused(fleet("manifest", "import", csv_path, "--config", config), "line 3:", "clone")
 
 
+# Found from outside: `fleet trust add-manufacturer /dev/zero` read until memory ran
+# out (the CLI read the whole file), and a bad PEM's hint pointed a CLI user at the API
+# description. Input files are read up to the size the API takes, then refused.
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [(("trust", "add-manufacturer"), "pem_invalid"), (("trust", "add-intermediate"), "pem_invalid"),
+     (("manifest", "import"), "manifest_invalid")],
+)  # fmt: skip
+def test_an_endless_or_oversized_input_file_is_refused_unread(
+    tmp_path: Path, config: Path, command: tuple[str, ...], reason: str
+) -> None:
+    refused(fleet(*command, "/dev/zero", "--config", config), "larger than", reason)
+    big = tmp_path / "big"
+    big.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + b"A" * (33 << 20))
+    refused(fleet(*command, big, "--config", config), "larger than", reason)
+
+
+def test_a_garbage_pem_says_what_a_ca_bundle_is(tmp_path: Path, config: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nZZZZ\n-----END CERTIFICATE-----\n")
+    error = refused(fleet("trust", "add-manufacturer", garbage, "--config", config), "pem_invalid")
+    assert "BEGIN CERTIFICATE" in error
+    assert "openapi" not in error
+
+
 # -- fleet device token ----------------------------------------------------------------
 def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None:
     out = ok(fleet("device", "token", "tok-1", "--expires-in", "2h", "--config", config))
