@@ -16,7 +16,6 @@ that the route test catches) instead of passing the text on unchecked.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,11 +25,11 @@ from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.errors import ConfigError, DeviceIdInvalid, RequestInvalid
 from fleet.kernel.fingerprint import normalize_fingerprint
 from fleet.kernel.reasons import Reason
+from fleet.serials import parse_serial
 
 _CHECKED = "fleet.path_params"
 _ECHO = 80  # characters of a refused value repeated in a message
 _MAX_FINGERPRINT_TEXT = 200  # "AB:CD:..." with spaces is 191 characters
-_HEX_SERIAL = re.compile(r"[0-9a-fA-F]{1,40}", re.ASCII)  # RFC 5280: at most 20 octets
 
 
 def _shown(text: str) -> str:
@@ -50,19 +49,6 @@ def parse_device_id(text: str, name: str = "device_id") -> str:
             reason=Reason.DEVICE_ID_INVALID,
             hint=DeviceIdInvalid.hint,
         ) from None
-
-
-def parse_serial(text: str, name: str = "serial") -> int:
-    """A certificate serial written as plain hex digits (no sign, prefix, space or ``_``)."""
-    if not _HEX_SERIAL.fullmatch(text):
-        raise RequestInvalid(
-            f"{name} {_shown(text)} is not a certificate serial: 1-40 hex digits, "
-            "as `fleet cert` and the API print it"
-        )
-    serial = int(text, 16)
-    if serial == 0:
-        raise RequestInvalid(f"{name} is out of range (serials are positive)")
-    return serial
 
 
 def parse_sha256(text: str, name: str = "sha256") -> str:

@@ -12,10 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fleet.admin.routes import AdminApi
-from fleet.http.path_params import PARSERS, parse_device_id, parse_serial, parse_sha256
+from fleet.http.path_params import PARSERS, parse_device_id, parse_sha256
 from fleet.http.statuses import status_for
 from fleet.kernel.device_id import is_device_id
 from fleet.kernel.errors import FleetError, RequestInvalid
+from fleet.serials import parse_serial
 from fleet.ui.routes import console_routes
 
 # Device-id characters, their neighbours, and what URLs smuggle in (%00, %2F, Unicode).
@@ -42,10 +43,17 @@ def test_a_device_id_in_a_path_is_the_id_or_a_400_device_id_invalid(text: str) -
     assert len(error.message) < 300
 
 
-@given(_TEXT | st.sampled_from(["0x10", "1_0", " a", "+a", "-1", "0", "f" * 41, "F" * 40]))
-def test_a_serial_is_plain_hex_digits_or_a_400(text: str) -> None:
-    if re.fullmatch(r"[0-9a-fA-F]{1,40}", text, re.ASCII) and int(text, 16) > 0:
-        assert parse_serial(text, "serial") == int(text, 16)
+@given(
+    _TEXT
+    | st.sampled_from(["0x10", "1_0", " a", "+a", "-1", "0", "f" * 41, "F" * 40, "0a:ff", "a:b"])
+    | st.lists(st.sampled_from(["00", "7f", "AB", "c"]), min_size=1, max_size=21).map(":".join)
+)
+def test_a_serial_is_hex_digits_or_openssl_pairs_or_a_400(text: str) -> None:
+    """One rule for the API's path and `fleet cert revoke` (fleet.serials)."""
+    plain = re.fullmatch(r"[0-9a-fA-F]{1,40}", text, re.ASCII)
+    pairs = re.fullmatch(r"[0-9a-fA-F]{1,2}(:[0-9a-fA-F]{2}){1,19}", text, re.ASCII)
+    if (plain or pairs) and int(text.replace(":", ""), 16) > 0:
+        assert parse_serial(text, "serial") == int(text.replace(":", ""), 16)
         return
     error = _refusal(parse_serial, text)
     assert (status_for(error), error.reason) == (400, "request_invalid")
