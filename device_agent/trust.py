@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 from cryptography.x509.oid import NameOID
@@ -30,7 +31,16 @@ def certificate_for(certs: Sequence[x509.Certificate], key: PublicKey) -> x509.C
     """The certificate for ``key`` in an EST answer; the first one if none is (which
     check_issued then refuses). A certs-only PKCS#7 is a SET: a server that adds
     its CA certificates to the answer gives no order to rely on."""
-    return next((c for c in certs if c.public_key() == key), certs[0])
+    return next((c for c in certs if _public_key(c) == key), certs[0])
+
+
+def _public_key(cert: x509.Certificate) -> PublicKey | None:
+    """The certificate's key; None for one cryptography cannot load (a key type it does
+    not know, a damaged encoding): such a certificate is for no key of ours."""
+    try:
+        return cert.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -145,7 +155,7 @@ def check_issued(
     A certificate for another key is the server's mistake, not the device's:
     unusable (retry later), like one for another device.
     """
-    if cert.public_key() != key:
+    if _public_key(cert) != key:
         raise CertificateUnusable("the certificate is for another key than the one that asked")
     if issued_by(cert, cacerts.issuers) is None:
         raise CertificateUnusable("the certificate was not issued by a CA of a trusted fleet root")

@@ -23,12 +23,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from device_agent.errors import Transient
 from device_agent.est_client import client_context, request
 from fleet.kernel.wire import decode_certs_only
 from fleet.pki.ca import load_certificates_pem
 from tests.integration.agent.conftest import AgentWorld
+from tests.support import hostile as hostile_certs
 from tests.support.agent import fleet_agent, verify_identity
 from tests.support.hostile_est import Answer, HostileEst
 
@@ -209,3 +211,35 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_exchange_deadline(
         listener.close()
         thread.join(5)
     assert time.monotonic() - started < 2 + 1.5
+
+
+def test_a_certificate_that_fails_to_decode_late_is_a_transient_failure(
+    world: AgentWorld, hostile: HostileEst, tmp_path: Path
+) -> None:
+    """Found from outside: cryptography decodes a certificate's subject (and extensions)
+    lazily; a certificate with an extension twice loads, then raises DuplicateExtension
+    when the agent first reads its extensions. That escaped the agent's error handling:
+    a traceback from `renew`, and under `run` a crash, restarted into the same crash."""
+    holder: list[str] = []
+
+    def late_failing(csr: bytes) -> Answer:
+        leaf = hostile.certificate(holder[0], public_key=_csr_key(csr))  # type: ignore[arg-type]
+        der = hostile_certs.duplicate_extension(
+            leaf.public_bytes(serialization.Encoding.DER), hostile.issuing
+        )
+        return 200, {}, hostile.pkcs7(x509.load_der_x509_certificate(der))
+
+    device = world.fleet.new_device()
+    holder.append(device.device_id)
+    state = tmp_path / "state"
+    assert world.enroll(device, state).returncode == 0
+    before = verify_identity(state)
+    hostile.answer = late_failing
+    _point(state, hostile.url)
+    run = fleet_agent("renew", "--state-dir", state, "--force")
+    assert run.returncode == EXIT_TRANSIENT, run
+    assert "Traceback" not in run.stderr
+    status = json.loads(fleet_agent("status", "--state-dir", state).stdout)
+    assert status["serial"] == before["serial"]
+    assert "cannot decode" in status["last_error"]
+    assert status["next_attempt"] is not None
