@@ -457,18 +457,9 @@ def _flag(body: dict[str, Any], name: str) -> bool:
 
 def _optional_time(body: dict[str, Any], name: str) -> dt.datetime | None:
     value = _optional_text(body, name)
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise RequestInvalid(f"field {name} must be an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        raise RequestInvalid(f"field {name} needs a time zone (e.g. Z or +00:00)")
-    try:
-        return parsed.astimezone(dt.UTC)
-    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        raise RequestInvalid(f"field {name} is outside the years 1-9999 in UTC") from None
+    return (
+        None if value is None else lifecycle.parse_time(value, f"field {name}", naive_is_utc=False)
+    )
 
 
 _OPENAPI: dict[str, Any] | None = None

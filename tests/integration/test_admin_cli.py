@@ -264,6 +264,39 @@ def test_a_garbage_pem_says_what_a_ca_bundle_is(tmp_path: Path, config: Path) ->
     assert "openapi" not in error
 
 
+# Found from outside: `--issued-before 9999-12-31T23:59:59-05:00` (and `device renew
+# --before` the same) died with an OverflowError traceback (the API had its own, fixed
+# copy of the time rule), and `--batch ""` selected every device without a batch (the
+# API refuses an empty selector, the console ignores it).
+@pytest.mark.parametrize("option", ["--issued-before", "--before"])
+def test_a_time_beyond_the_utc_calendar_is_a_usage_error(config: Path, option: str) -> None:
+    when = "9999-12-31T23:59:59-05:00"
+    args = (
+        ("device", "revoke", "--issued-before", when, "--reason", "superseded", "--dry-run")
+        if option == "--issued-before"
+        else ("device", "renew", "--all", "--before", when)
+    )
+    result = fleet(*args, "--config", config)
+    assert result.returncode == 2, result
+    assert "outside the years 1-9999 in UTC" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_empty_bulk_selector_selects_nothing(config: Path) -> None:
+    ok(fleet("device", "token", "no-batch-1", "--out", config.parent / "nb.token",
+             "--config", config))  # fmt: skip
+    for option in ("--batch", "--model"):
+        refused(
+            fleet("device", "revoke", option, "", "--reason", "superseded", "--confirm",
+                  "--config", config),
+            "selection_empty", "is empty",
+        )  # fmt: skip
+    blank = fleet("device", "revoke", "--manufacturer", "", "--reason", "superseded", "--confirm",
+                  "--config", config)  # fmt: skip
+    assert blank.returncode == 2, blank  # no selector at all: a usage error
+    assert "revoked" not in ok(fleet("device", "show", "no-batch-1", "--config", config))
+
+
 # -- fleet device token ----------------------------------------------------------------
 def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None:
     out = ok(fleet("device", "token", "tok-1", "--expires-in", "2h", "--config", config))
