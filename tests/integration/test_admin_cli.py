@@ -297,6 +297,25 @@ def test_an_empty_bulk_selector_selects_nothing(config: Path) -> None:
     assert "revoked" not in ok(fleet("device", "show", "no-batch-1", "--config", config))
 
 
+def test_a_garbage_ceremony_file_is_named_with_what_to_give_instead(
+    tmp_path: Path, config: Path
+) -> None:
+    """Found from outside: `fleet ca install-issuing --cert garbage` said to fix a setting
+    in fleet.toml, and `sign-issuing --csr garbage` to send DER base64 for EST."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nZZZZ\n-----END CERTIFICATE-----\n")
+    error = refused(fleet("ca", "install-issuing", "--cert", garbage, "--config", config),
+                    "pem_invalid", "--cert", "sign-issuing --out")  # fmt: skip
+    assert "fleet.toml" not in error
+    root_dir = config.parent / "ca"
+    error = refused(
+        fleet("ca", "sign-issuing", "--root-dir", root_dir, "--csr", garbage,
+              "--out", tmp_path / "out.pem"),
+        "csr_invalid", "--csr", "rotate-issuing --csr-out",
+    )  # fmt: skip
+    assert "base64 for EST" not in error
+
+
 # -- fleet device token ----------------------------------------------------------------
 def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None:
     out = ok(fleet("device", "token", "tok-1", "--expires-in", "2h", "--config", config))
