@@ -316,6 +316,17 @@ def test_a_garbage_ceremony_file_is_named_with_what_to_give_instead(
     assert "base64 for EST" not in error
 
 
+def test_a_request_invalid_hint_points_a_cli_user_at_help(tmp_path: Path, config: Path) -> None:
+    """The API's hint ("the API description is at /api/v1/openapi.json") was all a CLI
+    user got for a bad value."""
+    error = refused(
+        fleet("admin", "create", "a b", "--role", "viewer", "--out", tmp_path / "creds",
+              "--config", config),
+        "request_invalid",
+    )  # fmt: skip
+    assert "--help" in error
+
+
 # -- fleet device token ----------------------------------------------------------------
 def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None:
     out = ok(fleet("device", "token", "tok-1", "--expires-in", "2h", "--config", config))
