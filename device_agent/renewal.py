@@ -24,6 +24,10 @@ from collections.abc import Callable
 
 Random = Callable[[], float]  # uniform in [0, 1)
 
+# Renewal is due this many clock-skew allowances before the end at the latest; the agent
+# refuses an issued certificate with less left (trust.check_issued): it would be due at once.
+LATEST_RENEWAL_SKEWS = 2
+
 EXPIRED_REASONS = frozenset({"certificate_expired", "certificate_not_yet_valid"})
 
 
@@ -59,7 +63,7 @@ def renewal_time(
     lifetime = not_after - not_before
     when = not_before + lifetime * (policy.fraction - policy.jitter * rand())
     # However short the lifetime: due before the (skewed) end, never before the start.
-    latest = max(not_before, not_after - 2 * policy.skew)
+    latest = max(not_before, not_after - LATEST_RENEWAL_SKEWS * policy.skew)
     return min(when, latest)
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 from cryptography.x509.oid import NameOID
 
+from device_agent.renewal import LATEST_RENEWAL_SKEWS
 from fleet.kernel.certs import client_cert_problem, is_ca, issued_by, validity_problem
 from fleet.kernel.device_id import device_id_from_certificate, subject_attributes
 from fleet.kernel.errors import DeviceIdInvalid
@@ -173,3 +174,12 @@ def check_issued(
             " (is the device clock far behind?)" if problem.reason.endswith("not_yet_valid") else ""
         )
         raise CertificateUnusable(f"{problem.detail}{hint}")
+    if cert.not_valid_after_utc - now < LATEST_RENEWAL_SKEWS * skew:
+        # Renewal is due LATEST_RENEWAL_SKEWS skews before the end at the latest
+        # (renewal_time): such a certificate would be due the moment it is installed,
+        # and a server issuing them would have the agent renew (and reconnect to the
+        # broker) in a loop.
+        raise CertificateUnusable(
+            f"the certificate is valid only until {cert.not_valid_after_utc.isoformat()}: "
+            f"less than {LATEST_RENEWAL_SKEWS * skew} left, it would be due for renewal at once"
+        )

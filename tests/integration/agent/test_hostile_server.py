@@ -243,3 +243,41 @@ def test_a_certificate_that_fails_to_decode_late_is_a_transient_failure(
     assert status["serial"] == before["serial"]
     assert "cannot decode" in status["last_error"]
     assert status["next_attempt"] is not None
+
+
+def test_a_certificate_too_short_lived_to_use_is_not_installed(
+    world: AgentWorld, hostile: HostileEst, tmp_path: Path
+) -> None:
+    """Found from outside: a server issuing 60-second certificates had `fleet-agent run`
+    renew (and reconnect to its broker) about four times a second: each new certificate
+    was due for renewal the moment it was installed. Now it is refused and backed off."""
+    holder: list[str] = []
+
+    def short_lived(csr: bytes) -> Answer:
+        start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+        cert = hostile.certificate(
+            holder[0],
+            public_key=_csr_key(csr),
+            not_before=start,
+            days=60 / 86400,  # type: ignore[arg-type]
+        )
+        return 200, {}, hostile.pkcs7(cert)
+
+    device = world.fleet.new_device()
+    holder.append(device.device_id)
+    state = tmp_path / "state"
+    assert world.enroll(device, state).returncode == 0
+    before = verify_identity(state)
+    hostile.answer = short_lived
+    _point(state, hostile.url)
+    run = fleet_agent("renew", "--state-dir", state, "--force")
+    assert run.returncode == EXIT_TRANSIENT, run
+    status = json.loads(fleet_agent("status", "--state-dir", state).stdout)
+    assert status["serial"] == before["serial"]
+    assert "due for renewal at once" in status["last_error"]
+    assert status["next_attempt"] is not None
+    # Not forced: backing off (exit 4) or, once that passed, the kept certificate is not
+    # due (exit 0); either way the server is not asked again.
+    again = fleet_agent("renew", "--state-dir", state)
+    assert again.returncode in (0, EXIT_TRANSIENT), again
+    assert hostile.requests.count("simplereenroll") == 1
