@@ -6,6 +6,7 @@ run. It does the least an enrollment needs and nothing fleet adds:
 
 - TLS by Python's ssl defaults (CERT_OPTIONAL against the manufacturer CA, so
   OpenSSL checks the chain in the handshake; default session tickets);
+- GET /healthz: "ok" (the benchmark's probe of what a connection alone costs);
 - POST simpleenroll: base64 CSR, its signature checked, a certificate for the
   client certificate's CN signed by fleet's issuing CA, one SQLite row
   (WAL, synchronous=FULL: durable, like fleet), a PKCS#7 certs-only answer.
@@ -74,6 +75,9 @@ def main() -> None:
             headers={"Content-Type": "application/pkcs7-mime; smime-type=certs-only"},
         )
 
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
     async def serve() -> None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(config.server.tls_cert, config.server.tls_key)
@@ -81,6 +85,7 @@ def main() -> None:
         context.verify_mode = ssl.CERT_OPTIONAL
         app = web.Application()
         app.router.add_post("/.well-known/est/simpleenroll", enroll)
+        app.router.add_get("/healthz", healthz)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         loop = asyncio.get_running_loop()

@@ -57,7 +57,7 @@ from broker_plugins.snapshot import (
     load_snapshot_file,
     write_snapshot_file,
 )
-from fleet.kernel.errors import ConfigError, FleetError
+from fleet.kernel.errors import ConfigError, FleetError, StoreRecordInvalid
 from fleet.kernel.files import ensure_private_dir
 from fleet.records import (
     RevocationEvent,
@@ -435,21 +435,29 @@ class RevocationCache:
         self._notify_advanced()
 
     async def _catch_up(self) -> None:
-        """Read missed events by sequence; a hole in the feed itself means resnapshot."""
+        """Read missed events by sequence; a hole in the feed itself, or an event the
+        store cannot read, means resnapshot (the snapshot comes from the revoked
+        certificates and devices, not from the events)."""
+        cause = "feed_hole"
         async with self._sync_lock:
             while True:
-                events = await self._store.feed_since(self._seq, limit=_PAGE)
-                self._touch()
+                try:
+                    events = await self._store.feed_since(self._seq, limit=_PAGE)
+                except StoreRecordInvalid as exc:
+                    log.error("revocation feed after seq %d is unreadable: %s", self._seq, exc)
+                    cause = "feed_damaged"
+                    break
                 for event in events:
                     if not self._apply(event):
                         break
                 else:
                     if len(events) < _PAGE:
+                        self._touch()  # caught up with what the store holds
                         return
                     continue
                 break
         log.warning("revocation feed has a hole after seq %d; taking a snapshot", self._seq)
-        await self._resnapshot("feed_hole")
+        await self._resnapshot(cause)
         self._restart_follower()
 
     def _restart_follower(self) -> None:
@@ -462,13 +470,19 @@ class RevocationCache:
         while True:
             try:
                 async for event in self._store.follow_feed(self._seq):
-                    self._touch()
-                    if not self._apply(event):
+                    if self._apply(event):
+                        self._touch()
+                    else:
                         self.metrics.resyncs.labels(cause="gap").inc()
                         await self._catch_up()
                     backoff = 0.05
             except asyncio.CancelledError:
                 raise
+            except StoreRecordInvalid as exc:
+                # Following again would stop at the same event: read past it instead.
+                self.metrics.errors.inc()
+                log.error("revocation feed follow stopped at an unreadable event: %s", exc)
+                await self._catch_up()
             except Exception as exc:  # the feed failing must never stop the broker
                 self.metrics.errors.inc()
                 log.warning("revocation feed follow failed: %s", exc)
@@ -478,7 +492,10 @@ class RevocationCache:
     async def _event_at(self, seq: int) -> RevocationEvent | None:
         if seq <= 0:
             return None
-        events = await self._store.feed_since(seq - 1, limit=1)
+        try:
+            events = await self._store.feed_since(seq - 1, limit=1)
+        except StoreRecordInvalid:
+            return None  # nothing to compare with; a snapshot already covers it
         return events[0] if events and events[0].seq == seq else None
 
     async def _store_was_reset(self) -> bool:
@@ -510,8 +527,8 @@ class RevocationCache:
                 if not self._loaded:
                     await self._resnapshot("start")
                     self._restart_follower()
+                asked = self._monotonic()
                 head = await self._store.feed_head()
-                self._touch()
                 if head < self._seq:
                     log.warning(
                         "revocation feed head %d is behind our seq %d (store reset?)",
@@ -530,6 +547,10 @@ class RevocationCache:
                 elif head > self._seq:
                     self.metrics.resyncs.labels(cause="probe").inc()
                     await self._catch_up()
+                # Contact is a head we have applied, not a head that answered: a feed
+                # we cannot follow (an unreadable event, a failing snapshot) grows stale.
+                if self._seq >= head:
+                    self._last_contact = max(self._last_contact or asked, asked)
                 await self._advance_anchor()
                 await self._report_position()
             except asyncio.CancelledError:

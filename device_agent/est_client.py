@@ -40,7 +40,7 @@ from device_agent.errors import (
     Transient,
 )
 from device_agent.keystore import KeyHandle, KeyStoreError
-from device_agent.trust import CaCerts, certificate_for, chain_from
+from device_agent.trust import CLOCK_SKEW, CaCerts, certificate_for, chain_from
 from fleet.kernel.certs import server_certificate_problem
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import EncodingInvalid
@@ -53,8 +53,6 @@ EST_PATH = "/.well-known/est"
 MAX_BODY = 1 << 20
 EXCHANGE_TIMEOUTS = 4  # a whole exchange may take this many per-operation timeouts
 DEFAULT_PENDING_RETRY = 60.0
-# The server's certificate may look a little early or late to a device's clock.
-SERVER_CERT_SKEW = dt.timedelta(minutes=15)
 _WALL_CLOCK = SystemClock()
 _REASON_CODE = re.compile(r"[a-z0-9_]{1,64}", re.ASCII)
 
@@ -151,7 +149,7 @@ class EstClient:
         *,
         kept: Sequence[x509.Certificate] = (),
         now: dt.datetime | None = None,
-        skew: dt.timedelta = dt.timedelta(minutes=15),
+        skew: dt.timedelta = CLOCK_SKEW,
     ) -> CaCerts:
         """/cacerts over a verified connection. With ``credential`` this doubles as the
         proof that a new key and certificate work in a TLS handshake with the server.
@@ -309,7 +307,7 @@ def _check_server_dates(conn: http.client.HTTPSConnection, where: str, now: dt.d
     """The server's certificate, by this device's clock (OpenSSL was told not to look)."""
     sock = conn.sock
     der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-    problem = server_certificate_problem(der, now, SERVER_CERT_SKEW)
+    problem = server_certificate_problem(der, now, CLOCK_SKEW)
     if problem is not None:
         # Either clock may be wrong, or the operator must renew the server's certificate:
         # nothing was sent; retrying later is right.
@@ -364,7 +362,7 @@ def _expect_cacerts(
     *,
     kept: Sequence[x509.Certificate] = (),
     now: dt.datetime | None = None,
-    skew: dt.timedelta = dt.timedelta(minutes=15),
+    skew: dt.timedelta = CLOCK_SKEW,
 ) -> CaCerts:
     if response.status != 200:
         _raise_for_status(response, "cacerts")
@@ -434,7 +432,7 @@ def fetch_cacerts(
     *,
     timeout: float = 30.0,
     now: dt.datetime | None = None,
-    skew: dt.timedelta = dt.timedelta(minutes=15),
+    skew: dt.timedelta = CLOCK_SKEW,
     clock: Clock | None = None,
 ) -> CaCerts:
     """RFC 7030 §4.1.1 bootstrap: learn the fleet CA chain with only a root fingerprint.

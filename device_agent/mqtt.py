@@ -14,15 +14,12 @@ in-flight ones with DUP. An identity swap (after a renewal) is a clean
 DISCONNECT, a certificate reload and a reconnect on the same client, so that
 queue survives it.
 
-The TLS context is built once and handed to paho; paho wraps every new socket
-with it, so ``load_cert_chain`` on it between disconnect and reconnect makes
-the next handshake present the renewed certificate.
+The TLS identity and the context that presents it are in ``device_agent.mqtt_tls``;
+the commands other threads queue for the loop are in ``device_agent.mqtt_commands``.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -30,19 +27,17 @@ import logging
 import os
 import random
 import select
-import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
-from cryptography import x509
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
+from device_agent.backoff import STABLE_AFTER, Backoff
 from device_agent.health import (
     BrokerLink,
     BrokerState,
@@ -50,38 +45,21 @@ from device_agent.health import (
     classify_tls_failure,
     suspect_revoked,
 )
-from device_agent.keystore import KeyHandle
-from fleet.kernel.certs import Problem, server_certificate_problem
+from device_agent.mqtt_commands import CommandQueue, Publish, Stop, Swap
+from device_agent.mqtt_tls import (
+    TlsIdentity,
+    broker_dates_problem,
+    certificate_serial,
+    tls_context,
+)
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.reasons import Reason
-from fleet.kernel.tls_policy import X509_V_FLAG_NO_CHECK_TIME
 
 log = logging.getLogger("device_agent.mqtt")
-
-# A connection that lasted this long was healthy: the next loss starts the
-# reconnect backoff from the minimum again. Shorter ones (a broker that
-# accepts then kicks) keep growing it, so a refused device never spins.
-STABLE_AFTER = 30.0
 
 
 def status_topic(device_id: str) -> str:
     return f"devices/{device_id}/status"
-
-
-@dataclasses.dataclass(frozen=True)
-class TlsIdentity:
-    """The operational certificate (PEM, leaf first, chain may follow) and its key.
-
-    The key is a key-store handle, so a hardware key loads itself into the
-    TLS context without the session ever reading it.
-    """
-
-    cert: Path
-    key: KeyHandle
-
-
-# The broker's certificate may look a little early or late to a device's clock.
-BROKER_CERT_SKEW = dt.timedelta(minutes=15)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,76 +77,6 @@ class SessionSettings:
     flush_timeout: float = 5.0  # on stop: how long to wait for QoS 1 acknowledgements
     # Judges the broker certificate's dates (the agent's clock; OpenSSL leaves them to it).
     clock: Clock = dataclasses.field(default_factory=SystemClock)
-
-
-class Backoff:
-    """Exponential backoff with jitter: the n-th delay is uniform in [d/2, d], d = min·2ⁿ ≤ max."""
-
-    def __init__(self, minimum: float, maximum: float, rng: random.Random | None = None) -> None:
-        if minimum <= 0 or maximum < minimum:
-            raise ValueError("backoff needs 0 < minimum <= maximum")
-        self.minimum = minimum
-        self.maximum = maximum
-        self.failures = 0
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
-
-    def next_delay(self) -> float:
-        ceiling = min(self.maximum, self.minimum * 2.0 ** min(self.failures, 62))
-        self.failures += 1
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-def tls_context(identity: TlsIdentity, trust: bytes) -> ssl.SSLContext:
-    """A client context presenting ``identity`` and verifying the broker against ``trust``.
-
-    The chain is verified in the handshake; the broker certificate's dates are not (they
-    are the kernel's, by the device's clock): call ``broker_dates_problem`` once connected,
-    as ``MqttSession`` does before anything is published.
-    """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the peer and its hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_verify_locations(cadata=trust.decode("ascii"))
-    # The session judges the dates, with its clock.
-    context.verify_flags |= X509_V_FLAG_NO_CHECK_TIME
-    identity.key.load_into(context, identity.cert)
-    return context
-
-
-def broker_dates_problem(client: paho.Client, now: dt.datetime) -> Problem | None:
-    """The broker's certificate on ``client``'s TLS socket, judged for time by the kernel."""
-    sock = client.socket()
-    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-    return server_certificate_problem(der, now, BROKER_CERT_SKEW)
-
-
-def certificate_serial(cert: Path) -> str:
-    """The serial of the first certificate in ``cert``, as lower-case hex."""
-    leaf = x509.load_pem_x509_certificate(cert.read_bytes())
-    return f"{leaf.serial_number:x}"
-
-
-@dataclasses.dataclass
-class _Publish:
-    topic: str
-    payload: bytes
-    qos: int
-
-
-@dataclasses.dataclass
-class _Swap:
-    identity: TlsIdentity
-    done: threading.Event
-
-
-@dataclasses.dataclass
-class _Stop:
-    pass
-
-
-_Command = _Publish | _Swap | _Stop
 
 
 # Called on the loop thread at every change of the connection: the new state, and
@@ -199,10 +107,7 @@ class MqttSession:
         self._serial = certificate_serial(identity.cert)
         self._context = tls_context(identity, settings.trust)  # fails early on bad files
         self._backoff = Backoff(settings.reconnect_min, settings.reconnect_max, rng)
-        self._commands: collections.deque[_Command] = collections.deque()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._commands = CommandQueue()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
         self._connected = threading.Event()
         self._stopped = threading.Event()
@@ -246,7 +151,7 @@ class MqttSession:
     def publish(self, suffix: str, payload: bytes | str, qos: int = 1) -> None:
         """Queue a message for ``devices/<id>/<suffix>``; kept across reconnects (QoS 1)."""
         data = payload.encode() if isinstance(payload, str) else payload
-        self._send(_Publish(f"devices/{self.settings.device_id}/{suffix}", data, qos))
+        self._commands.send(Publish(f"devices/{self.settings.device_id}/{suffix}", data, qos))
 
     def swap_identity(self, identity: TlsIdentity, timeout: float | None = None) -> bool:
         """Reconnect presenting ``identity``; True once the broker accepted it within ``timeout``.
@@ -257,25 +162,18 @@ class MqttSession:
         """
         tls_context(identity, self.settings.trust)
         done = threading.Event()
-        self._send(_Swap(identity, done))
+        self._commands.send(Swap(identity, done))
         return done.wait(timeout)
 
     def stop(self, timeout: float | None = None) -> bool:
         """Flush QoS 1 messages (up to ``flush_timeout``), disconnect, end the thread."""
         if self._thread.is_alive():
-            self._send(_Stop())
+            self._commands.send(Stop())
             self._thread.join(timeout)
         stopped = not self._thread.is_alive()
         if stopped:
-            self._wake_r.close()
-            self._wake_w.close()
+            self._commands.close()
         return stopped
-
-    def _send(self, command: _Command) -> None:
-        self._commands.append(command)
-        # A full buffer means the loop is already due to wake; closed means stopped.
-        with contextlib.suppress(OSError):
-            self._wake_w.send(b"\0")
 
     # -- loop thread ----------------------------------------------------------
 
@@ -304,7 +202,7 @@ class MqttSession:
                 if self._client.socket() is None:
                     wait = self._retry_at - time.monotonic()
                     if wait > 0:
-                        self._sleep(wait)
+                        self._commands.sleep(wait)
                     else:
                         self._connect()
                 else:
@@ -408,12 +306,12 @@ class MqttSession:
         buffered = isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
         wlist = [sock] if client.want_write() else []
         readable, writable, _ = select.select(
-            [sock, self._wake_r], wlist, [], 0.0 if buffered else timeout
+            [sock, self._commands.waker], wlist, [], 0.0 if buffered else timeout
         )
         if sock in readable or buffered:
             client.loop_read()
-        if self._wake_r in readable:
-            self._drain_wakeups()
+        if self._commands.waker in readable:
+            self._commands.drain_wakeups()
         if client.socket() is not None and (sock in writable or client.want_write()):
             client.loop_write()
         if client.socket() is not None:
@@ -426,25 +324,12 @@ class MqttSession:
         if self._connected.is_set() and time.monotonic() >= self._next_heartbeat:
             self._heartbeat()
 
-    def _sleep(self, timeout: float) -> None:
-        readable, _, _ = select.select([self._wake_r], [], [], timeout)
-        if readable:
-            self._drain_wakeups()
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-
     def _apply_commands(self) -> bool:
         """Apply queued commands; False once a stop was asked for."""
-        while self._commands:
-            command = self._commands.popleft()
-            if isinstance(command, _Publish):
+        while (command := self._commands.pop()) is not None:
+            if isinstance(command, Publish):
                 self._publish(command.topic, command.payload, command.qos)
-            elif isinstance(command, _Swap):
+            elif isinstance(command, Swap):
                 self._apply_swap(command)
             else:
                 self._stopping = True
@@ -462,7 +347,7 @@ class MqttSession:
             # Not info.is_published(): it raises for a message queued while offline.
             self._unacked.add(info.mid)
 
-    def _apply_swap(self, swap: _Swap) -> None:
+    def _apply_swap(self, swap: Swap) -> None:
         old = self._serial
         if self._client.socket() is not None:
             self._client.disconnect()

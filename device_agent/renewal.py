@@ -22,11 +22,9 @@ import enum
 import random
 from collections.abc import Callable
 
-Random = Callable[[], float]  # uniform in [0, 1)
+from device_agent.trust import CLOCK_SKEW, LATEST_RENEWAL_SKEWS
 
-# Renewal is due this many clock-skew allowances before the end at the latest; the agent
-# refuses an issued certificate with less left (trust.check_issued): it would be due at once.
-LATEST_RENEWAL_SKEWS = 2
+Random = Callable[[], float]  # uniform in [0, 1)
 
 EXPIRED_REASONS = frozenset({"certificate_expired", "certificate_not_yet_valid"})
 
@@ -35,7 +33,7 @@ EXPIRED_REASONS = frozenset({"certificate_expired", "certificate_not_yet_valid"}
 class RenewalPolicy:
     fraction: float = 2 / 3
     jitter: float = 0.1  # of the lifetime, earlier only
-    skew: dt.timedelta = dt.timedelta(minutes=15)
+    skew: dt.timedelta = CLOCK_SKEW
     backoff_floor: float = 5.0  # seconds; no retry ever comes sooner
     backoff_base: float = 10.0
     backoff_cap: float = 3600.0

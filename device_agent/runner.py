@@ -51,7 +51,8 @@ from device_agent.errors import (
     Transient,
 )
 from device_agent.health import BrokerLink, BrokerState
-from device_agent.mqtt import MqttSession, SessionSettings, TlsIdentity
+from device_agent.mqtt import MqttSession, SessionSettings
+from device_agent.mqtt_tls import TlsIdentity
 from device_agent.renewal import backoff_delay
 from device_agent.state import Identity
 

@@ -20,12 +20,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 from cryptography.x509.oid import NameOID
 
-from device_agent.renewal import LATEST_RENEWAL_SKEWS
 from fleet.kernel.certs import client_cert_problem, is_ca, issued_by, validity_problem
 from fleet.kernel.device_id import device_id_from_certificate, subject_attributes
 from fleet.kernel.errors import DeviceIdInvalid
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.rollover import follow_rollover, is_self_signed
+
+# How early or late a device's clock may be when it judges a certificate's
+# validity: the server's, the broker's, CAs', its own new ones (default policy).
+CLOCK_SKEW = dt.timedelta(minutes=15)
+# Renewal is due this many clock-skew allowances before the end at the latest
+# (renewal.renewal_time); check_issued refuses an issued certificate with less
+# left: it would be due at once.
+LATEST_RENEWAL_SKEWS = 2
 
 
 def certificate_for(certs: Sequence[x509.Certificate], key: PublicKey) -> x509.Certificate:
@@ -94,7 +101,7 @@ def chain_from(
     *,
     kept: Sequence[x509.Certificate] = (),
     now: dt.datetime | None = None,
-    skew: dt.timedelta = dt.timedelta(minutes=15),
+    skew: dt.timedelta = CLOCK_SKEW,
 ) -> CaCerts:
     """The roots the agent trusts and the CAs they signed directly; ValueError without the pin.
 

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from firmware_sim.scenarios import Bench
+from firmware_sim.bench import Bench
 from firmware_sim.world import WorldError
 from fleet.authorities import load_fleet_authorities
 from fleet.config import load_config

@@ -162,14 +162,9 @@ def run(
     import shutil
     import tempfile
 
-    from firmware_sim.scenarios import (
-        SCENARIOS,
-        LifetimeOptions,
-        Progress,
-        plots_unavailable,
-        run_scenario,
-        write_plots,
-    )
+    from firmware_sim.bench import Progress
+    from firmware_sim.report import plots_unavailable, write_plots
+    from firmware_sim.runner import SCENARIOS, LifetimeOptions, run_scenario
 
     # 'all': the short ones; fifteen-years (minutes, 200 devices) runs only when named.
     short = [n for n, s in SCENARIOS.items() if s.own_bench is None]

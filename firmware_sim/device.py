@@ -17,7 +17,8 @@ from pathlib import Path
 
 from device_agent.agent import Agent, RenewResult, bootstrap_auth
 from device_agent.est_client import Auth, TokenAuth
-from device_agent.mqtt import MqttSession, SessionSettings, TlsIdentity
+from device_agent.mqtt import MqttSession, SessionSettings
+from device_agent.mqtt_tls import TlsIdentity
 from device_agent.renewal import RenewalPolicy
 from device_agent.state import AgentConfig, Identity, StateDir
 from fleet.kernel.clock import Clock

@@ -30,9 +30,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from device_agent.errors import AgentError
+from firmware_sim.bench import Bench, Progress, parallel
 from firmware_sim.ca_operator import CaAction, CaOperator
 from firmware_sim.device import SimDevice
-from firmware_sim.scenarios import Bench, Progress, Report, parallel
+from firmware_sim.report import Report
 from firmware_sim.simclock import ClockDriver
 from fleet.kernel.clock import ShiftedClock
 from fleet.store.protocol import Store

@@ -17,7 +17,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-from device_agent.mqtt import TlsIdentity, tls_context
+from device_agent.mqtt_tls import TlsIdentity, tls_context
 
 
 class Observer:

@@ -144,8 +144,9 @@ def load_signing_issuers(
             # A promote is being written (or the files were mixed up by hand).
             raise ConfigError(
                 f"{issuer.key_path} is not the key of {issuer.cert_path}",
-                hint="If a `fleet ca promote` is running, this clears when it ends; "
-                "otherwise restore the matching key.",
+                hint="If a `fleet ca promote` is running, this clears when it ends; if one "
+                "was cut short, run `fleet ca promote` again to finish it; otherwise "
+                "restore the matching key.",
             )
         loaded.append((issuer, CertifiedKey(issuer.certificate, key)))
     return loaded
@@ -170,9 +171,11 @@ def write_issuing_set(config: FleetConfig) -> Path:
 
 
 def _bump(config: FleetConfig) -> int:
-    write_issuing_set(config)
+    # The generation first: cut short between the two, the set is the one left
+    # outdated, which a second `fleet ca promote` sees and rewrites.
     value = generation(config) + 1
     write_atomic(_ca_dir(config) / _GENERATION, f"{value}\n".encode(), mode=PUBLIC_MODE)
+    write_issuing_set(config)
     return value
 
 
@@ -217,32 +220,85 @@ def _refuse_if_ceremony(config: FleetConfig) -> None:
 
 
 def promote(config: FleetConfig) -> tuple[RegisteredIssuer, RegisteredIssuer]:
-    """next → current, current → retiring; returns (old current, new current)."""
+    """next → current, current → retiring; returns (old current, new current).
+
+    The steps, each an atomic write: old current copied to retiring (key, then
+    certificate), next's key over the current key, next's certificate over the
+    current certificate, next's key and certificate removed, generation bumped.
+    Run again after a crash, it finishes from where the files show it stopped,
+    and never copies the current key to retiring once it is the next one's (that
+    would overwrite the only copy of the old key).
+    """
     issuers = list_issuers(config)
-    old = issuers[0]
+    current = issuers[0]
     nxt = next((i for i in issuers if i.state is IssuerState.NEXT), None)
     if nxt is None:
+        if _set_outdated(config, issuers):  # cut short before the generation bump
+            _bump(config)
+            return _newest_retiring(config, current), current
         raise RotationRefused(
             "there is no next issuing CA to promote",
             hint="Make one first: fleet ca rotate-issuing.",
         )
     retiring = _ca_dir(config) / _RETIRING
-    ensure_private_dir(retiring)
-    # Old current kept as retiring before it is overwritten: a crash anywhere
-    # below leaves both keys on disk.
-    write_atomic(retiring / f"{old.short_id}.key", _read(old.key_path), mode=SECRET_MODE)
-    write_atomic(
-        retiring / f"{old.short_id}.pem", certificate_to_pem(old.certificate), mode=PUBLIC_MODE
+    if nxt.certificate == current.certificate:  # cut short after the certificate
+        return _finish_promote(config, nxt, _newest_retiring(config, nxt))
+    old = RegisteredIssuer(
+        IssuerState.RETIRING,
+        current.certificate,
+        retiring / f"{current.short_id}.pem",
+        retiring / f"{current.short_id}.key",
     )
-    write_atomic(config.ca.issuing_key, _read(nxt.key_path), mode=SECRET_MODE)
+    if not (nxt.key_path.exists() and _read(current.key_path) == _read(nxt.key_path)):
+        ensure_private_dir(retiring)
+        # Old current kept as retiring before it is overwritten: a crash anywhere
+        # below leaves both keys on disk.
+        write_atomic(old.key_path, _read(current.key_path), mode=SECRET_MODE)
+        write_atomic(old.cert_path, certificate_to_pem(current.certificate), mode=PUBLIC_MODE)
+        write_atomic(config.ca.issuing_key, _read(nxt.key_path), mode=SECRET_MODE)
+    elif not old.key_path.exists():  # the key was swapped, but not by promote
+        raise RotationRefused(
+            f"{config.ca.issuing_key} holds the next issuing CA's key and no copy of the "
+            f"current one is in {retiring}",
+            hint="Restore the current issuing CA's key from a backup, then promote again.",
+        )
     write_atomic(config.ca.issuing_cert, certificate_to_pem(nxt.certificate), mode=PUBLIC_MODE)
+    return _finish_promote(config, nxt, old)
+
+
+def _finish_promote(
+    config: FleetConfig, nxt: RegisteredIssuer, old: RegisteredIssuer
+) -> tuple[RegisteredIssuer, RegisteredIssuer]:
+    # The key first: a next certificate left alone is recognised as a promote to
+    # finish; a next key left alone would look like a ceremony under way.
+    nxt.key_path.unlink(missing_ok=True)
     nxt.cert_path.unlink()
-    nxt.key_path.unlink()
     _bump(config)
     new = RegisteredIssuer(
         IssuerState.CURRENT, nxt.certificate, config.ca.issuing_cert, config.ca.issuing_key
     )
     return old, new
+
+
+def _set_outdated(config: FleetConfig, issuers: list[RegisteredIssuer]) -> bool:
+    """Whether issuing-set.pem lists other CAs than the files (a change not yet bumped)."""
+    path = _ca_dir(config) / ISSUING_SET
+    if not path.exists():
+        return False  # a data directory that never rotated
+    return path.read_bytes() != b"".join(certificate_to_pem(i.certificate) for i in issuers)
+
+
+def _newest_retiring(config: FleetConfig, nxt: RegisteredIssuer) -> RegisteredIssuer:
+    """The issuer a promote cut short retired: the newest retiring copy."""
+    found = [i for i in list_issuers(config) if i.state is IssuerState.RETIRING]
+    if not found:
+        raise RotationRefused(
+            f"the next issuing CA {nxt.short_id} is already current, but no retiring copy "
+            "of the one it replaced is on disk",
+            hint="Restore the replaced issuing CA's files from a backup into "
+            f"{_ca_dir(config) / _RETIRING}, then promote again.",
+        )
+    return max(found, key=lambda i: i.cert_path.stat().st_mtime_ns)
 
 
 def remove_retiring(config: FleetConfig, issuer: RegisteredIssuer) -> None:

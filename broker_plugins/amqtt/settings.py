@@ -166,6 +166,21 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
 
 def load_settings(config: Path | None, overrides: dict[str, Any]) -> AmqttSettings:
     """Settings from ``config`` (TOML), then non-None ``overrides`` (flags) on top."""
+    try:
+        return _load_settings(config, overrides)
+    except ConfigError as exc:
+        if exc.hint != ConfigError.hint:
+            raise
+        # The generic hint names fleet.toml; the setting to fix is the broker's.
+        where = f"in {config} or its flag" if config is not None else "(a flag)"
+        raise ConfigError(
+            exc.message,
+            hint=f"Fix the setting named above {where}: fleet-broker amqtt --help; every "
+            "broker.toml key: broker_plugins/amqtt/settings.py.",
+        ) from None
+
+
+def _load_settings(config: Path | None, overrides: dict[str, Any]) -> AmqttSettings:
     values: dict[str, Any] = {}
     base = Path.cwd()
     if config is not None:

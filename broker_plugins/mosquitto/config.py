@@ -293,11 +293,28 @@ def load_settings(path: Path) -> MosquittoSettings:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", hint=hint) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", hint=hint) from exc
-    return settings_from_mapping(raw, base_dir=path.resolve().parent)
+    try:
+        return settings_from_mapping(raw, base_dir=path.resolve().parent)
+    except ConfigError as exc:
+        if exc.hint != ConfigError.hint:
+            raise
+        # The generic hint names fleet.toml; the setting to fix is in this file.
+        raise ConfigError(
+            exc.message,
+            hint=f"Fix the setting named above in {path} (every key: "
+            "broker_plugins/mosquitto/config.py), then write mosquitto.conf again: "
+            f"fleet-broker mosquitto config --config {path} > mosquitto.conf",
+        ) from None
 
 
 def settings_from_mapping(raw: Mapping[str, Any], *, base_dir: Path) -> MosquittoSettings:
     unknown = set(raw) - {"store", "mosquitto"}
+    loose = sorted(key for key in unknown if not isinstance(raw[key], Mapping))
+    if loose:
+        raise ConfigError(
+            f"{', '.join(loose)}: not in a section; broker settings go under [mosquitto] "
+            "(the store's url under [store])"
+        )
     if unknown:
         raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}")
     store = raw.get("store", {})

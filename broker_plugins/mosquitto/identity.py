@@ -114,15 +114,10 @@ def issue_sidecar_certificate(
     validity: dt.timedelta = DEFAULT_VALIDITY,
 ) -> x509.Certificate:
     """Mint the sidecar's certificate and key (P-256) and write them (key mode 0600)."""
-    ca_cert, ca_key = load_ca(issuing_cert, issuing_key, passphrase)
-    key = new_key()
-    cert = broker_certificate(
-        "sidecar", public_key=key.public_key(), common_name=common_name,
-        issuer_cert=ca_cert, issuer_key=ca_key, now=now, validity=validity,
+    return _mint_and_write(
+        "sidecar", load_ca(issuing_cert, issuing_key, passphrase), common_name, (),
+        out_cert=out_cert, out_key=out_key, now=now, validity=validity,
     )  # fmt: skip
-    write_key(out_key, key)
-    write_cert(out_cert, cert)
-    return cert
 
 
 def issue_server_certificate(
@@ -137,10 +132,28 @@ def issue_server_certificate(
     validity: dt.timedelta = DEFAULT_VALIDITY,
 ) -> x509.Certificate:
     """Mint the broker's TLS server certificate (fleet root, SANs ``names``) and key (0600)."""
-    ca_cert, ca_key = load_ca(root_cert, root_key, passphrase)
+    return _mint_and_write(
+        "server", load_ca(root_cert, root_key, passphrase), names[0], names,
+        out_cert=out_cert, out_key=out_key, now=now, validity=validity,
+    )  # fmt: skip
+
+
+def _mint_and_write(
+    kind: BrokerCertKind,
+    ca: tuple[x509.Certificate, SigningKey],
+    common_name: str,
+    names: Sequence[str],
+    *,
+    out_cert: Path,
+    out_key: Path,
+    now: dt.datetime,
+    validity: dt.timedelta,
+) -> x509.Certificate:
+    """A new P-256 key and its ``kind`` certificate signed by ``ca``, both written (key 0600)."""
+    ca_cert, ca_key = ca
     key = new_key()
     cert = broker_certificate(
-        "server", public_key=key.public_key(), common_name=names[0], names=names,
+        kind, public_key=key.public_key(), common_name=common_name, names=names,
         issuer_cert=ca_cert, issuer_key=ca_key, now=now, validity=validity,
     )  # fmt: skip
     write_key(out_key, key)

@@ -193,9 +193,7 @@ class Sidecar:
 
     async def once(self) -> None:
         """Write cafile, snapshot and CRL, then return (before the broker starts)."""
-        write_cafile(self.settings)
-        await self._follow_cacerts_once()
-        self._merge_snapshot_file()
+        await self._prepare_files()
         await self._load_state()
         self._write_snapshot_now(fresh_at=time.time())  # just read from the store
         if self._crl is not None:
@@ -226,10 +224,14 @@ class Sidecar:
                     extra={"fields": {"event": "issuing_cas_changed", "broker_hupped": hupped}},
                 )
 
-    async def run(self) -> None:
+    async def _prepare_files(self) -> None:
+        """What the broker reads at start, from what is on disk and /cacerts (both modes)."""
         write_cafile(self.settings)
         await self._follow_cacerts_once()
         self._merge_snapshot_file()
+
+    async def run(self) -> None:
+        await self._prepare_files()
         metrics_server = None
         try:
             async with asyncio.TaskGroup() as tasks:

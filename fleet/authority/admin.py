@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from fleet.authority import replacement
-from fleet.authority.audit import record_admin_action
+from fleet.authority.audit import admin_action
 from fleet.kernel.certs import is_ca
 from fleet.kernel.chain import missing_issuer
 from fleet.kernel.device_id import validate_device_id
@@ -95,10 +95,11 @@ async def trust_manufacturer(
     for cert in certificates:
         _check_manufacturer_ca(cert, fleet, now)
     return await _add_all(
-        certificates, name, now, store.add_manufacturer_ca, store.list_manufacturer_cas,
-        lambda ca: record_admin_action(
-            store, actor, "trust_add", "manufacturer_ca_added", now, sha256=ca.sha256, name=ca.name
-        ),
+        certificates, name, now,
+        lambda ca: store.add_manufacturer_ca(ca, audit=admin_action(
+            actor, "trust_add", "manufacturer_ca_added", now, sha256=ca.sha256, name=ca.name
+        )),
+        store.list_manufacturer_cas,
     )  # fmt: skip
 
 
@@ -107,9 +108,9 @@ async def distrust_manufacturer(
 ) -> str:
     """Stop trusting a manufacturer CA (any fingerprint spelling); its normalised fingerprint."""
     sha256 = _fingerprint(fingerprint)
-    await store.remove_manufacturer_ca(sha256)
-    await record_admin_action(
-        store, actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256
+    await store.remove_manufacturer_ca(
+        sha256,
+        audit=admin_action(actor, "trust_remove", "manufacturer_ca_removed", now, sha256=sha256),
     )
     return sha256
 
@@ -155,13 +156,14 @@ async def trust_intermediate(
                 hint="Trust the manufacturer's root first (`fleet trust add-manufacturer`), "
                 "or give the intermediates above this one in the same file.",
             )
+
     return await _add_all(
-        certificates, name, now, store.add_manufacturer_intermediate,
-        store.list_manufacturer_intermediates,
-        lambda ca: record_admin_action(
-            store, actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
+        certificates, name, now,
+        lambda ca: store.add_manufacturer_intermediate(ca, audit=admin_action(
+            actor, "trust_add_intermediate", "manufacturer_intermediate_added", now,
             sha256=ca.sha256, name=ca.name,
-        ),
+        )),
+        store.list_manufacturer_intermediates,
     )  # fmt: skip
 
 
@@ -170,11 +172,10 @@ async def distrust_intermediate(
 ) -> str:
     """Drop an intermediate from the pool (any fingerprint spelling); its normalised fingerprint."""
     sha256 = _fingerprint(fingerprint)
-    await store.remove_manufacturer_intermediate(sha256)
-    await record_admin_action(
-        store, actor, "trust_remove_intermediate", "manufacturer_intermediate_removed", now,
+    await store.remove_manufacturer_intermediate(sha256, audit=admin_action(
+        actor, "trust_remove_intermediate", "manufacturer_intermediate_removed", now,
         sha256=sha256,
-    )  # fmt: skip
+    ))  # fmt: skip
     return sha256
 
 
@@ -204,9 +205,9 @@ async def _add_all(
     now: dt.datetime,
     add: Callable[[ManufacturerCA], Awaitable[bool]],
     stored: Callable[[], Awaitable[list[ManufacturerCA]]],
-    audit: Callable[[ManufacturerCA], Awaitable[object]],
 ) -> list[TrustResult]:
-    """Store each (already checked) certificate with ``add``; audit the ones that were new.
+    """Store each (already checked) certificate with ``add`` (which audits the ones
+    that were new).
 
     One already trusted is answered as stored (its name and when it was added),
     not as this request would have made it."""
@@ -219,9 +220,7 @@ async def _add_all(
             added_at=now,
         )
         added = await add(ca)
-        if added:
-            await audit(ca)
-        else:
+        if not added:
             ca = next((c for c in await stored() if c.sha256 == ca.sha256), ca)
         results.append(TrustResult(ca, added))
     return results
@@ -272,18 +271,16 @@ async def import_manifest(
             )
         named.append(entry)
     entries = named
-    created = await store.import_manifest(entries, now)
-    result = ImportResult(created=created, updated=len(entries) - created)
-    await record_admin_action(
-        store,
-        actor,
-        "manifest_import",
-        "manifest_imported",
+    # One write with its audit record, which says what was imported (how many were
+    # new is only known inside that write: it is the answer, not the record).
+    created = await store.import_manifest(
+        entries,
         now,
-        created=str(result.created),
-        updated=str(result.updated),
+        audit=admin_action(
+            actor, "manifest_import", "manifest_imported", now, devices=str(len(entries))
+        ),
     )
-    return result
+    return ImportResult(created=created, updated=len(entries) - created)
 
 
 # -- one-time enrollment tokens ---------------------------------------------------
@@ -333,17 +330,16 @@ async def issue_enrollment_token(
             token_sha256=token_sha256(token),
             created_at=now,
             expires_at=expires_at,
-        )
-    )
-    await record_admin_action(
-        store,
-        actor,
-        "token_issue",
-        "enrollment_token_issued",
-        now,
-        device_id=device_id,
-        expires_at=expires_at.isoformat(),
-        device_created="yes" if created else "no",
+        ),
+        audit=admin_action(
+            actor,
+            "token_issue",
+            "enrollment_token_issued",
+            now,
+            device_id=device_id,
+            expires_at=expires_at.isoformat(),
+            device_created="yes" if created else "no",
+        ),
     )
     return IssuedToken(device_id, token, expires_at, device, created)
 
@@ -435,7 +431,11 @@ async def _decide_pending(
             expected={DeviceState.PENDING},
             now=now,
             reason=f"{done} by {actor}",
-        )
+            audit=admin_action(
+                actor, action, f"admin_{done}", now, device_id=device_id,
+                held_for=before.state_reason,
+            ),
+        )  # fmt: skip
     except StoreConflict as exc:
         current = await store.get_device(device_id)
         raise StateConflict(
@@ -444,13 +444,4 @@ async def _decide_pending(
             hint=f"Only a device waiting for approval can be {done}. "
             f"See its state with `fleet device show {device_id}`.",
         ) from exc
-    await record_admin_action(
-        store,
-        actor,
-        action,
-        f"admin_{done}",
-        now,
-        device_id=device_id,
-        held_for=before.state_reason,
-    )
     return after

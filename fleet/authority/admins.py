@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives import serialization
 
-from fleet.authority.audit import record_admin_action
+from fleet.authority.audit import admin_action
 from fleet.kernel.errors import AdminNotFound, RequestInvalid
 from fleet.kernel.fingerprint import MIN_PREFIX, fingerprint_prefix, sha256_fingerprint
 from fleet.kernel.keys import KeyType
@@ -82,9 +82,11 @@ async def create_admin_certificate(
         build_device_certificate(request, issuer=admin_ca, profile=profile, now=now), admin_ca
     )
     sha256 = sha256_fingerprint(certificate)
-    await store.put_admin_credential(AdminCredential(name, role, "certificate", sha256, now))
-    await record_admin_action(
-        store, actor, "admin_create", f"role_{role.value}", now, admin=name, sha256=sha256
+    await store.put_admin_credential(
+        AdminCredential(name, role, "certificate", sha256, now),
+        audit=admin_action(
+            actor, "admin_create", f"role_{role.value}", now, admin=name, sha256=sha256
+        ),
     )
     return CertifiedKey(certificate, key)
 
@@ -96,11 +98,26 @@ async def create_admin_token(
     validate_admin_name(name)
     token = new_token()
     sha256 = token_sha256(token)
-    await store.put_admin_credential(AdminCredential(name, role, "token", sha256, now))
-    await record_admin_action(
-        store, actor, "admin_token", f"role_{role.value}", now, admin=name, sha256=sha256
+    await store.put_admin_credential(
+        AdminCredential(name, role, "token", sha256, now),
+        audit=admin_action(
+            actor, "admin_token", f"role_{role.value}", now, admin=name, sha256=sha256
+        ),
     )
     return token
+
+
+async def disable_admin(store: Store, sha256: str, *, actor: str, now: dt.datetime) -> bool:
+    """Disable the credential ``sha256`` (kept for the record), audited in the same
+    store write; False if it already was (nothing written). Raises AdminNotFound."""
+    credential = await store.find_admin_credential(sha256)
+    return await store.disable_admin_credential(
+        sha256,
+        audit=admin_action(
+            actor, "admin_disable", Reason.ADMIN_DISABLED, now,
+            admin=credential.name, sha256=sha256,
+        ),
+    )  # fmt: skip
 
 
 def certificate_pem(pair: CertifiedKey) -> tuple[bytes, bytes]:

@@ -338,9 +338,12 @@ class CrlPublisher:
         )
 
     def _issued_by_us(self, record: CertificateRecord) -> bool:
+        """Listed unless known to be another CA's: a revoked serial whose stored
+        certificate cannot be read stays on the CRL (dropping it would re-admit it
+        wherever the CRL is enforced; listing another CA's serial harms nothing)."""
         ours = self._ours.get(record.serial)
         if ours is None:
-            ours = issued_by(record, self._issuer.certificate)
+            ours = issued_by(record, self._issuer.certificate) is not False
             self._ours[record.serial] = ours
         return ours
 
@@ -433,13 +436,15 @@ def crl_scope(issuer: x509.Certificate) -> str:
         return "subject:" + issuer.subject.rfc4514_string()
 
 
-def issued_by(record: CertificateRecord, issuer: x509.Certificate) -> bool:
-    """Whether the stored certificate was issued by ``issuer`` (name and key identifier)."""
+def issued_by(record: CertificateRecord, issuer: x509.Certificate) -> bool | None:
+    """Whether the stored certificate was issued by ``issuer`` (name and key identifier);
+    None when its stored PEM does not parse (a record damaged or edited by hand): the
+    caller fails closed its own way (a CRL lists it, OCSP never answers good)."""
     try:
         cert = x509.load_pem_x509_certificate(record.pem.encode())
     except ValueError:
-        log.error("stored certificate %x does not parse; treated as not ours", record.serial)
-        return False
+        log.error("stored certificate %x does not parse; its issuer is unknown", record.serial)
+        return None
     return certificate_issued_by(cert, issuer)
 
 

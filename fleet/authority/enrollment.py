@@ -135,8 +135,51 @@ class Authority:
         csr: x509.CertificateSigningRequest,
         profile: DeviceProfile,
     ) -> Issued:
-        """Renewal (simplereenroll), authenticated by the current operational certificate."""
-        now = self._clock.now()
+        """Renewal (simplereenroll), authenticated by the current operational certificate.
+
+        The certificate is recorded only if the one that authenticated the request is
+        still good then (``renewing``): revoked while this request was decided and
+        signed, it is refused as at the start, with the second decision's reason."""
+        validated: ValidatedRequest | None = None
+        for attempt in (1, 2):
+            now = self._clock.now()
+            decision = await self._renewal_decision(current, device_id, now)
+            if decision.action is not Action.ISSUE:
+                await self._audit(
+                    "renew", device_id, "refused", decision.reason, flagged=decision.flagged
+                )
+                raise _refusal(decision, device_id)
+            if validated is None:
+                try:
+                    validated = validate_request(csr, device_id=device_id, profile=profile)
+                except FleetError as exc:
+                    await self._audit("renew", device_id, "refused", exc.reason)
+                    raise
+            certificate = self._sign(validated, profile, now)
+            try:
+                # The audit record is written in the same store transaction as the certificate.
+                await self._store.record_certificate(
+                    _record(certificate, device_id, now),
+                    expected=decision.expected,
+                    now=now,
+                    supersede=decision.supersede,
+                    renewing=current.serial_number,
+                    audit=self._event(
+                        "renew", device_id, "allowed", decision.reason,
+                        serial=certificate.serial_number,
+                        superseded=_serials(decision.supersede),
+                    ),
+                )  # fmt: skip
+            except StoreConflict:
+                if attempt == 2:
+                    raise
+                continue  # changed meanwhile (revoked, suspended): decide again
+            return Issued(certificate, decision.reason)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _renewal_decision(
+        self, current: x509.Certificate, device_id: str, now: dt.datetime
+    ) -> Decision:
         try:
             record = await self._store.get_certificate(current.serial_number)
         except CertificateNotFound:
@@ -147,33 +190,10 @@ class Authority:
             if device is not None and device.state is DeviceState.ACTIVE
             else []
         )
-        decision = decide_renewal(
+        return decide_renewal(
             device_id, record, device,
             certificates=certificates, now=now, overlap=self._renewal_overlap,
         )  # fmt: skip
-        if decision.action is not Action.ISSUE:
-            await self._audit(
-                "renew", device_id, "refused", decision.reason, flagged=decision.flagged
-            )
-            raise _refusal(decision, device_id)
-        try:
-            request = validate_request(csr, device_id=device_id, profile=profile)
-        except FleetError as exc:
-            await self._audit("renew", device_id, "refused", exc.reason)
-            raise
-        certificate = self._sign(request, profile, now)
-        # The audit record is written in the same store transaction as the certificate.
-        await self._store.record_certificate(
-            _record(certificate, device_id, now),
-            expected=decision.expected,
-            now=now,
-            supersede=decision.supersede,
-            audit=self._event(
-                "renew", device_id, "allowed", decision.reason, serial=certificate.serial_number,
-                superseded=_serials(decision.supersede),
-            ),
-        )  # fmt: skip
-        return Issued(certificate, decision.reason)
 
     async def record_refusal(
         self, action: str, claimed_device_id: str | None, reason: str, **detail: str

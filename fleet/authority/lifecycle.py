@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 
-from fleet.authority.audit import record_admin_action
+from fleet.authority.audit import admin_action, record_admin_action
 from fleet.kernel.errors import (
     ConfigError,
     ConfirmationRequired,
@@ -24,6 +24,7 @@ from fleet.kernel.fingerprint import normalize_fingerprint
 from fleet.kernel.reasons import Reason
 from fleet.records import (
     AuditRecord,
+    CertificateStatus,
     Device,
     DeviceFilter,
     DeviceState,
@@ -34,6 +35,8 @@ from fleet.store.protocol import Store
 
 # Reasons an admin may give (RFC 5280 §5.3.1). removeFromCRL is not a
 # revocation, and certificateHold is what `suspend` is for.
+GOOD = CertificateStatus.GOOD
+
 ADMIN_REASONS = tuple(r for r in RevocationReason if r is not RevocationReason.CERTIFICATE_HOLD)
 
 
@@ -99,10 +102,12 @@ async def _transition(
     now: dt.datetime,
     note: str,
 ) -> Device:
+    audit = admin_action(actor, action, f"admin_{action}", now, device_id=device_id, note=note)
     try:
         device = await store.set_device_state(
-            device_id, target, expected=expected, now=now, reason=f"{action} by {actor}"
-        )
+            device_id, target, expected=expected, now=now, reason=f"{action} by {actor}",
+            audit=audit,
+        )  # fmt: skip
     except StoreConflict as exc:
         current = await store.get_device(device_id)
         if current.state is target:
@@ -112,9 +117,6 @@ async def _transition(
             f"device {device_id} is {current.state.value}; {action} applies to {allowed} devices",
             reason=f"device_{current.state.value}",
         ) from exc
-    await record_admin_action(
-        store, actor, action, f"admin_{action}", now, device_id=device_id, note=note
-    )
     return device
 
 
@@ -133,15 +135,26 @@ async def revoke_device(
     now: dt.datetime,
     note: str = "",
 ) -> Revocation:
-    """Revoke the device and all its certificates (idempotent)."""
-    event = await store.revoke_device(device_id, reason, now)
-    if event is not None:
-        serials = ",".join(f"{s:x}" for s in event.serials)
+    """Revoke the device and all its certificates (idempotent).
+
+    The revocation and its audit record are one store write. The record lists the
+    certificates that were good when it was written; the store revokes every good
+    one, so one issued in between is audited in a second record."""
+    good = {c.serial for c in await store.list_certificates(device_id) if c.status is GOOD}
+    audit = admin_action(
+        actor, "revoke", reason.value, now, device_id=device_id, serials=_hex(good), note=note
+    )
+    event = await store.revoke_device(device_id, reason, now, audit=audit)
+    if event is not None and set(event.serials) - good:
         await record_admin_action(
             store, actor, "revoke", reason.value, now, device_id=device_id,
-            serials=serials, feed_seq=str(event.seq), note=note,
+            serials=_hex(set(event.serials) - good), note="issued while it was being revoked",
         )  # fmt: skip
     return Revocation(device_id, event)
+
+
+def _hex(serials: set[int]) -> str:
+    return ",".join(f"{s:x}" for s in sorted(serials))
 
 
 async def revoke_certificate(
@@ -155,12 +168,11 @@ async def revoke_certificate(
 ) -> Revocation:
     """Revoke one certificate; the device stays as it is (idempotent)."""
     record = await store.get_certificate(serial)
-    event = await store.revoke_certificate(serial, reason, now)
-    if event is not None:
-        await record_admin_action(
-            store, actor, "revoke_certificate", reason.value, now, device_id=record.device_id,
-            serial=f"{serial:x}", feed_seq=str(event.seq), note=note,
-        )  # fmt: skip
+    audit = admin_action(
+        actor, "revoke_certificate", reason.value, now, device_id=record.device_id,
+        serial=f"{serial:x}", note=note,
+    )  # fmt: skip
+    event = await store.revoke_certificate(serial, reason, now, audit=audit)
     return Revocation(record.device_id, event)
 
 

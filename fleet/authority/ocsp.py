@@ -137,7 +137,9 @@ class OcspResponder:
         except CertificateNotFound:
             return Unknown()
         if not issued_by(record, issuer.certificate):
-            return Unknown()  # the same serial from another CA (e.g. before a rotation)
+            # The same serial from another CA (e.g. before a rotation), or a stored
+            # certificate that does not parse: never "good".
+            return Unknown()
         if record.status is CertificateStatus.REVOKED:
             return Revoked(
                 revoked_at=record.revoked_at or record.issued_at,

@@ -10,6 +10,7 @@ from fleet.authority.admins import (
     certificate_pem,
     create_admin_certificate,
     create_admin_token,
+    disable_admin,
     resolve_admin_fingerprint,
     validate_admin_name,
 )
@@ -151,7 +152,7 @@ def disable(sha256: str) -> None:
 
     async def disable_one(store: Store) -> str:
         fingerprint = resolve_admin_fingerprint(sha256, await store.list_admin_credentials())
-        await store.disable_admin_credential(fingerprint)
+        await disable_admin(store, fingerprint, actor=local_actor(), now=now())
         return fingerprint
 
     fingerprint = with_store(load(), disable_one)

@@ -76,6 +76,8 @@ def ca() -> None:
     With the root offline (ceremony):   rotate-issuing --csr-out FILE
                                         sign-issuing (offline machine)
                                         install-issuing --cert FILE, promote, retire
+    Root rollover:                      rotate-root, then the issuing-CA rotation
+                                        under the new root, then retire-root
     """
 
 
@@ -267,8 +269,17 @@ def _install(
     click.echo(f"Next issuing CA installed (generation {generation}):")
     click.echo(f"  sha256    {sha256_fingerprint(cert)}")
     click.echo(f"  expires   {when(cert.not_valid_after_utc)}")
-    click.echo("It is trusted and published now; new certificates come from it after")
-    click.echo("  fleet ca promote")
+    click.echo(f"It is trusted now; {_pickup(config)}")
+    click.echo("New certificates come from it after: fleet ca promote")
+
+
+def _pickup(config: FleetConfig) -> str:
+    # Running servers poll the data directory: until they do, /cacerts and signing
+    # are unchanged, so "now" would send the admin looking for a fault.
+    return (
+        f"running servers pick the change up within {config.ca.reload_seconds} s "
+        "([ca] reload_seconds), or at once on SIGHUP."
+    )
 
 
 @ca.command("promote")
@@ -282,7 +293,8 @@ def promote_cmd() -> None:
     config = load()
     old, new = promote(config)
     click.echo(f"Issuing CA {new.short_id} is current; {old.short_id} is retiring.")
-    click.echo("Running servers pick it up within seconds (or at once on SIGHUP).")
+    pickup = _pickup(config)
+    click.echo(pickup[0].upper() + pickup[1:])
 
 
 @ca.command("retire")

@@ -151,8 +151,11 @@ def retire_root(root_dir: Path | None) -> None:
         remove_durably(root_links_path(config))
     for cert in old:
         click.echo(f"Retired fleet root SHA-256 {sha256_fingerprint(cert)}")
-    click.echo("Restart `fleet serve` and re-run `fleet-broker mosquitto init`/the sidecar so")
-    click.echo("brokers drop the old root too.")
+    click.echo("Restart `fleet serve` (and an embedded broker presenting tls/server.pem).")
+    # A device enrolled from now on pins the new root only: a broker certificate the
+    # old root signed (`fleet-broker mosquitto init` made one) fails its handshake.
+    click.echo("Each Mosquitto broker's TLS certificate must come from the new root: sign it")
+    click.echo("again (fleet broker-cert sign --kind server; README, Root rollover), restart it.")
 
 
 async def _good_under_old(

@@ -53,14 +53,19 @@ def read_secret_file(path: Path) -> bytes:
     return secret
 
 
-def read_input_file(path: Path, limit: int, what: str, reason: str) -> bytes:
+def read_input_file(
+    path: Path, limit: int, what: str, reason: str, *, path_hint: str | None = None
+) -> bytes:
     """An input file an admin names (manifest, CA bundle), read at most ``limit`` bytes:
     a wrong path (/dev/zero, a disk image) is refused instead of read until memory ends."""
     try:
         with path.open("rb") as file:
             data = file.read(limit + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}",
+            hint=path_hint or f"Check the path of the {what}.",
+        ) from exc
     if len(data) > limit:
         size = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
         raise RequestInvalid(

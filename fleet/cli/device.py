@@ -93,7 +93,11 @@ def token(device_id: str, expires_in: str, out_file: Path | None, as_json: bool)
             f"One-time enrollment token for device {device_id}, valid until "
             f"{when(issued.expires_at)}, written to {out_file} (0600)."
         )
-        click.echo(f"The device reads it with: fleet-agent enroll ... --token-file {out_file}")
+        # --device-id is required with --token-file: the agent cannot learn the id from a token.
+        click.echo(
+            "The device reads it with: fleet-agent enroll ... "
+            f"--device-id {device_id} --token-file {out_file}"
+        )
         return
     click.echo(
         f"One-time enrollment token for device {device_id}, valid until {when(issued.expires_at)}:"

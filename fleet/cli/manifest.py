@@ -57,7 +57,10 @@ def import_(csv_file: Path, dry_run: bool, as_json: bool) -> None:
 
 
 def _read_text(path: Path) -> str:
-    data = read_input_file(path, MAX_MANIFEST_BYTES, "manifest", Reason.MANIFEST_INVALID)
+    data = read_input_file(
+        path, MAX_MANIFEST_BYTES, "manifest", Reason.MANIFEST_INVALID,
+        path_hint="Check the path of the factory manifest (the CSV to import).",
+    )  # fmt: skip
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -162,4 +162,7 @@ def _ca_json(ca: ManufacturerCA) -> dict[str, str]:
 
 
 def _read_pem(ca_file: Path) -> bytes:
-    return read_input_file(ca_file, MAX_CA_BUNDLE_BYTES, "CA bundle", Reason.PEM_INVALID)
+    return read_input_file(
+        ca_file, MAX_CA_BUNDLE_BYTES, "CA bundle", Reason.PEM_INVALID,
+        path_hint="Check the path of the CA certificate (PEM) to trust.",
+    )  # fmt: skip

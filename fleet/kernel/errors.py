@@ -38,7 +38,8 @@ errors to status codes; CLIs print ``diagnostics()`` and exit non-zero.
     │   └── AdminNotFound               no admin credential with that fingerprint
     ├── StoreError
     │   ├── StoreConflict               a concurrent change won; nothing was written
-    │   └── StoreUnavailable            backend down or corrupt; nothing was written
+    │   ├── StoreUnavailable            backend down or corrupt; nothing was written
+    │   └── StoreRecordInvalid          a stored record does not decode (hand-edited, foreign)
     └── TransportError
         ├── ServerUnavailable
         └── EnrollmentPending           202: retry after ``retry_after`` seconds
@@ -261,6 +262,19 @@ class StoreConflict(StoreError):
 class StoreUnavailable(StoreError):
     reason = Reason.STORE_UNAVAILABLE
     hint = "Check that the database file is readable and intact, or that Redis is reachable."
+
+
+class StoreRecordInvalid(StoreError):
+    """A record in the store does not decode: written by hand or by another version.
+
+    Refused where it is read, never used as a guess; the message names the record.
+    """
+
+    reason = Reason.STORE_RECORD_INVALID
+    hint = (
+        "A record in the store was changed by hand or written by another fleet version. "
+        "Restore it from a backup (fleet reads and writes it only through its own API)."
+    )
 
 
 class TransportError(FleetError):

@@ -140,6 +140,7 @@ class Reason(enum.StrEnum):
     ADMIN_NOT_FOUND = "admin_not_found"
     STORE_CONFLICT = "store_conflict"
     STORE_UNAVAILABLE = "store_unavailable"
+    STORE_RECORD_INVALID = "store_record_invalid"
     SERVER_UNAVAILABLE = "server_unavailable"
     AUDIT_CHAIN_BROKEN = "audit_chain_broken"
     CRL_INVALID = "crl_invalid"

@@ -96,39 +96,29 @@ def follow_rollover(
     while progress:  # each pass may certify roots that certify the next ones
         progress = False
         for root in list(candidates):
-            if _certified(root, offered, known, now=now, skew=skew):
+            if _certification_problem(root, offered, known, now=now, skew=skew) is None:
                 known.append(root)
                 accepted.append(root)
                 candidates.remove(root)
                 progress = True
-    refused = tuple(_why_not(root, offered, known, now=now, skew=skew) for root in candidates)
+    refused = tuple(
+        problem
+        for root in candidates
+        if (problem := _certification_problem(root, offered, known, now=now, skew=skew))
+    )
     return RootRollover(trusted=tuple(known), accepted=tuple(accepted), refused=refused)
 
 
-def _certified(
+def _certification_problem(
     root: x509.Certificate,
     offered: Sequence[x509.Certificate],
     known: Sequence[x509.Certificate],
     *,
     now: dt.datetime,
     skew: dt.timedelta,
-) -> bool:
-    if _root_problem(root, now=now, skew=skew) is not None:
-        return False
-    return any(
-        is_link_for(link, root) and link_problem(link, known, now=now, skew=skew) is None
-        for link in offered
-    )
-
-
-def _why_not(
-    root: x509.Certificate,
-    offered: Sequence[x509.Certificate],
-    known: Sequence[x509.Certificate],
-    *,
-    now: dt.datetime,
-    skew: dt.timedelta,
-) -> Problem:
+) -> Problem | None:
+    """Why no link among ``offered`` certifies ``root`` for a party trusting ``known``;
+    None when one does (the one rule: follow_rollover accepts and explains by it)."""
     problem = _root_problem(root, now=now, skew=skew)
     if problem is not None:
         return problem
@@ -139,6 +129,8 @@ def _why_not(
             f"new root {describe(root)} comes without a link certificate from a trusted root",
         )
     problems = [link_problem(link, known, now=now, skew=skew) for link in links]
+    if any(p is None for p in problems):
+        return None
     details = "; ".join(p.detail for p in problems if p is not None)
     return Problem(
         Reason.ROOT_NOT_CERTIFIED, f"new root {describe(root)} is not certified: {details}"

@@ -9,23 +9,32 @@ text because 159-bit integers do not survive JSON numbers or Lua doubles.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
+from fleet.kernel.errors import StoreRecordInvalid
 from fleet.records import (
     ADMIN_CREDENTIAL_KINDS,
     AdminCredential,
+    CertificateRecord,
+    CertificateStatus,
+    Device,
     DeviceState,
     ManifestEntry,
+    Manufacturer,
+    ReplacementRequest,
+    ReplacementStatus,
     RevocationEvent,
     RevocationKind,
     RevocationReason,
 )
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_SERIAL_HEX = re.compile(r"[1-9a-f][0-9a-f]*")  # what serial_hex writes
 _CURSOR_MIN, _CURSOR_MAX = -(1 << 63), (1 << 63) - 1  # SQLite INTEGER; Redis HSET text
 
 
@@ -77,19 +86,142 @@ def feed_event_to_json(event: RevocationEvent) -> str:
     )
 
 
-def feed_event_from_json(text: str) -> RevocationEvent:
-    data: dict[str, Any] = json.loads(text)
-    raw_serials = data["serials"]
-    # Lua's cjson encodes an empty table as ``{}``: a device revoked with no
-    # good certificate arrives from Redis that way.
-    serials = [] if isinstance(raw_serials, dict) else list(raw_serials)
-    return RevocationEvent(
-        seq=int(data["seq"]),
-        kind=RevocationKind(data["kind"]),
-        device_id=str(data["device_id"]),
-        serials=tuple(sorted(serial_int(str(s)) for s in serials)),
-        reason=RevocationReason(data["reason"]),
-        at=parse_ts(str(data["at"])),
+def feed_event_from_json(text: str, *, seq: int | None = None) -> RevocationEvent:
+    """The feed event stored as ``text`` (at sequence ``seq``, when the caller knows it).
+
+    Anything else (a row written by hand or by another version) is StoreRecordInvalid,
+    never a guess: brokers then rebuild their state from a snapshot instead of
+    following an event they cannot read (broker_plugins.revocation_cache).
+    """
+    try:
+        data: dict[str, Any] = json.loads(text)
+        raw_serials = data["serials"]
+        # Lua's cjson encodes an empty table as ``{}``: a device revoked with no
+        # good certificate arrives from Redis that way.
+        serials = [] if raw_serials == {} else list(raw_serials)
+        if not isinstance(data["seq"], int) or not all(
+            isinstance(s, str) and _SERIAL_HEX.fullmatch(s) for s in serials
+        ):
+            raise TypeError("seq must be an integer and serials lowercase hex")
+        event = RevocationEvent(
+            seq=data["seq"],
+            kind=RevocationKind(data["kind"]),
+            device_id=_text(data["device_id"]),
+            serials=tuple(sorted(serial_int(s) for s in serials)),
+            reason=RevocationReason(data["reason"]),
+            at=parse_ts(_text(data["at"])),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        where = "" if seq is None else f" at sequence {seq}"
+        raise StoreRecordInvalid(f"the revocation feed event{where} cannot be read: {exc}") from exc
+    if seq is not None and event.seq != seq:
+        raise StoreRecordInvalid(
+            f"the revocation feed event at sequence {seq} says it is sequence {event.seq}"
+        )
+    return event
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+@contextlib.contextmanager
+def stored_record(what: str) -> Iterator[None]:
+    """Decode the stored record ``what`` (``device 'd1'``): a field that does not
+    decode (a row edited by hand or written by another version) is StoreRecordInvalid
+    naming the record, a clear refusal instead of a traceback, and never a guess."""
+    try:
+        yield
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise StoreRecordInvalid(f"the stored {what} cannot be read: {exc!r}") from exc
+
+
+class StoredFields(Protocol):
+    """A stored record's fields by name: an SQL row, or a Redis hash completed with
+    the fields it leaves out (None, or the SQL column's default)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
+
+
+def _named(fields: StoredFields, key: str) -> str:
+    """The stored record's id for an error message, even from a record that lacks it."""
+    try:
+        return repr(fields[key])
+    except (KeyError, IndexError, TypeError):
+        return "(no id)"
+
+
+def device_record(fields: StoredFields) -> Device:
+    """A device as both backends store it (no manufacturer: its fingerprint is None);
+    StoreRecordInvalid naming it when a field does not decode."""
+    with stored_record(f"device {_named(fields, 'device_id')}"):
+        return _device_record(fields)
+
+
+def _device_record(fields: StoredFields) -> Device:
+    return Device(
+        device_id=fields["device_id"],
+        state=DeviceState(fields["state"]),
+        created_at=parse_ts(fields["created_at"]),
+        updated_at=parse_ts(fields["updated_at"]),
+        bootstrap_sha256=fields["bootstrap_sha256"],
+        model=fields["model"],
+        batch=fields["batch"],
+        enrolled_bootstrap_sha256=fields["enrolled_bootstrap_sha256"],
+        enrolled_at=opt_parse_ts(fields["enrolled_at"]),
+        state_reason=fields["state_reason"],
+        manufacturer=(
+            None
+            if fields["manufacturer_sha256"] is None
+            else Manufacturer(fields["manufacturer_sha256"], fields["manufacturer_name"])
+        ),
+    )
+
+
+def certificate_record(fields: StoredFields) -> CertificateRecord:
+    """A certificate as both backends store it (hex serial, text times, enum values);
+    StoreRecordInvalid naming it when a field does not decode."""
+    with stored_record(f"certificate {_named(fields, 'serial')}"):
+        return _certificate_record(fields)
+
+
+def _certificate_record(fields: StoredFields) -> CertificateRecord:
+    reason = fields["revocation_reason"]
+    return CertificateRecord(
+        serial=serial_int(fields["serial"]),
+        device_id=fields["device_id"],
+        not_before=parse_ts(fields["not_before"]),
+        not_after=parse_ts(fields["not_after"]),
+        issued_at=parse_ts(fields["issued_at"]),
+        pem=fields["pem"],
+        status=CertificateStatus(fields["status"]),
+        revoked_at=opt_parse_ts(fields["revoked_at"]),
+        revocation_reason=None if reason is None else RevocationReason(reason),
+    )
+
+
+def replacement_request(fields: StoredFields) -> ReplacementRequest:
+    """A replacement request as both backends store it (counts are text in Redis);
+    StoreRecordInvalid naming it when a field does not decode."""
+    with stored_record(f"replacement request of {_named(fields, 'device_id')}"):
+        return _replacement_request(fields)
+
+
+def _replacement_request(fields: StoredFields) -> ReplacementRequest:
+    return ReplacementRequest(
+        device_id=fields["device_id"],
+        bootstrap_sha256=fields["bootstrap_sha256"],
+        key_sha256=fields["key_sha256"],
+        first_seen=parse_ts(fields["first_seen"]),
+        last_seen=parse_ts(fields["last_seen"]),
+        attempts=int(fields["attempts"]),
+        keys_seen=int(fields["keys_seen"]),
+        source=fields["source"],
+        status=ReplacementStatus(fields["status"]),
+        decided_at=opt_parse_ts(fields["decided_at"]),
+        decided_by=fields["decided_by"],
     )
 
 

@@ -21,6 +21,7 @@ from redis.commands.core import AsyncScript
 
 from fleet.kernel.errors import StoreConflict
 from fleet.records import AuditEvent, AuditPage, AuditQuery, AuditRecord
+from fleet.store._codec import stored_record
 from fleet.store._redis_engine import (
     CAS_ATTEMPTS,
     RedisEngine,
@@ -30,7 +31,7 @@ from fleet.store._redis_engine import (
     mapped_errors,
     script_reply,
 )
-from fleet.store.audit_chain import GENESIS, chain_after, event_from_json, event_to_json
+from fleet.store.audit_chain import GENESIS, chain_after, event_to_json, stored_event
 
 _APPEND_AUDIT = """
 -- KEYS[1] audit zset, KEYS[2] audit head, KEYS[3] (optional) device index
@@ -141,13 +142,14 @@ def _audit_to_json(record: AuditRecord) -> str:
 
 
 def _audit_from_json(text: str) -> AuditRecord:
-    data = json.loads(text)
-    return AuditRecord(
-        seq=int(data["seq"]),
-        event=event_from_json(data["event"]),
-        prev_sha256=str(data["prev_sha256"]),
-        sha256=str(data["sha256"]),
-    )
+    with stored_record("audit record"):
+        data = json.loads(text)
+        return AuditRecord(
+            seq=int(data["seq"]),
+            event=stored_event(data["event"]),
+            prev_sha256=str(data["prev_sha256"]),
+            sha256=str(data["sha256"]),
+        )
 
 
 class RedisAuditLog(RedisEngine):

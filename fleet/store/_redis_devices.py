@@ -22,15 +22,13 @@ from fleet.records import (
     DeviceFilter,
     DeviceState,
     ManifestEntry,
-    Manufacturer,
 )
 from fleet.store._codec import (
     check_manifest,
     check_target_state,
+    device_record,
     epoch_us,
-    opt_parse_ts,
     opt_ts,
-    parse_ts,
     serial_int,
     ts,
 )
@@ -42,24 +40,27 @@ _SCAN_PAGE = 500
 
 _IMPORT_MANIFEST = (
     INDEX
+    + AUDIT_PRELUDE
     + """
--- KEYS[1] devices zset, KEYS[2..] device hashes
--- ARGV[1] now, then per device: id, bootstrap_sha256, model, batch, manufacturer sha
--- ('' = unchanged), manufacturer name
+-- KEYS[1] devices zset, KEYS[2 .. n+1] the n device hashes, KEYS[n+2 ..] audit
+-- ARGV[1..4] audit, ARGV[5] now, then per device: id, bootstrap_sha256, model, batch,
+-- manufacturer sha ('' = unchanged), manufacturer name
+local n = (#ARGV - 5) / 6
 local t = redis.call('TYPE', KEYS[1])['ok']
 if t ~= 'none' and t ~= 'zset' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' is ' .. t)
 end
-for i = 2, #KEYS do
+for i = 2, n + 1 do
   t = redis.call('TYPE', KEYS[i])['ok']
   if t ~= 'none' and t ~= 'hash' then
     return redis.error_reply('WRONGTYPE ' .. KEYS[i] .. ' is ' .. t)
   end
 end
-local now = ARGV[1]
+if audit_moved(n + 2) then return {'moved'} end
+local now = ARGV[5]
 local created = 0
-for i = 2, #KEYS do
-  local a = 2 + (i - 2) * 6
+for i = 2, n + 1 do
+  local a = 6 + (i - 2) * 6
   if redis.call('EXISTS', KEYS[i]) == 1 then
     redis.call('HSET', KEYS[i], 'bootstrap_sha256', ARGV[a + 1], 'model', ARGV[a + 2],
       'batch', ARGV[a + 3], 'updated_at', now)
@@ -76,7 +77,8 @@ for i = 2, #KEYS do
       'manufacturer_name', ARGV[a + 5])
   end
 end
-return created
+audit_append(n + 2)
+return {'ok', created}
 """
 )
 
@@ -159,24 +161,16 @@ def _device_fields(device: Device) -> dict[str, str]:
     return fields
 
 
+# What a device's hash leaves out while unset (the SQL columns' NULLs and defaults).
+_UNSET_DEVICE_FIELDS: dict[str, str | None] = {
+    "bootstrap_sha256": None, "model": "", "batch": "", "enrolled_bootstrap_sha256": None,
+    "enrolled_at": None, "state_reason": "", "manufacturer_sha256": None, "manufacturer_name": "",
+}  # fmt: skip
+
+
 def _device(fields: Mapping[str, str]) -> Device:
-    return Device(
-        device_id=fields["device_id"],
-        state=DeviceState(fields["state"]),
-        created_at=parse_ts(fields["created_at"]),
-        updated_at=parse_ts(fields["updated_at"]),
-        bootstrap_sha256=fields.get("bootstrap_sha256"),
-        model=fields.get("model", ""),
-        batch=fields.get("batch", ""),
-        enrolled_bootstrap_sha256=fields.get("enrolled_bootstrap_sha256"),
-        enrolled_at=opt_parse_ts(fields.get("enrolled_at")),
-        state_reason=fields.get("state_reason", ""),
-        manufacturer=(
-            Manufacturer(fields["manufacturer_sha256"], fields.get("manufacturer_name", ""))
-            if "manufacturer_sha256" in fields
-            else None
-        ),
-    )
+    """Decoded by the rule both backends share."""
+    return device_record({**_UNSET_DEVICE_FIELDS, **fields})
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -217,16 +211,22 @@ class RedisDeviceRegistry(RedisAuditLog):
         self._set_state = client.register_script(_SET_STATE)
         self._good_certificates = client.register_script(_GOOD_CERTIFICATES)
 
-    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+    async def import_manifest(
+        self,
+        entries: Sequence[ManifestEntry],
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> int:
         check_manifest(entries)
         keys = [self._keys.devices, *(self._keys.device(e.device_id) for e in entries)]
-        args: list[str] = [ts(now)]
+        args: list[str | int] = [ts(now)]
         for e in entries:
             maker = e.manufacturer
             args += [e.device_id, e.bootstrap_sha256, e.model, e.batch]
             args += [maker.sha256, maker.name] if maker else ["", ""]
-        with mapped_errors():
-            return int(await self._import_manifest(keys=keys, args=args))
+        _, created = await self._audited(self._import_manifest, keys, args, audit)
+        return int(created)
 
     async def _device_hash(self, device_id: str) -> dict[str, str]:
         with mapped_errors():

@@ -15,7 +15,6 @@ import datetime as dt
 import json
 
 from redis.asyncio import Redis
-from redis.typing import EncodableT
 
 from fleet.kernel.errors import (
     AdminNotFound,
@@ -24,10 +23,19 @@ from fleet.kernel.errors import (
     StoreUnavailable,
     TokenInvalid,
 )
-from fleet.records import AdminCredential, AdminRole, EnrollmentToken, ManufacturerCA
-from fleet.store._codec import admin_order, check_admin_credential, check_cursor, parse_ts, ts
-from fleet.store._redis_engine import CAS_ATTEMPTS, RedisEngine, as_hash, as_text, mapped_errors
+from fleet.records import AdminCredential, AdminRole, AuditEvent, EnrollmentToken, ManufacturerCA
+from fleet.store._codec import (
+    admin_order,
+    check_admin_credential,
+    check_cursor,
+    parse_ts,
+    stored_record,
+    ts,
+)
+from fleet.store._redis_audit import RedisAuditLog
+from fleet.store._redis_engine import CAS_ATTEMPTS, as_hash, as_text, mapped_errors
 from fleet.store._redis_intermediates import RedisIntermediates, ca_from_json, ca_to_json
+from fleet.store._redis_lua import AUDIT_PRELUDE
 from fleet.store.crl_numbers import CrlCounter, StoredCrl, next_crl_number, replaces
 
 _SPEND_ONE_TIME_CODE = """
@@ -38,15 +46,51 @@ redis.call('DEL', KEYS[1])
 return 1
 """
 
-_DISABLE_ADMIN = """
--- KEYS[1] admins hash; ARGV[1] sha256
-local text = redis.call('HGET', KEYS[1], ARGV[1])
-if not text then return 0 end
-local cred = cjson.decode(text)
-cred['disabled'] = true
-redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(cred))
-return 1
+# One entry of a directory hash added, removed or (an admin credential) disabled,
+# with its audit event chained in the same script.
+_CHANGE_ENTRY = (
+    AUDIT_PRELUDE
+    + """
+-- KEYS[1] the hash, KEYS[2..] audit; ARGV[1..4] audit, ARGV[5] 'add' | 'remove' |
+-- 'disable', ARGV[6] field, ARGV[7] value (add)
+local text = redis.call('HGET', KEYS[1], ARGV[6])
+if ARGV[5] == 'add' then
+  if text then return {'unchanged'} end
+elseif not text then
+  return {'missing'}
+end
+local cred
+if ARGV[5] == 'disable' then
+  cred = cjson.decode(text)
+  if cred['disabled'] then return {'unchanged'} end
+end
+if audit_moved(2) then return {'moved'} end
+if ARGV[5] == 'add' then
+  redis.call('HSET', KEYS[1], ARGV[6], ARGV[7])
+elseif ARGV[5] == 'remove' then
+  redis.call('HDEL', KEYS[1], ARGV[6])
+else
+  cred['disabled'] = true
+  redis.call('HSET', KEYS[1], ARGV[6], cjson.encode(cred))
+end
+audit_append(2)
+return {'ok'}
 """
+)
+
+_PUT_TOKEN = (
+    AUDIT_PRELUDE
+    + """
+-- KEYS[1] the device's token hash, KEYS[2..] audit; ARGV[1..4] audit,
+-- ARGV[5] token sha256, ARGV[6] created_at, ARGV[7] expires_at
+if audit_moved(2) then return {'moved'} end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'token_sha256', ARGV[5], 'created_at', ARGV[6],
+  'expires_at', ARGV[7])
+audit_append(2)
+return {'ok'}
+"""
+)
 
 _SET_CRL_COUNTER = """
 -- KEYS[1] crl hash; ARGV: expected number, expected seq ('' = none), new number, new seq.
@@ -82,6 +126,11 @@ def _admin_to_json(cred: AdminCredential) -> str:
 
 
 def _admin_from_json(text: str) -> AdminCredential:
+    with stored_record("admin credential"):
+        return _decode_admin_from_json(text)
+
+
+def _decode_admin_from_json(text: str) -> AdminCredential:
     data = json.loads(text)
     return AdminCredential(
         name=str(data["name"]),
@@ -93,25 +142,32 @@ def _admin_from_json(text: str) -> AdminCredential:
     )
 
 
-class RedisDirectory(RedisEngine, RedisIntermediates):
+class RedisDirectory(RedisAuditLog, RedisIntermediates):
     """Manufacturer trust, admin credentials, enrollment tokens, cursors, CRL numbers."""
 
     def __init__(self, client: Redis, namespace: str) -> None:
         super().__init__(client, namespace)
         self._consume_token = client.register_script(_SPEND_ONE_TIME_CODE)
-        self._disable_admin = client.register_script(_DISABLE_ADMIN)
+        self._change_entry = client.register_script(_CHANGE_ENTRY)
+        self._put_token = client.register_script(_PUT_TOKEN)
         self._set_crl_counter = client.register_script(_SET_CRL_COUNTER)
         self._keep_signed_crl = client.register_script(_KEEP_SIGNED_CRL)
 
     # -- manufacturer trust ------------------------------------------------
-    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
-        with mapped_errors():
-            return bool(await self._redis.hsetnx(self._keys.mfr_cas, ca.sha256, ca_to_json(ca)))
+    async def _change(
+        self, key: str, op: str, field: str, value: str, audit: AuditEvent | None
+    ) -> str:
+        status, _ = await self._audited(self._change_entry, [key], [op, field, value], audit)
+        return status
 
-    async def remove_manufacturer_ca(self, sha256: str) -> None:
-        with mapped_errors():
-            removed = await self._redis.hdel(self._keys.mfr_cas, sha256)
-        if not removed:
+    async def add_manufacturer_ca(
+        self, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
+        status = await self._change(self._keys.mfr_cas, "add", ca.sha256, ca_to_json(ca), audit)
+        return status == "ok"
+
+    async def remove_manufacturer_ca(self, sha256: str, *, audit: AuditEvent | None = None) -> None:
+        if await self._change(self._keys.mfr_cas, "remove", sha256, "", audit) == "missing":
             raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
 
     async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
@@ -121,11 +177,12 @@ class RedisDirectory(RedisEngine, RedisIntermediates):
         return sorted(cas, key=lambda ca: (ca.added_at, ca.sha256))
 
     # -- admin credentials -------------------------------------------------------
-    async def put_admin_credential(self, cred: AdminCredential) -> None:
+    async def put_admin_credential(
+        self, cred: AdminCredential, *, audit: AuditEvent | None = None
+    ) -> None:
         check_admin_credential(cred)
-        with mapped_errors():
-            added = await self._redis.hsetnx(self._keys.admins, cred.sha256, _admin_to_json(cred))
-        if not added:
+        text = _admin_to_json(cred)
+        if await self._change(self._keys.admins, "add", cred.sha256, text, audit) != "ok":
             raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
 
     async def find_admin_credential(self, sha256: str) -> AdminCredential:
@@ -140,25 +197,20 @@ class RedisDirectory(RedisEngine, RedisIntermediates):
             raw = as_hash(await self._redis.hgetall(self._keys.admins))
         return sorted(map(_admin_from_json, raw.values()), key=admin_order)
 
-    async def disable_admin_credential(self, sha256: str) -> None:
-        with mapped_errors():
-            found = await self._disable_admin(keys=[self._keys.admins], args=[sha256])
-        if not found:
+    async def disable_admin_credential(
+        self, sha256: str, *, audit: AuditEvent | None = None
+    ) -> bool:
+        status = await self._change(self._keys.admins, "disable", sha256, "", audit)
+        if status == "missing":
             raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+        return status == "ok"
 
     # -- one-time enrollment tokens -----------------------------------------
-    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
-        key = self._keys.token(token.device_id)
-        mapping: dict[EncodableT, EncodableT] = {
-            "token_sha256": token.token_sha256,
-            "created_at": ts(token.created_at),
-            "expires_at": ts(token.expires_at),
-        }
-        with mapped_errors():
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, mapping=mapping)
-                await pipe.execute()
+    async def put_enrollment_token(
+        self, token: EnrollmentToken, *, audit: AuditEvent | None = None
+    ) -> None:
+        args = [token.token_sha256, ts(token.created_at), ts(token.expires_at)]
+        await self._audited(self._put_token, [self._keys.token(token.device_id)], args, audit)
 
     async def consume_enrollment_token(
         self, device_id: str, token_sha256: str, now: dt.datetime

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from fleet.kernel.errors import StoreUnavailable
 from fleet.records import RevocationEvent, RevocationSnapshot
-from fleet.store._codec import feed_event_from_json, serial_int
+from fleet.store._codec import feed_event_from_json, serial_int, stored_record
 from fleet.store._redis_engine import RedisEngine, as_text, as_texts, mapped_errors
 
 _FEED_PAGE = 1000
@@ -42,7 +42,9 @@ class RedisRevocationFeed(RedisEngine):
         start = max(seq, 0)  # a negative LRANGE index would count from the end
         with mapped_errors():
             raw = as_texts(await self._redis.lrange(self._keys.feed, start, start + limit - 1))
-        return [e for e in map(feed_event_from_json, raw) if e.seq > seq]
+        # Index i holds sequence i + 1.
+        events = [feed_event_from_json(text, seq=start + 1 + i) for i, text in enumerate(raw)]
+        return [e for e in events if e.seq > seq]
 
     async def revocation_snapshot(self) -> RevocationSnapshot:
         k = self._keys
@@ -53,11 +55,12 @@ class RedisRevocationFeed(RedisEngine):
                 pipe.smembers(k.revoked)
                 pipe.smembers(k.revoked_devices)
                 head, serials, devices = await pipe.execute()
-        return RevocationSnapshot(
-            seq=0 if head is None else int(head),
-            serials=frozenset(serial_int(s) for s in as_texts(serials)),
-            device_ids=frozenset(as_texts(devices)),
-        )
+        with stored_record("set of revoked serials"):
+            return RevocationSnapshot(
+                seq=0 if head is None else int(head),
+                serials=frozenset(serial_int(s) for s in as_texts(serials)),
+                device_ids=frozenset(as_texts(devices)),
+            )
 
     async def _events_after(self, seq: int) -> list[RevocationEvent]:
         events: list[RevocationEvent] = []

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from fleet.records import ManufacturerCA
+from fleet.records import AuditEvent, ManufacturerCA
 from fleet.store._codec import parse_ts, ts
 from fleet.store._redis_engine import mapped_errors
 from fleet.store.intermediates import missing_intermediate
@@ -24,6 +24,10 @@ class _Redis(Protocol):
 
     @property
     def _keys(self) -> _RedisKeys: ...
+
+    async def _change(
+        self, key: str, op: str, field: str, value: str, audit: AuditEvent | None
+    ) -> str: ...
 
 
 def _pool_key(store: _Redis) -> str:
@@ -44,14 +48,16 @@ def ca_from_json(text: Any) -> ManufacturerCA:
 
 
 class RedisIntermediates:
-    async def add_manufacturer_intermediate(self: _Redis, ca: ManufacturerCA) -> bool:
-        with mapped_errors():
-            return bool(await self._redis.hsetnx(_pool_key(self), ca.sha256, ca_to_json(ca)))
+    # Changes go through the directory's one audited script (RedisDirectory._change).
+    async def add_manufacturer_intermediate(
+        self: _Redis, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
+        return await self._change(_pool_key(self), "add", ca.sha256, ca_to_json(ca), audit) == "ok"
 
-    async def remove_manufacturer_intermediate(self: _Redis, sha256: str) -> None:
-        with mapped_errors():
-            removed = await self._redis.hdel(_pool_key(self), sha256)
-        if not removed:
+    async def remove_manufacturer_intermediate(
+        self: _Redis, sha256: str, *, audit: AuditEvent | None = None
+    ) -> None:
+        if await self._change(_pool_key(self), "remove", sha256, "", audit) == "missing":
             raise missing_intermediate(sha256)
 
     async def list_manufacturer_intermediates(self: _Redis) -> list[ManufacturerCA]:

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping, Sequence
 
 from redis.asyncio import Redis
 
-from fleet.kernel.errors import CertificateNotFound, DeviceNotFound
+from fleet.kernel.errors import CertificateNotFound, DeviceNotFound, StoreConflict
 from fleet.records import (
     AuditEvent,
     CertificateRecord,
@@ -26,10 +26,9 @@ from fleet.records import (
     RevocationReason,
 )
 from fleet.store._codec import (
+    certificate_record,
     epoch_us,
     feed_event_from_json,
-    opt_parse_ts,
-    parse_ts,
     serial_hex,
     serial_int,
     ts,
@@ -52,7 +51,8 @@ _RECORD_CERTIFICATE = (
 -- ARGV[9+m] approved replacement key ('' = none), ARGV[10+m] channel, ARGV[11+m] cert key
 -- prefix, ARGV[12+m] n = number of serials to supersede, ARGV[13+m .. 12+m+n] those
 -- serials (hex), ARGV[13+m+n] manufacturer sha ('' = unchanged), ARGV[14+m+n] its name,
--- ARGV[15+m+n ..] expected device states
+-- ARGV[15+m+n] the renewing certificate's serial (hex; '' = none),
+-- ARGV[16+m+n ..] expected device states
 local m = tonumber(ARGV[8])
 local n = tonumber(ARGV[12 + m])
 local cert = {}
@@ -68,10 +68,14 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   return {'duplicate'}
 end
 local allowed = false
-for i = 15 + m + n, #ARGV do
+for i = 16 + m + n, #ARGV do
   if ARGV[i] == cur then allowed = true end
 end
 if not allowed then return {'conflict', cur} end
+local renewing = ARGV[15 + m + n]
+if renewing ~= '' and redis.call('HGET', ARGV[11 + m] .. renewing, 'status') ~= 'good' then
+  return {'renewing_revoked', renewing}
+end
 local replacement = ARGV[9 + m]
 if replacement ~= '' then
   local r = redis.call('HMGET', KEYS[8], 'status', 'key_sha256')
@@ -187,19 +191,13 @@ def _cert_fields(cert: CertificateRecord) -> dict[str, str]:
     return fields
 
 
+# A certificate's hash leaves out the revocation fields until it is revoked.
+_UNREVOKED_FIELDS: dict[str, str | None] = {"revoked_at": None, "revocation_reason": None}
+
+
 def _certificate(fields: Mapping[str, str]) -> CertificateRecord:
-    reason = fields.get("revocation_reason")
-    return CertificateRecord(
-        serial=serial_int(fields["serial"]),
-        device_id=fields["device_id"],
-        not_before=parse_ts(fields["not_before"]),
-        not_after=parse_ts(fields["not_after"]),
-        issued_at=parse_ts(fields["issued_at"]),
-        pem=fields["pem"],
-        status=CertificateStatus(fields["status"]),
-        revoked_at=opt_parse_ts(fields.get("revoked_at")),
-        revocation_reason=None if reason is None else RevocationReason(reason),
-    )
+    """Decoded by the rule both backends share."""
+    return certificate_record({**_UNREVOKED_FIELDS, **fields})
 
 
 class RedisCertificateLedger(RedisAuditLog):
@@ -222,6 +220,7 @@ class RedisCertificateLedger(RedisAuditLog):
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
         manufacturer: Manufacturer | None = None,
+        renewing: int | None = None,
     ) -> Device:
         c = certificate
         k = self._keys
@@ -250,9 +249,14 @@ class RedisCertificateLedger(RedisAuditLog):
             *(serial_hex(s) for s in supersede),
             manufacturer.sha256 if manufacturer else "",
             manufacturer.name if manufacturer else "",
+            "" if renewing is None else serial_hex(renewing),
             *(s.value for s in expected),
         ]
         reply = await self._audited(self._record_certificate, keys, args, audit)
+        if reply[0] == "renewing_revoked":
+            raise StoreConflict(
+                f"certificate {as_text(reply[1])} that authenticated the renewal is no longer good"
+            )
         return device_from_reply(c.device_id, reply)
 
     async def _certificates(self, serials: Sequence[str]) -> list[CertificateRecord]:

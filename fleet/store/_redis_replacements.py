@@ -19,7 +19,7 @@ from fleet.records import (
     RevocationEvent,
     RevocationReason,
 )
-from fleet.store._codec import feed_event_from_json, opt_parse_ts, parse_ts, ts
+from fleet.store._codec import feed_event_from_json, replacement_request, ts
 from fleet.store._redis_audit import RedisAuditLog
 from fleet.store._redis_engine import as_hash, as_text, as_texts, mapped_errors
 from fleet.store._redis_lua import AUDIT_PRELUDE, FEED_APPEND, INDEX, REVOKE_GOOD
@@ -88,20 +88,13 @@ return {'ok', {redis.call('HGETALL', KEYS[2]), event}}
 )
 
 
+# The SQL columns' defaults, for the fields a request's hash leaves out.
+_UNSET_REQUEST_FIELDS: dict[str, str | None] = {"source": "", "decided_at": None, "decided_by": ""}
+
+
 def request_from_fields(fields: Mapping[str, str]) -> ReplacementRequest:
-    return ReplacementRequest(
-        device_id=fields["device_id"],
-        bootstrap_sha256=fields["bootstrap_sha256"],
-        key_sha256=fields["key_sha256"],
-        first_seen=parse_ts(fields["first_seen"]),
-        last_seen=parse_ts(fields["last_seen"]),
-        attempts=int(fields["attempts"]),
-        keys_seen=int(fields["keys_seen"]),
-        source=fields.get("source", ""),
-        status=ReplacementStatus(fields["status"]),
-        decided_at=opt_parse_ts(fields.get("decided_at")),
-        decided_by=fields.get("decided_by", ""),
-    )
+    """Decoded by the rule both backends share; a hash leaves out what is unset."""
+    return replacement_request({**_UNSET_REQUEST_FIELDS, **fields})
 
 
 class RedisReplacementQueue(RedisAuditLog):

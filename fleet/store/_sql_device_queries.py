@@ -11,10 +11,9 @@ import datetime as dt
 from typing import Any
 
 from fleet.records import CertificateStatus, Device, DeviceFilter, DeviceState
-from fleet.store._codec import ts
+from fleet.store._codec import device_record, ts
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_directory import SqlDirectory
-from fleet.store._sql_rows import _device
 
 _GOOD = CertificateStatus.GOOD.value
 # The newest good certificate of the device in the enclosing query: latest
@@ -65,7 +64,7 @@ class SqlDeviceQueries(SqlDirectory):
         params.append(limit)
         # Only fixed clause strings are joined in; every value is a parameter.
         sql = f"SELECT * FROM devices WHERE {where} ORDER BY device_id LIMIT ?"  # noqa: S608
-        return await self._read(lambda conn: [_device(r) for r in conn.execute(sql, params)])
+        return await self._read(lambda conn: [device_record(r) for r in conn.execute(sql, params)])
 
     async def count_devices_by_state(self) -> dict[DeviceState, int]:
         def body(conn: SqlConnection) -> dict[DeviceState, int]:

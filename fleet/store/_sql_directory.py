@@ -11,7 +11,6 @@ one rule each.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -36,13 +35,14 @@ from fleet.store._codec import (
     check_admin_credential,
     check_cursor,
     parse_ts,
+    stored_record,
     ts,
 )
 from fleet.store._sql import AUDIT_INDEXED, SqlConnection
 from fleet.store._sql_rows import (
     _append_audit,
 )
-from fleet.store.audit_chain import event_from_json
+from fleet.store.audit_chain import stored_event
 from fleet.store.crl_numbers import CrlCounter, StoredCrl, next_crl_number, replaces
 from fleet.store.intermediates import SqlIntermediates
 
@@ -52,13 +52,18 @@ T = TypeVar("T")
 def _audit(row: Any) -> AuditRecord:
     return AuditRecord(
         seq=row["seq"],
-        event=event_from_json(json.loads(row["event"])),
+        event=stored_event(row["event"]),
         prev_sha256=row["prev_sha256"],
         sha256=row["sha256"],
     )
 
 
 def _admin(row: Any) -> AdminCredential:
+    with stored_record(f"admin credential {row['sha256']!r}"):
+        return _decode_admin(row)
+
+
+def _decode_admin(row: Any) -> AdminCredential:
     return AdminCredential(
         name=row["name"],
         role=AdminRole(row["role"]),
@@ -112,22 +117,28 @@ class SqlDirectory(SqlIntermediates):
         raise NotImplementedError
 
     # -- manufacturer trust ------------------------------------------------
-    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
+    async def add_manufacturer_ca(
+        self, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
         def body(conn: SqlConnection) -> bool:
             cursor = conn.execute(
                 "INSERT INTO manufacturer_cas (sha256, name, pem, added_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (sha256) DO NOTHING",
                 (ca.sha256, ca.name, ca.pem, ts(ca.added_at)),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            _append_audit(conn, audit)
+            return True
 
         return await self._write(body)
 
-    async def remove_manufacturer_ca(self, sha256: str) -> None:
+    async def remove_manufacturer_ca(self, sha256: str, *, audit: AuditEvent | None = None) -> None:
         def body(conn: SqlConnection) -> None:
             cursor = conn.execute("DELETE FROM manufacturer_cas WHERE sha256 = ?", (sha256,))
             if cursor.rowcount == 0:
                 raise NotFound(f"no trusted manufacturer CA with fingerprint {sha256}")
+            _append_audit(conn, audit)
 
         await self._write(body)
 
@@ -149,7 +160,9 @@ class SqlDirectory(SqlIntermediates):
         return await self._read_here(body)
 
     # -- admin credentials -------------------------------------------------------
-    async def put_admin_credential(self, cred: AdminCredential) -> None:
+    async def put_admin_credential(
+        self, cred: AdminCredential, *, audit: AuditEvent | None = None
+    ) -> None:
         check_admin_credential(cred)
 
         def body(conn: SqlConnection) -> None:
@@ -167,6 +180,7 @@ class SqlDirectory(SqlIntermediates):
             )
             if cursor.rowcount == 0:
                 raise StoreConflict(f"an admin credential with sha256 {cred.sha256} exists")
+            _append_audit(conn, audit)
 
         await self._write(body)
 
@@ -188,18 +202,30 @@ class SqlDirectory(SqlIntermediates):
 
         return await self._read(body)
 
-    async def disable_admin_credential(self, sha256: str) -> None:
-        def body(conn: SqlConnection) -> None:
+    async def disable_admin_credential(
+        self, sha256: str, *, audit: AuditEvent | None = None
+    ) -> bool:
+        def body(conn: SqlConnection) -> bool:
             cursor = conn.execute(
-                "UPDATE admin_credentials SET disabled = 1 WHERE sha256 = ?", (sha256,)
+                "UPDATE admin_credentials SET disabled = 1 WHERE sha256 = ? AND disabled = 0",
+                (sha256,),
             )
             if cursor.rowcount == 0:
-                raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+                found = conn.execute(
+                    "SELECT 1 FROM admin_credentials WHERE sha256 = ?", (sha256,)
+                ).fetchone()
+                if found is None:
+                    raise AdminNotFound(f"no admin credential with sha256 {sha256}")
+                return False  # already disabled
+            _append_audit(conn, audit)
+            return True
 
-        await self._write(body)
+        return await self._write(body)
 
     # -- one-time enrollment tokens -----------------------------------------
-    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
+    async def put_enrollment_token(
+        self, token: EnrollmentToken, *, audit: AuditEvent | None = None
+    ) -> None:
         def body(conn: SqlConnection) -> None:
             conn.execute(
                 "INSERT INTO enrollment_tokens (device_id, token_sha256, created_at, expires_at) "
@@ -208,6 +234,7 @@ class SqlDirectory(SqlIntermediates):
                 "expires_at = excluded.expires_at",
                 (token.device_id, token.token_sha256, ts(token.created_at), ts(token.expires_at)),
             )
+            _append_audit(conn, audit)
 
         await self._write(body)
 

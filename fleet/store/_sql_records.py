@@ -40,6 +40,7 @@ from fleet.records import (
 )
 from fleet.store import _sql_replacements as replacements
 from fleet.store._codec import (
+    certificate_record,
     check_manifest,
     check_target_state,
     feed_event_from_json,
@@ -47,6 +48,7 @@ from fleet.store._codec import (
     parse_ts,
     serial_hex,
     serial_int,
+    stored_record,
     ts,
 )
 from fleet.store._sql import SqlConnection
@@ -54,7 +56,6 @@ from fleet.store._sql_device_queries import SqlDeviceQueries
 from fleet.store._sql_rows import (
     _append_audit,
     _append_feed,
-    _certificate,
     _fetch_device,
 )
 
@@ -72,6 +73,13 @@ def _same_certificate_recorded(conn: SqlConnection, c: CertificateRecord) -> boo
     )
 
 
+def _good(conn: SqlConnection, serial: int) -> bool:
+    row = conn.execute(
+        "SELECT status FROM certificates WHERE serial = ?", (serial_hex(serial),)
+    ).fetchone()
+    return row is not None and row["status"] == CertificateStatus.GOOD.value
+
+
 def _appended(event: RevocationEvent | None) -> bool:
     return event is not None
 
@@ -80,7 +88,13 @@ class SqlRecords(SqlDeviceQueries):
     """Every Store method but the engine's own (open, close, follow_feed)."""
 
     # -- devices -------------------------------------------------------------
-    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+    async def import_manifest(
+        self,
+        entries: Sequence[ManifestEntry],
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> int:
         check_manifest(entries)
         at = ts(now)
 
@@ -113,6 +127,7 @@ class SqlRecords(SqlDeviceQueries):
                         "WHERE device_id = ?",
                         (e.manufacturer.sha256, e.manufacturer.name, e.device_id),
                     )
+            _append_audit(conn, audit)
             return created
 
         return await self._write(body)
@@ -194,6 +209,7 @@ class SqlRecords(SqlDeviceQueries):
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
         manufacturer: Manufacturer | None = None,
+        renewing: int | None = None,
     ) -> Device:
         allowed = {s.value for s in expected}
         at = ts(now)
@@ -206,6 +222,13 @@ class SqlRecords(SqlDeviceQueries):
                     return current, None  # a replayed call that already succeeded
                 raise StoreConflict(
                     f"device {c.device_id!r} is {current.state.value}, not one of {sorted(allowed)}"
+                )
+            if renewing is not None and not _good(conn, renewing):
+                if _same_certificate_recorded(conn, c):
+                    return current, None  # a replay (the renewing one superseded since)
+                raise StoreConflict(
+                    f"certificate {serial_hex(renewing)} that authenticated the renewal is "
+                    "no longer good"
                 )
             if replacement_key is not None:
                 if _same_certificate_recorded(conn, c):
@@ -331,14 +354,14 @@ class SqlRecords(SqlDeviceQueries):
             ).fetchone()
             if row is None:
                 raise CertificateNotFound(f"no certificate with serial {serial:x}")
-            return _certificate(row)
+            return certificate_record(row)
 
         return await self._read_here(body)
 
     async def list_certificates(self, device_id: str) -> list[CertificateRecord]:
         def body(conn: SqlConnection) -> list[CertificateRecord]:
             rows = conn.execute("SELECT * FROM certificates WHERE device_id = ?", (device_id,))
-            certs = [_certificate(r) for r in rows]
+            certs = [certificate_record(r) for r in rows]
             return sorted(certs, key=lambda c: (c.issued_at, c.serial), reverse=True)
 
         return await self._read_here(body)
@@ -352,12 +375,16 @@ class SqlRecords(SqlDeviceQueries):
             "ORDER BY not_after, length(serial), serial LIMIT ?"
         )
         params = (ts(before), CertificateStatus.GOOD.value, limit)
-        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+        return await self._read(
+            lambda conn: [certificate_record(r) for r in conn.execute(sql, params)]
+        )
 
     async def list_revoked(self) -> list[CertificateRecord]:
         sql = "SELECT * FROM certificates WHERE status = ? ORDER BY length(serial), serial"
         params = (CertificateStatus.REVOKED.value,)
-        return await self._read(lambda conn: [_certificate(r) for r in conn.execute(sql, params)])
+        return await self._read(
+            lambda conn: [certificate_record(r) for r in conn.execute(sql, params)]
+        )
 
     async def revoke_certificate(
         self,
@@ -452,7 +479,7 @@ class SqlRecords(SqlDeviceQueries):
                 "SELECT seq, event FROM revocation_feed WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             )
-            return [feed_event_from_json(r["event"]) for r in rows]
+            return [feed_event_from_json(r["event"], seq=int(r["seq"])) for r in rows]
 
         return await self._read_here(body)
 
@@ -466,10 +493,11 @@ class SqlRecords(SqlDeviceQueries):
             devices = conn.execute(
                 "SELECT device_id FROM devices WHERE state = ?", (DeviceState.REVOKED.value,)
             )
-            return RevocationSnapshot(
-                seq=int(head),
-                serials=frozenset(serial_int(r[0]) for r in serials),
-                device_ids=frozenset(r[0] for r in devices),
-            )
+            with stored_record("set of revoked serials"):
+                return RevocationSnapshot(
+                    seq=int(head),
+                    serials=frozenset(serial_int(r[0]) for r in serials),
+                    device_ids=frozenset(r[0] for r in devices),
+                )
 
         return await self._read(body)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
-from typing import Any
 
 from fleet.kernel.errors import StoreConflict
 from fleet.records import (
@@ -23,7 +22,7 @@ from fleet.records import (
     RevocationKind,
     RevocationReason,
 )
-from fleet.store._codec import opt_parse_ts, opt_ts, parse_ts, serial_hex, ts
+from fleet.store._codec import opt_ts, replacement_request, serial_hex, ts
 from fleet.store._sql import SqlConnection
 from fleet.store._sql_rows import _append_audit, _append_feed, _fetch_device
 
@@ -46,27 +45,11 @@ CREATE TABLE IF NOT EXISTS replacement_requests (
 _GOOD = CertificateStatus.GOOD.value
 
 
-def _request(row: Any) -> ReplacementRequest:
-    return ReplacementRequest(
-        device_id=row["device_id"],
-        bootstrap_sha256=row["bootstrap_sha256"],
-        key_sha256=row["key_sha256"],
-        first_seen=parse_ts(row["first_seen"]),
-        last_seen=parse_ts(row["last_seen"]),
-        attempts=row["attempts"],
-        keys_seen=row["keys_seen"],
-        source=row["source"],
-        status=ReplacementStatus(row["status"]),
-        decided_at=opt_parse_ts(row["decided_at"]),
-        decided_by=row["decided_by"],
-    )
-
-
 def fetch_request(conn: SqlConnection, device_id: str) -> ReplacementRequest | None:
     row = conn.execute(
         "SELECT * FROM replacement_requests WHERE device_id = ?", (device_id,)
     ).fetchone()
-    return None if row is None else _request(row)
+    return None if row is None else replacement_request(row)
 
 
 def list_requests(
@@ -77,7 +60,7 @@ def list_requests(
         "ORDER BY device_id LIMIT ?",
         (status.value, after or "", limit),
     )
-    return [_request(row) for row in rows]
+    return [replacement_request(row) for row in rows]
 
 
 def note_attempt(

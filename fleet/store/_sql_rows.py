@@ -9,71 +9,29 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from fleet.kernel.errors import DeviceNotFound
 from fleet.records import (
     AuditEvent,
     AuditRecord,
-    CertificateRecord,
-    CertificateStatus,
     Device,
-    DeviceState,
-    Manufacturer,
     RevocationEvent,
     RevocationKind,
     RevocationReason,
 )
 from fleet.store._codec import (
+    device_record,
     feed_event_to_json,
-    opt_parse_ts,
-    parse_ts,
-    serial_int,
 )
 from fleet.store._sql import SqlConnection
 from fleet.store.audit_chain import GENESIS, chain_after, event_to_json
-
-
-def _device(row: Any) -> Device:
-    return Device(
-        device_id=row["device_id"],
-        state=DeviceState(row["state"]),
-        created_at=parse_ts(row["created_at"]),
-        updated_at=parse_ts(row["updated_at"]),
-        bootstrap_sha256=row["bootstrap_sha256"],
-        model=row["model"],
-        batch=row["batch"],
-        enrolled_bootstrap_sha256=row["enrolled_bootstrap_sha256"],
-        enrolled_at=opt_parse_ts(row["enrolled_at"]),
-        state_reason=row["state_reason"],
-        manufacturer=(
-            None
-            if row["manufacturer_sha256"] is None
-            else Manufacturer(row["manufacturer_sha256"], row["manufacturer_name"])
-        ),
-    )
-
-
-def _certificate(row: Any) -> CertificateRecord:
-    reason = row["revocation_reason"]
-    return CertificateRecord(
-        serial=serial_int(row["serial"]),
-        device_id=row["device_id"],
-        not_before=parse_ts(row["not_before"]),
-        not_after=parse_ts(row["not_after"]),
-        issued_at=parse_ts(row["issued_at"]),
-        pem=row["pem"],
-        status=CertificateStatus(row["status"]),
-        revoked_at=opt_parse_ts(row["revoked_at"]),
-        revocation_reason=None if reason is None else RevocationReason(reason),
-    )
 
 
 def _fetch_device(conn: SqlConnection, device_id: str) -> Device:
     row = conn.execute("SELECT * FROM devices WHERE device_id = ?", (device_id,)).fetchone()
     if row is None:
         raise DeviceNotFound(f"no device {device_id!r}")
-    return _device(row)
+    return device_record(row)
 
 
 def _append_audit(conn: SqlConnection, event: AuditEvent | None) -> AuditRecord | None:

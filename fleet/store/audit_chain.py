@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from fleet.kernel.reasons import Reason
 from fleet.records import AuditEvent, AuditRecord
 
 GENESIS = "0" * 64
@@ -43,6 +44,32 @@ def event_from_json(data: dict[str, Any]) -> AuditEvent:
         device_id=data["device_id"],
         detail={str(k): str(v) for k, v in data["detail"].items()},
     )
+
+
+def stored_event(text: str | dict[str, Any]) -> AuditEvent:
+    """The event a store holds (JSON text, or already parsed), or, when it does not
+    decode (a record edited by hand), an event that says so: it hashes to nothing
+    stored, so `fleet audit verify` reports the record as edited, and every other
+    record still reads (an audit page, `why`) instead of all of them failing."""
+    try:
+        data = json.loads(text) if isinstance(text, str) else text
+        event = event_from_json(data)
+        if event.at.tzinfo is None:
+            raise ValueError("a time without a timezone")
+        return event
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        return AuditEvent(
+            at=UNREADABLE_AT,
+            actor="",
+            action="unreadable",
+            outcome="unreadable",
+            reason=Reason.STORE_RECORD_INVALID,
+            device_id=None,
+            detail={"error": f"{type(exc).__name__}: {exc}"[:200]},
+        )
+
+
+UNREADABLE_AT = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def canonical_bytes(seq: int, event: AuditEvent) -> bytes:

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from fleet.kernel.errors import NotFound
-from fleet.records import ManufacturerCA
+from fleet.records import AuditEvent, ManufacturerCA
 from fleet.store._codec import parse_ts, ts
 from fleet.store._sql import SqlConnection
+from fleet.store._sql_rows import _append_audit
 
 T = TypeVar("T")
 
@@ -52,24 +53,32 @@ class _Sql(Protocol):
 
 
 class SqlIntermediates:
-    async def add_manufacturer_intermediate(self: _Sql, ca: ManufacturerCA) -> bool:
+    async def add_manufacturer_intermediate(
+        self: _Sql, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
         def body(conn: SqlConnection) -> bool:
             cursor = conn.execute(
                 "INSERT INTO manufacturer_intermediates (sha256, name, pem, added_at) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING",
                 (ca.sha256, ca.name, ca.pem, ts(ca.added_at)),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            _append_audit(conn, audit)
+            return True
 
         return await self._write(body)
 
-    async def remove_manufacturer_intermediate(self: _Sql, sha256: str) -> None:
+    async def remove_manufacturer_intermediate(
+        self: _Sql, sha256: str, *, audit: AuditEvent | None = None
+    ) -> None:
         def body(conn: SqlConnection) -> None:
             cursor = conn.execute(
                 "DELETE FROM manufacturer_intermediates WHERE sha256 = ?", (sha256,)
             )
             if cursor.rowcount == 0:
                 raise missing_intermediate(sha256)
+            _append_audit(conn, audit)
 
         await self._write(body)
 

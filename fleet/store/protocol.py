@@ -56,22 +56,33 @@ class ManufacturerTrust(Protocol):
     """Trusted manufacturer CAs (anchors) and the intermediate pool (path hints)."""
 
     # -- manufacturer trust ------------------------------------------------
-    async def add_manufacturer_ca(self, ca: ManufacturerCA) -> bool:
-        """Trust a manufacturer CA; False if one with that fingerprint already was."""
+    async def add_manufacturer_ca(
+        self, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
+        """Trust a manufacturer CA; False if one with that fingerprint already was
+        (then nothing is written, ``audit`` neither; else it is chained in the same
+        change)."""
 
-    async def remove_manufacturer_ca(self, sha256: str) -> None:
-        """Stop trusting it. Raises NotFound if it was not trusted."""
+    async def remove_manufacturer_ca(self, sha256: str, *, audit: AuditEvent | None = None) -> None:
+        """Stop trusting it, ``audit`` chained in the same change. Raises NotFound
+        if it was not trusted."""
 
     async def list_manufacturer_cas(self) -> list[ManufacturerCA]:
         """All trusted manufacturer CAs, oldest first."""
 
     # -- manufacturer intermediate pool (fleet.store.intermediates) ----------
-    async def add_manufacturer_intermediate(self, ca: ManufacturerCA) -> bool:
-        """Add an intermediate CA to the pool (a path hint, never an anchor);
-        False if one with that fingerprint already was."""
+    async def add_manufacturer_intermediate(
+        self, ca: ManufacturerCA, *, audit: AuditEvent | None = None
+    ) -> bool:
+        """Add an intermediate CA to the pool (a path hint, never an anchor),
+        ``audit`` chained in the same change; False if one with that fingerprint
+        already was (nothing written)."""
 
-    async def remove_manufacturer_intermediate(self, sha256: str) -> None:
-        """Drop it from the pool. Raises NotFound if it was not there."""
+    async def remove_manufacturer_intermediate(
+        self, sha256: str, *, audit: AuditEvent | None = None
+    ) -> None:
+        """Drop it from the pool, ``audit`` chained in the same change. Raises
+        NotFound if it was not there."""
 
     async def list_manufacturer_intermediates(self) -> list[ManufacturerCA]:
         """The pool, oldest first."""
@@ -81,10 +92,16 @@ class DeviceRegistry(Protocol):
     """Devices: the manifest, pending devices, state changes, fleet-wide queries."""
 
     # -- devices -------------------------------------------------------------
-    async def import_manifest(self, entries: Sequence[ManifestEntry], now: dt.datetime) -> int:
+    async def import_manifest(
+        self,
+        entries: Sequence[ManifestEntry],
+        now: dt.datetime,
+        *,
+        audit: AuditEvent | None = None,
+    ) -> int:
         """Create unknown devices as ``registered``; update pin, model and batch of
-        known ones (their state is kept). All or nothing. Returns how many
-        devices were created."""
+        known ones (their state is kept). All or nothing, ``audit`` chained in the
+        same change. Returns how many devices were created."""
 
     async def get_device(self, device_id: str) -> Device:
         """Raises DeviceNotFound."""
@@ -144,6 +161,7 @@ class CertificateLedger(Protocol):
         supersede: Collection[int] = (),
         replacement_key: str | None = None,
         manufacturer: Manufacturer | None = None,
+        renewing: int | None = None,
     ) -> Device:
         """Record an issued certificate BEFORE it is returned to the device.
 
@@ -157,8 +175,11 @@ class CertificateLedger(Protocol):
         verified bootstrap chain) the device records it; each of ``supersede`` that is still a good
         certificate of this device is revoked (reason superseded; one
         certificate feed event for all); with ``audit`` the event is chained in
-        the same change. Recording the very same certificate again (a replayed
-        call) returns the device and writes nothing."""
+        the same change; with ``renewing`` (the serial of the certificate that
+        authenticated a renewal) that certificate must still be good (else
+        StoreConflict: revoked after the renewal was decided, it must not buy its
+        holder a successor). Recording the very same certificate again (a
+        replayed call) returns the device and writes nothing."""
 
     async def get_certificate(self, serial: int) -> CertificateRecord:
         """Raises CertificateNotFound."""
@@ -253,9 +274,11 @@ class AdminDirectory(Protocol):
     """Credentials of the admin API."""
 
     # -- admin credentials -------------------------------------------------------
-    async def put_admin_credential(self, cred: AdminCredential) -> None:
-        """Add a credential of the admin API. Raises StoreConflict if one with
-        that sha256 exists (nothing is replaced)."""
+    async def put_admin_credential(
+        self, cred: AdminCredential, *, audit: AuditEvent | None = None
+    ) -> None:
+        """Add a credential of the admin API, ``audit`` chained in the same change.
+        Raises StoreConflict if one with that sha256 exists (nothing is replaced)."""
 
     async def find_admin_credential(self, sha256: str) -> AdminCredential:
         """The credential with this fingerprint, disabled ones included (the
@@ -264,8 +287,11 @@ class AdminDirectory(Protocol):
     async def list_admin_credentials(self) -> list[AdminCredential]:
         """Every admin credential, by name, then created_at (then sha256)."""
 
-    async def disable_admin_credential(self, sha256: str) -> None:
-        """Mark the credential disabled (kept for the record; idempotent).
+    async def disable_admin_credential(
+        self, sha256: str, *, audit: AuditEvent | None = None
+    ) -> bool:
+        """Mark the credential disabled (kept for the record; idempotent): True if
+        it was enabled, and then ``audit`` is chained in the same change.
         Raises AdminNotFound."""
 
 
@@ -273,8 +299,11 @@ class EnrollmentTokens(Protocol):
     """One-time enrollment tokens (stored hashed)."""
 
     # -- one-time enrollment tokens -----------------------------------------
-    async def put_enrollment_token(self, token: EnrollmentToken) -> None:
-        """Store a token (hashed); it replaces any earlier token of the device."""
+    async def put_enrollment_token(
+        self, token: EnrollmentToken, *, audit: AuditEvent | None = None
+    ) -> None:
+        """Store a token (hashed); it replaces any earlier token of the device;
+        ``audit`` is chained in the same change."""
 
     async def consume_enrollment_token(
         self, device_id: str, token_sha256: str, now: dt.datetime

@@ -36,9 +36,9 @@ class RedisStore(
     RedisDeviceRegistry,
     RedisCertificateLedger,
     RedisReplacementQueue,
+    RedisDirectory,
     RedisAuditLog,
     RedisRevocationFeed,
-    RedisDirectory,
 ):
     """Store backed by Redis: every role at once (``RedisStore.open`` connects).
 

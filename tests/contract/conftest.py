@@ -46,12 +46,33 @@ class Backend(abc.ABC):
     async def delete_audit(self, seq: int) -> None: ...
 
     @abc.abstractmethod
+    async def replace_audit_event(self, seq: int, event: object) -> None:
+        """Store ``event`` (any JSON value) as audit record ``seq``'s event, hashes untouched."""
+
+    @abc.abstractmethod
     async def insert_audit(self, record: AuditRecord) -> None:
         """Renumber records from ``record.seq`` up by one and put ``record`` in the gap."""
 
     @abc.abstractmethod
     async def sabotage_device_write(self, device_id: str) -> None:
         """Make the backend fail when it writes ``device_id``."""
+
+    @abc.abstractmethod
+    async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
+        """Revoke ``device_id`` as an older version or a hand edit might have: the
+        device is revoked, and the next feed event is ``event_text`` verbatim."""
+
+    @abc.abstractmethod
+    async def edit_device(self, device_id: str, field: str, value: str) -> None:
+        """Set one stored field of a device by hand (no checks)."""
+
+    @abc.abstractmethod
+    async def edit_admin_role(self, sha256: str, role: str) -> None:
+        """Set an admin credential's stored role by hand (no checks)."""
+
+    @abc.abstractmethod
+    async def add_unreadable_revoked_serial(self, device_id: str) -> None:
+        """A revoked certificate of ``device_id`` whose stored serial is not hex."""
 
 
 class SqlBackend(Backend):
@@ -62,8 +83,45 @@ class SqlBackend(Backend):
     def _raw(self, *statements: tuple[str, tuple[object, ...]]) -> None:
         """Run ``statements`` in one transaction with the backend's own client."""
 
+    @abc.abstractmethod
+    async def sabotage_audit(self, action: str | None) -> None:
+        """Make every append of an audit record of ``action`` fail (None: stop that)."""
+
     async def delete_audit(self, seq: int) -> None:
         self._raw(("DELETE FROM audit WHERE seq = ?", (seq,)))
+
+    async def replace_audit_event(self, seq: int, event: object) -> None:
+        self._raw(("UPDATE audit SET event = ? WHERE seq = ?", (json.dumps(event), seq)))
+
+    async def edit_device(self, device_id: str, field: str, value: str) -> None:
+        if field not in ("state", "created_at"):  # column names are not parameters
+            raise ValueError(f"not an editable column: {field!r}")
+        statement = f"UPDATE devices SET {field} = ? WHERE device_id = ?"  # noqa: S608
+        self._raw((statement, (value, device_id)))
+
+    async def edit_admin_role(self, sha256: str, role: str) -> None:
+        self._raw(("UPDATE admin_credentials SET role = ? WHERE sha256 = ?", (role, sha256)))
+
+    async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
+        self._raw(
+            ("UPDATE devices SET state = 'revoked' WHERE device_id = ?", (device_id,)),
+            (
+                "INSERT INTO revocation_feed (seq, event) "
+                "SELECT COALESCE(MAX(seq), 0) + 1, ? FROM revocation_feed",
+                (event_text,),
+            ),
+        )
+
+    async def add_unreadable_revoked_serial(self, device_id: str) -> None:
+        at = "2026-01-01T00:00:00.000000Z"
+        self._raw(
+            (
+                "INSERT INTO certificates (serial, device_id, not_before, not_after, issued_at, "
+                "pem, status, revoked_at, revocation_reason) "
+                "VALUES ('not-hex', ?, ?, ?, ?, '', 'revoked', ?, 'unspecified')",
+                (device_id, at, at, at, at),
+            )
+        )
 
     async def insert_audit(self, record: AuditRecord) -> None:
         # Renumber in two steps so no intermediate row collides with the primary key.
@@ -106,6 +164,17 @@ class SqliteBackend(SqlBackend):
             ("UPDATE audit SET event = json_set(event, '$.reason', ?) WHERE seq = ?", (reason, seq))
         )
 
+    async def sabotage_audit(self, action: str | None) -> None:
+        self._raw(("DROP TRIGGER IF EXISTS sabotage_audit", ()))
+        if action is not None:
+            # The action is a test constant (no quotes in it).
+            trigger = (
+                "CREATE TRIGGER sabotage_audit BEFORE INSERT ON audit "
+                f"WHEN json_extract(NEW.event, '$.action') = '{action}' "
+                "BEGIN SELECT RAISE(ABORT, 'audit sabotaged by the test'); END"
+            )
+            self._raw((trigger, ()))
+
     async def sabotage_device_write(self, device_id: str) -> None:
         trigger = (
             f"CREATE TRIGGER sabotage BEFORE INSERT ON devices WHEN NEW.device_id = '{device_id}' "
@@ -145,6 +214,38 @@ class RedisBackend(Backend):
     async def delete_audit(self, seq: int) -> None:
         async with self.raw() as client:
             await client.zremrangebyscore(f"{self.tag}:audit", seq, seq)
+
+    async def replace_audit_event(self, seq: int, event: object) -> None:
+        async with self.raw() as client:
+            key = f"{self.tag}:audit"
+            (member,) = await client.zrange(key, seq, seq, byscore=True)
+            data = json.loads(str(member))
+            data["event"] = event
+            await client.zremrangebyscore(key, seq, seq)
+            await client.zadd(key, {json.dumps(data, sort_keys=True): seq})
+
+    async def edit_device(self, device_id: str, field: str, value: str) -> None:
+        async with self.raw() as client:
+            await client.hset(f"{self.tag}:device:{device_id}", field, value)
+
+    async def edit_admin_role(self, sha256: str, role: str) -> None:
+        async with self.raw() as client:
+            key = f"{self.tag}:admins"
+            data = json.loads(str(await client.hget(key, sha256)))
+            data["role"] = role
+            await client.hset(key, sha256, json.dumps(data))
+
+    async def revoke_unreadably(self, device_id: str, event_text: str) -> None:
+        async with self.raw() as client, client.pipeline(transaction=True) as pipe:
+            pipe.hset(f"{self.tag}:device:{device_id}", "state", "revoked")
+            pipe.sadd(f"{self.tag}:revoked-devices", device_id)
+            pipe.incr(f"{self.tag}:feed:seq")
+            pipe.rpush(f"{self.tag}:feed", event_text)
+            await pipe.execute()
+
+    async def add_unreadable_revoked_serial(self, device_id: str) -> None:
+        async with self.raw() as client:
+            await client.sadd(f"{self.tag}:revoked", "not-hex")
 
     async def insert_audit(self, record: AuditRecord) -> None:
         key = f"{self.tag}:audit"
@@ -195,6 +296,24 @@ class PostgresBackend(SqlBackend):
             conn.execute(
                 "UPDATE audit SET event = %s WHERE seq = %s",
                 (json.dumps(event, sort_keys=True), seq),
+            )
+
+    async def sabotage_audit(self, action: str | None) -> None:
+        self._raw(("DROP TRIGGER IF EXISTS sabotage_audit ON audit", ()))
+        if action is not None:
+            self._raw(
+                (
+                    "CREATE OR REPLACE FUNCTION sabotage_audit() RETURNS trigger "
+                    "LANGUAGE plpgsql AS $$ BEGIN "
+                    f"IF (NEW.event::jsonb ->> 'action') = '{action}' THEN "
+                    "RAISE EXCEPTION 'audit sabotaged by the test'; END IF; RETURN NEW; END $$",
+                    (),
+                ),
+                (
+                    "CREATE TRIGGER sabotage_audit BEFORE INSERT ON audit "
+                    "FOR EACH ROW EXECUTE FUNCTION sabotage_audit()",
+                    (),
+                ),
             )
 
     async def sabotage_device_write(self, device_id: str) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-import fleet.store.sqlite as sqlite_backend
+import fleet.store._sqlite_engine as sqlite_engine
 from fleet.kernel.errors import StoreUnavailable
 from fleet.records import AuditEvent, DeviceState, RevocationReason
 from fleet.store._fsync import FileSyncer
@@ -167,9 +167,9 @@ async def _largest_wal(path: Path, appends: int) -> int:
 async def test_checkpoints_keep_the_wal_small(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY_COMMITS", 10**9)
+    monkeypatch.setattr(sqlite_engine, "CHECKPOINT_EVERY_COMMITS", 10**9)
     unchecked = await _largest_wal(tmp_path / "unchecked.db", 300)
-    monkeypatch.setattr(sqlite_backend, "CHECKPOINT_EVERY_COMMITS", 20)
+    monkeypatch.setattr(sqlite_engine, "CHECKPOINT_EVERY_COMMITS", 20)
     checkpointed = await _largest_wal(tmp_path / "checkpointed.db", 300)
     # Unchecked, the WAL holds every page image ever written; checkpointed
     # every 20 commits, it starts over and stays near 20 commits' worth.
@@ -307,7 +307,7 @@ async def test_after_a_failed_fsync_the_store_refuses_writes(tmp_path: Path) -> 
 async def test_queued_writes_behind_a_stuck_lock_fail_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 300)
+    monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_MS", 300)
     path = tmp_path / "fleet.db"
     store = await SqliteStore.open(path)
     holder = sqlite3.connect(path, isolation_level=None)

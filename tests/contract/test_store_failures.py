@@ -15,8 +15,8 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+import fleet.store._sqlite_engine as sqlite_engine
 import fleet.store._sqlite_schema as sqlite_schema
-import fleet.store.sqlite as sqlite_backend
 from fleet.kernel.errors import StoreUnavailable
 from fleet.records import AuditEvent, AuditRecord, DeviceFilter, DeviceState, RevocationReason
 from fleet.store.audit_chain import verify_chain
@@ -241,7 +241,7 @@ async def test_sqlite_version_1_file_upgrades_in_place(tmp_path: Path, now: dt.d
 async def test_sqlite_locked_beyond_timeout_is_unavailable_and_rolled_back(
     tmp_path: Path, now: dt.datetime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sqlite_backend, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(sqlite_engine, "BUSY_TIMEOUT_MS", 100)
     path = tmp_path / "fleet.db"
     store = await SqliteStore.open(path)
     try:

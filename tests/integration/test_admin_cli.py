@@ -327,6 +327,15 @@ def test_a_request_invalid_hint_points_a_cli_user_at_help(tmp_path: Path, config
     assert "--help" in error
 
 
+@pytest.mark.parametrize("command", [("manifest", "import"), ("trust", "add-manufacturer")])
+def test_a_missing_input_file_is_named_and_fleet_toml_is_not_blamed(
+    tmp_path: Path, config: Path, command: tuple[str, str]
+) -> None:
+    missing = tmp_path / "missing.file"
+    error = refused(fleet(*command, missing, "--config", config), f"cannot read {missing}")
+    assert "fleet.toml" not in error  # the generic config hint sent people to the wrong file
+
+
 # -- fleet device token ----------------------------------------------------------------
 def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None:
     out = ok(fleet("device", "token", "tok-1", "--expires-in", "2h", "--config", config))
@@ -360,6 +369,8 @@ def test_token_is_printed_once_and_only_its_hash_is_stored(config: Path) -> None
 def test_secrets_go_to_a_new_0600_file_with_out(config: Path, tmp_path: Path) -> None:
     device_file = tmp_path / "tok-3.token"
     out = ok(fleet("device", "token", "tok-3", "--out", device_file, "--config", config))
+    # The hint is a command the agent accepts: --token-file needs --device-id.
+    assert f"fleet-agent enroll ... --device-id tok-3 --token-file {device_file}" in out
     admin_file = tmp_path / "ci.token"
     out += ok(fleet("admin", "token", "ci-out", "--role", "viewer", "--out", admin_file,
                     "--config", config))  # fmt: skip

@@ -27,6 +27,8 @@ def test_est_benchmark_runs_every_scenario(tmp_path: Path) -> None:
         "nginx+fleet-proxy",
         "fleet-direct-2w",
         "naive",
+        "fleet-direct:probe",  # the same connections with a GET: where fleet and naive differ
+        "naive:probe",
     }
     for scenario in scenarios.values():
         assert scenario["ok"] == 20, scenario
@@ -35,6 +37,11 @@ def test_est_benchmark_runs_every_scenario(tmp_path: Path) -> None:
     assert {t["process"] for t in data["targets"].values()} == {"fleet"}
     assert "nginx" in scenarios["nginx+fleet-proxy"]["server_cpu_ms_per_request_by_process"]
     assert "target: fleet direct" in run.stdout
+    split = data["fleet_vs_naive_ms"]
+    assert set(split) == {"connection", "enrollment_work"}
+    # Twenty connections may cost less than a few 10 ms clock ticks: shape, not size.
+    assert set(split["connection"]) == set(split["enrollment_work"]) == {"fleet", "naive"}
+    assert "where: the connection" in run.stdout
 
 
 def test_store_benchmark_runs(tmp_path: Path) -> None:

@@ -160,6 +160,9 @@ def _rotate_promote_renew_retire(fleet: Fleet, broker: BrokerThread) -> None:
     # rotate-issuing: the next CA is published by every worker, signs nothing yet.
     rotated = _fleet_cli(fleet, "ca", "rotate-issuing")
     assert rotated.returncode == 0, rotated.stderr
+    # Servers poll for it: the CLI says when they publish it, not "now".
+    assert "published now" not in rotated.stdout
+    assert "running servers pick the change up within 1 s" in rotated.stdout  # the setting
     nxt = x509.load_pem_x509_certificate(
         (fleet.server.data_dir / "ca/issuing-next.pem").read_bytes()
     )

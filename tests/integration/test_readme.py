@@ -12,7 +12,7 @@ the comment says ``listens on HOST:PORT`` the harness waits (bounded) for
 that port before going on, and fails if the command dies first. Everything
 the script started is stopped at the end (its process group).
 
-Ports are the README's own (8443, 8883): a lock file serialises runs of this
+Ports are the README's own (8443, 8883, 8884): a lock file serialises runs of this
 test, and a port already taken by something else fails the test with its
 name rather than substituting one the README does not document.
 """
@@ -43,7 +43,7 @@ SECTIONS = (
     "Enforce it on the broker",
     "CA lifetime",
 )
-DOCUMENTED_PORTS = (8443, 8883)
+DOCUMENTED_PORTS = (8443, 8883, 8884)
 RUN_TIMEOUT = 300
 _BACKGROUND = re.compile(r"^(?P<code>.*?)\s+#(?P<comment>[^#]*runs until stopped\.?)\s*$")
 _LISTENS = re.compile(r"listens on (?P<host>[0-9.]+|localhost):(?P<port>\d+)")

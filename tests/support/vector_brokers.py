@@ -49,7 +49,8 @@ from fleet.store.protocol import Store
 from tests.support.mqtt_raw import SUBACK_FAILURE, ConnectOutcome, Message, RawClient, Will
 from tests.support.mqtt_raw import client_context as raw_context
 from tests.support.vectors import TABLE
-from tests.vectors.generate import AclCase, AdmissionCase, Generated
+from tests.vectors.generate import Generated
+from tests.vectors.table import AclCase, AdmissionCase
 
 # How long a resumed session is given to receive its queued will. Only a will the
 # broker does NOT deliver to the device's own tree waits this long.

@@ -15,15 +15,8 @@ import pytest
 
 from fleet.kernel.acl import TopicAcl
 from fleet.kernel.admission import TrustPolicy
-from tests.vectors.generate import (
-    AclCase,
-    AdmissionCase,
-    BundleCase,
-    Generated,
-    Table,
-    generate,
-    load_table,
-)
+from tests.vectors.generate import Generated, generate
+from tests.vectors.table import AclCase, AdmissionCase, BundleCase, Table, load_table
 
 TABLE: Table = load_table()
 

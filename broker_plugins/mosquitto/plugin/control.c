@@ -127,8 +127,7 @@ static int control_line(struct fleet *f, char *line, bool peer)
 		}
 		if(seq > f->seq) f->seq = seq;
 		f->fresh_at = time(NULL);
-		if(kick){
-			kick_session(f, device);
+		if(kick && kick_session(f, device)){
 			if(f->json_log){
 				event_log(f, MOSQ_LOG_NOTICE, "session_kicked", "revoked: session closed",
 						device, strlen(device), connected_serial,

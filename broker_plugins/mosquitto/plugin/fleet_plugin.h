@@ -143,7 +143,7 @@ int load_snapshot(struct fleet *f);
 long long revocation_age(const struct fleet *f);
 bool stale(const struct fleet *f);
 void note_staleness(struct fleet *f);
-void kick_session(struct fleet *f, const char *device);
+bool kick_session(struct fleet *f, const char *device);
 void kick_revoked_sessions(struct fleet *f);
 
 /* sessions.c */

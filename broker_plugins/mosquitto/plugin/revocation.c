@@ -60,10 +60,14 @@ void note_staleness(struct fleet *f)
  * over contexts_by_sock), while mosquitto_kick_client_by_clientid is one hash
  * lookup - a kick's cost must not grow with the number of devices connected.
  * The Will is never sent: a revoked device's last words are not trusted.
+ * False when this broker holds no session of the device (it is on another node,
+ * or not connected): nothing was closed, and the log must not say otherwise.
  */
-void kick_session(struct fleet *f, const char *device)
+bool kick_session(struct fleet *f, const char *device)
 {
-	if(mosquitto_kick_client_by_clientid(device, false) == MOSQ_ERR_SUCCESS) f->kicked++;
+	if(mosquitto_kick_client_by_clientid(device, false) != MOSQ_ERR_SUCCESS) return false;
+	f->kicked++;
+	return true;
 }
 
 /* Kick every recorded session whose device or serial is revoked. */

@@ -62,19 +62,20 @@ def test_a_5000_deep_json_body_is_json_too_deep(admin: Admin, shape: str) -> Non
     assert_quiet_log(admin)
 
 
+@pytest.mark.parametrize("collection", ["manufacturers", "intermediates"])
 @pytest.mark.parametrize("kind", ["v2", "printable"])
 def test_a_manufacturer_certificate_cryptography_cannot_load_is_pem_invalid(
-    admin: Admin, kind: str
+    admin: Admin, kind: str, collection: str
 ) -> None:
     ca = make_manufacturer("Hostile")
     der = ca.certificate.public_bytes(serialization.Encoding.DER)
     make = hostile.v2_certificate if kind == "v2" else hostile.invalid_printable_string
     pem = hostile.pem(make(der, ca))
     reply = admin.call(
-        "POST", "/api/v1/manufacturers", raw=pem, content_type="application/x-pem-file"
+        "POST", f"/api/v1/{collection}", raw=pem, content_type="application/x-pem-file"
     )
     assert_json_refusal(reply, 400, "pem_invalid")
-    listed = admin.call("GET", "/api/v1/manufacturers", role="viewer").body["items"]
+    listed = admin.call("GET", f"/api/v1/{collection}", role="viewer").body["items"]
     assert all(item["name"] != "Hostile Device CA" for item in listed)
     assert_quiet_log(admin)
 

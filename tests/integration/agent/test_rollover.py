@@ -144,6 +144,8 @@ def test_retire_root_moves_the_admin_ca_and_server_certificate_to_the_new_root(
             new_root.certificate
         ]
         assert not (ca / "links.pem").exists()
+        # Broker certificates are not moved: the operator is told to sign them again.
+        assert "fleet broker-cert sign --kind server" in retired.stdout
         for name in ("ca/admin.pem", "tls/server.pem"):
             cert = x509.load_pem_x509_certificate((fleet.server.data_dir / name).read_bytes())
             cert.verify_directly_issued_by(new_root.certificate)

@@ -23,7 +23,8 @@ import pytest
 from cryptography import x509
 
 from device_agent.keystore import FileKey
-from device_agent.mqtt import MqttSession, SessionSettings, TlsIdentity, status_topic
+from device_agent.mqtt import MqttSession, SessionSettings, status_topic
+from device_agent.mqtt_tls import TlsIdentity
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.mosquitto import Mosquitto, Observer, observer_acl
 from tests.support.ports import free_port

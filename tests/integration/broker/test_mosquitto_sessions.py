@@ -10,6 +10,8 @@ nothing is shared between the nodes but the network.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import re
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from fleet.records import RevocationReason
 from tests.integration.est.conftest import Fleet, running_fleet
 from tests.support.binaries import need_binary
 from tests.support.mosquitto_broker import BrokerNode, BrokerNodes, Session, fleet_broker
@@ -168,6 +171,31 @@ def test_connecting_to_another_node_closes_the_older_session(pair: Pair) -> None
         for session in (on_a, on_b, back_on_a):
             if session is not None:
                 session.close()
+
+
+def test_a_revocation_is_logged_as_a_closed_session_only_where_there_was_one(
+    pair: Pair,
+) -> None:
+    device = pair.enroll()
+    session = pair.connect(pair.a, device)
+    marks = pair.a.log_mark(), pair.b.log_mark()
+    try:
+        now = dt.datetime.now(dt.UTC)
+        revoked = pair.fleet.server.store(
+            lambda s: s.revoke_device(device.device_id, RevocationReason.KEY_COMPROMISE, now)
+        )
+        assert revoked is not None
+        assert session.disconnected.wait(5), "A kept the revoked session" + _tails(pair)
+        closed = rf"revoked device={device.device_id} seq=\d+: session closed"
+        pair.a.wait_broker_log(closed, after=marks[0])
+        # B learns the revocation too, but it held no session: an operator looking
+        # for the node that held the device must not be sent to B.
+        pair.b.wait_broker_log(rf"revoked device={device.device_id} seq=\d+ \(device\)",
+                               after=marks[1])  # fmt: skip
+        b_log = pair.b.broker_log.read_bytes()[marks[1] :].decode(errors="replace")
+        assert not re.search(closed, b_log), b_log
+    finally:
+        session.close()
 
 
 def test_a_late_announcement_does_not_close_a_newer_session(pair: Pair) -> None:

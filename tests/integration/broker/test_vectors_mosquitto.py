@@ -36,7 +36,8 @@ from tests.support.vectors import (
     generate_vectors,
     report,
 )
-from tests.vectors.generate import AclCase, AdmissionCase, Generated
+from tests.vectors.generate import Generated
+from tests.vectors.table import AclCase, AdmissionCase
 
 pytestmark = [pytest.mark.needs_binary("mosquitto"), pytest.mark.needs_binary("gcc")]
 

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from device_agent.errors import AgentError
+from firmware_sim.bench import Bench, Progress
 from firmware_sim.lifetime import SEED
-from firmware_sim.scenarios import Bench, LifetimeOptions, Progress, run_scenario, write_plots
+from firmware_sim.report import write_plots
+from firmware_sim.runner import LifetimeOptions, run_scenario
 from firmware_sim.simclock import ClockDriver
 from fleet.kernel.reasons import Reason
 

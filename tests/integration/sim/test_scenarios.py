@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.scenarios import SCENARIOS, Bench, Progress, Report, _revoke, run_scenario
+from firmware_sim.bench import Bench, Progress
+from firmware_sim.report import Report
+from firmware_sim.runner import SCENARIOS, run_scenario
+from firmware_sim.scenarios import _revoke
 
 FLEET_SIM = [sys.executable, "-c", "from firmware_sim.cli import main; main()"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from broker_plugins.mosquitto.config import mosquitto_conf, settings_from_mapping
+from broker_plugins.mosquitto.config import load_settings, mosquitto_conf, settings_from_mapping
 from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.errors import ConfigError
 
@@ -101,6 +101,19 @@ def test_bad_peers_or_node_name_are_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         settings_from_mapping(_settings(**extra), base_dir=tmp_path)
+
+
+def test_a_key_outside_a_section_is_named_and_the_hint_names_this_file(tmp_path: Path) -> None:
+    # The README's peers snippet appended above [store]: a top-level key.
+    path = tmp_path / "broker.toml"
+    path.write_text(
+        'node_name = "mqtt-a"\n[store]\nurl = "sqlite:///x.db"\n[mosquitto]\n'
+        + "".join(f'{key} = "{value}"\n' for key, value in PATHS.items())
+    )
+    with pytest.raises(ConfigError, match=r"node_name: not in a section.*\[mosquitto\]") as info:
+        load_settings(path)
+    assert str(path) in info.value.hint
+    assert "fleet.toml" not in info.value.hint  # the broker's file, not the server's
 
 
 def test_the_broker_bounds_the_packets_it_reads(tmp_path: Path) -> None:

@@ -119,3 +119,70 @@ def test_renew_before_round_trip(tmp_path: Path) -> None:
     set_renew_before(config, None)
     assert renew_before(config) is None
     assert generation(config) == 2
+
+
+class _Crash(BaseException):
+    """fleet killed at this point (BaseException: nothing may catch it)."""
+
+
+def test_a_promote_cut_short_at_any_step_is_finished_by_running_it_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 between any two file writes of promote, then `fleet ca promote` again:
+    the old key survives and every CA loads with its own key. (Cut short after the
+    key swap, the second run copied the new key over the only copy of the old one.)"""
+    import fleet.ca_registry as registry
+
+    real_write, real_unlink = registry.write_atomic, Path.unlink
+    crash_at = 0
+    while True:
+        crash_at += 1
+        data = tmp_path / f"data-{crash_at}"
+        result = init_data_dir(data, now=NOW)
+        config = load_config(result.config_path, environ={})
+        old_pem = (data / "ca/issuing.pem").read_bytes()
+        old_key = (data / "ca/issuing.key").read_bytes()
+        nxt = _next_ca(data)
+        install_next(config, nxt.certificate, private_key_to_pem(nxt.private_key))
+        steps = 0
+
+        def step() -> None:
+            nonlocal steps
+            steps += 1
+            if steps == crash_at:  # noqa: B023 -- read at call time, on purpose
+                raise _Crash
+
+        def write(*args: object, **kwargs: object) -> None:
+            step()
+            real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+        def unlink(self: Path, missing_ok: bool = False) -> None:
+            step()
+            real_unlink(self, missing_ok=missing_ok)
+
+        monkeypatch.setattr(registry, "write_atomic", write)
+        monkeypatch.setattr(Path, "unlink", unlink)
+        try:
+            promote(config)
+            finished = True
+        except _Crash:
+            finished = False
+        finally:
+            monkeypatch.setattr(registry, "write_atomic", real_write)
+            monkeypatch.setattr(Path, "unlink", real_unlink)
+        if not finished:
+            old, new = promote(config)  # the operator runs it again
+            assert old.certificate == load_certificates_pem(old_pem)[0], crash_at
+            assert new.certificate == nxt.certificate, crash_at
+        issuers = list_issuers(config)
+        assert [(i.state, i.certificate) for i in issuers] == [
+            (IssuerState.CURRENT, nxt.certificate),
+            (IssuerState.RETIRING, load_certificates_pem(old_pem)[0]),
+        ], crash_at
+        assert issuers[1].key_path.read_bytes() == old_key, f"old key lost (crash at {crash_at})"
+        loaded = [ca.certificate for _, ca in load_signing_issuers(config, None)]
+        assert loaded == [nxt.certificate, load_certificates_pem(old_pem)[0]], crash_at
+        assert not (data / "ca/issuing-next.key").exists(), crash_at
+        if finished:
+            break
+    assert crash_at > 5  # every step of promote was a crash point

@@ -31,7 +31,8 @@ from tests.support.vectors import (
     topic_acl,
     trust_policy,
 )
-from tests.vectors.generate import CANDIDATE, AclCase, AdmissionCase, BundleCase, Generated
+from tests.vectors.generate import Generated
+from tests.vectors.table import CANDIDATE, AclCase, AdmissionCase, BundleCase
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_ca_bundle(case: BundleCase, vectors: Generated, counter: CaseCounter) -
 
 def test_table_covers_every_outside_refusal() -> None:
     """Each broker refusal a client can cause has at least one case."""
-    from tests.vectors.generate import ADMISSION_OUTCOMES, BUNDLE_OUTCOMES, NOT_FROM_OUTSIDE
+    from tests.vectors.table import ADMISSION_OUTCOMES, BUNDLE_OUTCOMES, NOT_FROM_OUTSIDE
 
     expected = {c.expect for c in TABLE.admission}
     assert expected == ADMISSION_OUTCOMES - NOT_FROM_OUTSIDE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from firmware_sim.bench import light_wave_size
 from firmware_sim.lightmqtt import (
     DISCONNECT,
     connect_packet,
@@ -11,7 +12,6 @@ from firmware_sim.lightmqtt import (
     read_packet,
     remaining_length,
 )
-from firmware_sim.scenarios import light_wave_size
 
 
 def test_remaining_length_is_mqtt_varint() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.scenarios import Report, plots_unavailable, write_plots
+from firmware_sim.report import Report, plots_unavailable, write_plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
