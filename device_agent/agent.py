@@ -408,7 +408,7 @@ class Agent:
         try:
             check_issued(
                 pending.certificate, cacerts, expected_device_id=identity.device_id,
-                now=self.clock.now(), skew=self.policy.skew,
+                key=pending.key.public_key(), now=self.clock.now(), skew=self.policy.skew,
             )  # fmt: skip
         except CertificateUnusable as exc:
             log.warning("interrupted renewal left an unusable certificate (%s); discarding", exc)
@@ -433,8 +433,8 @@ class Agent:
             cacerts = self._refresh_cacerts(client, config, cacerts)
         try:
             check_issued(
-                cert, cacerts, expected_device_id=expected_device_id, now=self.clock.now(),
-                skew=self.policy.skew,
+                cert, cacerts, expected_device_id=expected_device_id,
+                key=pending.key.public_key(), now=self.clock.now(), skew=self.policy.skew,
             )  # fmt: skip
         except CertificateUnusable as exc:
             raise Transient(f"the server issued an unusable certificate: {exc}") from exc

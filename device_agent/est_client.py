@@ -13,12 +13,15 @@ that retrying cannot fix).
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import http.client
 import logging
+import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,7 +40,7 @@ from device_agent.errors import (
     Transient,
 )
 from device_agent.keystore import KeyHandle, KeyStoreError
-from device_agent.trust import CLOCK_SKEW, CaCerts, chain_from
+from device_agent.trust import CLOCK_SKEW, CaCerts, certificate_for, chain_from
 from fleet.kernel.certs import server_certificate_problem
 from fleet.kernel.clock import Clock, SystemClock
 from fleet.kernel.errors import EncodingInvalid
@@ -48,8 +51,10 @@ log = logging.getLogger("device_agent.est")
 
 EST_PATH = "/.well-known/est"
 MAX_BODY = 1 << 20
+EXCHANGE_TIMEOUTS = 4  # a whole exchange may take this many per-operation timeouts
 DEFAULT_PENDING_RETRY = 60.0
 _WALL_CLOCK = SystemClock()
+_REASON_CODE = re.compile(r"[a-z0-9_]{1,64}", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,7 +179,7 @@ class EstClient:
             headers=headers,
             on_sent=on_sent,
         )
-        return _expect_certificate(response, "simpleenroll")
+        return _expect_certificate(response, "simpleenroll", csr)
 
     def simplereenroll(
         self,
@@ -191,7 +196,7 @@ class EstClient:
             headers={"Content-Type": CT_PKCS10},
             on_sent=on_sent,
         )
-        return _expect_certificate(response, "simplereenroll")
+        return _expect_certificate(response, "simplereenroll", csr)
 
     # -- transport ---------------------------------------------------------------
     def _request(
@@ -231,9 +236,16 @@ def request(
     on_sent: Callable[[], None] | None = None,
     now: Callable[[], dt.datetime] = _WALL_CLOCK.now,
 ) -> _Response:
-    """One request; a verifying ``context`` leaves dates to the kernel, judged with ``now``."""
+    """One request; a verifying ``context`` leaves dates to the kernel, judged with ``now``.
+
+    ``timeout`` bounds each socket operation, and the whole exchange gets
+    EXCHANGE_TIMEOUTS times it: a server (or whatever answers before the pin is
+    checked) that sends a byte now and then would otherwise hold the agent, and
+    with it every later renewal, for as long as it likes.
+    """
     where = f"https://{host}:{port}{path}"
     conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    watchdog = _Watchdog(conn, timeout * EXCHANGE_TIMEOUTS)
     try:
         conn.connect()
         if context.verify_mode != ssl.CERT_NONE:
@@ -243,6 +255,8 @@ def request(
             on_sent()
         response = conn.getresponse()
         data = response.read(MAX_BODY + 1)
+        if watchdog.fired:  # the cut looks like an end of data: the answer is incomplete
+            raise TimeoutError("the exchange's deadline passed")
         if len(data) > MAX_BODY:
             raise Transient(f"{where}: response larger than {MAX_BODY} bytes")
         return _Response(response.status, response.headers, data)
@@ -255,9 +269,38 @@ def request(
         ) from exc
     except (OSError, http.client.HTTPException) as exc:
         # ssl.SSLError, timeouts, refused and reset connections are all OSErrors.
+        if watchdog.fired:
+            raise Transient(
+                f"{where}: no complete answer within {timeout * EXCHANGE_TIMEOUTS:.0f} s"
+            ) from exc
         raise Transient(f"{where}: {_describe(exc)}") from exc
     finally:
+        watchdog.cancel()
         conn.close()
+
+
+class _Watchdog:
+    """Cuts a connection's socket when the exchange's deadline passes (from a timer
+    thread): the blocked read or write then fails at once, as on a reset."""
+
+    def __init__(self, conn: http.client.HTTPConnection, seconds: float) -> None:
+        self._conn = conn
+        self.fired = False
+        self._timer = threading.Timer(seconds, self._cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cut(self) -> None:
+        self.fired = True
+        sock = self._conn.sock
+        if sock is not None:
+            # The plain socket's shutdown: SSLSocket.shutdown would tear down the TLS
+            # object under the reading thread; this only makes its next recv see EOF.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 def _check_server_dates(conn: http.client.HTTPSConnection, where: str, now: dt.datetime) -> None:
@@ -287,20 +330,28 @@ def _retry_after(response: _Response) -> float | None:
 
 
 def _reason(response: _Response, default: str) -> str:
-    return response.headers.get("X-Fleet-Reason", "").strip() or default
+    """The server's reason code, if it looks like one: it lands in status.json, the exit
+    decision (revoked or not) and log lines, so nothing but the code alphabet."""
+    reason = response.headers.get("X-Fleet-Reason", "").strip()
+    return reason if _REASON_CODE.fullmatch(reason) else default
 
 
 def _text(response: _Response) -> str:
-    return response.body[:300].decode("utf-8", errors="replace").strip()
+    """The start of the server's answer, for a message: what the server sends ends up
+    in a terminal (stderr, `fleet-agent status`), so escape sequences become ``?``."""
+    text = response.body[:300].decode("utf-8", errors="replace")
+    return "".join(c if c.isprintable() else "?" for c in " ".join(text.split()))
 
 
-def _expect_certificate(response: _Response, operation: str) -> x509.Certificate:
+def _expect_certificate(
+    response: _Response, operation: str, csr: x509.CertificateSigningRequest
+) -> x509.Certificate:
     if response.status == 200:
         try:
             certs = decode_certs_only(response.body)
         except EncodingInvalid as exc:
             raise Transient(f"{operation}: the server's answer is malformed: {exc}") from exc
-        return certs[0]
+        return certificate_for(certs, csr.public_key())
     _raise_for_status(response, operation)
     raise AssertionError("unreachable")  # pragma: no cover
 

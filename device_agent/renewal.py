@@ -22,7 +22,7 @@ import enum
 import random
 from collections.abc import Callable
 
-from device_agent.trust import CLOCK_SKEW
+from device_agent.trust import CLOCK_SKEW, LATEST_RENEWAL_SKEWS
 
 Random = Callable[[], float]  # uniform in [0, 1)
 
@@ -61,7 +61,7 @@ def renewal_time(
     lifetime = not_after - not_before
     when = not_before + lifetime * (policy.fraction - policy.jitter * rand())
     # However short the lifetime: due before the (skewed) end, never before the start.
-    latest = max(not_before, not_after - 2 * policy.skew)
+    latest = max(not_before, not_after - LATEST_RENEWAL_SKEWS * policy.skew)
     return min(when, latest)
 
 

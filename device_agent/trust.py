@@ -15,7 +15,9 @@ import datetime as dt
 from collections.abc import Sequence
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes as PublicKey
 from cryptography.x509.oid import NameOID
 
 from fleet.kernel.certs import client_cert_problem, is_ca, issued_by, validity_problem
@@ -27,6 +29,26 @@ from fleet.kernel.rollover import follow_rollover, is_self_signed
 # How early or late a device's clock may be when it judges a certificate's
 # validity: the server's, the broker's, CAs', its own new ones (default policy).
 CLOCK_SKEW = dt.timedelta(minutes=15)
+# Renewal is due this many clock-skew allowances before the end at the latest
+# (renewal.renewal_time); check_issued refuses an issued certificate with less
+# left: it would be due at once.
+LATEST_RENEWAL_SKEWS = 2
+
+
+def certificate_for(certs: Sequence[x509.Certificate], key: PublicKey) -> x509.Certificate:
+    """The certificate for ``key`` in an EST answer; the first one if none is (which
+    check_issued then refuses). A certs-only PKCS#7 is a SET: a server that adds
+    its CA certificates to the answer gives no order to rely on."""
+    return next((c for c in certs if _public_key(c) == key), certs[0])
+
+
+def _public_key(cert: x509.Certificate) -> PublicKey | None:
+    """The certificate's key; None for one cryptography cannot load (a key type it does
+    not know, a damaged encoding): such a certificate is for no key of ours."""
+    try:
+        return cert.public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        return None
 
 
 def common_name(cert: x509.Certificate) -> str:
@@ -127,16 +149,22 @@ def check_issued(
     cacerts: CaCerts,
     *,
     expected_device_id: str | None,
+    key: PublicKey,
     now: dt.datetime,
     skew: dt.timedelta,
 ) -> None:
-    """Raise CertificateUnusable unless ``cert`` is a fleet certificate a broker will admit now.
+    """Raise CertificateUnusable unless ``cert`` is a fleet certificate for ``key`` (the
+    key that asked for it) that a broker will admit now.
 
     The checks are the trust kernel's, as the brokers make them: issued by a
     CA of the pinned root, a client certificate with an allowed key, the
     device id rule, and validity with ``skew`` both ways (a device clock a few
     minutes behind must not throw away a certificate the server just issued).
+    A certificate for another key is the server's mistake, not the device's:
+    unusable (retry later), like one for another device.
     """
+    if _public_key(cert) != key:
+        raise CertificateUnusable("the certificate is for another key than the one that asked")
     if issued_by(cert, cacerts.issuers) is None:
         raise CertificateUnusable("the certificate was not issued by a CA of a trusted fleet root")
     try:
@@ -153,3 +181,12 @@ def check_issued(
             " (is the device clock far behind?)" if problem.reason.endswith("not_yet_valid") else ""
         )
         raise CertificateUnusable(f"{problem.detail}{hint}")
+    if cert.not_valid_after_utc - now < LATEST_RENEWAL_SKEWS * skew:
+        # Renewal is due LATEST_RENEWAL_SKEWS skews before the end at the latest
+        # (renewal_time): such a certificate would be due the moment it is installed,
+        # and a server issuing them would have the agent renew (and reconnect to the
+        # broker) in a loop.
+        raise CertificateUnusable(
+            f"the certificate is valid only until {cert.not_valid_after_utc.isoformat()}: "
+            f"less than {LATEST_RENEWAL_SKEWS * skew} left, it would be due for renewal at once"
+        )

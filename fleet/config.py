@@ -15,6 +15,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -213,6 +214,18 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> FleetCo
     return parse_config(raw, base_dir=path.resolve().parent)
 
 
+def _check_webhook_url(url: str) -> None:
+    """An http(s) URL with a host and a valid port, or ConfigError: checked once here, so
+    the notifier (which splits it for every log line) never meets one it cannot read."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError as exc:
+        raise ConfigError(f"[webhooks] urls: {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise ConfigError(f"[webhooks] urls: {url!r} is not an http(s) URL with a host")
+
+
 def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     known = {
         "store", "server", "ca", "policy", "est", "profile", "labels",
@@ -248,8 +261,7 @@ def parse_config(raw: Mapping[str, Any], *, base_dir: Path) -> FleetConfig:
     if admin.bulk_confirm_threshold < 1 or webhooks.max_attempts < 1:
         raise ConfigError("[admin] bulk_confirm_threshold and [webhooks] max_attempts must be >= 1")
     for url in webhooks.urls:
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"[webhooks] urls: {url!r} is not an http(s) URL")
+        _check_webhook_url(url)
     if server.workers < 1:
         raise ConfigError(f"[server] workers must be >= 1, got {server.workers}")
     limits = ("body_timeout_seconds", "handshake_timeout_seconds", "header_timeout_seconds")

@@ -30,22 +30,31 @@ from fleet.records import ManifestEntry, Manufacturer
 HEADER = ("device_id", "bootstrap_sha256", "model", "batch")
 HEADER_WITH_MANUFACTURER = (*HEADER, "manufacturer_sha256")
 MAX_LINES = 100_000
+# 100k lines of two ids, a fingerprint and two short texts fit several times over;
+# the API reads no more, and the CLI refuses a bigger file before reading it whole.
+MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 MAX_TEXT_LENGTH = 128  # model and batch
+# Five quoted cells at their longest (openssl's "sha256 Fingerprint=AB:..." twice), with room.
+MAX_LINE_LENGTH = 1024
 
 _NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
 def parse_manifest(text: str) -> list[ManifestEntry]:
     """Every entry of the manifest ``text``; ManifestInvalid (with the line) otherwise."""
-    lines = _NEWLINE.split(text.removeprefix("\ufeff"))
-    if lines and lines[-1] == "":
-        lines.pop()  # the final newline ends the last line; it does not start another
-    if len(lines) > MAX_LINES:
+    # Counted before anything is split: 32 MiB of line breaks would otherwise become a
+    # list of 33 million strings (300 MB, seconds of CPU) only to be refused.
+    breaks = text.count("\n") + text.count("\r") - text.count("\r\n")
+    count = breaks + (0 if text.endswith(("\n", "\r")) else 1)
+    if count > MAX_LINES:
         raise ManifestInvalid(
-            f"the manifest has {len(lines)} lines; at most {MAX_LINES} are imported at once",
+            f"the manifest has {count} lines; at most {MAX_LINES} are imported at once",
             hint=f"Split it into files of at most {MAX_LINES} lines, each with the header; "
             "nothing was imported.",
         )
+    lines = _NEWLINE.split(text.removeprefix("\ufeff"))
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start another
     entries: list[ManifestEntry] = []
     line_of_device: dict[str, int] = {}
     device_of_pin: dict[str, tuple[str, int]] = {}
@@ -86,6 +95,13 @@ def parse_manifest(text: str) -> list[ManifestEntry]:
 
 
 def _cells(line: str, number: int) -> list[str]:
+    if len(line) > MAX_LINE_LENGTH:
+        # Before the CSV reader: a line of 30 million commas is as many cells.
+        raise ManifestInvalid(
+            f"the line is {len(line)} characters long; a manifest line has at most "
+            f"{MAX_LINE_LENGTH}",
+            line=number,
+        )
     try:
         row = next(csv.reader([line], strict=True))
     except csv.Error as exc:
@@ -155,16 +171,27 @@ def _entry(cells: Sequence[str], number: int, columns: tuple[str, ...]) -> Manif
 
 
 def _text(column: str, value: str, number: int) -> str:
-    if len(value) > MAX_TEXT_LENGTH:
-        raise ManifestInvalid(
-            f"{column} is {len(value)} characters long; the maximum is {MAX_TEXT_LENGTH}",
-            line=number,
-        )
-    for char in value:
-        # Control and format characters (bidi overrides, zero-width) would end up
-        # in terminals and logs, where they can disguise what an admin reads.
-        if unicodedata.category(char).startswith("C"):
-            raise ManifestInvalid(
-                f"{column} contains the control character U+{ord(char):04X}", line=number
-            )
+    problem = label_problem(value)
+    if problem is not None:
+        raise ManifestInvalid(f"{column} {problem}", line=number)
     return value
+
+
+def label_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a model or batch; None if it can.
+
+    The one rule for both ends: the manifest accepts only what the admin API's
+    and the console's filters accept, so every imported model and batch can be
+    listed and bulk-revoked by name. ``str.isprintable`` refuses control and
+    format characters (bidi overrides, zero-width: they disguise what an admin
+    reads in a terminal or log), line and paragraph separators, and every
+    space but U+0020 (a no-break space from a spreadsheet looks like a space
+    and matches none)."""
+    if len(value) > MAX_TEXT_LENGTH:
+        return f"is {len(value)} characters long; the maximum is {MAX_TEXT_LENGTH}"
+    for char in value:
+        if not char.isprintable():
+            return (
+                f"contains U+{ord(char):04X} ({unicodedata.category(char)}), which is not printable"
+            )
+    return None

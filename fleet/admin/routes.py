@@ -8,6 +8,7 @@ use-cases it calls.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
@@ -20,15 +21,16 @@ from aiohttp import web
 from fleet.admin.auth import AdminAuthenticator, actor_of, require_role
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
-from fleet.authority.admin import TrustResult
+from fleet.authority.admin import MAX_CA_BUNDLE_BYTES, TrustResult
 from fleet.authority.audit import verify_audit_log
+from fleet.http import path_params
 from fleet.http.body import read_body
 from fleet.http.json_body import read_json_object
+from fleet.http.path_params import check_path_params, parse_device_id
 from fleet.kernel.clock import Clock
-from fleet.kernel.device_id import validate_device_id
 from fleet.kernel.domains import FleetAuthorities
 from fleet.kernel.errors import EncodingInvalid, RequestInvalid
-from fleet.manifest import parse_manifest
+from fleet.manifest import MAX_MANIFEST_BYTES, label_problem, parse_manifest
 from fleet.records import (
     AdminCredential,
     AdminRole,
@@ -48,7 +50,6 @@ from fleet.store.protocol import Store
 
 API = "/api/v1"
 MAX_PAGE = 500
-MAX_MANIFEST_BYTES = 32 * 1024 * 1024
 
 Handler = Callable[["AdminApi", web.Request, AdminCredential], Awaitable[web.StreamResponse]]
 
@@ -60,9 +61,10 @@ def needs(role: AdminRole) -> Callable[[Handler], Callable[[AdminApi, web.Reques
         async def endpoint(self: AdminApi, request: web.Request) -> web.StreamResponse:
             admin = await self.auth.identify(request)
             request["admin"] = admin.name
+            check_path_params(request)  # 400 for a malformed one, before anything else sees it
             await require_role(
                 self.store, self.clock, admin, role, method=request.method, path=request.path,
-                device_id=request.match_info.get("device_id"),
+                device_id=request.match_info.get("device_id"),  # checked just above
             )  # fmt: skip
             return await handler(self, request, admin)
 
@@ -136,7 +138,7 @@ class AdminApi:
 
     @needs(AdminRole.VIEWER)
     async def show_device(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        device = await self.store.get_device(_device_id(request))
+        device = await self.store.get_device(path_params.device_id(request))
         return await self._device_detail(device)
 
     async def _device_detail(self, device: Device) -> web.Response:
@@ -147,14 +149,14 @@ class AdminApi:
     async def device_certificates(
         self, request: web.Request, admin: AdminCredential
     ) -> web.Response:
-        device_id = _device_id(request)
+        device_id = path_params.device_id(request)
         await self.store.get_device(device_id)  # 404 for an unknown device
         records = await self.store.list_certificates(device_id)
         return web.json_response({"items": [certificate_json(r) for r in records]})
 
     @needs(AdminRole.VIEWER)
     async def why(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        device, records = await lifecycle.decision_trace(self.store, _device_id(request))
+        device, records = await lifecycle.decision_trace(self.store, path_params.device_id(request))
         replacement = await self.store.get_replacement_request(device.device_id)
         return web.json_response(
             {
@@ -198,9 +200,9 @@ class AdminApi:
 
     @needs(AdminRole.VIEWER)
     async def audit(self, request: web.Request, admin: AdminCredential) -> web.Response:
-        device_id = _text(request.query, "device_id")
+        device_id = request.query.get("device_id") or None
         if device_id is not None:
-            validate_device_id(device_id)
+            parse_device_id(device_id)
         after = _int(request.query, "after_seq", 0, 2**62) or 0
         limit = _int(request.query, "limit", 1, 10000) or 1000
         records = await self.store.audit_records(device_id=device_id, after_seq=after, limit=limit)
@@ -236,7 +238,7 @@ class AdminApi:
     async def approve(self, request: web.Request, admin: AdminCredential) -> web.Response:
         body = await read_json_object(request, optional=True)
         device = await admin_cases.approve_device(
-            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            self.store, path_params.device_id(request), actor=actor_of(admin), now=self.clock.now(),
             replace=_flag(body, "replace"), key=_optional_text(body, "key_sha256"),
         )  # fmt: skip
         return await self._device_detail(device)
@@ -245,7 +247,7 @@ class AdminApi:
     async def reject(self, request: web.Request, admin: AdminCredential) -> web.Response:
         body = await read_json_object(request, optional=True)
         device = await admin_cases.reject_device(
-            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            self.store, path_params.device_id(request), actor=actor_of(admin), now=self.clock.now(),
             revoke=_flag(body, "revoke"),
         )  # fmt: skip
         return await self._device_detail(device)
@@ -254,7 +256,7 @@ class AdminApi:
     async def suspend(self, request: web.Request, admin: AdminCredential) -> web.Response:
         body = await read_json_object(request, optional=True)
         device = await lifecycle.suspend_device(
-            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            self.store, path_params.device_id(request), actor=actor_of(admin), now=self.clock.now(),
             note=_note(body),
         )  # fmt: skip
         return web.json_response(device_json(device))
@@ -263,7 +265,7 @@ class AdminApi:
     async def resume(self, request: web.Request, admin: AdminCredential) -> web.Response:
         body = await read_json_object(request, optional=True)
         device = await lifecycle.resume_device(
-            self.store, _device_id(request), actor=actor_of(admin), now=self.clock.now(),
+            self.store, path_params.device_id(request), actor=actor_of(admin), now=self.clock.now(),
             note=_note(body),
         )  # fmt: skip
         return web.json_response(device_json(device))
@@ -273,7 +275,7 @@ class AdminApi:
         body = await read_json_object(request)
         reason = lifecycle.parse_reason(_required_text(body, "reason"))
         result = await lifecycle.revoke_device(
-            self.store, _device_id(request), reason, actor=actor_of(admin),
+            self.store, path_params.device_id(request), reason, actor=actor_of(admin),
             now=self.clock.now(), note=_note(body),
         )  # fmt: skip
         device = await self.store.get_device(result.device_id)
@@ -285,7 +287,7 @@ class AdminApi:
     async def revoke_certificate(
         self, request: web.Request, admin: AdminCredential
     ) -> web.Response:
-        serial = _serial(request.match_info["serial"])
+        serial = path_params.serial(request)
         body = await read_json_object(request)
         reason = lifecycle.parse_reason(_required_text(body, "reason"))
         result = await lifecycle.revoke_certificate(
@@ -304,7 +306,7 @@ class AdminApi:
         if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 24 * 90:
             raise RequestInvalid("expires_in_hours must be an integer from 1 to 2160")
         issued = await admin_cases.issue_enrollment_token(
-            self.store, _device_id(request), lifetime=dt.timedelta(hours=hours),
+            self.store, path_params.device_id(request), lifetime=dt.timedelta(hours=hours),
             actor=actor_of(admin), now=self.clock.now(),
         )  # fmt: skip
         return web.json_response(
@@ -340,7 +342,9 @@ class AdminApi:
         if request.content_type != "text/csv":
             raise RequestInvalid("send the manifest as text/csv")
         text = await _text_body(request, limit=MAX_MANIFEST_BYTES)
-        entries = parse_manifest(text)
+        # 100,000 lines take a second or two of pure CPU: not on the loop every
+        # device's EST request waits on.
+        entries = await asyncio.to_thread(parse_manifest, text)
         result = await admin_cases.import_manifest(
             self.store, entries, actor=actor_of(admin), now=self.clock.now()
         )
@@ -362,7 +366,7 @@ class AdminApi:
         self, request: web.Request, admin: AdminCredential
     ) -> web.Response:
         sha256 = await admin_cases.distrust_manufacturer(
-            self.store, request.match_info["sha256"], actor=actor_of(admin), now=self.clock.now()
+            self.store, path_params.sha256(request), actor=actor_of(admin), now=self.clock.now()
         )
         return web.json_response({"sha256": sha256, "removed": True})
 
@@ -380,32 +384,22 @@ class AdminApi:
         self, request: web.Request, admin: AdminCredential
     ) -> web.Response:
         sha256 = await admin_cases.distrust_intermediate(
-            self.store, request.match_info["sha256"], actor=actor_of(admin), now=self.clock.now()
+            self.store, path_params.sha256(request), actor=actor_of(admin), now=self.clock.now()
         )
         return web.json_response({"sha256": sha256, "removed": True})
 
 
 # -- request parsing: every failure is a 400 that names the parameter ---------------
-def _device_id(request: web.Request) -> str:
-    return validate_device_id(request.match_info["device_id"])
-
-
-def _serial(text: str) -> int:
-    try:
-        serial = int(text, 16)
-    except ValueError:
-        raise RequestInvalid(f"serial {text[:60]!r} is not hexadecimal") from None
-    if not 0 < serial < 2**160:
-        raise RequestInvalid("serial is out of range")
-    return serial
+# (path parameters: fleet.http.path_params, checked by needs())
 
 
 def _text(query: Any, name: str) -> str | None:
     value = query.get(name)
     if value is None or value == "":
         return None
-    if len(value) > 128 or not value.isprintable():
-        raise RequestInvalid(f"{name} must be printable text of at most 128 characters")
+    problem = label_problem(value)  # the manifest's rule: every model and batch can be named
+    if problem is not None:
+        raise RequestInvalid(f"{name} {problem}")
     return str(value)
 
 
@@ -463,18 +457,9 @@ def _flag(body: dict[str, Any], name: str) -> bool:
 
 def _optional_time(body: dict[str, Any], name: str) -> dt.datetime | None:
     value = _optional_text(body, name)
-    if value is None:
-        return None
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise RequestInvalid(f"field {name} must be an ISO 8601 time") from None
-    if parsed.tzinfo is None:
-        raise RequestInvalid(f"field {name} needs a time zone (e.g. Z or +00:00)")
-    try:
-        return parsed.astimezone(dt.UTC)
-    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
-        raise RequestInvalid(f"field {name} is outside the years 1-9999 in UTC") from None
+    return (
+        None if value is None else lifecycle.parse_time(value, f"field {name}", naive_is_utc=False)
+    )
 
 
 _OPENAPI: dict[str, Any] | None = None
@@ -492,7 +477,7 @@ async def _pem_body(request: web.Request) -> bytes:
     """CA certificate(s) posted as PEM."""
     if request.content_type not in ("application/x-pem-file", "application/pem-certificate-chain"):
         raise RequestInvalid("send the CA certificate(s) as application/x-pem-file")
-    return (await _text_body(request)).encode()
+    return (await _text_body(request, limit=MAX_CA_BUNDLE_BYTES)).encode()
 
 
 def _trust_results(results: list[TrustResult]) -> web.Response:

@@ -54,6 +54,29 @@ class TrustResult:
     added: bool  # False: it was already trusted (nothing changed)
 
 
+# A manufacturer hierarchy is a few certificates of ~1 KiB; the API reads no more
+# than this, and the CLI refuses a bigger file before reading it whole.
+MAX_CA_BUNDLE_BYTES = 64 * 1024
+
+
+def ca_bundle(pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a CA bundle an admin gives (API or CLI); pem_invalid otherwise."""
+    hint = (
+        "Give the manufacturer's CA certificate(s) as PEM text: one or more "
+        "-----BEGIN CERTIFICATE----- blocks, at most 64 KiB."
+    )
+    if len(pem) > MAX_CA_BUNDLE_BYTES:
+        raise RequestInvalid(
+            f"the CA bundle is larger than {MAX_CA_BUNDLE_BYTES // 1024} KiB",
+            reason="pem_invalid", hint=hint,
+        )  # fmt: skip
+    try:
+        return load_certificates_pem(pem)
+    except ConfigError as exc:
+        # Here the PEM comes from an admin, not from our own config.
+        raise RequestInvalid(exc.message, reason="pem_invalid", hint=hint) from exc
+
+
 async def trust_manufacturer(
     store: Store,
     pem: bytes,
@@ -69,7 +92,7 @@ async def trust_manufacturer(
     (basicConstraints cA=TRUE), valid at ``now``, and none may belong to or
     chain into a fleet trust domain (``fleet.kernel.domains``).
     """
-    certificates = _requested_certificates(pem)
+    certificates = ca_bundle(pem)
     for cert in certificates:
         _check_manufacturer_ca(cert, fleet, now)
     return await _add_all(
@@ -110,7 +133,7 @@ async def trust_intermediate(
     certificates of ``pem``. The pool only helps build paths: a device is
     still verified up to a trusted root, whose removal distrusts it.
     """
-    certificates = _requested_certificates(pem)
+    certificates = ca_bundle(pem)
     roots = [
         cert
         for ca in await store.list_manufacturer_cas()
@@ -155,15 +178,6 @@ async def distrust_intermediate(
         sha256=sha256,
     ))  # fmt: skip
     return sha256
-
-
-def _requested_certificates(pem: bytes) -> list[x509.Certificate]:
-    """The certificates of an admin's request; RequestInvalid (pem_invalid) if unreadable."""
-    try:
-        return load_certificates_pem(pem)
-    except ConfigError as exc:
-        # Here the PEM comes from an admin's request, not from our own config.
-        raise RequestInvalid(exc.message, reason="pem_invalid") from exc
 
 
 def _check_manufacturer_ca(

@@ -40,6 +40,28 @@ GOOD = CertificateStatus.GOOD
 ADMIN_REASONS = tuple(r for r in RevocationReason if r is not RevocationReason.CERTIFICATE_HOLD)
 
 
+def parse_time(text: str, name: str, *, naive_is_utc: bool) -> dt.datetime:
+    """An ISO 8601 date or time an admin gives (API field, CLI option), in UTC.
+
+    Without a zone it is UTC where ``naive_is_utc`` (the CLI), refused otherwise
+    (the API). The one place that knows 9999-12-31T23:59:59-05:00 parses and then
+    overflows on the way to UTC."""
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise RequestInvalid(
+            f"{name} {text[:40]!r} is not an ISO 8601 date or time (e.g. 2026-03-01T00:00Z)"
+        ) from None
+    if parsed.tzinfo is None:
+        if not naive_is_utc:
+            raise RequestInvalid(f"{name} needs a time zone (e.g. Z or +00:00)")
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:  # year 1 with a positive offset, year 9999 with a negative one
+        raise RequestInvalid(f"{name} is outside the years 1-9999 in UTC") from None
+
+
 def parse_reason(text: str) -> RevocationReason:
     """An RFC 5280 reason by its name (keyCompromise) or snake case (key_compromise)."""
     wanted = text.replace("_", "").replace("-", "").lower()
@@ -174,6 +196,18 @@ class BulkSelection:
     model: str | None = None
     issued_before: dt.datetime | None = None
     manufacturer: str | None = None  # the manufacturer CA's sha256 (normalised by the caller)
+
+    def __post_init__(self) -> None:
+        # "" is not "any batch": the API refuses it, the console drops it, and a CLI
+        # `--batch "$UNSET"` must not select every device without a batch.
+        for name in ("batch", "model", "manufacturer"):
+            if getattr(self, name) == "":
+                raise RequestInvalid(
+                    f"{name} is empty; name the {name} to revoke, or leave it out",
+                    reason="selection_empty",
+                    hint="Give the batch, model or manufacturer as `fleet device list` "
+                    "shows it; nothing was revoked.",
+                )
 
     def device_filter(self) -> DeviceFilter:
         if not self.describe():

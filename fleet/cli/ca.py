@@ -34,9 +34,9 @@ from fleet.ca_registry import (
 )
 from fleet.cli._context import config_option, echo_json, json_option, load, now, table, when
 from fleet.cli.ca_root import retire_root, rotate_root
-from fleet.cli.common import FleetGroup, read_secret_file, secret_from_env
+from fleet.cli.common import FleetGroup, read_input_file, read_secret_file, secret_from_env
 from fleet.config import FleetConfig
-from fleet.kernel.errors import ConfigError
+from fleet.kernel.errors import ConfigError, FleetError
 from fleet.kernel.fingerprint import sha256_fingerprint
 from fleet.kernel.keys import key_type_of
 from fleet.kernel.reasons import Reason
@@ -209,7 +209,15 @@ def sign_issuing(root_dir: Path, csr_file: Path, out_file: Path, days: int) -> N
     passphrase comes from FLEET_CA_KEY_PASSPHRASE if it was encrypted.
     """
     root = _offline_root(root_dir, secret_from_env("FLEET_CA_KEY_PASSPHRASE"))
-    csr = load_csr(csr_file.read_bytes())
+    raw = read_input_file(csr_file, 64 * 1024, "CSR", Reason.CSR_INVALID)
+    try:
+        csr = load_csr(raw)
+    except FleetError as exc:
+        raise ConfigError(
+            f"--csr {csr_file}: {exc.message}",
+            reason=exc.reason,
+            hint="Give the CSR that `fleet ca rotate-issuing --csr-out FILE` wrote on the server.",
+        ) from None
     cert = sign_issuing_csr(root, csr, now=now(), validity=dt.timedelta(days=days))
     if out_file.exists():
         raise ConfigError(f"--out {out_file} exists", hint="Name a new file.")
@@ -229,7 +237,16 @@ def sign_issuing(root_dir: Path, csr_file: Path, out_file: Path, days: int) -> N
 def install_issuing(cert_file: Path) -> None:
     """Install the ceremony's certificate as the NEXT issuing CA (checked against the key)."""
     config = load()
-    cert = load_certificates_pem(cert_file.read_bytes())[0]
+    raw = read_input_file(cert_file, 64 * 1024, "certificate", Reason.PEM_INVALID)
+    try:
+        cert = load_certificates_pem(raw)[0]
+    except ConfigError as exc:
+        # Not a setting in fleet.toml (the error's usual hint): the file given to --cert.
+        raise ConfigError(
+            f"--cert {cert_file}: {exc.message}",
+            reason=Reason.PEM_INVALID,
+            hint="Give the certificate that `fleet ca sign-issuing --out FILE` wrote.",
+        ) from None
     try:
         key_pem = next_key_path(config).read_bytes()
     except FileNotFoundError:

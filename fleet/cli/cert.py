@@ -9,8 +9,10 @@ import click
 from fleet.cli._context import echo_json, json_option, now, table, when
 from fleet.cli.lifecycle import note_option, reason_option
 from fleet.cli.mode import admin_ops, admin_options
+from fleet.kernel.errors import RequestInvalid
 from fleet.records import RevocationReason
 from fleet.records_json import certificate_json
+from fleet.serials import parse_serial
 
 
 @click.group()
@@ -102,11 +104,6 @@ def _left(delta: dt.timedelta) -> str:
 
 def _serial(text: str) -> int:
     try:
-        number = int(text.replace(":", ""), 16)
-    except ValueError:
-        raise click.BadParameter(
-            f"{text!r} is not a hexadecimal serial", param_hint="SERIAL"
-        ) from None
-    if not 0 < number < 2**160:
-        raise click.BadParameter("out of range", param_hint="SERIAL")
-    return number
+        return parse_serial(text, "SERIAL")
+    except RequestInvalid as exc:
+        raise click.BadParameter(exc.message, param_hint="SERIAL") from None

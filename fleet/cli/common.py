@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
-from fleet.kernel.errors import FleetError
+from fleet.kernel.errors import ConfigError, FleetError, RequestInvalid
 
 # Documented exit codes (README, --help).
 EXIT_OK = 0
@@ -51,6 +51,29 @@ def read_secret_file(path: Path) -> bytes:
     if not secret:
         raise FleetError(f"secret file {path} is empty")
     return secret
+
+
+def read_input_file(
+    path: Path, limit: int, what: str, reason: str, *, path_hint: str | None = None
+) -> bytes:
+    """An input file an admin names (manifest, CA bundle), read at most ``limit`` bytes:
+    a wrong path (/dev/zero, a disk image) is refused instead of read until memory ends."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror}",
+            hint=path_hint or f"Check the path of the {what}.",
+        ) from exc
+    if len(data) > limit:
+        size = f"{limit // (1024 * 1024)} MiB" if limit >= 1024 * 1024 else f"{limit // 1024} KiB"
+        raise RequestInvalid(
+            f"{path} is larger than {size}, the most a {what} may be",
+            reason=reason,
+            hint=f"Check the file name; give the {what} itself.",
+        )
+    return data
 
 
 def secret_from_env(name: str) -> bytes | None:

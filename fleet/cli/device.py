@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import click
 
+from fleet.authority.lifecycle import parse_time
 from fleet.ca_registry import set_renew_before
 from fleet.cli._context import (
     echo_json,
@@ -24,7 +24,7 @@ from fleet.cli.lifecycle import report_device, resume, revoke, suspend, why
 from fleet.cli.mode import admin_ops, admin_options, require_local
 from fleet.cli.ops import DeviceQuery
 from fleet.kernel.device_id import validate_device_id
-from fleet.kernel.errors import ConfigError
+from fleet.kernel.errors import ConfigError, RequestInvalid
 from fleet.records import Device, DeviceState, ReplacementRequest
 from fleet.records_json import certificate_json, device_detail_json, device_json
 from fleet.tokens import DEFAULT_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME, parse_lifetime
@@ -303,13 +303,9 @@ def renew(all_devices: bool, deadline: str | None, clear: bool) -> None:
     if not all_devices or deadline is None:
         raise click.UsageError("give --all --before DATE (or --clear)")
     try:
-        when_ = dt.datetime.fromisoformat(deadline)
-    except ValueError:
-        raise click.BadParameter(
-            f"{deadline!r} is not an ISO 8601 date", param_hint="--before"
-        ) from None
-    if when_.tzinfo is None:
-        when_ = when_.replace(tzinfo=dt.UTC)
+        when_ = parse_time(deadline, "the date", naive_is_utc=True)
+    except RequestInvalid as exc:
+        raise click.BadParameter(exc.message, param_hint="--before") from None
     if when_ <= now():
         raise ConfigError(
             f"--before {deadline} is not in the future",

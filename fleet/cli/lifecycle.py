@@ -14,6 +14,7 @@ from fleet.authority.lifecycle import (
     BulkSelection,
     parse_manufacturer,
     parse_reason,
+    parse_time,
 )
 from fleet.cli._context import details, echo_json, echo_replacement, json_option, table, when
 from fleet.cli.mode import admin_ops, admin_options
@@ -39,12 +40,9 @@ def _iso_time(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not an ISO 8601 date or time (e.g. 2026-03-01T00:00Z)", ctx, param
-        ) from None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+        return parse_time(value, "the time", naive_is_utc=True)
+    except RequestInvalid as exc:
+        raise click.BadParameter(exc.message, ctx, param) from None
 
 
 def reason_option(function: _F) -> _F:

@@ -7,13 +7,11 @@ from pathlib import Path
 import click
 
 from fleet.cli._context import echo_json, json_option
+from fleet.cli.common import read_input_file
 from fleet.cli.mode import admin_ops, admin_options
-from fleet.kernel.errors import ConfigError, ManifestInvalid
-from fleet.manifest import HEADER, MAX_LINES, parse_manifest
-
-# 100k lines of two ids, a fingerprint and two short texts fit many times over;
-# a bigger file is a mistake, and reading it whole would be the first harm.
-MAX_BYTES = 64 * 1024 * 1024
+from fleet.kernel.errors import ManifestInvalid
+from fleet.kernel.reasons import Reason
+from fleet.manifest import MAX_MANIFEST_BYTES, parse_manifest
 
 
 @click.group()
@@ -59,20 +57,10 @@ def import_(csv_file: Path, dry_run: bool, as_json: bool) -> None:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        with path.open("rb") as file:
-            data = file.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read {path}: {exc.strerror}",
-            hint="Check the path of the factory manifest (the CSV to import).",
-        ) from exc
-    if len(data) > MAX_BYTES:
-        raise ManifestInvalid(
-            f"{path} is larger than {MAX_BYTES // (1024 * 1024)} MiB",
-            hint=f"Split it into files of at most {MAX_LINES} lines, each starting with "
-            f"{','.join(HEADER)}.",
-        )
+    data = read_input_file(
+        path, MAX_MANIFEST_BYTES, "manifest", Reason.MANIFEST_INVALID,
+        path_hint="Check the path of the factory manifest (the CSV to import).",
+    )  # fmt: skip
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

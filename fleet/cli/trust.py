@@ -13,10 +13,11 @@ from pathlib import Path
 import click
 from cryptography import x509
 
-from fleet.authority.admin import TrustResult
+from fleet.authority.admin import MAX_CA_BUNDLE_BYTES, TrustResult
 from fleet.cli._context import echo_json, json_option, table, when
+from fleet.cli.common import read_input_file
 from fleet.cli.mode import admin_ops, admin_options
-from fleet.kernel.errors import ConfigError
+from fleet.kernel.reasons import Reason
 from fleet.records import ManufacturerCA
 from fleet.records_json import manufacturer_json
 from fleet.records_json import when as json_when
@@ -161,10 +162,7 @@ def _ca_json(ca: ManufacturerCA) -> dict[str, str]:
 
 
 def _read_pem(ca_file: Path) -> bytes:
-    try:
-        return ca_file.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read {ca_file}: {exc.strerror}",
-            hint="Check the path of the CA certificate (PEM) to trust.",
-        ) from exc
+    return read_input_file(
+        ca_file, MAX_CA_BUNDLE_BYTES, "CA bundle", Reason.PEM_INVALID,
+        path_hint="Check the path of the CA certificate (PEM) to trust.",
+    )  # fmt: skip

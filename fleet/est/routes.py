@@ -295,7 +295,12 @@ def _multipart_keygen(request: web.Request, pkcs8: bytes, certs_only: bytes) -> 
     body += f"--{boundary}--\r\n".encode()
     return web.Response(
         body=body,
-        headers={"Content-Type": f"multipart/mixed; boundary={boundary}"},
+        # The answer carries a private key: no cache on the way (nginx, a corporate
+        # proxy) or on the device may keep a copy (as for admin tokens).
+        headers={
+            "Content-Type": f"multipart/mixed; boundary={boundary}",
+            "Cache-Control": "no-store",
+        },
     )
 
 

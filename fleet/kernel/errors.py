@@ -89,7 +89,11 @@ class EncodingInvalid(PolicyError):
 
 class RequestInvalid(PolicyError):
     reason = Reason.REQUEST_INVALID
-    hint = "Fix the named parameter; the API description is at /api/v1/openapi.json."
+    # The API and the CLIs both raise it: name where each describes its parameters.
+    hint = (
+        "Fix the value named above (`--help` lists a command's options; "
+        "/api/v1/openapi.json the API's fields)."
+    )
 
 
 class ManifestInvalid(RequestInvalid):

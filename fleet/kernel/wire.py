@@ -19,6 +19,7 @@ import warnings
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
+from fleet.kernel.decoding import decode_certificate_fields, decoding
 from fleet.kernel.errors import EncodingInvalid
 
 CT_PKCS10 = "application/pkcs10"
@@ -77,6 +78,12 @@ def decode_certs_only(body: bytes) -> list[x509.Certificate]:
         raise EncodingInvalid(f"body is not a certs-only PKCS#7: {exc}") from exc
     if not certs:
         raise EncodingInvalid("the PKCS#7 contains no certificate")
+    # cryptography decodes subjects and extensions when first read: read them all
+    # here, so that a damaged certificate is this refusal and not an exception of
+    # any type deep in the caller (the agent's checks, after it has been trusted).
+    for cert in certs:
+        with decoding("a certificate in the PKCS#7", EncodingInvalid):
+            decode_certificate_fields(cert)
     return certs
 
 

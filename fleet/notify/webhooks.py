@@ -37,6 +37,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from fleet.config import FleetConfig
@@ -59,6 +60,7 @@ USER_AGENT = "fleet-webhooks/1"
 DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=10, sock_connect=5)
 _CURSOR_VERSION = 1
 _jitter = random.SystemRandom()
+_MAX_FAILURE = 200  # characters of an attempt's failure in a log line
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -337,7 +339,7 @@ class WebhookNotifier:
         except TimeoutError:
             return "timed out"
         except aiohttp.ClientError as exc:
-            return f"{type(exc).__name__}: {exc}"
+            return _failure(exc, url)
 
     async def _save(self) -> None:
         async with self._save_lock:
@@ -389,6 +391,26 @@ def _redact(url: str) -> str:
     if parts.port is not None:
         netloc += f":{parts.port}"
     return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _failure(exc: aiohttp.ClientError, url: str) -> str:
+    """What went wrong with one attempt, fit for a log line.
+
+    aiohttp's errors name the request URL, query string included, and quote
+    what the receiver sent: a receiver that answers garbage (a bad status
+    line, 8 KiB of header) would put the URL's token into the server log and
+    fill it with bytes of its choosing. So: the URL as :func:`_redact` shows
+    it, any remaining copy of its query or credentials cut out, one short line.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    parts = urllib.parse.urlsplit(url)
+    text = text.replace(str(yarl.URL(url)), _redact(url)).replace(url, _redact(url))
+    for secret in (parts.query, parts.username, parts.password):
+        if secret:
+            for form in {secret, urllib.parse.unquote(secret), urllib.parse.quote(secret, "=&")}:
+                text = text.replace(form, "[redacted]")
+    text = " ".join(text.split())  # the receiver's bytes on one line
+    return text if len(text) <= _MAX_FAILURE else text[: _MAX_FAILURE - 3] + "..."
 
 
 def _extra(url: str, notification: Notification, attempts: int) -> dict[str, object]:

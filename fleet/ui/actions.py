@@ -9,7 +9,7 @@ from aiohttp import web
 
 from fleet.authority import admin as admin_cases
 from fleet.authority import lifecycle
-from fleet.kernel.device_id import validate_device_id
+from fleet.http import path_params
 from fleet.kernel.errors import RequestInvalid
 from fleet.records import DeviceFilter
 from fleet.ui.core import Console, Ctx
@@ -18,7 +18,7 @@ SAMPLE = 10  # devices named in a bulk revocation's preview
 
 
 def _device_id(ctx: Ctx) -> str:
-    return validate_device_id(ctx.request.match_info["device_id"])
+    return path_params.device_id(ctx.request)
 
 
 def _form(ctx: Ctx) -> dict[str, str]:

@@ -26,6 +26,7 @@ from cryptography import x509
 from fleet.admin.auth import AdminAuthenticator, actor_of, require_role
 from fleet.authority.refusals import RefusalAudit
 from fleet.http.form_body import read_form
+from fleet.http.path_params import check_path_params
 from fleet.http.statuses import status_for
 from fleet.kernel.clock import Clock
 from fleet.kernel.errors import AuthError, FleetError
@@ -163,6 +164,7 @@ class Console:
                         session.nonce, form.get("csrf", "")
                     ):
                         return self.render("error.html", 403, ctx, **_CSRF_REFUSED)
+                check_path_params(request)  # 400 for a malformed one, before the audit sees it
                 await require_role(
                     self.store, self.clock, admin, role, method=request.method,
                     path=request.path, device_id=request.match_info.get("device_id"),

@@ -10,8 +10,11 @@ from aiohttp import web
 
 from fleet.authority import lifecycle
 from fleet.authority.audit import verify_audit_log
-from fleet.kernel.device_id import is_device_id_prefix, validate_device_id
+from fleet.http import path_params
+from fleet.http.path_params import parse_device_id
+from fleet.kernel.device_id import is_device_id_prefix
 from fleet.kernel.errors import RequestInvalid
+from fleet.manifest import label_problem
 from fleet.records import (
     AuditQuery,
     AuditRecord,
@@ -84,7 +87,7 @@ async def devices(console: Console, ctx: Ctx) -> web.Response:
 
 
 async def device(console: Console, ctx: Ctx) -> web.Response:
-    device_id = validate_device_id(ctx.request.match_info["device_id"])
+    device_id = path_params.device_id(ctx.request)
     found, trace = await lifecycle.decision_trace(console.store, device_id)
     certificates = await console.store.list_certificates(device_id)
     replacement = await console.store.get_replacement_request(device_id)
@@ -159,7 +162,7 @@ async def audit(console: Console, ctx: Ctx) -> web.Response:
     filters = {name: text(query, name) for name in AUDIT_FILTERS}
     device_id = filters["device_id"]
     if device_id is not None:
-        validate_device_id(device_id)
+        parse_device_id(device_id)
     since, until = day(query, "since"), day_after(query, "until")
     store = console.store
     head = await stats.audit_head(store)
@@ -230,8 +233,9 @@ def text(query: Any, name: str) -> str | None:
     if value is None or value == "":
         return None
     value = str(value).strip()
-    if len(value) > 128 or not value.isprintable():
-        raise RequestInvalid(f"{name} must be printable text of at most 128 characters")
+    problem = label_problem(value)  # the manifest's rule: every model and batch can be named
+    if problem is not None:
+        raise RequestInvalid(f"{name} {problem}")
     return value or None
 
 

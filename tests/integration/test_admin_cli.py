@@ -239,6 +239,94 @@ def test_a_bad_manifest_line_imports_nothing(tmp_path: Path, config: Path) -> No
     refused(fleet("manifest", "import", csv_path, "--config", config), "line 3:", "clone")
 
 
+# Found from outside: `fleet trust add-manufacturer /dev/zero` read until memory ran
+# out (the CLI read the whole file), and a bad PEM's hint pointed a CLI user at the API
+# description. Input files are read up to the size the API takes, then refused.
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [(("trust", "add-manufacturer"), "pem_invalid"), (("trust", "add-intermediate"), "pem_invalid"),
+     (("manifest", "import"), "manifest_invalid")],
+)  # fmt: skip
+def test_an_endless_or_oversized_input_file_is_refused_unread(
+    tmp_path: Path, config: Path, command: tuple[str, ...], reason: str
+) -> None:
+    refused(fleet(*command, "/dev/zero", "--config", config), "larger than", reason)
+    big = tmp_path / "big"
+    big.write_bytes(b"-----BEGIN CERTIFICATE-----\n" + b"A" * (33 << 20))
+    refused(fleet(*command, big, "--config", config), "larger than", reason)
+
+
+def test_a_garbage_pem_says_what_a_ca_bundle_is(tmp_path: Path, config: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nZZZZ\n-----END CERTIFICATE-----\n")
+    error = refused(fleet("trust", "add-manufacturer", garbage, "--config", config), "pem_invalid")
+    assert "BEGIN CERTIFICATE" in error
+    assert "openapi" not in error
+
+
+# Found from outside: `--issued-before 9999-12-31T23:59:59-05:00` (and `device renew
+# --before` the same) died with an OverflowError traceback (the API had its own, fixed
+# copy of the time rule), and `--batch ""` selected every device without a batch (the
+# API refuses an empty selector, the console ignores it).
+@pytest.mark.parametrize("option", ["--issued-before", "--before"])
+def test_a_time_beyond_the_utc_calendar_is_a_usage_error(config: Path, option: str) -> None:
+    when = "9999-12-31T23:59:59-05:00"
+    args = (
+        ("device", "revoke", "--issued-before", when, "--reason", "superseded", "--dry-run")
+        if option == "--issued-before"
+        else ("device", "renew", "--all", "--before", when)
+    )
+    result = fleet(*args, "--config", config)
+    assert result.returncode == 2, result
+    assert "outside the years 1-9999 in UTC" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_empty_bulk_selector_selects_nothing(config: Path) -> None:
+    ok(fleet("device", "token", "no-batch-1", "--out", config.parent / "nb.token",
+             "--config", config))  # fmt: skip
+    for option in ("--batch", "--model"):
+        refused(
+            fleet("device", "revoke", option, "", "--reason", "superseded", "--confirm",
+                  "--config", config),
+            "selection_empty", "is empty",
+        )  # fmt: skip
+    blank = fleet("device", "revoke", "--manufacturer", "", "--reason", "superseded", "--confirm",
+                  "--config", config)  # fmt: skip
+    assert blank.returncode == 2, blank  # no selector at all: a usage error
+    assert "revoked" not in ok(fleet("device", "show", "no-batch-1", "--config", config))
+
+
+def test_a_garbage_ceremony_file_is_named_with_what_to_give_instead(
+    tmp_path: Path, config: Path
+) -> None:
+    """Found from outside: `fleet ca install-issuing --cert garbage` said to fix a setting
+    in fleet.toml, and `sign-issuing --csr garbage` to send DER base64 for EST."""
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN CERTIFICATE-----\nZZZZ\n-----END CERTIFICATE-----\n")
+    error = refused(fleet("ca", "install-issuing", "--cert", garbage, "--config", config),
+                    "pem_invalid", "--cert", "sign-issuing --out")  # fmt: skip
+    assert "fleet.toml" not in error
+    root_dir = config.parent / "ca"
+    error = refused(
+        fleet("ca", "sign-issuing", "--root-dir", root_dir, "--csr", garbage,
+              "--out", tmp_path / "out.pem"),
+        "csr_invalid", "--csr", "rotate-issuing --csr-out",
+    )  # fmt: skip
+    assert "base64 for EST" not in error
+
+
+def test_a_request_invalid_hint_points_a_cli_user_at_help(tmp_path: Path, config: Path) -> None:
+    """The API's hint ("the API description is at /api/v1/openapi.json") was all a CLI
+    user got for a bad value."""
+    error = refused(
+        fleet("admin", "create", "a b", "--role", "viewer", "--out", tmp_path / "creds",
+              "--config", config),
+        "request_invalid",
+    )  # fmt: skip
+    assert "--help" in error
+
+
 @pytest.mark.parametrize("command", [("manifest", "import"), ("trust", "add-manufacturer")])
 def test_a_missing_input_file_is_named_and_fleet_toml_is_not_blamed(
     tmp_path: Path, config: Path, command: tuple[str, str]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -326,7 +327,7 @@ def test_cert_revoke_and_expiring(env: Env, mode: str) -> None:
     assert revoked["changed"] is True
     assert revoked["certificate"]["device_id"] == cut
     assert revoked["certificate"]["status"] == "revoked"
-    expiring, soon, table, listed, none_listed, again, bad = cli.many(
+    expiring, soon, table, listed, none_listed, again, bad, prefixed, colons = cli.many(
         ("cert", "expiring", "--days", "400", "--json"),
         ("cert", "expiring", "--days", "0", "--json"),
         ("cert", "expiring", "--days", "400"),
@@ -334,6 +335,15 @@ def test_cert_revoke_and_expiring(env: Env, mode: str) -> None:
         ("device", "list", "--batch", batch, "--model", "m1", "--expiring-within", "0"),
         ("cert", "revoke", f"{cut_serial:x}", "--reason", "superseded"),
         ("cert", "revoke", "xyz", "--reason", "superseded"),
+        # int(text, 16) took "0x..." (and "_", spaces, non-ASCII digits); openssl's colons stay.
+        ("cert", "revoke", f"0x{cut_serial:x}", "--reason", "superseded"),
+        (
+            "cert",
+            "revoke",
+            ":".join(re.findall("..", f"{cut_serial:040x}")),
+            "--reason",
+            "superseded",
+        ),
     )
     serials = {c["serial"]: c for c in ok_json(expiring)}  # type: ignore[attr-defined]
     assert f"{kept_serial:x}" in serials
@@ -346,7 +356,9 @@ def test_cert_revoke_and_expiring(env: Env, mode: str) -> None:
     assert [d["device_id"] for d in ok_json(listed)] == [kept]  # type: ignore[attr-defined]
     assert ok(none_listed).strip() == "No devices match."
     assert "already revoked; nothing changed" in ok(again)
-    usage(bad, "not a hexadecimal serial")
+    usage(bad, "not a certificate serial")
+    usage(prefixed, "not a certificate serial")
+    assert "already revoked; nothing changed" in ok(colons)
     device = ok_json(cli("device", "show", cut, "--json"))
     assert isinstance(device, dict)
     assert device["state"] == "active"  # one certificate revoked, the device is not

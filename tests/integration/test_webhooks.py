@@ -413,3 +413,40 @@ def test_fleet_serve_reads_the_secret_and_delivers(tmp_path: Path) -> None:
                 await asyncio.to_thread(server.stop)
 
     asyncio.run(scenario())
+
+
+async def test_a_receiver_answering_garbage_gets_neither_the_url_token_nor_its_bytes_logged(
+    store: SqliteStore,
+    notifier: NotifierFactory,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found from outside: aiohttp's error for a malformed answer quotes the request URL,
+    query included, and up to 8 KiB of what the receiver sent; the notifier logged it."""
+    caplog.set_level(logging.INFO, logger="fleet.notify")
+    answers = [
+        b"HTTP/1.1 99999999 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Filler: " + b"\x1b[2J" * 3000 + b"\r\n\r\n",
+        b"\x00\xff garbage\r\n\r\n",
+    ]
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(answers[0] if len(answers) == 1 else answers.pop(0))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    url = f"http://user:pw@127.0.0.1:{port}/hook?token=s3cr3t-token"
+    async with server, notifier([url], max_attempts=3):
+        record = await append(store, "revoke", "done")
+        await until(lambda: saved_cursors(tmp_path).get(url) == record.seq)
+    failures = [r for r in caplog.records if getattr(r, "webhook", None)]
+    assert len(failures) == 3  # two retries and the dead letter
+    for entry in caplog.records:
+        text = JsonFormatter().format(entry)
+        assert "s3cr3t-token" not in text
+        assert "pw@" not in text
+        assert "\x1b" not in entry.getMessage()
+        assert len(entry.getMessage()) < 500

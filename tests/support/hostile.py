@@ -94,6 +94,32 @@ def invalid_printable_string(der: bytes, ca: CertifiedKey) -> bytes:
     return resign(der, ca, edit)
 
 
+def duplicate_extension(der: bytes, ca: CertifiedKey) -> bytes:
+    """``der`` with its last extension twice: cryptography loads it, and raises
+    DuplicateExtension only when the extensions are first read."""
+
+    def edit(tbs_bytes: bytes) -> bytes:
+        tbs = asn1_x509.TbsCertificate.load(tbs_bytes)
+        extensions = list(tbs["extensions"])
+        tbs["extensions"] = asn1_x509.Extensions(
+            [e.copy() for e in extensions] + [extensions[-1].copy()]
+        )
+        return tbs.dump(force=True)
+
+    return resign(der, ca, edit)
+
+
+def unknown_key_algorithm(der: bytes, ca: CertifiedKey) -> bytes:
+    """``der`` (an EC key) with its key's algorithm OID changed to one nobody knows:
+    cryptography loads the certificate and refuses only its public_key()."""
+    ec_public_key = bytes.fromhex("06072a8648ce3d0201")  # id-ecPublicKey
+
+    def edit(tbs: bytes) -> bytes:
+        return tbs.replace(ec_public_key, bytes.fromhex("06072a8648ce3d0209"), 1)
+
+    return resign(der, ca, edit)
+
+
 def pem(der: bytes) -> bytes:
     return x509_pem("CERTIFICATE", der)
 

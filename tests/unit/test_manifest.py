@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
+import tracemalloc
 
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from fleet.admin.routes import _text as admin_text
 from fleet.kernel.errors import FleetError, ManifestInvalid
 from fleet.manifest import MAX_LINES, parse_manifest
 from fleet.records import ManifestEntry, Manufacturer
+from fleet.ui.pages import text as console_text
 
 HEADER = "device_id,bootstrap_sha256,model,batch"
 PIN_A = "a" * 64
@@ -169,3 +175,51 @@ def test_a_manifest_may_name_each_devices_manufacturer_ca() -> None:
     assert refusal(f"{HEADER},manufacturer_sha256\nsensor-1,{PIN_A},,,abc\n").line == 2
     # Without the column in the header a fifth cell is still one too many.
     assert "at most 4" in refusal(f"{HEADER}\nsensor-1,{PIN_A},,,{PIN_C}\n").message
+
+
+# Found from outside: a model or batch with a no-break space (as spreadsheets
+# write it) or U+2028 was imported, and then refused by the admin API's and the
+# console's filters ("must be printable text"): those devices could not be
+# listed or bulk-revoked by their batch. Both ends now apply label_problem.
+@given(st.text(max_size=140))
+@example("TH\u00a0200")
+@example("lot\u20287")
+@example("w22 \u3000")
+def test_every_model_and_batch_the_manifest_takes_can_be_named_in_a_filter(value: str) -> None:
+    line = f"{HEADER}\nsensor-1,{PIN_A},{_csv_cell(value)},{_csv_cell(value)}\n"
+    try:
+        (entry,) = parse_manifest(line)
+    except ManifestInvalid:
+        return
+    for text in (entry.model, entry.batch):
+        if text:
+            assert admin_text({"model": text}, "model") == text
+            assert console_text({"batch": text}, "batch") == text
+
+
+def _csv_cell(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+# Found from outside: a 32 MiB manifest (the API's limit) of line breaks, or of commas
+# on one line, was split into 33 million strings or cells (300-600 MB, seconds of
+# CPU on the server's event loop) before being refused.
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n" * (32 << 20),
+        "\r" * (32 << 20),
+        f"{HEADER}\n" + "," * (32 << 20),
+        f"{HEADER}\nsensor-1,{PIN_A}," + '"' + "m" * (32 << 20) + '"\n',
+    ],
+    ids=["newlines", "carriage-returns", "commas", "one-huge-cell"],
+)
+def test_a_huge_manifest_is_refused_before_it_is_split(text: str) -> None:
+    tracemalloc.start()
+    try:
+        error = refusal(text)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "lines" in error.message or "characters long" in error.message
+    assert peak < 48 << 20, f"peak {peak >> 20} MiB while refusing"  # one copy of a line at most

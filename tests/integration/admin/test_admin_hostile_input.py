@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from fleet.manifest import HEADER
 from tests.integration.admin.conftest import Admin, Reply, make_admin
 from tests.integration.est.conftest import running_fleet
 from tests.support import hostile
@@ -110,3 +113,84 @@ def test_no_admin_json_body_gets_a_5xx(admin: Admin) -> None:
     assert 400 in counts, counts  # refusals by the parser and by the field checks
     assert set(counts) & {200, 409}, counts  # and bodies that reached the use-cases
     assert_quiet_log(admin)
+
+
+# Found from outside: a device id that cannot exist, in an admin URL, answered
+# 403 device_id_invalid (the EST refusal of a device presenting it), and a
+# viewer calling an operator route with it got the id written into the audit
+# log's device_id. The serial parser took "0x10", "1_0" and " a" as serials.
+# Every path parameter is now parsed once, at the guard, before the role check.
+BAD_DEVICE_IDS = ["ad%20min", "admin", "ADMIN", "..", "a" * 65, "%C3%A9", "a%00b", "a%2Fb", "a+b"]
+DEVICE_ROUTES = [("GET", ""), ("GET", "/why"), ("GET", "/certificates"), ("POST", "/approve"),
+                 ("POST", "/reject"), ("POST", "/suspend"), ("POST", "/resume"),
+                 ("POST", "/revoke"), ("POST", "/token")]  # fmt: skip
+
+
+@pytest.mark.parametrize("device_id", BAD_DEVICE_IDS)
+def test_an_impossible_device_id_in_a_path_is_400_for_any_role_and_never_audited(
+    admin: Admin, device_id: str
+) -> None:
+    before = admin.call("GET", "/api/v1/audit?limit=10000").body["items"]
+    for method, suffix in DEVICE_ROUTES:
+        for role in ("viewer", "operator"):
+            body = {"reason": "keyCompromise"} if method == "POST" else None
+            reply = admin.call(method, f"/api/v1/devices/{device_id}{suffix}", role=role, body=body)
+            assert_json_refusal(reply, 400, "device_id_invalid")
+    after = admin.call("GET", "/api/v1/audit?limit=10000").body["items"]
+    assert after[len(before) :] == []  # no refusal on record naming an impossible device
+    reply = admin.call("GET", f"/api/v1/audit?device_id={device_id}", role="viewer")
+    assert_json_refusal(reply, 400, "device_id_invalid")
+    assert_quiet_log(admin)
+
+
+@pytest.mark.parametrize("serial", ["0x10", "1_0", "%20a", "+a", "-1", "0", "f" * 41, "%EF%BC%91"])
+def test_a_serial_in_a_path_is_plain_hex_or_400(admin: Admin, serial: str) -> None:
+    for role in ("viewer", "operator"):
+        reply = admin.call(
+            "POST", f"/api/v1/certificates/{serial}/revoke", role=role,
+            body={"reason": "keyCompromise"},
+        )  # fmt: skip
+        assert_json_refusal(reply, 400, "request_invalid")
+    assert_quiet_log(admin)
+
+
+def test_a_fingerprint_in_a_path_is_400_with_a_short_message(admin: Admin) -> None:
+    for kind in ("manufacturers", "intermediates"):
+        reply = admin.call("DELETE", f"/api/v1/{kind}/{'A' * 5000}")
+        assert_json_refusal(reply, 400, "fingerprint_invalid")
+        assert len(reply.body["message"]) < 200
+
+
+def test_a_100000_line_manifest_import_does_not_stall_the_event_loop(admin: Admin) -> None:
+    """Found from outside: the import parsed 100,000 lines on the event loop, so every
+    EST and API request waited for it (~1.7 s here). /healthz is asked throughout."""
+    lines = "".join(f"bulk-{i},{i:064x},m,b\n" for i in range(1, 100_000))
+    server = admin.fleet.server
+    context = tls_client_context(server.root_pem)
+    waits: list[float] = []
+    done = threading.Event()
+
+    def ask_health() -> None:
+        while not done.is_set():
+            started = time.monotonic()
+            with connect(server.port, context) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                read_response(sock)
+            waits.append(time.monotonic() - started)
+
+    prober = threading.Thread(target=ask_health)
+    started = time.monotonic()
+    prober.start()
+    try:
+        reply = admin.call(
+            "POST", "/api/v1/manifest", raw=f"{','.join(HEADER)}\n{lines}".encode(),
+            content_type="text/csv",
+        )  # fmt: skip
+    finally:
+        done.set()
+        prober.join(30)
+    took = time.monotonic() - started
+    assert reply.status == 200, reply.body
+    assert reply.body["entries"] == 99_999
+    print(f"import {took:.2f} s; /healthz waited at most {max(waits):.2f} s ({len(waits)} asks)")
+    assert max(waits) < took / 2

@@ -55,6 +55,7 @@ def test_serverkeygen_returns_a_key_and_its_certificate(tmp_path: Path) -> None:
             data_file=csr,
         )
         assert result.status == 200, result.text
+        assert result.headers["cache-control"] == "no-store"  # it carries a private key
         boundary = re.search(r"boundary=([\w-]+)", result.headers["content-type"]).group(1)  # type: ignore[union-attr]
         parts = [p for p in result.body.split(f"--{boundary}".encode()) if b"Content-Type" in p]
         kinds = {}

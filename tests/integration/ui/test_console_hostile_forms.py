@@ -142,3 +142,18 @@ def test_any_calendar_date_filters_the_audit_page(
         sock.sendall(request_bytes("GET", f"/ui/audit?{query}", headers={"Cookie": session}))
         status, _, reply = read_response(sock)
     assert status == 200, (query, reply[:200])
+
+
+@pytest.mark.parametrize("device_id", ["admin", "a%20b", "a%00b", "x" * 65, "%C3%A9"])
+def test_an_impossible_device_id_in_a_console_path_is_400(
+    fleet: Fleet, session: str, device_id: str
+) -> None:
+    """The console's device pages share the API's path parameter rule (400, not the
+    403 a device presenting such an id gets); a GET needs no CSRF token."""
+    context = tls_client_context(fleet.server.root_pem)
+    with connect(fleet.server.port, context) as sock:
+        sock.sendall(request_bytes("GET", f"/ui/devices/{device_id}", headers={"Cookie": session}))
+        status, _, reply = read_response(sock)
+    assert status == 400, reply[:300]
+    assert b"device_id_invalid" in reply
+    assert_refused_quietly(fleet, status, device_id)

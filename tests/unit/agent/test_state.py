@@ -7,15 +7,23 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from device_agent.keystore import FileKeyStore, KeyStoreError
 from device_agent.state import AgentConfig, StateDir
-from device_agent.trust import CaCerts, CertificateUnusable, chain_from, check_issued
+from device_agent.trust import (
+    CaCerts,
+    CertificateUnusable,
+    certificate_for,
+    chain_from,
+    check_issued,
+)
 from fleet.kernel.errors import ConfigError
 from fleet.kernel.fingerprint import normalize_fingerprint, sha256_fingerprint
+from fleet.pki.ca import CertifiedKey
+from tests.support.hostile import unknown_key_algorithm
 
 NOW = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
@@ -137,27 +145,51 @@ def test_chain_and_issued_certificate_checks(pki) -> None:  # type: ignore[no-un
     key = ec.generate_private_key(ec.SECP256R1())
     cert = _leaf(issuing, key.public_key())
     skew = dt.timedelta(minutes=15)
-    check_issued(cert, cacerts, expected_device_id="dev-1", now=NOW, skew=skew)
+    check_issued(
+        cert, cacerts, expected_device_id="dev-1", key=key.public_key(), now=NOW, skew=skew
+    )
     # A device clock 10 minutes behind still accepts a freshly issued certificate.
     check_issued(
-        cert, cacerts, expected_device_id=None, now=NOW - dt.timedelta(minutes=10), skew=skew
+        cert,
+        cacerts,
+        expected_device_id=None,
+        key=key.public_key(),
+        now=NOW - dt.timedelta(minutes=10),
+        skew=skew,
     )
     with pytest.raises(CertificateUnusable, match="not for"):
-        check_issued(cert, cacerts, expected_device_id="dev-2", now=NOW, skew=skew)
+        check_issued(
+            cert, cacerts, expected_device_id="dev-2", key=key.public_key(), now=NOW, skew=skew
+        )
     stranger = _leaf(_ca("x"), key.public_key())
     with pytest.raises(CertificateUnusable, match="not issued"):
-        check_issued(stranger, cacerts, expected_device_id=None, now=NOW, skew=skew)
+        check_issued(
+            stranger, cacerts, expected_device_id=None, key=key.public_key(), now=NOW, skew=skew
+        )
     with pytest.raises(CertificateUnusable, match="expired"):
         check_issued(
-            cert, cacerts, expected_device_id=None, now=NOW + dt.timedelta(days=31), skew=skew
+            cert,
+            cacerts,
+            expected_device_id=None,
+            key=key.public_key(),
+            now=NOW + dt.timedelta(days=31),
+            skew=skew,
         )
     # The kernel's admission rules: a certificate no broker would admit is not installed.
     server_only = _leaf(issuing, key.public_key(), eku=False)
     with pytest.raises(CertificateUnusable, match="clientAuth"):
-        check_issued(server_only, cacerts, expected_device_id=None, now=NOW, skew=skew)
+        check_issued(
+            server_only, cacerts, expected_device_id=None, key=key.public_key(), now=NOW, skew=skew
+        )
     reserved = _leaf(issuing, key.public_key(), cn="admin")
     with pytest.raises(CertificateUnusable, match="reserved"):
-        check_issued(reserved, cacerts, expected_device_id=None, now=NOW, skew=skew)
+        check_issued(
+            reserved, cacerts, expected_device_id=None, key=key.public_key(), now=NOW, skew=skew
+        )
+    # A certificate for another key than the one that asked (the server's mistake).
+    other = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with pytest.raises(CertificateUnusable, match="another key"):
+        check_issued(cert, cacerts, expected_device_id="dev-1", key=other, now=NOW, skew=skew)
 
 
 def test_fingerprint_formats() -> None:
@@ -166,3 +198,23 @@ def test_fingerprint_formats() -> None:
     assert normalize_fingerprint("sha256 Fingerprint=" + ":".join(["AB"] * 32)) == hexfp
     with pytest.raises(ConfigError, match="64 hex"):
         normalize_fingerprint("abc")
+
+
+def test_a_certificate_whose_key_cannot_be_loaded_is_for_no_key(pki) -> None:  # type: ignore[no-untyped-def]
+    """Found from outside: an EST answer holding a certificate with a key type cryptography
+    does not know raised UnsupportedAlgorithm out of the agent's checks (a traceback)."""
+    cacerts, issuing = pki
+    key = ec.generate_private_key(ec.SECP256R1())
+    good = _leaf(issuing, key.public_key())
+    der = unknown_key_algorithm(
+        _leaf(issuing, key.public_key()).public_bytes(serialization.Encoding.DER),
+        CertifiedKey(issuing[0], issuing[1]),
+    )
+    bad = x509.load_der_x509_certificate(der)
+    assert certificate_for([bad, good], key.public_key()) == good
+    assert certificate_for([bad], key.public_key()) == bad
+    with pytest.raises(CertificateUnusable, match="another key"):
+        check_issued(
+            bad, cacerts, expected_device_id="dev-1", key=key.public_key(), now=NOW,
+            skew=dt.timedelta(minutes=15),
+        )  # fmt: skip

@@ -64,6 +64,13 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[bogus]\n", "unknown setting(s) bogus"),
         ("policy = 3\n", "[policy] must be a table"),
         ("this is not toml", "cannot read"),
+        # Found from outside: only the prefix was checked; the notifier's _redact()
+        # then raised ValueError on the port when it first logged the URL (start-up).
+        ("[webhooks]\nurls = ['http://hooks.example:99999/x']\n", "not a valid URL"),
+        ("[webhooks]\nurls = ['https://[::1/x']\n", "not a valid URL"),
+        ("[webhooks]\nurls = ['http://h:-1/x']\n", "not a valid URL"),
+        ("[webhooks]\nurls = ['https:///no-host']\n", "with a host"),
+        ("[webhooks]\nurls = ['ftp://h/x']\n", "with a host"),
     ],
 )
 def test_bad_settings_are_refused_with_the_reason(
