@@ -15,20 +15,10 @@ Revocation is permanent (DESIGN.md §2), so the cache only ever grows: a
 snapshot is merged into what is known, never replaces it. A restarted,
 emptied Redis therefore cannot let a revoked device back in.
 
-Across restarts of the broker, that takes a file: with
-``CacheSettings.snapshot_file`` set, the cache loads the file (format in
-broker_plugins/snapshot.py) before it asks the store anything, merges the
-store's snapshot into it, and writes it back after every change, atomically
-and durably (write_atomic: temp file, fsync, rename, fsync of the directory).
-Writes are coalesced: a change is written at once when the writer is idle,
-and changes that arrive while a write is in flight or during the
-``snapshot_coalesce`` seconds after it go out together in the next write. So
-a revocation is on disk at most ``snapshot_coalesce`` (0.2 s) plus two writes
-after it was applied, and at once at a clean stop. A file that exists but is
-damaged stops the start (ConfigError): dropping it could re-admit what it
-lists. The file counts as knowledge, not as contact: until the store has
-answered once, the cache stays unusable (every connect refused as stale) but
-what the file lists is refused as revoked.
+Across restarts of the broker, that takes a file (``CacheSettings.snapshot_file``):
+loaded before the store is asked anything, written back after every change
+(broker_plugins.revocation_persistence). What it lists is refused as revoked,
+but it is not contact: until the store has answered once the cache stays unusable.
 
 Staleness policy: after ``max_staleness`` seconds without contact the cache
 is *unusable* when failing closed (every connect is refused with
@@ -49,16 +39,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 
-from broker_plugins.snapshot import (
-    RevocationState,
-    SnapshotFileDamaged,
-    load_snapshot_file,
-    write_snapshot_file,
-)
-from fleet.kernel.errors import ConfigError, FleetError, StoreRecordInvalid
-from fleet.kernel.files import ensure_private_dir
+from broker_plugins.revocation_metrics import CacheMetrics
+from broker_plugins.revocation_persistence import SnapshotPersistence
+from broker_plugins.snapshot import RevocationState
+from fleet.kernel.errors import FleetError, StoreRecordInvalid
 from fleet.records import (
     RevocationEvent,
     RevocationKind,
@@ -106,57 +92,6 @@ class CacheSettings:
         return min(self.max_staleness / 4, 2.0)
 
 
-class CacheMetrics:
-    """Prometheus metrics of one cache, in the given registry."""
-
-    def __init__(self, registry: CollectorRegistry, cache: RevocationCache) -> None:
-        self.staleness = Gauge(
-            "fleet_broker_revocation_staleness_seconds",
-            "Seconds since the last successful contact with the revocation feed",
-            registry=registry,
-        )
-        self.staleness.set_function(cache.staleness_seconds)
-        self.usable = Gauge(
-            "fleet_broker_revocation_usable",
-            "1 if connects are decided on the revocation data, 0 if refused as stale",
-            registry=registry,
-        )
-        self.usable.set_function(lambda: 1.0 if cache.usable() else 0.0)
-        self.seq = Gauge(
-            "fleet_broker_revocation_feed_seq",
-            "Sequence of the last revocation event applied",
-            registry=registry,
-        )
-        self.seq.set_function(lambda: float(cache.seq))
-        self.events = Counter(
-            "fleet_broker_revocation_events",
-            "Revocation events applied from the feed",
-            registry=registry,
-        )
-        self.resyncs = Counter(
-            "fleet_broker_revocation_resyncs",
-            "Resynchronisations with the store, by cause",
-            ["cause"],
-            registry=registry,
-        )
-        self.errors = Counter(
-            "fleet_broker_revocation_feed_errors",
-            "Failed attempts to reach the revocation feed",
-            registry=registry,
-        )
-        self.snapshot_pending = Gauge(
-            "fleet_broker_revocation_snapshot_pending",
-            "1 while revocations are applied but not yet written to the snapshot file",
-            registry=registry,
-        )
-        self.snapshot_pending.set_function(lambda: 1.0 if cache.snapshot_pending else 0.0)
-        self.snapshot_errors = Counter(
-            "fleet_broker_revocation_snapshot_write_errors",
-            "Failed writes of the revocation snapshot file",
-            registry=registry,
-        )
-
-
 class RevocationCache:
     """Revoked serials and devices as the feed says, plus how fresh that is.
 
@@ -188,13 +123,17 @@ class RevocationCache:
         self._sync_lock = asyncio.Lock()
         self._follower: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
-        self._snapshot_writer: asyncio.Task[None] | None = None
-        self._snapshot_dirty = asyncio.Event()  # wakes the writer
-        self._changes = 0  # counts changes; the file holds those up to _changes_on_disk
-        self._changes_on_disk = 0
         self._advanced = asyncio.Event()
         self._reported: tuple[int, float] | None = None  # (seq, monotonic) of the last report
         self.metrics = CacheMetrics(registry or CollectorRegistry(), self)
+        self._persistence: SnapshotPersistence | None = None
+        if self.settings.snapshot_file is not None:
+            self._persistence = SnapshotPersistence(
+                self.settings.snapshot_file,
+                coalesce=self.settings.snapshot_coalesce,
+                state=lambda: RevocationState(self._seq, set(self._serials), set(self._devices)),
+                write_errors=self.metrics.snapshot_errors,
+            )
 
     # -- RevocationView ---------------------------------------------------------
     def is_revoked(self, serial: int) -> bool:
@@ -220,7 +159,7 @@ class RevocationCache:
     @property
     def snapshot_pending(self) -> bool:
         """Changes applied that the snapshot file does not hold yet (a write in flight too)."""
-        return self._changes_on_disk < self._changes
+        return self._persistence is not None and self._persistence.pending
 
     def staleness_seconds(self) -> float:
         """Seconds since the feed last answered (infinity before it ever did)."""
@@ -248,42 +187,29 @@ class RevocationCache:
         The snapshot file, if configured, is read first and written back once
         (ConfigError if it is damaged or cannot be written).
         """
-        if self.settings.snapshot_file is not None:
-            await self._load_snapshot_file(self.settings.snapshot_file)
+        if self._persistence is not None:
+            state = await self._persistence.load()
+            if state is not None:
+                self._serials |= state.serials
+                self._devices |= state.devices
         if initial_timeout is None:
             await self._resnapshot("start")
         else:
             with contextlib.suppress(TimeoutError, FleetError, OSError):
                 await asyncio.wait_for(self._resnapshot("start"), initial_timeout)
-        if self.settings.snapshot_file is not None:
-            self._snapshot_dirty.clear()
-            try:
-                await self._write_snapshot(self.settings.snapshot_file)
-            except OSError as exc:
-                raise ConfigError(
-                    f"cannot write the revocation snapshot file: {exc}",
-                    hint="Make its directory writable by the broker, or set "
-                    "[revocation] snapshot_file.",
-                ) from exc
-            self._snapshot_writer = asyncio.create_task(
-                self._snapshot_loop(self.settings.snapshot_file), name="revocation-snapshot"
-            )
+        if self._persistence is not None:
+            await self._persistence.start()
         self._restart_follower()
         self._prober = asyncio.create_task(self._probe_loop(), name="revocation-prober")
 
     async def close(self) -> None:
-        tasks = [t for t in (self._follower, self._prober, self._snapshot_writer) if t is not None]
-        self._follower = self._prober = self._snapshot_writer = None
+        tasks = [t for t in (self._follower, self._prober) if t is not None]
+        self._follower = self._prober = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        path = self.settings.snapshot_file
-        if path is not None and self.snapshot_pending:
-            try:
-                await self._write_snapshot(path)
-            except OSError as exc:
-                self.metrics.snapshot_errors.inc()
-                log.error("cannot write the revocation snapshot %s at close: %s", path, exc)
+        if self._persistence is not None:
+            await self._persistence.close()  # after the feed stopped: the last state
 
     async def wait_for_seq(self, seq: int, within: float) -> bool:
         """Wait until events up to ``seq`` are applied; False after ``within`` seconds."""
@@ -296,55 +222,9 @@ class RevocationCache:
                 await asyncio.wait_for(self._advanced.wait(), remaining)
         return True
 
-    # -- snapshot file --------------------------------------------------------------
-    async def _load_snapshot_file(self, path: Path) -> None:
-        try:
-            state = await asyncio.to_thread(load_snapshot_file, path)
-        except SnapshotFileDamaged as exc:
-            raise ConfigError(
-                str(exc),
-                hint="Restore the file from a backup. Remove it only if every revocation "
-                "it held is still in the store: anything it lists alone would be admitted.",
-            ) from exc
-        if state is None:
-            log.info("no revocation snapshot file at %s yet", path)
-            return
-        self._serials |= state.serials
-        self._devices |= state.devices
-        log.info(
-            "revocation snapshot file %s loaded: seq %d, %d serials, %d devices",
-            path,
-            state.seq,
-            len(state.serials),
-            len(state.devices),
-        )
-
-    async def _write_snapshot(self, path: Path) -> None:
-        # Copied on the loop (no await between): the thread never sees a set change.
-        changes = self._changes
-        state = RevocationState(self._seq, set(self._serials), set(self._devices))
-        await asyncio.to_thread(_write_snapshot_file, path, state)
-        self._changes_on_disk = max(self._changes_on_disk, changes)
-
-    async def _snapshot_loop(self, path: Path) -> None:
-        while True:
-            await self._snapshot_dirty.wait()
-            self._snapshot_dirty.clear()
-            try:
-                await self._write_snapshot(path)
-            except OSError as exc:
-                self._snapshot_dirty.set()
-                self.metrics.snapshot_errors.inc()
-                log.error("cannot write the revocation snapshot %s: %s", path, exc)
-                await asyncio.sleep(_RETRY_MAX_SECONDS)
-                continue
-            # Whatever arrives meanwhile goes out together in the next write.
-            await asyncio.sleep(self.settings.snapshot_coalesce)
-
     def _mark_changed(self) -> None:
-        if self.settings.snapshot_file is not None:
-            self._changes += 1
-            self._snapshot_dirty.set()
+        if self._persistence is not None:
+            self._persistence.mark_changed()
 
     # -- internals -----------------------------------------------------------------
     def _touch(self) -> None:
@@ -572,11 +452,3 @@ class RevocationCache:
             return
         await report_position(self._store, name, self._seq, dt.datetime.now(dt.UTC))
         self._reported = (self._seq, now)
-
-
-def _write_snapshot_file(path: Path, state: RevocationState) -> None:
-    if not path.parent.exists():
-        ensure_private_dir(path.parent)
-    # 0600: only the broker reads it (the Mosquitto sidecar writes its own, 0644,
-    # for the broker user).
-    write_snapshot_file(path, state)

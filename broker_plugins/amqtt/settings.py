@@ -42,7 +42,7 @@ Revocation state (DESIGN.md §7):
   data known instead; what was revoked stays out either way.
 * **Persisted.** Every revoked serial and device id the broker learns is
   written to ``snapshot_file`` (0600, atomically and durably, at most ~0.2 s
-  plus two writes after the revocation; see broker_plugins/revocation_cache.py)
+  plus two writes after the revocation; see broker_plugins/revocation_persistence.py)
   and merged back at start before anything is admitted: losing the store's
   contents (a Redis without persistence restarted, a FLUSHALL) never
   re-admits a revoked certificate or device, whatever the order in which

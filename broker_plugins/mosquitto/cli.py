@@ -21,8 +21,8 @@ from broker_plugins.mosquitto.config import (
     DEFAULT_SIDECAR_CN,
     MosquittoSettings,
     load_settings,
-    mosquitto_conf,
 )
+from broker_plugins.mosquitto.generated_conf import mosquitto_conf
 from broker_plugins.mosquitto.identity import issue_sidecar_certificate
 from broker_plugins.mosquitto.init import DEFAULT_LISTEN, init_broker_dir
 from broker_plugins.mosquitto.sync import Sidecar

@@ -38,7 +38,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from broker_plugins.mosquitto.build import PLUGIN_NAME, build_plugin
-from broker_plugins.mosquitto.config import DEFAULT_SIDECAR_CN, load_settings, mosquitto_conf
+from broker_plugins.mosquitto.config import DEFAULT_SIDECAR_CN, load_settings
+from broker_plugins.mosquitto.generated_conf import mosquitto_conf
 from broker_plugins.mosquitto.identity import (
     issue_server_certificate,
     issue_sidecar_certificate,

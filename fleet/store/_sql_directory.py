@@ -2,7 +2,7 @@
 
 Manufacturer trust, admin credentials, enrollment tokens, the audit log,
 cursors, CRL numbers and the newest signed CRLs: everything but devices, certificates and the
-revocation feed (fleet.store._sql_records). Each method is one transaction
+revocation feed (fleet.store._sql_records, fleet.store._sql_feed). Each method is one transaction
 body handed to the engine underneath (``_write``, ``_read``, ``_read_here``),
 so SQLite (fleet.store.sqlite) and PostgreSQL (fleet.store.postgres) keep
 one rule each.

@@ -3,10 +3,11 @@
 Every method is one transaction body (a function of one connection) handed to
 the engine underneath: ``_write`` (one write transaction, acknowledged once
 durable), ``_read`` (a read of any size, one snapshot) or ``_read_here`` (one
-short statement). Devices, certificates, replacement requests and the feed are
-here; fleet-wide device queries in fleet.store._sql_device_queries; the
-directories (trust, admins, tokens, audit, cursors, CRL numbers) in
-fleet.store._sql_directory. SQLite (fleet.store.sqlite) and PostgreSQL
+short statement). Devices, certificates, replacement requests and the
+revocations that append to the feed are here; the feed's reads in
+fleet.store._sql_feed; fleet-wide device queries in
+fleet.store._sql_device_queries; the directories (trust, admins, tokens, audit,
+cursors, CRL numbers) in fleet.store._sql_directory. SQLite (fleet.store.sqlite) and PostgreSQL
 (fleet.store.postgres) differ only in those engines, so a rule of the store
 cannot differ between them. The SQL is the common dialect of both (``?``
 placeholders, ``ON CONFLICT``, text timestamps and hex serials from _codec).
@@ -36,23 +37,20 @@ from fleet.records import (
     RevocationEvent,
     RevocationKind,
     RevocationReason,
-    RevocationSnapshot,
 )
 from fleet.store import _sql_replacements as replacements
 from fleet.store._codec import (
     certificate_record,
     check_manifest,
     check_target_state,
-    feed_event_from_json,
     opt_ts,
     parse_ts,
     serial_hex,
     serial_int,
-    stored_record,
     ts,
 )
 from fleet.store._sql import SqlConnection
-from fleet.store._sql_device_queries import SqlDeviceQueries
+from fleet.store._sql_feed import SqlRevocationFeed
 from fleet.store._sql_rows import (
     _append_audit,
     _append_feed,
@@ -84,7 +82,7 @@ def _appended(event: RevocationEvent | None) -> bool:
     return event is not None
 
 
-class SqlRecords(SqlDeviceQueries):
+class SqlRecords(SqlRevocationFeed):
     """Every Store method but the engine's own (open, close, follow_feed)."""
 
     # -- devices -------------------------------------------------------------
@@ -464,40 +462,3 @@ class SqlRecords(SqlDeviceQueries):
             )
 
         return await self._write(body, feed=_appended)
-
-    # -- revocation feed -------------------------------------------------------
-    async def feed_head(self) -> int:
-        def body(conn: SqlConnection) -> int:
-            (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
-            return int(head)
-
-        return await self._read_here(body)
-
-    async def feed_since(self, seq: int, *, limit: int = 1000) -> list[RevocationEvent]:
-        def body(conn: SqlConnection) -> list[RevocationEvent]:
-            rows = conn.execute(
-                "SELECT seq, event FROM revocation_feed WHERE seq > ? ORDER BY seq LIMIT ?",
-                (seq, limit),
-            )
-            return [feed_event_from_json(r["event"], seq=int(r["seq"])) for r in rows]
-
-        return await self._read_here(body)
-
-    async def revocation_snapshot(self) -> RevocationSnapshot:
-        def body(conn: SqlConnection) -> RevocationSnapshot:
-            (head,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM revocation_feed").fetchone()
-            serials = conn.execute(
-                "SELECT serial FROM certificates WHERE status = ?",
-                (CertificateStatus.REVOKED.value,),
-            )
-            devices = conn.execute(
-                "SELECT device_id FROM devices WHERE state = ?", (DeviceState.REVOKED.value,)
-            )
-            with stored_record("set of revoked serials"):
-                return RevocationSnapshot(
-                    seq=int(head),
-                    serials=frozenset(serial_int(r[0]) for r in serials),
-                    device_ids=frozenset(r[0] for r in devices),
-                )
-
-        return await self._read(body)

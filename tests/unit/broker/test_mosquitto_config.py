@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from broker_plugins.mosquitto.config import load_settings, mosquitto_conf, settings_from_mapping
+from broker_plugins.mosquitto.config import load_settings, settings_from_mapping
+from broker_plugins.mosquitto.generated_conf import mosquitto_conf
 from fleet.kernel.certs import DEFAULT_SKEW
 from fleet.kernel.errors import ConfigError
 
