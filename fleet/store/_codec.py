@@ -157,72 +157,60 @@ def device_record(fields: StoredFields) -> Device:
     """A device as both backends store it (no manufacturer: its fingerprint is None);
     StoreRecordInvalid naming it when a field does not decode."""
     with stored_record(f"device {_named(fields, 'device_id')}"):
-        return _device_record(fields)
-
-
-def _device_record(fields: StoredFields) -> Device:
-    return Device(
-        device_id=fields["device_id"],
-        state=DeviceState(fields["state"]),
-        created_at=parse_ts(fields["created_at"]),
-        updated_at=parse_ts(fields["updated_at"]),
-        bootstrap_sha256=fields["bootstrap_sha256"],
-        model=fields["model"],
-        batch=fields["batch"],
-        enrolled_bootstrap_sha256=fields["enrolled_bootstrap_sha256"],
-        enrolled_at=opt_parse_ts(fields["enrolled_at"]),
-        state_reason=fields["state_reason"],
-        manufacturer=(
-            None
-            if fields["manufacturer_sha256"] is None
-            else Manufacturer(fields["manufacturer_sha256"], fields["manufacturer_name"])
-        ),
-    )
+        return Device(
+            device_id=fields["device_id"],
+            state=DeviceState(fields["state"]),
+            created_at=parse_ts(fields["created_at"]),
+            updated_at=parse_ts(fields["updated_at"]),
+            bootstrap_sha256=fields["bootstrap_sha256"],
+            model=fields["model"],
+            batch=fields["batch"],
+            enrolled_bootstrap_sha256=fields["enrolled_bootstrap_sha256"],
+            enrolled_at=opt_parse_ts(fields["enrolled_at"]),
+            state_reason=fields["state_reason"],
+            manufacturer=(
+                None
+                if fields["manufacturer_sha256"] is None
+                else Manufacturer(fields["manufacturer_sha256"], fields["manufacturer_name"])
+            ),
+        )
 
 
 def certificate_record(fields: StoredFields) -> CertificateRecord:
     """A certificate as both backends store it (hex serial, text times, enum values);
     StoreRecordInvalid naming it when a field does not decode."""
     with stored_record(f"certificate {_named(fields, 'serial')}"):
-        return _certificate_record(fields)
-
-
-def _certificate_record(fields: StoredFields) -> CertificateRecord:
-    reason = fields["revocation_reason"]
-    return CertificateRecord(
-        serial=serial_int(fields["serial"]),
-        device_id=fields["device_id"],
-        not_before=parse_ts(fields["not_before"]),
-        not_after=parse_ts(fields["not_after"]),
-        issued_at=parse_ts(fields["issued_at"]),
-        pem=fields["pem"],
-        status=CertificateStatus(fields["status"]),
-        revoked_at=opt_parse_ts(fields["revoked_at"]),
-        revocation_reason=None if reason is None else RevocationReason(reason),
-    )
+        reason = fields["revocation_reason"]
+        return CertificateRecord(
+            serial=serial_int(fields["serial"]),
+            device_id=fields["device_id"],
+            not_before=parse_ts(fields["not_before"]),
+            not_after=parse_ts(fields["not_after"]),
+            issued_at=parse_ts(fields["issued_at"]),
+            pem=fields["pem"],
+            status=CertificateStatus(fields["status"]),
+            revoked_at=opt_parse_ts(fields["revoked_at"]),
+            revocation_reason=None if reason is None else RevocationReason(reason),
+        )
 
 
 def replacement_request(fields: StoredFields) -> ReplacementRequest:
     """A replacement request as both backends store it (counts are text in Redis);
     StoreRecordInvalid naming it when a field does not decode."""
     with stored_record(f"replacement request of {_named(fields, 'device_id')}"):
-        return _replacement_request(fields)
-
-
-def _replacement_request(fields: StoredFields) -> ReplacementRequest:
-    return ReplacementRequest(
-        device_id=fields["device_id"],
-        bootstrap_sha256=fields["bootstrap_sha256"],
-        key_sha256=fields["key_sha256"],
-        first_seen=parse_ts(fields["first_seen"]),
-        last_seen=parse_ts(fields["last_seen"]),
-        attempts=int(fields["attempts"]),
-        keys_seen=int(fields["keys_seen"]),
-        source=fields["source"],
-        status=ReplacementStatus(fields["status"]),
-        decided_at=opt_parse_ts(fields["decided_at"]),
-        decided_by=fields["decided_by"],
-    )
+        return ReplacementRequest(
+            device_id=fields["device_id"],
+            bootstrap_sha256=fields["bootstrap_sha256"],
+            key_sha256=fields["key_sha256"],
+            first_seen=parse_ts(fields["first_seen"]),
+            last_seen=parse_ts(fields["last_seen"]),
+            attempts=int(fields["attempts"]),
+            keys_seen=int(fields["keys_seen"]),
+            source=fields["source"],
+            status=ReplacementStatus(fields["status"]),
+            decided_at=opt_parse_ts(fields["decided_at"]),
+            decided_by=fields["decided_by"],
+        )
 
 
 def check_manifest(entries: Sequence[ManifestEntry]) -> None:
