@@ -62,3 +62,11 @@ def test_store_benchmark_runs(tmp_path: Path) -> None:
     assert data["postgres"]["store_cpu_ms_per_enrollment"] >= 0
     assert "store server" in run.stdout
     assert "postgres vs sqlite" in run.stdout
+
+
+def test_enrollment_work_benchmark_runs() -> None:
+    command = [sys.executable, str(REPO / "bench/est_work.py"), "--devices", "20", "--rounds", "2"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    for line in ("fleet (no tickets)", "naive prototype, all of it", "chain check", "after two"):
+        assert line in run.stdout, run.stdout
